@@ -1,0 +1,79 @@
+"""DeepSpeed checkpoints plus what exact resumption needs: every rank's RNG state, the
+data position and a hash of the configuration that produced them."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from pipeline.distributed import DistInfo, barrier
+from pipeline.errors import UserError
+
+TAG_PREFIX = "step"
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+class Checkpoints:
+    """Checkpoints of one training stage under ``root`` (tags ``step00000120``)."""
+
+    def __init__(self, root: Path, dist: DistInfo, config_hash: str, keep: int = 2):
+        self.root = Path(root)
+        self.dist = dist
+        self.config_hash = config_hash
+        self.keep = keep
+
+    def tags(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name.startswith(TAG_PREFIX))
+
+    def latest_tag(self) -> Optional[str]:
+        latest = self.root / "latest"
+        return latest.read_text().strip() if latest.is_file() else None
+
+    def save(self, engine, client_state: dict, step: int) -> str:
+        tag = f"{TAG_PREFIX}{step:08d}"
+        tag_dir = self.root / tag
+        tag_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(_rng_state(), tag_dir / f"rng_rank{self.dist.rank}.pt")
+        barrier()
+        state = dict(client_state, config_hash=self.config_hash)
+        engine.save_checkpoint(str(self.root), tag=tag, client_state=state, save_latest=True)
+        barrier()
+        if self.dist.is_main:
+            for old in self.tags()[:-self.keep]:
+                shutil.rmtree(self.root / old, ignore_errors=True)
+        barrier()
+        return tag
+
+    def load(self, engine) -> Optional[dict]:
+        """Restore the latest checkpoint into ``engine``; None when there is none."""
+        tag = self.latest_tag()
+        if tag is None:
+            return None
+        path, state = engine.load_checkpoint(str(self.root), tag=tag, load_optimizer_states=True,
+                                             load_lr_scheduler_states=True)
+        if path is None:
+            raise UserError(f"{self.root / tag}: checkpoint could not be loaded")
+        if state.get("config_hash") != self.config_hash:
+            raise UserError(f"{self.root / tag}: checkpoint was written by a different configuration "
+                            f"(hash {state.get('config_hash')}, this run {self.config_hash}); "
+                            f"use a new output_dir or delete {self.root}")
+        rng_file = self.root / tag / f"rng_rank{self.dist.rank}.pt"
+        if rng_file.is_file():
+            _set_rng_state(torch.load(rng_file, weights_only=True))
+        return state

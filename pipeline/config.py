@@ -1,0 +1,333 @@
+"""Run configuration: one YAML file validated into typed dataclasses.
+
+Unknown keys are errors that name the key and the nearest valid one; wrong
+types name the expected type. ``section.key=value`` overrides are applied to
+the raw mapping before validation, so they are checked the same way.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from pipeline.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------- schema
+
+
+@dataclass
+class ColumnMap:
+    """Names of the columns in local CSV/JSONL files (defaults: the task's own)."""
+
+    text_a: Optional[str] = None
+    text_b: Optional[str] = None
+    label: Optional[str] = None
+
+
+@dataclass
+class TaskConfig:
+    name: str = "rotten_tomatoes"
+    # auto: data_dir given -> GLUE TSVs or CSV/JSONL files found there; offline task -> the
+    # prepared offline data; otherwise the hub through datasets.load_dataset.
+    source: str = "auto"
+    data_dir: Optional[str] = None
+    columns: ColumnMap = field(default_factory=ColumnMap)
+    max_length: int = 128
+    # The paper's synthetic overfitting settings (training split only, seed-controlled).
+    few_sample: Optional[int] = None
+    label_noise: float = 0.0
+    imbalance_ratio: Optional[float] = None
+    max_eval_examples: Optional[int] = None
+
+
+@dataclass
+class RandomInit:
+    """Random weights of this shape instead of pretrained ones (tests, smoke runs)."""
+
+    num_layers: int = 2
+    hidden_size: int = 32
+    num_heads: int = 4
+    intermediate_size: int = 64
+
+
+@dataclass
+class TeacherConfig:
+    # A model folder, an offline alias (see pipeline/models.py) or a hub name.
+    model: str = "all-MiniLM-L6-v2"
+    random_init: Optional[RandomInit] = None
+
+
+@dataclass
+class StudentConfig:
+    # truncated: bottom num_layers layers, embeddings and pooler of `backbone`;
+    # folder: load `backbone` as is; random: random_init shape with backbone's tokenizer.
+    init: str = "truncated"
+    backbone: str = "all-MiniLM-L6-v2"
+    num_layers: int = 3
+    random_init: Optional[RandomInit] = None
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3
+    max_steps: Optional[int] = None  # optimizer steps; caps epochs when set
+    batch_size: int = 32  # per rank, per micro-step
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 2e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    eval_every: int = 0  # optimizer steps; 0: at the end of every epoch
+    eval_batch_size: int = 64
+    checkpoint_every: int = 200  # optimizer steps
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    group_by_length: bool = True
+    deepspeed_config: Optional[str] = None  # overrides the run's deepspeed_config
+
+
+@dataclass
+class EvaluateConfig:
+    # Model folders to evaluate; empty: every model the run produced (teacher, student).
+    models: list = field(default_factory=list)
+    splits: list = field(default_factory=lambda: ["dev", "test"])
+    batch_size: int = 64
+
+
+@dataclass
+class StagesConfig:
+    teacher: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/default"
+    seed: int = 42
+    deepspeed_config: str = "ds_configs/zero0_fp32.json"
+    num_ranks: int = 1  # ranks per stage when `crild run` launches the stages
+    pipeline: list = field(default_factory=lambda: ["teacher", "evaluate"])
+    task: TaskConfig = field(default_factory=TaskConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    stages: StagesConfig = field(default_factory=StagesConfig)
+
+    # Not part of the schema: where the config came from (for error messages).
+    source: str = field(default="<config>", compare=False, repr=False, metadata={"internal": True})
+
+
+STAGE_NAMES = ("teacher", "evaluate")
+
+# --------------------------------------------------------------------------- validation
+
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+               list: "a list", dict: "a mapping"}
+
+
+def _describe(tp) -> str:
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return _TYPE_WORDS.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _unwrap_optional(tp):
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _check_value(value, tp, where: str, source: str):
+    inner, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise UserError(f"{source}: {where}: expected {_describe(inner)}, got null")
+    if dataclasses.is_dataclass(inner):
+        if not isinstance(value, dict):
+            raise UserError(f"{source}: {where}: expected a mapping, got {value!r}")
+        return _build(inner, value, where + ".", source)
+    if inner is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{source}: {where}: expected a number, got {value!r} ({type(value).__name__})")
+        return float(value)
+    if inner is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{source}: {where}: expected an integer, got {value!r} ({type(value).__name__})")
+        return value
+    if inner in (str, bool, list, dict):
+        if not isinstance(value, inner):
+            raise UserError(f"{source}: {where}: expected {_describe(inner)}, got {value!r} ({type(value).__name__})")
+        return value
+    raise TypeError(f"unsupported schema type {tp!r} at {where}")  # a bug, not a user error
+
+
+def _schema_fields(cls):
+    return {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+
+
+def _build(cls, raw: dict, prefix: str, source: str):
+    fields_ = _schema_fields(cls)
+    hints = typing.get_type_hints(cls)
+    for key in raw:
+        if key not in fields_:
+            near = difflib.get_close_matches(str(key), list(fields_), n=1, cutoff=0.5)
+            hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(fields_)}"
+            raise UserError(f"{source}: unknown key '{prefix}{key}'{hint}")
+    kwargs = {name: _check_value(raw[name], hints[name], prefix + name, source)
+              for name in fields_ if name in raw}
+    return cls(**kwargs)
+
+
+def _set_dotted(raw: dict, dotted: str, value, source: str) -> None:
+    parts = dotted.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise UserError(f"{source}: override '{dotted}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text or text.startswith("="):
+        raise UserError(f"override '{text}': expected section.key=value")
+    key, _, value = text.partition("=")
+    try:
+        parsed = yaml.safe_load(value) if value != "" else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def from_dict(raw: dict, source: str = "<config>", overrides: list[str] | None = None) -> RunConfig:
+    raw = json.loads(json.dumps(raw))  # deep copy, plain types only
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_dotted(raw, key, value, f"{source} (override '{text}')")
+    cfg = _build(RunConfig, raw, "", source)
+    cfg.source = source
+    _check_semantics(cfg)
+    return cfg
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}:{where} is not valid YAML ({getattr(err, 'problem', err)})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return from_dict(raw, str(path), overrides)
+
+
+def _check_semantics(cfg: RunConfig) -> None:
+    src = cfg.source
+    from pipeline.tasks import TASKS  # late import: tasks imports nothing from here
+
+    if cfg.task.name not in TASKS:
+        near = difflib.get_close_matches(cfg.task.name, list(TASKS), n=1, cutoff=0.4)
+        hint = f"; did you mean '{near[0]}'?" if near else ""
+        raise UserError(f"{src}: task.name: unknown task '{cfg.task.name}'{hint} (known: {', '.join(TASKS)})")
+    sources = ("auto", "offline", "glue", "files", "hub")
+    if cfg.task.source not in sources:
+        raise UserError(f"{src}: task.source: expected one of {', '.join(sources)}, got '{cfg.task.source}'")
+    if not 0.0 <= cfg.task.label_noise < 1.0:
+        raise UserError(f"{src}: task.label_noise: expected a ratio in [0, 1), got {cfg.task.label_noise}")
+    if cfg.task.imbalance_ratio is not None and cfg.task.imbalance_ratio < 1.0:
+        raise UserError(f"{src}: task.imbalance_ratio: expected a ratio >= 1 (largest/smallest class), "
+                        f"got {cfg.task.imbalance_ratio}")
+    for name, value in (("task.few_sample", cfg.task.few_sample), ("task.max_length", cfg.task.max_length),
+                        ("task.max_eval_examples", cfg.task.max_eval_examples)):
+        if value is not None and value < 1:
+            raise UserError(f"{src}: {name}: expected a positive integer, got {value}")
+    inits = ("truncated", "folder", "random")
+    if cfg.student.init not in inits:
+        raise UserError(f"{src}: student.init: expected one of {', '.join(inits)}, got '{cfg.student.init}'")
+    if cfg.student.init == "random" and cfg.student.random_init is None:
+        raise UserError(f"{src}: student.random_init: required when student.init is 'random'")
+    for stage in cfg.pipeline:
+        if stage not in STAGE_NAMES:
+            near = difflib.get_close_matches(str(stage), STAGE_NAMES, n=1, cutoff=0.4)
+            hint = f"; did you mean '{near[0]}'?" if near else ""
+            raise UserError(f"{src}: pipeline: unknown stage '{stage}'{hint} (known: {', '.join(STAGE_NAMES)})")
+    if cfg.num_ranks < 1:
+        raise UserError(f"{src}: num_ranks: expected a positive integer, got {cfg.num_ranks}")
+    for f in dataclasses.fields(cfg.stages):
+        train = getattr(cfg.stages, f.name)
+        if isinstance(train, TrainConfig):
+            _check_train(train, f"stages.{f.name}", src)
+
+
+def _check_train(train: TrainConfig, where: str, src: str) -> None:
+    for name in ("epochs", "batch_size", "gradient_accumulation_steps", "eval_batch_size", "log_every",
+                 "checkpoint_every", "keep_checkpoints"):
+        if getattr(train, name) < 1:
+            raise UserError(f"{src}: {where}.{name}: expected a positive integer, got {getattr(train, name)}")
+    if train.max_steps is not None and train.max_steps < 1:
+        raise UserError(f"{src}: {where}.max_steps: expected a positive integer, got {train.max_steps}")
+    if not 0.0 <= train.warmup_ratio <= 1.0:
+        raise UserError(f"{src}: {where}.warmup_ratio: expected a ratio in [0, 1], got {train.warmup_ratio}")
+    if train.learning_rate <= 0:
+        raise UserError(f"{src}: {where}.learning_rate: expected a positive number, got {train.learning_rate}")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def to_dict(cfg) -> dict:
+    out = {}
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("internal"):
+            continue
+        value = getattr(cfg, f.name)
+        out[f.name] = to_dict(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def config_hash(obj) -> str:
+    """Stable hash of a config (or any section of it)."""
+    data = to_dict(obj) if dataclasses.is_dataclass(obj) else obj
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resolve_path(path: str, what: str, source: str, must_exist: bool = True) -> Path:
+    """Resolve a path from the config: relative to the working directory, falling back to
+    the repository's bundled files (ds_configs/, jobs/)."""
+    p = Path(path).expanduser()
+    if p.exists() or p.is_absolute():
+        if must_exist and not p.exists():
+            raise UserError(f"{source}: {what}: '{path}' does not exist")
+        return p
+    bundled = REPO_ROOT / path
+    if bundled.exists():
+        return bundled
+    if must_exist:
+        raise UserError(f"{source}: {what}: '{path}' does not exist")
+    return p

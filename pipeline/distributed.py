@@ -1,0 +1,124 @@
+"""Process-group set-up for the deepspeed launcher, torchrun, Slurm and plain ``python``."""
+from __future__ import annotations
+
+import os
+import random
+import socket
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _from_slurm() -> None:
+    """srun with one task per GPU: map Slurm's variables to torch.distributed's."""
+    if "SLURM_PROCID" in os.environ and "RANK" not in os.environ and "SLURM_NTASKS" in os.environ:
+        os.environ["RANK"] = os.environ["SLURM_PROCID"]
+        os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
+        os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+        os.environ.setdefault("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0])
+
+
+def local_world_size() -> int:
+    for key in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE"):
+        if os.environ.get(key):
+            return int(os.environ[key])
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def set_threads() -> int:
+    """One share of the cores per local rank, so ranks never oversubscribe the machine
+    (an explicit OMP_NUM_THREADS wins)."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        n = int(os.environ["OMP_NUM_THREADS"])
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        n = max(1, cores // max(1, local_world_size()))
+    torch.set_num_threads(n)
+    return n
+
+
+def init_distributed() -> DistInfo:
+    """Initialise (once) the process group: NCCL on CUDA, gloo on CPU. Works without a
+    launcher by defaulting to a single rank on loopback."""
+    _from_slurm()
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(_free_port()) if os.environ["WORLD_SIZE"] == "1" else "29500"
+    set_threads()
+    import deepspeed
+
+    cuda = torch.cuda.is_available()
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def all_reduce_max(value: float) -> float:
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    if torch.cuda.is_available():
+        t = t.cuda()
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return float(t.item())
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64)
+    if torch.cuda.is_available():
+        t = t.cuda()
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+@contextmanager
+def main_rank_first():
+    """Rank 0 runs the block first (filling caches), then the other ranks."""
+    distributed = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+    if distributed and torch.distributed.get_rank() != 0:
+        torch.distributed.barrier()
+    try:
+        yield
+    finally:
+        if distributed and torch.distributed.get_rank() == 0:
+            torch.distributed.barrier()

@@ -1,0 +1,38 @@
+"""User-facing errors: one line, no traceback, non-zero exit."""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+
+class UserError(Exception):
+    """A problem with the user's input (config, data, paths). Printed as one line."""
+
+
+EXIT_USER_ERROR = 2
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def cli_entry(fn):
+    """Wrap a ``main`` so a :class:`UserError` exits with one line and code 2.
+
+    Other exceptions are bugs and keep their traceback.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as err:
+            prefix = "crild: error: " if _rank() == 0 else f"crild: error [rank {_rank()}]: "
+            print(prefix + str(err).replace("\n", " "), file=sys.stderr, flush=True)
+            sys.exit(EXIT_USER_ERROR)
+        except KeyboardInterrupt:
+            print("crild: interrupted", file=sys.stderr, flush=True)
+            sys.exit(130)
+
+    return wrapper

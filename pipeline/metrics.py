@@ -1,0 +1,45 @@
+"""GLUE metrics (scikit-learn / scipy) computed from logits and labels."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import f1_score, matthews_corrcoef
+
+MetricFn = Callable[[np.ndarray, np.ndarray], dict]
+
+
+def accuracy(preds: np.ndarray, labels: np.ndarray) -> dict:
+    return {"accuracy": float((preds == labels).mean())}
+
+
+def accuracy_f1(preds: np.ndarray, labels: np.ndarray) -> dict:
+    return {**accuracy(preds, labels), "f1": float(f1_score(labels, preds, zero_division=0))}
+
+
+def matthews(preds: np.ndarray, labels: np.ndarray) -> dict:
+    return {"matthews_corr": float(matthews_corrcoef(labels, preds))}
+
+
+def pearson_spearman(preds: np.ndarray, labels: np.ndarray) -> dict:
+    if np.std(preds) == 0 or np.std(labels) == 0:  # constant predictions: correlation undefined
+        return {"pearson": 0.0, "spearman": 0.0}
+    return {"pearson": float(pearsonr(preds, labels)[0]), "spearman": float(spearmanr(preds, labels)[0])}
+
+
+METRICS: dict[str, MetricFn] = {
+    "accuracy": accuracy,
+    "accuracy_f1": accuracy_f1,
+    "matthews": matthews,
+    "pearson_spearman": pearson_spearman,
+}
+
+
+def predictions_from_logits(logits: np.ndarray, regression: bool) -> np.ndarray:
+    return logits[:, 0] if regression else logits.argmax(axis=-1)
+
+
+def compute_metrics(metric: str, logits: np.ndarray, labels: np.ndarray, regression: bool) -> dict:
+    preds = predictions_from_logits(logits, regression)
+    return METRICS[metric](preds, labels)

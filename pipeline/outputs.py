@@ -1,0 +1,54 @@
+"""Stage outputs: written to a temporary folder and renamed into place when complete,
+with a manifest recording what produced them."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from pipeline.config import RunConfig, dump_yaml
+
+MANIFEST = "crild_stage.json"
+RESOLVED_CONFIG = "config.resolved.yaml"
+
+
+def is_complete(path: Path) -> bool:
+    manifest = Path(path) / MANIFEST
+    if not manifest.is_file():
+        return False
+    try:
+        return json.loads(manifest.read_text()).get("status") == "complete"
+    except json.JSONDecodeError:
+        return False
+
+
+@contextmanager
+def atomic_output(final: Path, cfg: RunConfig, stage: str, config_hash: str):
+    """Yield a temporary folder; on success add the resolved config and a manifest, then
+    replace ``final`` by it. On failure nothing that looks complete is left behind."""
+    final = Path(final)
+    tmp = final.parent / f".{final.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        (tmp / RESOLVED_CONFIG).write_text(dump_yaml(cfg))
+        (tmp / MANIFEST).write_text(json.dumps({"stage": stage, "status": "complete", "config_hash": config_hash,
+                                                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1))
+        if final.exists():
+            old = final.parent / f".{final.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_json(path: Path, data) -> None:
+    Path(path).write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")

