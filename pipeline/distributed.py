@@ -68,6 +68,8 @@ def init_distributed() -> DistInfo:
     if "MASTER_PORT" not in os.environ:
         os.environ["MASTER_PORT"] = str(_free_port()) if os.environ["WORLD_SIZE"] == "1" else "29500"
     set_threads()
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # chosen anyway; this only silences a warning
     import deepspeed
 
     cuda = torch.cuda.is_available()

@@ -139,7 +139,7 @@ def check_max_length(config, max_length: Optional[int], where: str) -> None:
 
 def encoder_of(model) -> torch.nn.Module:
     """The base encoder (``model.bert``, ``model.roberta``, ...) of a task model."""
-    return getattr(model, model.base_model_prefix)
+    return getattr(model, model.base_model_prefix, model)
 
 
 def save_model(model, tokenizer, out_dir: Path, state_dict: Optional[dict] = None) -> None:

@@ -25,9 +25,12 @@ def is_complete(path: Path) -> bool:
 
 
 @contextmanager
-def atomic_output(final: Path, cfg: RunConfig, stage: str, config_hash: str):
+def atomic_output(final: Path, cfg: RunConfig, stage: str):
     """Yield a temporary folder; on success add the resolved config and a manifest, then
-    replace ``final`` by it. On failure nothing that looks complete is left behind."""
+    replace ``final`` by it. On failure nothing that looks complete is left behind. The
+    manifest's fingerprint lets the runner skip the stage when nothing it depends on changed."""
+    from pipeline.runner import stage_fingerprint
+
     final = Path(final)
     tmp = final.parent / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -35,7 +38,7 @@ def atomic_output(final: Path, cfg: RunConfig, stage: str, config_hash: str):
     try:
         yield tmp
         (tmp / RESOLVED_CONFIG).write_text(dump_yaml(cfg))
-        (tmp / MANIFEST).write_text(json.dumps({"stage": stage, "status": "complete", "config_hash": config_hash,
+        (tmp / MANIFEST).write_text(json.dumps({"stage": stage, "status": "complete", "fingerprint": stage_fingerprint(cfg, stage),
                                                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1))
         if final.exists():
             old = final.parent / f".{final.name}.old"

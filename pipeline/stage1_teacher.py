@@ -33,9 +33,8 @@ STAGE = "teacher"
 
 def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
     quiet_libraries()
-    import deepspeed
-
     dist = init_distributed()
+    import deepspeed
     seed_everything(cfg.seed)
     train_cfg = cfg.stages.teacher
     out = run_dir(cfg)
@@ -79,7 +78,7 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
         return EXIT_PREEMPTED
     state_dict = consolidated_state_dict(engine, ds_cfg)
     if dist.is_main:
-        with atomic_output(out / STAGE, cfg, STAGE, chash) as tmp:
+        with atomic_output(out / STAGE, cfg, STAGE) as tmp:
             save_model(model, tokenizer, tmp, state_dict)
             last = result["evals"][-1] if result["evals"] else {}
             write_json(tmp / "train_results.json", {

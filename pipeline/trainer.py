@@ -12,12 +12,12 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from pipeline.batching import Collator, epoch_batches, fetch, steps_per_epoch
 from pipeline.checkpointing import Checkpoints
 from pipeline.config import TrainConfig
 from pipeline.distributed import DistInfo, all_reduce_max, all_reduce_sum
+from pipeline.progress import Progress
 from pipeline.tb import Scalars
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpointed on request, run again to resume
@@ -87,8 +87,7 @@ def train_loop(*, engine, dist: DistInfo, train_ds, collate: Collator, cfg: Trai
     window, samples, tokens = defaultdict(float), 0, 0
     window_steps, t_window = 0, time.perf_counter()
     batches, batches_epoch = None, None
-    pbar = tqdm(total=plan.total_micro_steps, initial=micro, disable=not dist.is_main, desc=prefix,
-                dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    progress = Progress(plan.total_micro_steps, micro, prefix, enabled=dist.is_main)
 
     def run_eval(opt_step: int) -> None:
         metrics = evaluate()
@@ -97,9 +96,8 @@ def train_loop(*, engine, dist: DistInfo, train_ds, collate: Collator, cfg: Trai
         score = metrics.get(main_metric)
         if score is not None and (state["best"] is None or score > state["best"]["score"]):
             state["best"] = {"score": score, "step": opt_step, "metrics": metrics}
-        if dist.is_main:
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-            tqdm.write(f"[{prefix}] step {opt_step}: {shown}", file=sys.stderr)
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        progress.write(f"[{prefix}] step {opt_step}: {shown}")
 
     while micro < plan.total_micro_steps:
         epoch, offset = divmod(micro, plan.steps_per_epoch)
@@ -117,11 +115,11 @@ def train_loop(*, engine, dist: DistInfo, train_ds, collate: Collator, cfg: Trai
         manual_norm = _grad_norm_from_params(params) if log_now else None
         engine.step()
         micro += 1
-        pbar.update(1)
         window["loss"] += float(total.detach())
         for name, value in components.items():
             window[name] += float(value.detach()) if torch.is_tensor(value) else float(value)
         window_steps += 1
+        progress.update(1)
         samples += int(batch["input_ids"].shape[0])
         tokens += int(batch["attention_mask"].sum())
 
@@ -136,7 +134,7 @@ def train_loop(*, engine, dist: DistInfo, train_ds, collate: Collator, cfg: Trai
                            f"{prefix}/train/tokens_per_s": gtokens / elapsed,
                            f"{prefix}/train/epoch": micro / plan.steps_per_epoch})
             scalars.add(values, opt_step)
-            pbar.set_postfix(loss=f"{window['loss'] / window_steps:.4f}", refresh=False)
+            progress.update(0, loss=f"{window['loss'] / window_steps:.4f}")
             window, samples, tokens, window_steps = defaultdict(float), 0, 0, 0
             t_window = time.perf_counter()
 
@@ -151,9 +149,9 @@ def train_loop(*, engine, dist: DistInfo, train_ds, collate: Collator, cfg: Trai
             ckpts.save(engine, {k: state[k] for k in ("micro_step", "best", "evals")}, opt_step)
             scalars.flush()
         if stopping:
-            pbar.close()
+            progress.close()
             return {**state, "finished": False}
-    pbar.close()
+    progress.close()
     scalars.flush()
     return {**state, "finished": True}
 

@@ -1,0 +1,33 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="crild",
+    version="0.1.0",
+    description="DeepSpeed pipeline that compresses BERT-family models by CR-ILD distillation",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pipeline", "pipeline.*"]),
+    install_requires=[
+        "torch>=2.1",  # lower bound only: GPU users bring their own build
+        "deepspeed>=0.14",
+        "transformers>=4.45",
+        "accelerate>=0.30",  # transformers' DeepSpeed integration (ZeRO-3 teachers)
+        "datasets>=2.19",
+        "sentencepiece",
+        "tensorboard",
+        "pyyaml",
+        "numpy",
+        "scipy",
+        "scikit-learn",
+        "tqdm",
+        "safetensors",
+    ],
+    extras_require={
+        "dev": ["pytest>=7", "pytest-timeout"],
+        "report": ["matplotlib"],
+    },
+    entry_points={"console_scripts": ["crild=pipeline.cli:main"]},
+)

@@ -1,0 +1,107 @@
+"""Configuration: typed validation, helpful errors, overrides."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import RunConfig, dump_yaml, from_dict, load_config
+from pipeline.errors import UserError
+
+
+def write(tmp_path: Path, data) -> Path:
+    p = tmp_path / "run.yaml"
+    p.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return p
+
+
+def test_defaults_and_nested_values(tmp_path):
+    cfg = load_config(write(tmp_path, {"seed": 3, "stages": {"teacher": {"epochs": 5}}}))
+    assert isinstance(cfg, RunConfig)
+    assert cfg.seed == 3 and cfg.stages.teacher.epochs == 5
+    assert cfg.stages.teacher.batch_size == 32  # default filled in
+    assert cfg.task.name == "rotten_tomatoes"
+
+
+def test_misspelled_key_names_key_and_suggestion(tmp_path):
+    p = write(tmp_path, {"stages": {"teacher": {"learnig_rate": 1e-4}}})
+    with pytest.raises(UserError) as err:
+        load_config(p)
+    msg = str(err.value)
+    assert str(p) in msg and "stages.teacher.learnig_rate" in msg and "did you mean 'learning_rate'" in msg
+
+
+def test_unknown_top_level_key_without_near_match_lists_valid_keys(tmp_path):
+    with pytest.raises(UserError, match="unknown key 'zzz'.*valid keys: output_dir"):
+        load_config(write(tmp_path, {"zzz": 1}))
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    (("stages", "teacher", "epochs"), "three", "expected an integer"),
+    (("stages", "teacher", "learning_rate"), "fast", "expected a number"),
+    (("task", "max_length"), 12.5, "expected an integer"),
+    (("stages", "teacher", "group_by_length"), "yes", "expected true or false"),
+    (("task",), [1, 2], "expected a mapping"),
+])
+def test_wrong_type_names_expected_type(tmp_path, key, value, expected):
+    raw: dict = {}
+    node = raw
+    for k in key[:-1]:
+        node = node.setdefault(k, {})
+    node[key[-1]] = value
+    with pytest.raises(UserError) as err:
+        load_config(write(tmp_path, raw))
+    assert expected in str(err.value) and ".".join(key) in str(err.value)
+
+
+def test_int_is_accepted_for_float(tmp_path):
+    cfg = load_config(write(tmp_path, {"stages": {"teacher": {"learning_rate": 1}}}))
+    assert cfg.stages.teacher.learning_rate == 1.0 and isinstance(cfg.stages.teacher.learning_rate, float)
+
+
+def test_missing_file():
+    with pytest.raises(UserError, match="nope.yaml: config file not found"):
+        load_config("nope.yaml")
+
+
+def test_invalid_yaml_names_line(tmp_path):
+    with pytest.raises(UserError, match=r"line \d+ is not valid YAML"):
+        load_config(write(tmp_path, "seed: 1\nstages: {a: 1\nb: [\n"))
+
+
+def test_overrides_are_typed_and_validated(tmp_path):
+    p = write(tmp_path, {"seed": 1})
+    cfg = load_config(p, ["stages.teacher.epochs=7", "task.label_noise=0.3", "task.name=snli"])
+    assert cfg.stages.teacher.epochs == 7 and cfg.task.label_noise == 0.3 and cfg.task.name == "snli"
+    with pytest.raises(UserError, match="did you mean 'epochs'"):
+        load_config(p, ["stages.teacher.epoch=7"])
+    with pytest.raises(UserError, match="expected section.key=value"):
+        load_config(p, ["stages.teacher.epochs"])
+
+
+def test_unknown_task_suggests_nearest():
+    with pytest.raises(UserError, match="unknown task 'sst-3'.*did you mean 'sst2'"):
+        from_dict({"task": {"name": "sst-3"}})
+
+
+@pytest.mark.parametrize("raw,fragment", [
+    ({"task": {"label_noise": 1.5}}, "task.label_noise"),
+    ({"task": {"imbalance_ratio": 0.5}}, "task.imbalance_ratio"),
+    ({"stages": {"teacher": {"batch_size": 0}}}, "stages.teacher.batch_size"),
+    ({"pipeline": ["teacher", "evalute"]}, "did you mean 'evaluate'"),
+    ({"student": {"init": "pkd"}}, "student.init"),
+])
+def test_semantic_checks(raw, fragment):
+    with pytest.raises(UserError, match=fragment.replace(".", r"\.")):
+        from_dict(raw)
+
+
+def test_resolved_yaml_round_trips(tmp_path):
+    cfg = from_dict({"seed": 5, "teacher": {"random_init": {"num_layers": 3}}})
+    again = load_config(write(tmp_path, dump_yaml(cfg)))
+    assert again == cfg and again.teacher.random_init.num_layers == 3
+
+
+def test_example_jobs_are_valid():
+    root = Path(__file__).resolve().parent.parent / "jobs"
+    for path in root.glob("*.yaml"):
+        load_config(path)

@@ -1,0 +1,136 @@
+"""The teacher stage end to end on tiny models: exact mid-epoch resume, outputs that plain
+transformers loads, TensorBoard tags, evaluation, and the 2-rank ZeRO-2 launcher path."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline import stage1_teacher, stage4_evaluate
+from pipeline.checkpointing import Checkpoints
+from pipeline.config import from_dict
+from pipeline.errors import UserError
+from pipeline.outputs import is_complete
+from pipeline.trainer import EXIT_PREEMPTED, StopRequest
+
+from conftest import REPO, tiny_run_config
+
+
+def scalar_tags(event_dir: Path) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = {}
+    for f in sorted(event_dir.glob("events.out.tfevents.*")):
+        ea = EventAccumulator(str(f))
+        ea.Reload()
+        for tag in ea.Tags()["scalars"]:
+            out.setdefault(tag, []).extend((e.step, e.value) for e in ea.Scalars(tag))
+    return out
+
+
+def weights(run_dir: Path) -> dict:
+    return load_file(str(run_dir / "teacher" / "model.safetensors"))
+
+
+def test_resume_mid_epoch_gives_identical_weights(tmp_path, tiny_bert, sentiment_dir):
+    # 96 examples / batch 8 = 12 micro-steps per epoch; accumulation 2 -> stop after 6 (mid-epoch 0)
+    stage = {"gradient_accumulation_steps": 2}
+    full = from_dict(tiny_run_config(tmp_path / "a", tiny_bert, sentiment_dir, **stage))
+    assert stage1_teacher.run(full, stop=StopRequest(install_handlers=False)) == 0
+
+    split = from_dict(tiny_run_config(tmp_path / "b", tiny_bert, sentiment_dir, **stage))
+    code = stage1_teacher.run(split, stop=StopRequest(after_micro_steps=6, install_handlers=False))
+    assert code == EXIT_PREEMPTED
+    out_b = Path(split.output_dir)
+    assert not (out_b / "teacher").exists()  # nothing that looks complete
+    assert (out_b / "checkpoints" / "teacher" / "latest").read_text().strip() == "step00000003"
+    assert stage1_teacher.run(split, stop=StopRequest(install_handlers=False)) == 0
+
+    wa, wb = weights(Path(full.output_dir)), weights(out_b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    res_a = json.loads((Path(full.output_dir) / "teacher" / "train_results.json").read_text())
+    res_b = json.loads((out_b / "teacher" / "train_results.json").read_text())
+    assert res_a["evals"] == res_b["evals"]
+
+
+def test_teacher_learns_and_outputs_are_complete(tmp_path, tiny_bert, sentiment_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=6, learning_rate=3e-3)
+    raw["stages"]["evaluate"] = {"splits": ["dev", "test"]}
+    cfg = from_dict(raw)
+    assert stage1_teacher.run(cfg, stop=StopRequest(install_handlers=False)) == 0
+    out = Path(cfg.output_dir)
+    assert is_complete(out / "teacher")
+    assert {"config.json", "model.safetensors", "tokenizer.json", "config.resolved.yaml",
+            "train_results.json"} <= {p.name for p in (out / "teacher").iterdir()}
+    model = AutoModelForSequenceClassification.from_pretrained(str(out / "teacher"))  # plain transformers
+    assert model.config.id2label == {0: "rotten", 1: "fresh"}
+    tags = scalar_tags(out / "tensorboard" / "teacher")
+    for tag in ("teacher/train/loss", "teacher/train/lr", "teacher/train/grad_norm", "teacher/train/samples_per_s",
+                "teacher/train/tokens_per_s", "teacher/eval/dev/accuracy"):
+        assert tag in tags, tag
+    lrs = [v for _, v in tags["teacher/train/lr"]]
+    assert max(lrs) > lrs[-1] > 0  # warmup then linear decay
+    assert all(v > 0 for _, v in tags["teacher/train/grad_norm"])
+
+    assert stage4_evaluate.run(cfg) == 0
+    results = json.loads((out / "eval" / "results.json").read_text())["models"]["teacher"]["splits"]
+    assert results["test"]["accuracy"] >= 0.9  # the signal is one sentiment word
+    preds = (out / "eval" / "predictions" / "teacher" / "test.tsv").read_text().splitlines()
+    assert preds[0] == "index\tprediction\tlabel" and len(preds) == 33
+
+
+def test_checkpoint_from_another_configuration_is_refused(tmp_path, tiny_bert, sentiment_dir):
+    cfg = from_dict(tiny_run_config(tmp_path, tiny_bert, sentiment_dir))
+    assert stage1_teacher.run(cfg, stop=StopRequest(after_micro_steps=2, install_handlers=False)) == EXIT_PREEMPTED
+    changed = from_dict(tiny_run_config(tmp_path, tiny_bert, sentiment_dir, learning_rate=5e-4))
+    with pytest.raises(UserError, match="different configuration"):
+        stage1_teacher.run(changed, stop=StopRequest(install_handlers=False))
+
+
+def _env():
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE"):
+        env.pop(k, None)
+    return env
+
+
+def test_two_ranks_zero2_under_deepspeed_launcher(tmp_path, tiny_bert, sentiment_dir):
+    import yaml
+
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir)
+    raw["deepspeed_config"] = str(REPO / "ds_configs" / "zero2_bf16.json")
+    cfg_path = tmp_path / "run.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    launcher = Path(sys.executable).with_name("deepspeed")
+    proc = subprocess.run([str(launcher), "--num_gpus", "2", "--master_port", "29611",
+                           str(REPO / "pipeline" / "stage1_teacher.py"), "--config", str(cfg_path)],
+                          env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "run"
+    assert is_complete(out / "teacher")
+    tags = scalar_tags(out / "tensorboard" / "teacher")
+    assert {"teacher/train/loss", "teacher/train/lr", "teacher/eval/dev/accuracy"} <= set(tags)
+    # 96 examples, 2 ranks x batch 8 -> 6 optimizer steps per epoch, 2 epochs
+    assert max(s for s, _ in tags["teacher/train/loss"]) == 12
+    # both ranks' samples are counted in the throughput
+    results = json.loads((out / "teacher" / "train_results.json").read_text())
+    assert results["optimizer_steps"] == 12
+
+
+def test_user_error_is_one_line_without_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stages:\n  teacher:\n    epocs: 2\n")
+    proc = subprocess.run([sys.executable, str(REPO / "pipeline" / "stage1_teacher.py"), "--config", str(bad)],
+                          env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [f"crild: error: {bad}: unknown key 'stages.teacher.epocs'; did you mean 'epochs'?"]
+    assert "Traceback" not in proc.stderr
