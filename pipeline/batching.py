@@ -80,4 +80,8 @@ class Collator:
 
 
 def fetch(dataset, indices: list[int], collate: Collator) -> dict:
-    return collate(dataset[indices])
+    """A padded batch of the given rows; ``index`` holds their row numbers (per-example
+    caches such as the KD phase's teacher logits are looked up by it)."""
+    batch = collate(dataset[indices])
+    batch["index"] = torch.as_tensor(indices, dtype=torch.long)
+    return batch

@@ -107,8 +107,58 @@ class EvaluateConfig:
 
 
 @dataclass
+class MixupConfig:
+    """The interpolated view of CR-ILD (None: as the preset says)."""
+
+    enabled: Optional[bool] = None
+    alpha: float = 1.0  # lambda ~ Beta(alpha, alpha), then lambda = max(lambda, 1 - lambda)
+
+
+@dataclass
+class ConsistencyConfig:
+    """The consistency regulariser of CR-ILD (weight None: as the preset says)."""
+
+    weight: Optional[float] = None  # w_ic; the applied weight ramps linearly from 0 to w_ic
+    target: str = "clean"  # clean: stop-gradient clean pass of the student; ema: an EMA copy
+    ema_decay: float = 0.999
+    distance: str = "relation"  # relation: Q/K/V self-relation KL; hidden: last-layer hidden MSE
+
+
+@dataclass
+class SupplementaryConfig:
+    """Inputs of another dataset for ILD (labels unused)."""
+
+    task: TaskConfig = field(default_factory=lambda: TaskConfig(name="snli"))
+    ratio: float = 1.0  # examples drawn per target-task training example
+
+
+@dataclass
+class DistillConfig:
+    preset: str = "cr-ild"
+    output: str = "student"  # folder under output_dir
+    teacher_model: Optional[str] = None  # default: <output_dir>/teacher from stage 1
+    phases: Optional[list[str]] = None  # default: the preset's phases
+    ild_terms: dict[str, float] = field(default_factory=dict)  # re-weight (0 removes) or add ILD terms
+    kd_terms: dict[str, float] = field(default_factory=dict)  # same for the prediction-layer phase
+    temperature: float = 2.0
+    layer_map: Optional[str] = None  # last | uniform | pairs (None: the preset's)
+    layer_pairs: list[list[int]] = field(default_factory=list)  # [[student, teacher], ...], 1-based
+    relation_heads: Optional[int] = None  # default: the teacher's attention heads
+    mixup: MixupConfig = field(default_factory=MixupConfig)
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    supplementary: list[SupplementaryConfig] = field(default_factory=list)
+    supplementary_mode: str = "before"  # before: its own ILD phase first; mixed: merged into target ILD
+    teacher_deepspeed_config: Optional[str] = None  # e.g. ZeRO-3 to partition a large teacher
+    ild_supplementary: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, learning_rate=3e-5))
+    ild: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, learning_rate=3e-5))
+    kd: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, batch_size=16, learning_rate=3e-5,
+                                                                   eval_every=50))
+
+
+@dataclass
 class StagesConfig:
     teacher: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
@@ -128,7 +178,7 @@ class RunConfig:
     source: str = field(default="<config>", compare=False, repr=False, metadata={"internal": True})
 
 
-STAGE_NAMES = ("teacher", "evaluate")
+STAGE_NAMES = ("teacher", "distill", "baseline", "evaluate")
 
 # --------------------------------------------------------------------------- validation
 
@@ -169,6 +219,17 @@ def _check_value(value, tp, where: str, source: str):
         if isinstance(value, bool) or not isinstance(value, int):
             raise UserError(f"{source}: {where}: expected an integer, got {value!r} ({type(value).__name__})")
         return value
+    origin = typing.get_origin(inner)
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"{source}: {where}: expected a list, got {value!r} ({type(value).__name__})")
+        (item,) = typing.get_args(inner)
+        return [_check_value(v, item, f"{where}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{source}: {where}: expected a mapping, got {value!r} ({type(value).__name__})")
+        _, item = typing.get_args(inner)
+        return {str(k): _check_value(v, item, f"{where}.{k}", source) for k, v in value.items()}
     if inner in (str, bool, list, dict):
         if not isinstance(value, inner):
             raise UserError(f"{source}: {where}: expected {_describe(inner)}, got {value!r} ({type(value).__name__})")
@@ -279,6 +340,11 @@ def _check_semantics(cfg: RunConfig) -> None:
         train = getattr(cfg.stages, f.name)
         if isinstance(train, TrainConfig):
             _check_train(train, f"stages.{f.name}", src)
+    for phase in ("ild_supplementary", "ild", "kd"):
+        _check_train(getattr(cfg.stages.distill, phase), f"stages.distill.{phase}", src)
+    from pipeline.objectives import check_distill_config  # late import: objectives imports this module
+
+    check_distill_config(cfg.stages.distill, cfg, src)
 
 
 def _check_train(train: TrainConfig, where: str, src: str) -> None:
@@ -298,13 +364,15 @@ def _check_train(train: TrainConfig, where: str, src: str) -> None:
 
 
 def to_dict(cfg) -> dict:
-    out = {}
-    for f in dataclasses.fields(cfg):
-        if f.metadata.get("internal"):
-            continue
-        value = getattr(cfg, f.name)
-        out[f.name] = to_dict(value) if dataclasses.is_dataclass(value) else value
-    return out
+    """Plain data (dicts, lists, scalars) of a config or any section of it."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
+                if not f.metadata.get("internal")}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
 
 
 def dump_yaml(cfg: RunConfig) -> str:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pipeline.config import RunConfig, config_hash, resolve_path, to_dict
+from pipeline.config import RunConfig, config_hash, from_dict, resolve_path, to_dict
 from pipeline.errors import UserError
 from pipeline.outputs import MANIFEST, is_complete
 
@@ -21,12 +21,18 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 class Stage:
     name: str
     script: str
-    output: str  # folder under output_dir
+    output: Callable[[RunConfig], str]  # folder under output_dir
     fingerprint: Callable[[RunConfig], str]
+    overrides: tuple = ()  # configuration overrides this stage always runs with
 
 
 def _ds_json_text(cfg: RunConfig, path: str | None) -> str:
     return resolve_path(path or cfg.deepspeed_config, "deepspeed_config", cfg.source).read_text()
+
+
+def _manifest_fingerprint(folder: Path):
+    manifest = folder / MANIFEST
+    return json.loads(manifest.read_text()).get("fingerprint") if manifest.is_file() else None
 
 
 def _teacher_fingerprint(cfg: RunConfig) -> str:
@@ -35,40 +41,56 @@ def _teacher_fingerprint(cfg: RunConfig) -> str:
                         "ds": _ds_json_text(cfg, cfg.stages.teacher.deepspeed_config)})
 
 
-def _upstream(cfg: RunConfig, names: tuple[str, ...]) -> dict:
-    out = {}
-    for name in names:
-        manifest = Path(cfg.output_dir) / STAGES[name].output / MANIFEST
-        out[name] = json.loads(manifest.read_text()).get("fingerprint") if manifest.is_file() else None
-    return out
+def _distill_fingerprint(cfg: RunConfig) -> str:
+    d = cfg.stages.distill
+    ds = {p: _ds_json_text(cfg, getattr(d, p).deepspeed_config) for p in ("ild_supplementary", "ild", "kd")}
+    teacher = (_manifest_fingerprint(Path(cfg.output_dir) / "teacher") if not d.teacher_model
+               else d.teacher_model)
+    return config_hash({"seed": cfg.seed, "task": to_dict(cfg.task), "student": to_dict(cfg.student),
+                        "distill": to_dict(d), "ds": ds, "teacher": teacher})
 
 
 def _evaluate_fingerprint(cfg: RunConfig) -> str:
-    return config_hash({"task": to_dict(cfg.task), "evaluate": to_dict(cfg.stages.evaluate),
-                        "upstream": _upstream(cfg, ("teacher",))})
+    out = Path(cfg.output_dir)
+    upstream = {name: _manifest_fingerprint(out / name) for name in ("teacher", "student", "student_finetuned")}
+    return config_hash({"task": to_dict(cfg.task), "evaluate": to_dict(cfg.stages.evaluate), "upstream": upstream})
 
+
+BASELINE_OVERRIDES = ("stages.distill.preset=finetune", "stages.distill.output=student_finetuned",
+                      "stages.distill.phases=null", "stages.distill.supplementary=[]")
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
-    Stage("teacher", "stage1_teacher.py", "teacher", _teacher_fingerprint),
-    Stage("evaluate", "stage4_evaluate.py", "eval", _evaluate_fingerprint),
+    Stage("teacher", "stage1_teacher.py", lambda c: "teacher", _teacher_fingerprint),
+    Stage("distill", "stage3_distill.py", lambda c: c.stages.distill.output, _distill_fingerprint),
+    # the same student fine-tuned without a teacher, for comparison
+    Stage("baseline", "stage3_distill.py", lambda c: c.stages.distill.output, _distill_fingerprint,
+          BASELINE_OVERRIDES),
+    Stage("evaluate", "stage4_evaluate.py", lambda c: "eval", _evaluate_fingerprint),
 ]}
 
 
+def stage_config(cfg: RunConfig, name: str) -> RunConfig:
+    """The configuration a stage runs with (the run's, plus the stage's fixed overrides)."""
+    if not STAGES[name].overrides:
+        return cfg
+    return from_dict(to_dict(cfg), cfg.source, list(STAGES[name].overrides))
+
+
 def stage_fingerprint(cfg: RunConfig, name: str) -> str:
+    """What a stage's output depends on. Stage scripts record it in their manifest with the
+    configuration they ran with; the runner compares it with the one it would run with."""
     return STAGES[name].fingerprint(cfg)
 
 
 def stage_is_done(cfg: RunConfig, name: str) -> bool:
-    folder = Path(cfg.output_dir) / STAGES[name].output
-    if not is_complete(folder):
-        return False
-    manifest = json.loads((folder / MANIFEST).read_text())
-    return manifest.get("fingerprint") == stage_fingerprint(cfg, name)
+    cfg = stage_config(cfg, name)
+    folder = Path(cfg.output_dir) / STAGES[name].output(cfg)
+    return is_complete(folder) and _manifest_fingerprint(folder) == stage_fingerprint(cfg, name)
 
 
 def stage_command(cfg: RunConfig, name: str, config_path: str, overrides: list[str]) -> list[str]:
     script = str(PACKAGE_DIR / STAGES[name].script)
-    args = ["--config", config_path, *overrides]
+    args = ["--config", config_path, *overrides, *STAGES[name].overrides]
     if cfg.num_ranks > 1:
         launcher = Path(sys.executable).with_name("deepspeed")
         return [str(launcher), "--num_gpus", str(cfg.num_ranks), script, *args]
@@ -80,8 +102,7 @@ def run_pipeline(cfg: RunConfig, config_path: str, overrides: list[str], force: 
 
     for name in cfg.pipeline:
         if not force and stage_is_done(cfg, name):
-            print(f"crild: {name}: complete for this configuration, skipped "
-                  f"({Path(cfg.output_dir) / STAGES[name].output})", flush=True)
+            print(f"crild: {name}: complete for this configuration, skipped", flush=True)
             continue
         cmd = stage_command(cfg, name, config_path, overrides)
         print(f"crild: {name}: running {' '.join(cmd)}", flush=True)

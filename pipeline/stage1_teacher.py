@@ -59,7 +59,7 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
     scalars = Scalars(out / "tensorboard" / STAGE, dist.is_main)
     main_split = data.main_split
 
-    def loss_fn(engine_, batch):
+    def loss_fn(engine_, batch, micro_step):
         logits = engine_(**model_inputs(batch, dist.device)).logits
         return task_loss(logits, batch["labels"].to(dist.device), spec.regression), {}
 

@@ -30,7 +30,7 @@ from pipeline.stage_common import load_task_data, log, run_dir, stage_main  # no
 from pipeline.tasks import TaskSpec  # noqa: E402
 
 STAGE = "evaluate"
-PRODUCED_MODELS = ("teacher", "student")  # folders a run writes, evaluated by default
+PRODUCED_MODELS = ("teacher", "student", "student_finetuned")  # folders a run writes, evaluated by default
 
 
 def models_to_evaluate(cfg: RunConfig) -> dict[str, str]:

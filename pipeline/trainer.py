@@ -22,7 +22,7 @@ from pipeline.tb import Scalars
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpointed on request, run again to resume
 
-LossFn = Callable[[object, dict], tuple[torch.Tensor, dict]]
+LossFn = Callable[[object, dict, int], tuple[torch.Tensor, dict]]  # (engine, batch, micro-step)
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,8 @@ def train_loop(*, engine, dist: DistInfo, train_ds, collate: Collator, cfg: Trai
 
     def run_eval(opt_step: int) -> None:
         metrics = evaluate()
+        if not metrics:
+            return
         state["evals"].append({"step": opt_step, "micro_step": micro, **metrics})
         scalars.add({f"{prefix}/eval/{k}": v for k, v in metrics.items()}, opt_step)
         score = metrics.get(main_metric)
@@ -107,7 +109,7 @@ def train_loop(*, engine, dist: DistInfo, train_ds, collate: Collator, cfg: Trai
             batches_epoch = epoch
         batch = fetch(train_ds, batches[offset], collate)
         engine.train()
-        total, components = loss_fn(engine, batch)
+        total, components = loss_fn(engine, batch, micro)
         engine.backward(total)
         boundary = engine.is_gradient_accumulation_boundary()
         opt_step = (micro + 1) // plan.accumulation
