@@ -12,6 +12,7 @@ from pipeline.distributed import DistInfo, barrier
 from pipeline.errors import UserError
 
 TAG_PREFIX = "step"
+FINGERPRINT_FILE = "stage_fingerprint"
 
 
 def _rng_state() -> dict:
@@ -30,11 +31,12 @@ def _set_rng_state(state: dict) -> None:
 class Checkpoints:
     """Checkpoints of one training stage under ``root`` (tags ``step00000120``)."""
 
-    def __init__(self, root: Path, dist: DistInfo, config_hash: str, keep: int = 2):
+    def __init__(self, root: Path, dist: DistInfo, config_hash: str, keep: int = 2, fingerprint: str = ""):
         self.root = Path(root)
         self.dist = dist
         self.config_hash = config_hash
         self.keep = keep
+        self.fingerprint = fingerprint  # the runner's stage fingerprint, to spot stale checkpoints
 
     def tags(self) -> list[str]:
         if not self.root.is_dir():
@@ -49,6 +51,8 @@ class Checkpoints:
         tag = f"{TAG_PREFIX}{step:08d}"
         tag_dir = self.root / tag
         tag_dir.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main and self.fingerprint:
+            (self.root / FINGERPRINT_FILE).write_text(self.fingerprint)
         torch.save(_rng_state(), tag_dir / f"rng_rank{self.dist.rank}.pt")
         barrier()
         state = dict(client_state, config_hash=self.config_hash)
@@ -77,3 +81,19 @@ class Checkpoints:
         if rng_file.is_file():
             _set_rng_state(torch.load(rng_file, weights_only=True))
         return state
+
+
+def archive_stale(root: Path, fingerprint: str) -> Path | None:
+    """Move checkpoints under ``root`` written for another stage fingerprint (the
+    configuration or the inputs changed) out of the way; returns where they went."""
+    stale = []
+    for marker in sorted(Path(root).rglob(FINGERPRINT_FILE)) if Path(root).is_dir() else []:
+        if marker.read_text().strip() != fingerprint:
+            stale.append(marker.parent)
+    if not stale:
+        return None
+    n = 1
+    while (archive := Path(f"{root}.stale-{n}")).exists():
+        n += 1
+    Path(root).rename(archive)
+    return archive

@@ -61,7 +61,7 @@ def build_ds_config(path: str, train: TrainConfig, world_size: int, total_steps:
     sched = cfg.get("scheduler")
     if sched is not None:
         params = sched.setdefault("params", {})
-        warmup = int(round(train.warmup_ratio * total_steps))
+        warmup = max(1, int(round(train.warmup_ratio * total_steps)))  # DeepSpeed needs >= 1
         if "warmup_max_lr" in params or sched.get("type") in ("WarmupLR", "WarmupDecayLR", "WarmupCosineLR"):
             if sched.get("type") != "WarmupCosineLR":
                 _fill(params, "warmup_max_lr", train.learning_rate, "scheduler.params.warmup_max_lr", p,

@@ -54,11 +54,14 @@ class Term:
     same_heads: bool = False  # needs equal attention-head counts
 
 
-def _mean_over_pairs(x: TermInputs, per_pair: Callable[[int, int], dict]) -> dict:
+def _mean_over_pairs(x: TermInputs, per_pair: Callable[[int, int], dict], embeddings: bool = False) -> dict:
+    """Mean over the mapped layer pairs; the embedding pair (0, 0) counts only for
+    hidden-state terms (attention and relations exist in Transformer layers only)."""
+    pairs = [p for p in x.pairs if embeddings or p[0] > 0]
     parts: dict = {}
-    for s, t in x.pairs:
+    for s, t in pairs:
         for k, v in per_pair(s, t).items():
-            parts[k] = parts.get(k, 0.0) + v / len(x.pairs)
+            parts[k] = parts.get(k, 0.0) + v / len(pairs)
     return parts
 
 
@@ -87,7 +90,7 @@ def _attention_mse(x: TermInputs) -> dict:
 
 def _hidden_mse(x: TermInputs) -> dict:
     return _mean_over_pairs(x, lambda s, t: {"hidden": losses.hidden_mse(
-        x.teacher_caps[t]["hidden"], x.project(s, x.student_caps[s]["hidden"]), x.mask)})
+        x.teacher_caps[t]["hidden"], x.project(s, x.student_caps[s]["hidden"]), x.mask)}, embeddings=True)
 
 
 def _pkd(x: TermInputs) -> dict:

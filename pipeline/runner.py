@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from pipeline.checkpointing import archive_stale
 from pipeline.config import RunConfig, config_hash, from_dict, resolve_path, to_dict
 from pipeline.errors import UserError
 from pipeline.outputs import MANIFEST, is_complete
@@ -24,6 +25,7 @@ class Stage:
     output: Callable[[RunConfig], str]  # folder under output_dir
     fingerprint: Callable[[RunConfig], str]
     overrides: tuple = ()  # configuration overrides this stage always runs with
+    checkpoints: Callable[[RunConfig], str] = lambda c: ""  # its checkpoint folder under output_dir
 
 
 def _ds_json_text(cfg: RunConfig, path: str | None) -> str:
@@ -60,11 +62,13 @@ BASELINE_OVERRIDES = ("stages.distill.preset=finetune", "stages.distill.output=s
                       "stages.distill.phases=null", "stages.distill.supplementary=[]")
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
-    Stage("teacher", "stage1_teacher.py", lambda c: "teacher", _teacher_fingerprint),
-    Stage("distill", "stage3_distill.py", lambda c: c.stages.distill.output, _distill_fingerprint),
+    Stage("teacher", "stage1_teacher.py", lambda c: "teacher", _teacher_fingerprint,
+          checkpoints=lambda c: "checkpoints/teacher"),
+    Stage("distill", "stage3_distill.py", lambda c: c.stages.distill.output, _distill_fingerprint,
+          checkpoints=lambda c: f"checkpoints/{c.stages.distill.output}"),
     # the same student fine-tuned without a teacher, for comparison
     Stage("baseline", "stage3_distill.py", lambda c: c.stages.distill.output, _distill_fingerprint,
-          BASELINE_OVERRIDES),
+          BASELINE_OVERRIDES, checkpoints=lambda c: f"checkpoints/{c.stages.distill.output}"),
     Stage("evaluate", "stage4_evaluate.py", lambda c: "eval", _evaluate_fingerprint),
 ]}
 
@@ -104,6 +108,13 @@ def run_pipeline(cfg: RunConfig, config_path: str, overrides: list[str], force: 
         if not force and stage_is_done(cfg, name):
             print(f"crild: {name}: complete for this configuration, skipped", flush=True)
             continue
+        stage_cfg = stage_config(cfg, name)
+        ckpt_dir = STAGES[name].checkpoints(stage_cfg)
+        if ckpt_dir:
+            moved = archive_stale(Path(cfg.output_dir) / ckpt_dir, stage_fingerprint(stage_cfg, name))
+            if moved:
+                print(f"crild: {name}: configuration or inputs changed since its checkpoints were written; "
+                      f"moved them to {moved}", flush=True)
         cmd = stage_command(cfg, name, config_path, overrides)
         print(f"crild: {name}: running {' '.join(cmd)}", flush=True)
         code = subprocess.run(cmd, env=os.environ.copy()).returncode

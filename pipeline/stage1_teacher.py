@@ -23,6 +23,7 @@ from pipeline.evaluation import classifier_forward, model_inputs, predict_logits
 from pipeline.losses import task_loss  # noqa: E402
 from pipeline.models import build_classifier, load_tokenizer, quiet_libraries, resolve_model, save_model  # noqa: E402
 from pipeline.outputs import atomic_output, write_json  # noqa: E402
+from pipeline.runner import stage_fingerprint  # noqa: E402
 from pipeline.stage_common import (consolidated_state_dict, load_task_data, log, run_dir,  # noqa: E402
                                    stage_hash, stage_main)
 from pipeline.tb import Scalars  # noqa: E402
@@ -50,7 +51,8 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=decay_groups(model, train_cfg.weight_decay),
                                            config=ds_cfg)
     chash = stage_hash(cfg, STAGE, {"teacher": to_dict(cfg.teacher), "ds": ds_cfg})
-    ckpts = Checkpoints(out / "checkpoints" / STAGE, dist, chash, train_cfg.keep_checkpoints)
+    ckpts = Checkpoints(out / "checkpoints" / STAGE, dist, chash, train_cfg.keep_checkpoints,
+                        fingerprint=stage_fingerprint(cfg, STAGE))
     state = ckpts.load(engine) or {}
     if state:
         log(dist, f"{STAGE}: resuming at micro-step {state['micro_step']} of {plan.total_micro_steps}")

@@ -30,7 +30,7 @@ from pipeline.config import RunConfig, to_dict  # noqa: E402
 from pipeline.data_sources import UNLABELLED, Examples, load_split  # noqa: E402
 from pipeline.distill import DistillModule, DistillObjective  # noqa: E402
 from pipeline.distributed import DistInfo, barrier, init_distributed, main_rank_first, seed_everything  # noqa: E402
-from pipeline.ds_config import build_ds_config, precision_dtype  # noqa: E402
+from pipeline.ds_config import build_ds_config, load_ds_json, precision_dtype, zero_stage  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.evaluation import classifier_forward, predict_logits, split_metrics  # noqa: E402
 from pipeline.models import build_classifier, load_tokenizer, quiet_libraries, resolve_model, save_model  # noqa: E402
@@ -61,9 +61,37 @@ def teacher_folder(cfg: RunConfig) -> Path:
     return folder
 
 
-def load_teacher(folder: Path, spec, device, dtype):
-    teacher = build_classifier(str(folder), spec, "stages.distill.teacher_model")
-    return teacher.to(device=device, dtype=dtype).eval().requires_grad_(False)
+class FrozenTeacher:
+    """The teacher: frozen, eval mode, no gradients. With ``teacher_deepspeed_config`` at
+    ZeRO-3 its parameters are partitioned over the ranks (transformers' DeepSpeed
+    integration builds it already partitioned), for teachers too large for one device."""
+
+    def __init__(self, cfg: RunConfig, folder: Path, spec, dist: DistInfo):
+        self.partitioned = False
+        path = cfg.stages.distill.teacher_deepspeed_config
+        if path is not None:
+            import deepspeed
+            from transformers.integrations import HfDeepSpeedConfig
+
+            _, tcfg = load_ds_json(path, cfg.source)
+            tcfg = {k: v for k, v in tcfg.items() if k not in ("optimizer", "scheduler")}
+            tcfg.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1,
+                        train_batch_size=dist.world_size)
+            if zero_stage(tcfg) == 3:
+                hf_ds = HfDeepSpeedConfig(tcfg)  # while alive, from_pretrained builds partitioned models
+                model = build_classifier(str(folder), spec, "stages.distill.teacher_model")
+                engine, _, _, _ = deepspeed.initialize(model=model, config=tcfg)
+                del hf_ds  # the student must not be partitioned: it trains under its own ZeRO stage
+                self.model = engine.module.eval().requires_grad_(False)
+                self.partitioned = True
+                return
+        self.model = build_classifier(str(folder), spec, "stages.distill.teacher_model")
+        self.model.to(device=dist.device).eval().requires_grad_(False)
+
+    def set_dtype(self, dtype: torch.dtype) -> None:
+        """Run in the student engine's precision (a partitioned teacher keeps its own)."""
+        if not self.partitioned:
+            self.model.to(dtype)
 
 
 def build_student(cfg: RunConfig, spec, previous: Path | None):
@@ -129,9 +157,10 @@ def phase_done(folder: Path, cfg: RunConfig) -> bool:
 
 
 def run_phase(cfg: RunConfig, plan: PhasePlan, index: int, dist: DistInfo, data: TaskData, tokenizer,
-              teacher, teacher_dir: Path | None, previous: Path | None, stop: StopRequest) -> int:
+              frozen: FrozenTeacher | None, teacher_dir: Path | None, previous: Path | None, stop: StopRequest) -> int:
     import deepspeed
 
+    teacher = frozen.model if frozen is not None else None
     dcfg = cfg.stages.distill
     out = run_dir(cfg)
     train_cfg = getattr(dcfg, plan.name)
@@ -154,8 +183,8 @@ def run_phase(cfg: RunConfig, plan: PhasePlan, index: int, dist: DistInfo, data:
     plan_loop = make_plan(len(ds), train_cfg, dist.world_size)
     ds_cfg = build_ds_config(train_cfg.deepspeed_config or cfg.deepspeed_config, train_cfg, dist.world_size,
                              plan_loop.total_optimizer_steps, cfg.source, f"distill.{plan.name}")
-    if teacher is not None:
-        teacher.to(precision_dtype(ds_cfg))
+    if frozen is not None:
+        frozen.set_dtype(precision_dtype(ds_cfg))
     engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=decay_groups(module, train_cfg.weight_decay),
                                            config=ds_cfg)
     cached = None
@@ -170,7 +199,8 @@ def run_phase(cfg: RunConfig, plan: PhasePlan, index: int, dist: DistInfo, data:
         ema_decay=dcfg.consistency.ema_decay, consistency_distance=dcfg.consistency.distance, teacher_logits=cached)
     chash = stage_hash(cfg, STAGE, {"phase": plan.name, "student": to_dict(cfg.student), "ds": ds_cfg,
                                     "teacher": teacher_fingerprint(teacher_dir) if teacher_dir else None})
-    ckpts = Checkpoints(out / "checkpoints" / dcfg.output / plan.name, dist, chash, train_cfg.keep_checkpoints)
+    ckpts = Checkpoints(out / "checkpoints" / dcfg.output / plan.name, dist, chash, train_cfg.keep_checkpoints,
+                        fingerprint=stage_fingerprint(cfg, STAGE))
     state = ckpts.load(engine) or {}
     if state:
         log(dist, f"{plan.name}: resuming at micro-step {state['micro_step']} of {plan_loop.total_micro_steps}")
@@ -225,12 +255,12 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
                                              need_weights=cfg.student.init != "random"), "student.backbone")
     teacher_dir = teacher_folder(cfg) if needs_teacher else None
     spec = get_task(cfg.task.name)
-    teacher = None
+    frozen = None
     if teacher_dir is not None:
         if load_tokenizer(str(teacher_dir), "teacher").get_vocab() != tokenizer.get_vocab():
             raise UserError(f"student.backbone '{cfg.student.backbone}' and teacher '{teacher_dir}' have different "
                             f"vocabularies; distillation needs the same tokenizer")
-        teacher = load_teacher(teacher_dir, spec, dist.device, torch.float32)
+        frozen = FrozenTeacher(cfg, teacher_dir, spec, dist)
     data = load_task_data(cfg, tokenizer)
     previous = None
     for index, plan in enumerate(plans):
@@ -238,7 +268,7 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
         if phase_done(folder, cfg):
             log(dist, f"{plan.name}: complete, skipped ({folder})")
         else:
-            code = run_phase(cfg, plan, index, dist, data, tokenizer, teacher, teacher_dir, previous, stop)
+            code = run_phase(cfg, plan, index, dist, data, tokenizer, frozen, teacher_dir, previous, stop)
             if code:
                 return code
         previous = folder

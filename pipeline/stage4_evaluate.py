@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pipeline.config import RunConfig  # noqa: E402
+from pipeline.batching import fetch  # noqa: E402
 from pipeline.distributed import barrier, init_distributed, seed_everything  # noqa: E402
 from pipeline.ds_config import load_ds_json, precision_dtype  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
@@ -70,6 +71,9 @@ def run(cfg: RunConfig) -> int:
         model = load_eval_model(path, data.spec, dtype, dist.device, cfg.task.max_length)
         forward = classifier_forward(model, dist.device)
         entry = {"path": path, "parameters": sum(p.numel() for p in model.parameters()), "splits": {}}
+        first = next(iter(data.eval.values()))
+        with torch.no_grad():  # warm-up, so the first split's speed is not charged for it
+            forward(fetch(first, list(range(min(len(first), cfg.stages.evaluate.batch_size))), data.collate))
         for split, ds in data.eval.items():
             start = time.perf_counter()
             logits = predict_logits(forward, ds, data.collate, cfg.stages.evaluate.batch_size, dist)
@@ -101,17 +105,26 @@ def _write_predictions(path: Path, logits: np.ndarray, labels: np.ndarray, spec:
 
 
 def format_table(task: str, results: dict, spec: TaskSpec) -> str:
-    rows = [("model", "split", spec.main_metric, "all metrics", "params", "examples/s")]
+    """Score, size and speed of every model; size and speed also relative to the teacher."""
+    teacher = results.get("teacher")
+    rows = [("model", "split", spec.main_metric, "all metrics", "params", "size vs teacher", "examples/s",
+             "speed vs teacher")]
     for name, entry in results.items():
         for split, m in entry["splits"].items():
             others = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if k not in ("examples", "examples_per_s"))
             main = m.get(spec.main_metric)
+            size = speed = "-"
+            if teacher is not None:
+                size = f"{entry['parameters'] / teacher['parameters']:.2f}x"
+                t_split = teacher["splits"].get(split)
+                if t_split:
+                    speed = f"{m['examples_per_s'] / t_split['examples_per_s']:.2f}x"
             rows.append((name, split, "-" if main is None else f"{main:.4f}", others or "(unlabelled)",
-                         f"{entry['parameters'] / 1e6:.1f}M", f"{m['examples_per_s']:.0f}"))
+                         f"{entry['parameters'] / 1e6:.1f}M", size, f"{m['examples_per_s']:.0f}", speed))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [f"Evaluation on {task}:"]
+    lines = [f"Evaluation on {task} (held-out splits):"]
     for j, r in enumerate(rows):
-        lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)))
+        lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
         if j == 0:
             lines.append("  " + "  ".join("-" * w for w in widths))
     return "\n".join(lines)
