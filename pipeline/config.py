@@ -148,6 +148,7 @@ class DistillConfig:
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     supplementary: list[SupplementaryConfig] = field(default_factory=list)
     supplementary_mode: str = "before"  # before: its own ILD phase first; mixed: merged into target ILD
+    augmented_phases: list[str] = field(default_factory=list)  # phases trained on stage 2's augmented set
     teacher_deepspeed_config: Optional[str] = None  # e.g. ZeRO-3 to partition a large teacher
     ild_supplementary: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, learning_rate=3e-5))
     ild: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, learning_rate=3e-5))
@@ -156,8 +157,29 @@ class DistillConfig:
 
 
 @dataclass
+class VectorsConfig:
+    path: str = "glove-6b-50d"  # offline alias, a GloVe .txt file, or a .npy matrix
+    vocab: Optional[str] = None  # the words of a .npy matrix (.parquet or .txt)
+
+
+@dataclass
+class AugmentConfig:
+    """TinyBERT's augmentation (defaults: the paper's N, p, M)."""
+
+    copies: int = 20  # N attempts per example
+    replace_prob: float = 0.4  # p
+    candidates: int = 15  # M
+    masked_lm: Optional[str] = None  # a masked-LM folder; None: word vectors for every word
+    vectors: VectorsConfig = field(default_factory=VectorsConfig)
+    batch_size: int = 256  # masked-LM sequences per forward
+    num_shards: int = 16  # units of work and of restart; the result does not depend on it
+    teacher_logits: bool = False  # also store the teacher's logits for the KD phase
+
+
+@dataclass
 class StagesConfig:
     teacher: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
@@ -178,7 +200,7 @@ class RunConfig:
     source: str = field(default="<config>", compare=False, repr=False, metadata={"internal": True})
 
 
-STAGE_NAMES = ("teacher", "distill", "baseline", "evaluate")
+STAGE_NAMES = ("teacher", "augment", "distill", "baseline", "evaluate")
 
 # --------------------------------------------------------------------------- validation
 
@@ -340,6 +362,12 @@ def _check_semantics(cfg: RunConfig) -> None:
         train = getattr(cfg.stages, f.name)
         if isinstance(train, TrainConfig):
             _check_train(train, f"stages.{f.name}", src)
+    aug = cfg.stages.augment
+    for name in ("copies", "candidates", "batch_size", "num_shards"):
+        if getattr(aug, name) < 1:
+            raise UserError(f"{src}: stages.augment.{name}: expected a positive integer, got {getattr(aug, name)}")
+    if not 0.0 <= aug.replace_prob <= 1.0:
+        raise UserError(f"{src}: stages.augment.replace_prob: expected a probability in [0, 1], got {aug.replace_prob}")
     for phase in ("ild_supplementary", "ild", "kd"):
         _check_train(getattr(cfg.stages.distill, phase), f"stages.distill.{phase}", src)
     from pipeline.objectives import check_distill_config  # late import: objectives imports this module

@@ -220,6 +220,9 @@ def check_distill_config(dcfg, cfg, src: str) -> None:
     if dcfg.supplementary_mode not in ("before", "mixed"):
         raise UserError(f"{src}: stages.distill.supplementary_mode: expected before or mixed, "
                         f"got '{dcfg.supplementary_mode}'")
+    for phase in dcfg.augmented_phases:
+        if phase not in PHASES:
+            raise UserError(f"{src}: stages.distill.augmented_phases: unknown phase '{phase}'{_suggest(phase, PHASES)}")
     if dcfg.mixup.alpha <= 0:
         raise UserError(f"{src}: stages.distill.mixup.alpha: expected a positive number, got {dcfg.mixup.alpha}")
     if dcfg.relation_heads is not None and dcfg.relation_heads < 1:

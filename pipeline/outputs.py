@@ -3,6 +3,7 @@ with a manifest recording what produced them."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from contextlib import contextmanager
@@ -32,7 +33,7 @@ def atomic_output(final: Path, cfg: RunConfig, stage: str):
     from pipeline.runner import stage_fingerprint
 
     final = Path(final)
-    tmp = final.parent / f".{final.name}.tmp"
+    tmp = final.parent / f".{final.name}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:

@@ -8,12 +8,14 @@ from tqdm.auto import tqdm
 
 
 class Progress:
-    def __init__(self, total: int, initial: int, desc: str, enabled: bool, log_interval: float = 30.0):
+    def __init__(self, total: int, initial: int, desc: str, enabled: bool, log_interval: float = 30.0,
+                 unit: str = "micro-steps"):
         self.enabled = enabled
         self.tty = sys.stderr.isatty()
         self.total, self.n, self.desc = total, initial, desc
         self.postfix = ""
         self.interval = log_interval
+        self.unit = unit
         self.start = self.last = time.perf_counter()
         self.start_n = initial
         self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True) if enabled and self.tty else None
@@ -33,8 +35,8 @@ class Progress:
         self.last = time.perf_counter()
         rate = (self.n - self.start_n) / max(self.last - self.start, 1e-9)
         extra = f", {self.postfix}" if self.postfix else ""
-        print(f"{self.desc}: {self.n}/{self.total} micro-steps ({100 * self.n / self.total:.0f}%), "
-              f"{rate:.2f} steps/s{extra}", file=sys.stderr, flush=True)
+        print(f"{self.desc}: {self.n}/{self.total} {self.unit} ({100 * self.n / max(self.total, 1):.0f}%), "
+              f"{rate:.2f} {self.unit}/s{extra}", file=sys.stderr, flush=True)
 
     def write(self, message: str) -> None:
         if not self.enabled:

