@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -100,19 +101,82 @@ def stage_is_done(cfg: RunConfig, name: str) -> bool:
     return is_complete(folder) and _manifest_fingerprint(folder) == stage_fingerprint(cfg, name)
 
 
+def in_slurm_allocation() -> bool:
+    return "SLURM_JOB_ID" in os.environ and "SLURM_NTASKS" in os.environ and \
+        os.environ.get("CRILD_LAUNCHER", "srun") == "srun"
+
+
+def slurm_rendezvous() -> dict:
+    """MASTER_ADDR/PORT for a stage launched with srun: the allocation's first node and a
+    port derived from the job id (stable across requeues)."""
+    nodes = subprocess.run(["scontrol", "show", "hostnames", os.environ.get("SLURM_JOB_NODELIST", "")],
+                           capture_output=True, text=True).stdout.split()
+    addr = nodes[0] if nodes else "127.0.0.1"
+    if nodes:  # the node's address as Slurm knows it (node names need not resolve)
+        info = subprocess.run(["scontrol", "show", "node", nodes[0], "-o"], capture_output=True, text=True).stdout
+        addr = next((f.split("=", 1)[1] for f in info.split() if f.startswith("NodeAddr=")), addr)
+    return {"MASTER_ADDR": addr,
+            "MASTER_PORT": str(20000 + int(os.environ["SLURM_JOB_ID"]) % 20000)}
+
+
 def stage_command(cfg: RunConfig, name: str, config_path: str, overrides: list[str]) -> list[str]:
+    """The command of one stage: srun inside a Slurm allocation (one task per rank), the
+    deepspeed launcher for several local ranks, plain python for one."""
     script = str(PACKAGE_DIR / STAGES[name].script)
     args = ["--config", config_path, *overrides, *STAGES[name].overrides]
+    if in_slurm_allocation():
+        return ["srun", "--kill-on-bad-exit=1", f"--ntasks={os.environ['SLURM_NTASKS']}", sys.executable, script,
+                *args]
     if cfg.num_ranks > 1:
         launcher = Path(sys.executable).with_name("deepspeed")
         return [str(launcher), "--num_gpus", str(cfg.num_ranks), script, *args]
     return [sys.executable, script, *args]
 
 
-def run_pipeline(cfg: RunConfig, config_path: str, overrides: list[str], force: bool = False) -> int:
+class _Forwarder:
+    """Forwards SIGUSR1/SIGTERM (preemption, time limit) to the running stage, which
+    checkpoints and exits with EXIT_PREEMPTED."""
+
+    def __init__(self):
+        self.child: subprocess.Popen | None = None
+        self.received = False
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.received = True
+        print(f"crild: received {signal.Signals(signum).name}; asking the running stage to checkpoint", flush=True)
+        if self.child is not None and self.child.poll() is None:
+            self.child.send_signal(signal.SIGUSR1)
+
+    def run(self, cmd: list[str], env: dict) -> int:
+        self.child = subprocess.Popen(cmd, env=env)
+        try:
+            return self.child.wait()
+        finally:
+            self.child = None
+
+
+def requeue_self() -> bool:
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return False
+    return subprocess.run(["scontrol", "requeue", job]).returncode == 0
+
+
+def run_pipeline(cfg: RunConfig, config_path: str, overrides: list[str], force: bool = False,
+                 only: list[str] | None = None) -> int:
+    """Run the configured stages (or ``only`` these) in order. Inside a Slurm job a stop
+    request checkpoints the running stage and requeues the job, which then resumes."""
     from pipeline.trainer import EXIT_PREEMPTED
 
-    for name in cfg.pipeline:
+    forwarder = _Forwarder()
+    env = os.environ.copy()
+    if in_slurm_allocation():
+        env.update(slurm_rendezvous())
+    for name in only or cfg.pipeline:
+        if forwarder.received:
+            break
         if not force and stage_is_done(cfg, name):
             print(f"crild: {name}: complete for this configuration, skipped", flush=True)
             continue
@@ -125,10 +189,18 @@ def run_pipeline(cfg: RunConfig, config_path: str, overrides: list[str], force: 
                       f"moved them to {moved}", flush=True)
         cmd = stage_command(cfg, name, config_path, overrides)
         print(f"crild: {name}: running {' '.join(cmd)}", flush=True)
-        code = subprocess.run(cmd, env=os.environ.copy()).returncode
-        if code == EXIT_PREEMPTED:
+        code = forwarder.run(cmd, env)
+        if code == EXIT_PREEMPTED or (forwarder.received and code != 0):
+            if os.environ.get("SLURM_JOB_ID") and requeue_self():
+                print(f"crild: {name}: checkpointed; job {os.environ['SLURM_JOB_ID']} requeued to resume",
+                      flush=True)
+                return 0
             print(f"crild: {name}: stopped on request after a checkpoint; run again to resume", flush=True)
-            return code
+            return EXIT_PREEMPTED
         if code != 0:
             raise UserError(f"stage '{name}' failed with exit code {code}; see the output above")
+    if forwarder.received:  # arrived between stages: nothing to checkpoint, come back later
+        if os.environ.get("SLURM_JOB_ID") and requeue_self():
+            return 0
+        return EXIT_PREEMPTED
     return 0
