@@ -156,7 +156,8 @@ def test_plain_encoder_is_not_a_masked_lm(tiny_bert):
 
 
 def test_kd_phase_trains_on_augmented_data_with_stored_teacher_logits(tmp_path, tiny_bert, sentiment_dir,
-                                                                      vectors_file):
+                                                                      vectors_file, monkeypatch):
+    monkeypatch.setenv("CRILD_HOME", str(tmp_path / "home"))  # its own caches: it counts the stored logits
     from pipeline import stage1_teacher, stage3_distill
     from pipeline.data_sources import crild_home
     from pipeline.trainer import StopRequest

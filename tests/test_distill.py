@@ -161,7 +161,8 @@ def test_distill_before_teacher_exists_is_an_error(tmp_path, tiny_bert, sentimen
                            stop=StopRequest(install_handlers=False))
 
 
-def test_three_phases_and_one_teacher_forward_per_example_in_kd(tmp_path, tiny_bert, sentiment_dir):
+def test_three_phases_and_one_teacher_forward_per_example_in_kd(tmp_path, tiny_bert, sentiment_dir, monkeypatch):
+    monkeypatch.setenv("CRILD_HOME", str(tmp_path / "home"))  # its own caches: it counts the stored logits
     small = {"batch_size": 8, "learning_rate": 1e-3, "log_every": 2, "checkpoint_every": 50}
     raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=1)
     raw["stages"]["distill"] = {
