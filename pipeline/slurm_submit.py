@@ -7,7 +7,6 @@ where its log is.
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 
 from pipeline.config import REPO_ROOT, RunConfig
 from pipeline.errors import UserError
-from pipeline.runner import STAGES, stage_is_done
+from pipeline.runner import stage_is_done
 
 STAGE_SCRIPT = REPO_ROOT / "jobs" / "crild_stage.sbatch"
 FINAL_OK = {"COMPLETED"}

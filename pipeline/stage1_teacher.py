@@ -16,7 +16,6 @@ if __package__ in (None, ""):  # run as a script: import the package, not this f
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from pipeline.config import RunConfig, to_dict  # noqa: E402
-from pipeline.checkpointing import Checkpoints  # noqa: E402
 from pipeline.distributed import barrier, init_distributed, seed_everything  # noqa: E402
 from pipeline.ds_config import build_ds_config  # noqa: E402
 from pipeline.evaluation import classifier_forward, model_inputs, predict_logits, split_metrics  # noqa: E402
@@ -24,7 +23,7 @@ from pipeline.losses import task_loss  # noqa: E402
 from pipeline.models import build_classifier, load_tokenizer, quiet_libraries, resolve_model, save_model  # noqa: E402
 from pipeline.outputs import atomic_output, write_json  # noqa: E402
 from pipeline.runner import stage_fingerprint  # noqa: E402
-from pipeline.stage_common import (consolidated_state_dict, load_task_data, log, run_dir,  # noqa: E402
+from pipeline.stage_common import (consolidated_state_dict, load_task_data, log, resume, run_dir,  # noqa: E402
                                    stage_hash, stage_main)
 from pipeline.tb import Scalars  # noqa: E402
 from pipeline.trainer import EXIT_PREEMPTED, StopRequest, decay_groups, make_plan, train_loop  # noqa: E402
@@ -51,11 +50,8 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=decay_groups(model, train_cfg.weight_decay),
                                            config=ds_cfg)
     chash = stage_hash(cfg, STAGE, {"teacher": to_dict(cfg.teacher), "ds": ds_cfg})
-    ckpts = Checkpoints(out / "checkpoints" / STAGE, dist, chash, train_cfg.keep_checkpoints,
-                        fingerprint=stage_fingerprint(cfg, STAGE))
-    state = ckpts.load(engine) or {}
-    if state:
-        log(dist, f"{STAGE}: resuming at micro-step {state['micro_step']} of {plan.total_micro_steps}")
+    ckpts, state = resume(engine, out / "checkpoints" / STAGE, dist, chash, train_cfg.keep_checkpoints,
+                          stage_fingerprint(cfg, STAGE), STAGE, plan.total_micro_steps)
     log(dist, f"{STAGE}: {len(data.train)} training examples, {plan.total_optimizer_steps} optimizer steps, "
               f"{dist.world_size} rank(s), ZeRO-{ds_cfg.get('zero_optimization', {}).get('stage', 0)}")
     scalars = Scalars(out / "tensorboard" / STAGE, dist.is_main)

@@ -25,7 +25,6 @@ import datasets  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.checkpointing import Checkpoints  # noqa: E402
 from pipeline.config import RunConfig, to_dict  # noqa: E402
 from pipeline.data_sources import UNLABELLED, Examples, load_split  # noqa: E402
 from pipeline.distill import DistillModule, DistillObjective  # noqa: E402
@@ -37,8 +36,8 @@ from pipeline.models import build_classifier, load_tokenizer, quiet_libraries, r
 from pipeline.objectives import PRESETS, TERMS, PhasePlan, layer_pairs, resolve_phases  # noqa: E402
 from pipeline.outputs import MANIFEST, RESOLVED_CONFIG, atomic_output, is_complete, write_json  # noqa: E402
 from pipeline.runner import stage_fingerprint  # noqa: E402
-from pipeline.stage_common import (TaskData, consolidated_state_dict, load_task_data, log, run_dir,  # noqa: E402
-                                   stage_hash, stage_main)
+from pipeline.stage_common import (TaskData, consolidated_state_dict, load_task_data, log, resume,  # noqa: E402
+                                   run_dir, stage_hash, stage_main)
 from pipeline.synthetic import apply_settings  # noqa: E402
 from pipeline.tasks import get_task  # noqa: E402
 from pipeline.tb import Scalars  # noqa: E402
@@ -204,11 +203,9 @@ def run_phase(cfg: RunConfig, plan: PhasePlan, index: int, dist: DistInfo, data:
         ema_decay=dcfg.consistency.ema_decay, consistency_distance=dcfg.consistency.distance, teacher_logits=cached)
     chash = stage_hash(cfg, STAGE, {"phase": plan.name, "student": to_dict(cfg.student), "ds": ds_cfg,
                                     "teacher": teacher_fingerprint(teacher_dir) if teacher_dir else None})
-    ckpts = Checkpoints(out / "checkpoints" / dcfg.output / plan.name, dist, chash, train_cfg.keep_checkpoints,
-                        fingerprint=stage_fingerprint(cfg, STAGE))
-    state = ckpts.load(engine) or {}
-    if state:
-        log(dist, f"{plan.name}: resuming at micro-step {state['micro_step']} of {plan_loop.total_micro_steps}")
+    ckpts, state = resume(engine, out / "checkpoints" / dcfg.output / plan.name, dist, chash,
+                          train_cfg.keep_checkpoints, stage_fingerprint(cfg, STAGE), plan.name,
+                          plan_loop.total_micro_steps)
     log(dist, f"{plan.name}: {len(ds)} examples, {plan_loop.total_optimizer_steps} optimizer steps, terms "
               f"{plan.terms}, mixup {plan.mixup}, consistency {plan.consistency}, layers {pairs}")
     scalars = Scalars(out / "tensorboard" / dcfg.output, dist.is_main)

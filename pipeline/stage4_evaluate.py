@@ -27,7 +27,7 @@ from pipeline.evaluation import classifier_forward, predict_logits, split_metric
 from pipeline.metrics import predictions_from_logits  # noqa: E402
 from pipeline.models import check_max_length, load_tokenizer, quiet_libraries, resolve_model  # noqa: E402
 from pipeline.outputs import atomic_output, is_complete, write_json  # noqa: E402
-from pipeline.stage_common import load_task_data, log, run_dir, stage_main  # noqa: E402
+from pipeline.stage_common import load_task_data, run_dir, stage_main  # noqa: E402
 from pipeline.tasks import TaskSpec  # noqa: E402
 
 STAGE = "evaluate"

@@ -13,7 +13,7 @@ import datasets
 
 from pipeline.batching import Collator
 from pipeline.config import RunConfig, config_hash, load_config
-from pipeline.data_sources import Examples, available_eval_splits, load_split
+from pipeline.data_sources import available_eval_splits, load_split
 from pipeline.distributed import DistInfo, main_rank_first
 from pipeline.errors import UserError, cli_entry
 from pipeline.synthetic import apply_settings
@@ -48,7 +48,6 @@ def stage_main(run: Callable[[RunConfig], int], description: str, argv: Optional
 class TaskData:
     spec: TaskSpec
     train: datasets.Dataset
-    train_examples: Examples
     eval: dict  # split -> datasets.Dataset
     eval_labels: dict  # split -> np.ndarray
     collate: Collator
@@ -87,7 +86,7 @@ def _load_task_data(cfg, tokenizer, eval_splits, with_train) -> TaskData:
         evals[split] = tokenize_cached(ex, tokenizer, cfg.task.max_length)
         labels[split] = ex.labels
     collate = Collator(tokenizer.pad_token_id, spec.regression)
-    return TaskData(spec, train_ds, train_ex, evals, labels, collate)
+    return TaskData(spec, train_ds, evals, labels, collate)
 
 
 def consolidated_state_dict(engine, ds_cfg: dict) -> Optional[dict]:
@@ -112,3 +111,15 @@ def run_dir(cfg: RunConfig) -> Path:
 def log(dist: DistInfo, message: str) -> None:
     if dist.is_main:
         print(f"crild: {message}", file=sys.stderr, flush=True)
+
+
+def resume(engine, root: Path, dist: DistInfo, config_hash: str, keep: int, fingerprint: str, name: str,
+           total_micro_steps: int):
+    """The stage's checkpoints and the client state to resume from ({} for a fresh start)."""
+    from pipeline.checkpointing import Checkpoints
+
+    ckpts = Checkpoints(root, dist, config_hash, keep, fingerprint=fingerprint)
+    state = ckpts.load(engine) or {}
+    if state:
+        log(dist, f"{name}: resuming at micro-step {state['micro_step']} of {total_micro_steps}")
+    return ckpts, state

@@ -117,9 +117,10 @@ def train_loop(*, engine, dist: DistInfo, train_ds, collate: Collator, cfg: Trai
         manual_norm = _grad_norm_from_params(params) if log_now else None
         engine.step()
         micro += 1
-        window["loss"] += float(total.detach())
+        # accumulate on the device: values reach the host only when logged (no sync per step)
+        window["loss"] = window["loss"] + total.detach()
         for name, value in components.items():
-            window[name] += float(value.detach()) if torch.is_tensor(value) else float(value)
+            window[name] = window[name] + (value.detach() if torch.is_tensor(value) else value)
         window_steps += 1
         progress.update(1)
         samples += int(batch["input_ids"].shape[0])
@@ -130,13 +131,13 @@ def train_loop(*, engine, dist: DistInfo, train_ds, collate: Collator, cfg: Trai
             elapsed = max(time.perf_counter() - t_window, 1e-9)
             norm = engine.get_global_grad_norm()
             norm = manual_norm if norm is None else float(norm)
-            values = {f"{prefix}/train/{k}": v / window_steps for k, v in window.items()}
+            values = {f"{prefix}/train/{k}": float(v) / window_steps for k, v in window.items()}
             values.update({f"{prefix}/train/lr": engine.get_lr()[0], f"{prefix}/train/grad_norm": norm,
                            f"{prefix}/train/samples_per_s": gsamples / elapsed,
                            f"{prefix}/train/tokens_per_s": gtokens / elapsed,
                            f"{prefix}/train/epoch": micro / plan.steps_per_epoch})
             scalars.add(values, opt_step)
-            progress.update(0, loss=f"{window['loss'] / window_steps:.4f}")
+            progress.update(0, loss=f"{values[f'{prefix}/train/loss']:.4f}")
             window, samples, tokens, window_steps = defaultdict(float), 0, 0, 0
             t_window = time.perf_counter()
 

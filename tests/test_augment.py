@@ -140,7 +140,7 @@ def test_missing_vectors_file(tmp_path, tiny_bert, sentiment_dir):
 
 
 def test_tokenizer_vocabulary_mismatch(tmp_path, tiny_bert, tiny_mlm, vectors_file):
-    from transformers import AutoTokenizer, BertTokenizerFast
+    from transformers import BertTokenizerFast
 
     bad = tmp_path / "bad-mlm"
     shutil.copytree(tiny_mlm, bad)

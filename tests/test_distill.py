@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from pipeline import stage1_teacher, stage3_distill
-from pipeline.batching import Collator
 from pipeline.config import from_dict
 from pipeline.distill import DistillModule, DistillObjective, draw_lambda, partner_index
 from pipeline.errors import UserError
@@ -196,7 +195,6 @@ def test_zero3_partitioned_teacher_gives_the_same_kd_logits(tmp_path, tiny_bert,
     """A teacher partitioned with ZeRO-3 (transformers' DeepSpeed integration) computes the
     same cached KD logits as the plain frozen teacher, and the student stays unpartitioned."""
     from safetensors.torch import load_file
-    from pipeline.data_sources import crild_home
 
     z3 = tmp_path / "zero3_fp32.json"
     z3.write_text(json.dumps({"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",

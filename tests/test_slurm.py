@@ -2,7 +2,6 @@
 2-task allocation, preemption with requeue and exact resume, and `crild submit` with a
 failing stage."""
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -61,12 +60,6 @@ def sbatch_tiny(config: Path, log: Path, env) -> str:
     out = subprocess.run(["sbatch", "--parsable", f"--output={log}", str(REPO / "jobs" / "crild_tiny.sbatch"),
                           str(config)], capture_output=True, text=True, env=env, cwd=REPO, check=True)
     return out.stdout.strip().split(";")[0]
-
-
-@pytest.fixture(scope="module")
-def data_copy(tmp_path_factory, sentiment_dir):
-    """Tokenized caches live under CRILD_HOME per job: a fresh copy keeps jobs independent."""
-    return sentiment_dir
 
 
 @pytest.fixture(scope="module")

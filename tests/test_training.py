@@ -11,7 +11,6 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline import stage1_teacher, stage4_evaluate
-from pipeline.checkpointing import Checkpoints
 from pipeline.config import from_dict
 from pipeline.errors import UserError
 from pipeline.outputs import is_complete
