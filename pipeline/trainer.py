@@ -17,6 +17,7 @@ from pipeline.batching import Collator, epoch_batches, fetch, steps_per_epoch
 from pipeline.checkpointing import Checkpoints
 from pipeline.config import TrainConfig
 from pipeline.distributed import DistInfo, all_reduce_max, all_reduce_sum
+from pipeline.errors import UserError
 from pipeline.progress import Progress
 from pipeline.tb import Scalars
 
@@ -110,6 +111,12 @@ def train_loop(*, engine, dist: DistInfo, train_ds, collate: Collator, cfg: Trai
         batch = fetch(train_ds, batches[offset], collate)
         engine.train()
         total, components = loss_fn(engine, batch, micro)
+        if not bool(torch.isfinite(total.detach())):  # before any update: the last checkpoint stays good
+            parts = ", ".join(f"{k} {float(v):.4g}" for k, v in components.items())
+            raise UserError(f"{prefix}: non-finite loss {float(total):.4g} at micro-step {micro} "
+                            f"(epoch {epoch}{'; ' + parts if parts else ''}); training stopped, the last good "
+                            f"checkpoint is {ckpts.latest_tag() or 'none'} in {ckpts.root}; lower the learning rate "
+                            f"or check the data")
         engine.backward(total)
         boundary = engine.is_gradient_accumulation_boundary()
         opt_step = (micro + 1) // plan.accumulation

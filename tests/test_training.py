@@ -133,3 +133,54 @@ def test_user_error_is_one_line_without_traceback(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert lines == [f"crild: error: {bad}: unknown key 'stages.teacher.epocs'; did you mean 'epochs'?"]
     assert "Traceback" not in proc.stderr
+
+
+def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path, tiny_bert, sentiment_dir,
+                                                                            monkeypatch):
+    from pipeline import trainer
+
+    cfg = from_dict(tiny_run_config(tmp_path, tiny_bert, sentiment_dir))
+    original = trainer.train_loop
+
+    def poisoned_loop(**kw):
+        loss_fn = kw["loss_fn"]
+
+        def loss(engine, batch, micro):
+            total, parts = loss_fn(engine, batch, micro)
+            return (total * float("nan") if micro == 6 else total), parts
+
+        return original(**{**kw, "loss_fn": loss})
+
+    monkeypatch.setattr(stage1_teacher, "train_loop", poisoned_loop)
+    with pytest.raises(UserError, match=r"non-finite loss nan at micro-step 6 .*last good checkpoint is step00000004"):
+        stage1_teacher.run(cfg, stop=StopRequest(install_handlers=False))
+    out = Path(cfg.output_dir)
+    assert not (out / "teacher").exists()
+    assert (out / "checkpoints" / "teacher" / "latest").read_text().strip() == "step00000004"
+
+
+def test_malicious_pickle_in_a_model_folder_is_never_executed(tmp_path, tiny_bert):
+    """A pickle beside the safetensors weights, and a pickled RNG file in a checkpoint, are
+    not executed: weights load from safetensors only, pickles with weights_only=True."""
+    import pickle
+    import shutil
+
+    from pipeline.models import build_classifier
+    from pipeline.tasks import TASKS
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_bert, folder)
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(Evil()))
+    build_classifier(str(folder), TASKS["sst2"], "teacher")
+    assert not marker.exists()
+    rng = tmp_path / "rng_rank0.pt"
+    rng.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(Exception):
+        torch.load(rng, weights_only=True)  # how Checkpoints.load reads RNG files
+    assert not marker.exists()
