@@ -31,7 +31,11 @@ def _set_rng_state(state: dict) -> None:
 class Checkpoints:
     """Checkpoints of one training stage under ``root`` (tags ``step00000120``)."""
 
-    def __init__(self, root: Path, dist: DistInfo, config_hash: str, keep: int = 2, fingerprint: str = ""):
+    def __init__(self, root: Path, dist: DistInfo, config_hash: str, keep: int = 2, fingerprint: str = "",
+                 extra=None):
+        """``extra``: optional (save(tag_dir), load(tag_dir)) for state outside the engine
+        (e.g. the EMA copy of the student), saved by every rank before the engine's files."""
+        self.extra = extra
         self.root = Path(root)
         self.dist = dist
         self.config_hash = config_hash
@@ -54,6 +58,8 @@ class Checkpoints:
         if self.dist.is_main and self.fingerprint:
             (self.root / FINGERPRINT_FILE).write_text(self.fingerprint)
         torch.save(_rng_state(), tag_dir / f"rng_rank{self.dist.rank}.pt")
+        if self.extra is not None:
+            self.extra[0](tag_dir)
         barrier()
         state = dict(client_state, config_hash=self.config_hash)
         engine.save_checkpoint(str(self.root), tag=tag, client_state=state, save_latest=True)
@@ -80,6 +86,8 @@ class Checkpoints:
         rng_file = self.root / tag / f"rng_rank{self.dist.rank}.pt"
         if rng_file.is_file():
             _set_rng_state(torch.load(rng_file, weights_only=True))
+        if self.extra is not None:
+            self.extra[1](self.root / tag)
         return state
 
 

@@ -145,6 +145,24 @@ class DistillObjective:
             self.ema_decay, self._ema_step = ema_decay, 0
         self.teacher_forwards = 0  # examples the teacher has processed (tests check the KD cache)
 
+    # ------------------------------------------------------------------ checkpointed state
+    def save_extra(self, tag_dir) -> None:
+        """The EMA copy (the same on every rank), beside the engine's checkpoint."""
+        if self.ema is not None and torch.distributed.get_rank() == 0:
+            from safetensors.torch import save_file
+
+            state = {k: v.detach().contiguous() for k, v in self.ema.state_dict().items()}
+            state["__ema_step__"] = torch.tensor([self._ema_step])
+            save_file(state, str(tag_dir / "ema.safetensors"))
+
+    def load_extra(self, tag_dir) -> None:
+        if self.ema is not None and (tag_dir / "ema.safetensors").is_file():
+            from safetensors.torch import load_file
+
+            state = load_file(str(tag_dir / "ema.safetensors"))
+            self._ema_step = int(state.pop("__ema_step__")[0])
+            self.ema.load_state_dict(state)
+
     # ------------------------------------------------------------------ helpers
     def _update_ema(self, engine) -> None:
         if self.ema is None or engine.global_steps == self._ema_step:

@@ -205,7 +205,7 @@ def run_phase(cfg: RunConfig, plan: PhasePlan, index: int, dist: DistInfo, data:
                                     "teacher": teacher_fingerprint(teacher_dir) if teacher_dir else None})
     ckpts, state = resume(engine, out / "checkpoints" / dcfg.output / plan.name, dist, chash,
                           train_cfg.keep_checkpoints, stage_fingerprint(cfg, STAGE), plan.name,
-                          plan_loop.total_micro_steps)
+                          plan_loop.total_micro_steps, extra=(objective.save_extra, objective.load_extra))
     log(dist, f"{plan.name}: {len(ds)} examples, {plan_loop.total_optimizer_steps} optimizer steps, terms "
               f"{plan.terms}, mixup {plan.mixup}, consistency {plan.consistency}, layers {pairs}")
     scalars = Scalars(out / "tensorboard" / dcfg.output, dist.is_main)

@@ -114,11 +114,11 @@ def log(dist: DistInfo, message: str) -> None:
 
 
 def resume(engine, root: Path, dist: DistInfo, config_hash: str, keep: int, fingerprint: str, name: str,
-           total_micro_steps: int):
+           total_micro_steps: int, extra=None):
     """The stage's checkpoints and the client state to resume from ({} for a fresh start)."""
     from pipeline.checkpointing import Checkpoints
 
-    ckpts = Checkpoints(root, dist, config_hash, keep, fingerprint=fingerprint)
+    ckpts = Checkpoints(root, dist, config_hash, keep, fingerprint=fingerprint, extra=extra)
     state = ckpts.load(engine) or {}
     if state:
         log(dist, f"{name}: resuming at micro-step {state['micro_step']} of {total_micro_steps}")

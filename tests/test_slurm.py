@@ -97,15 +97,41 @@ def test_preemption_checkpoints_requeues_and_ends_identical(uninterrupted, tiny_
     assert a == b  # bitwise the same student as the uninterrupted run
 
 
+def submit(config: Path, env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", "submit", str(config)], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=600)
+
+
+def submitted(proc) -> dict:
+    return {l.split()[1].rstrip(":"): l.split()[4] for l in proc.stdout.splitlines() if "submitted job" in l}
+
+
 def test_submit_chains_jobs_and_reports_the_failed_stage(tmp_path, tiny_bert, sentiment_dir, slurm_env):
-    config = chain_config(tmp_path, tiny_bert, sentiment_dir, "submitted", teacher_model=str(tmp_path / "missing"))
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "submit", str(config)], capture_output=True,
-                          text=True, env=slurm_env, cwd=REPO, timeout=600)
+    # 1. a chain that completes: teacher, then evaluation after it (afterok)
+    good = chain_config(tmp_path, tiny_bert, sentiment_dir, "submitted")
+    raw = yaml.safe_load(good.read_text())
+    raw["pipeline"] = ["teacher", "evaluate"]
+    good.write_text(yaml.safe_dump(raw))
+    proc = submit(good, slurm_env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    jobs = submitted(proc)
+    assert list(jobs) == ["teacher", "evaluate"]
+    assert f"crild: teacher: job {jobs['teacher']} COMPLETED" in proc.stdout.splitlines()
+    assert f"crild: evaluate: job {jobs['evaluate']} COMPLETED" in proc.stdout.splitlines()
+    assert (tmp_path / "submitted" / "eval" / "results.json").is_file()
+
+    # 2. the same run with a distillation stage made to fail: the teacher is complete and not
+    # resubmitted, distill fails, evaluation (after it) is cancelled, the failure is named
+    raw["pipeline"] = ["teacher", "distill", "evaluate"]
+    raw["stages"]["distill"]["teacher_model"] = str(tmp_path / "missing")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    proc = submit(bad, slurm_env)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
-    jobs = {l.split()[1].rstrip(":"): l.split()[4] for l in lines if "submitted job" in l}
-    assert list(jobs) == ["teacher", "distill", "evaluate"]
-    assert f"crild: teacher: job {jobs['teacher']} COMPLETED" in lines
+    assert "crild: teacher: complete for this configuration, not submitted" in lines
+    jobs = submitted(proc)
+    assert list(jobs) == ["distill", "evaluate"]
     assert f"crild: distill: job {jobs['distill']} FAILED" in lines
     assert f"crild: evaluate: job {jobs['evaluate']} CANCELLED" in lines
     err = proc.stderr.strip().splitlines()
