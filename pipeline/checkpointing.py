@@ -3,6 +3,7 @@ data position and a hash of the configuration that produced them."""
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -10,6 +11,7 @@ import torch
 
 from pipeline.distributed import DistInfo, barrier
 from pipeline.errors import UserError
+from pipeline.integrity import problems, write_hashes
 
 TAG_PREFIX = "step"
 FINGERPRINT_FILE = "stage_fingerprint"
@@ -65,14 +67,36 @@ class Checkpoints:
         engine.save_checkpoint(str(self.root), tag=tag, client_state=state, save_latest=True)
         barrier()
         if self.dist.is_main:
+            write_hashes(tag_dir)  # last: a tag without hashes was interrupted while saving
+        barrier()
+        if self.dist.is_main:
             for old in self.tags()[:-self.keep]:
                 shutil.rmtree(self.root / old, ignore_errors=True)
         barrier()
         return tag
 
+    def intact_tag(self) -> Optional[str]:
+        """The newest checkpoint whose files match their recorded hashes; a truncated or
+        corrupted newer one is reported and skipped."""
+        tags = self.tags()
+        latest = self.latest_tag()
+        if latest in tags:  # never trust a tag newer than `latest` (saving was interrupted)
+            tags = tags[:tags.index(latest) + 1]
+        for tag in reversed(tags):
+            bad = problems(self.root / tag)
+            if not bad:
+                return tag
+            if self.dist.is_main:
+                print(f"crild: checkpoint {self.root / tag} is not intact ({bad[0]}); trying an older one",
+                      file=sys.stderr, flush=True)
+        if tags:
+            raise UserError(f"{self.root}: no intact checkpoint left ({len(tags)} damaged); delete the folder to "
+                            f"start the stage over")
+        return None
+
     def load(self, engine) -> Optional[dict]:
-        """Restore the latest checkpoint into ``engine``; None when there is none."""
-        tag = self.latest_tag()
+        """Restore the newest intact checkpoint into ``engine``; None when there is none."""
+        tag = self.intact_tag()
         if tag is None:
             return None
         path, state = engine.load_checkpoint(str(self.root), tag=tag, load_optimizer_states=True,

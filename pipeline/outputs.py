@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.config import RunConfig, dump_yaml
+from pipeline.errors import UserError
+from pipeline.integrity import problems, write_hashes
 
 MANIFEST = "crild_stage.json"
 RESOLVED_CONFIG = "config.resolved.yaml"
@@ -39,7 +41,9 @@ def atomic_output(final: Path, cfg: RunConfig, stage: str):
     try:
         yield tmp
         (tmp / RESOLVED_CONFIG).write_text(dump_yaml(cfg))
-        (tmp / MANIFEST).write_text(json.dumps({"stage": stage, "status": "complete", "fingerprint": stage_fingerprint(cfg, stage),
+        write_hashes(tmp)
+        (tmp / MANIFEST).write_text(json.dumps({"stage": stage, "status": "complete",
+                                                "fingerprint": stage_fingerprint(cfg, stage),
                                                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1))
         if final.exists():
             old = final.parent / f".{final.name}.old"
@@ -52,6 +56,17 @@ def atomic_output(final: Path, cfg: RunConfig, stage: str):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def verified(path: Path, what: str) -> Path:
+    """``path`` if it is a complete output whose files match their recorded hashes."""
+    if not is_complete(path):
+        raise UserError(f"{path}: {what} is not complete")
+    bad = problems(path)
+    if bad:
+        raise UserError(f"{what} failed its integrity check: {bad[0]}" +
+                        (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "") + "; rerun the stage that wrote it")
+    return Path(path)
 
 
 def write_json(path: Path, data) -> None:

@@ -14,6 +14,7 @@ from typing import Callable
 from pipeline.checkpointing import archive_stale
 from pipeline.config import RunConfig, config_hash, from_dict, resolve_path, to_dict
 from pipeline.errors import UserError
+from pipeline.integrity import problems
 from pipeline.outputs import MANIFEST, is_complete
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -96,9 +97,15 @@ def stage_fingerprint(cfg: RunConfig, name: str) -> str:
 
 
 def stage_is_done(cfg: RunConfig, name: str) -> bool:
+    """Complete, for this configuration and these inputs, and its files intact."""
     cfg = stage_config(cfg, name)
     folder = Path(cfg.output_dir) / STAGES[name].output(cfg)
-    return is_complete(folder) and _manifest_fingerprint(folder) == stage_fingerprint(cfg, name)
+    if not (is_complete(folder) and _manifest_fingerprint(folder) == stage_fingerprint(cfg, name)):
+        return False
+    bad = problems(folder)
+    if bad:
+        print(f"crild: {name}: output failed its integrity check ({bad[0]}); redoing the stage", flush=True)
+    return not bad
 
 
 def in_slurm_allocation() -> bool:
@@ -128,8 +135,10 @@ def stage_command(cfg: RunConfig, name: str, config_path: str, overrides: list[s
         return ["srun", "--kill-on-bad-exit=1", f"--ntasks={os.environ['SLURM_NTASKS']}", sys.executable, script,
                 *args]
     if cfg.num_ranks > 1:
-        launcher = Path(sys.executable).with_name("deepspeed")
-        return [str(launcher), "--num_gpus", str(cfg.num_ranks), script, *args]
+        from pipeline.distributed import free_port
+
+        launcher = Path(sys.executable).with_name("deepspeed")  # a free port: runs can share a machine
+        return [str(launcher), "--num_gpus", str(cfg.num_ranks), "--master_port", str(free_port()), script, *args]
     return [sys.executable, script, *args]
 
 

@@ -32,7 +32,7 @@ from pipeline.data_sources import Examples, load_split  # noqa: E402
 from pipeline.distributed import DistInfo, barrier, init_distributed, seed_everything  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.models import load_tokenizer, quiet_libraries, resolve_model  # noqa: E402
-from pipeline.outputs import MANIFEST, atomic_output, is_complete  # noqa: E402
+from pipeline.outputs import MANIFEST, atomic_output, is_complete, verified  # noqa: E402
 from pipeline.progress import Progress  # noqa: E402
 from pipeline.runner import stage_fingerprint  # noqa: E402
 from pipeline.stage_common import log, run_dir, stage_main  # noqa: E402
@@ -48,7 +48,7 @@ def augmented_examples(folder: Path) -> Examples:
     so tokenized caches and teacher logits are shared)."""
     if not is_complete(folder):
         raise UserError(f"{folder}: no complete augmented data; run the augment stage first")
-    ds = datasets.load_from_disk(str(folder / "data"))
+    ds = datasets.load_from_disk(str(verified(folder, "the augmented data") / "data"))
     text_b = ds["text_b"]
     return Examples(list(ds["text_a"]), None if all(b is None for b in text_b) else list(text_b),
                     np.asarray(ds["label"]), str(folder))

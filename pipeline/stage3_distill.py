@@ -31,10 +31,11 @@ from pipeline.distill import DistillModule, DistillObjective  # noqa: E402
 from pipeline.distributed import DistInfo, barrier, init_distributed, main_rank_first, seed_everything  # noqa: E402
 from pipeline.ds_config import build_ds_config, load_ds_json, precision_dtype, zero_stage  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
+from pipeline.integrity import problems  # noqa: E402
 from pipeline.evaluation import classifier_forward, predict_logits, split_metrics  # noqa: E402
 from pipeline.models import build_classifier, load_tokenizer, quiet_libraries, resolve_model, save_model  # noqa: E402
 from pipeline.objectives import PRESETS, TERMS, PhasePlan, layer_pairs, resolve_phases  # noqa: E402
-from pipeline.outputs import MANIFEST, RESOLVED_CONFIG, atomic_output, is_complete, write_json  # noqa: E402
+from pipeline.outputs import MANIFEST, RESOLVED_CONFIG, atomic_output, is_complete, verified, write_json  # noqa: E402
 from pipeline.runner import stage_fingerprint  # noqa: E402
 from pipeline.stage_common import (TaskData, consolidated_state_dict, load_task_data, log, resume,  # noqa: E402
                                    run_dir, stage_hash, stage_main)
@@ -57,7 +58,7 @@ def teacher_folder(cfg: RunConfig) -> Path:
     if not is_complete(folder):
         raise UserError(f"{folder}: no complete teacher; run the teacher stage first "
                         f"(crild run, or stage1_teacher.py) or set stages.distill.teacher_model")
-    return folder
+    return verified(folder, "the teacher")
 
 
 class FrozenTeacher:
@@ -155,9 +156,11 @@ def check_models(teacher, student, pairs, terms: dict, relation_heads: int) -> N
 
 
 def phase_done(folder: Path, cfg: RunConfig) -> bool:
+    """Complete for this configuration, with intact files (else the phase is redone)."""
     if not is_complete(folder):
         return False
-    return json.loads((folder / MANIFEST).read_text()).get("fingerprint") == stage_fingerprint(cfg, STAGE)
+    same = json.loads((folder / MANIFEST).read_text()).get("fingerprint") == stage_fingerprint(cfg, STAGE)
+    return same and not problems(folder)
 
 
 def run_phase(cfg: RunConfig, plan: PhasePlan, index: int, dist: DistInfo, data: TaskData, tokenizer,

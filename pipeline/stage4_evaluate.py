@@ -26,7 +26,7 @@ from pipeline.errors import UserError  # noqa: E402
 from pipeline.evaluation import classifier_forward, predict_logits, split_metrics  # noqa: E402
 from pipeline.metrics import predictions_from_logits  # noqa: E402
 from pipeline.models import check_max_length, load_tokenizer, quiet_libraries, resolve_model  # noqa: E402
-from pipeline.outputs import atomic_output, is_complete, write_json  # noqa: E402
+from pipeline.outputs import atomic_output, is_complete, verified, write_json  # noqa: E402
 from pipeline.stage_common import load_task_data, run_dir, stage_main  # noqa: E402
 from pipeline.tasks import TaskSpec  # noqa: E402
 
@@ -37,7 +37,8 @@ PRODUCED_MODELS = ("teacher", "student", "student_finetuned")  # folders a run w
 def models_to_evaluate(cfg: RunConfig) -> dict[str, str]:
     if cfg.stages.evaluate.models:
         return {Path(m).name or str(m): str(m) for m in cfg.stages.evaluate.models}
-    found = {name: str(run_dir(cfg) / name) for name in PRODUCED_MODELS if is_complete(run_dir(cfg) / name)}
+    found = {name: str(verified(run_dir(cfg) / name, f"the run's {name}")) for name in PRODUCED_MODELS
+             if is_complete(run_dir(cfg) / name)}
     if not found:
         raise UserError(f"{run_dir(cfg)}: no complete teacher or student to evaluate; run the earlier stages "
                         f"first or set stages.evaluate.models")

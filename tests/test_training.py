@@ -109,7 +109,9 @@ def test_two_ranks_zero2_under_deepspeed_launcher(tmp_path, tiny_bert, sentiment
     cfg_path = tmp_path / "run.yaml"
     cfg_path.write_text(yaml.safe_dump(raw))
     launcher = Path(sys.executable).with_name("deepspeed")
-    proc = subprocess.run([str(launcher), "--num_gpus", "2", "--master_port", "29611",
+    from pipeline.distributed import free_port
+
+    proc = subprocess.run([str(launcher), "--num_gpus", "2", "--master_port", str(free_port()),
                            str(REPO / "pipeline" / "stage1_teacher.py"), "--config", str(cfg_path)],
                           env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -184,3 +186,38 @@ def test_malicious_pickle_in_a_model_folder_is_never_executed(tmp_path, tiny_ber
     with pytest.raises(Exception):
         torch.load(rng, weights_only=True)  # how Checkpoints.load reads RNG files
     assert not marker.exists()
+
+
+def test_corrupted_checkpoint_falls_back_to_the_previous_good_one(tmp_path, tiny_bert, sentiment_dir, capsys):
+    full = from_dict(tiny_run_config(tmp_path / "a", tiny_bert, sentiment_dir, checkpoint_every=2))
+    assert stage1_teacher.run(full, stop=StopRequest(install_handlers=False)) == 0
+    cfg = from_dict(tiny_run_config(tmp_path / "b", tiny_bert, sentiment_dir, checkpoint_every=2))
+    assert stage1_teacher.run(cfg, stop=StopRequest(after_micro_steps=6, install_handlers=False)) == EXIT_PREEMPTED
+    root = Path(cfg.output_dir) / "checkpoints" / "teacher"
+    assert sorted(p.name for p in root.glob("step*")) == ["step00000004", "step00000006"]
+    states = next((root / "step00000006").rglob("mp_rank_00_model_states.pt"))
+    states.write_bytes(states.read_bytes()[:100])  # truncated, as by a full disk
+    capsys.readouterr()
+    assert stage1_teacher.run(cfg, stop=StopRequest(install_handlers=False)) == 0
+    err = capsys.readouterr().err
+    assert "step00000006 is not intact" in err and "truncated" in err
+    assert "resuming at micro-step 4 of" in err
+    wa, wb = weights(Path(full.output_dir)), weights(Path(cfg.output_dir))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # the fallback still ends exactly
+
+
+def test_corrupted_stage_output_is_detected_before_use(tmp_path, tiny_bert, sentiment_dir):
+    from pipeline import stage3_distill
+    from pipeline.runner import stage_is_done
+
+    cfg = from_dict(tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=1))
+    assert stage1_teacher.run(cfg, stop=StopRequest(install_handlers=False)) == 0
+    assert stage_is_done(cfg, "teacher")
+    model = Path(cfg.output_dir) / "teacher" / "model.safetensors"
+    data = bytearray(model.read_bytes())
+    data[-10] ^= 0xFF  # one flipped byte
+    model.write_bytes(bytes(data))
+    assert not stage_is_done(cfg, "teacher")  # crild run redoes it
+    with pytest.raises(UserError, match="the teacher failed its integrity check: .*model.safetensors: content "
+                                        "differs from its recorded hash"):
+        stage3_distill.run(cfg, stop=StopRequest(install_handlers=False))
