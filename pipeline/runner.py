@@ -183,12 +183,14 @@ def run_pipeline(cfg: RunConfig, config_path: str, overrides: list[str], force: 
     env = os.environ.copy()
     if in_slurm_allocation():
         env.update(slurm_rendezvous())
+    redo = force  # once a stage runs, every later stage runs too: its inputs are changing
     for name in only or cfg.pipeline:
         if forwarder.received:
             break
-        if not force and stage_is_done(cfg, name):
+        if not redo and stage_is_done(cfg, name):
             print(f"crild: {name}: complete for this configuration, skipped", flush=True)
             continue
+        redo = True
         stage_cfg = stage_config(cfg, name)
         ckpt_dir = STAGES[name].checkpoints(stage_cfg)
         if ckpt_dir:

@@ -47,7 +47,7 @@ def submit(cfg: RunConfig, config_path: str, overrides: list[str], wait: bool = 
     jobs: list[tuple[str, str, Path]] = []
     previous = None
     for name in cfg.pipeline:
-        if stage_is_done(cfg, name):
+        if previous is None and stage_is_done(cfg, name):  # after a submitted stage, all later ones run
             print(f"crild: {name}: complete for this configuration, not submitted", flush=True)
             continue
         log = log_dir / f"{name}-%j.out"
