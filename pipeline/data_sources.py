@@ -197,14 +197,13 @@ def read_hub(spec: TaskSpec, split: str) -> Examples:  # pragma: no cover - need
     except Exception as err:  # network or hub errors
         raise UserError(f"could not load {spec.hub[0]}/{spec.hub[1]} from the hub ({type(err).__name__}); "
                         f"set task.data_dir to a GLUE-format directory") from None
-    ca, cb, cl = spec.canonical_columns
+    ca, cb = spec.hub_columns
     names = getattr(ds.features.get("label"), "names", None)
     raw = ds["label"]
     if names and spec.labels and all(n in spec.labels for n in names):
         raw = [names[i] if i >= 0 else None for i in raw]
     labelled = all(v is not None and v != -1 for v in raw)
-    return _make(list(ds[ca if ca in ds.column_names else "question"]),
-                 list(ds[cb]) if cb else None, raw if labelled else None, spec,
+    return _make(list(ds[ca]), list(ds[cb]) if cb else None, raw if labelled else None, spec,
                  f"{spec.hub[0]}/{spec.hub[1]}:{split}", range(len(raw)))
 
 

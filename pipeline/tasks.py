@@ -27,6 +27,7 @@ class TaskSpec:
     glue_files: dict = field(default_factory=dict)  # split -> GlueFile
     hub: Optional[tuple[str, str]] = None  # (dataset, config) for datasets.load_dataset
     hub_splits: dict = field(default_factory=dict)  # our split -> hub split
+    hub_columns: tuple = ()  # (text_a, text_b or None) column names in the hub dataset
     offline: bool = False  # prepared by `crild prepare-data` from installed packages
 
     @property
@@ -48,10 +49,14 @@ class TaskSpec:
         return ("sentence1", "sentence2", "label") if self.pair else ("sentence", None, "label")
 
 
+_HUB_COLUMNS = {"cola": ("sentence", None), "sst2": ("sentence", None), "qqp": ("question1", "question2"),
+                "mnli": ("premise", "hypothesis"), "qnli": ("question", "sentence")}
+
+
 def _glue(name, labels, metric, main, pair, files, hub_splits=None, **kw) -> TaskSpec:
     hub_splits = hub_splits or {"train": "train", "dev": "validation", "test": "test"}
-    return TaskSpec(name, labels, metric, main, pair, files, ("nyu-mll/glue", name.replace("-", "")),
-                    hub_splits, **kw)
+    return TaskSpec(name, labels, metric, main, pair, files, ("nyu-mll/glue", name), hub_splits,
+                    _HUB_COLUMNS.get(name, ("sentence1", "sentence2")), **kw)
 
 
 _NLI = ("entailment", "not_entailment")
