@@ -18,13 +18,13 @@ if __package__ in (None, ""):  # run as a script: import the package, not this f
 from pipeline.config import RunConfig, to_dict  # noqa: E402
 from pipeline.distributed import barrier, init_distributed, seed_everything  # noqa: E402
 from pipeline.ds_config import build_ds_config  # noqa: E402
-from pipeline.evaluation import classifier_forward, model_inputs, predict_logits, split_metrics  # noqa: E402
+from pipeline.evaluation import model_inputs  # noqa: E402
 from pipeline.losses import task_loss  # noqa: E402
 from pipeline.models import build_classifier, load_tokenizer, quiet_libraries, resolve_model, save_model  # noqa: E402
 from pipeline.outputs import atomic_output, write_json  # noqa: E402
 from pipeline.runner import stage_fingerprint  # noqa: E402
-from pipeline.stage_common import (consolidated_state_dict, load_task_data, log, resume, run_dir,  # noqa: E402
-                                   stage_hash, stage_main)
+from pipeline.stage_common import (consolidated_state_dict, dev_evaluator, evaluations, load_task_data,  # noqa: E402
+                                   log, resume, run_dir, stage_hash, stage_main)
 from pipeline.tb import Scalars  # noqa: E402
 from pipeline.trainer import EXIT_PREEMPTED, StopRequest, decay_groups, make_plan, train_loop  # noqa: E402
 
@@ -61,13 +61,9 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
         logits = engine_(**model_inputs(batch, dist.device)).logits
         return task_loss(logits, batch["labels"].to(dist.device), spec.regression), {}
 
-    def evaluate() -> dict:
-        logits = predict_logits(classifier_forward(engine, dist.device), data.eval[main_split], data.collate,
-                                train_cfg.eval_batch_size, dist)
-        return {f"{main_split}/{k}": v for k, v in split_metrics(spec, logits, data.eval_labels[main_split]).items()}
-
     result = train_loop(engine=engine, dist=dist, train_ds=data.train, collate=data.collate, cfg=train_cfg,
-                        seed=cfg.seed, plan=plan, loss_fn=loss_fn, evaluate=evaluate,
+                        seed=cfg.seed, plan=plan, loss_fn=loss_fn,
+                        evaluate=dev_evaluator(engine, data, train_cfg.eval_batch_size, dist),
                         main_metric=f"{main_split}/{spec.main_metric}", ckpts=ckpts, scalars=scalars,
                         prefix=STAGE, stop=stop or StopRequest(), state=state)
     scalars.close()
@@ -78,10 +74,9 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
     if dist.is_main:
         with atomic_output(out / STAGE, cfg, STAGE) as tmp:
             save_model(model, tokenizer, tmp, state_dict)
-            last = result["evals"][-1] if result["evals"] else {}
             write_json(tmp / "train_results.json", {
                 "train_examples": len(data.train), "optimizer_steps": plan.total_optimizer_steps,
-                "last": last, "best_dev_optimistic": result["best"], "evals": result["evals"]})
+                **evaluations(result)})
         log(dist, f"{STAGE}: saved {out / STAGE}")
     barrier()
     return 0

@@ -32,13 +32,13 @@ from pipeline.distributed import DistInfo, barrier, init_distributed, main_rank_
 from pipeline.ds_config import build_ds_config, load_ds_json, precision_dtype, zero_stage  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.integrity import problems  # noqa: E402
-from pipeline.evaluation import classifier_forward, predict_logits, split_metrics  # noqa: E402
+from pipeline.evaluation import classifier_forward  # noqa: E402
 from pipeline.models import build_classifier, load_tokenizer, quiet_libraries, resolve_model, save_model  # noqa: E402
 from pipeline.objectives import PRESETS, TERMS, PhasePlan, layer_pairs, resolve_phases  # noqa: E402
 from pipeline.outputs import MANIFEST, RESOLVED_CONFIG, atomic_output, is_complete, verified, write_json  # noqa: E402
 from pipeline.runner import stage_fingerprint  # noqa: E402
-from pipeline.stage_common import (TaskData, consolidated_state_dict, load_task_data, log, resume,  # noqa: E402
-                                   run_dir, stage_hash, stage_main)
+from pipeline.stage_common import (TaskData, consolidated_state_dict, dev_evaluator, evaluations,  # noqa: E402
+                                   load_task_data, log, resume, run_dir, stage_hash, stage_main)
 from pipeline.synthetic import apply_settings  # noqa: E402
 from pipeline.tasks import get_task  # noqa: E402
 from pipeline.tb import Scalars  # noqa: E402
@@ -213,13 +213,8 @@ def run_phase(cfg: RunConfig, plan: PhasePlan, index: int, dist: DistInfo, data:
               f"{plan.terms}, mixup {plan.mixup}, consistency {plan.consistency}, layers {pairs}")
     scalars = Scalars(out / "tensorboard" / dcfg.output, dist.is_main)
     main_split = data.main_split
-
-    def evaluate() -> dict:
-        if plan.is_ild:  # the classifier is not trained during ILD: nothing to score
-            return {}
-        logits = predict_logits(classifier_forward(engine, dist.device), data.eval[main_split], data.collate,
-                                train_cfg.eval_batch_size, dist)
-        return {f"{main_split}/{k}": v for k, v in split_metrics(spec, logits, data.eval_labels[main_split]).items()}
+    # the classifier is not trained during ILD: nothing to score there
+    evaluate = (lambda: {}) if plan.is_ild else dev_evaluator(engine, data, train_cfg.eval_batch_size, dist)
 
     result = train_loop(engine=engine, dist=dist, train_ds=ds, collate=data.collate, cfg=train_cfg, seed=cfg.seed,
                         plan=plan_loop, loss_fn=objective, evaluate=evaluate,
@@ -237,8 +232,7 @@ def run_phase(cfg: RunConfig, plan: PhasePlan, index: int, dist: DistInfo, data:
             write_json(tmp / "train_results.json", {
                 "phase": plan.name, "terms": plan.terms, "mixup": plan.mixup, "consistency": plan.consistency,
                 "layer_pairs": pairs, "examples": len(ds), "optimizer_steps": plan_loop.total_optimizer_steps,
-                "teacher_forwards": objective.teacher_forwards, "last": (result["evals"] or [{}])[-1],
-                "best_dev_optimistic": result["best"], "evals": result["evals"]})
+                "teacher_forwards": objective.teacher_forwards, **evaluations(result)})
     barrier()
     return 0
 

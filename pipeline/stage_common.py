@@ -123,3 +123,22 @@ def resume(engine, root: Path, dist: DistInfo, config_hash: str, keep: int, fing
     if state:
         log(dist, f"{name}: resuming at micro-step {state['micro_step']} of {total_micro_steps}")
     return ckpts, state
+
+
+def dev_evaluator(engine, data: TaskData, batch_size: int, dist: DistInfo):
+    """Periodic evaluation of the engine's classifier on the main dev split."""
+    from pipeline.evaluation import classifier_forward, predict_logits, split_metrics
+
+    split = data.main_split
+
+    def evaluate() -> dict:
+        logits = predict_logits(classifier_forward(engine, dist.device), data.eval[split], data.collate,
+                                batch_size, dist)
+        return {f"{split}/{k}": v for k, v in split_metrics(data.spec, logits, data.eval_labels[split]).items()}
+
+    return evaluate
+
+
+def evaluations(result: dict) -> dict:
+    """The evaluation part of train_results.json (best dev labelled as the optimistic pick)."""
+    return {"last": (result["evals"] or [{}])[-1], "best_dev_optimistic": result["best"], "evals": result["evals"]}
