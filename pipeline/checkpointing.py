@@ -77,7 +77,22 @@ class Checkpoints:
 
     def intact_tag(self) -> Optional[str]:
         """The newest checkpoint whose files match their recorded hashes; a truncated or
-        corrupted newer one is reported and skipped."""
+        corrupted newer one is reported and skipped. Rank 0 reads the files, the others
+        receive its answer."""
+        answer = [None]
+        if self.dist.is_main:
+            try:
+                answer = [("tag", self._newest_intact())]
+            except UserError as err:
+                answer = [("error", str(err))]
+        if self.dist.world_size > 1:
+            torch.distributed.broadcast_object_list(answer, src=0)
+        kind, value = answer[0]
+        if kind == "error":
+            raise UserError(value)
+        return value
+
+    def _newest_intact(self) -> Optional[str]:
         tags = self.tags()
         latest = self.latest_tag()
         if latest in tags:  # never trust a tag newer than `latest` (saving was interrupted)
@@ -86,9 +101,8 @@ class Checkpoints:
             bad = problems(self.root / tag)
             if not bad:
                 return tag
-            if self.dist.is_main:
-                print(f"crild: checkpoint {self.root / tag} is not intact ({bad[0]}); trying an older one",
-                      file=sys.stderr, flush=True)
+            print(f"crild: checkpoint {self.root / tag} is not intact ({bad[0]}); trying an older one",
+                  file=sys.stderr, flush=True)
         if tags:
             raise UserError(f"{self.root}: no intact checkpoint left ({len(tags)} damaged); delete the folder to "
                             f"start the stage over")
