@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -91,10 +92,17 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     eval_every: int = 0  # optimizer steps; 0: at the end of every epoch
     eval_batch_size: int = 64
+    # also score this many training examples (a fixed seeded subset, labels as trained on) at
+    # every evaluation: the train-dev gap over training, the paper's overfitting view
+    eval_train_examples: int = 0
     checkpoint_every: int = 200  # optimizer steps
     keep_checkpoints: int = 2
     log_every: int = 10
     group_by_length: bool = True
+    # a NaN/inf loss: stop (the last checkpoint stays good) or skip the micro-batch (zero
+    # gradient from it), count it in TensorBoard, and stop after max_nonfinite_skips of them
+    on_nonfinite: str = "stop"
+    max_nonfinite_skips: int = 10
     deepspeed_config: Optional[str] = None  # overrides the run's deepspeed_config
 
 
@@ -141,7 +149,7 @@ class DistillConfig:
     ild_terms: dict[str, float] = field(default_factory=dict)  # re-weight (0 removes) or add ILD terms
     kd_terms: dict[str, float] = field(default_factory=dict)  # same for the prediction-layer phase
     temperature: float = 2.0
-    layer_map: Optional[str] = None  # last | uniform | pairs (None: the preset's)
+    layer_map: Optional[str] = None  # last | upper_middle | uniform | pairs (None: the preset's)
     layer_pairs: list[list[int]] = field(default_factory=list)  # [[student, teacher], ...], 1-based
     relation_heads: Optional[int] = None  # default: the teacher's attention heads
     mixup: MixupConfig = field(default_factory=MixupConfig)
@@ -223,6 +231,9 @@ def _unwrap_optional(tp):
     return tp, False
 
 
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _check_value(value, tp, where: str, source: str):
     inner, optional = _unwrap_optional(tp)
     if value is None:
@@ -234,6 +245,8 @@ def _check_value(value, tp, where: str, source: str):
             raise UserError(f"{source}: {where}: expected a mapping, got {value!r}")
         return _build(inner, value, where + ".", source)
     if inner is float:
+        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+            return float(value)  # '2e-4': YAML 1.1 reads exponents without a dot as strings
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{source}: {where}: expected a number, got {value!r} ({type(value).__name__})")
         return float(value)
@@ -380,6 +393,13 @@ def _check_train(train: TrainConfig, where: str, src: str) -> None:
                  "checkpoint_every", "keep_checkpoints"):
         if getattr(train, name) < 1:
             raise UserError(f"{src}: {where}.{name}: expected a positive integer, got {getattr(train, name)}")
+    if train.on_nonfinite not in ("stop", "skip"):
+        raise UserError(f"{src}: {where}.on_nonfinite: expected stop or skip, got '{train.on_nonfinite}'")
+    if train.max_nonfinite_skips < 0:
+        raise UserError(f"{src}: {where}.max_nonfinite_skips: expected an integer >= 0, got {train.max_nonfinite_skips}")
+    if train.eval_train_examples < 0:
+        raise UserError(f"{src}: {where}.eval_train_examples: expected 0 (off) or a positive integer, "
+                        f"got {train.eval_train_examples}")
     if train.max_steps is not None and train.max_steps < 1:
         raise UserError(f"{src}: {where}.max_steps: expected a positive integer, got {train.max_steps}")
     if not 0.0 <= train.warmup_ratio <= 1.0:

@@ -105,3 +105,16 @@ def test_example_jobs_are_valid():
     root = Path(__file__).resolve().parent.parent / "jobs"
     for path in root.glob("*.yaml"):
         load_config(path)
+    from pipeline.study import cell_config, cells, load_study
+
+    for path in (root / "studies").glob("*.yaml"):  # study files and every run they would start
+        spec = load_study(str(path))
+        assert all(cell_config(spec, c) for c in cells(spec))
+
+
+def test_exponent_without_a_dot_is_a_number_not_a_string():
+    # YAML 1.1 (PyYAML) reads 2e-4 as a string; users write it anyway, in files and overrides
+    cfg = from_dict({"stages": {"teacher": {"learning_rate": "2e-4"}}}, overrides=["stages.distill.kd.learning_rate=1E-3"])
+    assert cfg.stages.teacher.learning_rate == 2e-4 and cfg.stages.distill.kd.learning_rate == 1e-3
+    with pytest.raises(UserError, match="expected a number, got 'fast'"):
+        from_dict({"stages": {"teacher": {"learning_rate": "fast"}}})
