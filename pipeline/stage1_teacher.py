@@ -63,7 +63,7 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
 
     result = train_loop(engine=engine, dist=dist, train_ds=data.train, collate=data.collate, cfg=train_cfg,
                         seed=cfg.seed, plan=plan, loss_fn=loss_fn,
-                        evaluate=dev_evaluator(engine, data, train_cfg.eval_batch_size, dist),
+                        evaluate=dev_evaluator(engine, data, train_cfg, dist, cfg.seed),
                         main_metric=f"{main_split}/{spec.main_metric}", ckpts=ckpts, scalars=scalars,
                         prefix=STAGE, stop=stop or StopRequest(), state=state)
     scalars.close()

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import datasets
+import numpy as np
 
 from pipeline.batching import Collator
-from pipeline.config import RunConfig, config_hash, load_config
+from pipeline.config import RunConfig, TrainConfig, config_hash, load_config
 from pipeline.data_sources import available_eval_splits, load_split
 from pipeline.distributed import DistInfo, main_rank_first
 from pipeline.errors import UserError, cli_entry
@@ -125,16 +126,26 @@ def resume(engine, root: Path, dist: DistInfo, config_hash: str, keep: int, fing
     return ckpts, state
 
 
-def dev_evaluator(engine, data: TaskData, batch_size: int, dist: DistInfo):
-    """Periodic evaluation of the engine's classifier on the main dev split."""
+def dev_evaluator(engine, data: TaskData, cfg: TrainConfig, dist: DistInfo, seed: int):
+    """Periodic evaluation of the engine's classifier on the main dev split, and on a fixed
+    subset of the training split when ``eval_train_examples`` is set (keys ``train/...``)."""
     from pipeline.evaluation import classifier_forward, predict_logits, split_metrics
 
     split = data.main_split
+    splits = {split: (data.eval[split], data.eval_labels[split])}
+    if cfg.eval_train_examples and data.train is not None:
+        n = min(cfg.eval_train_examples, len(data.train))
+        idx = np.sort(np.random.default_rng([seed, 0x7472]).choice(len(data.train), size=n, replace=False))
+        subset = data.train.select(idx)
+        splits["train"] = (subset, np.asarray(subset["label"]))
 
     def evaluate() -> dict:
-        logits = predict_logits(classifier_forward(engine, dist.device), data.eval[split], data.collate,
-                                batch_size, dist)
-        return {f"{split}/{k}": v for k, v in split_metrics(data.spec, logits, data.eval_labels[split]).items()}
+        forward = classifier_forward(engine, dist.device)
+        metrics = {}
+        for name, (ds, labels) in splits.items():
+            logits = predict_logits(forward, ds, data.collate, cfg.eval_batch_size, dist)
+            metrics.update({f"{name}/{k}": v for k, v in split_metrics(data.spec, logits, labels).items()})
+        return metrics
 
     return evaluate
 

@@ -61,7 +61,7 @@ def test_resume_mid_epoch_gives_identical_weights(tmp_path, tiny_bert, sentiment
 def test_teacher_learns_and_outputs_are_complete(tmp_path, tiny_bert, sentiment_dir):
     from transformers import AutoModelForSequenceClassification
 
-    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=6, learning_rate=3e-3)
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=6, learning_rate=3e-3, eval_train_examples=40)
     raw["stages"]["evaluate"] = {"splits": ["dev", "test"]}
     cfg = from_dict(raw)
     assert stage1_teacher.run(cfg, stop=StopRequest(install_handlers=False)) == 0
@@ -73,11 +73,15 @@ def test_teacher_learns_and_outputs_are_complete(tmp_path, tiny_bert, sentiment_
     assert model.config.id2label == {0: "rotten", 1: "fresh"}
     tags = scalar_tags(out / "tensorboard" / "teacher")
     for tag in ("teacher/train/loss", "teacher/train/lr", "teacher/train/grad_norm", "teacher/train/samples_per_s",
-                "teacher/train/tokens_per_s", "teacher/eval/dev/accuracy"):
+                "teacher/train/tokens_per_s", "teacher/eval/dev/accuracy", "teacher/eval/train/accuracy"):
         assert tag in tags, tag
     lrs = [v for _, v in tags["teacher/train/lr"]]
     assert max(lrs) > lrs[-1] > 0  # warmup then linear decay
     assert all(v > 0 for _, v in tags["teacher/train/grad_norm"])
+    # the train-dev gap: the training subset is scored beside dev at every evaluation
+    evals = json.loads((out / "teacher" / "train_results.json").read_text())["evals"]
+    assert all("train/accuracy" in e and "dev/accuracy" in e for e in evals)
+    assert evals[-1]["train/accuracy"] >= 0.9
 
     assert stage4_evaluate.run(cfg) == 0
     results = json.loads((out / "eval" / "results.json").read_text())["models"]["teacher"]["splits"]
@@ -137,11 +141,10 @@ def test_user_error_is_one_line_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path, tiny_bert, sentiment_dir,
-                                                                            monkeypatch):
+def _poison(monkeypatch, bad_micro_steps):
+    """Make the teacher stage's loss NaN at the given micro-steps."""
     from pipeline import trainer
 
-    cfg = from_dict(tiny_run_config(tmp_path, tiny_bert, sentiment_dir))
     original = trainer.train_loop
 
     def poisoned_loop(**kw):
@@ -149,16 +152,41 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_p
 
         def loss(engine, batch, micro):
             total, parts = loss_fn(engine, batch, micro)
-            return (total * float("nan") if micro == 6 else total), parts
+            return (total * float("nan") if micro in bad_micro_steps else total), parts
 
         return original(**{**kw, "loss_fn": loss})
 
     monkeypatch.setattr(stage1_teacher, "train_loop", poisoned_loop)
-    with pytest.raises(UserError, match=r"non-finite loss nan at micro-step 6 .*last good checkpoint is step00000004"):
+
+
+def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path, tiny_bert, sentiment_dir,
+                                                                            monkeypatch):
+    cfg = from_dict(tiny_run_config(tmp_path, tiny_bert, sentiment_dir))
+    _poison(monkeypatch, {6})
+    with pytest.raises(UserError, match=r"non-finite loss at micro-step 6 .*loss nan.*last good checkpoint is "
+                                        r"step00000004"):
         stage1_teacher.run(cfg, stop=StopRequest(install_handlers=False))
     out = Path(cfg.output_dir)
     assert not (out / "teacher").exists()
     assert (out / "checkpoints" / "teacher" / "latest").read_text().strip() == "step00000004"
+
+
+def test_non_finite_steps_are_skipped_and_counted_when_configured(tmp_path, tiny_bert, sentiment_dir, monkeypatch):
+    cfg = from_dict(tiny_run_config(tmp_path, tiny_bert, sentiment_dir, on_nonfinite="skip", max_nonfinite_skips=2))
+    _poison(monkeypatch, {3, 9})
+    assert stage1_teacher.run(cfg, stop=StopRequest(install_handlers=False)) == 0
+    out = Path(cfg.output_dir)
+    w = weights(out)
+    assert all(torch.isfinite(v).all() for v in w.values())  # the NaN never reached the weights
+    skipped = scalar_tags(out / "tensorboard" / "teacher")["teacher/train/nonfinite_skipped"]
+    assert skipped[-1][1] == 2 and all(v == v for _, v in scalar_tags(out / "tensorboard" / "teacher")
+                                       ["teacher/train/loss"])  # logged losses stay finite
+    # a third one is more than allowed: the run stops like the default does
+    cfg = from_dict(tiny_run_config(tmp_path / "again", tiny_bert, sentiment_dir, on_nonfinite="skip",
+                                    max_nonfinite_skips=2))
+    _poison(monkeypatch, {3, 9, 15})
+    with pytest.raises(UserError, match="3 skipped, more than max_nonfinite_skips"):
+        stage1_teacher.run(cfg, stop=StopRequest(install_handlers=False))
 
 
 def test_malicious_pickle_in_a_model_folder_is_never_executed(tmp_path, tiny_bert):
