@@ -9,8 +9,9 @@ from typing import Optional
 
 import torch
 
-from pipeline.distributed import DistInfo, barrier
+from pipeline.distributed import DistInfo, barrier, decided_by_main
 from pipeline.errors import UserError
+from pipeline.faults import crash_point
 from pipeline.integrity import problems, write_hashes
 
 TAG_PREFIX = "step"
@@ -65,6 +66,7 @@ class Checkpoints:
         barrier()
         state = dict(client_state, config_hash=self.config_hash)
         engine.save_checkpoint(str(self.root), tag=tag, client_state=state, save_latest=True)
+        crash_point("checkpoint")
         barrier()
         if self.dist.is_main:
             write_hashes(tag_dir)  # last: a tag without hashes was interrupted while saving
@@ -79,18 +81,7 @@ class Checkpoints:
         """The newest checkpoint whose files match their recorded hashes; a truncated or
         corrupted newer one is reported and skipped. Rank 0 reads the files, the others
         receive its answer."""
-        answer = [None]
-        if self.dist.is_main:
-            try:
-                answer = [("tag", self._newest_intact())]
-            except UserError as err:
-                answer = [("error", str(err))]
-        if self.dist.world_size > 1:
-            torch.distributed.broadcast_object_list(answer, src=0)
-        kind, value = answer[0]
-        if kind == "error":
-            raise UserError(value)
-        return value
+        return decided_by_main(self._newest_intact)
 
     def _newest_intact(self) -> Optional[str]:
         tags = self.tags()

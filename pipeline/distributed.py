@@ -6,9 +6,12 @@ import random
 import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,27 @@ def all_reduce_sum(values: list[float]) -> list[float]:
         t = t.cuda()
     torch.distributed.all_reduce(t)
     return t.tolist()
+
+
+def decided_by_main(fn: Callable[[], T]) -> T:
+    """``fn()`` run on rank 0 only (e.g. hashing a large folder), its answer given to every
+    rank; a UserError there is raised on every rank. Collective: never call it inside
+    ``main_rank_first``."""
+    from pipeline.errors import UserError
+
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return fn()
+    answer = [None]
+    if torch.distributed.get_rank() == 0:
+        try:
+            answer = [("ok", fn())]
+        except UserError as err:
+            answer = [("error", str(err))]
+    torch.distributed.broadcast_object_list(answer, src=0)
+    kind, value = answer[0]
+    if kind == "error":
+        raise UserError(value)
+    return value
 
 
 @contextmanager

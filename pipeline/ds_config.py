@@ -73,6 +73,8 @@ def build_ds_config(path: str, train: TrainConfig, world_size: int, total_steps:
     cfg.setdefault("steps_per_print", 10**9)
     cfg.setdefault("wall_clock_breakdown", False)
     _check_precision(cfg, p)
+    if train.on_nonfinite == "skip" and int(cfg.get("zero_optimization", {}).get("stage", 0)) == 3:
+        raise UserError(f"{y}.on_nonfinite: skip is not supported with ZeRO-3 ({p}); use stop, or ZeRO 0-2")
     leftovers = _find_auto(cfg)
     if leftovers:
         raise UserError(f"{p}: {leftovers[0]} is \"auto\" but crild has no setting to fill it from")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pipeline.config import RunConfig, dump_yaml
 from pipeline.errors import UserError
+from pipeline.faults import crash_point
 from pipeline.integrity import problems, write_hashes
 
 MANIFEST = "crild_stage.json"
@@ -45,6 +46,7 @@ def atomic_output(final: Path, cfg: RunConfig, stage: str):
         (tmp / MANIFEST).write_text(json.dumps({"stage": stage, "status": "complete",
                                                 "fingerprint": stage_fingerprint(cfg, stage),
                                                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1))
+        crash_point("output")
         if final.exists():
             old = final.parent / f".{final.name}.old"
             shutil.rmtree(old, ignore_errors=True)
@@ -59,7 +61,14 @@ def atomic_output(final: Path, cfg: RunConfig, stage: str):
 
 
 def verified(path: Path, what: str) -> Path:
-    """``path`` if it is a complete output whose files match their recorded hashes."""
+    """``path`` if it is a complete output whose files match their recorded hashes. With
+    several ranks, rank 0 reads the files and tells the others (a collective call)."""
+    from pipeline.distributed import decided_by_main
+
+    return decided_by_main(lambda: _verified(path, what))
+
+
+def _verified(path: Path, what: str) -> Path:
     if not is_complete(path):
         raise UserError(f"{path}: {what} is not complete")
     bad = problems(path)

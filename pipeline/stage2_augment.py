@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 from pipeline.augment import AugmentParams, BatchedAugmenter, MaskedLM, load_vectors  # noqa: E402
 from pipeline.config import RunConfig  # noqa: E402
 from pipeline.data_sources import Examples, load_split  # noqa: E402
+from pipeline.faults import crash_point  # noqa: E402
 from pipeline.distributed import DistInfo, barrier, init_distributed, seed_everything  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.models import load_tokenizer, quiet_libraries, resolve_model  # noqa: E402
@@ -43,12 +44,18 @@ STAGE = "augment"
 EXAMPLES_PER_CALL = 64  # examples whose candidates are computed together
 
 
-def augmented_examples(folder: Path) -> Examples:
-    """The merged augmented set as Examples (the distillation stage reads it the same way,
-    so tokenized caches and teacher logits are shared)."""
+def verified_augmented(folder: Path) -> Path:
+    """The augmented data folder, complete and intact (collective: rank 0 checks)."""
     if not is_complete(folder):
         raise UserError(f"{folder}: no complete augmented data; run the augment stage first")
-    ds = datasets.load_from_disk(str(verified(folder, "the augmented data") / "data"))
+    return verified(folder, "the augmented data")
+
+
+def augmented_examples(folder: Path) -> Examples:
+    """The merged augmented set as Examples (the distillation stage reads it the same way,
+    so tokenized caches and teacher logits are shared); ``folder`` as verified_augmented
+    returned it."""
+    ds = datasets.load_from_disk(str(folder / "data"))
     text_b = ds["text_b"]
     return Examples(list(ds["text_a"]), None if all(b is None for b in text_b) else list(text_b),
                     np.asarray(ds["label"]), str(folder))
@@ -75,6 +82,7 @@ def write_shard(folder: Path, rows: dict, fingerprint: str) -> None:
                                             "examples": len(set(rows["source_id"])), "rows": len(rows["text_a"])}))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
+    crash_point("shard")
 
 
 FEATURES = datasets.Features({"text_a": datasets.Value("string"), "text_b": datasets.Value("string"),
@@ -121,7 +129,7 @@ def store_teacher_logits(cfg: RunConfig, dist: DistInfo, tokenizer) -> None:
 
     spec = get_task(cfg.task.name)
     folder = teacher_folder(cfg)
-    ex = augmented_examples(run_dir(cfg) / "augmented")
+    ex = augmented_examples(verified_augmented(run_dir(cfg) / "augmented"))
     ds = tokenize_cached(ex, tokenizer, cfg.task.max_length)
     teacher = build_classifier(str(folder), spec, "teacher").to(dist.device).eval()
     cached_teacher_logits(classifier_forward(teacher, dist.device), teacher_fingerprint(folder), ds,

@@ -18,6 +18,7 @@ from pipeline.checkpointing import Checkpoints
 from pipeline.config import TrainConfig
 from pipeline.distributed import DistInfo, all_reduce_max, all_reduce_sum
 from pipeline.errors import UserError
+from pipeline.faults import crash_point
 from pipeline.progress import Progress
 from pipeline.tb import Scalars
 
@@ -75,13 +76,26 @@ def _grad_norm_from_params(params) -> Optional[float]:
     return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else None
 
 
+def _count_nonfinite(total: torch.Tensor) -> int:
+    """How many ranks got a NaN/inf loss for this micro-step (the same answer on every rank,
+    so no rank waits alone in a collective the others skipped)."""
+    bad = 0.0 if bool(torch.isfinite(total.detach())) else 1.0
+    return int(all_reduce_sum([bad])[0])
+
+
+def _zero_loss(params) -> torch.Tensor:
+    """A loss of 0 that reaches every trainable parameter: backward gives zero gradients and
+    fires every hook ZeRO-1/2 reduces through, as a normal micro-step does."""
+    return torch.stack([p.reshape(-1)[:1].sum() for p in params]).sum() * 0.0
+
+
 def train_loop(*, engine, dist: DistInfo, train_ds, collate: Collator, cfg: TrainConfig, seed: int,
                plan: LoopPlan, loss_fn: LossFn, evaluate: Callable[[], dict], main_metric: str,
                ckpts: Checkpoints, scalars: Scalars, prefix: str, stop: StopRequest, state: dict) -> dict:
     """Train until the plan's last micro-step (or a stop request). ``state`` is the client
     state of the checkpoint resumed from ({} for a fresh run); returns the final state with
     ``finished`` telling whether the plan completed."""
-    state = {"micro_step": 0, "best": None, "evals": [], **state}
+    state = {"micro_step": 0, "best": None, "evals": [], "nonfinite_skipped": 0, **state}
     micro = state["micro_step"]
     lengths = np.asarray(train_ds["length"])
     params = [p for p in engine.module.parameters() if p.requires_grad]
@@ -91,6 +105,7 @@ def train_loop(*, engine, dist: DistInfo, train_ds, collate: Collator, cfg: Trai
     progress = Progress(plan.total_micro_steps, micro, prefix, enabled=dist.is_main)
 
     def run_eval(opt_step: int) -> None:
+        crash_point("eval")
         metrics = evaluate()
         if not metrics:
             return
@@ -111,12 +126,20 @@ def train_loop(*, engine, dist: DistInfo, train_ds, collate: Collator, cfg: Trai
         batch = fetch(train_ds, batches[offset], collate)
         engine.train()
         total, components = loss_fn(engine, batch, micro)
-        if not bool(torch.isfinite(total.detach())):  # before any update: the last checkpoint stays good
-            parts = ", ".join(f"{k} {float(v):.4g}" for k, v in components.items())
-            raise UserError(f"{prefix}: non-finite loss {float(total):.4g} at micro-step {micro} "
-                            f"(epoch {epoch}{'; ' + parts if parts else ''}); training stopped, the last good "
-                            f"checkpoint is {ckpts.latest_tag() or 'none'} in {ckpts.root}; lower the learning rate "
-                            f"or check the data")
+        bad_ranks = _count_nonfinite(total)  # collective: every rank takes the same branch
+        if bad_ranks:
+            state["nonfinite_skipped"] += 1
+            parts = "".join(f", {k} {float(v):.4g}" for k, v in components.items())
+            where = (f"non-finite loss at micro-step {micro} (epoch {epoch}; {bad_ranks} of {dist.world_size} "
+                     f"rank(s); this rank: loss {float(total):.4g}{parts})")
+            if cfg.on_nonfinite == "stop" or state["nonfinite_skipped"] > cfg.max_nonfinite_skips:
+                why = ("" if cfg.on_nonfinite == "stop" else
+                       f"{state['nonfinite_skipped']} skipped, more than max_nonfinite_skips; ")
+                raise UserError(f"{prefix}: {where}; {why}training stopped, the last good checkpoint is "
+                                f"{ckpts.latest_tag() or 'none'} in {ckpts.root}; lower the learning rate "
+                                f"or check the data")
+            progress.write(f"[{prefix}] skipped the micro-batch: {where}")
+            total, components = _zero_loss(params), {}  # every rank drops it: no gradient from it
         engine.backward(total)
         boundary = engine.is_gradient_accumulation_boundary()
         opt_step = (micro + 1) // plan.accumulation
@@ -124,11 +147,13 @@ def train_loop(*, engine, dist: DistInfo, train_ds, collate: Collator, cfg: Trai
         manual_norm = _grad_norm_from_params(params) if log_now else None
         engine.step()
         micro += 1
+        crash_point("step")
         # accumulate on the device: values reach the host only when logged (no sync per step)
-        window["loss"] = window["loss"] + total.detach()
+        if not bad_ranks:
+            window["loss"] = window["loss"] + total.detach()
         for name, value in components.items():
             window[name] = window[name] + (value.detach() if torch.is_tensor(value) else value)
-        window_steps += 1
+        window_steps += 0 if bad_ranks else 1
         progress.update(1)
         samples += int(batch["input_ids"].shape[0])
         tokens += int(batch["attention_mask"].sum())
@@ -138,11 +163,12 @@ def train_loop(*, engine, dist: DistInfo, train_ds, collate: Collator, cfg: Trai
             elapsed = max(time.perf_counter() - t_window, 1e-9)
             norm = engine.get_global_grad_norm()
             norm = manual_norm if norm is None else float(norm)
-            values = {f"{prefix}/train/{k}": float(v) / window_steps for k, v in window.items()}
+            values = {f"{prefix}/train/{k}": float(v) / max(window_steps, 1) for k, v in window.items()}
             values.update({f"{prefix}/train/lr": engine.get_lr()[0], f"{prefix}/train/grad_norm": norm,
                            f"{prefix}/train/samples_per_s": gsamples / elapsed,
                            f"{prefix}/train/tokens_per_s": gtokens / elapsed,
-                           f"{prefix}/train/epoch": micro / plan.steps_per_epoch})
+                           f"{prefix}/train/epoch": micro / plan.steps_per_epoch,
+                           f"{prefix}/train/nonfinite_skipped": state["nonfinite_skipped"]})
             scalars.add(values, opt_step)
             progress.update(0, loss=f"{values[f'{prefix}/train/loss']:.4f}")
             window, samples, tokens, window_steps = defaultdict(float), 0, 0, 0
@@ -156,7 +182,8 @@ def train_loop(*, engine, dist: DistInfo, train_ds, collate: Collator, cfg: Trai
         state["micro_step"] = micro
         stopping = stop.should_stop(micro) and micro < plan.total_micro_steps
         if opt_step % cfg.checkpoint_every == 0 or stopping or micro == plan.total_micro_steps:
-            ckpts.save(engine, {k: state[k] for k in ("micro_step", "best", "evals")}, opt_step)
+            ckpts.save(engine, {k: state[k] for k in ("micro_step", "best", "evals", "nonfinite_skipped")},
+                       opt_step)
             scalars.flush()
         if stopping:
             progress.close()

@@ -178,3 +178,36 @@ def test_kd_phase_trains_on_augmented_data_with_stored_teacher_logits(tmp_path, 
     assert kd["teacher_forwards"] == 0
     assert list((crild_home() / "tokenized").glob("*/teacher_logits-*.safetensors")) == [stored]
     assert stored.stat().st_mtime_ns == before  # found where stage 2 put it, not recomputed
+
+
+def test_sigkill_after_a_shard_then_rerun_gives_the_same_data(tmp_path, tiny_bert, sentiment_dir, vectors_file,
+                                                              tiny_mlm):
+    """A real SIGKILL (CRILD_FAULT) after the second of four shards: the rerun keeps the two
+    finished shards and produces exactly the uninterrupted run's data."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import REPO
+
+    _, reference = run_augment(tmp_path / "ref", tiny_bert, sentiment_dir, vectors_file, tiny_mlm, num_shards=4)
+    raw = tiny_run_config(tmp_path / "killed", tiny_bert, sentiment_dir)
+    raw["stages"]["augment"] = {"copies": 4, "candidates": 5, "vectors": {"path": str(vectors_file)},
+                                "masked_lm": str(tiny_mlm), "num_shards": 4}
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    cmd = [sys.executable, str(REPO / "pipeline" / "stage2_augment.py"), "--config", str(config)]
+    env = dict(os.environ, PYTHONPATH=str(REPO), CRILD_FAULT="shard:2")
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE"):
+        env.pop(k, None)  # set in this process by the in-process reference run
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == -9
+    out = tmp_path / "killed" / "run"
+    done = sorted(p.name for p in (out / "augmented.shards").glob("shard-*"))
+    assert len(done) == 2 and not (out / "augmented").exists()
+    env.pop("CRILD_FAULT")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "this worker has 2 to do" in proc.stderr
+    assert rows(out) == rows(reference)
