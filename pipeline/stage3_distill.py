@@ -28,7 +28,8 @@ import torch  # noqa: E402
 from pipeline.config import RunConfig, to_dict  # noqa: E402
 from pipeline.data_sources import UNLABELLED, Examples, load_split  # noqa: E402
 from pipeline.distill import DistillModule, DistillObjective  # noqa: E402
-from pipeline.distributed import DistInfo, barrier, init_distributed, main_rank_first, seed_everything  # noqa: E402
+from pipeline.distributed import (DistInfo, barrier, decided_by_main, init_distributed, main_rank_first,  # noqa: E402
+                                  seed_everything)
 from pipeline.ds_config import build_ds_config, load_ds_json, precision_dtype, zero_stage  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.integrity import problems  # noqa: E402
@@ -126,10 +127,11 @@ def supplementary_data(cfg: RunConfig, tokenizer, n_target: int, regression: boo
 def phase_dataset(cfg: RunConfig, plan: PhasePlan, data: TaskData, tokenizer) -> datasets.Dataset:
     dcfg = cfg.stages.distill
     if plan.name in dcfg.augmented_phases:  # stage 2's output (originals included, as copy 0)
-        from pipeline.stage2_augment import augmented_examples
+        from pipeline.stage2_augment import augmented_examples, verified_augmented
 
+        folder = verified_augmented(run_dir(cfg) / "augmented")  # collective: outside main_rank_first
         with main_rank_first():
-            return tokenize_cached(augmented_examples(run_dir(cfg) / "augmented"), tokenizer, cfg.task.max_length)
+            return tokenize_cached(augmented_examples(folder), tokenizer, cfg.task.max_length)
     if plan.name == "kd" or not dcfg.supplementary:
         return data.train
     if plan.name == "ild_supplementary":
@@ -160,7 +162,7 @@ def phase_done(folder: Path, cfg: RunConfig) -> bool:
     if not is_complete(folder):
         return False
     same = json.loads((folder / MANIFEST).read_text()).get("fingerprint") == stage_fingerprint(cfg, STAGE)
-    return same and not problems(folder)
+    return same and decided_by_main(lambda: not problems(folder))  # rank 0 hashes, the others are told
 
 
 def run_phase(cfg: RunConfig, plan: PhasePlan, index: int, dist: DistInfo, data: TaskData, tokenizer,
@@ -214,7 +216,7 @@ def run_phase(cfg: RunConfig, plan: PhasePlan, index: int, dist: DistInfo, data:
     scalars = Scalars(out / "tensorboard" / dcfg.output, dist.is_main)
     main_split = data.main_split
     # the classifier is not trained during ILD: nothing to score there
-    evaluate = (lambda: {}) if plan.is_ild else dev_evaluator(engine, data, train_cfg.eval_batch_size, dist)
+    evaluate = (lambda: {}) if plan.is_ild else dev_evaluator(engine, data, train_cfg, dist, cfg.seed)
 
     result = train_loop(engine=engine, dist=dist, train_ds=ds, collate=data.collate, cfg=train_cfg, seed=cfg.seed,
                         plan=plan_loop, loss_fn=objective, evaluate=evaluate,
