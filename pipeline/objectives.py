@@ -134,7 +134,8 @@ PRESETS: dict[str, Preset] = {
     "pkd": Preset(("kd",), kd={"logit_kd": 0.5, "ce": 0.5, "pkd": 100.0}, layer_map="uniform"),
     "tinybert": Preset(("ild", "kd"), ild={"attention_mse": 1.0, "hidden_mse": 1.0}, layer_map="uniform"),
     "minilm": Preset(("ild", "kd"), ild={"attention_kl": 1.0, "value_relation": 1.0}),
-    "minilmv2": Preset(("ild", "kd"), ild={"qkv_relation": 1.0}),
+    # MiniLMv2 transfers Q/K/V relations of an upper-middle teacher layer (21 of 24 in its paper)
+    "minilmv2": Preset(("ild", "kd"), ild={"qkv_relation": 1.0}, layer_map="upper_middle"),
     "l-ild": Preset(("ild", "kd"), ild={"qkv_relation": 1.0}),
     "cr-ild": Preset(("ild", "kd"), ild={"qkv_relation": 1.0}, mixup=True, consistency=0.1),
     "cr-ild-no-consistency": Preset(("ild", "kd"), ild={"qkv_relation": 1.0}, mixup=True, consistency=0.0),
@@ -181,6 +182,8 @@ def layer_pairs(dcfg, n_student: int, n_teacher: int, embeddings: bool, preset_m
     how = dcfg.layer_map or preset_map
     if how == "last":
         return [(n_student, n_teacher)]
+    if how == "upper_middle":  # teacher layer floor(7n/8): 21 of 24, 10 of 12, 5 of 6
+        return [(n_student, max(1, n_teacher * 7 // 8))]
     if how == "uniform":
         pairs = [(i, i * n_teacher // n_student) for i in range(1, n_student + 1)]
         return ([(0, 0)] if embeddings else []) + pairs
@@ -207,8 +210,9 @@ def check_distill_config(dcfg, cfg, src: str) -> None:
     for phase in dcfg.phases or []:
         if phase not in PHASES:
             raise UserError(f"{src}: stages.distill.phases: unknown phase '{phase}'{_suggest(phase, PHASES)}")
-    if dcfg.layer_map is not None and dcfg.layer_map not in ("last", "uniform", "pairs"):
-        raise UserError(f"{src}: stages.distill.layer_map: expected last, uniform or pairs, got '{dcfg.layer_map}'")
+    if dcfg.layer_map is not None and dcfg.layer_map not in ("last", "upper_middle", "uniform", "pairs"):
+        raise UserError(f"{src}: stages.distill.layer_map: expected last, upper_middle, uniform or pairs, "
+                        f"got '{dcfg.layer_map}'")
     if dcfg.layer_map == "pairs" and (not dcfg.layer_pairs or any(len(p) != 2 for p in dcfg.layer_pairs)):
         raise UserError(f"{src}: stages.distill.layer_pairs: expected a list of [student, teacher] pairs")
     if dcfg.consistency.target not in ("clean", "ema"):

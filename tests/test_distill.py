@@ -134,6 +134,16 @@ def test_presets_resolve_to_the_papers_phases():
     assert reweighted[0][1] == {"hidden_mse": 1.0, "pkd": 2.0} and reweighted[0][3] == 0.0  # no mixup: no CR
 
 
+def test_layer_maps_of_the_presets():
+    def pairs(preset, n_s, n_t):
+        dcfg = from_dict({"stages": {"distill": {"preset": preset}}}).stages.distill
+        return layer_pairs(dcfg, n_s, n_t, False, PRESETS[preset].layer_map)
+    assert pairs("l-ild", 3, 6) == [(3, 6)] and pairs("cr-ild", 4, 12) == [(4, 12)]
+    # MiniLMv2: the upper-middle teacher layer, 21 of 24 as in its paper; not the same as L-ILD
+    assert pairs("minilmv2", 6, 24) == [(6, 21)] and pairs("minilmv2", 3, 6) == [(3, 5)]
+    assert pairs("tinybert", 3, 6) == [(1, 2), (2, 4), (3, 6)]
+
+
 @pytest.mark.parametrize("raw,fragment", [
     ({"preset": "cr-idl"}, "did you mean 'cr-ild'"),
     ({"ild_terms": {"qkv_relations": 1.0}}, "did you mean 'qkv_relation'"),
