@@ -396,7 +396,8 @@ def _check_train(train: TrainConfig, where: str, src: str) -> None:
     if train.on_nonfinite not in ("stop", "skip"):
         raise UserError(f"{src}: {where}.on_nonfinite: expected stop or skip, got '{train.on_nonfinite}'")
     if train.max_nonfinite_skips < 0:
-        raise UserError(f"{src}: {where}.max_nonfinite_skips: expected an integer >= 0, got {train.max_nonfinite_skips}")
+        raise UserError(f"{src}: {where}.max_nonfinite_skips: expected an integer >= 0, "
+                        f"got {train.max_nonfinite_skips}")
     if train.eval_train_examples < 0:
         raise UserError(f"{src}: {where}.eval_train_examples: expected 0 (off) or a positive integer, "
                         f"got {train.eval_train_examples}")
@@ -423,13 +424,41 @@ def to_dict(cfg) -> dict:
     return cfg
 
 
+def _default_of(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return to_dict(f.default)
+    if f.default_factory is not dataclasses.MISSING:
+        return to_dict(f.default_factory())
+    return dataclasses.MISSING
+
+
+def settings_dict(cfg) -> dict:
+    """Like to_dict, without the fields left at their defaults: what fingerprints and
+    checkpoint hashes are computed from, so that a new option (whose default keeps the old
+    behaviour) does not invalidate finished stages and checkpoints after an upgrade."""
+    if dataclasses.is_dataclass(cfg):
+        out = {}
+        for f in dataclasses.fields(cfg):
+            if f.metadata.get("internal"):
+                continue
+            value = getattr(cfg, f.name)
+            if to_dict(value) != _default_of(f):
+                out[f.name] = settings_dict(value)
+        return out
+    if isinstance(cfg, (list, tuple)):
+        return [settings_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: settings_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
 def dump_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
 def config_hash(obj) -> str:
     """Stable hash of a config (or any section of it)."""
-    data = to_dict(obj) if dataclasses.is_dataclass(obj) else obj
+    data = settings_dict(obj) if dataclasses.is_dataclass(obj) else obj
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.checkpointing import archive_stale
-from pipeline.config import RunConfig, config_hash, from_dict, resolve_path, to_dict
+from pipeline.config import RunConfig, config_hash, from_dict, resolve_path, settings_dict, to_dict
 from pipeline.errors import UserError
 from pipeline.integrity import problems
 from pipeline.outputs import MANIFEST, is_complete
@@ -40,14 +40,14 @@ def _manifest_fingerprint(folder: Path):
 
 
 def _teacher_fingerprint(cfg: RunConfig) -> str:
-    return config_hash({"seed": cfg.seed, "task": to_dict(cfg.task), "teacher": to_dict(cfg.teacher),
-                        "train": to_dict(cfg.stages.teacher),
+    return config_hash({"seed": cfg.seed, "task": settings_dict(cfg.task), "teacher": settings_dict(cfg.teacher),
+                        "train": settings_dict(cfg.stages.teacher),
                         "ds": _ds_json_text(cfg, cfg.stages.teacher.deepspeed_config)})
 
 
 def _augment_fingerprint(cfg: RunConfig) -> str:
-    return config_hash({"seed": cfg.seed, "task": to_dict(cfg.task), "tokenizer": cfg.student.backbone,
-                        "augment": to_dict(cfg.stages.augment)})
+    return config_hash({"seed": cfg.seed, "task": settings_dict(cfg.task), "tokenizer": cfg.student.backbone,
+                        "augment": settings_dict(cfg.stages.augment)})
 
 
 def _distill_fingerprint(cfg: RunConfig) -> str:
@@ -56,14 +56,16 @@ def _distill_fingerprint(cfg: RunConfig) -> str:
     teacher = (_manifest_fingerprint(Path(cfg.output_dir) / "teacher") if not d.teacher_model
                else d.teacher_model)
     augmented = _manifest_fingerprint(Path(cfg.output_dir) / "augmented") if d.augmented_phases else None
-    return config_hash({"seed": cfg.seed, "task": to_dict(cfg.task), "student": to_dict(cfg.student),
-                        "distill": to_dict(d), "ds": ds, "teacher": teacher, "augmented": augmented})
+    return config_hash({"seed": cfg.seed, "task": settings_dict(cfg.task),
+                        "student": settings_dict(cfg.student), "distill": settings_dict(d), "ds": ds,
+                        "teacher": teacher, "augmented": augmented})
 
 
 def _evaluate_fingerprint(cfg: RunConfig) -> str:
     out = Path(cfg.output_dir)
     upstream = {name: _manifest_fingerprint(out / name) for name in ("teacher", "student", "student_finetuned")}
-    return config_hash({"task": to_dict(cfg.task), "evaluate": to_dict(cfg.stages.evaluate), "upstream": upstream})
+    return config_hash({"task": settings_dict(cfg.task), "evaluate": settings_dict(cfg.stages.evaluate),
+                        "upstream": upstream})
 
 
 BASELINE_OVERRIDES = ("stages.distill.preset=finetune", "stages.distill.output=student_finetuned",

@@ -15,7 +15,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: import the package, not this folder's modules
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from pipeline.config import RunConfig, to_dict  # noqa: E402
+from pipeline.config import RunConfig, settings_dict  # noqa: E402
 from pipeline.distributed import barrier, init_distributed, seed_everything  # noqa: E402
 from pipeline.ds_config import build_ds_config  # noqa: E402
 from pipeline.evaluation import model_inputs  # noqa: E402
@@ -49,7 +49,7 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
                              plan.total_optimizer_steps, cfg.source, STAGE)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=decay_groups(model, train_cfg.weight_decay),
                                            config=ds_cfg)
-    chash = stage_hash(cfg, STAGE, {"teacher": to_dict(cfg.teacher), "ds": ds_cfg})
+    chash = stage_hash(cfg, STAGE, {"teacher": settings_dict(cfg.teacher), "ds": ds_cfg})
     ckpts, state = resume(engine, out / "checkpoints" / STAGE, dist, chash, train_cfg.keep_checkpoints,
                           stage_fingerprint(cfg, STAGE), STAGE, plan.total_micro_steps)
     log(dist, f"{STAGE}: {len(data.train)} training examples, {plan.total_optimizer_steps} optimizer steps, "

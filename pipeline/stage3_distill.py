@@ -25,7 +25,7 @@ import datasets  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.config import RunConfig, to_dict  # noqa: E402
+from pipeline.config import RunConfig, settings_dict  # noqa: E402
 from pipeline.data_sources import UNLABELLED, Examples, load_split  # noqa: E402
 from pipeline.distill import DistillModule, DistillObjective  # noqa: E402
 from pipeline.distributed import (DistInfo, barrier, decided_by_main, init_distributed, main_rank_first,  # noqa: E402
@@ -206,7 +206,7 @@ def run_phase(cfg: RunConfig, plan: PhasePlan, index: int, dist: DistInfo, data:
         plan, module, teacher, pairs, relation_heads, dcfg.temperature, spec.regression, dist.device, cfg.seed,
         plan_loop.total_micro_steps, alpha=dcfg.mixup.alpha, consistency_target=dcfg.consistency.target,
         ema_decay=dcfg.consistency.ema_decay, consistency_distance=dcfg.consistency.distance, teacher_logits=cached)
-    chash = stage_hash(cfg, STAGE, {"phase": plan.name, "student": to_dict(cfg.student), "ds": ds_cfg,
+    chash = stage_hash(cfg, STAGE, {"phase": plan.name, "student": settings_dict(cfg.student), "ds": ds_cfg,
                                     "teacher": teacher_fingerprint(teacher_dir) if teacher_dir else None})
     ckpts, state = resume(engine, out / "checkpoints" / dcfg.output / plan.name, dist, chash,
                           train_cfg.keep_checkpoints, stage_fingerprint(cfg, STAGE), plan.name,

@@ -99,10 +99,10 @@ def consolidated_state_dict(engine, ds_cfg: dict) -> Optional[dict]:
 
 def stage_hash(cfg: RunConfig, stage: str, extra: dict) -> str:
     """Hash of what determines a stage's training trajectory (for checkpoint checks)."""
-    from pipeline.config import to_dict
+    from pipeline.config import settings_dict
 
-    return config_hash({"seed": cfg.seed, "task": to_dict(cfg.task), "stage": stage,
-                        "settings": to_dict(getattr(cfg.stages, stage)), **extra})
+    return config_hash({"seed": cfg.seed, "task": settings_dict(cfg.task), "stage": stage,
+                        "settings": settings_dict(getattr(cfg.stages, stage)), **extra})
 
 
 def run_dir(cfg: RunConfig) -> Path:

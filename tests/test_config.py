@@ -114,7 +114,21 @@ def test_example_jobs_are_valid():
 
 def test_exponent_without_a_dot_is_a_number_not_a_string():
     # YAML 1.1 (PyYAML) reads 2e-4 as a string; users write it anyway, in files and overrides
-    cfg = from_dict({"stages": {"teacher": {"learning_rate": "2e-4"}}}, overrides=["stages.distill.kd.learning_rate=1E-3"])
+    cfg = from_dict({"stages": {"teacher": {"learning_rate": "2e-4"}}},
+                    overrides=["stages.distill.kd.learning_rate=1E-3"])
     assert cfg.stages.teacher.learning_rate == 2e-4 and cfg.stages.distill.kd.learning_rate == 1e-3
     with pytest.raises(UserError, match="expected a number, got 'fast'"):
         from_dict({"stages": {"teacher": {"learning_rate": "fast"}}})
+
+
+def test_fingerprints_ignore_options_left_at_their_defaults():
+    """A new option whose default keeps the old behaviour must not invalidate finished stages
+    and checkpoints: hashes cover only the settings that differ from the defaults."""
+    from pipeline.config import config_hash, settings_dict
+
+    base = from_dict({"stages": {"teacher": {"epochs": 2}}})
+    explicit = from_dict({"stages": {"teacher": {"epochs": 2, "on_nonfinite": "stop", "eval_train_examples": 0}}})
+    assert settings_dict(base.stages.teacher) == {"epochs": 2}
+    assert config_hash(base) == config_hash(explicit)
+    changed = from_dict({"stages": {"teacher": {"epochs": 2, "on_nonfinite": "skip"}}})
+    assert config_hash(changed) != config_hash(base)

@@ -84,8 +84,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("stage,ranks,fault,resume_at", CASES, ids=[f"{s}-{r}rank-{f}" for s, r, f, _ in CASES])
-def test_sigkill_then_rerun_gives_bitwise_identical_weights(stage, ranks, fault, resume_at, tmp_path, tmp_path_factory, tiny_bert,
-                                                            sentiment_dir):
+def test_sigkill_then_rerun_gives_bitwise_identical_weights(stage, ranks, fault, resume_at, tmp_path,
+                                                            tmp_path_factory, tiny_bert, sentiment_dir):
     expected = reference(stage, ranks, tmp_path_factory, tiny_bert, sentiment_dir)
     config = write_config(tmp_path, stage, ranks, tiny_bert, sentiment_dir)
     killed, seconds = launch(stage, config, ranks, fault=fault)
