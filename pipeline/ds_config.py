@@ -35,8 +35,10 @@ def _fill(node: dict, key: str, value, where: str, path: Path, yaml_key: str) ->
 
 
 def build_ds_config(path: str, train: TrainConfig, world_size: int, total_steps: int, source: str,
-                    stage: str) -> dict:
-    """The DeepSpeed config dict for one training stage."""
+                    stage: str, hidden_size: int | None = None) -> dict:
+    """The DeepSpeed config dict for one training stage. ZeRO bucket sizes set to "auto" are
+    sized from the model's hidden size h (h^2 elements, as transformers does): DeepSpeed's
+    own default reduce bucket (5e8 elements) is a 1 GB buffer, more than a BERT-base student."""
     p, cfg = load_ds_json(path, source)
     cfg = copy.deepcopy(cfg)
     y = f"stages.{stage}"
@@ -70,6 +72,8 @@ def build_ds_config(path: str, train: TrainConfig, world_size: int, total_steps:
         if sched.get("type") in ("WarmupDecayLR", "WarmupCosineLR"):
             _fill(params, "total_num_steps", total_steps, "scheduler.params.total_num_steps", p,
                   "the stage's step count")
+    if hidden_size is not None:
+        fill_zero_buckets(cfg, hidden_size)
     cfg.setdefault("steps_per_print", 10**9)
     cfg.setdefault("wall_clock_breakdown", False)
     _check_precision(cfg, p)
@@ -78,6 +82,17 @@ def build_ds_config(path: str, train: TrainConfig, world_size: int, total_steps:
     leftovers = _find_auto(cfg)
     if leftovers:
         raise UserError(f"{p}: {leftovers[0]} is \"auto\" but crild has no setting to fill it from")
+    return cfg
+
+
+def fill_zero_buckets(cfg: dict, hidden_size: int) -> dict:
+    """ZeRO bucket sizes left "auto", sized from the model's hidden size (in place)."""
+    zero = cfg.get("zero_optimization", {})
+    for key, value in (("reduce_bucket_size", hidden_size ** 2),
+                       ("stage3_prefetch_bucket_size", int(0.9 * hidden_size ** 2)),
+                       ("stage3_param_persistence_threshold", 10 * hidden_size)):
+        if zero.get(key) == AUTO:
+            zero[key] = value
     return cfg
 
 

@@ -46,7 +46,7 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
                              max_length=cfg.task.max_length)
     plan = make_plan(len(data.train), train_cfg, dist.world_size)
     ds_cfg = build_ds_config(train_cfg.deepspeed_config or cfg.deepspeed_config, train_cfg, dist.world_size,
-                             plan.total_optimizer_steps, cfg.source, STAGE)
+                             plan.total_optimizer_steps, cfg.source, STAGE, hidden_size=model.config.hidden_size)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=decay_groups(model, train_cfg.weight_decay),
                                            config=ds_cfg)
     chash = stage_hash(cfg, STAGE, {"teacher": settings_dict(cfg.teacher), "ds": ds_cfg})

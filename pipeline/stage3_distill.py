@@ -30,7 +30,7 @@ from pipeline.data_sources import UNLABELLED, Examples, load_split  # noqa: E402
 from pipeline.distill import DistillModule, DistillObjective  # noqa: E402
 from pipeline.distributed import (DistInfo, barrier, decided_by_main, init_distributed, main_rank_first,  # noqa: E402
                                   seed_everything)
-from pipeline.ds_config import build_ds_config, load_ds_json, precision_dtype, zero_stage  # noqa: E402
+from pipeline.ds_config import build_ds_config, fill_zero_buckets, load_ds_json, precision_dtype, zero_stage  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.integrity import problems  # noqa: E402
 from pipeline.evaluation import classifier_forward  # noqa: E402
@@ -76,6 +76,7 @@ class FrozenTeacher:
 
             _, tcfg = load_ds_json(path, cfg.source)
             tcfg = {k: v for k, v in tcfg.items() if k not in ("optimizer", "scheduler")}
+            fill_zero_buckets(tcfg, json.loads((folder / "config.json").read_text())["hidden_size"])
             tcfg.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1,
                         train_batch_size=dist.world_size)
             if zero_stage(tcfg) == 3:
@@ -191,7 +192,8 @@ def run_phase(cfg: RunConfig, plan: PhasePlan, index: int, dist: DistInfo, data:
     ds = phase_dataset(cfg, plan, data, tokenizer)
     plan_loop = make_plan(len(ds), train_cfg, dist.world_size)
     ds_cfg = build_ds_config(train_cfg.deepspeed_config or cfg.deepspeed_config, train_cfg, dist.world_size,
-                             plan_loop.total_optimizer_steps, cfg.source, f"distill.{plan.name}")
+                             plan_loop.total_optimizer_steps, cfg.source, f"distill.{plan.name}",
+                             hidden_size=student.config.hidden_size)
     if frozen is not None:
         frozen.set_dtype(precision_dtype(ds_cfg))
     engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=decay_groups(module, train_cfg.weight_decay),

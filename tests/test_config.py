@@ -132,3 +132,18 @@ def test_fingerprints_ignore_options_left_at_their_defaults():
     assert config_hash(base) == config_hash(explicit)
     changed = from_dict({"stages": {"teacher": {"epochs": 2, "on_nonfinite": "skip"}}})
     assert config_hash(changed) != config_hash(base)
+
+
+def test_zero_bucket_sizes_follow_the_model_width():
+    """"auto" ZeRO buckets are sized from the hidden size; DeepSpeed's own 5e8-element reduce
+    bucket would be a 1 GB buffer beside a 130 MB student."""
+    from pipeline.config import TrainConfig
+    from pipeline.ds_config import build_ds_config
+
+    cfg = build_ds_config("ds_configs/zero3_bf16.json", TrainConfig(), 2, 100, "test", "teacher", hidden_size=768)
+    zero = cfg["zero_optimization"]
+    assert zero["reduce_bucket_size"] == 768 ** 2
+    assert zero["stage3_prefetch_bucket_size"] == int(0.9 * 768 ** 2)
+    assert zero["stage3_param_persistence_threshold"] == 7680
+    with pytest.raises(UserError, match="reduce_bucket_size is \"auto\""):
+        build_ds_config("ds_configs/zero3_bf16.json", TrainConfig(), 2, 100, "test", "teacher")
