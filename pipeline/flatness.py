@@ -21,13 +21,15 @@ def perturbed_scores(model: torch.nn.Module, score: Callable[[], float], scales:
     originals = {name: p.detach().clone() for name, p in model.named_parameters()}
     out: dict[float, list[float]] = {}
     try:
-        for i, sigma in enumerate(scales):
+        for sigma in scales:
             if sigma == 0:
                 out[sigma] = [float(score())]
                 continue
             out[sigma] = []
             for d in range(draws):
-                gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, i, d]).generate_state(1)[0]))
+                # drawn from (seed, sigma, draw): the same noise whatever other scales are probed
+                key = [seed, int(round(sigma * 1e6)), d]
+                gen = torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
                 for name, p in model.named_parameters():
                     w = originals[name]
                     rms = w.float().pow(2).mean().sqrt()

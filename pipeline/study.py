@@ -1,0 +1,230 @@
+"""A comparison study: methods x seeds x settings x tasks, each cell one ``crild run`` of a
+shared base configuration, then each student scored on held-out splits and probed for
+flatness. Runs are skipped when complete and resume when interrupted (the runner's own
+rules); scores are cached beside each run, keyed by the student's manifest.
+
+The study file (YAML):
+
+    base: jobs/report_base.yaml           # run configuration every cell starts from
+    output_dir: runs/report               # cells go to <output_dir>/<task>/<setting>/seed<seed>
+    report_dir: reports/offline
+    seeds: [42, 43, 44]
+    methods: [kd, pkd, tinybert, minilmv2, l-ild, cr-ild, cr-ild-no-consistency]
+    tasks: {rotten_tomatoes: {}, snli: {task.max_length: 128}}    # task -> overrides
+    settings: {few-sample-1000: {task.few_sample: 1000}}           # setting -> overrides
+    flatness: {scales: [0, 0.05, 0.1, 0.2], draws: 3, examples: 500, split: dev}
+    eval_splits: [dev, test]
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from pipeline.config import RunConfig, load_config, resolve_path
+from pipeline.errors import UserError
+from pipeline.objectives import PRESETS
+
+STUDENT_PREFIX = "student_"
+
+
+@dataclass
+class FlatnessSpec:
+    scales: list = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2])
+    draws: int = 3
+    examples: int = 500
+    split: str = "dev"
+
+
+@dataclass
+class StudySpec:
+    base: str
+    output_dir: str
+    report_dir: str
+    seeds: list
+    methods: list
+    tasks: dict
+    settings: dict
+    flatness: FlatnessSpec
+    eval_splits: list
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Cell:
+    task: str
+    setting: str
+    seed: int
+    method: str
+    run_dir: Path
+    overrides: tuple
+
+    @property
+    def student(self) -> Path:
+        return self.run_dir / f"{STUDENT_PREFIX}{self.method}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.task}/{self.setting}/seed{self.seed}/{self.method}"
+
+
+_KEYS = {"base": str, "output_dir": str, "report_dir": str, "seeds": list, "methods": list, "tasks": dict,
+         "settings": dict, "flatness": dict, "eval_splits": list}
+
+
+def load_study(path: str) -> StudySpec:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: study file not found")
+    raw = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{p}: expected a mapping at the top level")
+    for key, value in raw.items():
+        if key not in _KEYS:
+            raise UserError(f"{p}: unknown key '{key}' (known: {', '.join(_KEYS)})")
+        if not isinstance(value, _KEYS[key]):
+            raise UserError(f"{p}: {key}: expected a {_KEYS[key].__name__}, got {type(value).__name__}")
+    for key in ("base", "output_dir", "report_dir", "seeds", "methods", "tasks", "settings"):
+        if key not in raw:
+            raise UserError(f"{p}: missing key '{key}'")
+    for m in raw["methods"]:
+        if m not in PRESETS:
+            raise UserError(f"{p}: methods: unknown preset '{m}' (known: {', '.join(PRESETS)})")
+    if not all(isinstance(s, int) for s in raw["seeds"]):
+        raise UserError(f"{p}: seeds: expected a list of integers")
+    flat = raw.get("flatness", {})
+    unknown = set(flat) - set(FlatnessSpec.__dataclass_fields__)
+    if unknown:
+        raise UserError(f"{p}: flatness: unknown key '{sorted(unknown)[0]}'")
+    base = resolve_path(raw["base"], "base", str(p))
+    return StudySpec(str(base), raw["output_dir"], raw["report_dir"], raw["seeds"], raw["methods"],
+                     {k: v or {} for k, v in raw["tasks"].items()}, {k: v or {} for k, v in raw["settings"].items()},
+                     FlatnessSpec(**flat), raw.get("eval_splits", ["dev", "test"]), str(p))
+
+
+def _overrides(mapping: dict) -> list[str]:
+    return [f"{k}={json.dumps(v)}" for k, v in mapping.items()]
+
+
+def cells(spec: StudySpec) -> list[Cell]:
+    out = []
+    for task, task_over in spec.tasks.items():
+        for setting, setting_over in spec.settings.items():
+            for seed in spec.seeds:
+                run_dir = Path(spec.output_dir) / task / setting / f"seed{seed}"
+                for method in spec.methods:
+                    over = [f"output_dir={run_dir}", f"seed={seed}", f"task.name={task}", *_overrides(task_over),
+                            *_overrides(setting_over), f"stages.distill.preset={method}",
+                            f"stages.distill.output={STUDENT_PREFIX}{method}"]
+                    out.append(Cell(task, setting, seed, method, run_dir, tuple(over)))
+    return out
+
+
+def cell_config(spec: StudySpec, cell: Cell) -> RunConfig:
+    return load_config(spec.base, list(cell.overrides))
+
+
+def cell_done(spec: StudySpec, cell: Cell) -> bool:
+    from pipeline.runner import stage_is_done
+
+    cfg = cell_config(spec, cell)
+    return all(stage_is_done(cfg, name) for name in cfg.pipeline)
+
+
+def run_cell(spec: StudySpec, cell: Cell, log_dir: Path) -> int:
+    """``crild run`` for one cell, its output in a log file; returns the exit code."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{cell.method}.log"
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", spec.base, *cell.overrides]
+    with open(log, "a") as fh:
+        fh.write(f"$ {' '.join(cmd)}\n")
+        fh.flush()
+        return subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT).returncode
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def _manifest_key(folder: Path) -> Optional[str]:
+    from pipeline.integrity import HASHES
+
+    hashes = folder / HASHES
+    return json.loads(hashes.read_text()).get("model.safetensors") if hashes.is_file() else None
+
+
+def score_model(spec: StudySpec, cfg: RunConfig, folder: Path, cache: Path, probe: bool = True) -> dict:
+    """Held-out metrics of a model folder and its flatness curve, cached in ``cache`` (JSON)
+    until the weights or the probe settings change."""
+    from dataclasses import asdict
+
+    key = {"weights": _manifest_key(folder), "flatness": asdict(spec.flatness) if probe else None,
+           "splits": list(spec.eval_splits)}
+    if cache.is_file():
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == key:
+            return cached
+    result = {"key": key, **_score(spec, cfg, folder, probe)}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(cache)
+    return result
+
+
+def _score(spec: StudySpec, cfg: RunConfig, folder: Path, probe: bool) -> dict:
+    import torch
+
+    from pipeline.distributed import DistInfo
+    from pipeline.evaluation import classifier_forward, predict_logits, split_metrics
+    from pipeline.flatness import perturbed_scores
+    from pipeline.models import load_tokenizer
+    from pipeline.stage4_evaluate import load_eval_model
+    from pipeline.stage_common import load_task_data
+
+    dist = DistInfo(0, 1, 0, torch.device("cpu"))
+    tokenizer = load_tokenizer(str(folder), str(folder))
+    cfg.task.max_eval_examples = None  # held-out scores on the whole splits
+    data = load_task_data(cfg, tokenizer, eval_splits=list(spec.eval_splits), with_train=False)
+    model = load_eval_model(str(folder), data.spec, torch.float32, dist.device, cfg.task.max_length)
+    forward = classifier_forward(model, dist.device)
+    metric = data.spec.main_metric
+    scores = {}
+    for split, ds in data.eval.items():
+        logits = predict_logits(forward, ds, data.collate, 128, dist)
+        scores[split] = split_metrics(data.spec, logits, data.eval_labels[split])
+    out = {"scores": scores, "metric": metric}
+    if probe:
+        f = spec.flatness
+        ds = data.eval[f.split] if f.split in data.eval else next(iter(data.eval.values()))
+        n = min(f.examples, len(ds))
+        ds, labels = ds.select(range(n)), data.eval_labels[f.split][:n]
+
+        def score() -> float:
+            logits = predict_logits(forward, ds, data.collate, 128, dist)
+            return split_metrics(data.spec, logits, labels)[metric]
+
+        curve = perturbed_scores(model, score, [float(s) for s in f.scales], f.draws, cfg.seed)
+        out["flatness"] = {str(k): v for k, v in curve.items()}
+    return out
+
+
+def read_scalars(event_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of a TensorBoard folder; where a resumed run wrote a step twice, the
+    later write wins. Returns tag -> [(step, value)] sorted by step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    latest: dict[str, dict[int, tuple[float, float]]] = {}
+    for f in sorted(event_dir.glob("events.out.tfevents.*")):
+        ea = EventAccumulator(str(f), size_guidance={"scalars": 0})
+        ea.Reload()
+        for tag in ea.Tags()["scalars"]:
+            per_step = latest.setdefault(tag, {})
+            for e in ea.Scalars(tag):
+                if e.step not in per_step or per_step[e.step][0] <= e.wall_time:
+                    per_step[e.step] = (e.wall_time, e.value)
+    return {tag: sorted((s, v) for s, (_, v) in steps.items()) for tag, steps in latest.items()}

@@ -1,0 +1,251 @@
+"""The study's report: per task and setting, a table of mean and std over seeds (best-dev
+labelled optimistic, last checkpoint, held-out split), the train-dev gap over training, the
+loss components read back from TensorBoard, the flatness probe, and automatic checks of the
+paper's findings. Markdown plus small PNGs; a partial study says what is missing."""
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.study import Cell, StudySpec
+
+# TensorBoard tags that are bookkeeping, not loss components
+_NOT_LOSSES = ("lr", "grad_norm", "samples_per_s", "tokens_per_s", "epoch")
+
+# The paper's findings this study can check: (statement, better method, worse method, quantity)
+FINDINGS = [
+    ("ILD on the small target set overfits more than logit KD (larger train-dev gap)", "tinybert", "kd", "gap"),
+    ("Last-layer ILD generalises better than uniform layer-to-layer ILD", "l-ild", "tinybert", "test"),
+    ("Last-layer ILD sits in a flatter minimum than uniform ILD", "l-ild", "tinybert", "flat"),
+    ("CR-ILD beats last-layer ILD", "cr-ild", "l-ild", "test"),
+    ("The consistency term helps (CR-ILD vs CR-ILD without it)", "cr-ild", "cr-ild-no-consistency", "test"),
+    ("CR-ILD beats prediction-layer KD alone", "cr-ild", "kd", "test"),
+    ("CR-ILD beats PKD", "cr-ild", "pkd", "test"),
+    ("CR-ILD beats MiniLMv2-style ILD", "cr-ild", "minilmv2", "test"),
+]
+
+
+def cell_record(cell: Cell, scored: dict | None, scalars: dict | None, main_metric: str) -> dict:
+    """What the report needs of one finished cell."""
+    rec = {"cell": cell, "scores": scored["scores"] if scored else {}, "flatness": (scored or {}).get("flatness")}
+    results = json.loads((cell.student / "train_results.json").read_text())
+    kd = results["phases"].get("kd", {})
+    best = kd.get("best_dev_optimistic") or {}
+    rec["best_dev"] = best.get("score")
+    rec["last_dev_during_training"] = (kd.get("last") or {}).get(f"dev/{main_metric}")
+    scalars = scalars or {}
+    train = dict(scalars.get(f"kd/eval/train/{main_metric}", []))
+    dev = dict(scalars.get(f"kd/eval/dev/{main_metric}", []))
+    steps = sorted(set(train) & set(dev))
+    last = max(steps) if steps else 1
+    rec["gap_curve"] = [(s / last, train[s] - dev[s]) for s in steps]
+    rec["gap_end"] = rec["gap_curve"][-1][1] if steps else None
+    rec["losses"] = {tag: pts for tag, pts in scalars.items()
+                     if "/train/" in tag and tag.rsplit("/", 1)[-1] not in _NOT_LOSSES}
+    return rec
+
+
+def _mean_std(values) -> tuple[float, float, int]:
+    v = [x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    if not v:
+        return float("nan"), float("nan"), 0
+    return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v)
+
+
+def _fmt(values, scale: float = 100.0) -> str:
+    m, s, n = _mean_std(values)
+    return "–" if n == 0 else f"{m * scale:.2f} ± {s * scale:.2f}"
+
+
+def flat_drop(rec: dict) -> float | None:
+    """Clean score minus the mean score at the largest perturbation (smaller: flatter)."""
+    f = rec.get("flatness")
+    if not f:
+        return None
+    scales = sorted(f, key=float)
+    return float(np.mean(f[scales[0]]) - np.mean(f[scales[-1]]))
+
+
+def quantity(rec: dict, what: str, split: str, metric: str):
+    if what == "test":
+        return rec["scores"].get(split, {}).get(metric)
+    if what == "gap":
+        return rec["gap_end"]
+    return flat_drop(rec)
+
+
+def check_finding(groups: dict, statement: str, better: str, worse: str, what: str, split: str,
+                  metric: str) -> str | None:
+    if better not in groups or worse not in groups:
+        return None
+    a = [quantity(r, what, split, metric) for r in groups[better]]
+    b = [quantity(r, what, split, metric) for r in groups[worse]]
+    (ma, sa, na), (mb, sb, nb) = _mean_std(a), _mean_std(b)
+    if na == 0 or nb == 0:
+        return None
+    diff = ma - mb if what != "flat" else mb - ma  # flat: a smaller drop is better
+    se = math.sqrt((sa ** 2) / na + (sb ** 2) / nb)
+    unit = {"test": f"{split} {metric}", "gap": "train-dev gap", "flat": "score drop at the largest perturbation"}[what]
+    detail = (f"{better} {ma * 100:.2f} vs {worse} {mb * 100:.2f} ({unit}, x100; difference {diff * 100:+.2f}, "
+              f"standard error {se * 100:.2f}, {min(na, nb)} seeds)")
+    if diff > 0 and diff > se:
+        verdict = "held"
+    elif diff > 0:
+        verdict = "same direction, within seed noise"
+    else:
+        verdict = "did not hold"
+    return f"- **{verdict}**: {statement}. {detail}"
+
+
+def _plot_lines(path: Path, title: str, xlabel: str, ylabel: str, series: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=80)
+    for label, (xs, ys, err) in series.items():
+        line, = ax.plot(xs, ys, label=label, marker="o" if len(xs) < 12 else None, markersize=3)
+        if err is not None:
+            ax.fill_between(xs, np.asarray(ys) - err, np.asarray(ys) + err, alpha=0.15, color=line.get_color())
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _gap_plot(path: Path, title: str, groups: dict) -> None:
+    grid = np.linspace(0, 1, 21)
+    series = {}
+    for method, recs in groups.items():
+        curves = [np.interp(grid, [x for x, _ in r["gap_curve"]], [y for _, y in r["gap_curve"]])
+                  for r in recs if len(r["gap_curve"]) > 1]
+        if curves:
+            series[method] = (grid, np.mean(curves, axis=0) * 100, np.std(curves, axis=0) * 100)
+    if series:
+        _plot_lines(path, title, "fraction of prediction-layer training", "train - dev accuracy (points)", series)
+
+
+def _flatness_plot(path: Path, title: str, groups: dict) -> None:
+    series = {}
+    for method, recs in groups.items():
+        curves = [r["flatness"] for r in recs if r.get("flatness")]
+        if curves:
+            scales = sorted(curves[0], key=float)
+            ys = [np.mean([np.mean(c[s]) for c in curves]) * 100 for s in scales]
+            series[method] = ([float(s) for s in scales], ys, None)
+    if series:
+        _plot_lines(path, title, "relative weight noise sigma", "dev accuracy (%)", series)
+
+
+def _loss_plot(path: Path, title: str, groups: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tags = sorted({t for recs in groups.values() for r in recs[:1] for t in r["losses"]})
+    if not tags:
+        return
+    cols = 3
+    rows = math.ceil(len(tags) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(9, 2.4 * rows), dpi=70, squeeze=False)
+    for ax, tag in zip(axes.flat, tags):
+        for method, recs in groups.items():
+            pts = recs[0]["losses"].get(tag)  # the first seed: curves of several seeds overlap
+            if pts:
+                ax.plot([s for s, _ in pts], [v for _, v in pts], label=method, linewidth=1)
+        ax.set_title(tag, fontsize=8)
+        ax.tick_params(labelsize=6)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(tags):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(spec: StudySpec, records: dict, teachers: dict, missing: list[str], failed: list[str],
+                 header: list[str], metric_of: dict) -> Path:
+    """``records``: (task, setting) -> method -> [record per seed]; ``teachers``: (task, setting)
+    -> [teacher scores per seed]."""
+    out = Path(spec.report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    total = len(spec.tasks) * len(spec.settings) * len(spec.seeds) * len(spec.methods)
+    done = sum(len(v) for g in records.values() for v in g.values())
+    lines = ["# Distillation methods compared in the paper's overfitting settings", "", *header, "",
+             f"**{done} of {total} runs complete.**" + ("" if done == total else " This report is partial."), ""]
+    if missing:
+        lines += ["Missing (not run yet, or interrupted; rerun the same command to continue):", ""]
+        lines += [f"- {m}" for m in missing] + [""]
+    if failed:
+        lines += ["Failed (see each log):", ""] + [f"- {m}" for m in failed] + [""]
+    held_split = next((s for s in spec.eval_splits if s != "dev"), "dev")
+    all_findings = []
+    for (task, setting), groups in records.items():
+        metric = metric_of[task]
+        slug = f"{task}_{setting}".replace("/", "-")
+        lines += [f"## {task}, {setting}", "",
+                  f"Mean ± std over seeds of {metric} (x100). *Best dev* is the best of the periodic dev "
+                  f"evaluations, the reference code's optimistic pick; *last* is the final student; "
+                  f"*{held_split}* is held out and scored once, on the last checkpoint. The gap is train minus "
+                  f"dev {metric} at the end of prediction-layer training; *flat drop* is dev {metric} lost at "
+                  f"the largest weight perturbation (smaller is flatter).", "",
+                  f"| method | seeds | best dev (optimistic) | dev, last | {held_split}, last | train-dev gap, end "
+                  f"| flat drop |", "|---|---|---|---|---|---|---|"]
+        tch = teachers.get((task, setting), [])
+        if tch:
+            lines.append(f"| teacher | {len(tch)} | – | {_fmt([t.get('dev', {}).get(metric) for t in tch])} | "
+                         f"{_fmt([t.get(held_split, {}).get(metric) for t in tch])} | – | – |")
+        for method in spec.methods:
+            recs = groups.get(method, [])
+            if not recs:
+                lines.append(f"| {method} | 0 | – | – | – | – | – |")
+                continue
+            lines.append(
+                f"| {method} | {len(recs)} | {_fmt([r['best_dev'] for r in recs])} | "
+                f"{_fmt([r['scores'].get('dev', {}).get(metric) for r in recs])} | "
+                f"{_fmt([r['scores'].get(held_split, {}).get(metric) for r in recs])} | "
+                f"{_fmt([r['gap_end'] for r in recs])} | {_fmt([flat_drop(r) for r in recs])} |")
+        lines.append("")
+        for kind, fn, caption in (("gap", _gap_plot, "Train-dev gap over prediction-layer training"),
+                                  ("flatness", _flatness_plot, "Flatness probe"),
+                                  ("losses", _loss_plot, "Loss components (first seed)")):
+            png = out / f"{kind}_{slug}.png"
+            fn(png, f"{caption}: {task}, {setting}", groups)
+            if png.is_file():
+                lines += [f"![{caption}]({png.name})", ""]
+        findings = [f for f in (check_finding(groups, *spec_f, held_split, metric) for spec_f in FINDINGS) if f]
+        if findings:
+            lines += ["Checks of the paper's findings:", "", *findings, ""]
+            all_findings += [(task, setting, f) for f in findings]
+    text = "\n".join(lines) + "\n"
+    tmp = out / "README.md.tmp"
+    tmp.write_text(text)
+    tmp.replace(out / "README.md")
+    (out / "summary.json").write_text(json.dumps(_summary(records, teachers, metric_of, held_split), indent=1))
+    return out / "README.md"
+
+
+def _summary(records: dict, teachers: dict, metric_of: dict, held_split: str) -> dict:
+    out = defaultdict(dict)
+    for (task, setting), groups in records.items():
+        metric = metric_of[task]
+        for method, recs in groups.items():
+            out[f"{task}/{setting}"][method] = {
+                "seeds": [r["cell"].seed for r in recs],
+                "best_dev": [r["best_dev"] for r in recs],
+                "dev_last": [r["scores"].get("dev", {}).get(metric) for r in recs],
+                f"{held_split}_last": [r["scores"].get(held_split, {}).get(metric) for r in recs],
+                "gap_end": [r["gap_end"] for r in recs], "flat_drop": [flat_drop(r) for r in recs]}
+    return dict(out)

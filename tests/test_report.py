@@ -1,0 +1,88 @@
+"""The comparison study and its report on tiny models: runs through `crild run`, a resumable
+partial report, the table, the plots, the TensorBoard read-back and the flatness probe."""
+import json
+import shutil
+import subprocess
+import sys
+
+import torch
+import yaml
+
+from pipeline.flatness import perturbed_scores
+from pipeline.study import read_scalars
+
+from conftest import REPO, tiny_run_config
+
+
+def test_flatness_probe_restores_weights_and_scores_clean_once():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(64, 8)
+    target = model(x).argmax(-1)
+
+    def score():
+        return float((model(x).argmax(-1) == target).float().mean())
+
+    curve = perturbed_scores(model, score, [0.0, 0.01, 3.0], draws=4, seed=1)
+    assert curve[0.0] == [1.0]  # unperturbed: scored once, agrees with itself
+    assert len(curve[0.01]) == 4 and min(curve[0.01]) > 0.9  # tiny noise barely moves it
+    assert sum(curve[3.0]) / 4 < 0.9  # noise 3x the weights' scale scrambles it
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert perturbed_scores(model, score, [0.0, 3.0], draws=4, seed=1)[3.0] == curve[3.0]  # seeded
+
+
+def test_read_scalars_keeps_the_later_write_of_a_repeated_step(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    for values in ([(1, 1.0), (2, 2.0)], [(2, 5.0), (3, 3.0)]):  # a resumed run rewrites step 2
+        w = SummaryWriter(str(tmp_path))
+        for step, v in values:
+            w.add_scalar("kd/train/loss", v, step)
+        w.close()
+    assert read_scalars(tmp_path)["kd/train/loss"] == [(1, 1.0), (2, 5.0), (3, 3.0)]
+
+
+def test_study_runs_resumes_and_reports(tmp_path, tiny_bert, sentiment_dir):
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=6, learning_rate=3e-3)
+    raw["pipeline"] = ["teacher", "distill"]
+    train = {"epochs": 2, "batch_size": 8, "learning_rate": 3e-3, "checkpoint_every": 50, "log_every": 2}
+    raw["stages"]["distill"] = {"temperature": 1.0, "ild": train,
+                                "kd": {**train, "eval_every": 4, "eval_train_examples": 32}}
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(raw))
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({
+        "base": str(base), "output_dir": str(tmp_path / "cells"), "report_dir": str(tmp_path / "report"),
+        "seeds": [1, 2], "methods": ["kd", "cr-ild"], "tasks": {"rotten_tomatoes": {}},
+        "settings": {"few-64": {"task.few_sample": 64}},
+        "flatness": {"scales": [0.0, 0.5], "draws": 2, "examples": 16}, "eval_splits": ["dev", "test"]}))
+    cmd = [sys.executable, str(REPO / "tools" / "report.py"), "--study", str(study)]
+
+    proc = subprocess.run(cmd + ["--max-runs", "3"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    text = (tmp_path / "report" / "README.md").read_text()
+    assert "**3 of 4 runs complete.** This report is partial." in text
+    assert "- rotten_tomatoes/few-64/seed2/cr-ild" in text  # what is missing is named
+
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)  # continues: one cell left
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stdout.count("report: running") == 1
+    text = (tmp_path / "report" / "README.md").read_text()
+    assert "**4 of 4 runs complete.**" in text
+    row = next(line for line in text.splitlines() if line.startswith("| cr-ild |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "2" and all("±" in c for c in cells[2:])  # every column filled, 2 seeds
+    teacher = next(line for line in text.splitlines() if line.startswith("| teacher | 2 |"))
+    assert float(teacher.split("|")[5].split("±")[0]) >= 90  # test accuracy: the teachers learned the task
+    for kind in ("gap", "flatness", "losses"):
+        assert (tmp_path / "report" / f"{kind}_rotten_tomatoes_few-64.png").stat().st_size > 1000
+    assert "Checks of the paper's findings:" in text and "CR-ILD beats prediction-layer KD alone" in text
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())["rotten_tomatoes/few-64"]
+    assert summary["cr-ild"]["seeds"] == [1, 2] and len(summary["kd"]["test_last"]) == 2
+    assert all(g is not None for g in summary["cr-ild"]["gap_end"])
+
+    # a damaged cell is not reported as complete
+    shutil.rmtree(tmp_path / "cells" / "rotten_tomatoes" / "few-64" / "seed1" / "student_kd")
+    proc = subprocess.run(cmd + ["--collect-only"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "**3 of 4 runs complete.**" in (tmp_path / "report" / "README.md").read_text()
