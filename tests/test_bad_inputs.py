@@ -101,6 +101,11 @@ def cases(tmp: Path, tiny_bert: Path, data: Path):
         ("relation heads that do not divide", ["distill", cfg("v2", stages__distill={
             "teacher_model": str(tiny_bert), "preset": "l-ild", "relation_heads": 5})], ["5 relation heads"]),
         ("unknown stage for --only", ["run", cfg("r1"), "--only", "distil"], ["--only distil: unknown stage"]),
+        ("unknown non-finite policy", ["config", cfg("n1", stages__teacher__on_nonfinite="ignore")],
+         ["stages.teacher.on_nonfinite: expected stop or skip, got 'ignore'"]),
+        ("skipping non-finite steps under ZeRO-3", ["teacher", cfg(
+            "n2", deepspeed_config=str(REPO / "ds_configs" / "zero3_bf16.json"), stages__teacher__on_nonfinite="skip")],
+         ["stages.teacher.on_nonfinite: skip is not supported with ZeRO-3"]),
         ("missing vectors file", ["augment", cfg("a1", stages__augment={"vectors": {"path": str(tmp / "v.txt")}})],
          ["v.txt' does not exist"]),
     ]
@@ -119,7 +124,7 @@ def test_catalogue_has_every_case_documented(tmp_path, tiny_bert, sentiment_dir)
         assert f"| {name} |" in doc, name
 
 
-CASE_COUNT = 28
+CASE_COUNT = 30
 
 
 @pytest.mark.parametrize("index", range(CASE_COUNT))
