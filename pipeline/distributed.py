@@ -6,6 +6,7 @@ import random
 import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Callable, TypeVar
 
 import numpy as np
@@ -82,7 +83,9 @@ def init_distributed() -> DistInfo:
     if cuda:
         torch.cuda.set_device(local_rank)
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
+        # a rank that hangs (not dies) makes the others' next collective fail after this long
+        timeout = timedelta(seconds=float(os.environ.get("CRILD_COLLECTIVE_TIMEOUT_S", "600")))
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False, timeout=timeout)
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, device)
 
