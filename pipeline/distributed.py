@@ -71,8 +71,11 @@ def init_distributed() -> DistInfo:
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    if "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = str(free_port()) if os.environ["WORLD_SIZE"] == "1" else "29500"
+    if os.environ["WORLD_SIZE"] == "1":
+        # one rank needs no agreed port: a free one, even if MASTER_PORT was inherited from a
+        # parent process that still holds it
+        os.environ["MASTER_PORT"] = str(free_port())
+    os.environ.setdefault("MASTER_PORT", "29500")
     set_threads()
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # chosen anyway; this only silences a warning

@@ -249,3 +249,24 @@ def test_corrupted_stage_output_is_detected_before_use(tmp_path, tiny_bert, sent
     with pytest.raises(UserError, match="the teacher failed its integrity check: .*model.safetensors: content "
                                         "differs from its recorded hash"):
         stage3_distill.run(cfg, stop=StopRequest(install_handlers=False))
+
+
+def test_single_rank_ignores_an_inherited_busy_master_port(tmp_path, tiny_bert, sentiment_dir):
+    """A parent process (a notebook, a test runner, crild itself) that initialised a process
+    group leaves MASTER_PORT in the environment while it holds that port: a one-rank stage
+    started from it must not try to listen there."""
+    import socket
+
+    import yaml
+
+    cfg_path = tmp_path / "run.yaml"
+    cfg_path.write_text(yaml.safe_dump(tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=1)))
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        env = dict(_env(), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(held.getsockname()[1]), RANK="0",
+                   WORLD_SIZE="1", LOCAL_RANK="0")
+        proc = subprocess.run([sys.executable, str(REPO / "pipeline" / "stage1_teacher.py"), "--config",
+                               str(cfg_path)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert is_complete(tmp_path / "run" / "teacher")
