@@ -112,7 +112,7 @@ def _plot_lines(path: Path, title: str, xlabel: str, ylabel: str, series: dict) 
         line, = ax.plot(xs, ys, label=label, marker="o" if len(xs) < 12 else None, markersize=3)
         if err is not None:
             ax.fill_between(xs, np.asarray(ys) - err, np.asarray(ys) + err, alpha=0.15, color=line.get_color())
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=9)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
