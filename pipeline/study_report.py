@@ -187,7 +187,7 @@ def write_report(spec: StudySpec, records: dict, teachers: dict, missing: list[s
              f"**{done} of {total} runs complete.**" + ("" if done == total else " This report is partial."), ""]
     if missing:
         lines += ["Missing (not run yet, or interrupted; rerun the same command to continue):", ""]
-        lines += [f"- {m}" for m in missing] + [""]
+        lines += _missing_lines(missing, len(spec.seeds) * len(spec.methods)) + [""]
     if failed:
         lines += ["Failed (see each log):", ""] + [f"- {m}" for m in failed] + [""]
     held_split = next((s for s in spec.eval_splits if s != "dev"), "dev")
@@ -235,6 +235,21 @@ def write_report(spec: StudySpec, records: dict, teachers: dict, missing: list[s
     tmp.replace(out / "README.md")
     (out / "summary.json").write_text(json.dumps(_summary(records, teachers, metric_of, held_split), indent=1))
     return out / "README.md"
+
+
+def _missing_lines(missing: list[str], per_group: int) -> list[str]:
+    """One line per task/setting that has not started, the cells themselves otherwise."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for label in missing:
+        task, setting, rest = label.split("/", 2)
+        groups[f"{task}/{setting}"].append(rest)
+    out = []
+    for group, rests in groups.items():
+        if len(rests) == per_group:
+            out.append(f"- {group}: all {per_group} runs")
+        else:
+            out += [f"- {group}/{r}" for r in rests]
+    return out
 
 
 def _summary(records: dict, teachers: dict, metric_of: dict, held_split: str) -> dict:
