@@ -9,7 +9,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from pipeline.checkpointing import archive_stale
 from pipeline.config import RunConfig, config_hash, from_dict, resolve_path, settings_dict, to_dict
@@ -98,15 +98,25 @@ def stage_fingerprint(cfg: RunConfig, name: str) -> str:
     return STAGES[name].fingerprint(cfg)
 
 
-def stage_is_done(cfg: RunConfig, name: str) -> bool:
-    """Complete, for this configuration and these inputs, and its files intact."""
+def stage_is_done(cfg: RunConfig, name: str, known_intact: Optional[set] = None) -> bool:
+    """Complete, for this configuration and these inputs, and its files intact.
+
+    ``known_intact`` (a set the caller keeps) remembers the (folder, fingerprint) pairs
+    already verified, so that an output several runs share (a study's teacher) is hashed
+    once per caller instead of once per question."""
     cfg = stage_config(cfg, name)
     folder = Path(cfg.output_dir) / STAGES[name].output(cfg)
-    if not (is_complete(folder) and _manifest_fingerprint(folder) == stage_fingerprint(cfg, name)):
+    fingerprint = stage_fingerprint(cfg, name)
+    if not (is_complete(folder) and _manifest_fingerprint(folder) == fingerprint):
         return False
+    key = (str(folder.resolve()), fingerprint)
+    if known_intact is not None and key in known_intact:
+        return True
     bad = problems(folder)
     if bad:
         print(f"crild: {name}: output failed its integrity check ({bad[0]}); redoing the stage", flush=True)
+    elif known_intact is not None:
+        known_intact.add(key)
     return not bad
 
 

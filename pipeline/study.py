@@ -129,11 +129,13 @@ def cell_config(spec: StudySpec, cell: Cell) -> RunConfig:
     return load_config(spec.base, list(cell.overrides))
 
 
-def cell_done(spec: StudySpec, cell: Cell) -> bool:
+def cell_done(spec: StudySpec, cell: Cell, known_intact: Optional[set] = None) -> bool:
+    """Every stage of the cell complete and intact; pass the same ``known_intact`` set to
+    hash a shared output (the seed's teacher) once rather than once per method."""
     from pipeline.runner import stage_is_done
 
     cfg = cell_config(spec, cell)
-    return all(stage_is_done(cfg, name) for name in cfg.pipeline)
+    return all(stage_is_done(cfg, name, known_intact) for name in cfg.pipeline)
 
 
 def run_cell(spec: StudySpec, cell: Cell, log_dir: Path) -> int:

@@ -44,10 +44,11 @@ def main(argv=None) -> int:
     spec = load_study(args.study)
     all_cells = cells(spec)  # task, setting, seed, method: one setting's seeds complete first
     failed, ran, started = [], 0, time.time()
+    intact: set = set()  # (folder, fingerprint) verified in this invocation: hash each output once
     for cell in all_cells:
         if args.collect_only or (args.max_runs is not None and ran >= args.max_runs):
             break
-        if cell_done(spec, cell):
+        if cell_done(spec, cell, intact):
             continue
         print(f"report: running {cell.label}", flush=True)
         t0 = time.time()
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
     teachers, missing, metric_of, seen_teacher = defaultdict(list), [], {}, set()
     for cell in all_cells:
         metric_of[cell.task] = get_task(cell.task).main_metric
-        if not cell_done(spec, cell):
+        if not cell_done(spec, cell, intact):
             if not any(cell.label in f for f in failed):
                 missing.append(cell.label)
             continue
