@@ -18,11 +18,13 @@ The study file (YAML):
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
 import yaml
 
@@ -138,15 +140,51 @@ def cell_done(spec: StudySpec, cell: Cell, known_intact: Optional[set] = None) -
     return all(stage_is_done(cfg, name, known_intact) for name in cfg.pipeline)
 
 
-def run_cell(spec: StudySpec, cell: Cell, log_dir: Path) -> int:
-    """``crild run`` for one cell, its output in a log file; returns the exit code."""
+def start_cell(spec: StudySpec, cell: Cell, threads: Optional[int] = None) -> subprocess.Popen:
+    """``crild run`` for one cell in the background, its output appended to
+    ``<run_dir>/logs/<method>.log``; ``threads`` sets OMP_NUM_THREADS unless it is set."""
+    log_dir = cell.run_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    log = log_dir / f"{cell.method}.log"
     cmd = [sys.executable, "-m", "pipeline.cli", "run", spec.base, *cell.overrides]
-    with open(log, "a") as fh:
+    env = dict(os.environ)
+    if threads and not env.get("OMP_NUM_THREADS"):
+        env["OMP_NUM_THREADS"] = str(threads)
+    with open(log_dir / f"{cell.method}.log", "a") as fh:
         fh.write(f"$ {' '.join(cmd)}\n")
         fh.flush()
-        return subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT).returncode
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+
+
+def run_cells(spec: StudySpec, todo: list[Cell], jobs: int = 1,
+              on_start: Callable[[Cell], None] = lambda cell: None) -> Iterator[tuple[Cell, int, float]]:
+    """Run ``todo`` in order, at most ``jobs`` at a time and never two cells of one run folder
+    at once (a seed's methods share its teacher and checkpoint folder); yields (cell, exit
+    code, seconds) as each ends. With several jobs each gets an equal share of the cores:
+    small models use two threads poorly, so two one-thread cells beat one two-thread cell."""
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    pending, running = list(todo), {}
+    try:
+        while pending or running:
+            busy = {cell.run_dir for cell in running}
+            for cell in list(pending):
+                if len(running) >= jobs:
+                    break
+                if cell.run_dir in busy:
+                    continue
+                pending.remove(cell)
+                busy.add(cell.run_dir)
+                on_start(cell)
+                running[cell] = (start_cell(spec, cell, threads), time.time())
+            for cell, (proc, t0) in list(running.items()):
+                if proc.poll() is not None:
+                    del running[cell]
+                    yield cell, proc.returncode, time.time() - t0
+            time.sleep(0.5)
+    finally:  # interrupted: stop the cells still running (each resumes on the next invocation)
+        for proc, _ in running.values():
+            proc.terminate()
+        for proc, _ in running.values():
+            proc.wait()
 
 
 # --------------------------------------------------------------------------- scoring
@@ -176,6 +214,39 @@ def score_model(spec: StudySpec, cfg: RunConfig, folder: Path, cache: Path, prob
     tmp.write_text(json.dumps(result, indent=1))
     tmp.replace(cache)
     return result
+
+
+def score_cell(spec: StudySpec, cell: Cell, teacher: bool = False) -> dict:
+    """The cell's student scored and probed (or, with ``teacher``, its seed's teacher scored),
+    from the cache in ``<run_dir>/report_scores`` when the weights have not changed."""
+    cfg, scores = cell_config(spec, cell), cell.run_dir / "report_scores"
+    if teacher:
+        return score_model(spec, cfg, cell.run_dir / "teacher", scores / "teacher.json", probe=False)
+    return score_model(spec, cfg, cell.student, scores / f"{cell.method}.json")
+
+
+def _worker_threads(threads: int) -> None:
+    import torch
+
+    from pipeline.models import quiet_libraries
+
+    quiet_libraries()
+    torch.set_num_threads(threads)
+
+
+def score_cells(spec: StudySpec, requests: list[tuple[Cell, bool]], jobs: int = 1) -> None:
+    """Fill the score caches of (cell, teacher?) requests, ``jobs`` processes at once, each
+    with an equal share of the cores. Give each seed's teacher once: two requests for one
+    cache would write the same file."""
+    if jobs <= 1 or len(requests) <= 1:
+        for cell, teacher in requests:
+            score_cell(spec, cell, teacher)
+        return
+    import multiprocessing
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with multiprocessing.get_context("spawn").Pool(jobs, _worker_threads, (threads,)) as pool:
+        pool.starmap(score_cell, [(spec, cell, teacher) for cell, teacher in requests], chunksize=1)
 
 
 def _score(spec: StudySpec, cfg: RunConfig, folder: Path, probe: bool) -> dict:

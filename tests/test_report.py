@@ -59,8 +59,14 @@ def test_study_runs_resumes_and_reports(tmp_path, tiny_bert, sentiment_dir):
         "flatness": {"scales": [0.0, 0.5], "draws": 2, "examples": 16}, "eval_splits": ["dev", "test"]}))
     cmd = [sys.executable, str(REPO / "tools" / "report.py"), "--study", str(study)]
 
-    proc = subprocess.run(cmd + ["--max-runs", "3"], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd + ["--max-runs", "3", "--jobs", "2"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    events = [line for line in proc.stdout.splitlines() if line.startswith("report: ")]
+    # two seeds at once, but never two cells of one seed (they share its teacher and checkpoints)
+    assert events[:2] == ["report: running rotten_tomatoes/few-64/seed1/kd",
+                          "report: running rotten_tomatoes/few-64/seed2/kd"], events
+    started_cr_ild = events.index("report: running rotten_tomatoes/few-64/seed1/cr-ild")
+    assert any(e.startswith("report: rotten_tomatoes/few-64/seed1/kd done") for e in events[:started_cr_ild])
     text = (tmp_path / "report" / "README.md").read_text()
     assert "**3 of 4 runs complete.** This report is partial." in text
     assert "- rotten_tomatoes/few-64/seed2/cr-ild" in text  # what is missing is named

@@ -32,53 +32,53 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", default="jobs/studies/offline.yaml", help="study file (YAML)")
     parser.add_argument("--collect-only", action="store_true", help="run nothing; report what is complete")
-    parser.add_argument("--max-runs", type=int, default=None, help="run at most this many missing cells, then report")
+    parser.add_argument("--max-runs", type=int, default=None,
+                        help="run at most this many missing cells, then report")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="cells run (and scored) at once, never two of one seed; they share the cores")
     args = parser.parse_args(argv)
 
     from pipeline.models import quiet_libraries
-    from pipeline.study import cell_config, cell_done, cells, load_study, read_scalars, run_cell, score_model
+    from pipeline.study import cell_done, cells, load_study, read_scalars, run_cells, score_cell, score_cells
     from pipeline.study_report import cell_record, write_report
     from pipeline.tasks import get_task
 
     quiet_libraries()
     spec = load_study(args.study)
     all_cells = cells(spec)  # task, setting, seed, method: one setting's seeds complete first
-    failed, ran, started = [], 0, time.time()
+    failed, started = [], time.time()
     intact: set = set()  # (folder, fingerprint) verified in this invocation: hash each output once
-    for cell in all_cells:
-        if args.collect_only or (args.max_runs is not None and ran >= args.max_runs):
-            break
-        if cell_done(spec, cell, intact):
-            continue
-        print(f"report: running {cell.label}", flush=True)
-        t0 = time.time()
-        code = run_cell(spec, cell, cell.run_dir / "logs")
-        ran += 1
+    todo = [] if args.collect_only else [c for c in all_cells if not cell_done(spec, c, intact)]
+    if args.max_runs is not None:
+        todo = todo[:args.max_runs]
+    for cell, code, seconds in run_cells(spec, todo, args.jobs,
+                                         on_start=lambda c: print(f"report: running {c.label}", flush=True)):
         if code != 0:
             failed.append(f"{cell.label}: exit code {code}, log {cell.run_dir / 'logs' / (cell.method + '.log')}")
             print(f"report: {cell.label} failed with exit code {code}", flush=True)
         else:
-            print(f"report: {cell.label} done in {time.time() - t0:.0f} s", flush=True)
+            print(f"report: {cell.label} done in {seconds:.0f} s", flush=True)
+
+    done = [cell for cell in all_cells if cell_done(spec, cell, intact)]
+    first_of_seed = {}  # each seed's teacher is scored once, with the first of its cells
+    for cell in done:
+        first_of_seed.setdefault(cell.run_dir, cell)
+    with_teacher = [c for c in first_of_seed.values() if (c.run_dir / "teacher" / "model.safetensors").is_file()]
+    score_cells(spec, [(cell, False) for cell in done] + [(cell, True) for cell in with_teacher], args.jobs)
 
     records = defaultdict(lambda: defaultdict(list))
-    teachers, missing, metric_of, seen_teacher = defaultdict(list), [], {}, set()
+    teachers, missing, metric_of = defaultdict(list), [], {}
     for cell in all_cells:
         metric_of[cell.task] = get_task(cell.task).main_metric
-        if not cell_done(spec, cell, intact):
+        if cell not in done:
             if not any(cell.label in f for f in failed):
                 missing.append(cell.label)
             continue
-        cfg = cell_config(spec, cell)
-        scores = cell.run_dir / "report_scores"
-        scored = score_model(spec, cfg, cell.student, scores / f"{cell.method}.json")
         scalars = read_scalars(cell.run_dir / "tensorboard" / cell.student.name)
-        records[(cell.task, cell.setting)][cell.method].append(cell_record(cell, scored, scalars,
-                                                                           metric_of[cell.task]))
-        teacher = cell.run_dir / "teacher"
-        if teacher not in seen_teacher and (teacher / "model.safetensors").is_file():
-            seen_teacher.add(teacher)
-            t = score_model(spec, cfg, teacher, scores / "teacher.json", probe=False)
-            teachers[(cell.task, cell.setting)].append(t["scores"])
+        records[(cell.task, cell.setting)][cell.method].append(
+            cell_record(cell, score_cell(spec, cell), scalars, metric_of[cell.task]))
+        if cell in with_teacher:
+            teachers[(cell.task, cell.setting)].append(score_cell(spec, cell, teacher=True)["scores"])
 
     import torch
 
