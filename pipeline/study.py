@@ -14,6 +14,7 @@ The study file (YAML):
     settings: {few-sample-1000: {task.few_sample: 1000}}           # setting -> overrides
     flatness: {scales: [0, 0.05, 0.1, 0.2], draws: 3, examples: 500, split: dev}
     eval_splits: [dev, test]
+    score_max_examples: {snli: 3000}      # optional: score at most this many of each split (first N)
 """
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ class StudySpec:
     settings: dict
     flatness: FlatnessSpec
     eval_splits: list
+    score_max_examples: dict = field(default_factory=dict)
     source: str = ""
 
 
@@ -76,7 +78,8 @@ class Cell:
 
 
 _KEYS = {"base": str, "output_dir": str, "report_dir": str, "seeds": list, "methods": list, "tasks": dict,
-         "settings": dict, "flatness": dict, "eval_splits": list}
+         "settings": dict, "flatness": dict, "eval_splits": list,
+         "score_max_examples": dict}
 
 
 def load_study(path: str) -> StudySpec:
@@ -103,10 +106,16 @@ def load_study(path: str) -> StudySpec:
     unknown = set(flat) - set(FlatnessSpec.__dataclass_fields__)
     if unknown:
         raise UserError(f"{p}: flatness: unknown key '{sorted(unknown)[0]}'")
+    caps = raw.get("score_max_examples", {})
+    for task, n in caps.items():
+        if task not in raw["tasks"]:
+            raise UserError(f"{p}: score_max_examples: '{task}' is not one of the study's tasks")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise UserError(f"{p}: score_max_examples: {task}: expected a positive integer, got {n!r}")
     base = resolve_path(raw["base"], "base", str(p))
     return StudySpec(str(base), raw["output_dir"], raw["report_dir"], raw["seeds"], raw["methods"],
                      {k: v or {} for k, v in raw["tasks"].items()}, {k: v or {} for k, v in raw["settings"].items()},
-                     FlatnessSpec(**flat), raw.get("eval_splits", ["dev", "test"]), str(p))
+                     FlatnessSpec(**flat), raw.get("eval_splits", ["dev", "test"]), caps, str(p))
 
 
 def _overrides(mapping: dict) -> list[str]:
@@ -204,6 +213,8 @@ def score_model(spec: StudySpec, cfg: RunConfig, folder: Path, cache: Path, prob
 
     key = {"weights": _manifest_key(folder), "flatness": asdict(spec.flatness) if probe else None,
            "splits": list(spec.eval_splits)}
+    if spec.score_max_examples.get(cfg.task.name) is not None:
+        key["max_examples"] = spec.score_max_examples[cfg.task.name]
     if cache.is_file():
         cached = json.loads(cache.read_text())
         if cached.get("key") == key:
@@ -261,7 +272,7 @@ def _score(spec: StudySpec, cfg: RunConfig, folder: Path, probe: bool) -> dict:
 
     dist = DistInfo(0, 1, 0, torch.device("cpu"))
     tokenizer = load_tokenizer(str(folder), str(folder))
-    cfg.task.max_eval_examples = None  # held-out scores on the whole splits
+    cfg.task.max_eval_examples = spec.score_max_examples.get(cfg.task.name)  # whole splits unless capped
     data = load_task_data(cfg, tokenizer, eval_splits=list(spec.eval_splits), with_train=False)
     model = load_eval_model(str(folder), data.spec, torch.float32, dist.device, cfg.task.max_length)
     forward = classifier_forward(model, dist.device)
@@ -270,7 +281,7 @@ def _score(spec: StudySpec, cfg: RunConfig, folder: Path, probe: bool) -> dict:
     for split, ds in data.eval.items():
         logits = predict_logits(forward, ds, data.collate, 128, dist)
         scores[split] = split_metrics(data.spec, logits, data.eval_labels[split])
-    out = {"scores": scores, "metric": metric}
+    out = {"scores": scores, "metric": metric, "examples": {split: len(ds) for split, ds in data.eval.items()}}
     if probe:
         f = spec.flatness
         ds = data.eval[f.split] if f.split in data.eval else next(iter(data.eval.values()))

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 import yaml
 
@@ -56,7 +57,8 @@ def test_study_runs_resumes_and_reports(tmp_path, tiny_bert, sentiment_dir):
         "base": str(base), "output_dir": str(tmp_path / "cells"), "report_dir": str(tmp_path / "report"),
         "seeds": [1, 2], "methods": ["kd", "cr-ild"], "tasks": {"rotten_tomatoes": {}},
         "settings": {"few-64": {"task.few_sample": 64}},
-        "flatness": {"scales": [0.0, 0.5], "draws": 2, "examples": 16}, "eval_splits": ["dev", "test"]}))
+        "flatness": {"scales": [0.0, 0.5], "draws": 2, "examples": 16}, "eval_splits": ["dev", "test"],
+        "score_max_examples": {"rotten_tomatoes": 20}}))
     cmd = [sys.executable, str(REPO / "tools" / "report.py"), "--study", str(study)]
 
     proc = subprocess.run(cmd + ["--max-runs", "3", "--jobs", "2"], capture_output=True, text=True, timeout=900)
@@ -87,8 +89,75 @@ def test_study_runs_resumes_and_reports(tmp_path, tiny_bert, sentiment_dir):
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())["rotten_tomatoes/few-64"]
     assert summary["cr-ild"]["seeds"] == [1, 2] and len(summary["kd"]["test_last"]) == 2
     assert all(g is not None for g in summary["cr-ild"]["gap_end"])
+    scored = json.loads((tmp_path / "cells" / "rotten_tomatoes" / "few-64" / "seed1" / "report_scores" /
+                         "cr-ild.json").read_text())
+    assert scored["examples"] == {"dev": 20, "test": 20} and scored["key"]["max_examples"] == 20
+    assert "Held-out rotten_tomatoes scores use the first 20 examples of each split" in text
 
     # a damaged cell is not reported as complete
     shutil.rmtree(tmp_path / "cells" / "rotten_tomatoes" / "few-64" / "seed1" / "student_kd")
     proc = subprocess.run(cmd + ["--collect-only"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "**3 of 4 runs complete.**" in (tmp_path / "report" / "README.md").read_text()
+
+
+def test_study_file_errors_name_the_key(tmp_path):
+    from pipeline.errors import UserError
+    from pipeline.study import load_study
+
+    base = {"base": "b.yaml", "output_dir": "o", "report_dir": "r", "seeds": [1], "methods": ["kd"],
+            "tasks": {"rotten_tomatoes": {}}, "settings": {"s": {}}}
+    for extra, expected in [({"score_max_examples": {"snli": 10}}, "'snli' is not one of the study's tasks"),
+                            ({"score_max_examples": {"rotten_tomatoes": 0}}, "rotten_tomatoes: expected a positive"),
+                            ({"methods": ["kd", "cr-ild-v2"]}, "unknown preset 'cr-ild-v2'"),
+                            ({"seeds": [1, "2"]}, "seeds: expected a list of integers")]:
+        path = tmp_path / "study.yaml"
+        path.write_text(yaml.safe_dump({**base, **extra}))
+        with pytest.raises(UserError) as err:
+            load_study(str(path))
+        assert str(path) in str(err.value) and expected in str(err.value)
+
+
+def test_a_stopped_study_stops_its_cells_and_resumes_them(tmp_path, tiny_bert, sentiment_dir):
+    """SIGTERM (a time limit) to tools/report.py stops the running cell, which checkpoints;
+    the same command then resumes the cell from that checkpoint instead of starting over."""
+    import os
+    import signal
+    import time
+
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=200, checkpoint_every=4, log_every=2)
+    raw["pipeline"] = ["teacher", "distill"]
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(raw))
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({
+        "base": str(base), "output_dir": str(tmp_path / "cells"), "report_dir": str(tmp_path / "report"),
+        "seeds": [1], "methods": ["kd"], "tasks": {"rotten_tomatoes": {}}, "settings": {"s": {}}}))
+    log = tmp_path / "cells" / "rotten_tomatoes" / "s" / "seed1" / "logs" / "kd.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
+                                                             "MASTER_PORT", "LOCAL_WORLD_SIZE")}
+
+    def run_until(marker: str) -> str:
+        proc = subprocess.Popen([sys.executable, str(REPO / "tools" / "report.py"), "--study", str(study)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                start_new_session=True)
+        try:
+            deadline = time.time() + 300
+            while not (log.is_file() and marker in log.read_text()):
+                assert proc.poll() is None and time.time() < deadline, (proc.poll(), log.read_text()[-2000:])
+                time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)  # to tools/report.py alone, as a time limit would
+            out = proc.communicate(timeout=120)[0]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        assert proc.returncode != 0 and "interrupted; rerun the same command" in out, out[-2000:]
+        left = subprocess.run(["pgrep", "-f", str(tmp_path / "cells")], capture_output=True, text=True).stdout
+        assert not left.strip(), f"cell processes left running: {left}"
+        return log.read_text()
+
+    first = run_until("micro-steps (")  # the first progress line: into the teacher stage, past a checkpoint
+    assert "received SIGTERM; asking the running stage to checkpoint" in first
+    second = run_until("resuming at micro-step")
+    resumed = second[len(first):].split("resuming at micro-step ")[1].split()[0]
+    stopped = first.split("teacher: stopped at micro-step ")[1].split(";")[0]
+    assert int(resumed) == int(stopped) > 0, (resumed, stopped)  # where the first run stopped, not the start

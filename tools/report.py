@@ -87,6 +87,8 @@ def main(argv=None) -> int:
               f"{', CUDA' if torch.cuda.is_available() else ', CPU only'}.",
               f"Base configuration: `{_shown(spec.base)}`; tasks {', '.join(spec.tasks)}; settings "
               f"{', '.join(f'{k} ({v})' for k, v in spec.settings.items())}; seeds {spec.seeds}."]
+    header += [f"Held-out {task} scores use the first {n:,} examples of each split (`score_max_examples`)."
+               for task, n in spec.score_max_examples.items()]
     path = write_report(spec, records, teachers, missing, failed, header, metric_of)
     print(f"report: wrote {path} ({time.time() - started:.0f} s; {len(missing)} missing, {len(failed)} failed)")
     return 1 if failed else 0
@@ -95,6 +97,10 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     @cli_entry
     def _entry() -> None:
+        import signal
+
+        # a time limit's SIGTERM stops the running cells too (they checkpoint and resume next time)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
             sys.exit(main())
         except KeyboardInterrupt:
