@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -78,27 +79,66 @@ def quantity(rec: dict, what: str, split: str, metric: str):
     return flat_drop(rec)
 
 
-def check_finding(groups: dict, statement: str, better: str, worse: str, what: str, split: str,
-                  metric: str) -> str | None:
-    if better not in groups or worse not in groups:
+@dataclass
+class Check:
+    """One finding checked on a set of runs: the better and worse method's mean, and their
+    paired differences (same task, setting and seed: same teacher and same training data)."""
+    statement: str
+    better: str
+    worse: str
+    what: str
+    mean_better: float
+    mean_worse: float
+    diffs: list
+
+    @property
+    def diff(self) -> float:
+        return float(np.mean(self.diffs))
+
+    @property
+    def se(self) -> float:
+        n = len(self.diffs)
+        return float(np.std(self.diffs, ddof=1) / math.sqrt(n)) if n > 1 else float("inf")
+
+    @property
+    def verdict(self) -> str:
+        if self.diff > 0 and self.diff > 2 * self.se:
+            return "held"
+        return "same direction, within seed noise" if self.diff > 0 else "did not hold"
+
+
+VERDICT_RULE = ("*held*: the mean paired difference (same seed: same teacher and data) favours the paper "
+                "and is more than two standard errors from zero; *same direction*: it favours the paper by "
+                "less; *did not hold*: it does not favour the paper.")
+
+
+def check_finding(groups_by_key: dict, statement: str, better: str, worse: str, what: str, split: str,
+                  metric_of: dict) -> Check | None:
+    """``groups_by_key``: (task, setting) -> method -> records. None when no seed has both."""
+    a, b, diffs = [], [], []
+    for (task, _), groups in groups_by_key.items():
+        worse_by_seed = {r["cell"].seed: r for r in groups.get(worse, [])}
+        for rec in groups.get(better, []):
+            other = worse_by_seed.get(rec["cell"].seed)
+            qa = quantity(rec, what, split, metric_of[task])
+            qb = quantity(other, what, split, metric_of[task]) if other else None
+            if qa is None or qb is None:
+                continue
+            a.append(qa)
+            b.append(qb)
+            diffs.append(qb - qa if what == "flat" else qa - qb)  # flat: a smaller drop is better
+    if not diffs:
         return None
-    a = [quantity(r, what, split, metric) for r in groups[better]]
-    b = [quantity(r, what, split, metric) for r in groups[worse]]
-    (ma, sa, na), (mb, sb, nb) = _mean_std(a), _mean_std(b)
-    if na == 0 or nb == 0:
-        return None
-    diff = ma - mb if what != "flat" else mb - ma  # flat: a smaller drop is better
-    se = math.sqrt((sa ** 2) / na + (sb ** 2) / nb)
-    unit = {"test": f"{split} {metric}", "gap": "train-dev gap", "flat": "score drop at the largest perturbation"}[what]
-    detail = (f"{better} {ma * 100:.2f} vs {worse} {mb * 100:.2f} ({unit}, x100; difference {diff * 100:+.2f}, "
-              f"standard error {se * 100:.2f}, {min(na, nb)} seeds)")
-    if diff > 0 and diff > se:
-        verdict = "held"
-    elif diff > 0:
-        verdict = "same direction, within seed noise"
-    else:
-        verdict = "did not hold"
-    return f"- **{verdict}**: {statement}. {detail}"
+    return Check(statement, better, worse, what, float(np.mean(a)), float(np.mean(b)), diffs)
+
+
+def _check_line(check: Check, split: str, metric: str) -> str:
+    unit = {"test": f"{split} {metric}", "gap": "train-dev gap",
+            "flat": "score drop at the largest perturbation"}[check.what]
+    se = "n/a" if math.isinf(check.se) else f"{check.se * 100:.2f}"
+    return (f"- **{check.verdict}**: {check.statement}. {check.better} {check.mean_better * 100:.2f} vs "
+            f"{check.worse} {check.mean_worse * 100:.2f} ({unit}, x100; paired difference {check.diff * 100:+.2f}, "
+            f"standard error {se}, {len(check.diffs)} seeds)")
 
 
 def _plot_lines(path: Path, title: str, xlabel: str, ylabel: str, series: dict) -> None:
@@ -191,7 +231,7 @@ def write_report(spec: StudySpec, records: dict, teachers: dict, missing: list[s
     if failed:
         lines += ["Failed (see each log):", ""] + [f"- {m}" for m in failed] + [""]
     held_split = next((s for s in spec.eval_splits if s != "dev"), "dev")
-    all_findings = []
+    per_group: dict[str, list[Check]] = {}
     for (task, setting), groups in records.items():
         metric = metric_of[task]
         slug = f"{task}_{setting}".replace("/", "-")
@@ -225,15 +265,25 @@ def write_report(spec: StudySpec, records: dict, teachers: dict, missing: list[s
             fn(png, f"{caption}: {task}, {setting}", groups)
             if png.is_file():
                 lines += [f"![{caption}]({png.name})", ""]
-        findings = [f for f in (check_finding(groups, *spec_f, held_split, metric) for spec_f in FINDINGS) if f]
-        if findings:
-            lines += ["Checks of the paper's findings:", "", *findings, ""]
-            all_findings += [(task, setting, f) for f in findings]
+        checks = [c for c in (check_finding({(task, setting): groups}, *f, held_split, metric_of)
+                              for f in FINDINGS) if c]
+        if checks:
+            lines += ["Checks of the paper's findings:", "", *[_check_line(c, held_split, metric) for c in checks], "",
+                      *([VERDICT_RULE, ""] if len(records) < 2 else [])]  # else it heads the overview
+        per_group[f"{task}/{setting}"] = checks
+    overview = _overview(records, per_group, held_split, metric_of)
+    at = lines.index("") + 1 + len(header) + 1  # after the title and header, before the counts
+    lines[at:at] = overview
     text = "\n".join(lines) + "\n"
     tmp = out / "README.md.tmp"
     tmp.write_text(text)
     tmp.replace(out / "README.md")
-    (out / "summary.json").write_text(json.dumps(_summary(records, teachers, metric_of, held_split), indent=1))
+    summary = _summary(records, teachers, metric_of, held_split)
+    summary["findings"] = {group: [_check_json(c) for c in checks] for group, checks in per_group.items()}
+    pooled = _pooled(records, held_split, metric_of)
+    if pooled:
+        summary["findings"]["pooled"] = [_check_json(c) for c in pooled]
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return out / "README.md"
 
 
@@ -264,3 +314,34 @@ def _summary(records: dict, teachers: dict, metric_of: dict, held_split: str) ->
                 f"{held_split}_last": [r["scores"].get(held_split, {}).get(metric) for r in recs],
                 "gap_end": [r["gap_end"] for r in recs], "flat_drop": [flat_drop(r) for r in recs]}
     return dict(out)
+
+
+def _pooled(records: dict, held_split: str, metric_of: dict) -> list[Check]:
+    return [c for c in (check_finding(records, *f, held_split, metric_of) for f in FINDINGS) if c]
+
+
+def _check_json(check: Check) -> dict:
+    return {"statement": check.statement, "better": check.better, "worse": check.worse, "quantity": check.what,
+            "verdict": check.verdict, "diff": check.diff, "se": None if math.isinf(check.se) else check.se,
+            "n": len(check.diffs)}
+
+
+def _overview(records: dict, per_group: dict, held_split: str, metric_of: dict) -> list[str]:
+    """The findings over every task and setting at once (paired by seed), and per group."""
+    pooled = _pooled(records, held_split, metric_of)
+    if len(per_group) < 2 or not pooled:
+        return []
+    short = {"held": "held", "same direction, within seed noise": "same dir.", "did not hold": "no"}
+    groups = list(per_group)
+    lines = ["## The paper's findings, all tasks and settings together", "", VERDICT_RULE, "",
+             "| finding | " + " | ".join(groups) + " | all (paired diff. ± s.e., x100) |",
+             "|---|" + "---|" * (len(groups) + 1)]
+    for check in pooled:
+        cells = []
+        for group in groups:
+            mine = next((c for c in per_group[group] if c.statement == check.statement), None)
+            cells.append(f"{short[mine.verdict]} ({mine.diff * 100:+.1f})" if mine else "–")
+        lines.append(f"| {check.statement} | " + " | ".join(cells) +
+                     f" | **{check.verdict}** ({check.diff * 100:+.2f} ± {check.se * 100:.2f}, "
+                     f"{len(check.diffs)} seeds) |")
+    return lines + [""]

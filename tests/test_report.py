@@ -161,3 +161,47 @@ def test_a_stopped_study_stops_its_cells_and_resumes_them(tmp_path, tiny_bert, s
     resumed = second[len(first):].split("resuming at micro-step ")[1].split()[0]
     stopped = first.split("teacher: stopped at micro-step ")[1].split(";")[0]
     assert int(resumed) == int(stopped) > 0, (resumed, stopped)  # where the first run stopped, not the start
+
+
+def _record(task, setting, seed, method, test, gap=0.1):
+    from pathlib import Path
+
+    from pipeline.study import Cell
+
+    cell = Cell(task, setting, seed, method, Path("cells") / task / setting / f"seed{seed}", ())
+    return {"cell": cell, "scores": {"dev": {"accuracy": test}, "test": {"accuracy": test}}, "best_dev": test,
+            "gap_end": gap, "gap_curve": [], "losses": {}, "flatness": None}
+
+
+def test_findings_are_paired_by_seed_and_pooled_over_groups(tmp_path):
+    from pipeline.study import FlatnessSpec, StudySpec
+    from pipeline.study_report import check_finding, write_report
+
+    # cr-ild beats kd by exactly 1 point on every seed while the seeds themselves vary by 10:
+    # paired, that is a sure effect; unpaired it would drown in the seed spread
+    records = {}
+    for task in ("rotten_tomatoes", "snli"):
+        records[(task, "few")] = {
+            "kd": [_record(task, "few", s, "kd", 0.60 + 0.1 * i) for i, s in enumerate((1, 2, 3))],
+            "cr-ild": [_record(task, "few", s, "cr-ild", 0.61 + 0.1 * i) for i, s in enumerate((1, 2, 3))]}
+    records[("snli", "few")]["cr-ild"].pop()  # seed 3 missing: only seeds 1 and 2 pair up there
+    metric_of = {"rotten_tomatoes": "accuracy", "snli": "accuracy"}
+    one = check_finding({("rotten_tomatoes", "few"): records[("rotten_tomatoes", "few")]}, "s", "cr-ild", "kd",
+                        "test", "test", metric_of)
+    assert len(one.diffs) == 3 and abs(one.diff - 0.01) < 1e-9 and one.se < 1e-9 and one.verdict == "held"
+    assert abs(one.mean_better - 0.71) < 1e-9 and abs(one.mean_worse - 0.70) < 1e-9
+    pooled = check_finding(records, "s", "cr-ild", "kd", "test", "test", metric_of)
+    assert len(pooled.diffs) == 5 and pooled.verdict == "held"
+    worse = check_finding(records, "s", "kd", "cr-ild", "test", "test", metric_of)
+    assert worse.verdict == "did not hold"
+
+    spec = StudySpec("b.yaml", "cells", str(tmp_path / "report"), [1, 2, 3], ["kd", "cr-ild"],
+                     {"rotten_tomatoes": {}, "snli": {}}, {"few": {}}, FlatnessSpec(), ["dev", "test"])
+    write_report(spec, records, {}, ["snli/few/seed3/cr-ild"], [], ["header"], metric_of)
+    text = (tmp_path / "report" / "README.md").read_text()
+    assert text.index("## The paper's findings, all tasks and settings together") < text.index("**11 of 12 runs")
+    row = next(line for line in text.splitlines() if line.startswith("| CR-ILD beats prediction-layer KD alone |"))
+    assert "held (+1.0) | held (+1.0) | **held** (+1.00 ± 0.00, 5 seeds)" in row
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())["findings"]
+    assert [c["n"] for c in summary["pooled"] if c["better"] == "cr-ild" and c["worse"] == "kd"] == [5]
+    assert summary["snli/few"][0]["verdict"] == "held"
