@@ -7,6 +7,7 @@ import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Callable, TypeVar
 
 import numpy as np
@@ -90,7 +91,34 @@ def init_distributed() -> DistInfo:
         timeout = timedelta(seconds=float(os.environ.get("CRILD_COLLECTIVE_TIMEOUT_S", "600")))
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False, timeout=timeout)
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, device)
+    info = DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, device)
+    if not cuda:
+        release_shm_buffer(info)
+    return info
+
+
+SHM_DIR = Path("/dev/shm")
+
+
+def shm_buffer_name(rank: int) -> str:
+    """The name DeepSpeed's CPU shared-memory allreduce gives a rank's buffer
+    (csrc/cpu/comm/shm.cpp: ``deepspeed_allreduce_buffer_<uid>_<MASTER_ADDR>_<MASTER_PORT>_<rank>``)."""
+    return (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{rank}")
+
+
+def release_shm_buffer(info: DistInfo) -> None:
+    """DeepSpeed on CPU, when every rank is local (the launcher sets LOCAL_SIZE), gives each
+    rank a 66 MB buffer in /dev/shm and never removes it: every multi-rank CPU run leaked
+    that much RAM until reboot (17 GB on the development machine). Once every rank has
+    mapped every peer's buffer (the barrier; DeepSpeed maps them while initialising) the
+    names can go: the mappings stay valid, and a rank killed later leaves nothing behind."""
+    if info.world_size > 1:
+        torch.distributed.barrier()  # every rank, buffers or not: a barrier some ranks skip would hang
+    try:
+        (SHM_DIR / shm_buffer_name(info.rank)).unlink()
+    except FileNotFoundError:
+        pass
 
 
 def seed_everything(seed: int) -> None:
