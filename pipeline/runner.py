@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from pipeline.checkpointing import archive_stale
+from pipeline.checkpointing import archive_stale, remove_checkpoints
 from pipeline.config import RunConfig, config_hash, from_dict, resolve_path, settings_dict, to_dict
 from pipeline.errors import UserError
 from pipeline.integrity import problems
@@ -201,6 +201,9 @@ def run_pipeline(cfg: RunConfig, config_path: str, overrides: list[str], force: 
             break
         if not redo and stage_is_done(cfg, name):
             print(f"crild: {name}: complete for this configuration, skipped", flush=True)
+            ckpt_dir = STAGES[name].checkpoints(stage_config(cfg, name))
+            if ckpt_dir:  # left by a stage killed between publishing its output and clearing them
+                remove_checkpoints(Path(cfg.output_dir) / ckpt_dir)
             continue
         redo = True
         stage_cfg = stage_config(cfg, name)

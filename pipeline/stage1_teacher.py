@@ -15,6 +15,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: import the package, not this folder's modules
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+from pipeline.checkpointing import remove_checkpoints  # noqa: E402
 from pipeline.config import RunConfig, settings_dict  # noqa: E402
 from pipeline.distributed import barrier, init_distributed, seed_everything  # noqa: E402
 from pipeline.ds_config import build_ds_config  # noqa: E402
@@ -79,6 +80,7 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
                 **evaluations(result)})
         log(dist, f"{STAGE}: saved {out / STAGE}")
     barrier()
+    remove_checkpoints(out / "checkpoints" / STAGE, dist.is_main)
     return 0
 
 

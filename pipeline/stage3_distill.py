@@ -25,6 +25,7 @@ import datasets  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from pipeline.checkpointing import remove_checkpoints  # noqa: E402
 from pipeline.config import RunConfig, settings_dict  # noqa: E402
 from pipeline.data_sources import UNLABELLED, Examples, load_split  # noqa: E402
 from pipeline.distill import DistillModule, DistillObjective  # noqa: E402
@@ -274,6 +275,8 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
             code = run_phase(cfg, plan, index, dist, data, tokenizer, frozen, teacher_dir, previous, stop)
             if code:
                 return code
+        barrier()  # every rank is past the phase before its checkpoints go
+        remove_checkpoints(run_dir(cfg) / "checkpoints" / dcfg.output / plan.name, dist.is_main)
         previous = folder
     if dist.is_main:
         with atomic_output(run_dir(cfg) / dcfg.output, cfg, STAGE) as tmp:
@@ -286,6 +289,7 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
                                                   for p in plans}})
         log(dist, f"{STAGE}: saved {run_dir(cfg) / dcfg.output}")
     barrier()
+    remove_checkpoints(run_dir(cfg) / "checkpoints" / dcfg.output, dist.is_main)
     return 0
 
 

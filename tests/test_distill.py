@@ -244,6 +244,7 @@ def test_cr_ild_resume_is_exact(tmp_path, tiny_bert, sentiment_dir, target):
         tag = Path(split.output_dir) / "checkpoints" / "student" / "ild" / "step00000007"
         assert (tag / "ema.safetensors").is_file()
     assert stage3_distill.run(split, stop=StopRequest(install_handlers=False)) == 0
+    assert not (Path(split.output_dir) / "checkpoints" / "student").exists()  # every phase finished
     a = load_file(str(Path(full.output_dir) / "student" / "model.safetensors"))
     b = load_file(str(Path(split.output_dir) / "student" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)

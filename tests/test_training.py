@@ -48,6 +48,7 @@ def test_resume_mid_epoch_gives_identical_weights(tmp_path, tiny_bert, sentiment
     assert not (out_b / "teacher").exists()  # nothing that looks complete
     assert (out_b / "checkpoints" / "teacher" / "latest").read_text().strip() == "step00000003"
     assert stage1_teacher.run(split, stop=StopRequest(install_handlers=False)) == 0
+    assert not (out_b / "checkpoints" / "teacher").exists()  # a finished stage never resumes: its checkpoints go
 
     wa, wb = weights(Path(full.output_dir)), weights(out_b)
     assert wa.keys() == wb.keys()
@@ -272,3 +273,20 @@ def test_single_rank_ignores_an_inherited_busy_master_port(tmp_path, tiny_bert, 
                                str(cfg_path)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert is_complete(tmp_path / "run" / "teacher")
+
+
+def test_runner_clears_checkpoints_a_finished_stage_left_behind(tmp_path, tiny_bert, sentiment_dir, capsys):
+    """A stage killed after publishing its output but before removing its checkpoints leaves
+    them behind; the next `crild run` skips the stage and removes them."""
+    from pipeline.runner import run_pipeline
+
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=1)
+    raw["pipeline"] = ["teacher"]
+    cfg = from_dict(raw)
+    assert stage1_teacher.run(cfg, stop=StopRequest(install_handlers=False)) == 0
+    leftover = Path(cfg.output_dir) / "checkpoints" / "teacher" / "step00000004"
+    leftover.mkdir(parents=True)
+    (leftover / "mp_rank_00_model_states.pt").write_bytes(b"x" * 100)
+    assert run_pipeline(cfg, "run.yaml", []) == 0
+    assert "teacher: complete for this configuration, skipped" in capsys.readouterr().out
+    assert not leftover.parent.exists() and (Path(cfg.output_dir) / "teacher" / "model.safetensors").is_file()
