@@ -12,7 +12,7 @@ import torch
 from pipeline.distributed import DistInfo, barrier, decided_by_main
 from pipeline.errors import UserError
 from pipeline.faults import crash_point
-from pipeline.integrity import problems, write_hashes
+from pipeline.integrity import HASHES, problems, write_hashes
 
 TAG_PREFIX = "step"
 FINGERPRINT_FILE = "stage_fingerprint"
@@ -88,14 +88,23 @@ class Checkpoints:
         latest = self.latest_tag()
         if latest in tags:  # never trust a tag newer than `latest` (saving was interrupted)
             tags = tags[:tags.index(latest) + 1]
+        damaged = 0
         for tag in reversed(tags):
+            if not (self.root / tag / HASHES).is_file():
+                # hashes are written last: saving was interrupted (a kill, a full disk), so the tag
+                # never existed as far as resuming goes; it is removed, not counted as damage
+                print(f"crild: checkpoint {self.root / tag} was interrupted while saving; removing it and "
+                      f"trying an older one", file=sys.stderr, flush=True)
+                shutil.rmtree(self.root / tag, ignore_errors=True)
+                continue
             bad = problems(self.root / tag)
             if not bad:
                 return tag
+            damaged += 1
             print(f"crild: checkpoint {self.root / tag} is not intact ({bad[0]}); trying an older one",
                   file=sys.stderr, flush=True)
-        if tags:
-            raise UserError(f"{self.root}: no intact checkpoint left ({len(tags)} damaged); delete the folder to "
+        if damaged:
+            raise UserError(f"{self.root}: no intact checkpoint left ({damaged} damaged); delete the folder to "
                             f"start the stage over")
         return None
 

@@ -131,7 +131,7 @@ def train_loop(*, engine, dist: DistInfo, train_ds, collate: Collator, cfg: Trai
             state["nonfinite_skipped"] += 1
             parts = "".join(f", {k} {float(v):.4g}" for k, v in components.items())
             where = (f"non-finite loss at micro-step {micro} (epoch {epoch}; {bad_ranks} of {dist.world_size} "
-                     f"rank(s); this rank: loss {float(total):.4g}{parts})")
+                     f"rank(s); this rank: loss {float(total.detach()):.4g}{parts})")
             if cfg.on_nonfinite == "stop" or state["nonfinite_skipped"] > cfg.max_nonfinite_skips:
                 why = ("" if cfg.on_nonfinite == "stop" else
                        f"{state['nonfinite_skipped']} skipped, more than max_nonfinite_skips; ")

@@ -73,6 +73,7 @@ def reference(stage: str, ranks: int, tmp_path_factory, tiny_bert, data) -> dict
 CASES = [
     ("teacher", 1, "step:11", 8),         # mid gradient-accumulation window, between checkpoints
     ("teacher", 1, "checkpoint:2", 8),    # engine files written, hashes not: the torn newest one is skipped
+    ("teacher", 1, "checkpoint:1", None),  # the only checkpoint torn (a kill, a full disk): starts over
     ("teacher", 1, "eval:3", 8),          # inside a periodic evaluation
     ("teacher", 1, "output:1", 24),       # the final output complete but not yet renamed into place
     ("distill", 1, "step:9", 8),          # CR-ILD phase, mid-epoch: mixup draws and dropout must continue
@@ -98,7 +99,11 @@ def test_sigkill_then_rerun_gives_bitwise_identical_weights(stage, ranks, fault,
 
     resumed, _ = launch(stage, config, ranks)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
-    assert f"resuming at micro-step {resume_at} " in resumed.stdout + resumed.stderr  # resumed, not restarted
+    said = resumed.stdout + resumed.stderr
+    if resume_at is None:
+        assert "was interrupted while saving; removing it" in said and "resuming at" not in said, said[-2000:]
+    else:
+        assert f"resuming at micro-step {resume_at} " in said  # resumed, not restarted
     got = final_weights(config, stage)
     assert got.keys() == expected.keys()
     for k in expected:
