@@ -206,9 +206,10 @@ def _manifest_key(folder: Path) -> Optional[str]:
     return json.loads(hashes.read_text()).get("model.safetensors") if hashes.is_file() else None
 
 
-def score_model(spec: StudySpec, cfg: RunConfig, folder: Path, cache: Path, probe: bool = True) -> dict:
+def score_model(spec: StudySpec, cfg: RunConfig, folder: Path, cache: Path, probe: bool = True,
+                compute: bool = True) -> Optional[dict]:
     """Held-out metrics of a model folder and its flatness curve, cached in ``cache`` (JSON)
-    until the weights or the probe settings change."""
+    until the weights or the probe settings change; None if not cached and not ``compute``."""
     from dataclasses import asdict
 
     key = {"weights": _manifest_key(folder), "flatness": asdict(spec.flatness) if probe else None,
@@ -219,21 +220,24 @@ def score_model(spec: StudySpec, cfg: RunConfig, folder: Path, cache: Path, prob
         cached = json.loads(cache.read_text())
         if cached.get("key") == key:
             return cached
+    if not compute:
+        return None
     result = {"key": key, **_score(spec, cfg, folder, probe)}
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")  # two reports may score the same cell at once
     tmp.write_text(json.dumps(result, indent=1))
     tmp.replace(cache)
     return result
 
 
-def score_cell(spec: StudySpec, cell: Cell, teacher: bool = False) -> dict:
+def score_cell(spec: StudySpec, cell: Cell, teacher: bool = False, compute: bool = True) -> Optional[dict]:
     """The cell's student scored and probed (or, with ``teacher``, its seed's teacher scored),
     from the cache in ``<run_dir>/report_scores`` when the weights have not changed."""
     cfg, scores = cell_config(spec, cell), cell.run_dir / "report_scores"
     if teacher:
-        return score_model(spec, cfg, cell.run_dir / "teacher", scores / "teacher.json", probe=False)
-    return score_model(spec, cfg, cell.student, scores / f"{cell.method}.json")
+        return score_model(spec, cfg, cell.run_dir / "teacher", scores / "teacher.json", probe=False,
+                           compute=compute)
+    return score_model(spec, cfg, cell.student, scores / f"{cell.method}.json", compute=compute)
 
 
 def _worker_threads(threads: int) -> None:

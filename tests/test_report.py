@@ -99,6 +99,14 @@ def test_study_runs_resumes_and_reports(tmp_path, tiny_bert, sentiment_dir):
     proc = subprocess.run(cmd + ["--collect-only"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "**3 of 4 runs complete.**" in (tmp_path / "report" / "README.md").read_text()
 
+    # --cached-scores reports without scoring: a complete run whose scores are not cached is listed
+    (tmp_path / "cells" / "rotten_tomatoes" / "few-64" / "seed2" / "report_scores" / "kd.json").unlink()
+    proc = subprocess.run(cmd + ["--collect-only", "--cached-scores"], capture_output=True, text=True, timeout=300)
+    text = (tmp_path / "report" / "README.md").read_text()
+    assert proc.returncode == 0 and "**2 of 4 runs complete.**" in text, proc.stderr[-2000:]
+    assert "1 complete runs are not scored yet" in text and "- rotten_tomatoes/few-64/seed2/kd" in text
+    assert not (tmp_path / "cells" / "rotten_tomatoes" / "few-64" / "seed2" / "report_scores" / "kd.json").exists()
+
 
 def test_study_file_errors_name_the_key(tmp_path):
     from pipeline.errors import UserError

@@ -34,6 +34,8 @@ def main(argv=None) -> int:
     parser.add_argument("--collect-only", action="store_true", help="run nothing; report what is complete")
     parser.add_argument("--max-runs", type=int, default=None,
                         help="run at most this many missing cells, then report")
+    parser.add_argument("--cached-scores", action="store_true",
+                        help="score nothing: report the complete runs already scored, list the rest")
     parser.add_argument("--jobs", type=int, default=1,
                         help="cells run (and scored) at once, never two of one seed; they share the cores")
     args = parser.parse_args(argv)
@@ -64,21 +66,27 @@ def main(argv=None) -> int:
     for cell in done:
         first_of_seed.setdefault(cell.run_dir, cell)
     with_teacher = [c for c in first_of_seed.values() if (c.run_dir / "teacher" / "model.safetensors").is_file()]
-    score_cells(spec, [(cell, False) for cell in done] + [(cell, True) for cell in with_teacher], args.jobs)
+    if not args.cached_scores:
+        score_cells(spec, [(cell, False) for cell in done] + [(cell, True) for cell in with_teacher], args.jobs)
 
     records = defaultdict(lambda: defaultdict(list))
-    teachers, missing, metric_of = defaultdict(list), [], {}
+    teachers, missing, unscored, metric_of = defaultdict(list), [], [], {}
     for cell in all_cells:
         metric_of[cell.task] = get_task(cell.task).main_metric
         if cell not in done:
             if not any(cell.label in f for f in failed):
                 missing.append(cell.label)
             continue
+        teacher = score_cell(spec, cell, teacher=True, compute=False) if cell in with_teacher else None
+        if teacher:
+            teachers[(cell.task, cell.setting)].append(teacher["scores"])
+        scored = score_cell(spec, cell, compute=not args.cached_scores)
+        if scored is None:
+            unscored.append(cell.label)
+            continue
         scalars = read_scalars(cell.run_dir / "tensorboard" / cell.student.name)
-        records[(cell.task, cell.setting)][cell.method].append(
-            cell_record(cell, score_cell(spec, cell), scalars, metric_of[cell.task]))
-        if cell in with_teacher:
-            teachers[(cell.task, cell.setting)].append(score_cell(spec, cell, teacher=True)["scores"])
+        records[(cell.task, cell.setting)][cell.method].append(cell_record(cell, scored, scalars,
+                                                                           metric_of[cell.task]))
 
     import torch
 
@@ -89,7 +97,10 @@ def main(argv=None) -> int:
               f"{', '.join(f'{k} ({v})' for k, v in spec.settings.items())}; seeds {spec.seeds}."]
     header += [f"Held-out {task} scores use the first {n:,} examples of each split (`score_max_examples`)."
                for task, n in spec.score_max_examples.items()]
-    path = write_report(spec, records, teachers, missing, failed, header, metric_of)
+    if unscored:
+        header.append(f"{len(unscored)} complete runs are not scored yet (this report was written with "
+                      f"`--cached-scores`); they are listed as missing.")
+    path = write_report(spec, records, teachers, missing + unscored, failed, header, metric_of)
     print(f"report: wrote {path} ({time.time() - started:.0f} s; {len(missing)} missing, {len(failed)} failed)")
     return 1 if failed else 0
 
