@@ -132,7 +132,7 @@ def test_a_stopped_study_stops_its_cells_and_resumes_them(tmp_path, tiny_bert, s
     import signal
     import time
 
-    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=200, checkpoint_every=4, log_every=2)
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=1000, checkpoint_every=4, log_every=2)
     raw["pipeline"] = ["teacher", "distill"]
     base = tmp_path / "base.yaml"
     base.write_text(yaml.safe_dump(raw))
@@ -144,13 +144,13 @@ def test_a_stopped_study_stops_its_cells_and_resumes_them(tmp_path, tiny_bert, s
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
                                                              "MASTER_PORT", "LOCAL_WORLD_SIZE")}
 
-    def run_until(marker: str) -> str:
+    def run_until(ready) -> str:
         proc = subprocess.Popen([sys.executable, str(REPO / "tools" / "report.py"), "--study", str(study)],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                 start_new_session=True)
         try:
             deadline = time.time() + 300
-            while not (log.is_file() and marker in log.read_text()):
+            while not ready():
                 assert proc.poll() is None and time.time() < deadline, (proc.poll(), log.read_text()[-2000:])
                 time.sleep(0.5)
             proc.send_signal(signal.SIGTERM)  # to tools/report.py alone, as a time limit would
@@ -163,9 +163,10 @@ def test_a_stopped_study_stops_its_cells_and_resumes_them(tmp_path, tiny_bert, s
         assert not left.strip(), f"cell processes left running: {left}"
         return log.read_text()
 
-    first = run_until("micro-steps (")  # the first progress line: into the teacher stage, past a checkpoint
+    latest = tmp_path / "cells" / "rotten_tomatoes" / "s" / "seed1" / "checkpoints" / "teacher" / "latest"
+    first = run_until(latest.is_file)  # into the teacher stage, past its first checkpoint (speed-independent)
     assert "received SIGTERM; asking the running stage to checkpoint" in first
-    second = run_until("resuming at micro-step")
+    second = run_until(lambda: "resuming at micro-step" in log.read_text()[len(first):])
     resumed = second[len(first):].split("resuming at micro-step ")[1].split()[0]
     stopped = first.split("teacher: stopped at micro-step ")[1].split(";")[0]
     assert int(resumed) == int(stopped) > 0, (resumed, stopped)  # where the first run stopped, not the start
