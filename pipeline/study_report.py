@@ -271,7 +271,8 @@ def write_report(spec: StudySpec, records: dict, teachers: dict, missing: list[s
             lines += ["Checks of the paper's findings:", "", *[_check_line(c, held_split, metric) for c in checks], "",
                       *([VERDICT_RULE, ""] if len(records) < 2 else [])]  # else it heads the overview
         per_group[f"{task}/{setting}"] = checks
-    overview = _overview(records, per_group, held_split, metric_of)
+    pooled = _pooled(records, held_split, metric_of)
+    overview = _overview(per_group, pooled)
     at = lines.index("") + 1 + len(header) + 1  # after the title and header, before the counts
     lines[at:at] = overview
     text = "\n".join(lines) + "\n"
@@ -280,7 +281,6 @@ def write_report(spec: StudySpec, records: dict, teachers: dict, missing: list[s
     tmp.replace(out / "README.md")
     summary = _summary(records, teachers, metric_of, held_split)
     summary["findings"] = {group: [_check_json(c) for c in checks] for group, checks in per_group.items()}
-    pooled = _pooled(records, held_split, metric_of)
     if pooled:
         summary["findings"]["pooled"] = [_check_json(c) for c in pooled]
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -326,9 +326,8 @@ def _check_json(check: Check) -> dict:
             "n": len(check.diffs)}
 
 
-def _overview(records: dict, per_group: dict, held_split: str, metric_of: dict) -> list[str]:
+def _overview(per_group: dict, pooled: list[Check]) -> list[str]:
     """The findings over every task and setting at once (paired by seed), and per group."""
-    pooled = _pooled(records, held_split, metric_of)
     if len(per_group) < 2 or not pooled:
         return []
     short = {"held": "held", "same direction, within seed noise": "same dir.", "did not hold": "no"}
