@@ -1,7 +1,8 @@
 """A comparison study: methods x seeds x settings x tasks, each cell one ``crild run`` of a
 shared base configuration, then each student scored on held-out splits and probed for
 flatness. Runs are skipped when complete and resume when interrupted (the runner's own
-rules); scores are cached beside each run, keyed by the student's manifest.
+rules); each scored cell becomes a small record (``pipeline/study_records.py``) that the
+report is written from.
 
 The study file (YAML):
 
@@ -149,12 +150,11 @@ def cell_done(spec: StudySpec, cell: Cell, known_intact: Optional[set] = None) -
     return all(stage_is_done(cfg, name, known_intact) for name in cfg.pipeline)
 
 
-def start_cell(spec: StudySpec, cell: Cell, threads: Optional[int] = None) -> subprocess.Popen:
-    """``crild run`` for one cell in the background, its output appended to
-    ``<run_dir>/logs/<method>.log``; ``threads`` sets OMP_NUM_THREADS unless it is set."""
+def _start(cell: Cell, cmd: list[str], threads: Optional[int]) -> subprocess.Popen:
+    """``cmd`` in the background, its output appended to ``<run_dir>/logs/<method>.log``;
+    ``threads`` sets OMP_NUM_THREADS unless it is set."""
     log_dir = cell.run_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", spec.base, *cell.overrides]
     env = dict(os.environ)
     if threads and not env.get("OMP_NUM_THREADS"):
         env["OMP_NUM_THREADS"] = str(threads)
@@ -164,14 +164,26 @@ def start_cell(spec: StudySpec, cell: Cell, threads: Optional[int] = None) -> su
         return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
 
 
-def run_cells(spec: StudySpec, todo: list[Cell], jobs: int = 1,
+def run_command(spec: StudySpec, cell: Cell) -> list[str]:
+    return [sys.executable, "-m", "pipeline.cli", "run", spec.base, *cell.overrides]
+
+
+def record_command(spec: StudySpec, cell: Cell) -> list[str]:
+    return [sys.executable, "-m", "pipeline.study_records", spec.source, cell.label]
+
+
+def run_cells(spec: StudySpec, todo: list[Cell], jobs: int = 1, record: bool = True,
+              record_only: frozenset = frozenset(),
               on_start: Callable[[Cell], None] = lambda cell: None) -> Iterator[tuple[Cell, int, float]]:
     """Run ``todo`` in order, at most ``jobs`` at a time and never two cells of one run folder
-    at once (a seed's methods share its teacher and checkpoint folder); yields (cell, exit
-    code, seconds) as each ends. With several jobs each gets an equal share of the cores:
-    small models use two threads poorly, so two one-thread cells beat one two-thread cell."""
+    at once (a seed's methods share its teacher and checkpoint folder); with ``record``, each
+    cell that completes is scored and recorded in its slot straight away, so an interrupted
+    study keeps every record made so far. Cells in ``record_only`` are complete already: they
+    are only recorded. Yields (cell, exit code, seconds) as each ends.
+    With several jobs each gets an equal share of the cores: small models use two threads
+    poorly, so two one-thread cells beat one two-thread cell."""
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
-    pending, running = list(todo), {}
+    pending, running = list(todo), {}  # cell -> (process, start time, commands still to run)
     try:
         while pending or running:
             busy = {cell.run_dir for cell in running}
@@ -183,88 +195,33 @@ def run_cells(spec: StudySpec, todo: list[Cell], jobs: int = 1,
                 pending.remove(cell)
                 busy.add(cell.run_dir)
                 on_start(cell)
-                running[cell] = (start_cell(spec, cell, threads), time.time())
-            for cell, (proc, t0) in list(running.items()):
-                if proc.poll() is not None:
-                    del running[cell]
-                    yield cell, proc.returncode, time.time() - t0
+                steps = ([] if cell in record_only else [run_command(spec, cell)]) + \
+                    ([record_command(spec, cell)] if record else [])
+                if not steps:
+                    continue
+                running[cell] = (_start(cell, steps[0], threads), time.time(), steps[1:])
+            for cell, (proc, t0, after) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                if proc.returncode == 0 and after:
+                    running[cell] = (_start(cell, after[0], threads), t0, after[1:])
+                    continue
+                del running[cell]
+                yield cell, proc.returncode, time.time() - t0
             time.sleep(0.5)
     finally:  # interrupted: stop the cells still running (each resumes on the next invocation)
-        for proc, _ in running.values():
+        for proc, _, _ in running.values():
             proc.terminate()
-        for proc, _ in running.values():
+        for proc, _, _ in running.values():
             proc.wait()
 
 
 # --------------------------------------------------------------------------- scoring
 
 
-def _manifest_key(folder: Path) -> Optional[str]:
-    from pipeline.integrity import HASHES
-
-    hashes = folder / HASHES
-    return json.loads(hashes.read_text()).get("model.safetensors") if hashes.is_file() else None
-
-
-def score_model(spec: StudySpec, cfg: RunConfig, folder: Path, cache: Path, probe: bool = True,
-                compute: bool = True) -> Optional[dict]:
-    """Held-out metrics of a model folder and its flatness curve, cached in ``cache`` (JSON)
-    until the weights or the probe settings change; None if not cached and not ``compute``."""
-    from dataclasses import asdict
-
-    key = {"weights": _manifest_key(folder), "flatness": asdict(spec.flatness) if probe else None,
-           "splits": list(spec.eval_splits)}
-    if spec.score_max_examples.get(cfg.task.name) is not None:
-        key["max_examples"] = spec.score_max_examples[cfg.task.name]
-    if cache.is_file():
-        cached = json.loads(cache.read_text())
-        if cached.get("key") == key:
-            return cached
-    if not compute:
-        return None
-    result = {"key": key, **_score(spec, cfg, folder, probe)}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".{os.getpid()}.tmp")  # two reports may score the same cell at once
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(cache)
-    return result
-
-
-def score_cell(spec: StudySpec, cell: Cell, teacher: bool = False, compute: bool = True) -> Optional[dict]:
-    """The cell's student scored and probed (or, with ``teacher``, its seed's teacher scored),
-    from the cache in ``<run_dir>/report_scores`` when the weights have not changed."""
-    cfg, scores = cell_config(spec, cell), cell.run_dir / "report_scores"
-    if teacher:
-        return score_model(spec, cfg, cell.run_dir / "teacher", scores / "teacher.json", probe=False,
-                           compute=compute)
-    return score_model(spec, cfg, cell.student, scores / f"{cell.method}.json", compute=compute)
-
-
-def _worker_threads(threads: int) -> None:
-    import torch
-
-    from pipeline.models import quiet_libraries
-
-    quiet_libraries()
-    torch.set_num_threads(threads)
-
-
-def score_cells(spec: StudySpec, requests: list[tuple[Cell, bool]], jobs: int = 1) -> None:
-    """Fill the score caches of (cell, teacher?) requests, ``jobs`` processes at once, each
-    with an equal share of the cores. Give each seed's teacher once: two requests for one
-    cache would write the same file."""
-    if jobs <= 1 or len(requests) <= 1:
-        for cell, teacher in requests:
-            score_cell(spec, cell, teacher)
-        return
-    import multiprocessing
-
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    with multiprocessing.get_context("spawn").Pool(jobs, _worker_threads, (threads,)) as pool:
-        pool.starmap(score_cell, [(spec, cell, teacher) for cell, teacher in requests], chunksize=1)
-
-
-def _score(spec: StudySpec, cfg: RunConfig, folder: Path, probe: bool) -> dict:
+def score_folder(spec: StudySpec, cfg: RunConfig, folder: Path, probe: bool) -> dict:
+    """Held-out metrics of a model folder on the study's splits and, with ``probe``, its
+    flatness curve (score under Gaussian weight noise of each relative scale)."""
     import torch
 
     from pipeline.distributed import DistInfo

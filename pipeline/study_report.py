@@ -1,7 +1,8 @@
 """The study's report: per task and setting, a table of mean and std over seeds (best-dev
 labelled optimistic, last checkpoint, held-out split), the train-dev gap over training, the
 loss components read back from TensorBoard, the flatness probe, and automatic checks of the
-paper's findings. Markdown plus small PNGs; a partial study says what is missing."""
+paper's findings. Markdown plus small PNGs, written from the study's records
+(``pipeline/study_records.py``); a partial study says what is missing."""
 from __future__ import annotations
 
 import json
@@ -12,10 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.study import Cell, StudySpec
-
-# TensorBoard tags that are bookkeeping, not loss components
-_NOT_LOSSES = ("lr", "grad_norm", "samples_per_s", "tokens_per_s", "epoch")
+from pipeline.study import StudySpec
 
 # The paper's findings this study can check: (statement, better method, worse method, quantity)
 FINDINGS = [
@@ -28,26 +26,6 @@ FINDINGS = [
     ("CR-ILD beats PKD", "cr-ild", "pkd", "test"),
     ("CR-ILD beats MiniLMv2-style ILD", "cr-ild", "minilmv2", "test"),
 ]
-
-
-def cell_record(cell: Cell, scored: dict | None, scalars: dict | None, main_metric: str) -> dict:
-    """What the report needs of one finished cell."""
-    rec = {"cell": cell, "scores": scored["scores"] if scored else {}, "flatness": (scored or {}).get("flatness")}
-    results = json.loads((cell.student / "train_results.json").read_text())
-    kd = results["phases"].get("kd", {})
-    best = kd.get("best_dev_optimistic") or {}
-    rec["best_dev"] = best.get("score")
-    rec["last_dev_during_training"] = (kd.get("last") or {}).get(f"dev/{main_metric}")
-    scalars = scalars or {}
-    train = dict(scalars.get(f"kd/eval/train/{main_metric}", []))
-    dev = dict(scalars.get(f"kd/eval/dev/{main_metric}", []))
-    steps = sorted(set(train) & set(dev))
-    last = max(steps) if steps else 1
-    rec["gap_curve"] = [(s / last, train[s] - dev[s]) for s in steps]
-    rec["gap_end"] = rec["gap_curve"][-1][1] if steps else None
-    rec["losses"] = {tag: pts for tag, pts in scalars.items()
-                     if "/train/" in tag and tag.rsplit("/", 1)[-1] not in _NOT_LOSSES}
-    return rec
 
 
 def _mean_std(values) -> tuple[float, float, int]:

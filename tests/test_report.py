@@ -89,23 +89,89 @@ def test_study_runs_resumes_and_reports(tmp_path, tiny_bert, sentiment_dir):
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())["rotten_tomatoes/few-64"]
     assert summary["cr-ild"]["seeds"] == [1, 2] and len(summary["kd"]["test_last"]) == 2
     assert all(g is not None for g in summary["cr-ild"]["gap_end"])
-    scored = json.loads((tmp_path / "cells" / "rotten_tomatoes" / "few-64" / "seed1" / "report_scores" /
-                         "cr-ild.json").read_text())
-    assert scored["examples"] == {"dev": 20, "test": 20} and scored["key"]["max_examples"] == 20
+    records = tmp_path / "report" / "runs" / "rotten_tomatoes" / "few-64"
+    scored = json.loads((records / "seed1" / "cr-ild.json").read_text())
+    assert scored["examples"] == {"dev": 20, "test": 20} and scored["cell"] == "rotten_tomatoes/few-64/seed1/cr-ild"
+    assert scored["gap_curve"] and any(tag.startswith("ild/train/") for tag in scored["losses"])
+    teachers = [json.loads((records / f"seed{s}" / "teacher.json").read_text()) for s in (1, 2)]
+    mean = sum(t["scores"]["test"]["accuracy"] for t in teachers) / 2  # the table's teacher row comes from them
+    assert f"{mean * 100:.2f} ±" in teacher and all(len(t["weights_sha256"]) == 64 for t in teachers)
     assert "Held-out rotten_tomatoes scores use the first 20 examples of each split" in text
+    first = (tmp_path / "report" / "README.md").read_text()
 
-    # a damaged cell is not reported as complete
-    shutil.rmtree(tmp_path / "cells" / "rotten_tomatoes" / "few-64" / "seed1" / "student_kd")
-    proc = subprocess.run(cmd + ["--collect-only"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and "**3 of 4 runs complete.**" in (tmp_path / "report" / "README.md").read_text()
+    # the records are the study's results: with every run folder gone (a fresh clone, another
+    # machine) the report is the same and nothing is run again
+    shutil.rmtree(tmp_path / "cells")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "report: running" not in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    again = (tmp_path / "report" / "README.md").read_text()
+    assert again.split("\n", 3)[3] == first.split("\n", 3)[3]  # all but the date line
 
-    # --cached-scores reports without scoring: a complete run whose scores are not cached is listed
-    (tmp_path / "cells" / "rotten_tomatoes" / "few-64" / "seed2" / "report_scores" / "kd.json").unlink()
+    # a record made with other settings is stale: that cell is run and recorded again
+    stale = json.loads((records / "seed2" / "kd.json").read_text())
+    (records / "seed2" / "kd.json").write_text(json.dumps({**stale, "key": "0" * 16}))
     proc = subprocess.run(cmd + ["--collect-only", "--cached-scores"], capture_output=True, text=True, timeout=300)
     text = (tmp_path / "report" / "README.md").read_text()
-    assert proc.returncode == 0 and "**2 of 4 runs complete.**" in text, proc.stderr[-2000:]
-    assert "1 complete runs are not scored yet" in text and "- rotten_tomatoes/few-64/seed2/kd" in text
-    assert not (tmp_path / "cells" / "rotten_tomatoes" / "few-64" / "seed2" / "report_scores" / "kd.json").exists()
+    assert proc.returncode == 0 and "**3 of 4 runs complete.**" in text, proc.stderr[-2000:]
+    assert "- rotten_tomatoes/few-64/seed2/kd" in text
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0 and proc.stdout.count("report: running") == 1, proc.stdout[-2000:]
+    assert json.loads((records / "seed2" / "kd.json").read_text())["key"] == stale["key"]
+
+    # a complete run without a record (--cached-scores ran it unscored) is listed, then scored
+    (records / "seed2" / "kd.json").unlink()
+    proc = subprocess.run(cmd + ["--collect-only", "--cached-scores"], capture_output=True, text=True, timeout=300)
+    text = (tmp_path / "report" / "README.md").read_text()
+    assert proc.returncode == 0 and "1 complete runs are not scored yet" in text
+    assert not (records / "seed2" / "kd.json").exists()
+    proc = subprocess.run(cmd + ["--collect-only"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert [line for line in proc.stdout.splitlines() if line.startswith("report: scoring")] == [
+        "report: scoring rotten_tomatoes/few-64/seed2/kd"]
+    assert "**4 of 4 runs complete.**" in (tmp_path / "report" / "README.md").read_text()
+
+
+def test_a_record_holds_while_its_cell_settings_and_weights_are_unchanged(tmp_path):
+    """Records are keyed by the cell's settings (not where its run folder is) and by the
+    weights of a complete run here."""
+    from pipeline.outputs import MANIFEST
+    from pipeline.study import cells, load_study
+    from pipeline.study_records import load_record, record_key, write_record
+
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({"task": {"name": "rotten_tomatoes"}, "teacher": {"random_init": {
+        "num_layers": 2, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64}}}))
+
+    def study(**over):
+        path = tmp_path / "study.yaml"
+        path.write_text(yaml.safe_dump({
+            "base": str(base), "output_dir": str(tmp_path / "cells"), "report_dir": str(tmp_path / "report"),
+            "seeds": [1], "methods": ["kd", "cr-ild"], "tasks": {"rotten_tomatoes": {}},
+            "settings": {"few": {"task.few_sample": 64}}, **over}))
+        spec = load_study(str(path))
+        return spec, cells(spec)
+
+    spec, (kd, cr) = study()
+    write_record(spec, kd, {"scores": {"test": {"accuracy": 0.5}}})
+    write_record(spec, kd, {"scores": {"test": {"accuracy": 0.7}}}, teacher=True)
+    assert load_record(spec, kd)["scores"]["test"]["accuracy"] == 0.5 and load_record(spec, cr) is None
+    assert record_key(spec, kd, teacher=True) == record_key(spec, cr, teacher=True)  # one teacher per seed
+    assert record_key(spec, kd) != record_key(spec, cr)
+
+    spec, (kd, _) = study(output_dir=str(tmp_path / "elsewhere"))  # another machine's run folders
+    assert load_record(spec, kd) is not None
+    spec, (kd, _) = study(settings={"few": {"task.few_sample": 128}})  # other training data
+    assert load_record(spec, kd) is None and load_record(spec, kd, teacher=True) is None
+    spec, (kd, _) = study(flatness={"draws": 5})  # other scoring: the student's record, not the teacher's
+    assert load_record(spec, kd) is None and load_record(spec, kd, teacher=True) is not None
+
+    spec, (kd, _) = study()
+    kd.student.mkdir(parents=True)  # the run here was redone: its weights differ from the record's
+    (kd.student / MANIFEST).write_text(json.dumps({"status": "complete"}))
+    (kd.student / "content_hashes.json").write_text(json.dumps({"model.safetensors": {"sha256": "beef"}}))
+    assert load_record(spec, kd) is None
+    (tmp_path / "report" / "runs" / "rotten_tomatoes" / "few" / "seed1" / "kd.json").write_text("{not json")
+    assert load_record(spec, kd) is None
 
 
 def test_study_file_errors_name_the_key(tmp_path):
@@ -214,3 +280,25 @@ def test_findings_are_paired_by_seed_and_pooled_over_groups(tmp_path):
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())["findings"]
     assert [c["n"] for c in summary["pooled"] if c["better"] == "cr-ild" and c["worse"] == "kd"] == [5]
     assert summary["snli/few"][0]["verdict"] == "held"
+
+
+def test_report_only_selects_cells_by_label_prefix(tmp_path):
+    """--only with a prefix that matches no cell is a one-line error naming it; a prefix
+    selects whole path segments (``rotten`` is not ``rotten_tomatoes``)."""
+    sys.path.insert(0, str(REPO / "tools"))
+    from report import _selects
+
+    assert _selects("snli", "snli/noise-0.3/seed42/kd") and _selects("snli/noise-0.3/", "snli/noise-0.3/seed42/kd")
+    assert not _selects("sn", "snli/noise-0.3/seed42/kd") and not _selects("snli/noise", "snli/noise-0.3/seed42/kd")
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({
+        "base": str(REPO / "jobs" / "report_base.yaml"), "output_dir": str(tmp_path / "cells"),
+        "report_dir": str(tmp_path / "report"), "seeds": [1], "methods": ["kd"],
+        "tasks": {"rotten_tomatoes": {}}, "settings": {"few": {}}}))
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "report.py"), "--study", str(study),
+                           "--only", "rotten"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"crild: error: {study}: --only rotten: no cell of the study matches "
+        "(labels look like rotten_tomatoes/few/seed1/kd)")
+    assert not (tmp_path / "report").exists() and not (tmp_path / "cells").exists()

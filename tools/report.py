@@ -4,9 +4,12 @@
     python tools/report.py --study my_study.yaml --collect-only
 
 Every cell (task x setting x seed x method) is one ``crild run`` of the study's base
-configuration: complete cells are skipped, interrupted ones resume from their checkpoints,
-so the same command continues a study after a crash or a time limit. ``--collect-only``
-writes the report of whatever is complete and lists the rest as missing.
+configuration, scored as soon as it completes into a small record under
+``<report_dir>/runs/``; the report is written from the records. Recorded cells are not run
+again (even where their run folders are gone: commit the records), complete cells are only
+scored, interrupted ones resume from their checkpoints, so the same command continues a
+study after a crash, a time limit or a move to another machine. ``--collect-only`` writes the
+report of whatever is recorded (scoring complete runs that are not) and lists the rest.
 """
 from __future__ import annotations
 
@@ -28,6 +31,11 @@ def _shown(path: str) -> str:
     return path if rel.startswith("..") else rel
 
 
+def _selects(prefix: str, label: str) -> bool:
+    """``snli`` and ``snli/noise-0.3`` select snli/noise-0.3/seed42/kd; ``sn`` does not."""
+    return label == prefix or label.startswith(prefix.rstrip("/") + "/")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", default="jobs/studies/offline.yaml", help="study file (YAML)")
@@ -35,14 +43,19 @@ def main(argv=None) -> int:
     parser.add_argument("--max-runs", type=int, default=None,
                         help="run at most this many missing cells, then report")
     parser.add_argument("--cached-scores", action="store_true",
-                        help="score nothing: report the complete runs already scored, list the rest")
+                        help="score nothing: report the recorded runs, list the rest")
+    parser.add_argument("--only", action="append", default=[], metavar="PREFIX",
+                        help="run only cells whose label starts with PREFIX (task, task/setting, "
+                             "task/setting/seedN; repeatable), e.g. to share a study between machines; "
+                             "the report still covers the whole study")
     parser.add_argument("--jobs", type=int, default=1,
                         help="cells run (and scored) at once, never two of one seed; they share the cores")
     args = parser.parse_args(argv)
 
     from pipeline.models import quiet_libraries
-    from pipeline.study import cell_done, cells, load_study, read_scalars, run_cells, score_cell, score_cells
-    from pipeline.study_report import cell_record, write_report
+    from pipeline.study import cell_done, cells, load_study, run_cells
+    from pipeline.study_records import load_record, weights_digest
+    from pipeline.study_report import write_report
     from pipeline.tasks import get_task
 
     quiet_libraries()
@@ -50,43 +63,53 @@ def main(argv=None) -> int:
     all_cells = cells(spec)  # task, setting, seed, method: one setting's seeds complete first
     failed, started = [], time.time()
     intact: set = set()  # (folder, fingerprint) verified in this invocation: hash each output once
-    todo = [] if args.collect_only else [c for c in all_cells if not cell_done(spec, c, intact)]
+    recorded = {cell for cell in all_cells if load_record(spec, cell)}
+    first_of_seed = {}  # each seed's teacher is recorded once, with the first of its cells that is
+    for cell in all_cells:
+        first_of_seed.setdefault(cell.run_dir, cell)
+    # complete here but not recorded (run before, or with --cached-scores): recorded first, so
+    # that finished work is secured before anything new runs; then the cells still to run
+    unrecorded = [c for c in all_cells if c not in recorded and cell_done(spec, c, intact)]
+    unrecorded += [c for c in first_of_seed.values()  # a seed whose cells are recorded, its teacher not
+                   if c in recorded and weights_digest(c.run_dir / "teacher") and not load_record(spec, c, teacher=True)]
+    to_run = [] if args.collect_only else [c for c in all_cells if c not in recorded and c not in unrecorded
+                                           and not cell_done(spec, c, intact)]
+    if args.only:
+        unknown = [p for p in args.only if not any(_selects(p, c.label) for c in all_cells)]
+        if unknown:
+            raise UserError(f"{args.study}: --only {unknown[0]}: no cell of the study matches "
+                            f"(labels look like {all_cells[0].label})")
+        to_run = [c for c in to_run if any(_selects(p, c.label) for p in args.only)]
     if args.max_runs is not None:
-        todo = todo[:args.max_runs]
-    for cell, code, seconds in run_cells(spec, todo, args.jobs,
-                                         on_start=lambda c: print(f"report: running {c.label}", flush=True)):
+        to_run = to_run[:args.max_runs]
+    todo = ([] if args.cached_scores else unrecorded) + to_run
+
+    def on_start(cell) -> None:
+        print(f"report: {'scoring' if cell in unrecorded else 'running'} {cell.label}", flush=True)
+
+    for cell, code, seconds in run_cells(spec, todo, args.jobs, record=not args.cached_scores,
+                                         record_only=frozenset(unrecorded), on_start=on_start):
         if code != 0:
             failed.append(f"{cell.label}: exit code {code}, log {cell.run_dir / 'logs' / (cell.method + '.log')}")
             print(f"report: {cell.label} failed with exit code {code}", flush=True)
         else:
             print(f"report: {cell.label} done in {seconds:.0f} s", flush=True)
 
-    done = [cell for cell in all_cells if cell_done(spec, cell, intact)]
-    first_of_seed = {}  # each seed's teacher is scored once, with the first of its cells
-    for cell in done:
-        first_of_seed.setdefault(cell.run_dir, cell)
-    with_teacher = [c for c in first_of_seed.values() if (c.run_dir / "teacher" / "model.safetensors").is_file()]
-    if not args.cached_scores:
-        score_cells(spec, [(cell, False) for cell in done] + [(cell, True) for cell in with_teacher], args.jobs)
-
     records = defaultdict(lambda: defaultdict(list))
     teachers, missing, unscored, metric_of = defaultdict(list), [], [], {}
-    for cell in all_cells:
-        metric_of[cell.task] = get_task(cell.task).main_metric
-        if cell not in done:
-            if not any(cell.label in f for f in failed):
-                missing.append(cell.label)
-            continue
-        teacher = score_cell(spec, cell, teacher=True, compute=False) if cell in with_teacher else None
+    for cell in first_of_seed.values():
+        teacher = load_record(spec, cell, teacher=True)
         if teacher:
             teachers[(cell.task, cell.setting)].append(teacher["scores"])
-        scored = score_cell(spec, cell, compute=not args.cached_scores)
-        if scored is None:
+    for cell in all_cells:
+        metric_of[cell.task] = get_task(cell.task).main_metric
+        rec = load_record(spec, cell)
+        if rec is not None:
+            records[(cell.task, cell.setting)][cell.method].append({**rec, "cell": cell})
+        elif cell in unrecorded and cell_done(spec, cell, intact):
             unscored.append(cell.label)
-            continue
-        scalars = read_scalars(cell.run_dir / "tensorboard" / cell.student.name)
-        records[(cell.task, cell.setting)][cell.method].append(cell_record(cell, scored, scalars,
-                                                                           metric_of[cell.task]))
+        elif not any(cell.label in f for f in failed):
+            missing.append(cell.label)
 
     import torch
 
