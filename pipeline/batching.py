@@ -45,12 +45,17 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, w
     return [step[rank] for step in steps]
 
 
-def eval_shards(n: int, batch_size: int, world_size: int, rank: int) -> list[list[int]]:
-    """Contiguous evaluation batches for this rank; every rank gets the same number of
-    batches (ZeRO-3 needs all ranks in every forward). A rank with fewer examples gets
-    empty batches at the end: the caller runs a dummy forward for them and keeps nothing."""
+def eval_shards(n: int, batch_size: int, world_size: int, rank: int,
+                lengths=None) -> list[list[int]]:
+    """Evaluation batches for this rank's contiguous shard, longest rows first when
+    ``lengths`` are given (each batch is padded to its longest row: sorted, rows of one
+    batch have similar lengths). Every rank gets the same number of batches (ZeRO-3 needs all
+    ranks in every forward). A rank with fewer examples gets empty batches at the end: the
+    caller runs a dummy forward for them and keeps nothing."""
     per_rank = math.ceil(n / world_size)
     idx = list(range(rank * per_rank, min(n, (rank + 1) * per_rank)))
+    if lengths is not None:
+        idx.sort(key=lambda i: -int(lengths[i]))  # stable: equal lengths keep their order
     n_batches = math.ceil(per_rank / batch_size) if n else 0
     return [idx[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
 

@@ -22,10 +22,12 @@ def model_inputs(batch: dict, device: torch.device) -> dict:
 @torch.no_grad()
 def predict_logits(forward: Callable[[dict], torch.Tensor], ds, collate: Collator, batch_size: int,
                    dist: DistInfo) -> np.ndarray:
-    """Logits for every row of ``ds`` in order. Each rank predicts a contiguous shard; all
-    ranks run the same number of forwards (ZeRO-3 gathers parameters collectively)."""
+    """Logits for every row of ``ds`` in order. Each rank predicts a contiguous shard in
+    batches of similar lengths; all ranks run the same number of forwards (ZeRO-3 gathers
+    parameters collectively)."""
     idx_parts, logit_parts = [], []
-    for indices in eval_shards(len(ds), batch_size, dist.world_size, dist.rank):
+    lengths = np.asarray(ds["length"]) if "length" in ds.column_names else None
+    for indices in eval_shards(len(ds), batch_size, dist.world_size, dist.rank, lengths):
         logits = forward(fetch(ds, indices or [0], collate)).float().cpu()
         if indices:
             idx_parts.append(np.asarray(indices))

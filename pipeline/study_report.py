@@ -253,16 +253,19 @@ def write_report(spec: StudySpec, records: dict, teachers: dict, missing: list[s
     overview = _overview(per_group, pooled)
     at = lines.index("") + 1 + len(header) + 1  # after the title and header, before the counts
     lines[at:at] = overview
-    text = "\n".join(lines) + "\n"
-    tmp = out / "README.md.tmp"
-    tmp.write_text(text)
-    tmp.replace(out / "README.md")
     summary = _summary(records, teachers, metric_of, held_split)
     summary["findings"] = {group: [_check_json(c) for c in checks] for group, checks in per_group.items()}
     if pooled:
         summary["findings"]["pooled"] = [_check_json(c) for c in pooled]
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    _write_atomic(out / "summary.json", json.dumps(summary, indent=1))
+    _write_atomic(out / "README.md", "\n".join(lines) + "\n")
     return out / "README.md"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def _missing_lines(missing: list[str], per_group: int) -> list[str]:

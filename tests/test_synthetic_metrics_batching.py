@@ -103,6 +103,35 @@ def test_eval_shards_equal_batch_counts():
     assert sorted(i for s in shards for b in s for i in b) == list(range(10))
 
 
+def test_eval_batches_group_lengths_and_logits_come_back_in_row_order():
+    """Sorted by length within each rank's shard, a batch pads to similar lengths; the logits
+    are put back in the rows' order."""
+    import datasets
+
+    from pipeline.distributed import DistInfo
+    from pipeline.evaluation import predict_logits
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 60, size=37)
+    ds = datasets.Dataset.from_dict({"input_ids": [[2] + [100 + i] * (n - 2) + [3] for i, n in enumerate(lengths)],
+                                     "token_type_ids": [[0] * n for n in lengths],
+                                     "label": [0] * 37, "length": lengths.tolist()})
+    widths = []
+
+    def forward(batch):  # logit = the row's own token, so order mistakes show
+        widths.append(batch["input_ids"].shape[1])
+        return batch["input_ids"][:, 1:2].float()
+
+    logits = predict_logits(forward, ds, Collator(0, False, pad_to_multiple_of=0), 8, DistInfo(0, 1, 0, torch.device("cpu")))
+    assert logits[:, 0].tolist() == [100.0 + i for i in range(37)]
+    assert widths == sorted(widths, reverse=True) and widths[0] == lengths.max()
+    padded = sum(widths[:-1]) * 8 + widths[-1] * (37 - 8 * (len(widths) - 1))
+    unsorted = sum(max(lengths[i:i + 8]) * len(lengths[i:i + 8]) for i in range(0, 37, 8))
+    assert padded < 0.75 * unsorted  # what sorting is for
+    shards = [eval_shards(37, 8, 2, r, lengths) for r in range(2)]  # still contiguous halves, equal counts
+    assert len(shards[0]) == len(shards[1]) and sorted(i for b in shards[0] for i in b) == list(range(19))
+
+
 def test_collator_pads_dynamically():
     collate = Collator(pad_token_id=0, regression=False, pad_to_multiple_of=8)
     out = collate({"input_ids": [[2, 5, 3], [2, 6, 7, 8, 9, 3]], "token_type_ids": [[0, 0, 0], [0] * 6],
