@@ -120,8 +120,14 @@ def _dumps(rec: dict) -> str:
 
 # --------------------------------------------------------------------------- making records
 
-# TensorBoard tags that are bookkeeping, not loss components
-_NOT_LOSSES = ("lr", "grad_norm", "samples_per_s", "tokens_per_s", "epoch")
+# TensorBoard training tags that are bookkeeping, not loss components
+_NOT_LOSSES = ("lr", "grad_norm", "samples_per_s", "tokens_per_s", "epoch", "nonfinite_skipped")
+
+
+def is_loss_tag(tag: str) -> bool:
+    """``<phase>/train/<component>`` for a loss component (not ``kd/eval/train/accuracy``)."""
+    parts = tag.split("/")
+    return len(parts) >= 3 and parts[1] == "train" and parts[-1] not in _NOT_LOSSES
 
 
 def training_record(cell: Cell, scalars: dict, main_metric: str) -> dict:
@@ -139,8 +145,7 @@ def training_record(cell: Cell, scalars: dict, main_metric: str) -> dict:
     return {"best_dev": best.get("score"),
             "last_dev_during_training": (kd.get("last") or {}).get(f"dev/{main_metric}"),
             "gap_curve": gap_curve, "gap_end": gap_curve[-1][1] if steps else None,
-            "losses": {tag: [[s, v] for s, v in pts] for tag, pts in scalars.items()
-                       if "/train/" in tag and tag.rsplit("/", 1)[-1] not in _NOT_LOSSES}}
+            "losses": {tag: [[s, v] for s, v in pts] for tag, pts in scalars.items() if is_loss_tag(tag)}}
 
 
 def record_cell(spec: StudySpec, cell: Cell, teacher: bool = False) -> dict:

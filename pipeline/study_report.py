@@ -170,7 +170,9 @@ def _loss_plot(path: Path, title: str, groups: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tags = sorted({t for recs in groups.values() for r in recs[:1] for t in r["losses"]})
+    from pipeline.study_records import is_loss_tag
+
+    tags = sorted({t for recs in groups.values() for r in recs[:1] for t in r["losses"] if is_loss_tag(t)})
     if not tags:
         return
     cols = 3

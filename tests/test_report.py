@@ -93,6 +93,7 @@ def test_study_runs_resumes_and_reports(tmp_path, tiny_bert, sentiment_dir):
     scored = json.loads((records / "seed1" / "cr-ild.json").read_text())
     assert scored["examples"] == {"dev": 20, "test": 20} and scored["cell"] == "rotten_tomatoes/few-64/seed1/cr-ild"
     assert scored["gap_curve"] and any(tag.startswith("ild/train/") for tag in scored["losses"])
+    assert "kd/train/logit_kd" in scored["losses"] and "kd/eval/train/accuracy" not in scored["losses"]
     teachers = [json.loads((records / f"seed{s}" / "teacher.json").read_text()) for s in (1, 2)]
     mean = sum(t["scores"]["test"]["accuracy"] for t in teachers) / 2  # the table's teacher row comes from them
     assert f"{mean * 100:.2f} ±" in teacher and all(len(t["weights_sha256"]) == 64 for t in teachers)
