@@ -303,3 +303,7 @@ def test_report_only_selects_cells_by_label_prefix(tmp_path):
         f"crild: error: {study}: --only rotten: no cell of the study matches "
         "(labels look like rotten_tomatoes/few/seed1/kd)")
     assert not (tmp_path / "report").exists() and not (tmp_path / "cells").exists()
+    proc = subprocess.run([sys.executable, "-m", "pipeline.study_records", str(study), "rotten_tomatoes/few/seed9/kd"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"crild: error: {study}: no cell 'rotten_tomatoes/few/seed9/kd' in this study"), proc.stderr
