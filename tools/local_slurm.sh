@@ -35,8 +35,9 @@ install_packages() {
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-running() {  # pid file exists and the process is alive
-  [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+running() {  # pid file exists and the process is alive (a daemon removes its file as it exits)
+  local pid
+  pid=$(cat "$1" 2>/dev/null) && [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
 }
 
 write_config() {
@@ -118,10 +119,11 @@ start() {
 stop() {
   for name in slurmd slurmctld munged; do
     pidfile="$DIR/$name.pid"
-    if running "$pidfile"; then
-      kill "$(cat "$pidfile")" 2>/dev/null || true
-      for _ in $(seq 50); do running "$pidfile" || break; sleep 0.1; done
-      running "$pidfile" && kill -9 "$(cat "$pidfile")" 2>/dev/null || true
+    pid=$(cat "$pidfile" 2>/dev/null || true)  # read once: the daemon removes the file as it exits
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
     fi
     rm -f "$pidfile"
   done
