@@ -1,5 +1,5 @@
 """A study's results as small JSON records, one per scored cell (and one per seed's
-teacher), kept under ``<report_dir>/runs/<task>/<setting>/seed<seed>/``. The report is
+teacher), kept under ``<report_dir>/records/<task>/<setting>/seed<seed>/``. The report is
 written from these alone, so they are what a study keeps: commit them, copy them between
 machines, and a fresh clone (or another node) continues the study from them instead of
 redoing cells whose run folders are gone.
@@ -24,7 +24,7 @@ TEACHER = "teacher"
 
 def record_path(spec: StudySpec, cell: Cell, teacher: bool = False) -> Path:
     name = TEACHER if teacher else cell.method
-    return Path(spec.report_dir) / "runs" / cell.task / cell.setting / f"seed{cell.seed}" / f"{name}.json"
+    return Path(spec.report_dir) / "records" / cell.task / cell.setting / f"seed{cell.seed}" / f"{name}.json"
 
 
 def scoring_key(spec: StudySpec, task: str, probe: bool) -> dict:

@@ -89,7 +89,7 @@ def test_study_runs_resumes_and_reports(tmp_path, tiny_bert, sentiment_dir):
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())["rotten_tomatoes/few-64"]
     assert summary["cr-ild"]["seeds"] == [1, 2] and len(summary["kd"]["test_last"]) == 2
     assert all(g is not None for g in summary["cr-ild"]["gap_end"])
-    records = tmp_path / "report" / "runs" / "rotten_tomatoes" / "few-64"
+    records = tmp_path / "report" / "records" / "rotten_tomatoes" / "few-64"
     scored = json.loads((records / "seed1" / "cr-ild.json").read_text())
     assert scored["examples"] == {"dev": 20, "test": 20} and scored["cell"] == "rotten_tomatoes/few-64/seed1/cr-ild"
     assert scored["gap_curve"] and any(tag.startswith("ild/train/") for tag in scored["losses"])
@@ -171,7 +171,7 @@ def test_a_record_holds_while_its_cell_settings_and_weights_are_unchanged(tmp_pa
     (kd.student / MANIFEST).write_text(json.dumps({"status": "complete"}))
     (kd.student / "content_hashes.json").write_text(json.dumps({"model.safetensors": {"sha256": "beef"}}))
     assert load_record(spec, kd) is None
-    (tmp_path / "report" / "runs" / "rotten_tomatoes" / "few" / "seed1" / "kd.json").write_text("{not json")
+    (tmp_path / "report" / "records" / "rotten_tomatoes" / "few" / "seed1" / "kd.json").write_text("{not json")
     assert load_record(spec, kd) is None
 
 
@@ -307,3 +307,19 @@ def test_report_only_selects_cells_by_label_prefix(tmp_path):
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 2 and proc.stderr.strip() == (
         f"crild: error: {study}: no cell 'rotten_tomatoes/few/seed9/kd' in this study"), proc.stderr
+
+
+def test_study_records_are_not_ignored_by_git():
+    """The records are the study's results and are committed: an ignore rule for run folders
+    (``runs/``) once matched them too."""
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    from pipeline.study import cells, load_study
+    from pipeline.study_records import record_path
+
+    spec = load_study(str(REPO / "jobs" / "studies" / "offline.yaml"))
+    paths = [str(record_path(spec, cell, teacher)) for cell in cells(spec)[:2] for teacher in (False, True)]
+    proc = subprocess.run(["git", "check-ignore", *paths], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 1 and not proc.stdout, f"ignored by git: {proc.stdout}"
+    run_dir = str(cells(spec)[0].run_dir / "student_kd" / "model.safetensors")  # run folders stay ignored
+    assert subprocess.run(["git", "check-ignore", "-q", run_dir], cwd=REPO).returncode == 0

@@ -5,7 +5,7 @@
 
 Every cell (task x setting x seed x method) is one ``crild run`` of the study's base
 configuration, scored as soon as it completes into a small record under
-``<report_dir>/runs/``; the report is written from the records. Recorded cells are not run
+``<report_dir>/records/``; the report is written from the records. Recorded cells are not run
 again (even where their run folders are gone: commit the records), complete cells are only
 scored, interrupted ones resume from their checkpoints, so the same command continues a
 study after a crash, a time limit or a move to another machine. ``--collect-only`` writes the
