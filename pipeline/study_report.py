@@ -119,7 +119,12 @@ def _check_line(check: Check, split: str, metric: str) -> str:
             f"standard error {se}, {len(check.diffs)} seeds)")
 
 
-def _plot_lines(path: Path, title: str, xlabel: str, ylabel: str, series: dict) -> None:
+def method_colors(methods: list) -> dict:
+    """One colour per method, the same in every plot of the report."""
+    return {m: f"C{i % 10}" for i, m in enumerate(methods)}
+
+
+def _plot_lines(path: Path, title: str, xlabel: str, ylabel: str, series: dict, colors: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,7 +132,8 @@ def _plot_lines(path: Path, title: str, xlabel: str, ylabel: str, series: dict) 
 
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=80)
     for label, (xs, ys, err) in series.items():
-        line, = ax.plot(xs, ys, label=label, marker="o" if len(xs) < 12 else None, markersize=3)
+        line, = ax.plot(xs, ys, label=label, marker="o" if len(xs) < 12 else None, markersize=3,
+                        color=colors.get(label))
         if err is not None:
             ax.fill_between(xs, np.asarray(ys) - err, np.asarray(ys) + err, alpha=0.15, color=line.get_color())
     ax.set_title(title, fontsize=9)
@@ -140,7 +146,7 @@ def _plot_lines(path: Path, title: str, xlabel: str, ylabel: str, series: dict) 
     plt.close(fig)
 
 
-def _gap_plot(path: Path, title: str, groups: dict) -> None:
+def _gap_plot(path: Path, title: str, groups: dict, colors: dict) -> None:
     grid = np.linspace(0, 1, 21)
     series = {}
     for method, recs in groups.items():
@@ -149,10 +155,10 @@ def _gap_plot(path: Path, title: str, groups: dict) -> None:
         if curves:
             series[method] = (grid, np.mean(curves, axis=0) * 100, np.std(curves, axis=0) * 100)
     if series:
-        _plot_lines(path, title, "fraction of prediction-layer training", "train - dev accuracy (points)", series)
+        _plot_lines(path, title, "fraction of prediction-layer training", "train - dev accuracy (points)", series, colors)
 
 
-def _flatness_plot(path: Path, title: str, groups: dict) -> None:
+def _flatness_plot(path: Path, title: str, groups: dict, colors: dict) -> None:
     series = {}
     for method, recs in groups.items():
         curves = [r["flatness"] for r in recs if r.get("flatness")]
@@ -161,10 +167,12 @@ def _flatness_plot(path: Path, title: str, groups: dict) -> None:
             ys = [np.mean([np.mean(c[s]) for c in curves]) * 100 for s in scales]
             series[method] = ([float(s) for s in scales], ys, None)
     if series:
-        _plot_lines(path, title, "relative weight noise sigma", "dev accuracy (%)", series)
+        _plot_lines(path, title, "relative weight noise sigma", "dev accuracy (%)", series, colors)
 
 
-def _loss_plot(path: Path, title: str, groups: dict) -> None:
+def _loss_plot(path: Path, title: str, groups: dict, colors: dict) -> None:
+    """Each loss component per method, first seed (several seeds' curves overlap); the
+    ``_weighted`` copies (the same curve times its weight) are left to TensorBoard."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,7 +180,8 @@ def _loss_plot(path: Path, title: str, groups: dict) -> None:
 
     from pipeline.study_records import is_loss_tag
 
-    tags = sorted({t for recs in groups.values() for r in recs[:1] for t in r["losses"] if is_loss_tag(t)})
+    tags = sorted({t for recs in groups.values() for r in recs[:1] for t in r["losses"]
+                   if is_loss_tag(t) and not t.endswith("_weighted")})
     if not tags:
         return
     cols = 3
@@ -182,15 +191,21 @@ def _loss_plot(path: Path, title: str, groups: dict) -> None:
         for method, recs in groups.items():
             pts = recs[0]["losses"].get(tag)  # the first seed: curves of several seeds overlap
             if pts:
-                ax.plot([s for s, _ in pts], [v for _, v in pts], label=method, linewidth=1)
+                ax.plot([s for s, _ in pts], [v for _, v in pts], label=method, linewidth=1, color=colors.get(method))
         ax.set_title(tag, fontsize=8)
         ax.tick_params(labelsize=6)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(tags):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=6)
+    handles = {}
+    for ax in axes.flat:  # every method that has a curve anywhere, in one legend
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    order = [m for m in colors if m in handles]
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.4 / (2.4 * rows), 1, 1))  # room for the legend below
+    fig.legend([handles[m] for m in order], order, loc="lower center", ncol=min(len(order), 8), fontsize=7,
+               frameon=False)
     fig.savefig(path)
     plt.close(fig)
 
@@ -212,6 +227,7 @@ def write_report(spec: StudySpec, records: dict, teachers: dict, missing: list[s
         lines += ["Failed (see each log):", ""] + [f"- {m}" for m in failed] + [""]
     held_split = next((s for s in spec.eval_splits if s != "dev"), "dev")
     per_group: dict[str, list[Check]] = {}
+    colors = method_colors(spec.methods)
     for (task, setting), groups in records.items():
         metric = metric_of[task]
         slug = f"{task}_{setting}".replace("/", "-")
@@ -242,7 +258,7 @@ def write_report(spec: StudySpec, records: dict, teachers: dict, missing: list[s
                                   ("flatness", _flatness_plot, "Flatness probe"),
                                   ("losses", _loss_plot, "Loss components (first seed)")):
             png = out / f"{kind}_{slug}.png"
-            fn(png, f"{caption}: {task}, {setting}", groups)
+            fn(png, f"{caption}: {task}, {setting}", groups, colors)
             if png.is_file():
                 lines += [f"![{caption}]({png.name})", ""]
         checks = [c for c in (check_finding({(task, setting): groups}, *f, held_split, metric_of)
