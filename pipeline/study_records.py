@@ -37,18 +37,21 @@ def scoring_key(spec: StudySpec, task: str, probe: bool) -> dict:
 
 
 def record_key(spec: StudySpec, cell: Cell, teacher: bool = False) -> str:
-    """What produced a record: the cell's configuration wherever its run folder lies (the
-    settings that differ from the defaults, less ``output_dir``), the DeepSpeed config's text
-    and the scoring settings. A teacher's key leaves out the method, which its seed's cells share."""
+    """What produced a record, wherever its run folder lies, and the scoring settings. A
+    teacher's is the teacher stage's own fingerprint, which its seed's cells share; a
+    student's is the cell's configuration (the settings that differ from the defaults, less
+    ``output_dir``) with the DeepSpeed config's text."""
+    from pipeline.runner import stage_fingerprint
+
     cfg = cell_config(spec, cell)
+    scoring = scoring_key(spec, cell.task, probe=not teacher)
+    if teacher:
+        return config_hash({"version": RECORD_VERSION, "teacher": stage_fingerprint(cfg, "teacher"),
+                            "scoring": scoring})
     settings = settings_dict(cfg)
     settings.pop("output_dir", None)
-    if teacher:
-        settings = {k: v for k, v in settings.items() if k in ("seed", "task", "teacher", "deepspeed_config")}
-        settings["train"] = settings_dict(cfg.stages.teacher)
     ds = resolve_path(cfg.deepspeed_config, "deepspeed_config", cfg.source).read_text()
-    return config_hash({"version": RECORD_VERSION, "config": settings, "ds": ds,
-                        "scoring": scoring_key(spec, cell.task, probe=not teacher)})
+    return config_hash({"version": RECORD_VERSION, "config": settings, "ds": ds, "scoring": scoring})
 
 
 def weights_digest(folder: Path) -> Optional[str]:
@@ -59,8 +62,7 @@ def weights_digest(folder: Path) -> Optional[str]:
     hashes = folder / HASHES
     if not (is_complete(folder) and hashes.is_file()):
         return None
-    entry = json.loads(hashes.read_text()).get("model.safetensors")
-    return entry.get("sha256") if isinstance(entry, dict) else entry
+    return json.loads(hashes.read_text()).get("model.safetensors", {}).get("sha256")
 
 
 def model_folder(cell: Cell, teacher: bool = False) -> Path:

@@ -106,9 +106,11 @@ def main(argv=None) -> int:
         rec = load_record(spec, cell)
         if rec is not None:
             records[(cell.task, cell.setting)][cell.method].append({**rec, "cell": cell})
-        elif cell in unrecorded and cell_done(spec, cell, intact):
+        elif any(cell.label in f for f in failed):
+            continue  # listed with its log under "Failed"
+        elif cell in unrecorded:  # complete, not recorded: --cached-scores
             unscored.append(cell.label)
-        elif not any(cell.label in f for f in failed):
+        else:
             missing.append(cell.label)
 
     import torch
