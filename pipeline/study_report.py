@@ -276,8 +276,31 @@ def write_report(spec: StudySpec, records: dict, teachers: dict, missing: list[s
     if pooled:
         summary["findings"]["pooled"] = [_check_json(c) for c in pooled]
     _write_atomic(out / "summary.json", json.dumps(summary, indent=1))
-    _write_atomic(out / "README.md", "\n".join(lines) + "\n")
+    markdown_text = "\n".join(lines) + "\n"
+    _write_atomic(out / "README.md", markdown_text)
+    _write_atomic(out / "index.html", render_html(markdown_text, title=lines[0].lstrip("# ")))
     return out / "README.md"
+
+
+_HTML_STYLE = """body { font-family: system-ui, sans-serif; max-width: 70em; margin: 2em auto; padding: 0 1em;
+       line-height: 1.45; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; }
+th { background: #f3f3f3; }
+td:not(:first-child) { text-align: right; font-variant-numeric: tabular-nums; }
+img { max-width: 100%; }
+code { background: #f3f3f3; padding: 0 0.2em; }"""
+
+
+def render_html(markdown_text: str, title: str) -> str:
+    """The report as one HTML page (tables styled, plots inline by relative path), for a browser."""
+    import html
+    import markdown  # a dependency of tensorboard, which the pipeline requires
+
+    body = markdown.markdown(markdown_text, extensions=["tables"])
+    return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{html.escape(title)}</title>\n<style>\n{_HTML_STYLE}\n</style>\n</head>\n"
+            f"<body>\n{body}\n</body>\n</html>\n")
 
 
 def _write_atomic(path: Path, text: str) -> None:

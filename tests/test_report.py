@@ -85,6 +85,7 @@ def test_study_runs_resumes_and_reports(tmp_path, tiny_bert, sentiment_dir):
     assert float(teacher.split("|")[5].split("±")[0]) > 60  # test accuracy above chance (50): the teachers learned
     for kind in ("gap", "flatness", "losses"):
         assert (tmp_path / "report" / f"{kind}_rotten_tomatoes_few-64.png").stat().st_size > 1000
+        assert f'src="{kind}_rotten_tomatoes_few-64.png"' in (tmp_path / "report" / "index.html").read_text()
     assert "Checks of the paper's findings:" in text and "CR-ILD beats prediction-layer KD alone" in text
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())["rotten_tomatoes/few-64"]
     assert summary["cr-ild"]["seeds"] == [1, 2] and len(summary["kd"]["test_last"]) == 2
@@ -281,6 +282,9 @@ def test_findings_are_paired_by_seed_and_pooled_over_groups(tmp_path):
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())["findings"]
     assert [c["n"] for c in summary["pooled"] if c["better"] == "cr-ild" and c["worse"] == "kd"] == [5]
     assert summary["snli/few"][0]["verdict"] == "held"
+    page = (tmp_path / "report" / "index.html").read_text()  # the same report for a browser
+    assert page.startswith("<!DOCTYPE html>") and "<title>Distillation methods compared" in page
+    assert "<td>CR-ILD beats prediction-layer KD alone</td>" in page and "<strong>held</strong> (+1.00" in page
 
 
 def test_report_only_selects_cells_by_label_prefix(tmp_path):
