@@ -27,7 +27,7 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=7", "pytest-timeout"],
-        "report": ["matplotlib"],
+        "report": ["matplotlib", "markdown"],  # plots; index.html
         "bench": ["textbrewer==0.2.1.post1"],  # the peer tools/bench_distill.py compares against
     },
     entry_points={"console_scripts": ["crild=pipeline.cli:main"]},

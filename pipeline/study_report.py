@@ -295,7 +295,7 @@ code { background: #f3f3f3; padding: 0 0.2em; }"""
 def render_html(markdown_text: str, title: str) -> str:
     """The report as one HTML page (tables styled, plots inline by relative path), for a browser."""
     import html
-    import markdown  # a dependency of tensorboard, which the pipeline requires
+    import markdown  # the report extra (tensorboard brings it too)
 
     body = markdown.markdown(markdown_text, extensions=["tables"])
     return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
