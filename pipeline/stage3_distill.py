@@ -14,6 +14,7 @@ student is ``<output_dir>/<output>`` (default ``student``), a save_pretrained fo
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -242,6 +243,15 @@ def run_phase(cfg: RunConfig, plan: PhasePlan, index: int, dist: DistInfo, data:
     return 0
 
 
+def link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link where the file system allows one (the final student is the last phase's:
+    no second copy of the weights on disk; both are only ever replaced whole), a copy otherwise."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def phase_folder(cfg: RunConfig, phase: str) -> Path:
     return run_dir(cfg) / f"{cfg.stages.distill.output}.phases" / phase
 
@@ -282,7 +292,7 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
         with atomic_output(run_dir(cfg) / dcfg.output, cfg, STAGE) as tmp:
             for path in previous.iterdir():  # the last phase's model and tokenizer files
                 if path.is_file() and path.name not in PHASE_ONLY_FILES:
-                    shutil.copy2(path, tmp / path.name)
+                    link_or_copy(path, tmp / path.name)
             write_json(tmp / "train_results.json", {
                 "preset": dcfg.preset, "phases": {p.name: json.loads((phase_folder(cfg, p.name) /
                                                                       "train_results.json").read_text())

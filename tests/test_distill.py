@@ -194,7 +194,8 @@ def test_three_phases_and_one_teacher_forward_per_example_in_kd(tmp_path, tiny_b
     assert len(stored) == 1
     from safetensors.torch import load_file
     assert load_file(str(stored[0]))["logits"].shape == (96, 2)
-    assert (out / "student" / "model.safetensors").is_file()
+    final, last_phase = out / "student" / "model.safetensors", out / "student.phases" / "kd" / "model.safetensors"
+    assert final.is_file() and final.stat().st_ino == last_phase.stat().st_ino  # one copy of the weights on disk
     # a second run skips every phase
     assert stage3_distill.run(cfg, stop=StopRequest(install_handlers=False)) == 0
     assert stored[0].stat().st_mtime == list((crild_home() / "tokenized").glob(
