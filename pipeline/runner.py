@@ -30,7 +30,8 @@ class Stage:
     checkpoints: Callable[[RunConfig], str] = lambda c: ""  # its checkpoint folder under output_dir
 
 
-def _ds_json_text(cfg: RunConfig, path: str | None) -> str:
+def ds_json_text(cfg: RunConfig, path: str | None) -> str:
+    """The text of a DeepSpeed config: ``path`` (a per-stage override) or the run's own."""
     return resolve_path(path or cfg.deepspeed_config, "deepspeed_config", cfg.source).read_text()
 
 
@@ -42,7 +43,7 @@ def _manifest_fingerprint(folder: Path):
 def _teacher_fingerprint(cfg: RunConfig) -> str:
     return config_hash({"seed": cfg.seed, "task": settings_dict(cfg.task), "teacher": settings_dict(cfg.teacher),
                         "train": settings_dict(cfg.stages.teacher),
-                        "ds": _ds_json_text(cfg, cfg.stages.teacher.deepspeed_config)})
+                        "ds": ds_json_text(cfg, cfg.stages.teacher.deepspeed_config)})
 
 
 def _augment_fingerprint(cfg: RunConfig) -> str:
@@ -52,7 +53,7 @@ def _augment_fingerprint(cfg: RunConfig) -> str:
 
 def _distill_fingerprint(cfg: RunConfig) -> str:
     d = cfg.stages.distill
-    ds = {p: _ds_json_text(cfg, getattr(d, p).deepspeed_config) for p in ("ild_supplementary", "ild", "kd")}
+    ds = {p: ds_json_text(cfg, getattr(d, p).deepspeed_config) for p in ("ild_supplementary", "ild", "kd")}
     teacher = (_manifest_fingerprint(Path(cfg.output_dir) / "teacher") if not d.teacher_model
                else d.teacher_model)
     augmented = _manifest_fingerprint(Path(cfg.output_dir) / "augmented") if d.augmented_phases else None

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from pipeline.config import config_hash, resolve_path, settings_dict
+from pipeline.config import config_hash, settings_dict
 from pipeline.study import Cell, StudySpec, cell_config
 
 RECORD_VERSION = 1
@@ -41,7 +41,7 @@ def record_key(spec: StudySpec, cell: Cell, teacher: bool = False) -> str:
     teacher's is the teacher stage's own fingerprint, which its seed's cells share; a
     student's is the cell's configuration (the settings that differ from the defaults, less
     ``output_dir``) with the DeepSpeed config's text."""
-    from pipeline.runner import stage_fingerprint
+    from pipeline.runner import ds_json_text, stage_fingerprint
 
     cfg = cell_config(spec, cell)
     scoring = scoring_key(spec, cell.task, probe=not teacher)
@@ -50,8 +50,14 @@ def record_key(spec: StudySpec, cell: Cell, teacher: bool = False) -> str:
                             "scoring": scoring})
     settings = settings_dict(cfg)
     settings.pop("output_dir", None)
-    ds = resolve_path(cfg.deepspeed_config, "deepspeed_config", cfg.source).read_text()
-    return config_hash({"version": RECORD_VERSION, "config": settings, "ds": ds, "scoring": scoring})
+    key = {"version": RECORD_VERSION, "config": settings, "ds": ds_json_text(cfg, None), "scoring": scoring}
+    d = cfg.stages.distill
+    overrides = {name: ds_json_text(cfg, path) for name, path in (
+        *((phase, getattr(d, phase).deepspeed_config) for phase in ("ild_supplementary", "ild", "kd")),
+        ("teacher_deepspeed_config", d.teacher_deepspeed_config)) if path}
+    if overrides:  # a per-phase DeepSpeed config's text, like the top-level one's (settings hold only its path)
+        key["ds_overrides"] = overrides
+    return config_hash(key)
 
 
 def weights_digest(folder: Path) -> Optional[str]:

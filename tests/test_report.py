@@ -166,8 +166,18 @@ def test_a_record_holds_while_its_cell_settings_and_weights_are_unchanged(tmp_pa
     assert load_record(spec, kd) is None and load_record(spec, kd, teacher=True) is None
     spec, (kd, _) = study(flatness={"draws": 5})  # other scoring: the student's record, not the teacher's
     assert load_record(spec, kd) is None and load_record(spec, kd, teacher=True) is not None
+    # a per-phase DeepSpeed config: its text counts, as the top-level one's does, not only its path
+    phase_ds = tmp_path / "kd_ds.json"
+    phase_ds.write_text(json.dumps({"train_micro_batch_size_per_gpu": 8}))
+    spec, (kd, _) = study(settings={"few": {"task.few_sample": 64, "stages.distill.kd.deepspeed_config": str(phase_ds)}})
+    write_record(spec, kd, {"scores": {"test": {"accuracy": 0.6}}})
+    assert load_record(spec, kd)["scores"]["test"]["accuracy"] == 0.6
+    phase_ds.write_text(json.dumps({"train_micro_batch_size_per_gpu": 8, "bf16": {"enabled": True}}))
+    assert load_record(spec, kd) is None
 
     spec, (kd, _) = study()
+    write_record(spec, kd, {"scores": {"test": {"accuracy": 0.5}}})
+    assert load_record(spec, kd) is not None
     kd.student.mkdir(parents=True)  # the run here was redone: its weights differ from the record's
     (kd.student / MANIFEST).write_text(json.dumps({"status": "complete"}))
     (kd.student / "content_hashes.json").write_text(json.dumps({"model.safetensors": {"sha256": "beef"}}))
