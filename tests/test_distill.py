@@ -11,8 +11,10 @@ from pipeline import stage1_teacher, stage3_distill
 from pipeline.config import from_dict
 from pipeline.distill import DistillModule, DistillObjective, draw_lambda, partner_index
 from pipeline.errors import UserError
+from pipeline.integrity import problems
 from pipeline.models import build_classifier
 from pipeline.objectives import PRESETS, TERMS, layer_pairs, resolve_phases
+from pipeline.outputs import MANIFEST
 from pipeline.tasks import TASKS
 from pipeline.trainer import StopRequest
 
@@ -196,8 +198,12 @@ def test_three_phases_and_one_teacher_forward_per_example_in_kd(tmp_path, tiny_b
     assert load_file(str(stored[0]))["logits"].shape == (96, 2)
     final, last_phase = out / "student" / "model.safetensors", out / "student.phases" / "kd" / "model.safetensors"
     assert final.is_file() and final.stat().st_ino == last_phase.stat().st_ino  # one copy of the weights on disk
+    phases = {p: out / "student.phases" / p for p in results}
+    assert all(not problems(folder) for folder in [out / "student", *phases.values()])  # nothing written through a link
+    finished = {p: (folder / MANIFEST).read_text() for p, folder in phases.items()}
     # a second run skips every phase
     assert stage3_distill.run(cfg, stop=StopRequest(install_handlers=False)) == 0
+    assert {p: (folder / MANIFEST).read_text() for p, folder in phases.items()} == finished
     assert stored[0].stat().st_mtime == list((crild_home() / "tokenized").glob(
         "*/teacher_logits-*.safetensors"))[0].stat().st_mtime
 
