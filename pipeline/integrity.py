@@ -30,10 +30,7 @@ def hash_folder(folder: Path, skip: tuple[str, ...] = ()) -> dict:
 
 
 def write_hashes(folder: Path, skip: tuple[str, ...] = ()) -> None:
-    """Written beside and renamed over any old one: never through a hard link into another folder."""
-    tmp = Path(folder) / f".{HASHES}.tmp"
-    tmp.write_text(json.dumps(hash_folder(folder, skip + (tmp.name,)), indent=1))
-    tmp.replace(Path(folder) / HASHES)
+    (Path(folder) / HASHES).write_text(json.dumps(hash_folder(folder, skip), indent=1))
 
 
 def problems(folder: Path, expected: dict | None = None) -> list[str]:

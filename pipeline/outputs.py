@@ -12,10 +12,12 @@ from pathlib import Path
 from pipeline.config import RunConfig, dump_yaml
 from pipeline.errors import UserError
 from pipeline.faults import crash_point
-from pipeline.integrity import problems, write_hashes
+from pipeline.integrity import HASHES, problems, write_hashes
 
 MANIFEST = "crild_stage.json"
 RESOLVED_CONFIG = "config.resolved.yaml"
+# what atomic_output writes into every output folder itself (in place: never link these in)
+BOOKKEEPING_FILES = (RESOLVED_CONFIG, HASHES, MANIFEST)
 
 
 def is_complete(path: Path) -> bool:

@@ -34,11 +34,11 @@ from pipeline.distributed import (DistInfo, barrier, decided_by_main, init_distr
                                   seed_everything)
 from pipeline.ds_config import build_ds_config, fill_zero_buckets, load_ds_json, precision_dtype, zero_stage  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
-from pipeline.integrity import HASHES, problems  # noqa: E402
+from pipeline.integrity import problems  # noqa: E402
 from pipeline.evaluation import classifier_forward  # noqa: E402
 from pipeline.models import build_classifier, load_tokenizer, quiet_libraries, resolve_model, save_model  # noqa: E402
 from pipeline.objectives import PRESETS, TERMS, PhasePlan, layer_pairs, resolve_phases  # noqa: E402
-from pipeline.outputs import MANIFEST, RESOLVED_CONFIG, atomic_output, is_complete, verified, write_json  # noqa: E402
+from pipeline.outputs import BOOKKEEPING_FILES, MANIFEST, atomic_output, is_complete, verified, write_json  # noqa: E402
 from pipeline.runner import stage_fingerprint  # noqa: E402
 from pipeline.stage_common import (TaskData, consolidated_state_dict, dev_evaluator, evaluations,  # noqa: E402
                                    load_task_data, log, resume, run_dir, stage_hash, stage_main)
@@ -50,8 +50,7 @@ from pipeline.tokenized import tokenize_cached  # noqa: E402
 from pipeline.trainer import EXIT_PREEMPTED, StopRequest, decay_groups, make_plan, train_loop  # noqa: E402
 
 STAGE = "distill"
-# each folder has its own; the final student's are written anew (never through a link to the phase's)
-PHASE_ONLY_FILES = (MANIFEST, RESOLVED_CONFIG, HASHES, "train_results.json")
+PHASE_ONLY_FILES = (*BOOKKEEPING_FILES, "train_results.json")  # the final student writes its own
 
 
 def teacher_folder(cfg: RunConfig) -> Path:
@@ -246,8 +245,8 @@ def run_phase(cfg: RunConfig, plan: PhasePlan, index: int, dist: DistInfo, data:
 
 def link_or_copy(src: Path, dst: Path) -> None:
     """A hard link where the file system allows one (the final student is the last phase's:
-    no second copy of the weights on disk), a copy otherwise. Linked files are never written
-    again: an output folder is only ever replaced whole."""
+    no second copy of the weights on disk), a copy otherwise. Only files that are never written
+    again may be linked: an output folder is replaced whole, its bookkeeping written anew."""
     try:
         os.link(src, dst)
     except OSError:

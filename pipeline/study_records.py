@@ -41,6 +41,7 @@ def record_key(spec: StudySpec, cell: Cell, teacher: bool = False) -> str:
     teacher's is the teacher stage's own fingerprint, which its seed's cells share; a
     student's is the cell's configuration (the settings that differ from the defaults, less
     ``output_dir``) with the DeepSpeed config's text."""
+    from pipeline.objectives import PHASES
     from pipeline.runner import ds_json_text, stage_fingerprint
 
     cfg = cell_config(spec, cell)
@@ -53,7 +54,7 @@ def record_key(spec: StudySpec, cell: Cell, teacher: bool = False) -> str:
     key = {"version": RECORD_VERSION, "config": settings, "ds": ds_json_text(cfg, None), "scoring": scoring}
     d = cfg.stages.distill
     overrides = {name: ds_json_text(cfg, path) for name, path in (
-        *((phase, getattr(d, phase).deepspeed_config) for phase in ("ild_supplementary", "ild", "kd")),
+        *((phase, getattr(d, phase).deepspeed_config) for phase in PHASES),
         ("teacher_deepspeed_config", d.teacher_deepspeed_config)) if path}
     if overrides:  # a per-phase DeepSpeed config's text, like the top-level one's (settings hold only its path)
         key["ds_overrides"] = overrides

@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     quiet_libraries()
     spec = load_study(args.study)
     all_cells = cells(spec)  # task, setting, seed, method: one setting's seeds complete first
-    failed, started = [], time.time()
+    failed, failed_labels, started = [], set(), time.time()
     intact: set = set()  # (folder, fingerprint) verified in this invocation: hash each output once
     recorded = {cell for cell in all_cells if load_record(spec, cell)}
     first_of_seed = {}  # each seed's teacher is recorded once, with the first of its cells that is
@@ -91,6 +91,7 @@ def main(argv=None) -> int:
                                          record_only=frozenset(unrecorded), on_start=on_start):
         if code != 0:
             failed.append(f"{cell.label}: exit code {code}, log {cell.run_dir / 'logs' / (cell.method + '.log')}")
+            failed_labels.add(cell.label)
             print(f"report: {cell.label} failed with exit code {code}", flush=True)
         else:
             print(f"report: {cell.label} done in {seconds:.0f} s", flush=True)
@@ -106,7 +107,7 @@ def main(argv=None) -> int:
         rec = load_record(spec, cell)
         if rec is not None:
             records[(cell.task, cell.setting)][cell.method].append({**rec, "cell": cell})
-        elif any(cell.label in f for f in failed):
+        elif cell.label in failed_labels:
             continue  # listed with its log under "Failed"
         elif cell in unrecorded:  # complete, not recorded: --cached-scores
             unscored.append(cell.label)
