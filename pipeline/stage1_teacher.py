@@ -15,19 +15,26 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: import the package, not this folder's modules
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from pipeline.checkpointing import remove_checkpoints  # noqa: E402
-from pipeline.config import RunConfig, settings_dict  # noqa: E402
-from pipeline.distributed import barrier, init_distributed, seed_everything  # noqa: E402
-from pipeline.ds_config import build_ds_config  # noqa: E402
-from pipeline.evaluation import model_inputs  # noqa: E402
-from pipeline.losses import task_loss  # noqa: E402
-from pipeline.models import build_classifier, load_tokenizer, quiet_libraries, resolve_model, save_model  # noqa: E402
-from pipeline.outputs import atomic_output, write_json  # noqa: E402
-from pipeline.runner import stage_fingerprint  # noqa: E402
-from pipeline.stage_common import (consolidated_state_dict, dev_evaluator, evaluations, load_task_data,  # noqa: E402
-                                   log, resume, run_dir, stage_hash, stage_main)
-from pipeline.tb import Scalars  # noqa: E402
-from pipeline.trainer import EXIT_PREEMPTED, StopRequest, decay_groups, make_plan, train_loop  # noqa: E402
+from pipeline.config import RunConfig
+from pipeline.data.task_data import load_task_data
+from pipeline.distill.losses import task_loss
+from pipeline.errors import EXIT_PREEMPTED
+from pipeline.evaluation.periodic import dev_evaluator, evaluations
+from pipeline.evaluation.predict import model_inputs
+from pipeline.models.loading import build_classifier, load_tokenizer, quiet_libraries, resolve_model, save_model
+from pipeline.outputs.atomic import atomic_output, write_json
+from pipeline.runtime.distributed import barrier, init_distributed, seed_everything
+from pipeline.runtime.progress import log
+from pipeline.schema.hashing import settings_dict
+from pipeline.stage_cli import stage_main
+from pipeline.stages import stage_fingerprint
+from pipeline.training.checkpointing import Checkpoints, remove_checkpoints, resume, trajectory_key
+from pipeline.training.ds_config import build_ds_config, zero_stage
+from pipeline.training.engine import build_engine, consolidated_state_dict
+from pipeline.training.scalars import Scalars
+from pipeline.training.schedule import make_schedule
+from pipeline.training.stop import StopRequest
+from pipeline.training.trainer import train_loop
 
 STAGE = "teacher"
 
@@ -35,37 +42,34 @@ STAGE = "teacher"
 def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
     quiet_libraries()
     dist = init_distributed()
-    import deepspeed
     seed_everything(cfg.seed)
     train_cfg = cfg.stages.teacher
-    out = run_dir(cfg)
+    out = Path(cfg.output_dir)
+    fingerprint = stage_fingerprint(cfg, STAGE)
     model_path = resolve_model(cfg.teacher.model, "teacher.model", need_weights=cfg.teacher.random_init is None)
     tokenizer = load_tokenizer(model_path, "teacher.model")
     data = load_task_data(cfg, tokenizer)
-    spec = data.spec
-    model = build_classifier(cfg.teacher.model, spec, "teacher", random_init=cfg.teacher.random_init,
+    model = build_classifier(cfg.teacher.model, data.spec, "teacher", random_init=cfg.teacher.random_init,
                              max_length=cfg.task.max_length)
-    plan = make_plan(len(data.train), train_cfg, dist.world_size)
+    schedule = make_schedule(len(data.train), train_cfg, dist.world_size)
     ds_cfg = build_ds_config(train_cfg.deepspeed_config or cfg.deepspeed_config, train_cfg, dist.world_size,
-                             plan.total_optimizer_steps, cfg.source, STAGE, hidden_size=model.config.hidden_size)
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=decay_groups(model, train_cfg.weight_decay),
-                                           config=ds_cfg)
-    chash = stage_hash(cfg, STAGE, {"teacher": settings_dict(cfg.teacher), "ds": ds_cfg})
-    ckpts, state = resume(engine, out / "checkpoints" / STAGE, dist, chash, train_cfg.keep_checkpoints,
-                          stage_fingerprint(cfg, STAGE), STAGE, plan.total_micro_steps)
-    log(dist, f"{STAGE}: {len(data.train)} training examples, {plan.total_optimizer_steps} optimizer steps, "
-              f"{dist.world_size} rank(s), ZeRO-{ds_cfg.get('zero_optimization', {}).get('stage', 0)}")
-    scalars = Scalars(out / "tensorboard" / STAGE, dist.is_main)
-    main_split = data.main_split
+                             schedule.total_optimizer_steps, cfg.source, STAGE, hidden_size=model.config.hidden_size)
+    engine = build_engine(model, train_cfg.weight_decay, ds_cfg)
+    trajectory = trajectory_key(cfg, STAGE, {"teacher": settings_dict(cfg.teacher), "ds": ds_cfg})
+    ckpts = Checkpoints(out / "checkpoints" / STAGE, dist, trajectory, train_cfg.keep_checkpoints, fingerprint)
+    state = resume(engine, ckpts, STAGE, schedule.total_micro_steps)
+    log(dist, f"{STAGE}: {len(data.train)} training examples, {schedule.total_optimizer_steps} optimizer steps, "
+              f"{dist.world_size} rank(s), ZeRO-{zero_stage(ds_cfg)}")
 
     def loss_fn(engine_, batch, micro_step):
         logits = engine_(**model_inputs(batch, dist.device)).logits
-        return task_loss(logits, batch["labels"].to(dist.device), spec.regression), {}
+        return task_loss(logits, batch["labels"].to(dist.device), data.spec.regression), {}
 
+    scalars = Scalars(out / "tensorboard" / STAGE, dist.is_main)
     result = train_loop(engine=engine, dist=dist, train_ds=data.train, collate=data.collate, cfg=train_cfg,
-                        seed=cfg.seed, plan=plan, loss_fn=loss_fn,
+                        seed=cfg.seed, schedule=schedule, loss_fn=loss_fn,
                         evaluate=dev_evaluator(engine, data, train_cfg, dist, cfg.seed),
-                        main_metric=f"{main_split}/{spec.main_metric}", ckpts=ckpts, scalars=scalars,
+                        main_metric=f"{data.main_split}/{data.spec.main_metric}", ckpts=ckpts, scalars=scalars,
                         prefix=STAGE, stop=stop or StopRequest(), state=state)
     scalars.close()
     if not result["finished"]:
@@ -73,10 +77,10 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
         return EXIT_PREEMPTED
     state_dict = consolidated_state_dict(engine, ds_cfg)
     if dist.is_main:
-        with atomic_output(out / STAGE, cfg, STAGE) as tmp:
+        with atomic_output(out / STAGE, cfg, STAGE, fingerprint) as tmp:
             save_model(model, tokenizer, tmp, state_dict)
             write_json(tmp / "train_results.json", {
-                "train_examples": len(data.train), "optimizer_steps": plan.total_optimizer_steps,
+                "train_examples": len(data.train), "optimizer_steps": schedule.total_optimizer_steps,
                 **evaluations(result)})
         log(dist, f"{STAGE}: saved {out / STAGE}")
     barrier()

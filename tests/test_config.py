@@ -4,8 +4,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import RunConfig, dump_yaml, from_dict, load_config
+from pipeline.config import RunConfig, from_dict, load_config
 from pipeline.errors import UserError
+from pipeline.schema.hashing import dump_yaml
 
 
 def write(tmp_path: Path, data) -> Path:
@@ -105,7 +106,8 @@ def test_example_jobs_are_valid():
     root = Path(__file__).resolve().parent.parent / "jobs"
     for path in root.glob("*.yaml"):
         load_config(path)
-    from pipeline.study import cell_config, cells, load_study
+    from pipeline.study.cells import cell_config, cells
+    from pipeline.study.spec import load_study
 
     for path in (root / "studies").glob("*.yaml"):  # study files and every run they would start
         spec = load_study(str(path))
@@ -124,7 +126,7 @@ def test_exponent_without_a_dot_is_a_number_not_a_string():
 def test_fingerprints_ignore_options_left_at_their_defaults():
     """A new option whose default keeps the old behaviour must not invalidate finished stages
     and checkpoints: hashes cover only the settings that differ from the defaults."""
-    from pipeline.config import config_hash, settings_dict
+    from pipeline.schema.hashing import config_hash, settings_dict
 
     base = from_dict({"stages": {"teacher": {"epochs": 2}}})
     explicit = from_dict({"stages": {"teacher": {"epochs": 2, "on_nonfinite": "stop", "eval_train_examples": 0}}})
@@ -138,7 +140,7 @@ def test_zero_bucket_sizes_follow_the_model_width():
     """"auto" ZeRO buckets are sized from the hidden size; DeepSpeed's own 5e8-element reduce
     bucket would be a 1 GB buffer beside a 130 MB student."""
     from pipeline.config import TrainConfig
-    from pipeline.ds_config import build_ds_config
+    from pipeline.training.ds_config import build_ds_config
 
     cfg = build_ds_config("ds_configs/zero3_bf16.json", TrainConfig(), 2, 100, "test", "teacher", hidden_size=768)
     zero = cfg["zero_optimization"]

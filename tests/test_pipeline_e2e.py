@@ -6,10 +6,11 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
+from helpers import REPO, scalar_tags, tiny_run_config
 
-from conftest import REPO, tiny_run_config
-from test_training import scalar_tags
+pytestmark = pytest.mark.slow
 
 
 def test_crild_run_two_ranks_all_stages_then_nothing_to_do(tmp_path, tiny_bert, sentiment_dir):
@@ -49,6 +50,6 @@ def test_crild_run_two_ranks_all_stages_then_nothing_to_do(tmp_path, tiny_bert, 
 
     again = subprocess.run(crild, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert again.returncode == 0, again.stderr[-3000:]
-    lines = [l for l in again.stdout.splitlines() if l.startswith("crild:")]
+    lines = [line for line in again.stdout.splitlines() if line.startswith("crild:")]
     assert lines == [f"crild: {s}: complete for this configuration, skipped"
                      for s in ("teacher", "distill", "baseline", "evaluate")]

@@ -38,12 +38,12 @@ def main() -> None:
 
     from transformers import BertConfig, BertForMaskedLM
 
-    from pipeline.augment import AugmentParams, BatchedAugmenter, MaskedLM, OriginalAugmenter, load_vectors
     from pipeline.config import TaskConfig
-    from pipeline.data_sources import load_split
-    from pipeline.models import load_tokenizer, quiet_libraries, resolve_model
-    from pipeline.synthetic import few_sample
-    from pipeline.tasks import TASKS
+    from pipeline.data.augment import AugmentParams, BatchedAugmenter, MaskedLM, OriginalAugmenter, load_vectors
+    from pipeline.data.sources import load_split
+    from pipeline.data.stress import few_sample
+    from pipeline.data.tasks import TASKS
+    from pipeline.models.loading import load_tokenizer, quiet_libraries, resolve_model
 
     quiet_libraries()
     tokenizer = load_tokenizer(resolve_model("all-MiniLM-L6-v2", "bench"), "bench")

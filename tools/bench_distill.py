@@ -80,8 +80,8 @@ def step_flops(lengths: np.ndarray, a) -> float:
 
 def load_batches(a, tokenizer):
     from pipeline.config import TaskConfig
-    from pipeline.data_sources import load_split
-    from pipeline.tasks import get_task
+    from pipeline.data.sources import load_split
+    from pipeline.data.tasks import get_task
 
     ex = load_split(TaskConfig(name="rotten_tomatoes"), get_task("rotten_tomatoes"), "train")
     rng = np.random.default_rng(0)
@@ -124,25 +124,26 @@ def timed(step, batches, warmup: int, device) -> float:
 
 
 def bench_crild(a, teacher, student, batches, device, precision: str, consistency: bool = True):
-    import deepspeed
-
-    from pipeline.config import TrainConfig
-    from pipeline.distill import DistillModule, DistillObjective
-    from pipeline.distributed import init_distributed
-    from pipeline.ds_config import build_ds_config
-    from pipeline.objectives import PhasePlan
-    from pipeline.trainer import decay_groups
+    from pipeline.config import TrainConfig, from_dict
+    from pipeline.distill.layers import LayerLayout
+    from pipeline.distill.objective import DistillObjective
+    from pipeline.distill.presets import Phase
+    from pipeline.distill.student import DistillModule
+    from pipeline.runtime.distributed import init_distributed
+    from pipeline.training.ds_config import build_ds_config
+    from pipeline.training.engine import build_engine
 
     init_distributed()
     module = DistillModule(student, [], teacher.config.hidden_size)
     train = TrainConfig(batch_size=a.batch_size, learning_rate=1e-4)
     ds_cfg = build_ds_config(f"ds_configs/zero0_{precision}.json", train, 1, 1000, "bench", "bench")
-    engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=decay_groups(module, 0.01), config=ds_cfg)
+    engine = build_engine(module, 0.01, ds_cfg)
     if precision == "bf16":
         teacher.to(torch.bfloat16)
-    plan = PhasePlan("ild", {"qkv_relation": 1.0}, consistency, 0.1 if consistency else 0.0)
-    objective = DistillObjective(plan, module, teacher, [(a.student_layers, a.teacher_layers)], a.heads, 1.0, False,
-                                 device, 0, 1000)
+    phase = Phase("ild", {"qkv_relation": 1.0}, consistency, 0.1 if consistency else 0.0)
+    cfg = from_dict({"seed": 0, "stages": {"distill": {"temperature": 1.0}}})
+    objective = DistillObjective(cfg, phase, module, teacher,
+                                 LayerLayout([(a.student_layers, a.teacher_layers)], a.heads), device, 1000)
     micro = [0]
 
     def step(batch):
@@ -172,7 +173,7 @@ def _qkv(model, hidden_in: torch.Tensor):
 def bench_reference(a, teacher, student, batches, device, precision: str):
     """The paper's code structure: all hidden states and attention maps returned, the last
     layer's Q/K/V recomputed from its input, unmasked relation KL, fixed padding."""
-    from pipeline.distill import EmbeddingMixer
+    from pipeline.distill.mixup import EmbeddingMixer, MixedView
 
     opt = torch.optim.AdamW(student.parameters(), lr=1e-4, foreach=False)
     t_mix, s_mix = EmbeddingMixer(teacher), EmbeddingMixer(student)
@@ -185,19 +186,20 @@ def bench_reference(a, teacher, student, batches, device, precision: str):
     def step(batch):
         batch = to(batch, device)
         inputs = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
-        lam = float(max(l := rng.beta(1.0, 1.0), 1 - l))
+        lam = float(max(draw := rng.beta(1.0, 1.0), 1 - draw))
         partner = torch.randperm(inputs["input_ids"].shape[0], device=device)
         inputs["attention_mask"] = inputs["attention_mask"] | inputs["attention_mask"][partner]
+        view = MixedView(lam, partner, inputs["attention_mask"])
         student.train()
         with autocast:
             with torch.no_grad():
-                t_mix.set(lam, partner)
+                t_mix.view = view
                 t_out = teacher(**inputs, output_hidden_states=True, output_attentions=True)
-                t_mix.set(None)
+                t_mix.view = None
                 t_rel = [_relations(x, a.heads) for x in _qkv(teacher, t_out.hidden_states[-2])]
-            s_mix.set(lam, partner)
+            s_mix.view = view
             s_out = student(**inputs, output_hidden_states=True, output_attentions=True)
-            s_mix.set(None)
+            s_mix.view = None
             s_rel = [_relations(x, a.heads) for x in _qkv(student, s_out.hidden_states[-2])]
             loss = sum(kl(t, s) for t, s in zip(t_rel, s_rel))
             with torch.no_grad():
@@ -266,7 +268,7 @@ def main() -> None:
     p.add_argument("--json", help="also write the results here")
     a = p.parse_args()
 
-    from pipeline.models import load_tokenizer, quiet_libraries, resolve_model
+    from pipeline.models.loading import load_tokenizer, quiet_libraries, resolve_model
 
     quiet_libraries()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -71,18 +71,19 @@ def tensor_bytes(roots, seen: set | None = None, depth: int = 5) -> int:
 
 
 def worker(args) -> None:
-    import deepspeed
     import torch
 
     from pipeline.config import RandomInit, TrainConfig, from_dict
-    from pipeline.distill import DistillModule, DistillObjective
-    from pipeline.distributed import init_distributed
-    from pipeline.ds_config import build_ds_config, precision_dtype
-    from pipeline.models import build_classifier, quiet_libraries
-    from pipeline.objectives import PhasePlan
-    from pipeline.stage3_distill import FrozenTeacher
-    from pipeline.tasks import get_task
-    from pipeline.trainer import decay_groups
+    from pipeline.data.tasks import get_task
+    from pipeline.distill.layers import LayerLayout
+    from pipeline.distill.objective import DistillObjective
+    from pipeline.distill.presets import Phase
+    from pipeline.distill.student import DistillModule
+    from pipeline.distill.teacher import FrozenTeacher
+    from pipeline.models.loading import build_classifier, quiet_libraries
+    from pipeline.runtime.distributed import init_distributed
+    from pipeline.training.ds_config import build_ds_config, precision_dtype
+    from pipeline.training.engine import build_engine
 
     quiet_libraries()
     dist = init_distributed()
@@ -111,11 +112,12 @@ def worker(args) -> None:
     module = DistillModule(student, [], args.hidden)
     train = TrainConfig(batch_size=4, learning_rate=1e-4)
     ds_cfg = build_ds_config(args.ds, train, dist.world_size, 10, "bench", "bench", hidden_size=args.hidden)
-    engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=decay_groups(module, 0.01), config=ds_cfg)
+    engine = build_engine(module, 0.01, ds_cfg)
     assert precision_dtype(ds_cfg) == torch.bfloat16
-    plan = PhasePlan("ild", {"qkv_relation": 1.0}, True, 0.1)
-    objective = DistillObjective(plan, module, teacher.model, [(args.student_layers, args.teacher_layers)], args.heads,
-                                 1.0, False, dist.device, 0, 10)
+    phase = Phase("ild", {"qkv_relation": 1.0}, True, 0.1)
+    cfg = from_dict({"seed": 0, "stages": {"distill": {"temperature": 1.0}}})
+    objective = DistillObjective(cfg, phase, module, teacher.model,
+                                 LayerLayout([(args.student_layers, args.teacher_layers)], args.heads), dist.device, 10)
     g = torch.Generator().manual_seed(dist.rank)
     for step in range(2):
         ids = torch.randint(1000, 2000, (4, 64), generator=g)
@@ -136,8 +138,8 @@ def worker(args) -> None:
 
 def save_teacher(folder: Path, layers: int, hidden: int, heads: int) -> None:
     from pipeline.config import RandomInit
-    from pipeline.models import build_classifier, load_tokenizer, resolve_model
-    from pipeline.tasks import get_task
+    from pipeline.data.tasks import get_task
+    from pipeline.models.loading import build_classifier, load_tokenizer, resolve_model
 
     shape = RandomInit(num_layers=layers, hidden_size=hidden, num_heads=heads, intermediate_size=4 * hidden)
     model = build_classifier("all-MiniLM-L6-v2", get_task("rotten_tomatoes"), "teacher", random_init=shape)
@@ -164,7 +166,7 @@ def main() -> None:
         worker(args)
         return
 
-    from pipeline.distributed import free_port
+    from pipeline.runtime.distributed import free_port
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -198,7 +200,7 @@ def main() -> None:
             results[name] = ranks
             key = "peak_allocated" if "student_peak_allocated" in ranks[0] else None
 
-            def mib(k):
+            def mib(k, ranks=ranks):
                 return " / ".join(f"{r[k] / 2**20:.0f}" for r in ranks)
 
             print(f"{name:>22} | {mib('student_state_bytes'):>15} | {mib('teacher_state_bytes'):>15} | "

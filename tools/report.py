@@ -1,146 +1,16 @@
-"""Run (or collect) the paper's method comparison and write a Markdown + PNG report.
+"""The paper's method comparison: ``python tools/report.py [options]`` is ``crild study
+[options]`` (see ``pipeline/study/command.py``), kept for the commands in the README and the
+study files.
 
     python tools/report.py                                  # jobs/studies/offline.yaml
     python tools/report.py --study my_study.yaml --collect-only
-
-Every cell (task x setting x seed x method) is one ``crild run`` of the study's base
-configuration, scored as soon as it completes into a small record under
-``<report_dir>/records/``; the report is written from the records. Recorded cells are not run
-again (even where their run folders are gone: commit the records), complete cells are only
-scored, interrupted ones resume from their checkpoints, so the same command continues a
-study after a crash, a time limit or a move to another machine. ``--collect-only`` writes the
-report of whatever is recorded (scoring complete runs that are not) and lists the rest.
 """
-from __future__ import annotations
-
-import argparse
-import os
-import platform
 import sys
-import time
-from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.errors import UserError, cli_entry  # noqa: E402
-
-
-def _shown(path: str) -> str:
-    rel = os.path.relpath(path)
-    return path if rel.startswith("..") else rel
-
-
-def _selects(prefix: str, label: str) -> bool:
-    """``snli`` and ``snli/noise-0.3`` select snli/noise-0.3/seed42/kd; ``sn`` does not."""
-    return label == prefix or label.startswith(prefix.rstrip("/") + "/")
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--study", default="jobs/studies/offline.yaml", help="study file (YAML)")
-    parser.add_argument("--collect-only", action="store_true", help="run nothing; report what is complete")
-    parser.add_argument("--max-runs", type=int, default=None,
-                        help="run at most this many missing cells, then report")
-    parser.add_argument("--cached-scores", action="store_true",
-                        help="score nothing: report the recorded runs, list the rest")
-    parser.add_argument("--only", action="append", default=[], metavar="PREFIX",
-                        help="run only cells whose label starts with PREFIX (task, task/setting, "
-                             "task/setting/seedN; repeatable), e.g. to share a study between machines; "
-                             "the report still covers the whole study")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="cells run (and scored) at once, never two of one seed; they share the cores")
-    args = parser.parse_args(argv)
-
-    from pipeline.models import quiet_libraries
-    from pipeline.study import cell_done, cells, load_study, run_cells
-    from pipeline.study_records import load_record, weights_digest
-    from pipeline.study_report import write_report
-    from pipeline.tasks import get_task
-
-    quiet_libraries()
-    spec = load_study(args.study)
-    all_cells = cells(spec)  # task, setting, seed, method: one setting's seeds complete first
-    failed, failed_labels, started = [], set(), time.time()
-    intact: set = set()  # (folder, fingerprint) verified in this invocation: hash each output once
-    recorded = {cell for cell in all_cells if load_record(spec, cell)}
-    first_of_seed = {}  # each seed's teacher is recorded once, with the first of its cells that is
-    for cell in all_cells:
-        first_of_seed.setdefault(cell.run_dir, cell)
-    # complete here but not recorded (run before, or with --cached-scores): recorded first, so
-    # that finished work is secured before anything new runs; then the cells still to run
-    unrecorded = [c for c in all_cells if c not in recorded and cell_done(spec, c, intact)]
-    unrecorded += [c for c in first_of_seed.values()  # a seed whose cells are recorded, its teacher not
-                   if c in recorded and weights_digest(c.run_dir / "teacher") and not load_record(spec, c, teacher=True)]
-    to_run = [] if args.collect_only else [c for c in all_cells if c not in recorded and c not in unrecorded
-                                           and not cell_done(spec, c, intact)]
-    if args.only:
-        unknown = [p for p in args.only if not any(_selects(p, c.label) for c in all_cells)]
-        if unknown:
-            raise UserError(f"{args.study}: --only {unknown[0]}: no cell of the study matches "
-                            f"(labels look like {all_cells[0].label})")
-        to_run = [c for c in to_run if any(_selects(p, c.label) for p in args.only)]
-    if args.max_runs is not None:
-        to_run = to_run[:args.max_runs]
-    todo = ([] if args.cached_scores else unrecorded) + to_run
-
-    def on_start(cell) -> None:
-        print(f"report: {'scoring' if cell in unrecorded else 'running'} {cell.label}", flush=True)
-
-    for cell, code, seconds in run_cells(spec, todo, args.jobs, record=not args.cached_scores,
-                                         record_only=frozenset(unrecorded), on_start=on_start):
-        if code != 0:
-            failed.append(f"{cell.label}: exit code {code}, log {cell.run_dir / 'logs' / (cell.method + '.log')}")
-            failed_labels.add(cell.label)
-            print(f"report: {cell.label} failed with exit code {code}", flush=True)
-        else:
-            print(f"report: {cell.label} done in {seconds:.0f} s", flush=True)
-
-    records = defaultdict(lambda: defaultdict(list))
-    teachers, missing, unscored, metric_of = defaultdict(list), [], [], {}
-    for cell in first_of_seed.values():
-        teacher = load_record(spec, cell, teacher=True)
-        if teacher:
-            teachers[(cell.task, cell.setting)].append(teacher["scores"])
-    for cell in all_cells:
-        metric_of[cell.task] = get_task(cell.task).main_metric
-        rec = load_record(spec, cell)
-        if rec is not None:
-            records[(cell.task, cell.setting)][cell.method].append({**rec, "cell": cell})
-        elif cell.label in failed_labels:
-            continue  # listed with its log under "Failed"
-        elif cell in unrecorded:  # complete, not recorded: --cached-scores
-            unscored.append(cell.label)
-        else:
-            missing.append(cell.label)
-
-    import torch
-
-    header = [f"Written by `python tools/report.py --study {args.study}` on {time.strftime('%Y-%m-%d')}; "
-              f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
-              f"{', CUDA' if torch.cuda.is_available() else ', CPU only'}.",
-              f"Base configuration: `{_shown(spec.base)}`; tasks {', '.join(spec.tasks)}; settings "
-              f"{', '.join(f'{k} ({v})' for k, v in spec.settings.items())}; seeds {spec.seeds}."]
-    header += [f"Held-out {task} scores use the first {n:,} examples of each split (`score_max_examples`)."
-               for task, n in spec.score_max_examples.items()]
-    if unscored:
-        header.append(f"{len(unscored)} complete runs are not scored yet (this report was written with "
-                      f"`--cached-scores`); they are listed as missing.")
-    path = write_report(spec, records, teachers, missing + unscored, failed, header, metric_of)
-    print(f"report: wrote {path} ({time.time() - started:.0f} s; {len(missing)} missing, {len(failed)} failed)")
-    return 1 if failed else 0
-
+from pipeline.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    @cli_entry
-    def _entry() -> None:
-        import signal
-
-        # a time limit's SIGTERM stops the running cells too (they checkpoint and resume next time)
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-        try:
-            sys.exit(main())
-        except KeyboardInterrupt:
-            raise UserError("interrupted; rerun the same command to continue the study") from None
-
-    _entry()
+    main(["study", *sys.argv[1:]])

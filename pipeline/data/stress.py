@@ -1,0 +1,65 @@
+"""The paper's overfitting stress tests on a training split: few-sample subsets,
+class imbalance and symmetric label noise, each driven by the run's seed."""
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.data.sources import Examples
+from pipeline.errors import UserError
+
+# Separate streams so that changing one setting does not change the draws of another.
+_FEW_SAMPLE, _IMBALANCE, _NOISE = 1, 2, 3
+
+
+def _rng(seed: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng([seed, stream])
+
+
+def few_sample(ex: Examples, n: int, seed: int) -> Examples:
+    if n >= len(ex):
+        return ex
+    idx = np.sort(_rng(seed, _FEW_SAMPLE).choice(len(ex), size=n, replace=False))
+    return ex.select(idx)
+
+
+def imbalance(ex: Examples, ratio: float, num_labels: int, seed: int) -> Examples:
+    """Long-tailed subsample: the largest class keeps all n_max examples, class of rank i
+    (by size) keeps n_max * ratio**(-i/(C-1)), so largest/smallest = ratio."""
+    counts = np.bincount(ex.labels, minlength=num_labels)
+    present = [c for c in np.argsort(-counts, kind="stable") if counts[c] > 0]
+    if len(present) < 2:
+        raise UserError("task.imbalance_ratio: needs a classification training set with at least two classes")
+    n_max = counts[present[0]]
+    rng = _rng(seed, _IMBALANCE)
+    keep = []
+    for rank, c in enumerate(present):
+        target = int(np.floor(n_max * ratio ** (-rank / (len(present) - 1))))
+        members = np.flatnonzero(ex.labels == c)
+        target = max(1, min(target, len(members)))
+        keep.append(rng.choice(members, size=target, replace=False))
+    return ex.select(np.sort(np.concatenate(keep)))
+
+
+def label_noise(ex: Examples, ratio: float, num_labels: int, seed: int) -> tuple[Examples, np.ndarray]:
+    """Flip each label with probability ``ratio`` to a uniformly drawn *other* class.
+    Returns the noisy examples and the mask of flipped positions."""
+    rng = _rng(seed, _NOISE)
+    flip = rng.random(len(ex)) < ratio
+    shift = rng.integers(1, num_labels, size=len(ex))
+    out = ex.select(np.arange(len(ex)))
+    out.labels = np.where(flip, (ex.labels + shift) % num_labels, ex.labels)
+    return out, flip
+
+
+def apply_settings(ex: Examples, task_cfg, spec, seed: int) -> Examples:
+    """Apply the configured settings in a fixed order: imbalance, few-sample, noise."""
+    needs_classes = task_cfg.imbalance_ratio is not None or task_cfg.label_noise > 0
+    if needs_classes and spec.regression:
+        raise UserError(f"task.imbalance_ratio / task.label_noise: task {spec.name} is a regression task")
+    if task_cfg.imbalance_ratio is not None:
+        ex = imbalance(ex, task_cfg.imbalance_ratio, spec.num_labels, seed)
+    if task_cfg.few_sample is not None:
+        ex = few_sample(ex, task_cfg.few_sample, seed)
+    if task_cfg.label_noise > 0:
+        ex, _ = label_noise(ex, task_cfg.label_noise, spec.num_labels, seed)
+    return ex

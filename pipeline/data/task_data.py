@@ -1,0 +1,60 @@
+"""A task's data as a stage uses it: the tokenized training split (after the stress
+settings) and evaluation splits with their labels, and the collator that pads them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import datasets
+
+from pipeline.data.batching import Collator
+from pipeline.data.sources import available_eval_splits, load_split
+from pipeline.data.stress import apply_settings
+from pipeline.data.tasks import TaskSpec, get_task
+from pipeline.data.tokenized import tokenize_cached
+from pipeline.errors import UserError
+from pipeline.runtime.distributed import main_rank_first
+
+
+@dataclass
+class TaskData:
+    spec: TaskSpec
+    train: Optional[datasets.Dataset]
+    eval: dict  # split -> datasets.Dataset
+    eval_labels: dict  # split -> np.ndarray
+    collate: Collator
+
+    @property
+    def main_split(self) -> str:
+        """The split periodic evaluation scores (the first)."""
+        return next(iter(self.eval))
+
+
+def load_task_data(cfg, tokenizer, eval_splits: Optional[list[str]] = None, with_train: bool = True) -> TaskData:
+    """Tokenized training split and evaluation splits (default: the first available).
+    Rank 0 tokenizes and caches; the other ranks then read the cache."""
+    with main_rank_first():
+        return _load_task_data(cfg, tokenizer, eval_splits, with_train)
+
+
+def _load_task_data(cfg, tokenizer, eval_splits, with_train) -> TaskData:
+    spec = get_task(cfg.task.name)
+    train_ds = None
+    if with_train:
+        train_ex = apply_settings(load_split(cfg.task, spec, "train"), cfg.task, spec, cfg.seed)
+        train_ds = tokenize_cached(train_ex, tokenizer, cfg.task.max_length)
+    available = available_eval_splits(cfg.task, spec)
+    if eval_splits is None:
+        eval_splits = available[:1]
+    for split in eval_splits:
+        if split not in available:
+            raise UserError(f"{cfg.source}: split '{split}' is not available for task {spec.name} "
+                            f"(available: {', '.join(available) or 'none'})")
+    evals, labels = {}, {}
+    for split in eval_splits:
+        ex = load_split(cfg.task, spec, split)
+        if cfg.task.max_eval_examples is not None and len(ex) > cfg.task.max_eval_examples:
+            ex = ex.select(range(cfg.task.max_eval_examples))
+        evals[split] = tokenize_cached(ex, tokenizer, cfg.task.max_length)
+        labels[split] = ex.labels
+    return TaskData(spec, train_ds, evals, labels, Collator(tokenizer.pad_token_id, spec.regression))

@@ -1,0 +1,77 @@
+"""Tokenize examples with a fast tokenizer and cache the result as an Arrow dataset
+keyed by the examples' content, the tokenizer and the maximum length."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import datasets
+
+from pipeline.data.sources import Examples, crild_home
+
+TOKENIZE_BATCH = 2048
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        payload = repr(sorted(tokenizer.get_vocab().items()))
+    else:  # drop the call-time truncation/padding state, which tokenizing itself changes
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+        payload = json.dumps(spec, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def examples_fingerprint(ex: Examples) -> str:
+    h = hashlib.sha256()
+    for text in ex.text_a:
+        h.update(text.encode())
+        h.update(b"\x00")
+    h.update(b"\x01")
+    for text in ex.text_b or []:
+        h.update(text.encode())
+        h.update(b"\x00")
+    h.update(ex.labels.tobytes())
+    h.update(ex.ids.tobytes())
+    return h.hexdigest()[:16]
+
+
+def cache_key(ex: Examples, tokenizer, max_length: int) -> str:
+    return f"{examples_fingerprint(ex)}-{tokenizer_fingerprint(tokenizer)}-{max_length}"
+
+
+def _tokenize(ex: Examples, tokenizer, max_length: int) -> datasets.Dataset:
+    cols = {"input_ids": [], "token_type_ids": [], "length": []}
+    for start in range(0, len(ex), TOKENIZE_BATCH):
+        a = ex.text_a[start:start + TOKENIZE_BATCH]
+        b = ex.text_b[start:start + TOKENIZE_BATCH] if ex.text_b is not None else None
+        enc = tokenizer(a, b, truncation=True, max_length=max_length, padding=False,
+                        return_token_type_ids=True, return_attention_mask=False)
+        cols["input_ids"].extend(enc["input_ids"])
+        cols["token_type_ids"].extend(enc["token_type_ids"])
+        cols["length"].extend(len(x) for x in enc["input_ids"])
+    cols["label"] = ex.labels.tolist()
+    cols["example_id"] = ex.ids.tolist()
+    return datasets.Dataset.from_dict(cols)
+
+
+def tokenize_cached(ex: Examples, tokenizer, max_length: int, cache_dir: Path | None = None) -> datasets.Dataset:
+    """The tokenized dataset for ``ex``; built once and reused by every later stage and run.
+    Written under a temporary name and renamed, so a killed run never leaves half a cache."""
+    cache_dir = Path(cache_dir or crild_home() / "tokenized")
+    final = cache_dir / cache_key(ex, tokenizer, max_length)
+    if (final / "dataset_info.json").is_file():
+        return datasets.load_from_disk(str(final))
+    ds = _tokenize(ex, tokenizer, max_length)
+    tmp = final.with_name(f"{final.name}.tmp{os.getpid()}")
+    ds.save_to_disk(str(tmp))
+    try:
+        tmp.rename(final)
+    except OSError:  # another rank or run finished first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    return datasets.load_from_disk(str(final))

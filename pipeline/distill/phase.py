@@ -1,0 +1,163 @@
+"""One distillation phase, trained: the data it reads, the student it starts from, the
+engine, the objective, resumable training and its output folder
+(``<output_dir>/<output>.phases/<phase>``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import datasets
+
+from pipeline.data.augmented import augmented_examples, verified_augmented
+from pipeline.data.supplementary import supplementary_data
+from pipeline.data.task_data import TaskData
+from pipeline.data.tokenized import tokenize_cached
+from pipeline.distill.layers import LayerLayout, layer_layout
+from pipeline.distill.objective import DistillObjective
+from pipeline.distill.presets import Phase
+from pipeline.distill.student import DistillModule, build_student
+from pipeline.distill.teacher import FrozenTeacher, cached_teacher_logits, teacher_fingerprint
+from pipeline.distill.terms import TERMS
+from pipeline.errors import EXIT_PREEMPTED
+from pipeline.evaluation.periodic import dev_evaluator, evaluations
+from pipeline.evaluation.predict import classifier_forward
+from pipeline.models.loading import save_model
+from pipeline.outputs.atomic import atomic_output, write_json
+from pipeline.outputs.integrity import problems
+from pipeline.outputs.manifest import is_complete, recorded_fingerprint
+from pipeline.runtime.distributed import DistInfo, barrier, decided_by_main, main_rank_first, seed_everything
+from pipeline.runtime.progress import log
+from pipeline.schema.hashing import settings_dict
+from pipeline.training.checkpointing import Checkpoints, resume, trajectory_key
+from pipeline.training.ds_config import build_ds_config, precision_dtype
+from pipeline.training.engine import build_engine, consolidated_state_dict
+from pipeline.training.scalars import Scalars
+from pipeline.training.schedule import make_schedule
+from pipeline.training.stop import StopRequest
+from pipeline.training.trainer import train_loop
+
+STAGE = "distill"
+TOKENIZED_COLUMNS = ["input_ids", "token_type_ids", "length", "label", "example_id"]
+
+
+@dataclass
+class DistillRun:
+    """What every phase of one distillation stage shares."""
+
+    cfg: object  # RunConfig
+    dist: DistInfo
+    data: TaskData
+    tokenizer: object
+    teacher: Optional[FrozenTeacher]
+    fingerprint: str  # the stage's, recorded in every phase folder
+    stop: StopRequest
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.output_dir)
+
+    def phase_folder(self, phase: str) -> Path:
+        return self.out / f"{self.cfg.stages.distill.output}.phases" / phase
+
+    def checkpoint_folder(self, phase: str = "") -> Path:
+        return self.out / "checkpoints" / self.cfg.stages.distill.output / phase
+
+
+def phase_dataset(run: DistillRun, phase: Phase) -> datasets.Dataset:
+    """What ``phase`` trains on: stage 2's augmented set, the supplementary datasets'
+    inputs, the target task's training split, or the latter two merged."""
+    cfg, data, tokenizer = run.cfg, run.data, run.tokenizer
+    distill_cfg = cfg.stages.distill
+    if phase.name in distill_cfg.augmented_phases:  # stage 2's output (originals included, as copy 0)
+        folder = verified_augmented(run.out / "augmented")  # collective: outside main_rank_first
+        with main_rank_first():
+            return tokenize_cached(augmented_examples(folder), tokenizer, cfg.task.max_length)
+    if phase.name == "kd" or not distill_cfg.supplementary:
+        return data.train
+    if phase.name == "ild_supplementary":
+        with main_rank_first():
+            return supplementary_data(cfg, tokenizer, len(data.train), data.spec.regression)
+    if distill_cfg.supplementary_mode == "mixed":
+        with main_rank_first():
+            supp = supplementary_data(cfg, tokenizer, len(data.train), data.spec.regression)
+        train = data.train.select_columns(TOKENIZED_COLUMNS)
+        return datasets.concatenate_datasets([train, supp.cast(train.features)])
+    return data.train
+
+
+def phase_done(run: DistillRun, phase: str) -> bool:
+    """Complete for this configuration, with intact files (else the phase is redone)."""
+    folder = run.phase_folder(phase)
+    if not is_complete(folder) or recorded_fingerprint(folder) != run.fingerprint:
+        return False
+    return decided_by_main(lambda: not problems(folder))  # rank 0 hashes, the others are told
+
+
+def _module(run: DistillRun, phase: Phase, previous: Optional[Path]) -> tuple[DistillModule, LayerLayout]:
+    student = build_student(run.cfg, run.data.spec, previous)
+    teacher_config = run.teacher.model.config if run.teacher is not None else None
+    layout = layer_layout(run.cfg.stages.distill, phase, student.config, teacher_config)
+    projected = sorted({s for s, _ in layout.pairs}) if any(t in ("hidden_mse", "pkd") for t in phase.terms) else []
+    teacher_width = teacher_config.hidden_size if teacher_config is not None else 0
+    return DistillModule(student, projected, teacher_width), layout
+
+
+def _cached_logits(run: DistillRun, phase: Phase, ds, batch_size: int):
+    """The teacher's logits on ``ds`` when the phase needs only those (no mixup, no layers)."""
+    terms = [TERMS[t] for t in phase.terms]
+    if run.teacher is None or phase.mixup or any(t.kinds for t in terms) \
+            or not any(t.needs_teacher_logits for t in terms):
+        return None
+    return cached_teacher_logits(classifier_forward(run.teacher.model, run.dist.device),
+                                 teacher_fingerprint(run.teacher.folder), ds, run.data.collate, batch_size, run.dist)
+
+
+def train_phase(run: DistillRun, phase: Phase, index: int, previous: Optional[Path]) -> int:
+    """Train ``phase`` (resuming from its checkpoint) and write its student; 0, or
+    EXIT_PREEMPTED when stopped on request after a checkpoint."""
+    cfg, dist, data = run.cfg, run.dist, run.data
+    train_cfg = getattr(cfg.stages.distill, phase.name)
+    seed_everything(cfg.seed + index)
+    module, layout = _module(run, phase, previous)
+    ds = phase_dataset(run, phase)
+    schedule = make_schedule(len(ds), train_cfg, dist.world_size)
+    ds_cfg = build_ds_config(train_cfg.deepspeed_config or cfg.deepspeed_config, train_cfg, dist.world_size,
+                             schedule.total_optimizer_steps, cfg.source, f"distill.{phase.name}",
+                             hidden_size=module.student.config.hidden_size)
+    if run.teacher is not None:
+        run.teacher.set_dtype(precision_dtype(ds_cfg))
+    engine = build_engine(module, train_cfg.weight_decay, ds_cfg)
+    objective = DistillObjective(cfg, phase, module, run.teacher.model if run.teacher else None, layout,
+                                 dist.device, schedule.total_micro_steps,
+                                 teacher_logits=_cached_logits(run, phase, ds, train_cfg.eval_batch_size))
+    trajectory = trajectory_key(cfg, STAGE, {
+        "phase": phase.name, "student": settings_dict(cfg.student), "ds": ds_cfg,
+        "teacher": teacher_fingerprint(run.teacher.folder) if run.teacher else None})
+    ckpts = Checkpoints(run.checkpoint_folder(phase.name), dist, trajectory, train_cfg.keep_checkpoints,
+                        run.fingerprint, extra=(objective.save_extra, objective.load_extra))
+    state = resume(engine, ckpts, phase.name, schedule.total_micro_steps)
+    log(dist, f"{phase.name}: {len(ds)} examples, {schedule.total_optimizer_steps} optimizer steps, terms "
+              f"{phase.terms}, mixup {phase.mixup}, consistency {phase.consistency}, layers {layout.pairs}")
+    scalars = Scalars(run.out / "tensorboard" / cfg.stages.distill.output, dist.is_main)
+    # the classifier is not trained during ILD: nothing to score there
+    evaluate = (lambda: {}) if phase.is_ild else dev_evaluator(engine, data, train_cfg, dist, cfg.seed)
+    result = train_loop(engine=engine, dist=dist, train_ds=ds, collate=data.collate, cfg=train_cfg, seed=cfg.seed,
+                        schedule=schedule, loss_fn=objective, evaluate=evaluate,
+                        main_metric=f"{data.main_split}/{data.spec.main_metric}", ckpts=ckpts, scalars=scalars,
+                        prefix=phase.name, stop=run.stop, state=state)
+    scalars.close()
+    if not result["finished"]:
+        log(dist, f"{phase.name}: stopped at micro-step {result['micro_step']}; checkpoint saved, run again to resume")
+        return EXIT_PREEMPTED
+    full = consolidated_state_dict(engine, ds_cfg)
+    if dist.is_main:
+        student_sd = {k[len("student."):]: v for k, v in full.items() if k.startswith("student.")}
+        with atomic_output(run.phase_folder(phase.name), cfg, STAGE, run.fingerprint) as tmp:
+            save_model(module.student, run.tokenizer, tmp, student_sd)
+            write_json(tmp / "train_results.json", {
+                "phase": phase.name, "terms": phase.terms, "mixup": phase.mixup, "consistency": phase.consistency,
+                "layer_pairs": layout.pairs, "examples": len(ds), "optimizer_steps": schedule.total_optimizer_steps,
+                "teacher_forwards": objective.teacher_forwards, **evaluations(result)})
+    barrier()
+    return 0

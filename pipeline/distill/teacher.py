@@ -1,0 +1,101 @@
+"""The teacher as distillation uses it: the folder it comes from (checked), the frozen model
+(optionally partitioned with ZeRO-3), and its logits on fixed inputs, computed once per
+(teacher, tokenized dataset), stored beside the dataset and reused by every epoch and run."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from pipeline.errors import UserError
+from pipeline.evaluation.predict import predict_logits
+from pipeline.models.loading import build_classifier, resolve_model
+from pipeline.outputs.atomic import verified
+from pipeline.outputs.manifest import is_complete
+from pipeline.runtime.distributed import DistInfo, barrier
+from pipeline.training.ds_config import fill_zero_buckets, load_ds_json, zero_stage
+
+
+def teacher_folder(cfg) -> Path:
+    """``stages.distill.teacher_model``, or the run's own teacher (complete and intact)."""
+    distill_cfg = cfg.stages.distill
+    if distill_cfg.teacher_model:
+        return Path(resolve_model(distill_cfg.teacher_model, "stages.distill.teacher_model"))
+    folder = Path(cfg.output_dir) / "teacher"
+    if not is_complete(folder):
+        raise UserError(f"{folder}: no complete teacher; run the teacher stage first "
+                        f"(crild run, or stage1_teacher.py) or set stages.distill.teacher_model")
+    return verified(folder, "the teacher")
+
+
+class FrozenTeacher:
+    """The teacher: frozen, eval mode, no gradients. With ``teacher_deepspeed_config`` at
+    ZeRO-3 its parameters are partitioned over the ranks (transformers' DeepSpeed
+    integration builds it already partitioned), for teachers too large for one device."""
+
+    def __init__(self, cfg, folder: Path, spec, dist: DistInfo):
+        self.folder = folder
+        self.partitioned = False
+        path = cfg.stages.distill.teacher_deepspeed_config
+        if path is not None:
+            _, teacher_ds = load_ds_json(path, cfg.source)
+            if zero_stage(teacher_ds) == 3:
+                self.model = self._partitioned(teacher_ds, folder, spec, dist)
+                self.partitioned = True
+                return
+        self.model = build_classifier(str(folder), spec, "stages.distill.teacher_model")
+        self.model.to(device=dist.device).eval().requires_grad_(False)
+
+    @staticmethod
+    def _partitioned(teacher_ds: dict, folder: Path, spec, dist: DistInfo) -> torch.nn.Module:
+        import deepspeed
+        from transformers.integrations import HfDeepSpeedConfig
+
+        teacher_ds = {k: v for k, v in teacher_ds.items() if k not in ("optimizer", "scheduler")}
+        fill_zero_buckets(teacher_ds, json.loads((folder / "config.json").read_text())["hidden_size"])
+        teacher_ds.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1,
+                          train_batch_size=dist.world_size)
+        hf_ds = HfDeepSpeedConfig(teacher_ds)  # while alive, from_pretrained builds partitioned models
+        model = build_classifier(str(folder), spec, "stages.distill.teacher_model")
+        engine, _, _, _ = deepspeed.initialize(model=model, config=teacher_ds)
+        del hf_ds  # the student must not be partitioned: it trains under its own ZeRO stage
+        return engine.module.eval().requires_grad_(False)
+
+    def set_dtype(self, dtype: torch.dtype) -> None:
+        """Run in the student engine's precision (a partitioned teacher keeps its own)."""
+        if not self.partitioned:
+            self.model.to(dtype)
+
+
+def teacher_fingerprint(folder: str | Path) -> str:
+    """Content hash of a model folder's config and weights."""
+    h = hashlib.sha256()
+    folder = Path(folder)
+    for name in ("config.json", "model.safetensors", "model.safetensors.index.json"):
+        p = folder / name
+        if p.is_file():
+            with open(p, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 24), b""):
+                    h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def dataset_dir(ds) -> Path:
+    return Path(ds.cache_files[0]["filename"]).parent
+
+
+def cached_teacher_logits(forward, teacher_id: str, ds, collate, batch_size: int, dist: DistInfo) -> torch.Tensor:
+    """(len(ds), num_labels) float32 teacher logits on the clean training inputs."""
+    path = dataset_dir(ds) / f"teacher_logits-{teacher_id}.safetensors"
+    if not path.is_file():
+        logits = predict_logits(forward, ds, collate, batch_size, dist)  # sharded over ranks
+        if dist.is_main:
+            tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+            save_file({"logits": torch.from_numpy(logits).float()}, str(tmp))
+            tmp.rename(path)
+        barrier()
+    return load_file(str(path))["logits"]

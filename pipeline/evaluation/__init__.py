@@ -1,0 +1,1 @@
+"""Evaluation: sharded prediction, GLUE metrics, the flatness probe, results tables."""

@@ -1,0 +1,1 @@
+"""Launching stages: chaining them locally, the launcher command, Slurm jobs and signals."""

@@ -1,0 +1,86 @@
+"""``crild run``: the run's stages chained, each as its own process, skipping stages whose
+output is complete for the same configuration and inputs."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from pipeline.config import RunConfig, stage_config
+from pipeline.errors import EXIT_PREEMPTED, UserError
+from pipeline.launch.command import stage_command
+from pipeline.launch.signals import StageForwarder
+from pipeline.launch.slurm import in_slurm_allocation, requeue_self, slurm_rendezvous
+from pipeline.outputs.integrity import problems
+from pipeline.outputs.manifest import is_complete, recorded_fingerprint
+from pipeline.stages import STAGES, stage_fingerprint
+from pipeline.training.checkpointing import archive_stale, remove_checkpoints
+
+
+def stage_is_done(cfg: RunConfig, name: str, known_intact: Optional[set] = None) -> bool:
+    """Complete, for this configuration and these inputs, and its files intact.
+
+    ``known_intact`` (a set the caller keeps) remembers the (folder, fingerprint) pairs
+    already verified, so that an output several runs share (a study's teacher) is hashed
+    once per caller instead of once per question."""
+    cfg = stage_config(cfg, name)
+    folder = Path(cfg.output_dir) / STAGES[name].output(cfg)
+    fingerprint = stage_fingerprint(cfg, name)
+    if not (is_complete(folder) and recorded_fingerprint(folder) == fingerprint):
+        return False
+    key = (str(folder.resolve()), fingerprint)
+    if known_intact is not None and key in known_intact:
+        return True
+    bad = problems(folder)
+    if bad:
+        print(f"crild: {name}: output failed its integrity check ({bad[0]}); redoing the stage", flush=True)
+    elif known_intact is not None:
+        known_intact.add(key)
+    return not bad
+
+
+def _stopped(name: str) -> int:
+    """After a stage checkpointed on request: requeue the Slurm job, or tell the user."""
+    if os.environ.get("SLURM_JOB_ID") and requeue_self():
+        print(f"crild: {name}: checkpointed; job {os.environ['SLURM_JOB_ID']} requeued to resume", flush=True)
+        return 0
+    print(f"crild: {name}: stopped on request after a checkpoint; run again to resume", flush=True)
+    return EXIT_PREEMPTED
+
+
+def run_pipeline(cfg: RunConfig, config_path: str, overrides: list[str], force: bool = False,
+                 only: list[str] | None = None) -> int:
+    """Run the configured stages (or ``only`` these) in order. Inside a Slurm job a stop
+    request checkpoints the running stage and requeues the job, which then resumes."""
+    forwarder = StageForwarder()
+    env = os.environ.copy()
+    if in_slurm_allocation():
+        env.update(slurm_rendezvous())
+    redo = force  # once a stage runs, every later stage runs too: its inputs are changing
+    for name in only or cfg.pipeline:
+        if forwarder.received:
+            break
+        ckpt_dir = STAGES[name].checkpoints(stage_config(cfg, name))
+        if not redo and stage_is_done(cfg, name):
+            print(f"crild: {name}: complete for this configuration, skipped", flush=True)
+            if ckpt_dir:  # left by a stage killed between publishing its output and clearing them
+                remove_checkpoints(Path(cfg.output_dir) / ckpt_dir)
+            continue
+        redo = True
+        if ckpt_dir:
+            moved = archive_stale(Path(cfg.output_dir) / ckpt_dir, stage_fingerprint(stage_config(cfg, name), name))
+            if moved:
+                print(f"crild: {name}: configuration or inputs changed since its checkpoints were written; "
+                      f"moved them to {moved}", flush=True)
+        cmd = stage_command(cfg, name, config_path, overrides)
+        print(f"crild: {name}: running {' '.join(cmd)}", flush=True)
+        code = forwarder.run(cmd, env)
+        if code == EXIT_PREEMPTED or (forwarder.received and code != 0):
+            return _stopped(name)
+        if code != 0:
+            raise UserError(f"stage '{name}' failed with exit code {code}; see the output above")
+    if forwarder.received:  # arrived between stages: nothing to checkpoint, come back later
+        if os.environ.get("SLURM_JOB_ID") and requeue_self():
+            return 0
+        return EXIT_PREEMPTED
+    return 0

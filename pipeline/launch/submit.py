@@ -1,0 +1,87 @@
+"""`crild submit`: one Slurm job per stage, chained with afterok dependencies.
+
+Each job runs ``crild run CONFIG --only STAGE`` through jobs/crild_stage.sbatch with the
+run's rank count as its task count. When a stage fails, Slurm cancels its dependents
+(DependencyParameters=kill_invalid_depend) and this command reports which stage failed and
+where its log is.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipeline.config import RunConfig
+from pipeline.errors import UserError
+from pipeline.launch.local import stage_is_done
+from pipeline.schema.paths import REPO_ROOT
+
+STAGE_SCRIPT = REPO_ROOT / "jobs" / "crild_stage.sbatch"
+FINAL_OK = {"COMPLETED"}
+FINAL_BAD = {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+
+
+def _run(cmd: list[str]) -> str:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise UserError(f"'{cmd[0]}' not found: Slurm's client commands are needed for crild submit") from None
+    if proc.returncode != 0:
+        raise UserError(f"{' '.join(cmd[:2])} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr else ''}")
+    return proc.stdout.strip()
+
+
+def job_state(job: str) -> str:
+    out = subprocess.run(["scontrol", "show", "job", job, "-o"], capture_output=True, text=True).stdout
+    for field in out.split():
+        if field.startswith("JobState="):
+            return field.split("=", 1)[1]
+    out = subprocess.run(["sacct", "-c", "-n", "-X", "-j", job, "-o", "State"], capture_output=True, text=True)
+    return (out.stdout.split() or ["UNKNOWN"])[0]
+
+
+def submit(cfg: RunConfig, config_path: str, overrides: list[str], wait: bool = True,
+           extra_sbatch: list[str] | None = None, poll_s: float = 2.0) -> int:
+    log_dir = Path(cfg.output_dir).resolve() / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    jobs: list[tuple[str, str, Path]] = []
+    previous = None
+    for name in cfg.pipeline:
+        if previous is None and stage_is_done(cfg, name):  # after a submitted stage, all later ones run
+            print(f"crild: {name}: complete for this configuration, not submitted", flush=True)
+            continue
+        log = log_dir / f"{name}-%j.out"
+        cmd = ["sbatch", "--parsable", f"--job-name=crild-{name}", f"--ntasks={cfg.num_ranks}",
+               f"--output={log}", "--open-mode=append", "--requeue",
+               f"--export=ALL,CRILD_PYTHON={sys.executable}", *(extra_sbatch or [])]
+        if previous:
+            cmd.append(f"--dependency=afterok:{previous}")
+        cmd += [str(STAGE_SCRIPT), str(Path(config_path).resolve()), name, *overrides]
+        job = _run(cmd).split(";")[0]
+        log_path = Path(str(log).replace("%j", job))
+        print(f"crild: {name}: submitted job {job} (log {log_path})", flush=True)
+        jobs.append((name, job, log_path))
+        previous = job
+    if not wait or not jobs:
+        return 0
+    pending = {job for _, job, _ in jobs}
+    states: dict[str, str] = {}
+    while pending:
+        for job in sorted(pending):
+            state = job_state(job)
+            if state in FINAL_OK | FINAL_BAD:
+                states[job] = state
+                pending.discard(job)
+        if pending:
+            time.sleep(poll_s)
+    failed = [(n, j, log) for n, j, log in jobs if states[j] not in FINAL_OK and states[j] != "CANCELLED"]
+    for name, job, _ in jobs:
+        print(f"crild: {name}: job {job} {states[job]}", flush=True)
+    if failed:
+        name, job, log = failed[0]
+        raise UserError(f"stage '{name}' failed (job {job}, {states[job]}); its log is {log}; "
+                        f"dependent stages were cancelled")
+    if any(states[j] != "COMPLETED" for _, j, _ in jobs):
+        raise UserError("some stages were cancelled; see the job states above")
+    return 0

@@ -1,0 +1,1 @@
+"""Encoders: loading and saving transformers models, and hooks that capture their layers."""

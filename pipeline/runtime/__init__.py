@@ -1,0 +1,1 @@
+"""The process: ranks and collectives, progress lines, fault injection for crash tests."""

@@ -1,0 +1,194 @@
+"""Process-group set-up for the deepspeed launcher, torchrun, Slurm and plain ``python``."""
+from __future__ import annotations
+
+import os
+import random
+import socket
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import numpy as np
+import torch
+
+from pipeline.errors import UserError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _from_slurm() -> None:
+    """srun with one task per GPU: map Slurm's variables to torch.distributed's."""
+    if "SLURM_PROCID" in os.environ and "RANK" not in os.environ and "SLURM_NTASKS" in os.environ:
+        os.environ["RANK"] = os.environ["SLURM_PROCID"]
+        os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
+        os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+        per_node = (os.environ.get("SLURM_STEP_TASKS_PER_NODE") or os.environ.get("SLURM_NTASKS_PER_NODE")
+                    or os.environ.get("SLURM_TASKS_PER_NODE") or "1")
+        os.environ.setdefault("LOCAL_WORLD_SIZE", per_node.split("(")[0].split(",")[0])
+
+
+def local_world_size() -> int:
+    for key in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE"):
+        if os.environ.get(key):
+            return int(os.environ[key])
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def set_threads() -> int:
+    """One share of the cores per local rank, so ranks never oversubscribe the machine
+    (an explicit OMP_NUM_THREADS wins)."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        n = int(os.environ["OMP_NUM_THREADS"])
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        n = max(1, cores // max(1, local_world_size()))
+    torch.set_num_threads(n)
+    return n
+
+
+def init_distributed() -> DistInfo:
+    """Initialise (once) the process group: NCCL on CUDA, gloo on CPU. Works without a
+    launcher by defaulting to a single rank on loopback."""
+    _from_slurm()
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if os.environ["WORLD_SIZE"] == "1":
+        # one rank needs no agreed port: a free one, even if MASTER_PORT was inherited from a
+        # parent process that still holds it
+        os.environ["MASTER_PORT"] = str(free_port())
+    os.environ.setdefault("MASTER_PORT", "29500")
+    set_threads()
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # chosen anyway; this only silences a warning
+    import deepspeed
+
+    cuda = torch.cuda.is_available()
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    if not torch.distributed.is_initialized():
+        # a rank that hangs (not dies) makes the others' next collective fail after this long
+        timeout = timedelta(seconds=float(os.environ.get("CRILD_COLLECTIVE_TIMEOUT_S", "600")))
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False, timeout=timeout)
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    info = DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, device)
+    if not cuda:
+        release_shm_buffer(info)
+    return info
+
+
+SHM_DIR = Path("/dev/shm")
+
+
+def shm_buffer_name(rank: int) -> str:
+    """The name DeepSpeed's CPU shared-memory allreduce gives a rank's buffer
+    (csrc/cpu/comm/shm.cpp: ``deepspeed_allreduce_buffer_<uid>_<MASTER_ADDR>_<MASTER_PORT>_<rank>``)."""
+    return (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{rank}")
+
+
+def release_shm_buffer(info: DistInfo) -> None:
+    """DeepSpeed on CPU, when every rank is local (the launcher sets LOCAL_SIZE), gives each
+    rank a 66 MB buffer in /dev/shm and never removes it, so every multi-rank CPU run would
+    keep that much RAM until reboot. Once every rank has
+    mapped every peer's buffer (the barrier; DeepSpeed maps them while initialising) the
+    names can go: the mappings stay valid, and a rank killed later leaves nothing behind."""
+    if info.world_size > 1:
+        torch.distributed.barrier()  # every rank, buffers or not: a barrier some ranks skip would hang
+    try:
+        (SHM_DIR / shm_buffer_name(info.rank)).unlink()
+    except FileNotFoundError:
+        pass
+
+
+def array_task() -> tuple[int, int] | None:
+    """(index, count) of this process in a Slurm job array, if it is one."""
+    if "SLURM_ARRAY_TASK_ID" in os.environ and "SLURM_ARRAY_TASK_COUNT" in os.environ:
+        return int(os.environ["SLURM_ARRAY_TASK_ID"]) - int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0")), \
+            int(os.environ["SLURM_ARRAY_TASK_COUNT"])
+    return None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def all_reduce_max(value: float) -> float:
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    if torch.cuda.is_available():
+        t = t.cuda()
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return float(t.item())
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64)
+    if torch.cuda.is_available():
+        t = t.cuda()
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def decided_by_main(fn: Callable[[], T]) -> T:
+    """``fn()`` run on rank 0 only (e.g. hashing a large folder), its answer given to every
+    rank; a UserError there is raised on every rank. Collective: never call it inside
+    ``main_rank_first``."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return fn()
+    answer = [None]
+    if torch.distributed.get_rank() == 0:
+        try:
+            answer = [("ok", fn())]
+        except UserError as err:
+            answer = [("error", str(err))]
+    torch.distributed.broadcast_object_list(answer, src=0)
+    kind, value = answer[0]
+    if kind == "error":
+        raise UserError(value)
+    return value
+
+
+@contextmanager
+def main_rank_first():
+    """Rank 0 runs the block first (filling caches), then the other ranks."""
+    distributed = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+    if distributed and torch.distributed.get_rank() != 0:
+        torch.distributed.barrier()
+    try:
+        yield
+    finally:
+        if distributed and torch.distributed.get_rank() == 0:
+            torch.distributed.barrier()

@@ -1,0 +1,107 @@
+"""Reading configuration files: YAML that refuses duplicate keys, ``section.key=value``
+overrides applied before validation, and any validation error turned into one line that
+names the file, the dotted key, what was expected and what was given."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from pipeline.errors import UserError
+from pipeline.schema.messages import error_line
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class DuplicateKey(yaml.YAMLError):
+    def __init__(self, key, first: int, second: int):
+        super().__init__(f"duplicate key '{key}'")
+        self.key, self.first, self.second = key, first, second
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error (PyYAML
+    keeps the last value silently, even for whole sections)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            first = seen.setdefault(key, key_node.start_mark.line + 1)
+        except TypeError:  # an unhashable key: PyYAML's own error follows
+            continue
+        if first != key_node.start_mark.line + 1:
+            raise DuplicateKey(key, first, key_node.start_mark.line + 1)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def read_yaml(path: str | os.PathLike, what: str = "config file") -> dict:
+    """The mapping at the top of a YAML file (empty file: {})."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {what} not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+    except DuplicateKey as err:
+        raise UserError(f"{path}: duplicate key '{err.key}' on lines {err.first} and {err.second}; "
+                        f"a key may appear once per section") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}:{where} is not valid YAML ({getattr(err, 'problem', err)})") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``section.key=value`` with the value read as YAML (``a=[1, 2]``, ``b=null``)."""
+    if "=" not in text or text.startswith("="):
+        raise UserError(f"override '{text}': expected section.key=value")
+    key, _, value = text.partition("=")
+    try:
+        parsed = yaml.safe_load(value) if value != "" else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def apply_override(raw: dict, text: str, source: str) -> None:
+    dotted, value = parse_override(text)
+    where = f"{source} (override '{text}')"
+    parts = dotted.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise UserError(f"{where}: override '{dotted}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def validate(model: type[M], raw: dict, source: str, overrides: list[str] | None = None) -> M:
+    """``raw`` (plus overrides) as a ``model``; any problem is one UserError line."""
+    raw = json.loads(json.dumps(raw))  # deep copy, plain types only
+    for text in overrides or []:
+        apply_override(raw, text, source)
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(error_line(err, model, source)) from None

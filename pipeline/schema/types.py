@@ -1,0 +1,58 @@
+"""The base model and the bounded value types of crild's configuration files.
+
+Every model is strict (no silent coercion: ``"yes"`` is not a boolean, ``2.0`` is not an
+integer), refuses unknown keys and non-finite numbers. A bounded type carries the phrase
+that error messages use for it (``Expect``), so a message reads "expected a ratio in
+[0, 1), got 1.5" rather than pydantic's wording.
+"""
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+from pipeline.schema.messages import Expect, field_error, suggest
+
+
+class Strict(BaseModel):
+    """Base of every configuration section."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, validate_default=False)
+
+
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _yaml11_float(value):
+    """'2e-4': YAML 1.1 (PyYAML) reads exponents without a dot as strings; users write them."""
+    if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
+Float = Annotated[float, BeforeValidator(_yaml11_float)]
+PositiveInt = Annotated[int, Field(ge=1), Expect("a positive integer")]
+NonNegativeInt = Annotated[int, Field(ge=0), Expect("an integer >= 0")]
+PositiveFloat = Annotated[Float, Field(gt=0), Expect("a positive number")]
+NonNegativeFloat = Annotated[Float, Field(ge=0), Expect("a number >= 0")]
+Ratio = Annotated[Float, Field(ge=0, lt=1), Expect("a ratio in [0, 1)")]
+Fraction = Annotated[Float, Field(ge=0, le=1), Expect("a ratio in [0, 1]")]
+Probability = Annotated[Float, Field(ge=0, le=1), Expect("a probability in [0, 1]")]
+# numpy's legacy seeding takes [0, 2**32); torch and default_rng take more, so this is the bound
+Seed = Annotated[int, Field(ge=0, lt=2**32), Expect("a seed in [0, 4294967295]")]
+
+
+def one_of(names, noun: str, always_list: bool = False):
+    """A string that must be one of a registry's names (tasks, presets, terms, stages): the
+    error names the nearest one, and lists them all when none is near (or always)."""
+    names = tuple(names)
+
+    def check(value: str) -> str:
+        if value not in names:
+            hint = suggest(value, names)
+            known = f" (known: {', '.join(names)})" if always_list or not hint else ""
+            raise field_error(f"unknown {noun} '{value}'{hint}{known}")
+        return value
+
+    return Annotated[str, AfterValidator(check), Expect(f"a {noun} name")]

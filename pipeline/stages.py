@@ -1,0 +1,94 @@
+"""The stage registry: every stage's script, output folder, checkpoint folder and
+fingerprint. The configuration's ``pipeline:`` list, the ``crild`` command and the launcher
+all read it; adding a stage is one entry here plus its script.
+
+A stage's fingerprint is a hash of everything its output depends on: its settings, the
+DeepSpeed config's text and the fingerprints of the outputs it reads. A stage script
+records it in its output's manifest; ``crild run`` skips a stage whose complete output has
+the fingerprint it would run with, and redoes it otherwise.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from pipeline.outputs.manifest import recorded_fingerprint
+from pipeline.schema.hashing import config_hash, settings_dict
+from pipeline.schema.paths import resolve_path
+
+DISTILL_PHASES = ("ild_supplementary", "ild", "kd")  # the sections of stages.distill that train
+
+
+def ds_json_text(cfg, path: str | None) -> str:
+    """The text of a DeepSpeed config: ``path`` (a per-stage override) or the run's own."""
+    return resolve_path(path or cfg.deepspeed_config, "deepspeed_config", cfg.source).read_text()
+
+
+def _teacher_fingerprint(cfg) -> str:
+    return config_hash({"seed": cfg.seed, "task": settings_dict(cfg.task), "teacher": settings_dict(cfg.teacher),
+                        "train": settings_dict(cfg.stages.teacher),
+                        "ds": ds_json_text(cfg, cfg.stages.teacher.deepspeed_config)})
+
+
+def _augment_fingerprint(cfg) -> str:
+    return config_hash({"seed": cfg.seed, "task": settings_dict(cfg.task), "tokenizer": cfg.student.backbone,
+                        "augment": settings_dict(cfg.stages.augment)})
+
+
+def _distill_fingerprint(cfg) -> str:
+    d = cfg.stages.distill
+    ds = {p: ds_json_text(cfg, getattr(d, p).deepspeed_config) for p in DISTILL_PHASES}
+    teacher = recorded_fingerprint(Path(cfg.output_dir) / "teacher") if not d.teacher_model else d.teacher_model
+    augmented = recorded_fingerprint(Path(cfg.output_dir) / "augmented") if d.augmented_phases else None
+    return config_hash({"seed": cfg.seed, "task": settings_dict(cfg.task),
+                        "student": settings_dict(cfg.student), "distill": settings_dict(d), "ds": ds,
+                        "teacher": teacher, "augmented": augmented})
+
+
+def _evaluate_fingerprint(cfg) -> str:
+    out = Path(cfg.output_dir)
+    upstream = {name: recorded_fingerprint(out / name) for name in ("teacher", "student", "student_finetuned")}
+    return config_hash({"task": settings_dict(cfg.task), "evaluate": settings_dict(cfg.stages.evaluate),
+                        "upstream": upstream})
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    script: str  # under pipeline/
+    help: str
+    output: Callable  # cfg -> its folder under output_dir
+    fingerprint: Callable  # cfg -> str
+    overrides: tuple = ()  # configuration overrides this stage always runs with
+    checkpoints: Callable = lambda cfg: ""  # cfg -> its checkpoint folder under output_dir ("" : none)
+
+    @property
+    def module(self) -> str:
+        return f"pipeline.{Path(self.script).stem}"
+
+
+BASELINE_OVERRIDES = ("stages.distill.preset=finetune", "stages.distill.output=student_finetuned",
+                      "stages.distill.phases=null", "stages.distill.supplementary=[]",
+                      "stages.distill.augmented_phases=[]")
+
+STAGES: dict[str, Stage] = {s.name: s for s in [
+    Stage("teacher", "stage1_teacher.py", "stage 1: fine-tune the teacher", lambda c: "teacher",
+          _teacher_fingerprint, checkpoints=lambda c: "checkpoints/teacher"),
+    Stage("augment", "stage2_augment.py", "stage 2: TinyBERT-style augmented data", lambda c: "augmented",
+          _augment_fingerprint),
+    Stage("distill", "stage3_distill.py", "stage 3: distil the teacher into the student",
+          lambda c: c.stages.distill.output, _distill_fingerprint,
+          checkpoints=lambda c: f"checkpoints/{c.stages.distill.output}"),
+    Stage("baseline", "stage3_distill.py", "the same student fine-tuned without a teacher, for comparison",
+          lambda c: c.stages.distill.output, _distill_fingerprint, BASELINE_OVERRIDES,
+          checkpoints=lambda c: f"checkpoints/{c.stages.distill.output}"),
+    Stage("evaluate", "stage4_evaluate.py", "stage 4: evaluate model folders on dev/test", lambda c: "eval",
+          _evaluate_fingerprint),
+]}
+
+
+def stage_fingerprint(cfg, name: str) -> str:
+    """What stage ``name``'s output depends on, for ``cfg`` as that stage runs it (the
+    baseline's overrides applied: see ``pipeline.config.stage_config``)."""
+    return STAGES[name].fingerprint(cfg)

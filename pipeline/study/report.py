@@ -1,0 +1,187 @@
+"""The study's report, written from its records: per task and setting a table of mean and
+std over seeds (best dev labelled optimistic, last checkpoint, held-out split), the plots,
+and the checks of the paper's findings, per group and pooled; Markdown, the same page as
+HTML, and summary.json. A partial study says what is missing."""
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.study.findings import FINDINGS, VERDICT_RULE, Check, check_finding, check_json, flat_drop, pooled_checks
+from pipeline.study.plots import flatness_plot, gap_plot, loss_plot, method_colors
+from pipeline.study.spec import StudySpec
+
+
+def _mean_std(values) -> tuple[float, float, int]:
+    v = [x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    if not v:
+        return float("nan"), float("nan"), 0
+    return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v)
+
+
+def _fmt(values, scale: float = 100.0) -> str:
+    m, s, n = _mean_std(values)
+    return "–" if n == 0 else f"{m * scale:.2f} ± {s * scale:.2f}"
+
+
+def _check_line(check: Check, split: str, metric: str) -> str:
+    unit = {"test": f"{split} {metric}", "gap": "train-dev gap",
+            "flat": "score drop at the largest perturbation"}[check.what]
+    se = "n/a" if math.isinf(check.se) else f"{check.se * 100:.2f}"
+    return (f"- **{check.verdict}**: {check.statement}. {check.better} {check.mean_better * 100:.2f} vs "
+            f"{check.worse} {check.mean_worse * 100:.2f} ({unit}, x100; paired difference {check.diff * 100:+.2f}, "
+            f"standard error {se}, {len(check.diffs)} seeds)")
+
+
+
+def write_report(spec: StudySpec, records: dict, teachers: dict, missing: list[str], failed: list[str],
+                 header: list[str], metric_of: dict) -> Path:
+    """``records``: (task, setting) -> method -> [record per seed]; ``teachers``: (task, setting)
+    -> [teacher scores per seed]."""
+    out = Path(spec.report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    total = len(spec.tasks) * len(spec.settings) * len(spec.seeds) * len(spec.methods)
+    done = sum(len(v) for g in records.values() for v in g.values())
+    lines = ["# Distillation methods compared in the paper's overfitting settings", "", *header, "",
+             f"**{done} of {total} runs complete.**" + ("" if done == total else " This report is partial."), ""]
+    if missing:
+        lines += ["Missing (not run yet, or interrupted; rerun the same command to continue):", ""]
+        lines += _missing_lines(missing, len(spec.seeds) * len(spec.methods)) + [""]
+    if failed:
+        lines += ["Failed (see each log):", ""] + [f"- {m}" for m in failed] + [""]
+    held_split = next((s for s in spec.eval_splits if s != "dev"), "dev")
+    per_group: dict[str, list[Check]] = {}
+    colors = method_colors(spec.methods)
+    for (task, setting), groups in records.items():
+        metric = metric_of[task]
+        slug = f"{task}_{setting}".replace("/", "-")
+        lines += [f"## {task}, {setting}", "",
+                  f"Mean ± std over seeds of {metric} (x100). *Best dev* is the best of the periodic dev "
+                  f"evaluations, the reference code's optimistic pick; *last* is the final student; "
+                  f"*{held_split}* is held out and scored once, on the last checkpoint. The gap is train minus "
+                  f"dev {metric} at the end of prediction-layer training; *flat drop* is dev {metric} lost at "
+                  f"the largest weight perturbation (smaller is flatter).", "",
+                  f"| method | seeds | best dev (optimistic) | dev, last | {held_split}, last | train-dev gap, end "
+                  f"| flat drop |", "|---|---|---|---|---|---|---|"]
+        tch = teachers.get((task, setting), [])
+        if tch:
+            lines.append(f"| teacher | {len(tch)} | – | {_fmt([t.get('dev', {}).get(metric) for t in tch])} | "
+                         f"{_fmt([t.get(held_split, {}).get(metric) for t in tch])} | – | – |")
+        for method in spec.methods:
+            recs = groups.get(method, [])
+            if not recs:
+                lines.append(f"| {method} | 0 | – | – | – | – | – |")
+                continue
+            lines.append(
+                f"| {method} | {len(recs)} | {_fmt([r['best_dev'] for r in recs])} | "
+                f"{_fmt([r['scores'].get('dev', {}).get(metric) for r in recs])} | "
+                f"{_fmt([r['scores'].get(held_split, {}).get(metric) for r in recs])} | "
+                f"{_fmt([r['gap_end'] for r in recs])} | {_fmt([flat_drop(r) for r in recs])} |")
+        lines.append("")
+        for kind, fn, caption in (("gap", gap_plot, "Train-dev gap over prediction-layer training"),
+                                  ("flatness", flatness_plot, "Flatness probe"),
+                                  ("losses", loss_plot, "Loss components (first seed)")):
+            png = out / f"{kind}_{slug}.png"
+            fn(png, f"{caption}: {task}, {setting}", groups, colors)
+            if png.is_file():
+                lines += [f"![{caption}]({png.name})", ""]
+        checks = [c for c in (check_finding({(task, setting): groups}, *f, held_split, metric_of)
+                              for f in FINDINGS) if c]
+        if checks:
+            lines += ["Checks of the paper's findings:", "", *[_check_line(c, held_split, metric) for c in checks], "",
+                      *([VERDICT_RULE, ""] if len(records) < 2 else [])]  # else it heads the overview
+        per_group[f"{task}/{setting}"] = checks
+    pooled = pooled_checks(records, held_split, metric_of)
+    overview = _overview(per_group, pooled)
+    at = lines.index("") + 1 + len(header) + 1  # after the title and header, before the counts
+    lines[at:at] = overview
+    summary = _summary(records, teachers, metric_of, held_split)
+    summary["findings"] = {group: [check_json(c) for c in checks] for group, checks in per_group.items()}
+    if pooled:
+        summary["findings"]["pooled"] = [check_json(c) for c in pooled]
+    _write_atomic(out / "summary.json", json.dumps(summary, indent=1))
+    markdown_text = "\n".join(lines) + "\n"
+    _write_atomic(out / "README.md", markdown_text)
+    _write_atomic(out / "index.html", render_html(markdown_text, title=lines[0].lstrip("# ")))
+    return out / "README.md"
+
+
+_HTML_STYLE = """body { font-family: system-ui, sans-serif; max-width: 70em; margin: 2em auto; padding: 0 1em;
+       line-height: 1.45; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; }
+th { background: #f3f3f3; }
+td:not(:first-child) { text-align: right; font-variant-numeric: tabular-nums; }
+img { max-width: 100%; }
+code { background: #f3f3f3; padding: 0 0.2em; }"""
+
+
+def render_html(markdown_text: str, title: str) -> str:
+    """The report as one HTML page (tables styled, plots inline by relative path), for a browser."""
+    import html
+
+    import markdown  # the report extra (tensorboard brings it too)
+
+    body = markdown.markdown(markdown_text, extensions=["tables"])
+    return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{html.escape(title)}</title>\n<style>\n{_HTML_STYLE}\n</style>\n</head>\n"
+            f"<body>\n{body}\n</body>\n</html>\n")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _missing_lines(missing: list[str], per_group: int) -> list[str]:
+    """One line per task/setting that has not started, the cells themselves otherwise."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for label in missing:
+        task, setting, rest = label.split("/", 2)
+        groups[f"{task}/{setting}"].append(rest)
+    out = []
+    for group, rests in groups.items():
+        if len(rests) == per_group:
+            out.append(f"- {group}: all {per_group} runs")
+        else:
+            out += [f"- {group}/{r}" for r in rests]
+    return out
+
+
+def _summary(records: dict, teachers: dict, metric_of: dict, held_split: str) -> dict:
+    out = defaultdict(dict)
+    for (task, setting), groups in records.items():
+        metric = metric_of[task]
+        for method, recs in groups.items():
+            out[f"{task}/{setting}"][method] = {
+                "seeds": [r["cell"].seed for r in recs],
+                "best_dev": [r["best_dev"] for r in recs],
+                "dev_last": [r["scores"].get("dev", {}).get(metric) for r in recs],
+                f"{held_split}_last": [r["scores"].get(held_split, {}).get(metric) for r in recs],
+                "gap_end": [r["gap_end"] for r in recs], "flat_drop": [flat_drop(r) for r in recs]}
+    return dict(out)
+
+
+def _overview(per_group: dict, pooled: list[Check]) -> list[str]:
+    """The findings over every task and setting at once (paired by seed), and per group."""
+    if len(per_group) < 2 or not pooled:
+        return []
+    short = {"held": "held", "same direction, within seed noise": "same dir.", "did not hold": "no"}
+    groups = list(per_group)
+    lines = ["## The paper's findings, all tasks and settings together", "", VERDICT_RULE, "",
+             "| finding | " + " | ".join(groups) + " | all (paired diff. ± s.e., x100) |",
+             "|---|" + "---|" * (len(groups) + 1)]
+    for check in pooled:
+        cells = []
+        for group in groups:
+            mine = next((c for c in per_group[group] if c.statement == check.statement), None)
+            cells.append(f"{short[mine.verdict]} ({mine.diff * 100:+.1f})" if mine else "–")
+        lines.append(f"| {check.statement} | " + " | ".join(cells) +
+                     f" | **{check.verdict}** ({check.diff * 100:+.2f} ± {check.se * 100:.2f}, "
+                     f"{len(check.diffs)} seeds) |")
+    return lines + [""]

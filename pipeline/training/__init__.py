@@ -1,0 +1,1 @@
+"""Training: the shared loop, DeepSpeed engines and configs, checkpoints, TensorBoard."""

@@ -1,0 +1,173 @@
+"""DeepSpeed checkpoints plus what exact resumption needs: every rank's RNG state, the
+data position, and the trajectory key of the training that wrote them (a checkpoint only
+resumes the same trajectory)."""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from pipeline.errors import UserError
+from pipeline.outputs.integrity import HASHES, problems, write_hashes
+from pipeline.runtime.distributed import DistInfo, barrier, decided_by_main
+from pipeline.runtime.faults import crash_point
+from pipeline.runtime.progress import log
+from pipeline.schema.hashing import config_hash, settings_dict
+
+TAG_PREFIX = "step"
+FINGERPRINT_FILE = "stage_fingerprint"
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+class Checkpoints:
+    """Checkpoints of one training stage under ``root`` (tags ``step00000120``)."""
+
+    def __init__(self, root: Path, dist: DistInfo, trajectory: str, keep: int = 2, fingerprint: str = "",
+                 extra=None):
+        """``extra``: optional (save(tag_dir), load(tag_dir)) for state outside the engine
+        (e.g. the EMA copy of the student), saved by every rank before the engine's files."""
+        self.extra = extra
+        self.root = Path(root)
+        self.dist = dist
+        self.trajectory = trajectory
+        self.keep = keep
+        self.fingerprint = fingerprint  # the runner's stage fingerprint, to spot stale checkpoints
+
+    def tags(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name.startswith(TAG_PREFIX))
+
+    def latest_tag(self) -> Optional[str]:
+        latest = self.root / "latest"
+        return latest.read_text().strip() if latest.is_file() else None
+
+    def save(self, engine, client_state: dict, step: int) -> str:
+        tag = f"{TAG_PREFIX}{step:08d}"
+        tag_dir = self.root / tag
+        tag_dir.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main and self.fingerprint:
+            (self.root / FINGERPRINT_FILE).write_text(self.fingerprint)
+        torch.save(_rng_state(), tag_dir / f"rng_rank{self.dist.rank}.pt")
+        if self.extra is not None:
+            self.extra[0](tag_dir)
+        barrier()
+        state = dict(client_state, config_hash=self.trajectory)  # the key's name in older checkpoints
+        engine.save_checkpoint(str(self.root), tag=tag, client_state=state, save_latest=True)
+        crash_point("checkpoint")
+        barrier()
+        if self.dist.is_main:
+            write_hashes(tag_dir)  # last: a tag without hashes was interrupted while saving
+        barrier()
+        if self.dist.is_main:
+            for old in self.tags()[:-self.keep]:
+                shutil.rmtree(self.root / old, ignore_errors=True)
+        barrier()
+        return tag
+
+    def intact_tag(self) -> Optional[str]:
+        """The newest checkpoint whose files match their recorded hashes; a truncated or
+        corrupted newer one is reported and skipped. Rank 0 reads the files, the others
+        receive its answer."""
+        return decided_by_main(self._newest_intact)
+
+    def _newest_intact(self) -> Optional[str]:
+        tags = self.tags()
+        latest = self.latest_tag()
+        if latest in tags:  # never trust a tag newer than `latest` (saving was interrupted)
+            tags = tags[:tags.index(latest) + 1]
+        damaged = 0
+        for tag in reversed(tags):
+            if not (self.root / tag / HASHES).is_file():
+                # hashes are written last: saving was interrupted (a kill, a full disk), so the tag
+                # never existed as far as resuming goes; it is removed, not counted as damage
+                print(f"crild: checkpoint {self.root / tag} was interrupted while saving; removing it and "
+                      f"trying an older one", file=sys.stderr, flush=True)
+                shutil.rmtree(self.root / tag, ignore_errors=True)
+                continue
+            bad = problems(self.root / tag)
+            if not bad:
+                return tag
+            damaged += 1
+            print(f"crild: checkpoint {self.root / tag} is not intact ({bad[0]}); trying an older one",
+                  file=sys.stderr, flush=True)
+        if damaged:
+            raise UserError(f"{self.root}: no intact checkpoint left ({damaged} damaged); delete the folder to "
+                            f"start the stage over")
+        return None
+
+    def load(self, engine) -> Optional[dict]:
+        """Restore the newest intact checkpoint into ``engine``; None when there is none."""
+        tag = self.intact_tag()
+        if tag is None:
+            return None
+        path, state = engine.load_checkpoint(str(self.root), tag=tag, load_optimizer_states=True,
+                                             load_lr_scheduler_states=True)
+        if path is None:
+            raise UserError(f"{self.root / tag}: checkpoint could not be loaded")
+        if state.get("config_hash") != self.trajectory:
+            raise UserError(f"{self.root / tag}: checkpoint was written by a different configuration "
+                            f"(hash {state.get('config_hash')}, this run {self.trajectory}); "
+                            f"use a new output_dir or delete {self.root}")
+        rng_file = self.root / tag / f"rng_rank{self.dist.rank}.pt"
+        if rng_file.is_file():
+            _set_rng_state(torch.load(rng_file, weights_only=True))
+        if self.extra is not None:
+            self.extra[1](self.root / tag)
+        return state
+
+
+def trajectory_key(cfg, section: str, extra: dict) -> str:
+    """What determines a training run's trajectory: the seed, the task, the section's
+    training settings (``stages.<section>``) and ``extra`` (the model, the DeepSpeed config,
+    the phase, the teacher). A checkpoint resumes only into the same trajectory."""
+    return config_hash({"seed": cfg.seed, "task": settings_dict(cfg.task), "stage": section,
+                        "settings": settings_dict(getattr(cfg.stages, section)), **extra})
+
+
+def resume(engine, ckpts: Checkpoints, name: str, total_micro_steps: int) -> dict:
+    """Restore ``engine`` from the newest intact checkpoint; its client state, or {} when
+    training starts fresh."""
+    state = ckpts.load(engine) or {}
+    if state:
+        log(ckpts.dist, f"{name}: resuming at micro-step {state['micro_step']} of {total_micro_steps}")
+    return state
+
+
+def remove_checkpoints(root: Path, is_main: bool = True) -> None:
+    """A finished stage or phase never resumes, so its checkpoints (weights plus optimizer
+    state, about 16 bytes a parameter per tag kept) would only fill the disk. Rank 0 removes
+    them once the output they led to is in place."""
+    if is_main and Path(root).is_dir():
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def archive_stale(root: Path, fingerprint: str) -> Path | None:
+    """Move checkpoints under ``root`` written for another stage fingerprint (the
+    configuration or the inputs changed) out of the way; returns where they went."""
+    stale = []
+    for marker in sorted(Path(root).rglob(FINGERPRINT_FILE)) if Path(root).is_dir() else []:
+        if marker.read_text().strip() != fingerprint:
+            stale.append(marker.parent)
+    if not stale:
+        return None
+    n = 1
+    while (archive := Path(f"{root}.stale-{n}")).exists():
+        n += 1
+    Path(root).rename(archive)
+    return archive

@@ -1,0 +1,128 @@
+"""Load a DeepSpeed JSON from ds_configs/ and fill its "auto" values from the stage's
+settings; explicit values that contradict the stage's settings are errors."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+
+from pipeline.errors import UserError
+from pipeline.schema.paths import resolve_path
+
+AUTO = "auto"
+
+
+def load_ds_json(path: str, source: str) -> tuple[Path, dict]:
+    p = resolve_path(path, "deepspeed_config", source)
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{p}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{p}: expected a JSON object")
+    return p, data
+
+
+def _fill(node: dict, key: str, value, where: str, path: Path, yaml_key: str) -> None:
+    current = node.get(key, AUTO)
+    if current == AUTO:
+        node[key] = value
+    elif current != value and not (isinstance(value, float) and abs(float(current) - value) <= 1e-12 * abs(value)):
+        raise UserError(f"{path}: {where}={current!r} contradicts {yaml_key}={value!r}; "
+                        f"set it to \"auto\" or make them agree")
+
+
+def build_ds_config(path: str, train, world_size: int, total_steps: int, source: str,
+                    stage: str, hidden_size: int | None = None) -> dict:
+    """The DeepSpeed config dict for one training stage. ZeRO bucket sizes set to "auto" are
+    sized from the model's hidden size h (h^2 elements, as transformers does): DeepSpeed's
+    own default reduce bucket (5e8 elements) is a 1 GB buffer, more than a BERT-base student."""
+    p, cfg = load_ds_json(path, source)
+    cfg = copy.deepcopy(cfg)
+    y = f"stages.{stage}"
+    _fill(cfg, "train_micro_batch_size_per_gpu", train.batch_size, "train_micro_batch_size_per_gpu", p,
+          f"{y}.batch_size")
+    _fill(cfg, "gradient_accumulation_steps", train.gradient_accumulation_steps, "gradient_accumulation_steps", p,
+          f"{y}.gradient_accumulation_steps")
+    global_batch = train.batch_size * train.gradient_accumulation_steps * world_size
+    tbs = cfg.get("train_batch_size", AUTO)
+    if tbs == AUTO:
+        cfg["train_batch_size"] = global_batch
+    elif tbs != global_batch:
+        raise UserError(f"{p}: train_batch_size={tbs} contradicts world size {world_size} x micro batch "
+                        f"{train.batch_size} x gradient accumulation {train.gradient_accumulation_steps} "
+                        f"= {global_batch}; set it to \"auto\"")
+    _fill(cfg, "gradient_clipping", train.max_grad_norm, "gradient_clipping", p, f"{y}.max_grad_norm")
+    opt = cfg.get("optimizer")
+    if opt is not None:
+        params = opt.setdefault("params", {})
+        _fill(params, "lr", train.learning_rate, "optimizer.params.lr", p, f"{y}.learning_rate")
+        _fill(params, "weight_decay", train.weight_decay, "optimizer.params.weight_decay", p, f"{y}.weight_decay")
+    sched = cfg.get("scheduler")
+    if sched is not None:
+        params = sched.setdefault("params", {})
+        warmup = max(1, int(round(train.warmup_ratio * total_steps)))  # DeepSpeed needs >= 1
+        if "warmup_max_lr" in params or sched.get("type") in ("WarmupLR", "WarmupDecayLR", "WarmupCosineLR"):
+            if sched.get("type") != "WarmupCosineLR":
+                _fill(params, "warmup_max_lr", train.learning_rate, "scheduler.params.warmup_max_lr", p,
+                      f"{y}.learning_rate")
+            _fill(params, "warmup_num_steps", warmup, "scheduler.params.warmup_num_steps", p, f"{y}.warmup_ratio")
+        if sched.get("type") in ("WarmupDecayLR", "WarmupCosineLR"):
+            _fill(params, "total_num_steps", total_steps, "scheduler.params.total_num_steps", p,
+                  "the stage's step count")
+    if hidden_size is not None:
+        fill_zero_buckets(cfg, hidden_size)
+    cfg.setdefault("steps_per_print", 10**9)
+    cfg.setdefault("wall_clock_breakdown", False)
+    _check_precision(cfg, p)
+    if train.on_nonfinite == "skip" and zero_stage(cfg) == 3:
+        raise UserError(f"{y}.on_nonfinite: skip is not supported with ZeRO-3 ({p}); use stop, or ZeRO 0-2")
+    leftovers = _find_auto(cfg)
+    if leftovers:
+        raise UserError(f"{p}: {leftovers[0]} is \"auto\" but crild has no setting to fill it from")
+    return cfg
+
+
+def fill_zero_buckets(cfg: dict, hidden_size: int) -> dict:
+    """ZeRO bucket sizes left "auto", sized from the model's hidden size (in place)."""
+    zero = cfg.get("zero_optimization", {})
+    for key, value in (("reduce_bucket_size", hidden_size ** 2),
+                       ("stage3_prefetch_bucket_size", int(0.9 * hidden_size ** 2)),
+                       ("stage3_param_persistence_threshold", 10 * hidden_size)):
+        if zero.get(key) == AUTO:
+            zero[key] = value
+    return cfg
+
+
+def _find_auto(node, prefix="") -> list[str]:
+    out = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out += _find_auto(v, f"{prefix}{k}.")
+    elif node == AUTO:
+        out.append(prefix.rstrip("."))
+    return out
+
+
+def _check_precision(cfg: dict, path: Path) -> None:
+    fp16 = cfg.get("fp16", {}).get("enabled", False)
+    bf16 = cfg.get("bf16", {}).get("enabled", False)
+    if fp16 is True and not torch.cuda.is_available():
+        raise UserError(f"{path}: fp16.enabled is true, but DeepSpeed supports fp16 only on GPUs; "
+                        f"use bf16 or fp32 on CPU")
+    if bf16 is True and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise UserError(f"{path}: bf16.enabled is true, but this GPU has no bf16 support; use fp16")
+
+
+def precision_dtype(cfg: dict) -> torch.dtype:
+    if cfg.get("bf16", {}).get("enabled", False):
+        return torch.bfloat16
+    if cfg.get("fp16", {}).get("enabled", False):
+        return torch.float16
+    return torch.float32
+
+
+def zero_stage(cfg: dict) -> int:
+    return int(cfg.get("zero_optimization", {}).get("stage", 0))

@@ -1,0 +1,34 @@
+"""The DeepSpeed engine a training stage trains, and the full weights it ends with."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from pipeline.training.ds_config import zero_stage
+
+
+def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: no decay for biases and LayerNorm weights."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_engine(model: torch.nn.Module, weight_decay: float, ds_cfg: dict):
+    """A DeepSpeed engine training ``model`` with the optimizer and schedule of ``ds_cfg``."""
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=decay_groups(model, weight_decay),
+                                           config=ds_cfg)
+    return engine
+
+
+def consolidated_state_dict(engine, ds_cfg: dict) -> Optional[dict]:
+    """Full weights of an engine's module (gathered under ZeRO-3; None on ranks > 0 there)."""
+    if zero_stage(ds_cfg) == 3:
+        return engine._zero3_consolidated_16bit_state_dict()
+    return engine.module.state_dict()

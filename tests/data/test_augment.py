@@ -1,0 +1,218 @@
+"""Augmentation with a tiny random BertForMaskedLM and a small vector file the tests write."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import FILLER, NEGATIVE, POSITIVE, VOCAB, tiny_run_config
+
+from pipeline import stage2_augment
+from pipeline.config import from_dict
+from pipeline.data.augment import (
+    AugmentParams,
+    BatchedAugmenter,
+    MaskedLM,
+    OriginalAugmenter,
+    load_vectors,
+    sample_copies,
+)
+from pipeline.errors import UserError
+
+SENTS_A = ["the film was good and the story was moving .", "a dull movie with weak actors .",
+           "the cat sleeps inside the park", "brilliant music and lovely scene"]
+SENTS_B = ["the dog runs outside .", "the woman eats food", "it was boring", "a funny ending"]
+
+
+@pytest.fixture(scope="module")
+def vectors_file(tmp_path_factory) -> Path:
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("vec") / "vectors.txt"
+    words = POSITIVE + NEGATIVE + FILLER + ["filmmaker", "cinematography"]
+    path.write_text("\n".join(w + " " + " ".join(f"{v:.5f}" for v in rng.normal(size=8)) for w in words) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_mlm(tiny_bert, tmp_path_factory) -> Path:
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    folder = tmp_path_factory.mktemp("mlm") / "tiny-mlm"
+    torch.manual_seed(0)
+    BertForMaskedLM(BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=64, max_position_embeddings=64)).save_pretrained(str(folder))
+    AutoTokenizer.from_pretrained(str(tiny_bert)).save_pretrained(str(folder))
+    return folder
+
+
+def augmenters(tiny_bert, tiny_mlm, vectors_file, seed=0, copies=6):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_bert))
+    mlm = MaskedLM(str(tiny_mlm), torch.device("cpu"))
+    vec = load_vectors(str(vectors_file), None)
+    params = AugmentParams(copies=copies, replace_prob=0.4, candidates=5)
+    return (BatchedAugmenter(tok, vec, mlm, params, seed, batch_size=3),
+            OriginalAugmenter(tok, vec, mlm, params, seed))
+
+
+def test_batched_equals_original_and_is_deterministic(tiny_bert, tiny_mlm, vectors_file):
+    batched, original = augmenters(tiny_bert, tiny_mlm, vectors_file)
+    ids = np.arange(4)
+    out = batched.augment(SENTS_A, SENTS_B, ids)
+    assert out == original.augment(SENTS_A, SENTS_B, ids)
+    assert out == augmenters(tiny_bert, tiny_mlm, vectors_file)[0].augment(SENTS_A, SENTS_B, ids)
+    assert out != augmenters(tiny_bert, tiny_mlm, vectors_file, seed=1)[0].augment(SENTS_A, SENTS_B, ids)
+    # an example's output depends on its id, not on its neighbours in the call
+    assert batched.augment(SENTS_A[2:], SENTS_B[2:], ids[2:]) == out[2:]
+
+
+def test_pairs_are_augmented_on_both_sides(tiny_bert, tiny_mlm, vectors_file):
+    batched, _ = augmenters(tiny_bert, tiny_mlm, vectors_file, copies=10)
+    out = batched.augment(SENTS_A, SENTS_B, np.arange(4))
+    for rows in out:
+        (orig_a, orig_b, copy0), copies = rows[0], rows[1:]
+        assert copy0 == 0 and [c for _, _, c in copies] == list(range(1, len(copies) + 1))
+        assert any(a != orig_a for a, _, _ in copies) and any(b != orig_b for _, b, _ in copies)
+        assert len({(a, b) for a, b, _ in rows}) == len(rows)  # distinct
+
+
+def test_replacement_rate_is_near_p():
+    words = [f"w{i}" for i in range(40)]
+    cands = {i: [f"x{i}"] for i in range(40)}
+    params = AugmentParams(copies=200, replace_prob=0.4, candidates=1)
+    copies = sample_copies(words, cands, params, np.random.default_rng(0))
+    rate = np.mean([w.startswith("x") for c in copies for w in c.split()])
+    assert abs(rate - 0.4) < 0.02
+
+
+def test_mlm_candidates_drop_subwords_and_fall_back_to_vectors(tiny_bert, tiny_mlm, vectors_file):
+    batched, _ = augmenters(tiny_bert, tiny_mlm, vectors_file)
+    words = [["the", "filmmaker", "was", "good"]]  # out-of-vocabulary words are one piece ([UNK]) too
+    cands = batched.candidates(words, None)["a"][0]
+    assert 0 not in cands and 2 not in cands  # stop words are never replaced
+    assert all(not c.startswith("##") for c in cands[3])
+    assert set(cands) == {1, 3}
+
+
+def run_augment(tmp_path, tiny_bert, sentiment_dir, vectors_file, tiny_mlm=None, **aug):
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir)
+    raw["stages"]["augment"] = {"copies": 4, "candidates": 5, "vectors": {"path": str(vectors_file)},
+                                "masked_lm": str(tiny_mlm) if tiny_mlm else None, **aug}
+    cfg = from_dict(raw)
+    assert stage2_augment.run(cfg) == 0
+    return cfg, Path(cfg.output_dir)
+
+
+def rows(out: Path) -> list:
+    import datasets
+    return datasets.load_from_disk(str(out / "augmented" / "data")).to_list()
+
+
+def test_stage_output_is_independent_of_shard_count(tmp_path, tiny_bert, sentiment_dir, vectors_file, tiny_mlm):
+    _, one = run_augment(tmp_path / "one", tiny_bert, sentiment_dir, vectors_file, tiny_mlm, num_shards=1)
+    _, five = run_augment(tmp_path / "five", tiny_bert, sentiment_dir, vectors_file, tiny_mlm, num_shards=5)
+    a, b = rows(one), rows(five)
+    assert a == b
+    assert len({r["source_id"] for r in a}) == 96 and {r["label"] for r in a} == {0, 1}
+    per_source = {}
+    for r in a:
+        per_source.setdefault(r["source_id"], []).append(r["copy_index"])
+    assert all(v[0] == 0 and v == list(range(len(v))) for v in per_source.values())
+
+
+def test_resume_redoes_only_incomplete_shards(tmp_path, tiny_bert, sentiment_dir, vectors_file):
+    cfg, out = run_augment(tmp_path, tiny_bert, sentiment_dir, vectors_file, num_shards=4)
+    expected = rows(out)
+    shards = sorted((out / "augmented.shards").glob("shard-*"))
+    stamps = {s.name: (s / "crild_stage.json").stat().st_mtime_ns for s in shards}
+    shutil.rmtree(out / "augmented")
+    shutil.rmtree(shards[2])  # killed while writing shard 2: only a temporary folder is left
+    (out / "augmented.shards" / f".{shards[2].name}.tmp999").mkdir()
+    assert stage2_augment.run(cfg) == 0
+    assert rows(out) == expected
+    for s in shards:
+        if s != shards[2]:
+            assert (s / "crild_stage.json").stat().st_mtime_ns == stamps[s.name]  # not redone
+
+
+def test_missing_vectors_file(tmp_path, tiny_bert, sentiment_dir):
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir)
+    raw["stages"]["augment"] = {"vectors": {"path": str(tmp_path / "nope.txt")}}
+    with pytest.raises(UserError, match="vectors file .*nope.txt' does not exist"):
+        stage2_augment.run(from_dict(raw))
+
+
+def test_tokenizer_vocabulary_mismatch(tmp_path, tiny_bert, tiny_mlm, vectors_file):
+    from transformers import BertTokenizerFast
+
+    bad = tmp_path / "bad-mlm"
+    shutil.copytree(tiny_mlm, bad)
+    words = VOCAB + [f"extra{i}" for i in range(20)]
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}).save_pretrained(str(bad))
+    with pytest.raises(UserError, match="tokenizer and model do not match"):
+        MaskedLM(str(bad), torch.device("cpu"))
+
+
+def test_plain_encoder_is_not_a_masked_lm(tiny_bert):
+    with pytest.raises(UserError, match="no masked-LM head"):
+        MaskedLM(str(tiny_bert), torch.device("cpu"))
+
+
+def test_kd_phase_trains_on_augmented_data_with_stored_teacher_logits(tmp_path, tiny_bert, sentiment_dir,
+                                                                      vectors_file, monkeypatch):
+    monkeypatch.setenv("CRILD_HOME", str(tmp_path / "home"))  # its own caches: it counts the stored logits
+    from pipeline import stage1_teacher, stage3_distill
+    from pipeline.data.sources import crild_home
+    from pipeline.training.stop import StopRequest
+
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=1)
+    raw["stages"]["augment"] = {"copies": 3, "candidates": 5, "vectors": {"path": str(vectors_file)},
+                                "teacher_logits": True}
+    raw["stages"]["distill"] = {"preset": "kd", "augmented_phases": ["kd"],
+                                "kd": {"epochs": 2, "batch_size": 8, "checkpoint_every": 50}}
+    cfg = from_dict(raw)
+    assert stage1_teacher.run(cfg, stop=StopRequest(install_handlers=False)) == 0
+    assert stage2_augment.run(cfg) == 0
+    (stored,) = (crild_home() / "tokenized").glob("*/teacher_logits-*.safetensors")
+    before = stored.stat().st_mtime_ns
+    assert stage3_distill.run(cfg, stop=StopRequest(install_handlers=False)) == 0
+    kd = json.loads((Path(cfg.output_dir) / "student" / "train_results.json").read_text())["phases"]["kd"]
+    assert kd["examples"] == len(rows(Path(cfg.output_dir))) > 96
+    assert kd["teacher_forwards"] == 0
+    assert list((crild_home() / "tokenized").glob("*/teacher_logits-*.safetensors")) == [stored]
+    assert stored.stat().st_mtime_ns == before  # found where stage 2 put it, not recomputed
+
+
+@pytest.mark.slow
+def test_sigkill_after_a_shard_then_rerun_gives_the_same_data(tmp_path, tiny_bert, sentiment_dir, vectors_file,
+                                                              tiny_mlm):
+    """A real SIGKILL (CRILD_FAULT) after the second of four shards: the rerun keeps the two
+    finished shards and produces exactly the uninterrupted run's data."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from helpers import REPO
+
+    _, reference = run_augment(tmp_path / "ref", tiny_bert, sentiment_dir, vectors_file, tiny_mlm, num_shards=4)
+    raw = tiny_run_config(tmp_path / "killed", tiny_bert, sentiment_dir)
+    raw["stages"]["augment"] = {"copies": 4, "candidates": 5, "vectors": {"path": str(vectors_file)},
+                                "masked_lm": str(tiny_mlm), "num_shards": 4}
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    cmd = [sys.executable, str(REPO / "pipeline" / "stage2_augment.py"), "--config", str(config)]
+    env = dict(os.environ, PYTHONPATH=str(REPO), CRILD_FAULT="shard:2")
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE"):
+        env.pop(k, None)  # set in this process by the in-process reference run
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == -9
+    out = tmp_path / "killed" / "run"
+    done = sorted(p.name for p in (out / "augmented.shards").glob("shard-*"))
+    assert len(done) == 2 and not (out / "augmented").exists()
+    env.pop("CRILD_FAULT")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "this worker has 2 to do" in proc.stderr
+    assert rows(out) == rows(reference)

@@ -1,0 +1,119 @@
+"""Every GLUE task from a GLUE-format fixture directory, local CSV/JSONL files, bad data."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.config import ColumnMap, TaskConfig
+from pipeline.data.sources import UNLABELLED, available_eval_splits, load_split
+from pipeline.data.tasks import TASKS
+from pipeline.errors import UserError
+
+# header, one row per label in file order, the label values written
+GLUE_FIXTURES = {
+    "cola": (None, lambda t, y: ["gj04", y, "", t], ["0", "1"]),
+    "sst2": (["sentence", "label"], lambda t, y: [t, y], ["0", "1"]),
+    "mrpc": (["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"], lambda t, y: [y, "1", "2", t, t + " too"],
+             ["0", "1"]),
+    "stsb": (["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2",
+              "score"], lambda t, y: ["0", "g", "f", "y", "0", "s", "s", t, t + " too", y], ["0.5", "4.25"]),
+    "qqp": (["id", "qid1", "qid2", "question1", "question2", "is_duplicate"],
+            lambda t, y: ["0", "1", "2", t, t + "?", y], ["0", "1"]),
+    "mnli": (["index", "promptID", "pairID", "genre", "sentence1", "sentence2", "label1", "gold_label"],
+             lambda t, y: ["0", "1", "2", "g", t, t + " too", y, y], ["contradiction", "entailment", "neutral"]),
+    "qnli": (["index", "question", "sentence", "label"], lambda t, y: ["0", t, t + ".", y],
+             ["entailment", "not_entailment"]),
+    "rte": (["index", "sentence1", "sentence2", "label"], lambda t, y: ["0", t, t + " too", y],
+            ["entailment", "not_entailment"]),
+    "wnli": (["index", "sentence1", "sentence2", "label"], lambda t, y: ["0", t, t + " too", y], ["0", "1"]),
+}
+
+
+def write_glue(folder: Path, task: str) -> list[str]:
+    header, row, values = GLUE_FIXTURES[task]
+    spec = TASKS[task]
+    folder.mkdir(parents=True, exist_ok=True)
+    for gf in spec.glue_files.values():
+        lines = [] if header is None else ["\t".join(header)]
+        if gf.label is None:  # unlabelled test file: keep only text columns (plus an index)
+            cols = ["index"] + [c for c in (gf.text_a, gf.text_b) if c is not None]
+            lines = ["\t".join(cols)] + ["\t".join([str(i)] + [f"text {i} \"quoted" for _ in cols[1:]])
+                                         for i in range(3)]
+        else:
+            lines += ["\t".join(row(f"text {i} \"quoted", y)) for i, y in enumerate(values * 2)]
+        (folder / gf.filename).write_text("\n".join(lines) + "\n")
+    return values
+
+
+@pytest.mark.parametrize("task", list(GLUE_FIXTURES))
+def test_glue_task_loads_with_right_labels(tmp_path, task):
+    values = write_glue(tmp_path / task, task)
+    spec = TASKS[task]
+    cfg = TaskConfig(name=task, data_dir=str(tmp_path / task))
+    train = load_split(cfg, spec, "train")
+    assert len(train) == 2 * len(values)
+    assert train.text_a[0] == 'text 0 "quoted'  # quotes are literal in GLUE TSVs
+    assert (train.text_b is not None) == spec.pair
+    if spec.regression:
+        np.testing.assert_allclose(train.labels, [float(v) for v in values] * 2)
+    else:
+        expected = [spec.labels.index(v) for v in values] * 2
+        assert train.labels.tolist() == expected
+        assert [spec.labels[i] for i in train.labels[:len(values)]] == values
+    splits = available_eval_splits(cfg, spec)
+    assert splits == [s for s in spec.glue_files if s != "train"]
+    dev = load_split(cfg, spec, splits[0])
+    assert dev.labelled
+    test = load_split(cfg, spec, splits[-1])
+    assert len(test) == 3 and not test.labelled and (test.labels == UNLABELLED).all()
+
+
+def test_mnli_has_matched_and_mismatched_dev(tmp_path):
+    write_glue(tmp_path / "mnli", "mnli")
+    cfg = TaskConfig(name="mnli", data_dir=str(tmp_path / "mnli"))
+    assert available_eval_splits(cfg, TASKS["mnli"])[:2] == ["dev_matched", "dev_mismatched"]
+
+
+def test_tsv_missing_column_names_file_and_column(tmp_path):
+    (tmp_path / "train.tsv").write_text("index\tsentence1\tlabel\n0\ta\tentailment\n")
+    with pytest.raises(UserError) as err:
+        load_split(TaskConfig(name="rte", data_dir=str(tmp_path), source="glue"), TASKS["rte"], "train")
+    assert "train.tsv" in str(err.value) and "missing column 'sentence2'" in str(err.value)
+
+
+def test_label_outside_label_set_names_line_and_value(tmp_path):
+    (tmp_path / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\ta\tb\tmaybe\n")
+    with pytest.raises(UserError) as err:
+        load_split(TaskConfig(name="rte", data_dir=str(tmp_path), source="glue"), TASKS["rte"], "train")
+    assert "train.tsv:3" in str(err.value) and "'maybe'" in str(err.value) and "not_entailment" in str(err.value)
+
+
+def test_empty_dataset_is_an_error(tmp_path):
+    (tmp_path / "train.jsonl").write_text("")
+    with pytest.raises(UserError, match="no examples"):
+        load_split(TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path)), TASKS["rotten_tomatoes"], "train")
+
+
+def test_jsonl_and_csv_with_named_columns(tmp_path):
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps({"review": f"r{i}", "y": ["rotten", "fresh"][i % 2]})
+                                                    for i in range(4)) + "\n")
+    (tmp_path / "dev.csv").write_text("review,y\nnice one,fresh\n\"bad, really\",rotten\n")
+    cfg = TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path), columns=ColumnMap(text_a="review", label="y"))
+    spec = TASKS["rotten_tomatoes"]
+    train = load_split(cfg, spec, "train")
+    assert train.labels.tolist() == [0, 1, 0, 1]
+    dev = load_split(cfg, spec, "dev")
+    assert dev.text_a == ["nice one", "bad, really"] and dev.labels.tolist() == [1, 0]
+    assert available_eval_splits(cfg, spec) == ["dev"]
+
+
+def test_missing_data_dir(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_split(TaskConfig(name="sst2", data_dir=str(tmp_path / "nope")), TASKS["sst2"], "train")
+
+
+def test_offline_task_not_prepared_says_how_to_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("CRILD_HOME", str(tmp_path))
+    with pytest.raises(UserError, match="crild prepare-data"):
+        load_split(TaskConfig(name="snli"), TASKS["snli"], "train")

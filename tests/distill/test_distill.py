@@ -1,0 +1,262 @@
+"""The distillation step: mixup view, consistency on/off, gradient flow, presets, the KD
+teacher-logit cache, and the full three-phase stage."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import tiny_run_config
+
+from pipeline import stage1_teacher, stage3_distill
+from pipeline.config import from_dict
+from pipeline.data.tasks import TASKS
+from pipeline.distill.layers import LayerLayout, layer_pairs
+from pipeline.distill.mixup import draw_lambda, partner_index
+from pipeline.distill.objective import DistillObjective
+from pipeline.distill.presets import PRESETS, resolve_phases
+from pipeline.distill.student import DistillModule
+from pipeline.distill.terms import TERMS
+from pipeline.errors import UserError
+from pipeline.models.loading import build_classifier
+from pipeline.outputs.integrity import problems
+from pipeline.outputs.manifest import MANIFEST
+from pipeline.training.stop import StopRequest
+
+SPEC = TASKS["rotten_tomatoes"]
+
+
+class FakeEngine:
+    global_steps = 0
+
+
+def batch():
+    ids = torch.tensor([[2, 10, 11, 12, 13, 14, 3], [2, 15, 16, 3, 0, 0, 0], [2, 17, 18, 19, 3, 0, 0]])
+    return {"input_ids": ids, "token_type_ids": torch.zeros_like(ids), "attention_mask": (ids != 0).long(),
+            "labels": torch.tensor([1, 0, 1]), "index": torch.tensor([0, 1, 2])}
+
+
+def objective(tiny_bert, preset, teacher_layers=4, student_layers=2, **kw):
+    cfg = from_dict({"seed": 3, "stages": {"distill": {"preset": preset, **kw}}})
+    distill_cfg = cfg.stages.distill
+    plan = next(p for p in resolve_phases(distill_cfg) if p.name == ("ild" if "ild" in PRESETS[preset].phases else "kd"))
+    teacher = build_classifier(str(tiny_bert), SPEC, "teacher").eval().requires_grad_(False)
+    student = build_classifier(str(tiny_bert), SPEC, "student", num_layers=student_layers)
+    embeddings = any(TERMS[t].embeddings for t in plan.terms)
+    pairs = layer_pairs(distill_cfg, student_layers, teacher_layers, embeddings)
+    module = DistillModule(student, sorted({s for s, _ in pairs}), teacher.config.hidden_size)
+    obj = DistillObjective(cfg, plan, module, teacher, LayerLayout(pairs, 4), torch.device("cpu"),
+                           total_micro_steps=10)
+    return obj, module, teacher
+
+
+def test_lambda_is_folded_and_reproducible():
+    lams = [draw_lambda(0, s, 1.0) for s in range(500)]
+    assert min(lams) >= 0.5 and max(lams) <= 1.0
+    assert abs(np.mean(lams) - 0.75) < 0.02  # max(U, 1-U) for Beta(1,1) has mean 0.75
+    assert lams == [draw_lambda(0, s, 1.0) for s in range(500)]
+    assert partner_index(4, "cpu").tolist() == [3, 2, 1, 0]
+
+
+def test_mixed_view_uses_union_mask_and_mixed_embeddings(tiny_bert):
+    obj, module, teacher = objective(tiny_bert, "cr-ild")
+    seen = {}
+    layer0 = teacher.bert.encoder.layer[0]
+    def grab(module, args, kwargs):
+        seen.setdefault("emb", args[0] if args else kwargs["hidden_states"])
+
+    h = layer0.register_forward_pre_hook(grab, with_kwargs=True)
+    masks = []
+    orig = teacher.forward
+    teacher.forward = lambda **kw: (masks.append(kw["attention_mask"].clone()), orig(**kw))[1]
+    b = batch()
+    obj(FakeEngine(), b, micro_step=5)
+    h.remove()
+    m = b["attention_mask"]
+    assert torch.equal(masks[0], m | m.flip(0))  # union with the reversed partner
+    lam = draw_lambda(3, 5, 1.0)
+    with torch.no_grad():
+        clean = teacher.bert.embeddings(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"])
+    torch.testing.assert_close(seen["emb"], lam * clean + (1 - lam) * clean.flip(0))
+
+
+def test_consistency_in_total_for_cr_ild_and_absent_without(tiny_bert):
+    obj, _, _ = objective(tiny_bert, "cr-ild")
+    total, comps = obj(FakeEngine(), batch(), micro_step=5)
+    assert comps["consistency"] > 0 and comps["consistency_weight"] == pytest.approx(0.1 * 5 / 10)
+    expected = comps["qkv_relation_weighted"] + comps["consistency_weighted"]
+    assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert {"qkv_relation/q", "qkv_relation/k", "qkv_relation/v", "lambda"} <= set(comps)
+
+    obj, _, _ = objective(tiny_bert, "cr-ild-no-consistency")
+    total, comps = obj(FakeEngine(), batch(), micro_step=5)
+    assert "consistency" not in comps and "lambda" in comps
+    assert total.item() == pytest.approx(comps["qkv_relation_weighted"].item(), rel=1e-6)
+
+    obj, _, _ = objective(tiny_bert, "l-ild")
+    _, comps = obj(FakeEngine(), batch(), micro_step=5)
+    assert "lambda" not in comps and "consistency" not in comps
+
+
+def test_relation_loss_zero_when_student_equals_teacher(tiny_bert):
+    obj, module, teacher = objective(tiny_bert, "l-ild", student_layers=4)
+    module.student.load_state_dict(teacher.state_dict())
+    module.student.eval()
+    total, _ = obj(FakeEngine(), batch(), micro_step=0)
+    assert total.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_gradients_reach_only_student_and_projections(tiny_bert):
+    from helpers import write_tiny_bert
+    wide = write_tiny_bert(Path(str(tiny_bert) + "-wide"), hidden=48, heads=4)
+    cfg = from_dict({"seed": 0, "stages": {"distill": {"preset": "tinybert"}}})
+    distill_cfg = cfg.stages.distill
+    plan = resolve_phases(distill_cfg)[0]
+    teacher = build_classifier(str(wide), SPEC, "teacher").eval().requires_grad_(False)
+    student = build_classifier(str(tiny_bert), SPEC, "student", num_layers=2)
+    pairs = layer_pairs(distill_cfg, 2, 4, True)
+    assert pairs == [(0, 0), (1, 2), (2, 4)]
+    module = DistillModule(student, [0, 1, 2], 48)
+    obj = DistillObjective(cfg, plan, module, teacher, LayerLayout(pairs, 4), torch.device("cpu"), 10)
+    total, comps = obj(FakeEngine(), batch(), 0)
+    total.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(module.projections[k].weight.grad is not None for k in ("0", "1", "2"))
+    assert module.student.bert.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0
+    assert {"attention_mse", "hidden_mse"} <= set(comps)
+
+
+def test_presets_resolve_to_the_papers_phases():
+    def plans(preset, **kw):
+        return [(p.name, p.terms, p.mixup, p.consistency) for p in
+                resolve_phases(from_dict({"stages": {"distill": {"preset": preset, **kw}}}).stages.distill)]
+    assert plans("kd") == [("kd", {"logit_kd": 1.0}, False, 0.0)]
+    assert plans("pkd")[0][1] == {"logit_kd": 0.5, "ce": 0.5, "pkd": 100.0}
+    assert plans("cr-ild")[0] == ("ild", {"qkv_relation": 1.0}, True, 0.1)
+    assert plans("cr-ild")[1] == ("kd", {"logit_kd": 1.0}, False, 0.0)
+    sup = {"supplementary": [{"task": {"name": "snli"}, "ratio": 2.0}]}
+    assert [p[0] for p in plans("cr-ild", **sup)] == ["ild_supplementary", "ild", "kd"]
+    assert [p[0] for p in plans("cr-ild", supplementary_mode="mixed", **sup)] == ["ild", "kd"]
+    reweighted = plans("tinybert", ild_terms={"attention_mse": 0, "pkd": 2.0}, consistency={"weight": 0.3})
+    assert reweighted[0][1] == {"hidden_mse": 1.0, "pkd": 2.0} and reweighted[0][3] == 0.0  # no mixup: no CR
+
+
+def test_layer_maps_of_the_presets():
+    def pairs(preset, n_s, n_t):
+        distill_cfg = from_dict({"stages": {"distill": {"preset": preset}}}).stages.distill
+        return layer_pairs(distill_cfg, n_s, n_t, False)
+    assert pairs("l-ild", 3, 6) == [(3, 6)] and pairs("cr-ild", 4, 12) == [(4, 12)]
+    # MiniLMv2: the upper-middle teacher layer, 21 of 24 as in its paper; not the same as L-ILD
+    assert pairs("minilmv2", 6, 24) == [(6, 21)] and pairs("minilmv2", 3, 6) == [(3, 5)]
+    assert pairs("tinybert", 3, 6) == [(1, 2), (2, 4), (3, 6)]
+
+
+@pytest.mark.parametrize("raw,fragment", [
+    ({"preset": "cr-idl"}, "did you mean 'cr-ild'"),
+    ({"ild_terms": {"qkv_relations": 1.0}}, "did you mean 'qkv_relation'"),
+    ({"phases": ["ild", "kdd"]}, "did you mean 'kd'"),
+    ({"consistency": {"target": "teacher"}}, "consistency.target"),
+    ({"preset": "kd", "kd_terms": {"logit_kd": 0}}, "has no loss terms"),
+])
+def test_distill_config_errors(raw, fragment):
+    with pytest.raises(UserError, match=fragment):
+        from_dict({"stages": {"distill": raw}})
+
+
+def test_relation_heads_that_do_not_divide(tmp_path, tiny_bert, sentiment_dir):
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir)
+    raw["stages"]["distill"] = {"preset": "l-ild", "teacher_model": str(tiny_bert), "relation_heads": 5,
+                                "ild": {"epochs": 1, "batch_size": 8}}
+    with pytest.raises(UserError, match="5 relation heads do not divide the teacher's hidden size 32"):
+        stage3_distill.run(from_dict(raw), stop=StopRequest(install_handlers=False))
+
+
+def test_distill_before_teacher_exists_is_an_error(tmp_path, tiny_bert, sentiment_dir):
+    with pytest.raises(UserError, match="no complete teacher; run the teacher stage first"):
+        stage3_distill.run(from_dict(tiny_run_config(tmp_path, tiny_bert, sentiment_dir)),
+                           stop=StopRequest(install_handlers=False))
+
+
+def test_three_phases_and_one_teacher_forward_per_example_in_kd(tmp_path, tiny_bert, sentiment_dir, monkeypatch):
+    monkeypatch.setenv("CRILD_HOME", str(tmp_path / "home"))  # its own caches: it counts the stored logits
+    small = {"batch_size": 8, "learning_rate": 1e-3, "log_every": 2, "checkpoint_every": 50}
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=1)
+    raw["stages"]["distill"] = {
+        "preset": "cr-ild", "supplementary": [{"task": {"name": "rotten_tomatoes", "data_dir": str(sentiment_dir)},
+                                               "ratio": 0.5}],
+        "ild_supplementary": {"epochs": 1, **small}, "ild": {"epochs": 1, **small},
+        "kd": {"epochs": 3, "eval_every": 4, **small}}
+    cfg = from_dict(raw)
+    assert stage1_teacher.run(cfg, stop=StopRequest(install_handlers=False)) == 0
+    assert stage3_distill.run(cfg, stop=StopRequest(install_handlers=False)) == 0
+    out = Path(cfg.output_dir)
+    results = json.loads((out / "student" / "train_results.json").read_text())["phases"]
+    assert list(results) == ["ild_supplementary", "ild", "kd"]
+    assert results["ild_supplementary"]["examples"] == 48  # ratio 0.5 of 96
+    # KD: 3 epochs over 96 examples, and the teacher ran on none of them during training...
+    assert results["kd"]["teacher_forwards"] == 0
+    # ...because its logits were computed once, before training, and stored beside the data
+    from pipeline.data.sources import crild_home
+    stored = list((crild_home() / "tokenized").glob("*/teacher_logits-*.safetensors"))
+    assert len(stored) == 1
+    from safetensors.torch import load_file
+    assert load_file(str(stored[0]))["logits"].shape == (96, 2)
+    final, last_phase = out / "student" / "model.safetensors", out / "student.phases" / "kd" / "model.safetensors"
+    assert final.is_file() and final.stat().st_ino == last_phase.stat().st_ino  # one copy of the weights on disk
+    phases = {p: out / "student.phases" / p for p in results}
+    assert all(not problems(folder) for folder in [out / "student", *phases.values()])  # nothing written through a link
+    finished = {p: (folder / MANIFEST).read_text() for p, folder in phases.items()}
+    # a second run skips every phase
+    assert stage3_distill.run(cfg, stop=StopRequest(install_handlers=False)) == 0
+    assert {p: (folder / MANIFEST).read_text() for p, folder in phases.items()} == finished
+    assert stored[0].stat().st_mtime == list((crild_home() / "tokenized").glob(
+        "*/teacher_logits-*.safetensors"))[0].stat().st_mtime
+
+
+def test_zero3_partitioned_teacher_gives_the_same_kd_logits(tmp_path, tiny_bert, sentiment_dir):
+    """A teacher partitioned with ZeRO-3 (transformers' DeepSpeed integration) computes the
+    same cached KD logits as the plain frozen teacher, and the student stays unpartitioned."""
+    from safetensors.torch import load_file
+
+    z3 = tmp_path / "zero3_fp32.json"
+    z3.write_text(json.dumps({"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
+                              "zero_optimization": {"stage": 3}, "bf16": {"enabled": False}}))
+    logits = {}
+    for name, extra in (("plain", {}), ("zero3", {"teacher_deepspeed_config": str(z3)})):
+        home = tmp_path / f"home-{name}"
+        import os
+        os.environ["CRILD_HOME"] = str(home)
+        raw = tiny_run_config(tmp_path / name, tiny_bert, sentiment_dir)
+        raw["stages"]["distill"] = {"preset": "kd", "teacher_model": str(tiny_bert),
+                                    "kd": {"epochs": 1, "batch_size": 8, "checkpoint_every": 50}, **extra}
+        assert stage3_distill.run(from_dict(raw), stop=StopRequest(install_handlers=False)) == 0
+        (path,) = (home / "tokenized").glob("*/teacher_logits-*.safetensors")
+        logits[name] = load_file(str(path))["logits"]
+    torch.testing.assert_close(logits["zero3"], logits["plain"], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("target", ["clean", "ema"])
+def test_cr_ild_resume_is_exact(tmp_path, tiny_bert, sentiment_dir, target):
+    """Stopped mid-phase and resumed: the same student as without the stop (mixup draws,
+    dropout, data order and the EMA copy all continue where they were)."""
+    from safetensors.torch import load_file
+
+    def cfg(name):
+        raw = tiny_run_config(tmp_path / name, tiny_bert, sentiment_dir)
+        raw["stages"]["distill"] = {"preset": "cr-ild", "teacher_model": str(tiny_bert), "phases": ["ild"],
+                                    "consistency": {"target": target, "ema_decay": 0.9},
+                                    "ild": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3,
+                                            "checkpoint_every": 1000}}
+        return from_dict(raw)
+
+    full, split = cfg("full"), cfg("split")
+    assert stage3_distill.run(full, stop=StopRequest(install_handlers=False)) == 0
+    assert stage3_distill.run(split, stop=StopRequest(after_micro_steps=7, install_handlers=False)) == 75
+    if target == "ema":
+        tag = Path(split.output_dir) / "checkpoints" / "student" / "ild" / "step00000007"
+        assert (tag / "ema.safetensors").is_file()
+    assert stage3_distill.run(split, stop=StopRequest(install_handlers=False)) == 0
+    assert not (Path(split.output_dir) / "checkpoints" / "student").exists()  # every phase finished
+    a = load_file(str(Path(full.output_dir) / "student" / "model.safetensors"))
+    b = load_file(str(Path(split.output_dir) / "student" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

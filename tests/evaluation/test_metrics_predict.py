@@ -1,0 +1,50 @@
+"""Evaluation: GLUE metrics on known values, and sharded prediction in row order."""
+import numpy as np
+import pytest
+import torch
+
+from pipeline.data.batching import Collator, eval_shards
+from pipeline.evaluation.metrics import compute_metrics
+
+
+def test_metrics_known_values():
+    labels = np.array([1, 0, 1, 1, 0, 0, 1, 0])
+    preds = np.array([1, 0, 0, 1, 0, 1, 1, 0])
+    logits = np.eye(2)[preds]
+    m = compute_metrics("accuracy_f1", logits, labels, False)
+    assert m["accuracy"] == pytest.approx(0.75) and m["f1"] == pytest.approx(0.75)
+    # MCC: tp=3 tn=3 fp=1 fn=1 -> (9-1)/sqrt(4*4*4*4) = 0.5
+    assert compute_metrics("matthews", logits, labels, False)["matthews_corr"] == pytest.approx(0.5)
+    scores = np.array([[1.0], [2.0], [3.0], [4.0]])
+    gold = np.array([1.0, 3.0, 2.0, 4.0])
+    m = compute_metrics("pearson_spearman", scores, gold, True)
+    assert m["pearson"] == pytest.approx(0.8) and m["spearman"] == pytest.approx(0.8)
+
+
+def test_eval_batches_group_lengths_and_logits_come_back_in_row_order():
+    """Sorted by length within each rank's shard, a batch pads to similar lengths; the logits
+    are put back in the rows' order."""
+    import datasets
+
+    from pipeline.evaluation.predict import predict_logits
+    from pipeline.runtime.distributed import DistInfo
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 60, size=37)
+    ds = datasets.Dataset.from_dict({"input_ids": [[2] + [100 + i] * (n - 2) + [3] for i, n in enumerate(lengths)],
+                                     "token_type_ids": [[0] * n for n in lengths],
+                                     "label": [0] * 37, "length": lengths.tolist()})
+    widths = []
+
+    def forward(batch):  # logit = the row's own token, so order mistakes show
+        widths.append(batch["input_ids"].shape[1])
+        return batch["input_ids"][:, 1:2].float()
+
+    logits = predict_logits(forward, ds, Collator(0, False, pad_to_multiple_of=0), 8, DistInfo(0, 1, 0, torch.device("cpu")))
+    assert logits[:, 0].tolist() == [100.0 + i for i in range(37)]
+    assert widths == sorted(widths, reverse=True) and widths[0] == lengths.max()
+    padded = sum(widths[:-1]) * 8 + widths[-1] * (37 - 8 * (len(widths) - 1))
+    unsorted = sum(max(lengths[i:i + 8]) * len(lengths[i:i + 8]) for i in range(0, 37, 8))
+    assert padded < 0.75 * unsorted  # what sorting is for
+    shards = [eval_shards(37, 8, 2, r, lengths) for r in range(2)]  # still contiguous halves, equal counts
+    assert len(shards[0]) == len(shards[1]) and sorted(i for b in shards[0] for i in b) == list(range(19))

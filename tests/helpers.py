@@ -1,0 +1,76 @@
+"""What the tests build for themselves: a tiny word-level BERT (hidden 32), small labelled
+datasets with a learnable signal, and run configurations for them. Fixtures that use these
+are in conftest.py."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+POSITIVE = ["good", "great", "fine", "lovely", "superb", "brilliant", "moving", "funny"]
+NEGATIVE = ["bad", "awful", "dull", "boring", "weak", "poor", "tedious", "messy"]
+FILLER = ["the", "a", "film", "movie", "story", "was", "is", "very", "quite", "and", "but", "plot", "actors",
+          "cast", "scene", "ending", "this", "that", "it", "with", "of", "to", "man", "woman", "dog", "cat",
+          "runs", "sleeps", "outside", "inside", "park", "street", "plays", "music", "eats", "food"]
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","] + POSITIVE + NEGATIVE + FILLER
+
+
+def write_tiny_bert(folder: Path, num_layers: int = 4, hidden: int = 32, heads: int = 4, seed: int = 0) -> Path:
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(VOCAB)}, do_lower_case=True)
+    assert tok.convert_ids_to_tokens(tok("good film")["input_ids"]) == ["[CLS]", "good", "film", "[SEP]"]
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(VOCAB), hidden_size=hidden, num_hidden_layers=num_layers,
+                        num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=64)
+    BertModel(config).save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+def sentence(rng: random.Random, label: int) -> str:
+    words = rng.sample(FILLER, 5) + [rng.choice(POSITIVE if label else NEGATIVE)]
+    rng.shuffle(words)
+    return " ".join(words) + " ."
+
+
+def write_sentiment_task(folder: Path, sizes=(("train", 96), ("dev", 32), ("test", 32)), seed: int = 0) -> Path:
+    """rotten_tomatoes-format JSONL splits whose label is decided by one sentiment word."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in sizes:
+        with open(folder / f"{split}.jsonl", "w") as fh:
+            for i in range(n):
+                label = i % 2
+                fh.write(json.dumps({"sentence": sentence(rng, label), "label": ["rotten", "fresh"][label]}) + "\n")
+    return folder
+
+
+def tiny_run_config(tmp_path: Path, tiny_bert: Path, data_dir: Path, **stage) -> dict:
+    """A raw run configuration for the tiny model and data (dict, before validation)."""
+    train = {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "checkpoint_every": 4, "log_every": 2,
+             "eval_every": 4, "eval_batch_size": 16, **stage}
+    return {
+        "output_dir": str(tmp_path / "run"), "seed": 7, "deepspeed_config": "ds_configs/zero0_fp32.json",
+        "task": {"name": "rotten_tomatoes", "data_dir": str(data_dir), "max_length": 32},
+        "teacher": {"model": str(tiny_bert)},
+        "student": {"init": "truncated", "backbone": str(tiny_bert), "num_layers": 2},
+        "stages": {"teacher": train},
+    }
+
+
+def scalar_tags(event_dir: Path) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = {}
+    for f in sorted(event_dir.glob("events.out.tfevents.*")):
+        ea = EventAccumulator(str(f))
+        ea.Reload()
+        for tag in ea.Tags()["scalars"]:
+            out.setdefault(tag, []).extend((e.step, e.value) for e in ea.Scalars(tag))
+    return out

@@ -1,0 +1,142 @@
+"""The Slurm path on a real single-node cluster (tools/local_slurm.sh): the tiny chain with a
+2-task allocation, preemption with requeue and exact resume, and `crild submit` with a
+failing stage."""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import REPO, tiny_run_config
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(os.environ.get("CRILD_SKIP_SLURM") == "1", reason="CRILD_SKIP_SLURM=1")]
+
+
+@pytest.fixture(scope="module")
+def slurm_env():
+    proc = subprocess.run(["bash", str(REPO / "tools" / "local_slurm.sh"), "start"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    env = dict(os.environ, SLURM_CONF=os.environ.get("CRILD_SLURM_DIR", "/tmp/crild-slurm") + "/slurm.conf",
+               CRILD_PYTHON=sys.executable)
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "CRILD_HOME"):
+        env.pop(k, None)
+    return env
+
+
+def chain_config(tmp_path: Path, tiny_bert, data_dir, name: str, **distill) -> Path:
+    small = {"batch_size": 8, "learning_rate": 1e-3, "log_every": 2, "checkpoint_every": 1000}
+    raw = tiny_run_config(tmp_path, tiny_bert, data_dir, epochs=1)
+    raw.update(output_dir=str(tmp_path / name), num_ranks=2, pipeline=["teacher", "distill", "evaluate"],
+               deepspeed_config=str(REPO / "ds_configs" / "zero2_bf16.json"))
+    raw["stages"]["distill"] = {"preset": "cr-ild", "ild": {"epochs": 30, **small}, "kd": {"epochs": 1, **small},
+                                **distill}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def state(job: str, env) -> str:
+    out = subprocess.run(["scontrol", "show", "job", job, "-o"], capture_output=True, text=True, env=env).stdout
+    return next((f.split("=", 1)[1] for f in out.split() if f.startswith("JobState=")), "UNKNOWN")
+
+
+def wait(job: str, env, timeout: float = 600) -> str:
+    end = time.time() + timeout
+    while time.time() < end:
+        s = state(job, env)
+        if s in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
+            return s
+        time.sleep(1)
+    subprocess.run(["scancel", job], env=env)
+    raise AssertionError(f"job {job} did not finish in {timeout} s (state {state(job, env)})")
+
+
+def sbatch_tiny(config: Path, log: Path, env) -> str:
+    out = subprocess.run(["sbatch", "--parsable", f"--output={log}", str(REPO / "jobs" / "crild_tiny.sbatch"),
+                          str(config)], capture_output=True, text=True, env=env, cwd=REPO, check=True)
+    return out.stdout.strip().split(";")[0]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_bert, sentiment_dir, slurm_env):
+    tmp = tmp_path_factory.mktemp("slurm")
+    config = chain_config(tmp, tiny_bert, sentiment_dir, "plain")
+    job = sbatch_tiny(config, tmp / "plain.log", slurm_env)
+    assert wait(job, slurm_env) == "COMPLETED", (tmp / "plain.log").read_text()[-3000:]
+    return tmp, tmp / "plain", (tmp / "plain.log").read_text()
+
+
+def test_sbatch_tiny_runs_every_stage_on_two_tasks(uninterrupted):
+    _, out, log = uninterrupted
+    for stage in ("teacher", "student", "eval"):
+        assert (out / stage / "crild_stage.json").is_file(), log[-3000:]
+    assert (out / "eval" / "results.json").is_file()
+    assert "2 rank(s)" in log and "srun --kill-on-bad-exit=1 --ntasks=2" in log
+
+
+def test_preemption_checkpoints_requeues_and_ends_identical(uninterrupted, tiny_bert, sentiment_dir, slurm_env):
+    tmp, plain, _ = uninterrupted
+    config = chain_config(tmp, tiny_bert, sentiment_dir, "preempted")
+    log = tmp / "preempted.log"
+    job = sbatch_tiny(config, log, slurm_env)
+    end = time.time() + 300
+    while time.time() < end and "crild: ild:" not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.2)
+    time.sleep(1.0)  # a few ILD steps in
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=slurm_env, check=True)
+    assert wait(job, slurm_env) == "COMPLETED", log.read_text()[-3000:]
+    text = log.read_text()
+    assert "requeued to resume" in text and "restart 1" in text, text[-3000:]
+    assert "ild: resuming at micro-step" in text
+    a = (plain / "student" / "model.safetensors").read_bytes()
+    b = (tmp / "preempted" / "student" / "model.safetensors").read_bytes()
+    assert a == b  # bitwise the same student as the uninterrupted run
+
+
+def submit(config: Path, env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", "submit", str(config)], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=600)
+
+
+def submitted(proc) -> dict:
+    return {line.split()[1].rstrip(":"): line.split()[4] for line in proc.stdout.splitlines()
+            if "submitted job" in line}
+
+
+def test_submit_chains_jobs_and_reports_the_failed_stage(tmp_path, tiny_bert, sentiment_dir, slurm_env):
+    # 1. a chain that completes: teacher, then evaluation after it (afterok)
+    good = chain_config(tmp_path, tiny_bert, sentiment_dir, "submitted")
+    raw = yaml.safe_load(good.read_text())
+    raw["pipeline"] = ["teacher", "evaluate"]
+    good.write_text(yaml.safe_dump(raw))
+    proc = submit(good, slurm_env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    jobs = submitted(proc)
+    assert list(jobs) == ["teacher", "evaluate"]
+    assert f"crild: teacher: job {jobs['teacher']} COMPLETED" in proc.stdout.splitlines()
+    assert f"crild: evaluate: job {jobs['evaluate']} COMPLETED" in proc.stdout.splitlines()
+    assert (tmp_path / "submitted" / "eval" / "results.json").is_file()
+
+    # 2. the same run with a distillation stage made to fail: the teacher is complete and not
+    # resubmitted, distill fails, evaluation (after it) is cancelled, the failure is named
+    raw["pipeline"] = ["teacher", "distill", "evaluate"]
+    raw["stages"]["distill"]["teacher_model"] = str(tmp_path / "missing")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    proc = submit(bad, slurm_env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "crild: teacher: complete for this configuration, not submitted" in lines
+    jobs = submitted(proc)
+    assert list(jobs) == ["distill", "evaluate"]
+    assert f"crild: distill: job {jobs['distill']} FAILED" in lines
+    assert f"crild: evaluate: job {jobs['evaluate']} CANCELLED" in lines
+    err = proc.stderr.strip().splitlines()
+    log = tmp_path / "submitted" / "logs" / f"distill-{jobs['distill']}.out"
+    assert err == [f"crild: error: stage 'distill' failed (job {jobs['distill']}, FAILED); its log is {log}; "
+                   f"dependent stages were cancelled"]
+    assert "missing' does not exist" in log.read_text()

@@ -1,0 +1,52 @@
+"""The configuration machinery: help on every key, duplicate YAML keys refused, finite
+numbers and ranges from the schema, one-line messages with the dotted key."""
+import pytest
+
+from pipeline.config import RunConfig, from_dict, load_config
+from pipeline.errors import UserError
+from pipeline.schema.explain import explain, explain_rows
+
+
+def test_every_setting_has_help_and_explain_prints_it():
+    rows = explain_rows(RunConfig)
+    keys = {key for key, *_ in rows}
+    assert {"seed", "stages.distill.consistency.weight", "stages.distill.kd.eval_every",
+            "task.columns.text_a"} <= keys
+    leaves = [(key, help_) for key, type_, default, help_ in rows if type_ != "section"]
+    assert len(leaves) > 90 and all(help_ for _, help_ in leaves), [k for k, h in leaves if not h]
+    text = explain(RunConfig)
+    # a section's defaults are its own: the KD phase evaluates every 50 steps, the teacher every epoch
+    assert "stages.distill.kd.eval_every" in text and "(default 50)" in text
+    assert "a ratio in [0, 1) (default 0.0)" in text
+
+
+def test_duplicate_keys_are_refused_with_both_lines(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("seed: 1\nstages:\n  teacher: {epochs: 1}\nseed: 2\n")
+    with pytest.raises(UserError, match=r"dup.yaml: duplicate key 'seed' on lines 1 and 4"):
+        load_config(path)
+    path.write_text("stages:\n  teacher:\n    epochs: 1\n  teacher:\n    epochs: 2\n")
+    with pytest.raises(UserError, match=r"duplicate key 'teacher' on lines 2 and 4"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("raw,message", [
+    ({"stages": {"teacher": {"learning_rate": float("nan")}}},
+     "stages.teacher.learning_rate: expected a positive number, got nan"),
+    ({"stages": {"teacher": {"weight_decay": float("inf")}}},
+     "stages.teacher.weight_decay: expected a number >= 0, got inf"),
+    ({"stages": {"teacher": {"warmup_ratio": -0.1}}}, "stages.teacher.warmup_ratio: expected a ratio in [0, 1], got -0.1"),
+    ({"seed": -1}, "seed: expected a seed in [0, 4294967295], got -1"),
+    ({"seed": 2**32}, "seed: expected a seed in [0, 4294967295], got 4294967296"),
+    ({"stages": {"distill": {"supplementary": [{"ratio": 0}]}}},
+     "stages.distill.supplementary[0].ratio: expected a positive number, got 0"),
+    ({"stages": {"distill": {"consistency": {"target": "emma"}}}},
+     "stages.distill.consistency.target: expected clean or ema, got 'emma'; did you mean 'ema'?"),
+    ({"student": {"init": "random"}}, "student.random_init: required when student.init is 'random'"),
+    ({"pipeline": ["teacher", 3]}, "pipeline[1]: expected a string, got 3 (int)"),
+    ({"stages": {"distill": {"kd_terms": {"ce": -1}}}}, "stages.distill.kd_terms.ce: expected a number >= 0, got -1"),
+])
+def test_values_out_of_range_name_the_key_and_what_was_expected(raw, message):
+    with pytest.raises(UserError) as err:
+        from_dict(raw, "run.yaml")
+    assert str(err.value) == f"run.yaml: {message}"

@@ -1,0 +1,343 @@
+"""The comparison study and its report on tiny models: runs through `crild run`, a resumable
+partial report, the table, the plots, the TensorBoard read-back and the flatness probe."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from helpers import REPO, tiny_run_config
+
+from pipeline.evaluation.flatness import perturbed_scores
+from pipeline.study.scoring import read_scalars
+
+
+def test_flatness_probe_restores_weights_and_scores_clean_once():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(64, 8)
+    target = model(x).argmax(-1)
+
+    def score():
+        return float((model(x).argmax(-1) == target).float().mean())
+
+    curve = perturbed_scores(model, score, [0.0, 0.01, 3.0], draws=4, seed=1)
+    assert curve[0.0] == [1.0]  # unperturbed: scored once, agrees with itself
+    assert len(curve[0.01]) == 4 and min(curve[0.01]) > 0.9  # tiny noise barely moves it
+    assert sum(curve[3.0]) / 4 < 0.9  # noise 3x the weights' scale scrambles it
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert perturbed_scores(model, score, [0.0, 3.0], draws=4, seed=1)[3.0] == curve[3.0]  # seeded
+
+
+def test_read_scalars_keeps_the_later_write_of_a_repeated_step(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    for values in ([(1, 1.0), (2, 2.0)], [(2, 5.0), (3, 3.0)]):  # a resumed run rewrites step 2
+        w = SummaryWriter(str(tmp_path))
+        for step, v in values:
+            w.add_scalar("kd/train/loss", v, step)
+        w.close()
+    assert read_scalars(tmp_path)["kd/train/loss"] == [(1, 1.0), (2, 5.0), (3, 3.0)]
+
+
+@pytest.mark.slow
+def test_study_runs_resumes_and_reports(tmp_path, tiny_bert, sentiment_dir):
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=6, learning_rate=3e-3)
+    raw["pipeline"] = ["teacher", "distill"]
+    train = {"epochs": 2, "batch_size": 8, "learning_rate": 3e-3, "checkpoint_every": 50, "log_every": 2}
+    raw["stages"]["distill"] = {"temperature": 1.0, "ild": train,
+                                "kd": {**train, "eval_every": 4, "eval_train_examples": 32}}
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(raw))
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({
+        "base": str(base), "output_dir": str(tmp_path / "cells"), "report_dir": str(tmp_path / "report"),
+        "seeds": [1, 2], "methods": ["kd", "cr-ild"], "tasks": {"rotten_tomatoes": {}},
+        "settings": {"few-64": {"task.few_sample": 64}},
+        "flatness": {"scales": [0.0, 0.5], "draws": 2, "examples": 16}, "eval_splits": ["dev", "test"],
+        "score_max_examples": {"rotten_tomatoes": 20}}))
+    cmd = [sys.executable, str(REPO / "tools" / "report.py"), "--study", str(study)]
+
+    proc = subprocess.run(cmd + ["--max-runs", "3", "--jobs", "2"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    events = [line for line in proc.stdout.splitlines() if line.startswith("report: ")]
+    # two seeds at once, but never two cells of one seed (they share its teacher and checkpoints)
+    assert events[:2] == ["report: running rotten_tomatoes/few-64/seed1/kd",
+                          "report: running rotten_tomatoes/few-64/seed2/kd"], events
+    started_cr_ild = events.index("report: running rotten_tomatoes/few-64/seed1/cr-ild")
+    assert any(e.startswith("report: rotten_tomatoes/few-64/seed1/kd done") for e in events[:started_cr_ild])
+    text = (tmp_path / "report" / "README.md").read_text()
+    assert "**3 of 4 runs complete.** This report is partial." in text
+    assert "- rotten_tomatoes/few-64/seed2/cr-ild" in text  # what is missing is named
+
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)  # continues: one cell left
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stdout.count("report: running") == 1
+    text = (tmp_path / "report" / "README.md").read_text()
+    assert "**4 of 4 runs complete.**" in text
+    row = next(line for line in text.splitlines() if line.startswith("| cr-ild |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "2" and all("±" in c for c in cells[2:])  # every column filled, 2 seeds
+    teacher = next(line for line in text.splitlines() if line.startswith("| teacher | 2 |"))
+    assert float(teacher.split("|")[5].split("±")[0]) > 60  # test accuracy above chance (50): the teachers learned
+    for kind in ("gap", "flatness", "losses"):
+        assert (tmp_path / "report" / f"{kind}_rotten_tomatoes_few-64.png").stat().st_size > 1000
+        assert f'src="{kind}_rotten_tomatoes_few-64.png"' in (tmp_path / "report" / "index.html").read_text()
+    assert "Checks of the paper's findings:" in text and "CR-ILD beats prediction-layer KD alone" in text
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())["rotten_tomatoes/few-64"]
+    assert summary["cr-ild"]["seeds"] == [1, 2] and len(summary["kd"]["test_last"]) == 2
+    assert all(g is not None for g in summary["cr-ild"]["gap_end"])
+    records = tmp_path / "report" / "records" / "rotten_tomatoes" / "few-64"
+    scored = json.loads((records / "seed1" / "cr-ild.json").read_text())
+    assert scored["examples"] == {"dev": 20, "test": 20} and scored["cell"] == "rotten_tomatoes/few-64/seed1/cr-ild"
+    assert scored["gap_curve"] and any(tag.startswith("ild/train/") for tag in scored["losses"])
+    assert "kd/train/logit_kd" in scored["losses"] and "kd/eval/train/accuracy" not in scored["losses"]
+    teachers = [json.loads((records / f"seed{s}" / "teacher.json").read_text()) for s in (1, 2)]
+    mean = sum(t["scores"]["test"]["accuracy"] for t in teachers) / 2  # the table's teacher row comes from them
+    assert f"{mean * 100:.2f} ±" in teacher and all(len(t["weights_sha256"]) == 64 for t in teachers)
+    assert "Held-out rotten_tomatoes scores use the first 20 examples of each split" in text
+    first = (tmp_path / "report" / "README.md").read_text()
+
+    # the records are the study's results: with every run folder gone (a fresh clone, another
+    # machine) the report is the same and nothing is run again
+    shutil.rmtree(tmp_path / "cells")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "report: running" not in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    again = (tmp_path / "report" / "README.md").read_text()
+    assert again.split("\n", 3)[3] == first.split("\n", 3)[3]  # all but the date line
+
+    # a record made with other settings is stale: that cell is run and recorded again
+    stale = json.loads((records / "seed2" / "kd.json").read_text())
+    (records / "seed2" / "kd.json").write_text(json.dumps({**stale, "key": "0" * 16}))
+    proc = subprocess.run(cmd + ["--collect-only", "--cached-scores"], capture_output=True, text=True, timeout=300)
+    text = (tmp_path / "report" / "README.md").read_text()
+    assert proc.returncode == 0 and "**3 of 4 runs complete.**" in text, proc.stderr[-2000:]
+    assert "- rotten_tomatoes/few-64/seed2/kd" in text
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0 and proc.stdout.count("report: running") == 1, proc.stdout[-2000:]
+    assert json.loads((records / "seed2" / "kd.json").read_text())["key"] == stale["key"]
+
+    # a complete run without a record (--cached-scores ran it unscored) is listed, then scored
+    (records / "seed2" / "kd.json").unlink()
+    proc = subprocess.run(cmd + ["--collect-only", "--cached-scores"], capture_output=True, text=True, timeout=300)
+    text = (tmp_path / "report" / "README.md").read_text()
+    assert proc.returncode == 0 and "1 complete runs are not scored yet" in text
+    assert not (records / "seed2" / "kd.json").exists()
+    proc = subprocess.run(cmd + ["--collect-only"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert [line for line in proc.stdout.splitlines() if line.startswith("report: scoring")] == [
+        "report: scoring rotten_tomatoes/few-64/seed2/kd"]
+    assert "**4 of 4 runs complete.**" in (tmp_path / "report" / "README.md").read_text()
+
+
+def test_a_record_holds_while_its_cell_settings_and_weights_are_unchanged(tmp_path):
+    """Records are keyed by the cell's settings (not where its run folder is) and by the
+    weights of a complete run here."""
+    from pipeline.outputs.manifest import MANIFEST
+    from pipeline.study.cells import cells
+    from pipeline.study.records import load_record, record_key, write_record
+    from pipeline.study.spec import load_study
+
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({"task": {"name": "rotten_tomatoes"}, "teacher": {"random_init": {
+        "num_layers": 2, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64}}}))
+
+    def study(**over):
+        path = tmp_path / "study.yaml"
+        path.write_text(yaml.safe_dump({
+            "base": str(base), "output_dir": str(tmp_path / "cells"), "report_dir": str(tmp_path / "report"),
+            "seeds": [1], "methods": ["kd", "cr-ild"], "tasks": {"rotten_tomatoes": {}},
+            "settings": {"few": {"task.few_sample": 64}}, **over}))
+        spec = load_study(str(path))
+        return spec, cells(spec)
+
+    spec, (kd, cr) = study()
+    write_record(spec, kd, {"scores": {"test": {"accuracy": 0.5}}})
+    write_record(spec, kd, {"scores": {"test": {"accuracy": 0.7}}}, teacher=True)
+    assert load_record(spec, kd)["scores"]["test"]["accuracy"] == 0.5 and load_record(spec, cr) is None
+    assert record_key(spec, kd, teacher=True) == record_key(spec, cr, teacher=True)  # one teacher per seed
+    assert record_key(spec, kd) != record_key(spec, cr)
+
+    spec, (kd, _) = study(output_dir=str(tmp_path / "elsewhere"))  # another machine's run folders
+    assert load_record(spec, kd) is not None
+    spec, (kd, _) = study(settings={"few": {"task.few_sample": 128}})  # other training data
+    assert load_record(spec, kd) is None and load_record(spec, kd, teacher=True) is None
+    spec, (kd, _) = study(flatness={"draws": 5})  # other scoring: the student's record, not the teacher's
+    assert load_record(spec, kd) is None and load_record(spec, kd, teacher=True) is not None
+    # a per-phase DeepSpeed config: its text counts, as the top-level one's does, not only its path
+    phase_ds = tmp_path / "kd_ds.json"
+    phase_ds.write_text(json.dumps({"train_micro_batch_size_per_gpu": 8}))
+    spec, (kd, _) = study(settings={"few": {"task.few_sample": 64, "stages.distill.kd.deepspeed_config": str(phase_ds)}})
+    write_record(spec, kd, {"scores": {"test": {"accuracy": 0.6}}})
+    assert load_record(spec, kd)["scores"]["test"]["accuracy"] == 0.6
+    phase_ds.write_text(json.dumps({"train_micro_batch_size_per_gpu": 8, "bf16": {"enabled": True}}))
+    assert load_record(spec, kd) is None
+
+    spec, (kd, _) = study()
+    write_record(spec, kd, {"scores": {"test": {"accuracy": 0.5}}})
+    assert load_record(spec, kd) is not None
+    kd.student.mkdir(parents=True)  # the run here was redone: its weights differ from the record's
+    (kd.student / MANIFEST).write_text(json.dumps({"status": "complete"}))
+    (kd.student / "content_hashes.json").write_text(json.dumps({"model.safetensors": {"sha256": "beef"}}))
+    assert load_record(spec, kd) is None
+    (tmp_path / "report" / "records" / "rotten_tomatoes" / "few" / "seed1" / "kd.json").write_text("{not json")
+    assert load_record(spec, kd) is None
+
+
+def test_study_file_errors_name_the_key(tmp_path):
+    from pipeline.errors import UserError
+    from pipeline.study.spec import load_study
+
+    base = {"base": "b.yaml", "output_dir": "o", "report_dir": "r", "seeds": [1], "methods": ["kd"],
+            "tasks": {"rotten_tomatoes": {}}, "settings": {"s": {}}}
+    for extra, expected in [({"score_max_examples": {"snli": 10}}, "'snli' is not one of the study's tasks"),
+                            ({"score_max_examples": {"rotten_tomatoes": 0}}, "rotten_tomatoes: expected a positive"),
+                            ({"methods": ["kd", "cr-ild-v2"]}, "unknown preset 'cr-ild-v2'"),
+                            ({"seeds": [1, "2"]}, "seeds: expected a list of integers")]:
+        path = tmp_path / "study.yaml"
+        path.write_text(yaml.safe_dump({**base, **extra}))
+        with pytest.raises(UserError) as err:
+            load_study(str(path))
+        assert str(path) in str(err.value) and expected in str(err.value)
+
+
+@pytest.mark.slow
+def test_a_stopped_study_stops_its_cells_and_resumes_them(tmp_path, tiny_bert, sentiment_dir):
+    """SIGTERM (a time limit) to tools/report.py stops the running cell, which checkpoints;
+    the same command then resumes the cell from that checkpoint instead of starting over."""
+    import os
+    import signal
+    import time
+
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=1000, checkpoint_every=4, log_every=2)
+    raw["pipeline"] = ["teacher", "distill"]
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(raw))
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({
+        "base": str(base), "output_dir": str(tmp_path / "cells"), "report_dir": str(tmp_path / "report"),
+        "seeds": [1], "methods": ["kd"], "tasks": {"rotten_tomatoes": {}}, "settings": {"s": {}}}))
+    log = tmp_path / "cells" / "rotten_tomatoes" / "s" / "seed1" / "logs" / "kd.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
+                                                             "MASTER_PORT", "LOCAL_WORLD_SIZE")}
+
+    def run_until(ready) -> str:
+        proc = subprocess.Popen([sys.executable, str(REPO / "tools" / "report.py"), "--study", str(study)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                start_new_session=True)
+        try:
+            deadline = time.time() + 300
+            while not ready():
+                assert proc.poll() is None and time.time() < deadline, (proc.poll(), log.read_text()[-2000:])
+                time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)  # to tools/report.py alone, as a time limit would
+            out = proc.communicate(timeout=120)[0]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        assert proc.returncode != 0 and "interrupted; rerun the same command" in out, out[-2000:]
+        left = subprocess.run(["pgrep", "-f", str(tmp_path / "cells")], capture_output=True, text=True).stdout
+        assert not left.strip(), f"cell processes left running: {left}"
+        return log.read_text()
+
+    latest = tmp_path / "cells" / "rotten_tomatoes" / "s" / "seed1" / "checkpoints" / "teacher" / "latest"
+    first = run_until(latest.is_file)  # into the teacher stage, past its first checkpoint (speed-independent)
+    assert "received SIGTERM; asking the running stage to checkpoint" in first
+    second = run_until(lambda: "resuming at micro-step" in log.read_text()[len(first):])
+    resumed = second[len(first):].split("resuming at micro-step ")[1].split()[0]
+    stopped = first.split("teacher: stopped at micro-step ")[1].split(";")[0]
+    assert int(resumed) == int(stopped) > 0, (resumed, stopped)  # where the first run stopped, not the start
+
+
+def _record(task, setting, seed, method, test, gap=0.1):
+    from pathlib import Path
+
+    from pipeline.study.cells import Cell
+
+    cell = Cell(task, setting, seed, method, Path("cells") / task / setting / f"seed{seed}", ())
+    return {"cell": cell, "scores": {"dev": {"accuracy": test}, "test": {"accuracy": test}}, "best_dev": test,
+            "gap_end": gap, "gap_curve": [], "losses": {}, "flatness": None}
+
+
+def test_findings_are_paired_by_seed_and_pooled_over_groups(tmp_path):
+    from pipeline.study.findings import check_finding
+    from pipeline.study.report import write_report
+    from pipeline.study.spec import FlatnessSpec, StudySpec
+
+    # cr-ild beats kd by exactly 1 point on every seed while the seeds themselves vary by 10:
+    # paired, that is a sure effect; unpaired it would drown in the seed spread
+    records = {}
+    for task in ("rotten_tomatoes", "snli"):
+        records[(task, "few")] = {
+            "kd": [_record(task, "few", s, "kd", 0.60 + 0.1 * i) for i, s in enumerate((1, 2, 3))],
+            "cr-ild": [_record(task, "few", s, "cr-ild", 0.61 + 0.1 * i) for i, s in enumerate((1, 2, 3))]}
+    records[("snli", "few")]["cr-ild"].pop()  # seed 3 missing: only seeds 1 and 2 pair up there
+    metric_of = {"rotten_tomatoes": "accuracy", "snli": "accuracy"}
+    one = check_finding({("rotten_tomatoes", "few"): records[("rotten_tomatoes", "few")]}, "s", "cr-ild", "kd",
+                        "test", "test", metric_of)
+    assert len(one.diffs) == 3 and abs(one.diff - 0.01) < 1e-9 and one.se < 1e-9 and one.verdict == "held"
+    assert abs(one.mean_better - 0.71) < 1e-9 and abs(one.mean_worse - 0.70) < 1e-9
+    pooled = check_finding(records, "s", "cr-ild", "kd", "test", "test", metric_of)
+    assert len(pooled.diffs) == 5 and pooled.verdict == "held"
+    worse = check_finding(records, "s", "kd", "cr-ild", "test", "test", metric_of)
+    assert worse.verdict == "did not hold"
+
+    spec = StudySpec(base="b.yaml", output_dir="cells", report_dir=str(tmp_path / "report"), seeds=[1, 2, 3],
+                     methods=["kd", "cr-ild"], tasks={"rotten_tomatoes": {}, "snli": {}}, settings={"few": {}},
+                     flatness=FlatnessSpec(), eval_splits=["dev", "test"])
+    write_report(spec, records, {}, ["snli/few/seed3/cr-ild"], [], ["header"], metric_of)
+    text = (tmp_path / "report" / "README.md").read_text()
+    assert text.index("## The paper's findings, all tasks and settings together") < text.index("**11 of 12 runs")
+    row = next(line for line in text.splitlines() if line.startswith("| CR-ILD beats prediction-layer KD alone |"))
+    assert "held (+1.0) | held (+1.0) | **held** (+1.00 ± 0.00, 5 seeds)" in row
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())["findings"]
+    assert [c["n"] for c in summary["pooled"] if c["better"] == "cr-ild" and c["worse"] == "kd"] == [5]
+    assert summary["snli/few"][0]["verdict"] == "held"
+    page = (tmp_path / "report" / "index.html").read_text()  # the same report for a browser
+    assert page.startswith("<!DOCTYPE html>") and "<title>Distillation methods compared" in page
+    assert "<td>CR-ILD beats prediction-layer KD alone</td>" in page and "<strong>held</strong> (+1.00" in page
+
+
+def test_report_only_selects_cells_by_label_prefix(tmp_path):
+    """--only with a prefix that matches no cell is a one-line error naming it; a prefix
+    selects whole path segments (``rotten`` is not ``rotten_tomatoes``)."""
+    from pipeline.study.command import _selects
+
+    assert _selects("snli", "snli/noise-0.3/seed42/kd") and _selects("snli/noise-0.3/", "snli/noise-0.3/seed42/kd")
+    assert not _selects("sn", "snli/noise-0.3/seed42/kd") and not _selects("snli/noise", "snli/noise-0.3/seed42/kd")
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({
+        "base": str(REPO / "jobs" / "report_base.yaml"), "output_dir": str(tmp_path / "cells"),
+        "report_dir": str(tmp_path / "report"), "seeds": [1], "methods": ["kd"],
+        "tasks": {"rotten_tomatoes": {}}, "settings": {"few": {}}}))
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "report.py"), "--study", str(study),
+                           "--only", "rotten"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"crild: error: {study}: --only rotten: no cell of the study matches "
+        "(labels look like rotten_tomatoes/few/seed1/kd)")
+    assert not (tmp_path / "report").exists() and not (tmp_path / "cells").exists()
+    proc = subprocess.run([sys.executable, "-m", "pipeline.study.records", str(study), "rotten_tomatoes/few/seed9/kd"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"crild: error: {study}: no cell 'rotten_tomatoes/few/seed9/kd' in this study"), proc.stderr
+
+
+def test_study_records_are_not_ignored_by_git():
+    """The records are the study's results and are committed: an ignore rule for run folders
+    (``runs/``) once matched them too."""
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    from pipeline.study.cells import cells
+    from pipeline.study.records import record_path
+    from pipeline.study.spec import load_study
+
+    spec = load_study(str(REPO / "jobs" / "studies" / "offline.yaml"))
+    paths = [str(record_path(spec, cell, teacher)) for cell in cells(spec)[:2] for teacher in (False, True)]
+    proc = subprocess.run(["git", "check-ignore", *paths], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 1 and not proc.stdout, f"ignored by git: {proc.stdout}"
+    run_dir = str(cells(spec)[0].run_dir / "student_kd" / "model.safetensors")  # run folders stay ignored
+    assert subprocess.run(["git", "check-ignore", "-q", run_dir], cwd=REPO).returncode == 0

@@ -1,0 +1,113 @@
+"""The package's layers, read from its imports (ast): no import cycles between modules, the
+folders form a directed acyclic graph, and nothing imports the stage scripts, the command
+line, the launcher or the study from below. Imports under ``if TYPE_CHECKING:`` are type
+hints, not dependencies, and are left out."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from helpers import REPO
+
+PACKAGE = REPO / "pipeline"
+TOP = ("cli", "stage1_teacher", "stage2_augment", "stage3_distill", "stage4_evaluate")  # nothing imports these
+# who may import a layer that sits above the library
+ALLOWED_IMPORTERS = {"launch": {"launch", "study", "cli"}, "study": {"study", "cli"}}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
+        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def imports_of(path: Path, modules: set[str]) -> set[str]:
+    """The package modules ``path`` imports, at any depth (function bodies included)."""
+    found: set[str] = set()
+
+    def visit(node) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child):
+                for sub in child.orelse:
+                    visit(sub)
+                continue
+            if isinstance(child, ast.Import):
+                found.update(a.name for a in child.names if a.name in modules)
+            elif isinstance(child, ast.ImportFrom) and child.module and child.module.split(".")[0] == "pipeline":
+                for alias in child.names:  # `from pipeline.distill import losses` imports a module
+                    sub = f"{child.module}.{alias.name}"
+                    found.add(sub if sub in modules else child.module)
+            visit(child)
+
+    visit(ast.parse(path.read_text(), str(path)))
+    return {m for m in found if m in modules and m != "pipeline"}
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    modules = set(files)
+    return {name: imports_of(path, modules) - {name} for name, path in files.items()}
+
+
+def layer(module: str) -> str:
+    """pipeline.distill.losses -> distill; pipeline.config -> config."""
+    return module.split(".")[1] if module != "pipeline" else "pipeline"
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle of ``graph`` as a list of nodes (first == last), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def dfs(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := dfs(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := dfs(node)):
+            return found
+    return None
+
+
+def test_cycle_finder_finds_cycles():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_no_import_cycles_between_modules():
+    graph = import_graph()
+    assert len(graph) > 40  # the walk saw the package
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_folders_depend_on_each_other_one_way():
+    folders: dict[str, set[str]] = {}
+    for module, deps in import_graph().items():
+        folders.setdefault(layer(module), set()).update(layer(d) for d in deps if layer(d) != layer(module))
+    cycle = find_cycle(folders)
+    assert cycle is None, "folders import each other: " + " -> ".join(cycle)
+
+
+def test_nothing_imports_stage_scripts_cli_launcher_or_study_from_below():
+    wrong = []
+    for module, deps in import_graph().items():
+        for dep in deps:
+            if layer(dep) in TOP:
+                wrong.append(f"{module} imports {dep}")
+            allowed = ALLOWED_IMPORTERS.get(layer(dep))
+            if allowed is not None and layer(module) not in allowed:
+                wrong.append(f"{module} imports {dep}")
+    assert not wrong, wrong
