@@ -27,7 +27,7 @@ setup(
         "pydantic>=2.6",  # configuration schemas (DeepSpeed depends on it too)
     ],
     extras_require={
-        "dev": ["pytest>=7", "pytest-timeout", "ruff==0.17.6"],
+        "dev": ["pytest>=7", "pytest-timeout", "ruff==0.17.6", "hypothesis>=6.100"],
         "report": ["matplotlib", "markdown"],  # plots; index.html
         "bench": ["textbrewer==0.2.1.post1"],  # the peer tools/bench_distill.py compares against
     },

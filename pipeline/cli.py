@@ -34,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("config")
         p.add_argument("overrides", nargs="*", metavar="section.key=value")
 
+    p = sub.add_parser("status", help="each stage of a run: complete, running, interrupted, stale or missing")
+    p.add_argument("config", help="run configuration (YAML)")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    p.add_argument("--verify", action="store_true", help="also check complete outputs against their content hashes")
+
     p = sub.add_parser("config", help="validate a configuration and print it with every default filled in")
     p.add_argument("config", nargs="?", help="run configuration (YAML); optional with --explain")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
@@ -50,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args) -> None:
-    from pipeline.config import RunConfig, load_config
+    from pipeline.config import RunConfig, deepspeed_config_paths, load_config
     from pipeline.schema.explain import explain
     from pipeline.schema.hashing import dump_yaml
 
@@ -60,6 +65,10 @@ def _config(args) -> None:
     if not args.config:
         raise UserError("crild config: give a configuration file (or --explain)")
     cfg = load_config(args.config, args.overrides)
+    from pipeline.training.ds_config import load_ds_json
+
+    for path in deepspeed_config_paths(cfg).values():  # files the run will read: there, and JSON objects
+        load_ds_json(path, cfg.source)
     print(explain(RunConfig) if args.explain else dump_yaml(cfg), end="")
 
 
@@ -92,14 +101,23 @@ def main(argv: list[str] | None = None) -> None:
                 raise UserError(f"--only {stage}: unknown stage (known: {', '.join(STAGES)})")
         cfg = load_config(args.config, args.overrides)
         sys.exit(run_pipeline(cfg, args.config, args.overrides, force=args.force, only=args.only))
+    if args.command == "status":
+        from pipeline.launch.status import status_lines
+
+        print("\n".join(status_lines(load_config(args.config, args.overrides), verify=args.verify)))
+        return
     if args.command == "submit":
         from pipeline.launch.submit import submit
 
         cfg = load_config(args.config, args.overrides)
         sys.exit(submit(cfg, args.config, args.overrides, wait=not args.no_wait, extra_sbatch=args.sbatch_arg))
+    from pipeline.outputs.lock import run_lock
+
     stage = STAGES[args.command]
     cfg = load_config(args.config, [*args.overrides, *stage.overrides])
-    sys.exit(importlib.import_module(stage.module).run(cfg))
+    with run_lock(cfg.output_dir):
+        code = importlib.import_module(stage.module).run(cfg)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

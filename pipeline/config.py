@@ -8,9 +8,10 @@ overrides are applied to the raw mapping before validation, so they are checked 
 from __future__ import annotations
 
 import os
+import re
 from typing import Annotated, Literal, Optional
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import AfterValidator, Field, PrivateAttr, model_validator
 
 from pipeline.data.tasks import TASKS
 from pipeline.distill.presets import PHASES, PRESETS, resolve_phases
@@ -31,10 +32,24 @@ from pipeline.schema.types import (
     Strict,
     one_of,
 )
-from pipeline.stages import STAGES
+from pipeline.stages import BASELINE_OUTPUT, RESERVED_FOLDERS, STAGES
 
 TaskName = one_of(TASKS, "task", always_list=True)
 PhaseName = one_of(PHASES, "phase")
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def _output_name(value: str) -> str:
+    """An output is a plain folder name inside output_dir that belongs to no other stage."""
+    if not _FOLDER_NAME.fullmatch(value) or value in (".", ".."):
+        raise field_error(f"expected a plain folder name (letters, digits, '_', '-', '.'), got {value!r}: "
+                          f"outputs go inside output_dir")
+    if value in RESERVED_FOLDERS or value.endswith((".phases", ".shards")) or ".stale-" in value:
+        raise field_error(f"'{value}' is a folder crild uses for something else; choose another name")
+    return value
+
+
+OutputName = Annotated[str, AfterValidator(_output_name), Expect("a folder name")]
 
 
 class ColumnMap(Strict):
@@ -152,7 +167,7 @@ class SupplementaryConfig(Strict):
 
 class DistillConfig(Strict):
     preset: one_of(PRESETS, "preset") = Field("cr-ild", description="the method (see the README's preset table)")
-    output: str = Field("student", description="folder of the final student under output_dir")
+    output: OutputName = Field("student", description="folder of the final student under output_dir")
     teacher_model: Optional[str] = Field(None, description="default: <output_dir>/teacher from stage 1")
     phases: Optional[list[PhaseName]] = Field(None, description="default: the preset's phases")
     ild_terms: dict[one_of(TERMS, "term"), NonNegativeFloat] = Field(
@@ -236,6 +251,13 @@ class RunConfig(Strict):
     def source(self) -> str:
         return self._source
 
+    @model_validator(mode="after")
+    def _distinct_outputs(self):
+        if {"distill", "baseline"} <= set(self.pipeline) and self.stages.distill.output == BASELINE_OUTPUT:
+            raise field_error(f"'{BASELINE_OUTPUT}' is the baseline stage's output, and this run has a baseline "
+                              f"stage; choose another name", "stages.distill.output")
+        return self
+
     def __eq__(self, other) -> bool:  # the same settings, wherever they were read from
         return isinstance(other, RunConfig) and to_dict(self) == to_dict(other)
 
@@ -248,6 +270,17 @@ def from_dict(raw: dict, source: str = "<config>", overrides: list[str] | None =
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
     return from_dict(read_yaml(path), str(path), overrides)
+
+
+def deepspeed_config_paths(cfg: RunConfig) -> dict[str, str]:
+    """Every DeepSpeed config the run reads: dotted key -> path."""
+    stages = cfg.stages
+    paths = {"deepspeed_config": cfg.deepspeed_config,
+             "stages.teacher.deepspeed_config": stages.teacher.deepspeed_config,
+             "stages.distill.teacher_deepspeed_config": stages.distill.teacher_deepspeed_config}
+    paths.update({f"stages.distill.{phase}.deepspeed_config": getattr(stages.distill, phase).deepspeed_config
+                  for phase in PHASES})
+    return {key: path for key, path in paths.items() if path}
 
 
 def stage_config(cfg: RunConfig, name: str) -> RunConfig:

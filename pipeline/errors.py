@@ -18,6 +18,13 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0") or 0)
 
 
+def one_line(message: str) -> str:
+    """``message`` on one line: newlines become spaces, other control and separator
+    characters (a key named "\\r", a U+2028 in a file name) are shown escaped."""
+    message = message.replace("\n", " ")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in message)
+
+
 def cli_entry(fn):
     """Wrap a ``main`` so a :class:`UserError` exits with one line and code 2.
 
@@ -30,7 +37,7 @@ def cli_entry(fn):
             return fn(*args, **kwargs)
         except UserError as err:
             prefix = "crild: error: " if _rank() == 0 else f"crild: error [rank {_rank()}]: "
-            print(prefix + str(err).replace("\n", " "), file=sys.stderr, flush=True)
+            print(prefix + one_line(str(err)), file=sys.stderr, flush=True)
             sys.exit(EXIT_USER_ERROR)
         except KeyboardInterrupt:
             print("crild: interrupted", file=sys.stderr, flush=True)

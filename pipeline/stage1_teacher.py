@@ -23,6 +23,7 @@ from pipeline.evaluation.periodic import dev_evaluator, evaluations
 from pipeline.evaluation.predict import model_inputs
 from pipeline.models.loading import build_classifier, load_tokenizer, quiet_libraries, resolve_model, save_model
 from pipeline.outputs.atomic import atomic_output, write_json
+from pipeline.outputs.trust import trust_note
 from pipeline.runtime.distributed import barrier, init_distributed, seed_everything
 from pipeline.runtime.progress import log
 from pipeline.schema.hashing import settings_dict
@@ -47,6 +48,7 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
     out = Path(cfg.output_dir)
     fingerprint = stage_fingerprint(cfg, STAGE)
     model_path = resolve_model(cfg.teacher.model, "teacher.model", need_weights=cfg.teacher.random_init is None)
+    note = trust_note(model_path, "teacher.model")
     tokenizer = load_tokenizer(model_path, "teacher.model")
     data = load_task_data(cfg, tokenizer)
     model = build_classifier(cfg.teacher.model, data.spec, "teacher", random_init=cfg.teacher.random_init,
@@ -58,6 +60,8 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
     trajectory = trajectory_key(cfg, STAGE, {"teacher": settings_dict(cfg.teacher), "ds": ds_cfg})
     ckpts = Checkpoints(out / "checkpoints" / STAGE, dist, trajectory, train_cfg.keep_checkpoints, fingerprint)
     state = resume(engine, ckpts, STAGE, schedule.total_micro_steps)
+    if note:
+        log(dist, note)
     log(dist, f"{STAGE}: {len(data.train)} training examples, {schedule.total_optimizer_steps} optimizer steps, "
               f"{dist.world_size} rank(s), ZeRO-{zero_stage(ds_cfg)}")
 
@@ -70,7 +74,7 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
                         seed=cfg.seed, schedule=schedule, loss_fn=loss_fn,
                         evaluate=dev_evaluator(engine, data, train_cfg, dist, cfg.seed),
                         main_metric=f"{data.main_split}/{data.spec.main_metric}", ckpts=ckpts, scalars=scalars,
-                        prefix=STAGE, stop=stop or StopRequest(), state=state)
+                        prefix=STAGE, stop=stop or StopRequest(output_dir=cfg.output_dir), state=state)
     scalars.close()
     if not result["finished"]:
         log(dist, f"{STAGE}: stopped at micro-step {result['micro_step']}; checkpoint saved, run again to resume")

@@ -54,7 +54,7 @@ STAGE = "augment"
 def store_teacher_logits(cfg: RunConfig, dist: DistInfo, tokenizer) -> None:
     """The teacher's logits on the augmented set, where the KD phase looks for them."""
     spec = get_task(cfg.task.name)
-    folder = teacher_folder(cfg)
+    folder, _ = teacher_folder(cfg)
     ex = augmented_examples(verified_augmented(Path(cfg.output_dir) / MERGED))
     ds = tokenize_cached(ex, tokenizer, cfg.task.max_length)
     teacher = build_classifier(str(folder), spec, "teacher").to(dist.device).eval()

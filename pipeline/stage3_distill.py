@@ -30,6 +30,7 @@ from pipeline.distill.terms import TERMS
 from pipeline.errors import UserError
 from pipeline.models.loading import load_tokenizer, quiet_libraries, resolve_model
 from pipeline.outputs.atomic import BOOKKEEPING_FILES, atomic_output, link_or_copy, write_json
+from pipeline.outputs.trust import trust_note
 from pipeline.runtime.distributed import barrier, init_distributed, seed_everything
 from pipeline.runtime.progress import log
 from pipeline.stage_cli import stage_main
@@ -40,18 +41,19 @@ from pipeline.training.stop import StopRequest
 PHASE_ONLY_FILES = (*BOOKKEEPING_FILES, "train_results.json")  # the final student writes its own
 
 
-def frozen_teacher(cfg: RunConfig, tokenizer, dist) -> FrozenTeacher | None:
-    """The teacher, when any phase needs it; its vocabulary must be the student's."""
+def frozen_teacher(cfg: RunConfig, tokenizer, dist) -> tuple[FrozenTeacher | None, str | None]:
+    """The teacher, when any phase needs it (its vocabulary must be the student's), and its
+    trust note."""
     distill_cfg = cfg.stages.distill
     needs_teacher = PRESETS[distill_cfg.preset].needs_teacher or any(
         TERMS[t].needs_teacher_logits or TERMS[t].kinds for p in resolve_phases(distill_cfg) for t in p.terms)
     if not needs_teacher:
-        return None
-    folder = teacher_folder(cfg)
+        return None, None
+    folder, note = teacher_folder(cfg)
     if load_tokenizer(str(folder), "teacher").get_vocab() != tokenizer.get_vocab():
         raise UserError(f"student.backbone '{cfg.student.backbone}' and teacher '{folder}' have different "
                         f"vocabularies; distillation needs the same tokenizer")
-    return FrozenTeacher(cfg, folder, get_task(cfg.task.name), dist)
+    return FrozenTeacher(cfg, folder, get_task(cfg.task.name), dist), note
 
 
 def publish_student(run: DistillRun, phases, last: Path) -> None:
@@ -73,11 +75,13 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
     dist = init_distributed()
     seed_everything(cfg.seed)
     phases = resolve_phases(cfg.stages.distill)
-    tokenizer = load_tokenizer(resolve_model(cfg.student.backbone, "student.backbone",
-                                             need_weights=cfg.student.init != "random"), "student.backbone")
-    teacher = frozen_teacher(cfg, tokenizer, dist)
+    backbone = resolve_model(cfg.student.backbone, "student.backbone", need_weights=cfg.student.init != "random")
+    notes = [trust_note(backbone, "student.backbone")]
+    tokenizer = load_tokenizer(backbone, "student.backbone")
+    teacher, teacher_note = frozen_teacher(cfg, tokenizer, dist)
     distill = DistillRun(cfg, dist, load_task_data(cfg, tokenizer), tokenizer, teacher,
-                         stage_fingerprint(cfg, STAGE), stop or StopRequest())
+                         stage_fingerprint(cfg, STAGE), stop or StopRequest(output_dir=cfg.output_dir),
+                         notes=[n for n in (*notes, teacher_note) if n])
     previous = None
     for index, phase in enumerate(phases):
         folder = distill.phase_folder(phase.name)

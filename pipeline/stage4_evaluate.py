@@ -27,7 +27,9 @@ from pipeline.evaluation.results import format_table, write_predictions
 from pipeline.models.loading import load_tokenizer, quiet_libraries, resolve_model
 from pipeline.outputs.atomic import atomic_output, verified, write_json
 from pipeline.outputs.manifest import is_complete
+from pipeline.outputs.trust import trust_note
 from pipeline.runtime.distributed import barrier, init_distributed, seed_everything
+from pipeline.runtime.progress import log
 from pipeline.stage_cli import stage_main
 from pipeline.stages import stage_fingerprint
 from pipeline.training.ds_config import load_ds_json, precision_dtype
@@ -36,16 +38,20 @@ STAGE = "evaluate"
 PRODUCED_MODELS = ("teacher", "student", "student_finetuned")  # folders a run writes, evaluated by default
 
 
-def models_to_evaluate(cfg: RunConfig) -> dict[str, str]:
+def models_to_evaluate(cfg: RunConfig) -> tuple[dict[str, str], list[str]]:
+    """The configured model folders (checked by the trust rule, with their notes), or every
+    complete model the run produced (verified against their hashes)."""
     if cfg.stages.evaluate.models:
-        return {Path(m).name or str(m): str(m) for m in cfg.stages.evaluate.models}
+        notes = [trust_note(resolve_model(m, "stages.evaluate.models"), "stages.evaluate.models")
+                 for m in cfg.stages.evaluate.models]
+        return {Path(m).name or str(m): str(m) for m in cfg.stages.evaluate.models}, [n for n in notes if n]
     out = Path(cfg.output_dir)
     found = {name: str(verified(out / name, f"the run's {name}")) for name in PRODUCED_MODELS
              if is_complete(out / name)}
     if not found:
         raise UserError(f"{out}: no complete teacher or student to evaluate; run the earlier stages "
                         f"first or set stages.evaluate.models")
-    return found
+    return found, []
 
 
 def evaluate_model(cfg: RunConfig, path: str, dtype, dist):
@@ -76,8 +82,11 @@ def run(cfg: RunConfig) -> int:
     seed_everything(cfg.seed)
     _, ds_cfg = load_ds_json(cfg.deepspeed_config, cfg.source)
     results, predictions = {}, {}
-    for name, path in models_to_evaluate(cfg).items():
+    models, notes = models_to_evaluate(cfg)
+    for name, path in models.items():
         results[name], predictions[name], data = evaluate_model(cfg, path, precision_dtype(ds_cfg), dist)
+    for note in notes:
+        log(dist, note)
     if dist.is_main:
         with atomic_output(Path(cfg.output_dir) / "eval", cfg, STAGE, stage_fingerprint(cfg, STAGE)) as tmp:
             write_json(tmp / "results.json", {"task": cfg.task.name, "models": results})

@@ -10,6 +10,7 @@ from typing import Callable, Optional
 
 from pipeline.config import RunConfig, load_config
 from pipeline.errors import cli_entry
+from pipeline.outputs.lock import run_lock
 
 
 def stage_argparser(description: str) -> argparse.ArgumentParser:
@@ -30,6 +31,8 @@ def stage_main(run: Callable[[RunConfig], int], description: str, argv: Optional
         if args.local_rank is not None:
             os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
         cfg = load_config(args.config, args.overrides)
-        sys.exit(run(cfg))
+        with run_lock(cfg.output_dir):
+            code = run(cfg)
+        sys.exit(code)
 
     main()

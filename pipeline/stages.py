@@ -15,14 +15,14 @@ from typing import Callable
 
 from pipeline.outputs.manifest import recorded_fingerprint
 from pipeline.schema.hashing import config_hash, settings_dict
-from pipeline.schema.paths import resolve_path
+from pipeline.training.ds_config import read_ds_text
 
 DISTILL_PHASES = ("ild_supplementary", "ild", "kd")  # the sections of stages.distill that train
 
 
 def ds_json_text(cfg, path: str | None) -> str:
     """The text of a DeepSpeed config: ``path`` (a per-stage override) or the run's own."""
-    return resolve_path(path or cfg.deepspeed_config, "deepspeed_config", cfg.source).read_text()
+    return read_ds_text(path or cfg.deepspeed_config, cfg.source)[1]
 
 
 def _teacher_fingerprint(cfg) -> str:
@@ -68,9 +68,14 @@ class Stage:
         return f"pipeline.{Path(self.script).stem}"
 
 
-BASELINE_OVERRIDES = ("stages.distill.preset=finetune", "stages.distill.output=student_finetuned",
+BASELINE_OUTPUT = "student_finetuned"
+# the baseline is the distill stage without a teacher, run as a pipeline of its own
+BASELINE_OVERRIDES = ("stages.distill.preset=finetune", f"stages.distill.output={BASELINE_OUTPUT}",
                       "stages.distill.phases=null", "stages.distill.supplementary=[]",
-                      "stages.distill.augmented_phases=[]")
+                      "stages.distill.augmented_phases=[]", "pipeline=[baseline]")
+# folders under output_dir that belong to crild: the stages' fixed outputs and the run's own
+# bookkeeping; stages.distill.output can be none of them
+RESERVED_FOLDERS = ("teacher", "augmented", "augmented.shards", "eval", "checkpoints", "tensorboard", "logs")
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("teacher", "stage1_teacher.py", "stage 1: fine-tune the teacher", lambda c: "teacher",

@@ -74,3 +74,56 @@ def scalar_tags(event_dir: Path) -> dict:
         for tag in ea.Tags()["scalars"]:
             out.setdefault(tag, []).extend((e.step, e.value) for e in ea.Scalars(tag))
     return out
+
+
+def crild_env(**extra) -> dict:
+    """The environment of a crild subprocess: this checkout, one thread, no inherited ranks."""
+    import os
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **extra)
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE", "CRILD_FAULT",
+                "CRILD_RUN_LOCK"):
+        env.pop(key, None)
+    return env
+
+
+class Crild:
+    """``python -m pipeline.cli ARGS`` in the background, its output collected line by line."""
+
+    def __init__(self, *args: str, env: dict | None = None):
+        import subprocess
+        import sys
+        import threading
+
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, env=env or crild_env(),
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, text: str, timeout: float = 120.0) -> str:
+        """The first output line containing ``text`` (fails the test after ``timeout``)."""
+        import time
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            found = next((line for line in self.lines if text in line), None)
+            if found is not None:
+                return found
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"no line with {text!r} in:\n" + "\n".join(self.lines[-40:]))
+
+    def finish(self, timeout: float = 300.0) -> int:
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return code
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)

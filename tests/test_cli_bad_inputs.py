@@ -110,25 +110,114 @@ def cases(tmp: Path, tiny_bert: Path, data: Path):
     ]
 
 
+def more_cases(tmp: Path, tiny_bert: Path, data: Path):
+    """The classes of bad input found after the first catalogue: output names, values out of
+    range, files that are not what they claim, models that do not fit, wrong pointers."""
+    cfg = lambda name, **e: str(write(tmp / f"{name}.yaml", case_config(tmp / name, tiny_bert, data, **e)))  # noqa
+    latin1 = _folder(tmp / "latin1", {"train.csv": "sentence,label\ncaf\xe9 film,fresh\n".encode("latin-1"),
+                                      "dev.csv": b"sentence,label\ngood,fresh\n"})
+    multiline = _folder(tmp / "multiline", {"train.csv": b'sentence,label\n"one\ntwo",fresh\n"three\nfour",meh\n',
+                                            "dev.csv": b"sentence,label\ngood,fresh\n"})
+    no_dev = _folder(tmp / "no-dev", {"train.jsonl": b'{"sentence": "a good film", "label": "fresh"}\n'})
+    (tmp / "a-file").write_text("not a folder")
+    ds_optimizer = _text(tmp / "ds_optimizer.json", json.dumps({"optimizer": {"type": "Adamz", "params": {}}}))
+    ds_zero = _text(tmp / "ds_zero.json", json.dumps({"zero_optimization": {"stage": 7}}))
+    ds_bytes = tmp / "ds_bytes.json"
+    ds_bytes.write_bytes(b'{"zero_optimization": {"stage": 0}, "x": "\xff"}')
+    (tmp / "ds_folder.json").mkdir(exist_ok=True)
+    truncated = tmp / "truncated"
+    shutil.copytree(tiny_bert, truncated, dirs_exist_ok=True)
+    weights = (tiny_bert / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(weights[:len(weights) // 2])
+    three_labels = tmp / "three-labels"
+    if not three_labels.exists():
+        from pipeline.data.tasks import TASKS
+        from pipeline.models.loading import build_classifier
+
+        build_classifier(str(tiny_bert), TASKS["snli"], "teacher").save_pretrained(str(three_labels))
+        shutil.copy(tiny_bert / "vocab.txt", three_labels / "vocab.txt")
+    duplicate = _text(tmp / "duplicate.yaml", "seed: 1\nstages:\n  teacher: {epochs: 1}\nseed: 2\n")
+    deeper = {"init": "random", "backbone": str(tiny_bert),
+              "random_init": {"num_layers": 6, "hidden_size": 32, "num_heads": 4, "intermediate_size": 64}}
+    return [
+        ("output name that is output_dir itself", ["config", cfg("o1", stages__distill={"output": "."})],
+         ["stages.distill.output: expected a plain folder name", "'.'"]),
+        ("output name of another stage", ["config", cfg("o2", stages__distill={"output": "teacher"})],
+         ["stages.distill.output: 'teacher' is a folder crild uses for something else"]),
+        ("output_dir that is a file", ["teacher", cfg("o3", output_dir=str(tmp / "a-file"))],
+         ["output_dir: ", "a-file' is a file, not a folder"]),
+        ("NaN where a number is expected", ["config", cfg("r1", stages__teacher__learning_rate=float("nan"))],
+         ["stages.teacher.learning_rate: expected a positive number, got nan"]),
+        ("infinity where a number is expected", ["config", cfg("r2", stages__teacher__max_grad_norm=float("inf"))],
+         ["stages.teacher.max_grad_norm: expected a number >= 0, got inf"]),
+        ("negative weight decay", ["config", cfg("r3", stages__teacher__weight_decay=-0.1)],
+         ["stages.teacher.weight_decay: expected a number >= 0, got -0.1"]),
+        ("seed out of range", ["config", cfg("r4", seed=-1)], ["seed: expected a seed in [0, 4294967295], got -1"]),
+        ("evaluation batch size 0", ["config", cfg("r5", stages__evaluate={"batch_size": 0})],
+         ["stages.evaluate.batch_size: expected a positive integer, got 0"]),
+        ("duplicate YAML key", ["config", str(duplicate)], ["duplicate.yaml: duplicate key 'seed' on lines 1 and 4"]),
+        ("max_length below the special tokens", ["teacher", cfg("r6", task__max_length=2)],
+         ["task.max_length: 2 leaves no room for text", "adds 2 special tokens", "at least 3"]),
+        ("data file that is not UTF-8", ["teacher", cfg("f1", task__data_dir=str(latin1))],
+         ["latin1/train.csv:2: not UTF-8 text (byte 0xe9"]),
+        ("CSV field over several lines", ["teacher", cfg("f2", task__data_dir=str(multiline))],
+         ["multiline/train.csv:4: label 'meh'"]),
+        ("data folder without a held-out split", ["teacher", cfg("f3", task__data_dir=str(no_dev))],
+         ["no-dev: no held-out split for task rotten_tomatoes"]),
+        ("supplementary data folder missing", ["distill", cfg("f4", stages__distill={
+            "teacher_model": str(tiny_bert), "supplementary": [{"task": {"name": "snli",
+                                                                         "data_dir": str(tmp / "no-snli")}}]})],
+         ["stages.distill.supplementary[0].task.data_dir: directory", "no-snli' does not exist"]),
+        ("DeepSpeed config that is a folder", ["teacher", cfg("s5", deepspeed_config=str(tmp / "ds_folder.json"))],
+         ["deepspeed_config: ", "ds_folder.json' is not a file"]),
+        ("DeepSpeed config not UTF-8", ["teacher", cfg("s6", deepspeed_config=str(ds_bytes))],
+         ["ds_bytes.json: not UTF-8 text"]),
+        ("optimizer DeepSpeed does not know", ["teacher", cfg("s7", deepspeed_config=str(ds_optimizer))],
+         ["ds_optimizer.json: optimizer.type: DeepSpeed has no optimizer 'Adamz'"]),
+        ("ZeRO stage out of range", ["teacher", cfg("s8", deepspeed_config=str(ds_zero))],
+         ["ds_zero.json: zero_optimization.stage: DeepSpeed rejects it", "got 7"]),
+        ("truncated weights file", ["teacher", cfg("m5", teacher={"model": str(truncated)})],
+         ["teacher: cannot load the model in", "truncated'", "incomplete metadata"]),
+        ("teacher with another label count", ["teacher", cfg("m6", teacher={"model": str(three_labels)})],
+         ["three-labels' is a classifier with 3 output(s) (entailment, neutral, contradiction); task rotten_tomatoes "
+          "needs 2"]),
+        ("student deeper than its teacher under a uniform map", ["distill", cfg("m7", student=deeper, stages__distill={
+            "teacher_model": str(tiny_bert), "preset": "tinybert"})],
+         ["stages.distill.layer_map: uniform maps the student's 6 layers", "the teacher has 4"]),
+    ]
+
+
+def _folder(path: Path, files: dict) -> Path:
+    path.mkdir(exist_ok=True)
+    for name, data in files.items():
+        (path / name).write_bytes(data)
+    return path
+
+
 def _text(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
 
 
+def all_cases(tmp: Path, tiny_bert: Path, data: Path):
+    return cases(tmp, tiny_bert, data) + more_cases(tmp, tiny_bert, data)
+
+
 def test_catalogue_has_every_case_documented(tmp_path, tiny_bert, sentiment_dir):
     doc = (REPO / "docs" / "bad-inputs.md").read_text()
-    names = [name for name, _, _ in cases(tmp_path, tiny_bert, sentiment_dir)]
+    names = [name for name, _, _ in all_cases(tmp_path, tiny_bert, sentiment_dir)]
     assert len(names) == CASE_COUNT >= 25 and len(set(names)) == len(names)
     for name in names:
         assert f"| {name} |" in doc, name
 
 
-CASE_COUNT = 30
+CASE_COUNT = 51
 
 
 @pytest.mark.parametrize("index", range(CASE_COUNT))
 def test_bad_input_gives_one_line_and_exit_2(index, tmp_path, tiny_bert, sentiment_dir, capsys):
-    name, argv, fragments = cases(tmp_path, tiny_bert, sentiment_dir)[index]
+    name, argv, fragments = all_cases(tmp_path, tiny_bert, sentiment_dir)[index]
+    capsys.readouterr()  # what building the cases printed
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2, name
@@ -137,6 +226,6 @@ def test_bad_input_gives_one_line_and_exit_2(index, tmp_path, tiny_bert, sentime
     assert "Traceback" not in err[0]
     for fragment in fragments:
         assert fragment in err[0], (name, fragment, err[0])
-    for out in (tmp_path / p for p in ("d1", "m1", "s1", "p1", "v1")):
+    for out in (tmp_path / p for p in ("d1", "m1", "s1", "p1", "v1", "f1", "f3", "m5", "m6", "m7", "s7")):
         for stage in ("teacher", "student", "eval", "augmented"):
             assert not is_complete(out / "run" / stage)

@@ -144,12 +144,11 @@ class MaskedLM:
     def __init__(self, folder: str, device: torch.device, where: str = "stages.augment.masked_lm"):
         from transformers import AutoModelForMaskedLM
 
-        from pipeline.models.loading import load_tokenizer, resolve_model
+        from pipeline.models.loading import load_pretrained, load_tokenizer, resolve_model
 
         path = resolve_model(folder, where)
         self.tokenizer = load_tokenizer(path, where)
-        model, info = AutoModelForMaskedLM.from_pretrained(path, attn_implementation="sdpa", use_safetensors=True,
-                                                           output_loading_info=True)
+        model, info = load_pretrained(AutoModelForMaskedLM, path, where, output_loading_info=True)
         missing = [k for k in info.get("missing_keys", []) if "decoder" in k or "predictions" in k or "lm_head" in k]
         if missing:
             raise UserError(f"{where}: '{folder}' has no masked-LM head (missing {missing[0]}); "

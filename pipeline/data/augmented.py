@@ -39,8 +39,9 @@ def shard_done(folder: Path, fingerprint: str) -> bool:
 
 def write_shard(folder: Path, rows: dict, fingerprint: str) -> None:
     """One shard's rows, renamed into place when complete."""
+    for stale in folder.parent.glob(f".{folder.name}.tmp*"):  # left by a killed writer of this shard
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     datasets.Dataset.from_dict(rows, features=FEATURES).save_to_disk(str(tmp / "data"))
     (tmp / MANIFEST).write_text(json.dumps({
         "status": "complete", "fingerprint": fingerprint, "examples": len(set(rows["source_id"])),

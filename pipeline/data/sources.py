@@ -3,7 +3,9 @@ offline data, or the hub (``datasets.load_dataset``)."""
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -66,13 +68,16 @@ def offline_data_dir() -> Path:
 def _label_index(value, spec: TaskSpec, where: str):
     if spec.regression:
         try:
-            return float(value)
+            score = float(value) if not isinstance(value, bool) else math.nan
         except (TypeError, ValueError):
-            raise UserError(f"{where}: label {value!r} is not a number (task {spec.name} is a regression)") from None
+            score = math.nan
+        if not math.isfinite(score):
+            raise UserError(f"{where}: label {value!r} is not a finite number (task {spec.name} is a regression)")
+        return score
     text = str(value).strip()
-    if text in spec.labels:
+    if text in spec.labels and not isinstance(value, bool):
         return spec.labels.index(text)
-    if isinstance(value, (int, np.integer)) and 0 <= int(value) < len(spec.labels):
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= int(value) < len(spec.labels):
         return int(value)
     raise UserError(f"{where}: label {value!r} is not one of {', '.join(spec.labels)} (task {spec.name})")
 
@@ -88,19 +93,50 @@ def _make(rows_a, rows_b, raw_labels, spec, path, line_numbers) -> Examples:
     return Examples(rows_a, rows_b, labels, str(path))
 
 
+# --------------------------------------------------------------------------- text files
+
+
+def read_text(path: Path) -> str:
+    """A data file's text: UTF-8, a byte-order mark dropped; anything else is one line."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise UserError(f"{path}: cannot be read ({err.strerror})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text (byte {data[err.start]:#04x} at offset {err.start}); "
+                        f"save the file as UTF-8") from None
+
+
+def _csv_rows(path: Path, text: str, delimiter: str, quoting: int = csv.QUOTE_MINIMAL) -> list[tuple[int, list[str]]]:
+    """(physical line where the record starts, fields) of every record: a quoted field may
+    span lines, so record numbers are not line numbers."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    rows, line = [], 1
+    try:
+        for row in reader:
+            rows.append((line, row))
+            line = reader.line_num + 1
+    except csv.Error as err:
+        kind = "TSV" if delimiter == "\t" else "CSV"
+        raise UserError(f"{path}:{reader.line_num}: not valid {kind} ({err})") from None
+    return rows
+
+
 # --------------------------------------------------------------------------- GLUE TSV
 
 
 def read_glue_tsv(path: Path, gf: GlueFile, spec: TaskSpec) -> Examples:
     if not path.is_file():
         raise UserError(f"{path}: GLUE file not found (task {spec.name} expects {gf.filename})")
-    with open(path, encoding="utf-8", newline="") as fh:
-        reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
-        rows = list(reader)
+    numbered = _csv_rows(path, read_text(path), "\t", csv.QUOTE_NONE)
+    rows = [row for _, row in numbered]
     if gf.header:
         if not rows:
             raise UserError(f"{path}: no examples (empty dataset)")
-        header, rows, first = rows[0], rows[1:], 2
+        header, numbered = rows[0], numbered[1:]
         cols = {}
         for key in ("text_a", "text_b", "label"):
             name = getattr(gf, key)
@@ -110,11 +146,10 @@ def read_glue_tsv(path: Path, gf: GlueFile, spec: TaskSpec) -> Examples:
                 raise UserError(f"{path}: missing column '{name}' (header has: {', '.join(header)})")
             cols[key] = header.index(name)
     else:
-        first = 1
         cols = {k: getattr(gf, k) for k in ("text_a", "text_b", "label") if getattr(gf, k) is not None}
     width = max(cols.values()) + 1
     a, b, lab, lines = [], [] if "text_b" in cols else None, [] if "label" in cols else None, []
-    for n, row in enumerate(rows, start=first):
+    for n, row in numbered:
         if not row or (len(row) == 1 and not row[0]):
             continue
         if len(row) < width:
@@ -132,23 +167,32 @@ def read_glue_tsv(path: Path, gf: GlueFile, spec: TaskSpec) -> Examples:
 
 
 def _read_records(path: Path) -> list[tuple[int, dict]]:
+    """(line, record) of a JSONL, CSV or TSV file with named columns."""
+    text = read_text(path)
     if path.suffix == ".jsonl":
         out = []
-        with open(path, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise UserError(f"{path}:{n}: not valid JSON ({err.msg})") from None
-                if not isinstance(rec, dict):
-                    raise UserError(f"{path}:{n}: expected a JSON object per line")
-                out.append((n, rec))
+        for n, line in enumerate(text.split("\n"), start=1):  # JSON Lines: "\n" only (not U+2028 & co.)
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserError(f"{path}:{n}: not valid JSON ({err.msg})") from None
+            if not isinstance(rec, dict):
+                raise UserError(f"{path}:{n}: expected a JSON object per line")
+            out.append((n, rec))
         return out
-    with open(path, encoding="utf-8", newline="") as fh:
-        delim = "\t" if path.suffix == ".tsv" else ","
-        return list(enumerate(csv.DictReader(fh, delimiter=delim), start=2))
+    rows = [(n, row) for n, row in _csv_rows(path, text, "\t" if path.suffix == ".tsv" else ",")
+            if row and any(field.strip() for field in row)]  # blank lines carry no record
+    if not rows:
+        return []
+    (_, header), body = rows[0], rows[1:]
+    out = []
+    for n, row in body:
+        if len(row) != len(header):
+            raise UserError(f"{path}:{n}: {len(row)} fields, the header (line {rows[0][0]}) has {len(header)}")
+        out.append((n, dict(zip(header, row))))
+    return out
 
 
 def read_table(path: Path, spec: TaskSpec, task_cfg: TaskConfig, need_label: bool) -> Examples:
@@ -235,14 +279,15 @@ def resolve_source(task_cfg: TaskConfig, spec: TaskSpec, where: str = "task") ->
         if data_dir is None:
             raise UserError(f"{where}.data_dir: required when {where}.source is '{source}'")
         if not data_dir.is_dir():
-            raise UserError(f"{where}.data_dir: directory '{data_dir}' does not exist")
+            what = "is not a directory" if data_dir.exists() else "does not exist"
+            raise UserError(f"{where}.data_dir: directory '{data_dir}' {what}")
     if source == "glue" and not spec.glue_files:
         raise UserError(f"{where}.source: task {spec.name} has no GLUE file layout; use 'files'")
     return source, data_dir
 
 
-def available_eval_splits(task_cfg: TaskConfig, spec: TaskSpec) -> list[str]:
-    source, data_dir = resolve_source(task_cfg, spec)
+def available_eval_splits(task_cfg: TaskConfig, spec: TaskSpec, where: str = "task") -> list[str]:
+    source, data_dir = resolve_source(task_cfg, spec, where)
     if source == "glue":
         return [s for s, gf in spec.glue_files.items() if s != "train" and (data_dir / gf.filename).is_file()]
     if source == "files":
@@ -251,8 +296,9 @@ def available_eval_splits(task_cfg: TaskConfig, spec: TaskSpec) -> list[str]:
     return list(spec.dev_splits)
 
 
-def load_split(task_cfg: TaskConfig, spec: TaskSpec, split: str) -> Examples:
-    source, data_dir = resolve_source(task_cfg, spec)
+def load_split(task_cfg: TaskConfig, spec: TaskSpec, split: str, where: str = "task") -> Examples:
+    """One split's examples; ``where`` is the configuration key of ``task_cfg`` (for messages)."""
+    source, data_dir = resolve_source(task_cfg, spec, where)
     need_label = split == "train"
     if source == "glue":
         gf = spec.glue_files.get(split)

@@ -19,7 +19,8 @@ def supplementary_data(cfg, tokenizer, n_target: int, regression: bool) -> Optio
     parts = []
     for i, sup in enumerate(cfg.stages.distill.supplementary):
         spec = get_task(sup.task.name)
-        ex = apply_settings(load_split(sup.task, spec, "train"), sup.task, spec, cfg.seed)
+        ex = apply_settings(load_split(sup.task, spec, "train", f"stages.distill.supplementary[{i}].task"),
+                            sup.task, spec, cfg.seed)
         n = min(len(ex), max(1, int(round(sup.ratio * n_target))))
         idx = np.sort(np.random.default_rng([cfg.seed, 0x5355, i]).choice(len(ex), size=n, replace=False))
         ex = ex.select(idx)

@@ -8,7 +8,7 @@ from typing import Optional
 import datasets
 
 from pipeline.data.batching import Collator
-from pipeline.data.sources import available_eval_splits, load_split
+from pipeline.data.sources import available_eval_splits, load_split, resolve_source
 from pipeline.data.stress import apply_settings
 from pipeline.data.tasks import TaskSpec, get_task
 from pipeline.data.tokenized import tokenize_cached
@@ -37,13 +37,28 @@ def load_task_data(cfg, tokenizer, eval_splits: Optional[list[str]] = None, with
         return _load_task_data(cfg, tokenizer, eval_splits, with_train)
 
 
+def check_max_length(tokenizer, max_length: int, pair: bool, where: str = "task.max_length") -> None:
+    """``max_length`` must leave room for the tokenizer's special tokens and one token of
+    text (below that, the tokenizer silently stops truncating)."""
+    special = tokenizer.num_special_tokens_to_add(pair=pair)
+    needed = special + (2 if pair else 1)
+    if max_length < needed:
+        raise UserError(f"{where}: {max_length} leaves no room for text: the tokenizer adds {special} special "
+                        f"tokens to {'a pair' if pair else 'a sentence'}; use at least {needed}")
+
+
 def _load_task_data(cfg, tokenizer, eval_splits, with_train) -> TaskData:
     spec = get_task(cfg.task.name)
+    check_max_length(tokenizer, cfg.task.max_length, spec.pair)
     train_ds = None
     if with_train:
         train_ex = apply_settings(load_split(cfg.task, spec, "train"), cfg.task, spec, cfg.seed)
         train_ds = tokenize_cached(train_ex, tokenizer, cfg.task.max_length)
     available = available_eval_splits(cfg.task, spec)
+    if not available:
+        folder = resolve_source(cfg.task, spec)[1]
+        raise UserError(f"{folder}: no held-out split for task {spec.name}: expected dev.jsonl, dev.csv or "
+                        f"dev.tsv (or test.*) beside the training file")
     if eval_splits is None:
         eval_splits = available[:1]
     for split in eval_splits:

@@ -23,6 +23,10 @@ def layer_pairs(distill_cfg, n_student: int, n_teacher: int, embeddings: bool) -
     """The configured mapping (``layer_map``, else the preset's) for these two depths;
     ``pairs`` takes ``layer_pairs`` as given, checked against both depths."""
     how = distill_cfg.layer_map or PRESETS[distill_cfg.preset].layer_map
+    if how == "uniform" and n_student > n_teacher:
+        raise UserError(f"stages.distill.layer_map: uniform maps the student's {n_student} layers onto distinct "
+                        f"teacher layers, and the teacher has {n_teacher}; use a deeper teacher, layer_map last, "
+                        f"or layer_map pairs")
     if how in LAYER_MAPS:
         return LAYER_MAPS[how](n_student, n_teacher, embeddings)
     pairs = [tuple(p) for p in distill_cfg.layer_pairs]

@@ -3,7 +3,7 @@ engine, the objective, resumable training and its output folder
 (``<output_dir>/<output>.phases/<phase>``)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -52,6 +52,7 @@ class DistillRun:
     teacher: Optional[FrozenTeacher]
     fingerprint: str  # the stage's, recorded in every phase folder
     stop: StopRequest
+    notes: list = field(default_factory=list)  # trust notes of the folders read, logged when training starts
 
     @property
     def out(self) -> Path:
@@ -137,6 +138,8 @@ def train_phase(run: DistillRun, phase: Phase, index: int, previous: Optional[Pa
     ckpts = Checkpoints(run.checkpoint_folder(phase.name), dist, trajectory, train_cfg.keep_checkpoints,
                         run.fingerprint, extra=(objective.save_extra, objective.load_extra))
     state = resume(engine, ckpts, phase.name, schedule.total_micro_steps)
+    while run.notes:  # every check has passed: say what was read, once
+        log(dist, run.notes.pop(0))
     log(dist, f"{phase.name}: {len(ds)} examples, {schedule.total_optimizer_steps} optimizer steps, terms "
               f"{phase.terms}, mixup {phase.mixup}, consistency {phase.consistency}, layers {layout.pairs}")
     scalars = Scalars(run.out / "tensorboard" / cfg.stages.distill.output, dist.is_main)

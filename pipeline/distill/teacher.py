@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Optional
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -16,20 +17,24 @@ from pipeline.evaluation.predict import predict_logits
 from pipeline.models.loading import build_classifier, resolve_model
 from pipeline.outputs.atomic import verified
 from pipeline.outputs.manifest import is_complete
+from pipeline.outputs.trust import VERIFIED, trust_note
 from pipeline.runtime.distributed import DistInfo, barrier
 from pipeline.training.ds_config import fill_zero_buckets, load_ds_json, zero_stage
 
 
-def teacher_folder(cfg) -> Path:
-    """``stages.distill.teacher_model``, or the run's own teacher (complete and intact)."""
+def teacher_folder(cfg) -> tuple[Path, Optional[str]]:
+    """``stages.distill.teacher_model`` (checked by the trust rule), or the run's own teacher
+    (complete and intact); with the trust note for the stage's log."""
     distill_cfg = cfg.stages.distill
     if distill_cfg.teacher_model:
-        return Path(resolve_model(distill_cfg.teacher_model, "stages.distill.teacher_model"))
+        where = "stages.distill.teacher_model"
+        folder = Path(resolve_model(distill_cfg.teacher_model, where))
+        return folder, trust_note(folder, where)
     folder = Path(cfg.output_dir) / "teacher"
     if not is_complete(folder):
         raise UserError(f"{folder}: no complete teacher; run the teacher stage first "
                         f"(crild run, or stage1_teacher.py) or set stages.distill.teacher_model")
-    return verified(folder, "the teacher")
+    return verified(folder, "the teacher"), f"teacher: {folder}: {VERIFIED}"
 
 
 class FrozenTeacher:

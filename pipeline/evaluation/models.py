@@ -5,15 +5,14 @@ from __future__ import annotations
 import torch
 
 from pipeline.errors import UserError
-from pipeline.models.loading import check_max_length, resolve_model
+from pipeline.models.loading import check_max_length, load_pretrained, resolve_model
 
 
 def load_eval_model(path: str, spec, dtype: torch.dtype, device: torch.device, max_length: int):
     from transformers import AutoModelForSequenceClassification
 
     folder = resolve_model(path, "stages.evaluate.models")
-    model = AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="sdpa",
-                                                               use_safetensors=True, dtype=dtype)
+    model = load_pretrained(AutoModelForSequenceClassification, folder, "stages.evaluate.models", dtype=dtype)
     if model.config.num_labels != spec.num_labels:
         raise UserError(f"{path}: model has {model.config.num_labels} output(s), task {spec.name} needs "
                         f"{spec.num_labels}")

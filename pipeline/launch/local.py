@@ -9,9 +9,10 @@ from typing import Optional
 from pipeline.config import RunConfig, stage_config
 from pipeline.errors import EXIT_PREEMPTED, UserError
 from pipeline.launch.command import stage_command
-from pipeline.launch.signals import StageForwarder
+from pipeline.launch.signals import StageRunner
 from pipeline.launch.slurm import in_slurm_allocation, requeue_self, slurm_rendezvous
 from pipeline.outputs.integrity import problems
+from pipeline.outputs.lock import run_lock
 from pipeline.outputs.manifest import is_complete, recorded_fingerprint
 from pipeline.stages import STAGES, stage_fingerprint
 from pipeline.training.checkpointing import archive_stale, remove_checkpoints
@@ -39,6 +40,29 @@ def stage_is_done(cfg: RunConfig, name: str, known_intact: Optional[set] = None)
     return not bad
 
 
+def _skip(cfg: RunConfig, name: str) -> bool:
+    """True for a stage whose output is complete for this configuration (its leftover
+    checkpoints, from a kill between publishing the output and clearing them, go)."""
+    if not stage_is_done(cfg, name):
+        return False
+    print(f"crild: {name}: complete for this configuration, skipped", flush=True)
+    ckpt_dir = STAGES[name].checkpoints(stage_config(cfg, name))
+    if ckpt_dir:
+        remove_checkpoints(Path(cfg.output_dir) / ckpt_dir)
+    return True
+
+
+def _archive_stale_checkpoints(cfg: RunConfig, name: str) -> None:
+    """Checkpoints written for another configuration or other inputs are moved aside."""
+    stage_cfg = stage_config(cfg, name)
+    ckpt_dir = STAGES[name].checkpoints(stage_cfg)
+    if ckpt_dir:
+        moved = archive_stale(Path(cfg.output_dir) / ckpt_dir, stage_fingerprint(stage_cfg, name))
+        if moved:
+            print(f"crild: {name}: configuration or inputs changed since its checkpoints were written; "
+                  f"moved them to {moved}", flush=True)
+
+
 def _stopped(name: str) -> int:
     """After a stage checkpointed on request: requeue the Slurm job, or tell the user."""
     if os.environ.get("SLURM_JOB_ID") and requeue_self():
@@ -50,36 +74,35 @@ def _stopped(name: str) -> int:
 
 def run_pipeline(cfg: RunConfig, config_path: str, overrides: list[str], force: bool = False,
                  only: list[str] | None = None) -> int:
-    """Run the configured stages (or ``only`` these) in order. Inside a Slurm job a stop
-    request checkpoints the running stage and requeues the job, which then resumes."""
-    forwarder = StageForwarder()
+    """Run the configured stages (or ``only`` these) in order, holding the run lock. A stop
+    request checkpoints the running stage; inside a Slurm job the job is then requeued."""
+    with run_lock(cfg.output_dir) as lock:
+        return _run_stages(cfg, config_path, overrides, force, only, lock)
+
+
+def _run_stages(cfg: RunConfig, config_path: str, overrides: list[str], force: bool, only, lock) -> int:
+    runner = StageRunner(cfg.output_dir)
     env = os.environ.copy()
     if in_slurm_allocation():
         env.update(slurm_rendezvous())
     redo = force  # once a stage runs, every later stage runs too: its inputs are changing
     for name in only or cfg.pipeline:
-        if forwarder.received:
+        if runner.stopping:
             break
-        ckpt_dir = STAGES[name].checkpoints(stage_config(cfg, name))
-        if not redo and stage_is_done(cfg, name):
-            print(f"crild: {name}: complete for this configuration, skipped", flush=True)
-            if ckpt_dir:  # left by a stage killed between publishing its output and clearing them
-                remove_checkpoints(Path(cfg.output_dir) / ckpt_dir)
+        if not redo and _skip(cfg, name):
             continue
         redo = True
-        if ckpt_dir:
-            moved = archive_stale(Path(cfg.output_dir) / ckpt_dir, stage_fingerprint(stage_config(cfg, name), name))
-            if moved:
-                print(f"crild: {name}: configuration or inputs changed since its checkpoints were written; "
-                      f"moved them to {moved}", flush=True)
+        _archive_stale_checkpoints(cfg, name)
         cmd = stage_command(cfg, name, config_path, overrides)
         print(f"crild: {name}: running {' '.join(cmd)}", flush=True)
-        code = forwarder.run(cmd, env)
-        if code == EXIT_PREEMPTED or (forwarder.received and code != 0):
+        if lock is not None:
+            lock.set_stage(name)
+        code = runner.run(cmd, env)
+        if code == EXIT_PREEMPTED or (runner.stopping and code != 0):
             return _stopped(name)
         if code != 0:
             raise UserError(f"stage '{name}' failed with exit code {code}; see the output above")
-    if forwarder.received:  # arrived between stages: nothing to checkpoint, come back later
+    if runner.stopping:  # arrived between stages: nothing to checkpoint, come back later
         if os.environ.get("SLURM_JOB_ID") and requeue_self():
             return 0
         return EXIT_PREEMPTED

@@ -122,13 +122,37 @@ def build_classifier(name: str, spec: TaskSpec, where: str, *, num_layers: Optio
                 raise UserError(f"{where}.num_layers: {num_layers} is not between 1 and the backbone's "
                                 f"{config.num_hidden_layers} layers")
             config.num_hidden_layers = num_layers
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                path, config=config, attn_implementation="sdpa", use_safetensors=True)
-        except OSError as err:
-            raise UserError(f"{where}: cannot load model '{name}' ({str(err).splitlines()[0]})") from None
+        check_labels(base, spec, path, where)
+        model = load_pretrained(AutoModelForSequenceClassification, path, where, config=config)
     check_max_length(model.config, max_length, where)
     return model
+
+
+def check_labels(config, spec: "TaskSpec", path: str, where: str) -> None:
+    """A folder holding a trained sequence classifier must have the task's label count (a
+    backbone without a classifier gets a new one)."""
+    trained = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+    if trained and config.num_labels != spec.num_labels:
+        names = ", ".join(str(v) for v in config.id2label.values()) if config.id2label else ""
+        raise UserError(f"{where}: '{path}' is a classifier with {config.num_labels} output(s)"
+                        f"{f' ({names})' if names else ''}; task {spec.name} needs {spec.num_labels}")
+
+
+def load_pretrained(cls, path: str, where: str, **kwargs):
+    """``cls.from_pretrained`` (SDPA attention, safetensors only), with a damaged folder (a
+    truncated or corrupted weights file, weights that do not fit the config) reported as one
+    line naming it."""
+    from safetensors import SafetensorError
+
+    try:
+        return cls.from_pretrained(path, attn_implementation="sdpa", use_safetensors=True, **kwargs)
+    except (OSError, SafetensorError) as err:
+        raise UserError(f"{where}: cannot load the model in '{path}' ({str(err).splitlines()[0]})") from None
+    except RuntimeError as err:
+        if "mismatch" not in str(err):
+            raise
+        raise UserError(f"{where}: the weights in '{path}' do not fit its config.json ({str(err).splitlines()[0]})") \
+            from None
 
 
 def check_max_length(config, max_length: Optional[int], where: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pipeline.errors import UserError
 from pipeline.outputs.integrity import HASHES, problems, write_hashes
-from pipeline.outputs.manifest import MANIFEST, RESOLVED_CONFIG, is_complete
+from pipeline.outputs.manifest import MANIFEST, RESOLVED_CONFIG, is_complete, read_manifest
 from pipeline.runtime.distributed import decided_by_main
 from pipeline.runtime.faults import crash_point
 from pipeline.schema.hashing import dump_yaml
@@ -25,10 +25,14 @@ BOOKKEEPING_FILES = (RESOLVED_CONFIG, HASHES, MANIFEST)
 def atomic_output(final: Path, cfg, stage: str, fingerprint: str):
     """Yield a temporary folder; on success add the resolved config, the hashes and a
     manifest recording ``fingerprint`` (what the output was made from), then replace
-    ``final`` by it. On failure nothing that looks complete is left behind."""
+    ``final`` by it. On failure nothing that looks complete is left behind. Only a folder
+    that this stage wrote before is ever replaced; temporary folders a killed writer left
+    (the caller holds the run lock, so no live writer) are removed."""
     final = Path(final)
+    check_replaceable(final, stage)
+    for stale in final.parent.glob(f".{final.name}.tmp*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = final.parent / f".{final.name}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         yield tmp
@@ -48,6 +52,18 @@ def atomic_output(final: Path, cfg, stage: str, fingerprint: str):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_replaceable(final: Path, stage: str) -> None:
+    """``final`` does not exist, or is a folder crild's ``stage`` wrote: nothing crild did
+    not write is ever replaced or deleted."""
+    if not final.exists() and not final.is_symlink():
+        return
+    manifest = read_manifest(final) if final.is_dir() and not final.is_symlink() else None
+    if manifest is None or manifest.get("stage") != stage:
+        by = f"was written by crild's {manifest.get('stage')} stage" if manifest else "was not written by crild"
+        raise UserError(f"{final}: already exists and {by}; crild replaces only what its {stage} stage wrote "
+                        f"there: move it away or choose another output_dir or output name")
 
 
 def verified(path: Path, what: str) -> Path:

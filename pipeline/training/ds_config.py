@@ -14,15 +14,58 @@ from pipeline.schema.paths import resolve_path
 AUTO = "auto"
 
 
-def load_ds_json(path: str, source: str) -> tuple[Path, dict]:
+def read_ds_text(path: str, source: str) -> tuple[Path, str]:
+    """A DeepSpeed config file's path and text (UTF-8), or one line saying what is wrong."""
     p = resolve_path(path, "deepspeed_config", source)
+    if not p.is_file():
+        raise UserError(f"{source}: deepspeed_config: '{path}' is not a file")
     try:
-        data = json.loads(p.read_text())
+        return p, p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{p}: not UTF-8 text (byte {err.start})") from None
+
+
+def load_ds_json(path: str, source: str) -> tuple[Path, dict]:
+    p, text = read_ds_text(path, source)
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as err:
         raise UserError(f"{p}: not valid JSON (line {err.lineno}: {err.msg})") from None
     if not isinstance(data, dict):
         raise UserError(f"{p}: expected a JSON object")
     return p, data
+
+
+_DS_SECTIONS = {"DeepSpeedZeroConfig": "zero_optimization", "DeepSpeedBF16Config": "bf16",
+                "DeepSpeedFP16Config": "fp16", "DeepSpeedZeroOffloadOptimizerConfig": "zero_optimization.offload_optimizer",
+                "DeepSpeedZeroOffloadParamConfig": "zero_optimization.offload_param"}
+
+
+def check_with_deepspeed(cfg: dict, path: Path) -> None:
+    """What DeepSpeed itself would reject, said now with the file's name: an optimizer or
+    scheduler it does not know, and whatever its own config classes refuse (a ZeRO stage
+    out of range, an unknown ZeRO key, ...)."""
+    from deepspeed.runtime import lr_schedules
+    from deepspeed.runtime.config import DEEPSPEED_OPTIMIZERS, DeepSpeedConfig, DeepSpeedConfigError
+    from pydantic import ValidationError
+
+    for section, known in (("optimizer", lambda n: n.lower() in DEEPSPEED_OPTIMIZERS or hasattr(torch.optim, n)),
+                           ("scheduler", lambda n: hasattr(lr_schedules, n) or hasattr(torch.optim.lr_scheduler, n))):
+        name = (cfg.get(section) or {}).get("type")
+        if name is not None and not (isinstance(name, str) and known(name)):
+            raise UserError(f"{path}: {section}.type: DeepSpeed has no {section} {name!r}")
+    check = copy.deepcopy(cfg)
+    check.pop("train_batch_size", None)  # checked against the world size by build_ds_config
+    try:
+        DeepSpeedConfig(check)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join([_DS_SECTIONS.get(err.title, err.title), *(str(p) for p in first["loc"])])
+        raise UserError(f"{path}: {where}: DeepSpeed rejects it ({first['msg']}, got {first.get('input')!r})") \
+            from None
+    except (DeepSpeedConfigError, AssertionError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{path}: DeepSpeed rejects it: {str(err).splitlines()[0] if str(err) else type(err).__name__}") \
+            from None
 
 
 def _fill(node: dict, key: str, value, where: str, path: Path, yaml_key: str) -> None:
@@ -82,6 +125,7 @@ def build_ds_config(path: str, train, world_size: int, total_steps: int, source:
     leftovers = _find_auto(cfg)
     if leftovers:
         raise UserError(f"{p}: {leftovers[0]} is \"auto\" but crild has no setting to fill it from")
+    check_with_deepspeed(cfg, p)
     return cfg
 
 

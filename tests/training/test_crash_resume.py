@@ -1,4 +1,4 @@
-"""SIGKILL at chosen points (CRILD_FAULT, see pipeline/faults.py), then the same command again:
+"""SIGKILL at chosen points (CRILD_FAULT, see pipeline/runtime/faults.py), then the same command again:
 the final weights are bitwise equal to an uninterrupted run's. Covers stage 1 and stage 3
 (CR-ILD: mixup draws, dropout, the consistency target, data order), 1 and 2 ranks, kills
 mid-accumulation, inside an evaluation, in the middle of writing a checkpoint and between a

@@ -1,0 +1,65 @@
+"""``crild status``: each stage of a run as complete, running (by whom), interrupted
+(resumable from a checkpoint), stale (complete for another configuration or other inputs),
+or missing. Reads manifests, the run lock and checkpoint folders; changes nothing."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.config import RunConfig, stage_config
+from pipeline.distill.presets import resolve_phases
+from pipeline.outputs.integrity import problems
+from pipeline.outputs.lock import holder
+from pipeline.outputs.manifest import is_complete, recorded_fingerprint
+from pipeline.stages import STAGES, stage_fingerprint
+from pipeline.training.checkpointing import TAG_PREFIX
+
+
+def _latest_step(folder: Path) -> int | None:
+    """The optimizer step of the newest checkpoint under ``folder`` (None: none)."""
+    tags = sorted(p.name for p in folder.glob(f"{TAG_PREFIX}*") if p.is_dir()) if folder.is_dir() else []
+    return int(tags[-1][len(TAG_PREFIX):]) if tags else None
+
+
+def _progress(cfg: RunConfig, name: str) -> str | None:
+    """Where an interrupted stage would resume, or None when it has no checkpoint."""
+    stage_cfg = stage_config(cfg, name)
+    ckpt = STAGES[name].checkpoints(stage_cfg)
+    if not ckpt:
+        return None
+    root = Path(cfg.output_dir) / ckpt
+    if name not in ("distill", "baseline"):
+        step = _latest_step(root)
+        return None if step is None else f"resumable from step {step}"
+    output = stage_cfg.stages.distill.output
+    done, current = [], None
+    for phase in resolve_phases(stage_cfg.stages.distill):
+        if is_complete(Path(cfg.output_dir) / f"{output}.phases" / phase.name):
+            done.append(phase.name)
+        elif current is None and (step := _latest_step(root / phase.name)) is not None:
+            current = f"phase {phase.name} resumable from step {step}"
+    if current is None and not done:
+        return None
+    return ", ".join(filter(None, [current, f"{', '.join(done)} complete" if done else None]))
+
+
+def stage_state(cfg: RunConfig, name: str, running: str | None, verify: bool) -> str:
+    stage_cfg = stage_config(cfg, name)
+    folder = Path(cfg.output_dir) / STAGES[name].output(stage_cfg)
+    if running == name:
+        return "running"
+    if is_complete(folder):
+        if recorded_fingerprint(folder) != stage_fingerprint(stage_cfg, name):
+            return "stale (written for another configuration or other inputs; crild run redoes it)"
+        bad = problems(folder) if verify else []
+        return f"damaged ({bad[0]}; crild run redoes it)" if bad else "complete"
+    progress = _progress(cfg, name)
+    return f"interrupted ({progress})" if progress else "missing"
+
+
+def status_lines(cfg: RunConfig, verify: bool = False) -> list[str]:
+    info = holder(cfg.output_dir)
+    running = info.get("stage") if info else None
+    head = f"{cfg.output_dir}: " + (f"in use by pid {info.get('pid', '?')} on {info.get('host', '?')} since "
+                                    f"{info.get('since', '?')}" if info is not None else "not in use")
+    width = max(len(n) for n in cfg.pipeline)
+    return [head] + [f"  {name.ljust(width)}  {stage_state(cfg, name, running, verify)}" for name in cfg.pipeline]

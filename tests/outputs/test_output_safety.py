@@ -1,0 +1,111 @@
+"""Nothing crild did not write is ever replaced or deleted: output names stay inside
+output_dir and off other stages' folders; a folder is replaced only by the stage that wrote
+it; a temporary folder a killed writer left is cleaned up; a teacher given by path is checked
+against its content hashes like the run's own."""
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import tiny_run_config
+
+from pipeline.cli import main
+from pipeline.config import from_dict
+from pipeline.errors import UserError
+from pipeline.outputs.atomic import atomic_output
+from pipeline.outputs.manifest import is_complete
+from pipeline.stages import RESERVED_FOLDERS, STAGES
+
+
+def run_cli(argv, capsys) -> tuple[int, list[str]]:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    return exc.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize("output", [".", "..", "/tmp/elsewhere", "../up", "a/b", "teacher", "eval", "checkpoints",
+                                    "student.phases", ".hidden"])
+def test_output_names_stay_inside_output_dir_and_off_other_stages_folders(tmp_path, tiny_bert, sentiment_dir, capsys,
+                                                                         output):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "mine.txt").write_text("the user's own file")
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir)
+    raw["pipeline"] = ["teacher", "distill"]
+    raw["stages"]["distill"] = {"output": output, "teacher_model": str(tiny_bert)}
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    for command in ("config", "run"):
+        code, err = run_cli([command, str(config)], capsys)
+        assert code == 2 and len(err) == 1 and err[0].startswith(f"crild: error: {config}: stages.distill.output: ")
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]  # nothing ran, nothing moved
+
+
+def test_the_baseline_output_is_not_the_students_when_both_run():
+    with pytest.raises(UserError, match="'student_finetuned' is the baseline stage's output"):
+        from_dict({"pipeline": ["teacher", "distill", "baseline"],
+                   "stages": {"distill": {"output": "student_finetuned"}}})
+    from_dict({"pipeline": ["teacher", "distill"], "stages": {"distill": {"output": "student_finetuned"}}})
+
+
+def test_every_fixed_stage_folder_is_reserved():
+    cfg = from_dict({})
+    for name, stage in STAGES.items():
+        if name not in ("distill", "baseline"):  # their output is stages.distill.output
+            assert stage.output(cfg) in RESERVED_FOLDERS, name
+
+
+def test_only_a_folder_the_same_stage_wrote_is_replaced(tmp_path):
+    cfg = from_dict({})
+    user = tmp_path / "teacher"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="already exists and was not written by crild"):
+        with atomic_output(user, cfg, "teacher", "f1"):
+            pass
+    assert (user / "notes.txt").read_text() == "mine" and not list(tmp_path.glob(".teacher.*"))
+
+    ours = tmp_path / "eval"
+    with atomic_output(ours, cfg, "evaluate", "f1") as tmp:
+        (tmp / "a.txt").write_text("1")
+    with atomic_output(ours, cfg, "evaluate", "f2") as tmp:  # the same stage: replaced
+        (tmp / "a.txt").write_text("2")
+    assert (ours / "a.txt").read_text() == "2" and is_complete(ours)
+    with pytest.raises(UserError, match="written by crild's evaluate stage"):
+        with atomic_output(ours, cfg, "teacher", "f3"):
+            pass
+    assert (ours / "a.txt").read_text() == "2"
+
+
+def test_a_temporary_folder_left_by_a_killed_writer_is_removed(tmp_path):
+    cfg = from_dict({})
+    left = tmp_path / ".eval.tmp99999"
+    left.mkdir()
+    (left / "half.json").write_text("{")
+    with atomic_output(tmp_path / "eval", cfg, "evaluate", "f") as tmp:
+        (tmp / "results.json").write_text("{}")
+    assert not left.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["eval"]
+
+
+def test_a_damaged_teacher_given_by_path_is_refused(tmp_path, tiny_bert, sentiment_dir, capsys):
+    from pipeline import stage1_teacher
+    from pipeline.training.stop import StopRequest
+
+    cfg = from_dict(tiny_run_config(tmp_path / "t", tiny_bert, sentiment_dir, epochs=1))
+    assert stage1_teacher.run(cfg, stop=StopRequest(install_handlers=False)) == 0
+    teacher = tmp_path / "elsewhere" / "teacher"
+    shutil.copytree(Path(cfg.output_dir) / "teacher", teacher)
+    weights = teacher / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF  # one flipped byte, the size unchanged
+    weights.write_bytes(bytes(data))
+    raw = tiny_run_config(tmp_path / "d", tiny_bert, sentiment_dir)
+    raw["stages"]["distill"] = {"preset": "kd", "teacher_model": str(teacher)}
+    config = tmp_path / "d.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    capsys.readouterr()
+    code, err = run_cli(["distill", str(config)], capsys)
+    assert code == 2 and len(err) == 1, err
+    assert err[0] == (f"crild: error: stages.distill.teacher_model '{teacher}' failed its integrity check: "
+                      f"{weights}: content differs from its recorded hash (corrupted)")
+    assert not is_complete(tmp_path / "d" / "run" / "student")

@@ -1,0 +1,159 @@
+"""Property-based tests (hypothesis): whatever configuration or data file a user writes,
+crild ends in a valid run plan or in exit code 2 with one ``crild: error:`` line, never in a
+traceback; well-formed data files read back exactly."""
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import REPO, tiny_run_config
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.cli import main
+from pipeline.config import RunConfig, TaskConfig, from_dict
+from pipeline.data.sources import load_split
+from pipeline.data.tasks import TASKS
+from pipeline.errors import UserError
+from pipeline.schema.explain import explain_rows
+
+KEYS = [key for key, type_, _, _ in explain_rows(RunConfig) if type_ != "section"]
+SECTIONS = [key for key, type_, _, _ in explain_rows(RunConfig) if type_ == "section"]
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-2**40, max_value=2**40) | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12)
+    | st.sampled_from(["auto", "cr-ild", "last", "clean", "ema", "..", ".", "/", "2e-4", "teacher", "nan", "-inf"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=6)
+
+
+def _set(raw: dict, dotted: str, value) -> None:
+    node = raw
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+
+
+@st.composite
+def configurations(draw) -> str:
+    """YAML text: the tiny test configuration with a few keys replaced by anything, unknown
+    keys added, and sometimes a key written twice."""
+    raw = tiny_run_config(Path("/tmp/crild-prop"), Path("/tmp/crild-prop/model"), Path("/tmp/crild-prop/data"))
+    for _ in range(draw(st.integers(0, 3))):
+        key = draw(st.sampled_from(KEYS + SECTIONS) | st.text(min_size=1, max_size=10).map(lambda t: "stages." + t))
+        _set(raw, key, draw(values))
+    text = yaml.safe_dump(raw, allow_unicode=True)
+    if draw(st.booleans()):
+        key = draw(st.sampled_from(sorted(raw)))
+        text += yaml.safe_dump({key: draw(values)}, allow_unicode=True)  # the same top-level key again
+    return text
+
+
+def run_config_command(path: Path, capsys) -> tuple[int, str, str]:
+    try:
+        main(["config", str(path)])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@SETTINGS
+@given(text=configurations())
+def test_any_configuration_is_a_plan_or_one_line(tmp_path, capsys, text):
+    path = tmp_path / "run.yaml"
+    path.write_text(text, encoding="utf-8")
+    code, out, err = run_config_command(path, capsys)
+    if code == 0:
+        plan = from_dict(yaml.safe_load(out), "printed")  # what it printed is itself a valid configuration
+        assert all(math.isfinite(v) for v in _numbers(plan.model_dump()))
+    else:
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith(f"crild: error: {path}"), (code, err)
+
+
+def _numbers(node):
+    if isinstance(node, dict):
+        for v in node.values():
+            yield from _numbers(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _numbers(v)
+    elif isinstance(node, float):
+        yield node
+
+
+@SETTINGS
+@given(data=st.binary(max_size=300))
+def test_arbitrary_bytes_as_a_configuration_are_one_line(tmp_path, capsys, data):
+    path = tmp_path / "run.yaml"
+    path.write_bytes(data)
+    code, _, err = run_config_command(path, capsys)
+    lines = err.strip().splitlines()
+    assert code == 0 or (code == 2 and len(lines) == 1 and lines[0].startswith("crild: error: ")), (code, err)
+
+
+# --------------------------------------------------------------------------- data files
+
+texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
+rows_strategy = st.lists(st.tuples(texts, st.sampled_from(["fresh", "rotten"])), min_size=1, max_size=8)
+SPEC = TASKS["rotten_tomatoes"]
+
+
+def _write(folder: Path, fmt: str, rows, bom: bool, header: tuple = ("sentence", "label")) -> Path:
+    if fmt == "jsonl":
+        text = "".join(json.dumps({header[0]: t, header[1]: y}, ensure_ascii=False) + "\n" for t, y in rows)
+    else:
+        buf = io.StringIO(newline="")
+        writer = csv.writer(buf, delimiter="," if fmt == "csv" else "\t")  # Excel's dialect: \r\n, quoted \r
+        writer.writerow(header)
+        writer.writerows(rows)
+        text = buf.getvalue()
+    path = folder / f"train.{fmt}"
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode("utf-8"))
+    return path
+
+
+@SETTINGS
+@given(rows=rows_strategy, fmt=st.sampled_from(["csv", "tsv", "jsonl"]), bom=st.booleans())
+def test_well_formed_files_read_back_exactly(tmp_path_factory, rows, fmt, bom):
+    folder = tmp_path_factory.mktemp("data")
+    _write(folder, fmt, rows, bom)
+    ex = load_split(TaskConfig(data_dir=str(folder)), SPEC, "train")
+    kept = [(t, y) for t, y in rows]
+    assert ex.text_a == [t for t, _ in kept]
+    assert ex.labels.tolist() == [SPEC.labels.index(y) for _, y in kept]
+
+
+@SETTINGS
+@given(rows=rows_strategy, fmt=st.sampled_from(["csv", "tsv", "jsonl"]), cut=st.integers(0, 400),
+       junk=st.binary(max_size=20), encoding=st.sampled_from(["utf-8", "latin-1", "utf-16", "cp1252"]))
+def test_damaged_files_are_read_or_one_line(tmp_path_factory, rows, fmt, cut, junk, encoding):
+    folder = tmp_path_factory.mktemp("data")
+    path = _write(folder, fmt, rows, False)
+    text = path.read_bytes().decode("utf-8")
+    data = text.encode(encoding, errors="replace")
+    path.write_bytes(data[:cut] + junk + data[cut:])
+    try:
+        ex = load_split(TaskConfig(data_dir=str(folder)), SPEC, "train")
+    except UserError as err:
+        message = str(err)
+        assert "\n" not in message and str(path) in message, message
+        return
+    assert len(ex) >= 1 and set(ex.labels.tolist()) <= {0, 1}
+
+
+def test_properties_run_on_the_real_readers():
+    """Guard: the generated data goes through the same entry point every stage uses."""
+    assert load_split.__module__ == "pipeline.data.sources" and REPO.is_dir()
+    with pytest.raises(UserError):
+        load_split(TaskConfig(data_dir="/nonexistent-crild"), SPEC, "train")
