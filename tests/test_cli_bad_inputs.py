@@ -171,7 +171,7 @@ def more_cases(tmp: Path, tiny_bert: Path, data: Path):
         ("DeepSpeed config that is a folder", ["teacher", cfg("s5", deepspeed_config=str(tmp / "ds_folder.json"))],
          ["deepspeed_config: ", "ds_folder.json' is not a file"]),
         ("DeepSpeed config not UTF-8", ["teacher", cfg("s6", deepspeed_config=str(ds_bytes))],
-         ["ds_bytes.json: not UTF-8 text"]),
+         ["ds_bytes.json:1: not UTF-8 text (byte 0xff at offset 42)"]),
         ("optimizer DeepSpeed does not know", ["teacher", cfg("s7", deepspeed_config=str(ds_optimizer))],
          ["ds_optimizer.json: optimizer.type: DeepSpeed has no optimizer 'Adamz'"]),
         ("ZeRO stage out of range", ["teacher", cfg("s8", deepspeed_config=str(ds_zero))],

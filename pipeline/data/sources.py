@@ -16,6 +16,7 @@ import numpy as np
 
 from pipeline.data.tasks import GlueFile, TaskSpec
 from pipeline.errors import UserError
+from pipeline.schema.paths import read_utf8
 
 if TYPE_CHECKING:
     from pipeline.config import TaskConfig
@@ -96,20 +97,6 @@ def _make(rows_a, rows_b, raw_labels, spec, path, line_numbers) -> Examples:
 # --------------------------------------------------------------------------- text files
 
 
-def read_text(path: Path) -> str:
-    """A data file's text: UTF-8, a byte-order mark dropped; anything else is one line."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        raise UserError(f"{path}: cannot be read ({err.strerror})") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise UserError(f"{path}:{line}: not UTF-8 text (byte {data[err.start]:#04x} at offset {err.start}); "
-                        f"save the file as UTF-8") from None
-
-
 def _csv_rows(path: Path, text: str, delimiter: str, quoting: int = csv.QUOTE_MINIMAL) -> list[tuple[int, list[str]]]:
     """(physical line where the record starts, fields) of every record: a quoted field may
     span lines, so record numbers are not line numbers."""
@@ -131,7 +118,7 @@ def _csv_rows(path: Path, text: str, delimiter: str, quoting: int = csv.QUOTE_MI
 def read_glue_tsv(path: Path, gf: GlueFile, spec: TaskSpec) -> Examples:
     if not path.is_file():
         raise UserError(f"{path}: GLUE file not found (task {spec.name} expects {gf.filename})")
-    numbered = _csv_rows(path, read_text(path), "\t", csv.QUOTE_NONE)
+    numbered = _csv_rows(path, read_utf8(path), "\t", csv.QUOTE_NONE)
     rows = [row for _, row in numbered]
     if gf.header:
         if not rows:
@@ -168,7 +155,7 @@ def read_glue_tsv(path: Path, gf: GlueFile, spec: TaskSpec) -> Examples:
 
 def _read_records(path: Path) -> list[tuple[int, dict]]:
     """(line, record) of a JSONL, CSV or TSV file with named columns."""
-    text = read_text(path)
+    text = read_utf8(path)
     if path.suffix == ".jsonl":
         out = []
         for n, line in enumerate(text.split("\n"), start=1):  # JSON Lines: "\n" only (not U+2028 & co.)

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from pipeline.errors import UserError
 from pipeline.schema.messages import error_line
+from pipeline.schema.paths import read_utf8
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -50,12 +51,10 @@ def read_yaml(path: str | os.PathLike, what: str = "config file") -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: {what} not found")
+    text, loader = read_utf8(path), None
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text (byte {err.start})") from None
-    try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+        loader = _UniqueKeyLoader(text)  # checks the characters already
+        raw = loader.get_single_data()
     except DuplicateKey as err:
         raise UserError(f"{path}: duplicate key '{err.key}' on lines {err.first} and {err.second}; "
                         f"a key may appear once per section") from None
@@ -63,6 +62,9 @@ def read_yaml(path: str | os.PathLike, what: str = "config file") -> dict:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise UserError(f"{path}:{where} is not valid YAML ({getattr(err, 'problem', err)})") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")

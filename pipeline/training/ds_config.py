@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from pipeline.errors import UserError
-from pipeline.schema.paths import resolve_path
+from pipeline.schema.paths import read_utf8, resolve_path
 
 AUTO = "auto"
 
@@ -19,10 +19,7 @@ def read_ds_text(path: str, source: str) -> tuple[Path, str]:
     p = resolve_path(path, "deepspeed_config", source)
     if not p.is_file():
         raise UserError(f"{source}: deepspeed_config: '{path}' is not a file")
-    try:
-        return p, p.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise UserError(f"{p}: not UTF-8 text (byte {err.start})") from None
+    return p, read_utf8(p)
 
 
 def load_ds_json(path: str, source: str) -> tuple[Path, dict]:
