@@ -66,7 +66,7 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
               f"{dist.world_size} rank(s), ZeRO-{zero_stage(ds_cfg)}")
 
     def loss_fn(engine_, batch, micro_step):
-        logits = engine_(**model_inputs(batch, dist.device)).logits
+        logits = engine_(**model_inputs(batch, dist.device, model)).logits
         return task_loss(logits, batch["labels"].to(dist.device), data.spec.regression), {}
 
     scalars = Scalars(out / "tensorboard" / STAGE, dist.is_main)

@@ -23,6 +23,7 @@ if __package__ in (None, ""):  # run as a script: import the package, not this f
 from pipeline.config import RunConfig
 from pipeline.data.task_data import load_task_data
 from pipeline.data.tasks import get_task
+from pipeline.data.tokenized import tokenizer_fingerprint
 from pipeline.distill.phase import STAGE, DistillRun, phase_done, train_phase
 from pipeline.distill.presets import PRESETS, resolve_phases
 from pipeline.distill.teacher import FrozenTeacher, teacher_folder
@@ -41,19 +42,32 @@ from pipeline.training.stop import StopRequest
 PHASE_ONLY_FILES = (*BOOKKEEPING_FILES, "train_results.json")  # the final student writes its own
 
 
-def frozen_teacher(cfg: RunConfig, tokenizer, dist) -> tuple[FrozenTeacher | None, str | None]:
-    """The teacher, when any phase needs it (its vocabulary must be the student's), and its
-    trust note."""
+def frozen_teacher(cfg: RunConfig, tokenizer, dist):
+    """(teacher, its tokenizer when it tokenizes differently from the student's, its trust
+    note), when any phase needs a teacher. Tokenizing alike is decided from the tokenizers
+    themselves (vocabulary, special tokens, normalisation), never from model names; a
+    teacher that tokenizes differently serves prediction-layer terms only."""
     distill_cfg = cfg.stages.distill
+    phases = resolve_phases(distill_cfg)
     needs_teacher = PRESETS[distill_cfg.preset].needs_teacher or any(
-        TERMS[t].needs_teacher_logits or TERMS[t].kinds for p in resolve_phases(distill_cfg) for t in p.terms)
+        TERMS[t].needs_teacher_logits or TERMS[t].kinds for p in phases for t in p.terms)
     if not needs_teacher:
-        return None, None
+        return None, None, None
     folder, note = teacher_folder(cfg)
-    if load_tokenizer(str(folder), "teacher").get_vocab() != tokenizer.get_vocab():
-        raise UserError(f"student.backbone '{cfg.student.backbone}' and teacher '{folder}' have different "
-                        f"vocabularies; distillation needs the same tokenizer")
-    return FrozenTeacher(cfg, folder, get_task(cfg.task.name), dist), note
+    teacher_tokenizer = load_tokenizer(str(folder), "stages.distill.teacher_model")
+    if tokenizer_fingerprint(teacher_tokenizer) == tokenizer_fingerprint(tokenizer):
+        teacher_tokenizer = None
+    else:
+        aligned = sorted({t for p in phases for t in p.terms if TERMS[t].token_aligned}
+                         | ({"mixup"} if any(p.mixup for p in phases) else set()))
+        if aligned:
+            raise UserError(
+                f"stages.distill: preset '{distill_cfg.preset}' needs teacher and student to tokenize alike "
+                f"({', '.join(aligned)} read them position by position), and they do not: teacher '{folder}' "
+                f"({type(teacher_tokenizer).__name__}, {len(teacher_tokenizer)} tokens), student "
+                f"'{cfg.student.backbone}' ({type(tokenizer).__name__}, {len(tokenizer)} tokens); use a "
+                f"prediction-layer preset (kd) or a student with the teacher's tokenizer")
+    return FrozenTeacher(cfg, folder, get_task(cfg.task.name), dist), teacher_tokenizer, note
 
 
 def publish_student(run: DistillRun, phases, last: Path) -> None:
@@ -78,10 +92,10 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
     backbone = resolve_model(cfg.student.backbone, "student.backbone", need_weights=cfg.student.init != "random")
     notes = [trust_note(backbone, "student.backbone")]
     tokenizer = load_tokenizer(backbone, "student.backbone")
-    teacher, teacher_note = frozen_teacher(cfg, tokenizer, dist)
+    teacher, teacher_tokenizer, teacher_note = frozen_teacher(cfg, tokenizer, dist)
     distill = DistillRun(cfg, dist, load_task_data(cfg, tokenizer), tokenizer, teacher,
                          stage_fingerprint(cfg, STAGE), stop or StopRequest(output_dir=cfg.output_dir),
-                         notes=[n for n in (*notes, teacher_note) if n])
+                         teacher_tokenizer=teacher_tokenizer, notes=[n for n in (*notes, teacher_note) if n])
     previous = None
     for index, phase in enumerate(phases):
         folder = distill.phase_folder(phase.name)

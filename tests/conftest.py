@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import write_sentiment_task, write_tiny_bert
+from helpers import FAMILY_TOKENIZERS, write_sentiment_task, write_tiny_bert, write_tiny_family
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -19,6 +19,13 @@ def tiny_bert(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def sentiment_dir(tmp_path_factory) -> Path:
     return write_sentiment_task(tmp_path_factory.mktemp("data") / "sentiment")
+
+
+@pytest.fixture(scope="session")
+def family_models(tmp_path_factory) -> dict:
+    """model_type -> folder of a tiny 4-layer encoder of each supported family."""
+    root = tmp_path_factory.mktemp("families")
+    return {mt: write_tiny_family(root / mt, mt) for mt in sorted(FAMILY_TOKENIZERS)}
 
 
 @pytest.fixture(autouse=True)

@@ -127,3 +127,96 @@ class Crild:
     @property
     def output(self) -> str:
         return "\n".join(self.lines)
+
+
+# --------------------------------------------------------------------------- encoder families
+
+# the tokenizer each family's tiny model gets: the WordPiece vocabulary above, a byte-level
+# BPE (RoBERTa's kind) or a SentencePiece unigram model (DeBERTa-v3's and XLM-R's kind),
+# both trained here on sentences of the same words
+FAMILY_TOKENIZERS = {"bert": "wordpiece", "electra": "wordpiece", "distilbert": "wordpiece", "mpnet": "wordpiece",
+                     "modernbert": "wordpiece", "roberta": "bpe", "xlm-roberta": "sentencepiece",
+                     "deberta-v2": "sentencepiece"}
+
+
+def _corpus(n: int = 400, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [sentence(rng, i % 2) for i in range(n)]
+
+
+def write_tokenizer(folder: Path, kind: str, model_type: str):
+    """A real tokenizer of ``kind`` saved in ``folder`` and loaded back with AutoTokenizer."""
+    import json
+
+    from transformers import AutoTokenizer, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "wordpiece":
+        (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+        BertTokenizerFast(vocab={w: i for i, w in enumerate(VOCAB)}, do_lower_case=True).save_pretrained(str(folder))
+    elif kind == "bpe":
+        from tokenizers import ByteLevelBPETokenizer
+
+        bpe = ByteLevelBPETokenizer()
+        bpe.train_from_iterator(_corpus(), vocab_size=400, min_frequency=1,
+                                special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+        bpe.save_model(str(folder))
+        (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "RobertaTokenizer"}))
+    else:
+        import sentencepiece as spm
+
+        (folder / "corpus.txt").write_text("\n".join(_corpus()))
+        spm.SentencePieceTrainer.train(
+            input=str(folder / "corpus.txt"), model_prefix=str(folder / "spm"), vocab_size=60, model_type="unigram",
+            hard_vocab_limit=False, character_coverage=1.0, pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+            pad_piece="[PAD]", unk_piece="[UNK]", bos_piece="[CLS]", eos_piece="[SEP]", user_defined_symbols=["[MASK]"],
+            minloglevel=2)
+        (folder / "corpus.txt").unlink()
+        (folder / "spm.vocab").unlink()
+        special = {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]", "unk_token": "[UNK]",
+                   "mask_token": "[MASK]", "bos_token": "[CLS]", "eos_token": "[SEP]"}
+        if model_type == "xlm-roberta":
+            (folder / "spm.model").rename(folder / "sentencepiece.bpe.model")
+            (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "XLMRobertaTokenizer",
+                                                                     **special}))
+        else:
+            (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "DebertaV2Tokenizer"}))
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    tok.save_pretrained(str(folder))  # as a tokenizer.json, as transformers writes it
+    return tok
+
+
+def write_tiny_family(folder: Path, model_type: str, num_layers: int = 4, hidden: int = 32, heads: int = 4,
+                      seed: int = 0, tokenizer: str | None = None) -> Path:
+    """A random encoder of one family (transformers' own config class) with a real tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    tok = write_tokenizer(folder, tokenizer or FAMILY_TOKENIZERS[model_type], model_type)
+    shape = {"vocab_size": len(tok), "hidden_size": hidden, "num_hidden_layers": num_layers,
+             "num_attention_heads": heads, "max_position_embeddings": 66, "pad_token_id": tok.pad_token_id}
+    extra = {
+        "distilbert": {"hidden_dim": 2 * hidden},
+        "modernbert": {"intermediate_size": 2 * hidden, "bos_token_id": tok.cls_token_id,
+                       "eos_token_id": tok.sep_token_id, "cls_token_id": tok.cls_token_id,
+                       "sep_token_id": tok.sep_token_id, "global_attn_every_n_layers": 2, "local_attention": 8},
+        "deberta-v2": {"intermediate_size": 2 * hidden, "type_vocab_size": 0, "relative_attention": True,
+                       "position_biased_input": False, "pos_att_type": ["p2c", "c2p"], "position_buckets": 16,
+                       "max_relative_positions": -1, "norm_rel_ebd": "layer_norm", "share_att_key": True},
+    }.get(model_type, {"intermediate_size": 2 * hidden})
+    if model_type in ("roberta", "xlm-roberta", "mpnet"):
+        extra.update(bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id)
+    torch.manual_seed(seed)
+    AutoModel.from_config(AutoConfig.for_model(model_type, **shape, **extra)).save_pretrained(str(folder))
+    return folder
+
+
+def write_vectors(path: Path, dims: int = 8) -> Path:
+    """GloVe-format vectors of the tiny vocabulary's words (and two that split into pieces)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    words = POSITIVE + NEGATIVE + FILLER + ["filmmaker", "cinematography"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(w + " " + " ".join(f"{v:.5f}" for v in rng.normal(size=dims)) for w in words) + "\n")
+    return path

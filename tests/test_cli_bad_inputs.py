@@ -94,9 +94,11 @@ def cases(tmp: Path, tiny_bert: Path, data: Path):
          ["deepspeed_config", "no.json' does not exist"]),
         ("stage before its inputs", ["distill", cfg("p1")], ["no complete teacher; run the teacher stage first"]),
         ("evaluation with nothing to evaluate", ["evaluate", cfg("p2")], ["no complete teacher or student"]),
-        ("different vocabularies", ["distill", cfg("v1", stages__distill={"teacher_model": str(tiny_bert)},
-                                                   student={"backbone": str(other_vocab), "init": "folder"})],
-         ["different vocabularies"]),
+        ("different tokenizers with token-aligned terms", ["distill", cfg(
+            "v1", stages__distill={"teacher_model": str(tiny_bert)},
+            student={"backbone": str(other_vocab), "init": "folder"})],
+         ["preset 'cr-ild' needs teacher and student to tokenize alike (mixup, qkv_relation read them",
+          "other-vocab' (BertTokenizer, 6 tokens)"]),
         ("relation heads that do not divide", ["distill", cfg("v2", stages__distill={
             "teacher_model": str(tiny_bert), "preset": "l-ild", "relation_heads": 5})], ["5 relation heads"]),
         ("unknown stage for --only", ["run", cfg("r1"), "--only", "distil"], ["--only distil: unknown stage"]),

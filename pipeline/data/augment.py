@@ -63,9 +63,14 @@ class WordVectors:
         norms = np.linalg.norm(matrix, axis=1, keepdims=True)
         self.unit = (matrix / np.maximum(norms, 1e-12)).astype(np.float32)
 
+    def _row(self, word: str):
+        """The word's vector row (its lowercase form's, for vectors of lowercase words)."""
+        i = self.index.get(word)
+        return self.index.get(word.lower()) if i is None else i
+
     def neighbours_one(self, word: str, m: int) -> list[str]:
         """The original structure: one full search for one word."""
-        i = self.index.get(word)
+        i = self._row(word)
         if i is None:
             return []
         dist = (torch.from_numpy(self.unit[i:i + 1]) @ torch.from_numpy(self.unit).T)[0].numpy()
@@ -76,13 +81,13 @@ class WordVectors:
     def neighbours_many(self, words: list[str], m: int, chunk: int = 256) -> dict[str, list[str]]:
         """The same searches for many words: one matrix product and top-k per chunk of
         distinct words, ordered by similarity with ties broken by index (as a stable argsort)."""
-        known = [w for w in dict.fromkeys(words) if w in self.index]
+        known = [w for w in dict.fromkeys(words) if self._row(w) is not None]
         out = {w: [] for w in words}
         unit = torch.from_numpy(self.unit)
         k = min(m + 1, unit.shape[0])
         for start in range(0, len(known), chunk):
             part = known[start:start + chunk]
-            ids = torch.tensor([self.index[w] for w in part])
+            ids = torch.tensor([self._row(w) for w in part])
             dist = unit[ids] @ unit.T  # (chunk, vocab)
             dist[torch.arange(len(part)), ids] = -float("inf")
             values, top = torch.topk(dist, k, dim=1)
@@ -213,10 +218,17 @@ class MaskedLM:
 
 
 def basic_words(tokenizer, text: str) -> list[str]:
-    """BERT basic tokenisation (normalise, split on whitespace and punctuation)."""
+    """TinyBERT's words: BERT basic tokenisation, a split on whitespace and punctuation. A
+    WordPiece tokenizer's own normaliser and splitter are it (lowercasing an uncased model's
+    text); byte-level BPE and SentencePiece splitters mark word starts inside pieces instead
+    ('Ġ', '▁'), so their text is split by BERT's splitter as it is written."""
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+
     backend = tokenizer.backend_tokenizer
-    normalized = backend.normalizer.normalize_str(text) if backend.normalizer else text
-    return [w for w, _ in backend.pre_tokenizer.pre_tokenize_str(normalized)]
+    if isinstance(backend.pre_tokenizer, BertPreTokenizer):
+        normalized = backend.normalizer.normalize_str(text) if backend.normalizer else text
+        return [w for w, _ in backend.pre_tokenizer.pre_tokenize_str(normalized)]
+    return [w for w, _ in BertPreTokenizer().pre_tokenize_str(text)]
 
 
 def is_candidate(word: str) -> bool:

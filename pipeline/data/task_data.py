@@ -8,7 +8,7 @@ from typing import Optional
 import datasets
 
 from pipeline.data.batching import Collator
-from pipeline.data.sources import available_eval_splits, load_split, resolve_source
+from pipeline.data.sources import Examples, available_eval_splits, load_split, resolve_source
 from pipeline.data.stress import apply_settings
 from pipeline.data.tasks import TaskSpec, get_task
 from pipeline.data.tokenized import tokenize_cached
@@ -20,6 +20,7 @@ from pipeline.runtime.distributed import main_rank_first
 class TaskData:
     spec: TaskSpec
     train: Optional[datasets.Dataset]
+    train_examples: Optional[Examples]  # the raw rows of ``train``, in its order (other tokenizers read them)
     eval: dict  # split -> datasets.Dataset
     eval_labels: dict  # split -> np.ndarray
     collate: Collator
@@ -50,7 +51,7 @@ def check_max_length(tokenizer, max_length: int, pair: bool, where: str = "task.
 def _load_task_data(cfg, tokenizer, eval_splits, with_train) -> TaskData:
     spec = get_task(cfg.task.name)
     check_max_length(tokenizer, cfg.task.max_length, spec.pair)
-    train_ds = None
+    train_ex, train_ds = None, None
     if with_train:
         train_ex = apply_settings(load_split(cfg.task, spec, "train"), cfg.task, spec, cfg.seed)
         train_ds = tokenize_cached(train_ex, tokenizer, cfg.task.max_length)
@@ -72,4 +73,4 @@ def _load_task_data(cfg, tokenizer, eval_splits, with_train) -> TaskData:
             ex = ex.select(range(cfg.task.max_eval_examples))
         evals[split] = tokenize_cached(ex, tokenizer, cfg.task.max_length)
         labels[split] = ex.labels
-    return TaskData(spec, train_ds, evals, labels, Collator(tokenizer.pad_token_id, spec.regression))
+    return TaskData(spec, train_ds, train_ex, evals, labels, Collator(tokenizer.pad_token_id, spec.regression))

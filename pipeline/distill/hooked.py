@@ -8,6 +8,7 @@ import torch
 
 from pipeline.distill.mixup import EmbeddingMixer, MixedView
 from pipeline.models.capture import EmbeddingCapture, LayerCapture
+from pipeline.models.families import family_of
 
 
 class HookedModel:
@@ -16,6 +17,7 @@ class HookedModel:
 
     def __init__(self, model: torch.nn.Module, layers: set[int], kinds: set[str]):
         self.model = model
+        self.token_types = family_of(model).token_types
         self.mixer = EmbeddingMixer(model)
         body = sorted(i for i in layers if i > 0)
         self.capture = LayerCapture(model, [i - 1 for i in body], tuple(sorted(kinds))) if body and kinds else None
@@ -26,6 +28,8 @@ class HookedModel:
         of ``inputs`` when one is given."""
         if self.capture is not None:
             self.capture.clear()
+        if not self.token_types:
+            inputs = {k: v for k, v in inputs.items() if k != "token_type_ids"}
         self.mixer.view = view
         try:
             logits = self.model(**inputs).logits

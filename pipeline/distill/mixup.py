@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from pipeline.models.loading import encoder_of
+from pipeline.models.families import embedding_module
 
 
 def draw_lambda(seed: int, micro_step: int, alpha: float) -> float:
@@ -43,7 +43,7 @@ class EmbeddingMixer:
 
     def __init__(self, model: torch.nn.Module):
         self.view: Optional[MixedView] = None
-        self.handle = encoder_of(model).embeddings.register_forward_hook(self._hook)
+        self.handle = embedding_module(model).register_forward_hook(self._hook)
 
     def _hook(self, module, args, output):
         if self.view is None:

@@ -10,6 +10,7 @@ from typing import Optional
 import datasets
 
 from pipeline.data.augmented import augmented_examples, verified_augmented
+from pipeline.data.batching import Collator
 from pipeline.data.supplementary import supplementary_data
 from pipeline.data.task_data import TaskData
 from pipeline.data.tokenized import tokenize_cached
@@ -52,6 +53,7 @@ class DistillRun:
     teacher: Optional[FrozenTeacher]
     fingerprint: str  # the stage's, recorded in every phase folder
     stop: StopRequest
+    teacher_tokenizer: object = None  # set when it tokenizes differently from the student (prediction-layer KD only)
     notes: list = field(default_factory=list)  # trust notes of the folders read, logged when training starts
 
     @property
@@ -105,13 +107,22 @@ def _module(run: DistillRun, phase: Phase, previous: Optional[Path]) -> tuple[Di
 
 
 def _cached_logits(run: DistillRun, phase: Phase, ds, batch_size: int):
-    """The teacher's logits on ``ds`` when the phase needs only those (no mixup, no layers)."""
+    """The teacher's logits on every row of ``ds`` when the phase needs only those (no
+    mixup, no layers). A teacher with its own tokenizer reads the same examples in its own
+    tokens; rows stay in order, so the student's batch finds them by row."""
     terms = [TERMS[t] for t in phase.terms]
     if run.teacher is None or phase.mixup or any(t.kinds for t in terms) \
             or not any(t.needs_teacher_logits for t in terms):
         return None
+    collate = run.data.collate
+    if run.teacher_tokenizer is not None:
+        examples = augmented_examples(verified_augmented(run.out / "augmented")) \
+            if phase.name in run.cfg.stages.distill.augmented_phases else run.data.train_examples
+        with main_rank_first():
+            ds = tokenize_cached(examples, run.teacher_tokenizer, run.cfg.task.max_length)
+        collate = Collator(run.teacher_tokenizer.pad_token_id, run.data.spec.regression)
     return cached_teacher_logits(classifier_forward(run.teacher.model, run.dist.device),
-                                 teacher_fingerprint(run.teacher.folder), ds, run.data.collate, batch_size, run.dist)
+                                 teacher_fingerprint(run.teacher.folder), ds, collate, batch_size, run.dist)
 
 
 def train_phase(run: DistillRun, phase: Phase, index: int, previous: Optional[Path]) -> int:

@@ -20,6 +20,11 @@ class DistillModule(torch.nn.Module):
         self.projections = torch.nn.ModuleDict(
             {str(i): torch.nn.Linear(width, teacher_width) for i in projected_layers} if width != teacher_width else {})
 
+    @property
+    def config(self):
+        """The student's transformers config (what the module is, to the rest of crild)."""
+        return self.student.config
+
     def forward(self, **inputs):
         return self.student(**inputs)
 

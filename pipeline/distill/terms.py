@@ -41,6 +41,12 @@ class Term:
     embeddings: bool = False  # also maps the embedding output (layer 0) under `uniform`
     same_heads: bool = False  # needs equal attention-head counts
 
+    @property
+    def token_aligned(self) -> bool:
+        """Reads teacher layers position by position, so teacher and student must tokenize
+        alike (PKD's [CLS] too: the teacher runs on the student's tokens)."""
+        return bool(self.kinds)
+
 
 def _mean_over_pairs(x: TermInputs, per_pair: Callable[[int, int], dict], embeddings: bool = False) -> dict:
     """Mean over the mapped layer pairs; the embedding pair (0, 0) counts only for

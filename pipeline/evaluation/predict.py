@@ -10,13 +10,18 @@ from pipeline.data.batching import Collator, eval_shards, fetch
 from pipeline.data.sources import UNLABELLED
 from pipeline.data.tasks import TaskSpec
 from pipeline.evaluation.metrics import compute_metrics
+from pipeline.models.families import family_of
 from pipeline.runtime.distributed import DistInfo
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+MODEL_INPUTS_NO_TYPES = ("input_ids", "attention_mask")
 
 
-def model_inputs(batch: dict, device: torch.device) -> dict:
-    return {k: batch[k].to(device, non_blocking=True) for k in MODEL_INPUTS}
+def model_inputs(batch: dict, device: torch.device, model=None) -> dict:
+    """The batch's model inputs on ``device``; token types only for a ``model`` whose
+    family takes them (DistilBERT and ModernBERT do not)."""
+    keys = MODEL_INPUTS if model is None or family_of(model).token_types else MODEL_INPUTS_NO_TYPES
+    return {k: batch[k].to(device, non_blocking=True) for k in keys}
 
 
 @torch.no_grad()
@@ -56,6 +61,6 @@ def split_metrics(spec: TaskSpec, logits: np.ndarray, labels: np.ndarray) -> dic
 def classifier_forward(model, device: torch.device) -> Callable[[dict], torch.Tensor]:
     def forward(batch: dict) -> torch.Tensor:
         model.eval()
-        return model(**model_inputs(batch, device)).logits
+        return model(**model_inputs(batch, device, model)).logits
 
     return forward

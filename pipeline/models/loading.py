@@ -1,5 +1,6 @@
-"""Build teacher and student classifiers: any BERT-family encoder folder or hub name,
-SDPA attention, safetensors only; truncated (bottom-k layer) student initialisation."""
+"""Build teacher and student classifiers: a model folder or hub name of any supported encoder
+family (``pipeline/models/families.py``), with the family's fastest attention kernel,
+safetensors only; truncated (bottom-k layer) student initialisation."""
 from __future__ import annotations
 
 import importlib
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 
 from pipeline.errors import UserError
+from pipeline.models.families import family_of
 
 if TYPE_CHECKING:
     from pipeline.config import RandomInit
@@ -103,29 +105,38 @@ def build_classifier(name: str, spec: TaskSpec, where: str, *, num_layers: Optio
     path = resolve_model(name, where, need_weights=random_init is None)
     label_kwargs = _label_kwargs(spec)
     base = _load_config(path, where)
+    family = family_of(base, where)
     if random_init is not None:
         if random_init.hidden_size % random_init.num_heads:
             raise UserError(f"{where}.random_init: hidden_size {random_init.hidden_size} is not divisible by "
                             f"num_heads {random_init.num_heads}")
-        config = AutoConfig.for_model(
-            base.model_type, vocab_size=base.vocab_size, hidden_size=random_init.hidden_size,
-            num_hidden_layers=random_init.num_layers, num_attention_heads=random_init.num_heads,
-            intermediate_size=random_init.intermediate_size, pad_token_id=base.pad_token_id,
-            max_position_embeddings=base.max_position_embeddings,
-            type_vocab_size=getattr(base, "type_vocab_size", 2), **label_kwargs)
-        config._attn_implementation = "sdpa"
-        model = AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
+        config = AutoConfig.for_model(base.model_type, **_random_shape(base, family, random_init), **label_kwargs)
+        config._attn_implementation = family.attention
+        model = AutoModelForSequenceClassification.from_config(config, attn_implementation=family.attention)
     else:
         config = _load_config(path, where, **label_kwargs)
         if num_layers is not None:
             if not 1 <= num_layers <= config.num_hidden_layers:
                 raise UserError(f"{where}.num_layers: {num_layers} is not between 1 and the backbone's "
                                 f"{config.num_hidden_layers} layers")
-            config.num_hidden_layers = num_layers
+            family.truncate(config, num_layers)
         check_labels(base, spec, path, where)
         model = load_pretrained(AutoModelForSequenceClassification, path, where, config=config)
     check_max_length(model.config, max_length, where)
     return model
+
+
+def _random_shape(base, family, shape: "RandomInit") -> dict:
+    """Config values of a random encoder of ``shape`` in ``base``'s family and vocabulary."""
+    values = {"vocab_size": base.vocab_size, "hidden_size": shape.hidden_size, "num_hidden_layers": shape.num_layers,
+              "num_attention_heads": shape.num_heads, family.ffn_key: shape.intermediate_size,
+              "max_position_embeddings": base.max_position_embeddings}
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id", "cls_token_id", "sep_token_id"):
+        if getattr(base, key, None) is not None:
+            values[key] = getattr(base, key)
+    if family.token_types:
+        values["type_vocab_size"] = getattr(base, "type_vocab_size", 2)
+    return values
 
 
 def check_labels(config, spec: "TaskSpec", path: str, where: str) -> None:
@@ -144,8 +155,10 @@ def load_pretrained(cls, path: str, where: str, **kwargs):
     line naming it."""
     from safetensors import SafetensorError
 
+    config = kwargs.get("config") or _load_config(path, where)
     try:
-        return cls.from_pretrained(path, attn_implementation="sdpa", use_safetensors=True, **kwargs)
+        return cls.from_pretrained(path, attn_implementation=family_of(config, where).attention, use_safetensors=True,
+                                   **kwargs)
     except (OSError, SafetensorError) as err:
         raise UserError(f"{where}: cannot load the model in '{path}' ({str(err).splitlines()[0]})") from None
     except RuntimeError as err:
@@ -157,15 +170,10 @@ def load_pretrained(cls, path: str, where: str, **kwargs):
 
 def check_max_length(config, max_length: Optional[int], where: str) -> None:
     limit = getattr(config, "max_position_embeddings", None)
-    if config.model_type in ("roberta", "xlm-roberta", "camembert") and limit:
-        limit -= 2  # positions start after the padding index
+    if limit:
+        limit -= family_of(config, where).reserved_positions  # RoBERTa's positions start after the padding index
     if max_length is not None and limit is not None and max_length > limit:
         raise UserError(f"task.max_length: {max_length} exceeds {where}'s {limit} position embeddings")
-
-
-def encoder_of(model) -> torch.nn.Module:
-    """The base encoder (``model.bert``, ``model.roberta``, ...) of a task model."""
-    return getattr(model, model.base_model_prefix, model)
 
 
 def save_model(model, tokenizer, out_dir: Path, state_dict: Optional[dict] = None) -> None:

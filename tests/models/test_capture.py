@@ -8,7 +8,8 @@ from pipeline.config import RandomInit
 from pipeline.data.tasks import TASKS
 from pipeline.errors import UserError
 from pipeline.models.capture import LayerCapture
-from pipeline.models.loading import build_classifier, encoder_of, resolve_model
+from pipeline.models.families import base_encoder as encoder_of
+from pipeline.models.loading import build_classifier, resolve_model
 
 
 def test_truncated_init_copies_exactly_bottom_k_layers(tiny_bert):
