@@ -25,6 +25,8 @@ setup(
         "tqdm",
         "safetensors",
         "pydantic>=2.6",  # configuration schemas (DeepSpeed depends on it too)
+        "onnx",  # the export stage: ONNX models, INT8 quantization
+        "onnxruntime",
     ],
     extras_require={
         "dev": ["pytest>=7", "pytest-timeout", "ruff==0.17.6", "hypothesis>=6.100"],

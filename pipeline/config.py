@@ -139,6 +139,37 @@ class EvaluateConfig(Strict):
     batch_size: PositiveInt = Field(64, description="examples per batch")
 
 
+class ExportTolerance(Strict):
+    """How close the ONNX export must stay to PyTorch (fp32) on the held-out split."""
+
+    max_logit_diff: PositiveFloat = Field(1e-4, description="largest absolute logit difference allowed")
+    min_agreement: Fraction = Field(0.999, description="share of examples that must get the same prediction")
+
+
+class BenchmarkConfig(Strict):
+    """The latency benchmark of the exported models against the teacher."""
+
+    enabled: bool = Field(True, description="run it (off: export and parity check only)")
+    threads: Optional[PositiveInt] = Field(None, description="threads for PyTorch and ONNX Runtime (default: every "
+                                                             "core this process may use)")
+    batch1_examples: PositiveInt = Field(200, description="examples timed one by one (p50, p95)")
+    batch32_batches: PositiveInt = Field(10, description="batches of 32 timed for throughput")
+    warmup: NonNegativeInt = Field(10, description="untimed runs per model first")
+
+
+class ExportConfig(Strict):
+    models: list[str] = Field(default_factory=list,
+                              description="model folders to export; empty: the run's teacher and students")
+    opset: Annotated[int, Field(ge=14, le=21), Expect("an ONNX opset in [14, 21]")] = Field(
+        17, description="ONNX opset of the export")
+    quantize: bool = Field(True, description="also an INT8 copy (ONNX Runtime dynamic quantization) of every "
+                                             "model but the teacher")
+    split: Optional[str] = Field(None, description="held-out split for parity, accuracy and timing (default: test "
+                                                   "if the task has one, else its first)")
+    tolerance: ExportTolerance = Field(default_factory=ExportTolerance)
+    benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+
+
 class MixupConfig(Strict):
     """The interpolated view of CR-ILD."""
 
@@ -231,6 +262,7 @@ class StagesConfig(Strict):
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="stage 2: augmented data")
     distill: DistillConfig = Field(default_factory=DistillConfig, description="stage 3: distillation")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="stage 4: evaluation")
+    export: ExportConfig = Field(default_factory=ExportConfig, description="stage 5: ONNX export and latency")
 
 
 class RunConfig(Strict):

@@ -20,14 +20,11 @@ import torch
 from pipeline.config import RunConfig
 from pipeline.data.batching import fetch
 from pipeline.data.task_data import load_task_data
-from pipeline.errors import UserError
-from pipeline.evaluation.models import load_eval_model
+from pipeline.evaluation.models import load_eval_model, run_models
 from pipeline.evaluation.predict import classifier_forward, predict_logits, split_metrics
 from pipeline.evaluation.results import format_table, write_predictions
 from pipeline.models.loading import load_tokenizer, quiet_libraries, resolve_model
-from pipeline.outputs.atomic import atomic_output, verified, write_json
-from pipeline.outputs.manifest import is_complete
-from pipeline.outputs.trust import trust_note
+from pipeline.outputs.atomic import atomic_output, write_json
 from pipeline.runtime.distributed import barrier, init_distributed, seed_everything
 from pipeline.runtime.progress import log
 from pipeline.stage_cli import stage_main
@@ -35,23 +32,6 @@ from pipeline.stages import stage_fingerprint
 from pipeline.training.ds_config import load_ds_json, precision_dtype
 
 STAGE = "evaluate"
-PRODUCED_MODELS = ("teacher", "student", "student_finetuned")  # folders a run writes, evaluated by default
-
-
-def models_to_evaluate(cfg: RunConfig) -> tuple[dict[str, str], list[str]]:
-    """The configured model folders (checked by the trust rule, with their notes), or every
-    complete model the run produced (verified against their hashes)."""
-    if cfg.stages.evaluate.models:
-        notes = [trust_note(resolve_model(m, "stages.evaluate.models"), "stages.evaluate.models")
-                 for m in cfg.stages.evaluate.models]
-        return {Path(m).name or str(m): str(m) for m in cfg.stages.evaluate.models}, [n for n in notes if n]
-    out = Path(cfg.output_dir)
-    found = {name: str(verified(out / name, f"the run's {name}")) for name in PRODUCED_MODELS
-             if is_complete(out / name)}
-    if not found:
-        raise UserError(f"{out}: no complete teacher or student to evaluate; run the earlier stages "
-                        f"first or set stages.evaluate.models")
-    return found, []
 
 
 def evaluate_model(cfg: RunConfig, path: str, dtype, dist):
@@ -82,7 +62,7 @@ def run(cfg: RunConfig) -> int:
     seed_everything(cfg.seed)
     _, ds_cfg = load_ds_json(cfg.deepspeed_config, cfg.source)
     results, predictions = {}, {}
-    models, notes = models_to_evaluate(cfg)
+    models, notes = run_models(cfg, cfg.stages.evaluate.models, "stages.evaluate.models")
     for name, path in models.items():
         results[name], predictions[name], data = evaluate_model(cfg, path, precision_dtype(ds_cfg), dist)
     for note in notes:

@@ -46,11 +46,19 @@ def _distill_fingerprint(cfg) -> str:
                         "teacher": teacher, "augmented": augmented})
 
 
-def _evaluate_fingerprint(cfg) -> str:
+def _upstream(cfg) -> dict:
     out = Path(cfg.output_dir)
-    upstream = {name: recorded_fingerprint(out / name) for name in ("teacher", "student", "student_finetuned")}
+    return {name: recorded_fingerprint(out / name) for name in ("teacher", "student", BASELINE_OUTPUT)}
+
+
+def _evaluate_fingerprint(cfg) -> str:
     return config_hash({"task": settings_dict(cfg.task), "evaluate": settings_dict(cfg.stages.evaluate),
-                        "upstream": upstream})
+                        "upstream": _upstream(cfg)})
+
+
+def _export_fingerprint(cfg) -> str:
+    return config_hash({"task": settings_dict(cfg.task), "export": settings_dict(cfg.stages.export),
+                        "upstream": _upstream(cfg)})
 
 
 @dataclass(frozen=True)
@@ -75,7 +83,8 @@ BASELINE_OVERRIDES = ("stages.distill.preset=finetune", f"stages.distill.output=
                       "stages.distill.augmented_phases=[]", "pipeline=[baseline]")
 # folders under output_dir that belong to crild: the stages' fixed outputs and the run's own
 # bookkeeping; stages.distill.output can be none of them
-RESERVED_FOLDERS = ("teacher", "augmented", "augmented.shards", "eval", "checkpoints", "tensorboard", "logs")
+RESERVED_FOLDERS = ("teacher", "augmented", "augmented.shards", "eval", "export", "checkpoints", "tensorboard",
+                    "logs")
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("teacher", "stage1_teacher.py", "stage 1: fine-tune the teacher", lambda c: "teacher",
@@ -90,6 +99,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           checkpoints=lambda c: f"checkpoints/{c.stages.distill.output}"),
     Stage("evaluate", "stage4_evaluate.py", "stage 4: evaluate model folders on dev/test", lambda c: "eval",
           _evaluate_fingerprint),
+    Stage("export", "stage5_export.py", "stage 5: export ONNX (and INT8), check parity, time it", lambda c: "export",
+          _export_fingerprint),
 ]}
 
 

@@ -1,11 +1,34 @@
-"""Loading a model folder to evaluate it: any sequence classifier transformers can load,
-with SDPA attention, checked against the task."""
+"""The model folders a scoring stage reads (evaluation, export): the run's own or those
+configured, and loading one as a classifier checked against the task."""
+
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
 from pipeline.errors import UserError
 from pipeline.models.loading import check_max_length, load_pretrained, resolve_model
+from pipeline.outputs.atomic import verified
+from pipeline.outputs.manifest import is_complete
+from pipeline.outputs.trust import trust_note
+
+PRODUCED_MODELS = ("teacher", "student", "student_finetuned")  # folders a run writes, scored by default
+
+
+def run_models(cfg, configured: list[str], where: str) -> tuple[dict[str, str], list[str]]:
+    """name -> folder of the ``configured`` models (checked by the trust rule, with their
+    notes), or of every complete model the run produced (verified against their hashes)."""
+    if configured:
+        notes = [trust_note(resolve_model(m, where), where) for m in configured]
+        return {Path(m).name or str(m): str(m) for m in configured}, [n for n in notes if n]
+    out = Path(cfg.output_dir)
+    found = {name: str(verified(out / name, f"the run's {name}")) for name in PRODUCED_MODELS
+             if is_complete(out / name)}
+    if not found:
+        raise UserError(f"{out}: no complete teacher or student to {where.split('.')[1]}; run the earlier stages "
+                        f"first or set {where}")
+    return found, []
 
 
 def load_eval_model(path: str, spec, dtype: torch.dtype, device: torch.device, max_length: int):

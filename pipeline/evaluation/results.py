@@ -22,22 +22,17 @@ def write_predictions(path: Path, logits: np.ndarray, labels: np.ndarray, spec: 
 
 
 def format_table(task: str, results: dict, spec: TaskSpec) -> str:
-    """Score, size and speed of every model; size and speed also relative to the teacher."""
+    """Score and size of every model, size also relative to the teacher. Speed is the export
+    stage's: measured there per example and per batch, in PyTorch and ONNX Runtime."""
     teacher = results.get("teacher")
-    rows = [("model", "split", spec.main_metric, "all metrics", "params", "size vs teacher", "examples/s",
-             "speed vs teacher")]
+    rows = [("model", "split", spec.main_metric, "all metrics", "params", "size vs teacher")]
     for name, entry in results.items():
         for split, m in entry["splits"].items():
             others = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if k not in ("examples", "examples_per_s"))
             main = m.get(spec.main_metric)
-            size = speed = "-"
-            if teacher is not None:
-                size = f"{entry['parameters'] / teacher['parameters']:.2f}x"
-                t_split = teacher["splits"].get(split)
-                if t_split:
-                    speed = f"{m['examples_per_s'] / t_split['examples_per_s']:.2f}x"
+            size = f"{entry['parameters'] / teacher['parameters']:.2f}x" if teacher is not None else "-"
             rows.append((name, split, "-" if main is None else f"{main:.4f}", others or "(unlabelled)",
-                         f"{entry['parameters'] / 1e6:.1f}M", size, f"{m['examples_per_s']:.0f}", speed))
+                         f"{entry['parameters'] / 1e6:.1f}M", size))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [f"Evaluation on {task} (held-out splits):"]
     for j, r in enumerate(rows):

@@ -63,9 +63,18 @@ def resolve_model(name: str, where: str, need_weights: bool = True) -> str:
     return name  # a hub name; loading reports a clear error when the hub is unreachable
 
 
+# a folder holds a tokenizer when it has one of these (transformers 5 otherwise makes an empty
+# one, every word an unknown token, without a word)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spm.model", "sentencepiece.bpe.model",
+                   "tokenizer.model")
+
+
 def load_tokenizer(path: str, where: str):
     from transformers import AutoTokenizer
 
+    if Path(path).is_dir() and not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(f"{where}: cannot load a tokenizer from '{path}' (none of {', '.join(TOKENIZER_FILES)} "
+                        f"there)")
     try:
         tok = AutoTokenizer.from_pretrained(path, use_fast=True)
     except (OSError, ValueError) as err:

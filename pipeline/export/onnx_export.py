@@ -1,0 +1,62 @@
+"""A transformers sequence classifier as an ONNX folder: ``model.onnx`` with dynamic batch
+and sequence axes (inputs input_ids, attention_mask and, where the family takes them,
+token_type_ids; output logits), the tokenizer and config.json beside it.
+
+torch.onnx.export's TorchScript exporter is used: Optimum's exporter (optimum-onnx 0.1)
+requires transformers < 4.58 and does not install next to crild's transformers 5, and the
+dynamo exporter of torch 2.13 fails on these models' dynamic shapes (both checked).
+"""
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+
+from pipeline.errors import UserError
+from pipeline.models.families import family_of
+
+ONNX_FILE = "model.onnx"
+COPIED = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+          "vocab.json", "merges.txt", "spm.model", "sentencepiece.bpe.model")
+
+
+def input_names(model) -> list[str]:
+    return ["input_ids", "attention_mask"] + (["token_type_ids"] if family_of(model).token_types else [])
+
+
+class _Logits(torch.nn.Module):
+    """The classifier as a function of positional tensors, returning its logits."""
+
+    def __init__(self, model, names: list[str]):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *tensors):
+        return self.model(**dict(zip(self.names, tensors))).logits
+
+
+def export_classifier(model, tokenizer, source: Path, out: Path, opset: int) -> None:
+    """Write ``model`` (eval mode, fp32, CPU) into ``out`` as ONNX, with ``source``'s
+    tokenizer and config files. Exporting changes state inside a transformers model (its
+    eager outputs after a TorchScript trace differ slightly): pass a model used for nothing
+    else."""
+    names = input_names(model)
+    example = tokenizer(["a short example .", "a longer example sentence for the trace ."], padding=True,
+                        return_tensors="pt", return_token_type_ids=True)
+    out.mkdir(parents=True, exist_ok=True)
+    axes = {name: {0: "batch", 1: "sequence"} for name in names} | {"logits": {0: "batch"}}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's own deprecation and tracer notes
+            torch.onnx.export(_Logits(model.float().cpu().eval(), names), tuple(example[n] for n in names),
+                              str(out / ONNX_FILE), input_names=names, output_names=["logits"], dynamic_axes=axes,
+                              opset_version=opset, dynamo=False)
+    except (RuntimeError, torch.onnx.errors.OnnxExporterError) as err:  # an architecture the exporter cannot trace
+        raise UserError(f"stages.export: '{source}' ({model.config.model_type}) does not export to ONNX "
+                        f"({str(err).splitlines()[0]})") from None
+    for name in COPIED:
+        if (Path(source) / name).is_file():
+            shutil.copy2(Path(source) / name, out / name)
+    tokenizer.save_pretrained(str(out))

@@ -1,0 +1,37 @@
+"""Does the export compute what the PyTorch model computes? On a held-out split: the largest
+logit difference and the share of examples given the same prediction."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from pipeline.errors import UserError
+from pipeline.evaluation.metrics import predictions_from_logits
+
+
+@dataclass(frozen=True)
+class Parity:
+    split: str
+    examples: int
+    max_logit_diff: float
+    agreement: float  # share of examples with the same prediction
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def parity(split: str, reference: np.ndarray, exported: np.ndarray, regression: bool) -> Parity:
+    same = predictions_from_logits(reference, regression) == predictions_from_logits(exported, regression)
+    if regression:  # a prediction is a score: "the same" within the logit tolerance is checked by the diff
+        same = np.ones(len(reference), dtype=bool)
+    return Parity(split, len(reference), float(np.abs(reference - exported).max()), float(same.mean()))
+
+
+def check(name: str, result: Parity, max_logit_diff: float, min_agreement: float) -> None:
+    """One line when the export falls outside the tolerances (stages.export.tolerance)."""
+    if result.max_logit_diff > max_logit_diff or result.agreement < min_agreement:
+        raise UserError(f"stages.export.tolerance: the ONNX export of {name} differs from PyTorch on "
+                        f"{result.split} ({result.examples} examples): largest logit difference "
+                        f"{result.max_logit_diff:.3g} (allowed {max_logit_diff:.3g}), same prediction on "
+                        f"{result.agreement:.2%} (required {min_agreement:.2%}); nothing was written")

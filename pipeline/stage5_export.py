@@ -1,0 +1,134 @@
+"""Stage 5: export the run's models to ONNX, prove the exports match PyTorch, quantize the
+students to INT8, and time everything against the teacher.
+
+    python pipeline/stage5_export.py --config jobs/demo.yaml [section.key=value ...]
+    crild export jobs/demo.yaml
+
+Output: ``<output_dir>/export`` with one folder per model (``model.onnx``, tokenizer,
+config.json) that ONNX Runtime loads as it is, ``<model>-int8`` folders, ``summary.json``
+(parity, accuracy and size of each) and ``latency.json`` / ``latency.md`` (the table the
+demo ends with). An export outside ``stages.export.tolerance`` fails, writing nothing.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: import the package, not this folder's modules
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import torch
+
+from pipeline.config import RunConfig
+from pipeline.data.task_data import load_task_data
+from pipeline.errors import UserError
+from pipeline.evaluation.models import load_eval_model, run_models
+from pipeline.evaluation.predict import classifier_forward, predict_logits, split_metrics
+from pipeline.export.latency import Candidate, measure, table
+from pipeline.export.onnx_export import ONNX_FILE, export_classifier
+from pipeline.export.parity import check, parity
+from pipeline.export.quantize import quantize_folder
+from pipeline.export.runtime import onnx_forward, onnxruntime, session
+from pipeline.models.loading import load_tokenizer, quiet_libraries, resolve_model
+from pipeline.outputs.atomic import atomic_output, write_json
+from pipeline.runtime.distributed import DistInfo, barrier, init_distributed, seed_everything
+from pipeline.runtime.progress import log
+from pipeline.stage_cli import stage_main
+from pipeline.stages import stage_fingerprint
+
+STAGE = "export"
+
+
+def _size_mb(folder: Path, names: tuple) -> float:
+    return sum((folder / n).stat().st_size for n in names if (folder / n).is_file()) / 2**20
+
+
+def export_one(cfg: RunConfig, name: str, path: str, out: Path, dist: DistInfo, threads: int) -> tuple[list, list]:
+    """Export one model (and its INT8 copy) into ``out``; (result rows, timing candidates)."""
+    export_cfg = cfg.stages.export
+    folder = Path(resolve_model(path, "stages.export.models"))
+    tokenizer = load_tokenizer(str(folder), "stages.export.models")
+    data = load_task_data(cfg, tokenizer, eval_splits=[_split(cfg, tokenizer)], with_train=False)
+    split, ds = next(iter(data.eval.items()))
+    labels, metric = data.eval_labels[split], data.spec.main_metric
+    reference = load_eval_model(str(folder), data.spec, torch.float32, dist.device, cfg.task.max_length)
+    # the same weights (a folder without a classifier gets a new one at every load) in a copy: tracing
+    # changes state inside a transformers model
+    export_classifier(copy.deepcopy(reference).cpu(), tokenizer, folder, out / name, export_cfg.opset)
+    torch_forward = classifier_forward(reference, dist.device)
+    batch_size = cfg.stages.evaluate.batch_size
+    torch_logits = predict_logits(torch_forward, ds, data.collate, batch_size, dist)
+    onnx_fwd = onnx_forward(session(out / name / ONNX_FILE, threads))
+    onnx_logits = predict_logits(onnx_fwd, ds, data.collate, batch_size, dist)
+    fp32 = parity(split, torch_logits, onnx_logits, data.spec.regression)
+    check(name, fp32, export_cfg.tolerance.max_logit_diff, export_cfg.tolerance.min_agreement)
+    score = split_metrics(data.spec, torch_logits, labels).get(metric)
+    rows = [{"model": name, "runtime": "pytorch", "score": score, "size_mb": _size_mb(folder, ("model.safetensors",))},
+            {"model": name, "runtime": "onnx", "score": split_metrics(data.spec, onnx_logits, labels).get(metric),
+             "size_mb": _size_mb(out / name, (ONNX_FILE, ONNX_FILE + ".data")), "parity": fp32.as_dict()}]
+    candidates = [Candidate(name, "pytorch", torch_forward, ds, data.collate),
+                  Candidate(name, "onnx", onnx_fwd, ds, data.collate)]
+    if export_cfg.quantize and name != "teacher":
+        quantize_folder(out / name, out / f"{name}-int8")
+        int8_fwd = onnx_forward(session(out / f"{name}-int8" / ONNX_FILE, threads))
+        int8_logits = predict_logits(int8_fwd, ds, data.collate, batch_size, dist)
+        rows.append({"model": name, "runtime": "onnx-int8",
+                     "score": split_metrics(data.spec, int8_logits, labels).get(metric),
+                     "size_mb": _size_mb(out / f"{name}-int8", (ONNX_FILE,)),
+                     "parity": parity(split, torch_logits, int8_logits, data.spec.regression).as_dict()})
+        candidates.append(Candidate(name, "onnx-int8", int8_fwd, ds, data.collate))
+    log(dist, f"{STAGE}: {name}: ONNX matches PyTorch on {split} (largest logit difference {fp32.max_logit_diff:.2g}, "
+              f"same prediction on {fp32.agreement:.2%})")
+    return rows, candidates, (split, metric)
+
+
+def _split(cfg: RunConfig, tokenizer) -> str:
+    """stages.export.split, else test if the task has it, else its first held-out split."""
+    if cfg.stages.export.split:
+        return cfg.stages.export.split
+    from pipeline.data.sources import available_eval_splits
+    from pipeline.data.tasks import get_task
+
+    available = available_eval_splits(cfg.task, get_task(cfg.task.name))
+    return "test" if "test" in available else (available[0] if available else "dev")
+
+
+def run(cfg: RunConfig) -> int:
+    quiet_libraries()
+    dist = init_distributed()
+    seed_everything(cfg.seed)
+    onnxruntime()  # one line if it is missing, before any work
+    if dist.world_size > 1:
+        raise UserError("stages.export runs in one process; run it without the deepspeed launcher (num_ranks 1)")
+    export_cfg = cfg.stages.export
+    threads = export_cfg.benchmark.threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    models, notes = run_models(cfg, export_cfg.models, "stages.export.models")
+    out = Path(cfg.output_dir)
+    with atomic_output(out / STAGE, cfg, STAGE, stage_fingerprint(cfg, STAGE)) as tmp:
+        rows, candidates = [], []
+        for name, path in models.items():
+            model_rows, model_candidates, timing_data = export_one(cfg, name, path, tmp, dist, threads)
+            rows += model_rows
+            candidates += model_candidates
+        for note in notes:
+            log(dist, note)
+        split, metric = timing_data
+        result = {"task": cfg.task.name, "split": split, "metric": metric, "threads": threads, "models": rows}
+        if export_cfg.benchmark.enabled:
+            bench = export_cfg.benchmark
+            timings = measure(candidates, bench.batch1_examples, bench.batch32_batches, bench.warmup, cfg.seed)
+            for row in rows:
+                row.update(timings[f"{row['model']} ({row['runtime']})"])
+            (tmp / "latency.md").write_text(table(rows, cfg.task.name, metric, threads))
+        write_json(tmp / "results.json", result)
+    if export_cfg.benchmark.enabled:
+        print((out / STAGE / "latency.md").read_text(), end="", flush=True)
+    barrier()
+    return 0
+
+
+if __name__ == "__main__":
+    stage_main(run, "Export the run's models to ONNX, check parity, quantize, and time them.")

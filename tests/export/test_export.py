@@ -1,0 +1,156 @@
+"""The export stage on tiny models: ONNX folders that ONNX Runtime loads as they are, equal to
+PyTorch within the tolerance (recorded), an INT8 student scored beside the fp32 one, the
+latency table; bad input (a tolerance that fails, no ONNX Runtime, a folder that does not
+export) is one line and leaves nothing that looks complete; the README's serving snippet
+runs as written."""
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from helpers import REPO, tiny_run_config
+
+from pipeline import stage1_teacher, stage3_distill
+from pipeline.cli import main
+from pipeline.config import from_dict
+from pipeline.outputs.manifest import is_complete
+from pipeline.training.stop import StopRequest
+
+SMALL_BENCH = {"batch1_examples": 8, "batch32_batches": 1, "warmup": 1, "threads": 1}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_bert, sentiment_dir) -> dict:
+    """A run with a teacher and a KD student (raw configuration)."""
+    tmp = tmp_path_factory.mktemp("export")
+    raw = tiny_run_config(tmp, tiny_bert, sentiment_dir, epochs=1)
+    raw["stages"]["distill"] = {"preset": "kd", "kd": {"epochs": 1, "batch_size": 8}}
+    raw["stages"]["export"] = {"benchmark": SMALL_BENCH}
+    cfg = from_dict(raw)
+    assert stage1_teacher.run(cfg, stop=StopRequest(install_handlers=False)) == 0
+    assert stage3_distill.run(cfg, stop=StopRequest(install_handlers=False)) == 0
+    return raw
+
+
+def write(path: Path, raw: dict) -> Path:
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def run_cli(argv, capsys) -> tuple[int, list[str]]:
+    capsys.readouterr()
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def classify(folder: Path, texts: list[str]) -> np.ndarray:
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    enc = tokenizer(texts, padding=True, return_tensors="np")
+    return session.run(["logits"], {i.name: enc[i.name].astype(np.int64) for i in session.get_inputs()})[0]
+
+
+def test_export_matches_pytorch_and_loads_as_it_is(trained, capsys):
+    config = write(Path(trained["output_dir"]).parent / "export.yaml", trained)
+    code, err = run_cli(["export", str(config)], capsys)
+    assert code == 0, err
+    out = Path(trained["output_dir"]) / "export"
+    assert is_complete(out) and {p.name for p in out.iterdir() if p.is_dir()} == {"teacher", "student",
+                                                                                "student-int8"}
+    results = json.loads((out / "results.json").read_text())
+    rows = {(r["model"], r["runtime"]): r for r in results["models"]}
+    assert set(rows) == {("teacher", "pytorch"), ("teacher", "onnx"), ("student", "pytorch"), ("student", "onnx"),
+                         ("student", "onnx-int8")}
+    for model in ("teacher", "student"):
+        fp32 = rows[(model, "onnx")]
+        assert fp32["parity"]["max_logit_diff"] <= 1e-4 and fp32["parity"]["agreement"] == 1.0
+        assert fp32["parity"]["split"] == "test" and fp32["parity"]["examples"] == 32
+        assert fp32["score"] == rows[(model, "pytorch")]["score"]
+    int8 = rows[("student", "onnx-int8")]
+    assert 0 <= int8["score"] <= 1 and 0 <= int8["parity"]["agreement"] <= 1
+    assert all(r["batch1_p50_ms"] > 0 and r["batch1_p95_ms"] >= r["batch1_p50_ms"] and r["batch32_examples_per_s"] > 0
+               and r["size_mb"] > 0 for r in rows.values())
+    assert results["threads"] == 1
+    table = (out / "latency.md").read_text()
+    assert "| model | runtime | test accuracy | size (MB) |" in table and "| student | onnx-int8 |" in table
+    assert "| teacher | pytorch |" in table and "1.00x" in table
+    for name in ("teacher", "student", "student-int8"):  # ONNX Runtime and the tokenizer, nothing else
+        logits = classify(out / name, ["a good film .", "an awful movie"])
+        assert logits.shape == (2, 2) and np.isfinite(logits).all()
+
+
+def test_a_family_without_token_types_exports(tmp_path, family_models, sentiment_dir, capsys):
+    for model_type in ("distilbert", "modernbert"):
+        raw = tiny_run_config(tmp_path / model_type, family_models[model_type], sentiment_dir)
+        raw["pipeline"] = ["export"]
+        raw["stages"]["export"] = {"models": [str(family_models[model_type])], "quantize": False,
+                                   "benchmark": {"enabled": False}}
+        code, err = run_cli(["export", str(write(tmp_path / f"{model_type}.yaml", raw))], capsys)
+        assert code == 0, err
+        parity = json.loads((tmp_path / model_type / "run" / "export" / "results.json").read_text())["models"][1]
+        assert parity["runtime"] == "onnx" and parity["parity"]["max_logit_diff"] <= 1e-4
+
+
+def test_a_tolerance_that_fails_is_one_line_and_writes_nothing(trained, tmp_path, capsys):
+    raw = json.loads(json.dumps(trained))
+    raw["output_dir"] = str(tmp_path / "run")
+    raw["stages"]["export"]["models"] = [str(Path(trained["output_dir"]) / "student")]
+    raw["stages"]["export"]["tolerance"] = {"max_logit_diff": 1e-30}
+    code, err = run_cli(["export", str(write(tmp_path / "strict.yaml", raw))], capsys)
+    assert code == 2 and len(err) == 1, err
+    assert re.fullmatch(r"crild: error: stages\.export\.tolerance: the ONNX export of student differs from PyTorch "
+                        r"on test \(32 examples\): largest logit difference \S+ \(allowed 1e-30\), same prediction "
+                        r"on 100\.00% \(required 99\.90%\); nothing was written", err[0]), err[0]
+    assert not (tmp_path / "run" / "export").exists() and not list((tmp_path / "run").glob(".export.tmp*"))
+
+
+def test_missing_onnx_runtime_is_one_line(trained, tmp_path, monkeypatch, capsys):
+    raw = json.loads(json.dumps(trained))
+    raw["output_dir"] = str(tmp_path / "run")
+    raw["stages"]["export"]["models"] = [str(Path(trained["output_dir"]) / "student")]
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now fails
+    code, err = run_cli(["export", str(write(tmp_path / "no-ort.yaml", raw))], capsys)
+    assert code == 2 and err == ["crild: error: stages.export: ONNX Runtime is not installed; pip install "
+                                 "onnxruntime onnx (tools/setup.sh does)"]
+
+
+def test_a_folder_without_a_tokenizer_is_one_line(trained, tmp_path, capsys):
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(Path(trained["output_dir"]) / "student", bare)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
+                 "content_hashes.json"):
+        (bare / name).unlink(missing_ok=True)
+    raw = json.loads(json.dumps(trained))
+    raw["output_dir"] = str(tmp_path / "run")
+    raw["stages"]["export"]["models"] = [str(bare)]
+    code, err = run_cli(["export", str(write(tmp_path / "bare.yaml", raw))], capsys)
+    assert code == 2 and len(err) == 1 and err[0].startswith(
+        f"crild: error: stages.export.models: cannot load a tokenizer from '{bare}'"), err
+    assert not is_complete(tmp_path / "run" / "export")
+
+
+def test_the_readme_serving_snippet_runs_as_written(trained, capsys):
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Serving the student"):]
+    start = section.index("```python\n") + len("```python\n")
+    code = section[start:section.index("\n```", start)]
+    assert 8 <= len(code.strip().splitlines()) <= 12
+    out = Path(trained["output_dir"]) / "export" / "student-int8"
+    if not out.is_dir():  # the first test exported already when run in order
+        assert run_cli(["export", str(write(Path(trained["output_dir"]).parent / "export.yaml", trained))],
+                       capsys)[0] == 0
+    capsys.readouterr()
+    exec(compile(code.replace("runs/demo/export/student-int8", str(out)), "README.md", "exec"), {})
+    assert capsys.readouterr().out.strip() in ("fresh", "rotten")
