@@ -221,6 +221,9 @@ class DistillConfig(Strict):
         default_factory=list, description="phases trained on stage 2's augmented set")
     teacher_deepspeed_config: Optional[str] = Field(
         None, description="a DeepSpeed JSON for the teacher, e.g. ZeRO-3 to partition a large teacher")
+    teacher_precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="the frozen teacher's weights and activations; auto: bf16 on a GPU that has it, "
+                            "else the student engine's precision")
     ild_supplementary: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=1, learning_rate=3e-5),
                                            description="training of the supplementary ILD phase")
     ild: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=10, learning_rate=3e-5),
@@ -270,6 +273,12 @@ class RunConfig(Strict):
     seed: Seed = Field(42, description="fixes data order, initialisation, dropout and mixup draws")
     deepspeed_config: str = Field("ds_configs/zero0_fp32.json", description="the DeepSpeed JSON every stage uses")
     num_ranks: PositiveInt = Field(1, description="ranks per stage when crild run launches the stages")
+    tf32: bool = Field(True, description="fp32 matrix products on GPUs that have TF32 (Ampere and later) use it: "
+                                         "several times faster, about 1e-3 relative precision; no effect on CPUs")
+    compile: bool = Field(False, description="torch.compile each encoder layer of the models that train and of "
+                                             "the teacher (not with ZeRO-3): a compile at the start of each stage, "
+                                             "then faster steps on GPUs; see tools/bench_distill.py --only "
+                                             "crild-compiled")
     pipeline: list[one_of(STAGES, "stage", always_list=True)] = Field(
         default_factory=lambda: ["teacher", "evaluate"], description="stages crild run chains, in order")
     task: TaskConfig = Field(default_factory=TaskConfig)

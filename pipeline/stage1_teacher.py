@@ -21,10 +21,11 @@ from pipeline.distill.losses import task_loss
 from pipeline.errors import EXIT_PREEMPTED
 from pipeline.evaluation.periodic import dev_evaluator, evaluations
 from pipeline.evaluation.predict import model_inputs
+from pipeline.models.compiling import compile_layers
 from pipeline.models.loading import build_classifier, load_tokenizer, quiet_libraries, resolve_model, save_model
 from pipeline.outputs.atomic import atomic_output, write_json
 from pipeline.outputs.trust import trust_note
-from pipeline.runtime.distributed import barrier, init_distributed, seed_everything
+from pipeline.runtime.distributed import barrier, init_distributed, seed_everything, set_tf32
 from pipeline.runtime.progress import log
 from pipeline.schema.hashing import settings_dict
 from pipeline.stage_cli import stage_main
@@ -44,6 +45,7 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
     quiet_libraries()
     dist = init_distributed()
     seed_everything(cfg.seed)
+    set_tf32(cfg.tf32)
     train_cfg = cfg.stages.teacher
     out = Path(cfg.output_dir)
     fingerprint = stage_fingerprint(cfg, STAGE)
@@ -56,6 +58,8 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
     schedule = make_schedule(len(data.train), train_cfg, dist.world_size)
     ds_cfg = build_ds_config(train_cfg.deepspeed_config or cfg.deepspeed_config, train_cfg, dist.world_size,
                              schedule.total_optimizer_steps, cfg.source, STAGE, hidden_size=model.config.hidden_size)
+    if cfg.compile:
+        compile_layers(model, ds_cfg, f"{cfg.source}: compile")
     engine = build_engine(model, train_cfg.weight_decay, ds_cfg)
     trajectory = trajectory_key(cfg, STAGE, {"teacher": settings_dict(cfg.teacher), "ds": ds_cfg})
     ckpts = Checkpoints(out / "checkpoints" / STAGE, dist, trajectory, train_cfg.keep_checkpoints, fingerprint)
@@ -67,7 +71,8 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
 
     def loss_fn(engine_, batch, micro_step):
         logits = engine_(**model_inputs(batch, dist.device, model)).logits
-        return task_loss(logits, batch["labels"].to(dist.device), data.spec.regression), {}
+        return task_loss(logits, batch["labels"].to(dist.device, non_blocking=True),
+                         data.spec.regression), {}
 
     scalars = Scalars(out / "tensorboard" / STAGE, dist.is_main)
     result = train_loop(engine=engine, dist=dist, train_ds=data.train, collate=data.collate, cfg=train_cfg,

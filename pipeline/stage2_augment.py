@@ -43,7 +43,7 @@ from pipeline.errors import UserError
 from pipeline.evaluation.predict import classifier_forward
 from pipeline.models.loading import build_classifier, load_tokenizer, quiet_libraries, resolve_model
 from pipeline.outputs.manifest import is_complete
-from pipeline.runtime.distributed import DistInfo, array_task, barrier, init_distributed, seed_everything
+from pipeline.runtime.distributed import DistInfo, array_task, barrier, init_distributed, seed_everything, set_tf32
 from pipeline.runtime.progress import Progress, log
 from pipeline.stage_cli import stage_main
 from pipeline.stages import stage_fingerprint
@@ -79,6 +79,7 @@ def run(cfg: RunConfig) -> int:
     quiet_libraries()
     dist = init_distributed()
     seed_everything(cfg.seed)
+    set_tf32(cfg.tf32)
     augment_cfg = cfg.stages.augment
     out = Path(cfg.output_dir)
     spec = get_task(cfg.task.name)

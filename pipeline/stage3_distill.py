@@ -32,7 +32,7 @@ from pipeline.errors import UserError
 from pipeline.models.loading import load_tokenizer, quiet_libraries, resolve_model
 from pipeline.outputs.atomic import BOOKKEEPING_FILES, atomic_output, link_or_copy, write_json
 from pipeline.outputs.trust import trust_note
-from pipeline.runtime.distributed import barrier, init_distributed, seed_everything
+from pipeline.runtime.distributed import barrier, init_distributed, seed_everything, set_tf32
 from pipeline.runtime.progress import log
 from pipeline.stage_cli import stage_main
 from pipeline.stages import stage_fingerprint
@@ -88,6 +88,7 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
     quiet_libraries()
     dist = init_distributed()
     seed_everything(cfg.seed)
+    set_tf32(cfg.tf32)
     phases = resolve_phases(cfg.stages.distill)
     backbone = resolve_model(cfg.student.backbone, "student.backbone", need_weights=cfg.student.init != "random")
     notes = [trust_note(backbone, "student.backbone")]

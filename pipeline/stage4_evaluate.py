@@ -25,7 +25,7 @@ from pipeline.evaluation.predict import classifier_forward, predict_logits, spli
 from pipeline.evaluation.results import format_table, write_predictions
 from pipeline.models.loading import load_tokenizer, quiet_libraries, resolve_model
 from pipeline.outputs.atomic import atomic_output, write_json
-from pipeline.runtime.distributed import barrier, init_distributed, seed_everything
+from pipeline.runtime.distributed import barrier, init_distributed, seed_everything, set_tf32
 from pipeline.runtime.progress import log
 from pipeline.stage_cli import stage_main
 from pipeline.stages import stage_fingerprint
@@ -60,6 +60,7 @@ def run(cfg: RunConfig) -> int:
     quiet_libraries()
     dist = init_distributed()
     seed_everything(cfg.seed)
+    set_tf32(cfg.tf32)
     _, ds_cfg = load_ds_json(cfg.deepspeed_config, cfg.source)
     results, predictions = {}, {}
     models, notes = run_models(cfg, cfg.stages.evaluate.models, "stages.evaluate.models")

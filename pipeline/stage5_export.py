@@ -33,7 +33,7 @@ from pipeline.export.quantize import quantize_folder
 from pipeline.export.runtime import onnx_forward, onnxruntime, session
 from pipeline.models.loading import load_tokenizer, quiet_libraries, resolve_model
 from pipeline.outputs.atomic import atomic_output, write_json
-from pipeline.runtime.distributed import DistInfo, barrier, init_distributed, seed_everything
+from pipeline.runtime.distributed import DistInfo, barrier, init_distributed, seed_everything, set_tf32
 from pipeline.runtime.progress import log
 from pipeline.stage_cli import stage_main
 from pipeline.stages import stage_fingerprint
@@ -99,6 +99,7 @@ def run(cfg: RunConfig) -> int:
     quiet_libraries()
     dist = init_distributed()
     seed_everything(cfg.seed)
+    set_tf32(cfg.tf32)
     onnxruntime()  # one line if it is missing, before any work
     if dist.world_size > 1:
         raise UserError("stages.export runs in one process; run it without the deepspeed launcher (num_ranks 1)")

@@ -123,7 +123,8 @@ def timed(step, batches, warmup: int, device) -> float:
 # --------------------------------------------------------------------------- (a) crild
 
 
-def bench_crild(a, teacher, student, batches, device, precision: str, consistency: bool = True):
+def bench_crild(a, teacher, student, batches, device, precision: str, consistency: bool = True,
+                compiled: bool = False):
     from pipeline.config import TrainConfig, from_dict
     from pipeline.distill.layers import LayerLayout
     from pipeline.distill.objective import DistillObjective
@@ -134,6 +135,11 @@ def bench_crild(a, teacher, student, batches, device, precision: str, consistenc
     from pipeline.training.engine import build_engine
 
     init_distributed()
+    if compiled:  # what compile: true does; the warm-up steps include the compile
+        from pipeline.models.compiling import compile_layers
+
+        compile_layers(student)
+        compile_layers(teacher)
     module = DistillModule(student, [], teacher.config.hidden_size)
     train = TrainConfig(batch_size=a.batch_size, learning_rate=1e-4)
     ds_cfg = build_ds_config(f"ds_configs/zero0_{precision}.json", train, 1, 1000, "bench", "bench")
@@ -264,8 +270,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--only", action="append",
-                   choices=["crild", "reference", "textbrewer", "crild-l-ild", "textbrewer-dynamic"])
+                   choices=["crild", "reference", "textbrewer", "crild-l-ild", "textbrewer-dynamic",
+                            "crild-compiled"])
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--tokenizer", default="all-MiniLM-L6-v2", help="a model folder or offline alias")
     a = p.parse_args()
 
     from pipeline.models.loading import load_tokenizer, quiet_libraries, resolve_model
@@ -273,7 +281,7 @@ def main() -> None:
     quiet_libraries()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    tokenizer = load_tokenizer(resolve_model("all-MiniLM-L6-v2", "tokenizer"), "tokenizer")
+    tokenizer = load_tokenizer(resolve_model(a.tokenizer, "--tokenizer"), "--tokenizer")
     dynamic, fixed = load_batches(a, tokenizer)
     peak = matmul_peak(torch.bfloat16 if precision == "bf16" else torch.float32, device)
     lengths = [b["input_ids"].shape[1] for b in dynamic[a.warmup:]]
@@ -286,7 +294,9 @@ def main() -> None:
                 "textbrewer": (bench_textbrewer, fixed, "eager"),
                 # the same work as TextBrewer does (no mixup, no consistency pass), on the same batches
                 "crild-l-ild": (lambda *x: bench_crild(*x, consistency=False), dynamic, "sdpa"),
-                "textbrewer-dynamic": (bench_textbrewer, dynamic, "eager")}
+                "textbrewer-dynamic": (bench_textbrewer, dynamic, "eager"),
+                # compile: true (each encoder layer torch.compiled, dynamic shapes)
+                "crild-compiled": (lambda *x: bench_crild(*x, compiled=True), dynamic, "sdpa")}
     for name, (fn, batches, attn) in variants.items():
         if a.only and name not in a.only:
             continue
@@ -306,6 +316,7 @@ def main() -> None:
         print(f"crild model FLOPs: {flops / results['crild']['seconds'] / 1e9:.1f} GFLOP/s = {mfu:.0%} of the "
               f"matmul peak")
     for mine, other, target in (("crild", "reference", 2.0), ("crild", "textbrewer", 1.5),
+                                ("crild-compiled", "crild", None),
                                 ("crild-l-ild", "textbrewer-dynamic", None)):
         if mine in results and other in results:
             r = results[mine]["samples_per_s"] / results[other]["samples_per_s"]

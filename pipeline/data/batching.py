@@ -89,4 +89,6 @@ def fetch(dataset, indices: list[int], collate: Collator) -> dict:
     caches such as the KD phase's teacher logits are looked up by it)."""
     batch = collate(dataset[indices])
     batch["index"] = torch.as_tensor(indices, dtype=torch.long)
+    if torch.cuda.is_available():  # page-locked: the copies to the GPU (non_blocking) overlap compute
+        batch = {k: v.pin_memory() for k, v in batch.items()}
     return batch

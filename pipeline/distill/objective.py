@@ -88,7 +88,7 @@ class DistillObjective:
         student_logits, student_caps = self.student.run(view_inputs, view)
         x = TermInputs(teacher_logits=teacher_logits, student_logits=student_logits, teacher_caps=teacher_caps,
                        student_caps=student_caps, mask=view_inputs["attention_mask"],
-                       labels=batch["labels"].to(self.device), pairs=self.layout.pairs,
+                       labels=batch["labels"].to(self.device, non_blocking=True), pairs=self.layout.pairs,
                        teacher_heads=self.teacher_heads, student_heads=self.module.student.config.num_attention_heads,
                        relation_heads=self.layout.relation_heads, temperature=self.temperature,
                        regression=self.regression, project=self.module.project)

@@ -23,6 +23,7 @@ from pipeline.distill.terms import TERMS
 from pipeline.errors import EXIT_PREEMPTED
 from pipeline.evaluation.periodic import dev_evaluator, evaluations
 from pipeline.evaluation.predict import classifier_forward
+from pipeline.models.compiling import compile_layers
 from pipeline.models.loading import save_model
 from pipeline.outputs.atomic import atomic_output, write_json
 from pipeline.outputs.integrity import problems
@@ -122,7 +123,8 @@ def _cached_logits(run: DistillRun, phase: Phase, ds, batch_size: int):
             ds = tokenize_cached(examples, run.teacher_tokenizer, run.cfg.task.max_length)
         collate = Collator(run.teacher_tokenizer.pad_token_id, run.data.spec.regression)
     return cached_teacher_logits(classifier_forward(run.teacher.model, run.dist.device),
-                                 teacher_fingerprint(run.teacher.folder), ds, collate, batch_size, run.dist)
+                                 teacher_fingerprint(run.teacher.folder), ds, collate, batch_size, run.dist,
+                                 run.teacher.dtype, inference=not run.teacher.partitioned)
 
 
 def train_phase(run: DistillRun, phase: Phase, index: int, previous: Optional[Path]) -> int:
@@ -138,7 +140,11 @@ def train_phase(run: DistillRun, phase: Phase, index: int, previous: Optional[Pa
                              schedule.total_optimizer_steps, cfg.source, f"distill.{phase.name}",
                              hidden_size=module.student.config.hidden_size)
     if run.teacher is not None:
-        run.teacher.set_dtype(precision_dtype(ds_cfg))
+        run.teacher.set_dtype(precision_dtype(ds_cfg), cfg.stages.distill.teacher_precision)
+    if cfg.compile:
+        compile_layers(module.student, ds_cfg, f"{cfg.source}: compile")
+        if run.teacher is not None:
+            run.teacher.compile()
     engine = build_engine(module, train_cfg.weight_decay, ds_cfg)
     objective = DistillObjective(cfg, phase, module, run.teacher.model if run.teacher else None, layout,
                                  dist.device, schedule.total_micro_steps,

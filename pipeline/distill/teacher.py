@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.errors import UserError
 from pipeline.evaluation.predict import predict_logits
+from pipeline.models.compiling import compile_layers
 from pipeline.models.loading import build_classifier, resolve_model
 from pipeline.outputs.atomic import verified
 from pipeline.outputs.manifest import is_complete
@@ -45,6 +46,8 @@ class FrozenTeacher:
     def __init__(self, cfg, folder: Path, spec, dist: DistInfo):
         self.folder = folder
         self.partitioned = False
+        self.dtype = torch.float32
+        self.compiled = False
         path = cfg.stages.distill.teacher_deepspeed_config
         if path is not None:
             _, teacher_ds = load_ds_json(path, cfg.source)
@@ -70,10 +73,26 @@ class FrozenTeacher:
         del hf_ds  # the student must not be partitioned: it trains under its own ZeRO stage
         return engine.module.eval().requires_grad_(False)
 
-    def set_dtype(self, dtype: torch.dtype) -> None:
-        """Run in the student engine's precision (a partitioned teacher keeps its own)."""
-        if not self.partitioned:
-            self.model.to(dtype)
+    def set_dtype(self, engine_dtype: torch.dtype, setting: str = "auto") -> None:
+        """Run in ``stages.distill.teacher_precision`` (auto: bf16 on a GPU that has it, else
+        the student engine's precision); a partitioned teacher keeps its DeepSpeed config's."""
+        if self.partitioned:
+            return
+        if setting == "bf16" or (setting == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
+            self.dtype = torch.bfloat16
+        else:
+            self.dtype = torch.float32 if setting == "fp32" else engine_dtype
+        self.model.to(self.dtype)
+
+
+    def compile(self) -> None:
+        """torch.compile the teacher's encoder layers, once (``compile: true``)."""
+        if self.partitioned:
+            raise UserError("compile: true is not supported with a ZeRO-3 teacher "
+                            "(stages.distill.teacher_deepspeed_config); set compile: false")
+        if not self.compiled:
+            compile_layers(self.model)
+            self.compiled = True
 
 
 def teacher_fingerprint(folder: str | Path) -> str:
@@ -93,11 +112,16 @@ def dataset_dir(ds) -> Path:
     return Path(ds.cache_files[0]["filename"]).parent
 
 
-def cached_teacher_logits(forward, teacher_id: str, ds, collate, batch_size: int, dist: DistInfo) -> torch.Tensor:
-    """(len(ds), num_labels) float32 teacher logits on the clean training inputs."""
-    path = dataset_dir(ds) / f"teacher_logits-{teacher_id}.safetensors"
+def cached_teacher_logits(forward, teacher_id: str, ds, collate, batch_size: int, dist: DistInfo,
+                          dtype: torch.dtype = torch.float32, inference: bool = True) -> torch.Tensor:
+    """(len(ds), num_labels) float32 teacher logits on the clean training inputs, computed
+    in ``dtype`` (part of the cache's name, fp32 unnamed) under inference mode (``inference``:
+    not for a ZeRO-3 teacher, whose gathered weights must stay ordinary tensors)."""
+    suffix = "" if dtype == torch.float32 else f"-{str(dtype).removeprefix('torch.')}"
+    path = dataset_dir(ds) / f"teacher_logits-{teacher_id}{suffix}.safetensors"
     if not path.is_file():
-        logits = predict_logits(forward, ds, collate, batch_size, dist)  # sharded over ranks
+        with torch.inference_mode(inference):
+            logits = predict_logits(forward, ds, collate, batch_size, dist)  # sharded over ranks
         if dist.is_main:
             tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
             save_file({"logits": torch.from_numpy(logits).float()}, str(tmp))

@@ -94,6 +94,9 @@ def init_distributed() -> DistInfo:
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False, timeout=timeout)
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     info = DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, device)
+    global _CONTROL
+    if _CONTROL is None and info.world_size > 1:  # collective: every rank makes it, in the same order
+        _CONTROL = torch.distributed.new_group(backend="gloo")
     if not cuda:
         release_shm_buffer(info)
     return info
@@ -131,6 +134,14 @@ def array_task() -> tuple[int, int] | None:
     return None
 
 
+def set_tf32(enabled: bool) -> None:
+    """fp32 matrix products and convolutions in TF32 on GPUs that have it (the ``tf32``
+    setting); nothing changes on a CPU."""
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -142,24 +153,43 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
+_CONTROL = None  # the gloo group of control messages, made by init_distributed
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+
+
+def control_group():
+    """A gloo process group for small control messages (stop votes, flags, counters): their
+    CPU tensors never wait for the GPU, so reading one is no device synchronisation."""
+    return _CONTROL
+
+
 def all_reduce_max(value: float) -> float:
-    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+    if not _distributed():
         return value
     t = torch.tensor([float(value)], dtype=torch.float64)
-    if torch.cuda.is_available():
-        t = t.cuda()
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX, group=control_group())
     return float(t.item())
 
 
 def all_reduce_sum(values: list[float]) -> list[float]:
-    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+    if not _distributed():
         return list(values)
     t = torch.tensor(values, dtype=torch.float64)
-    if torch.cuda.is_available():
-        t = t.cuda()
-    torch.distributed.all_reduce(t)
+    torch.distributed.all_reduce(t, group=control_group())
     return t.tolist()
+
+
+def start_all_reduce_max(value: float):
+    """An all-reduce (max) running in the background: (handle, tensor); ``handle.wait()``
+    then ``tensor`` holds the result. None when there is nothing to reduce."""
+    if not _distributed():
+        return None
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    return torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX, group=control_group(),
+                                        async_op=True), t
 
 
 def decided_by_main(fn: Callable[[], T]) -> T:

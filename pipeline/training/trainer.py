@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
@@ -14,7 +14,7 @@ import torch
 
 from pipeline.data.batching import Collator, epoch_batches, fetch
 from pipeline.errors import UserError
-from pipeline.runtime.distributed import DistInfo, all_reduce_sum
+from pipeline.runtime.distributed import DistInfo, all_reduce_max, all_reduce_sum
 from pipeline.runtime.faults import crash_point
 from pipeline.runtime.progress import Progress
 from pipeline.training.checkpointing import Checkpoints
@@ -59,9 +59,36 @@ def _grad_norm_from_params(params) -> Optional[float]:
 
 def _count_nonfinite(total: torch.Tensor) -> int:
     """How many ranks got a NaN/inf loss for this micro-step (the same answer on every rank,
-    so no rank waits alone in a collective the others skipped)."""
+    so no rank waits alone in a collective the others skipped). One host synchronisation per
+    micro-step: only ``on_nonfinite: skip`` needs to know before the backward pass."""
     bad = 0.0 if bool(torch.isfinite(total.detach())) else 1.0
     return int(all_reduce_sum([bad])[0])
+
+
+class _FirstNonFinite:
+    """The first micro-step whose loss was NaN/inf, tracked on the device (no host
+    synchronisation per step) and read where the loop synchronises anyway: at log points,
+    before a checkpoint is written and at the end. ``on_nonfinite: stop`` then stops with
+    nothing of the bad steps saved: the last checkpoint stays good."""
+
+    def __init__(self):
+        self.step = self.loss = None
+
+    def note(self, total: torch.Tensor, micro: int) -> None:
+        value = total.detach().float()
+        if self.step is None:
+            self.step = torch.full((), -1, dtype=torch.long, device=value.device)
+            self.loss = torch.zeros((), device=value.device)
+        new = ~torch.isfinite(value) & (self.step < 0)
+        self.step = torch.where(new, torch.full_like(self.step, micro), self.step)
+        self.loss = torch.where(new, value, self.loss)
+
+    def read(self) -> tuple[int, int, float]:
+        """(first bad micro-step over all ranks or -1, ranks that saw one, this rank's loss)."""
+        local = int(self.step) if self.step is not None else -1
+        ranks, negated_first = all_reduce_sum([1.0 if local >= 0 else 0.0])[0], \
+            all_reduce_max(-(local if local >= 0 else 2**62))
+        return (int(-negated_first) if ranks else -1), int(ranks), float(self.loss) if local >= 0 else float("nan")
 
 
 def _zero_loss(params) -> torch.Tensor:
@@ -93,6 +120,7 @@ class _Loop:
     state: dict
     progress: Progress
     micro: int = 0
+    nonfinite: _FirstNonFinite = field(default_factory=_FirstNonFinite)
 
     def run_eval(self, opt_step: int) -> None:
         crash_point("eval")
@@ -108,19 +136,34 @@ class _Loop:
         self.progress.write(f"[{self.prefix}] step {opt_step}: " +
                             ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
-    def skip_or_stop(self, total, components: dict, epoch: int, bad_ranks: int) -> None:
-        """A non-finite loss: one line and a stop (UserError), or the micro-batch skipped."""
+    def stop_if_nonfinite(self) -> None:
+        """``on_nonfinite: stop``: one line naming the first bad step, before anything of
+        the bad steps is saved (every rank reads the flags at the same points)."""
+        if self.cfg.on_nonfinite != "stop":
+            return
+        first, ranks, loss = self.nonfinite.read()
+        if first < 0:
+            return
+        epoch = first // self.schedule.steps_per_epoch
+        raise UserError(f"{self.prefix}: non-finite loss at micro-step {first} (epoch {epoch}; {ranks} of "
+                        f"{self.dist.world_size} rank(s); this rank: loss {loss:.4g}); training stopped, the last good "
+                        f"checkpoint is {self.ckpts.latest_tag() or 'none'} in {self.ckpts.root}; lower the learning "
+                        f"rate or check the data")
+
+    def skip(self, total, components: dict, epoch: int, bad_ranks: int) -> None:
+        """``on_nonfinite: skip``: the micro-batch is dropped and counted; past
+        max_nonfinite_skips of them, one line and a stop."""
         self.state["nonfinite_skipped"] += 1
-        skipped, cfg = self.state["nonfinite_skipped"], self.cfg
+        skipped = self.state["nonfinite_skipped"]
         where = _nonfinite_message(total, components, self.micro, epoch, bad_ranks, self.dist.world_size)
-        if cfg.on_nonfinite == "stop" or skipped > cfg.max_nonfinite_skips:
-            why = "" if cfg.on_nonfinite == "stop" else f"{skipped} skipped, more than max_nonfinite_skips; "
-            raise UserError(f"{self.prefix}: {where}; {why}training stopped, the last good checkpoint is "
-                            f"{self.ckpts.latest_tag() or 'none'} in {self.ckpts.root}; lower the learning rate "
-                            f"or check the data")
+        if skipped > self.cfg.max_nonfinite_skips:
+            raise UserError(f"{self.prefix}: {where}; {skipped} skipped, more than max_nonfinite_skips; training "
+                            f"stopped, the last good checkpoint is {self.ckpts.latest_tag() or 'none'} in "
+                            f"{self.ckpts.root}; lower the learning rate or check the data")
         self.progress.write(f"[{self.prefix}] skipped the micro-batch: {where}")
 
     def log_point(self, window: _LogWindow, opt_step: int, manual_norm: Optional[float]) -> None:
+        self.stop_if_nonfinite()
         norm = self.engine.get_global_grad_norm()
         p = self.prefix
         values = window.values(p)
@@ -137,6 +180,7 @@ class _Loop:
         self.state["micro_step"] = self.micro
         stopping = self.stop.should_stop(self.micro) and self.micro < last
         if opt_step % self.cfg.checkpoint_every == 0 or stopping or self.micro == last:
+            self.stop_if_nonfinite()
             self.ckpts.save(self.engine, {k: self.state[k] for k in CLIENT_STATE}, opt_step)
             self.scalars.flush()
         return stopping
@@ -165,10 +209,14 @@ def train_loop(*, engine, dist: DistInfo, train_ds, collate: Collator, cfg, seed
         batch = fetch(train_ds, batches[offset], collate)
         engine.train()
         total, components = loss_fn(engine, batch, loop.micro)
-        bad_ranks = _count_nonfinite(total)  # collective: every rank takes the same branch
-        if bad_ranks:
-            loop.skip_or_stop(total, components, epoch, bad_ranks)
-            total, components = _zero_loss(params), {}  # every rank drops it: no gradient from it
+        bad_ranks = 0
+        if cfg.on_nonfinite == "skip":
+            bad_ranks = _count_nonfinite(total)  # collective: every rank takes the same branch
+            if bad_ranks:
+                loop.skip(total, components, epoch, bad_ranks)
+                total, components = _zero_loss(params), {}  # every rank drops it: no gradient from it
+        else:
+            loop.nonfinite.note(total, loop.micro)
         engine.backward(total)
         boundary = engine.is_gradient_accumulation_boundary()
         opt_step = (loop.micro + 1) // schedule.accumulation
@@ -188,6 +236,8 @@ def train_loop(*, engine, dist: DistInfo, train_ds, collate: Collator, cfg, seed
         if boundary and loop.checkpoint_or_stop(opt_step):
             loop.progress.close()
             return {**state, "finished": False}
+    loop.stop_if_nonfinite()
+    stop.drain()
     loop.progress.close()
     scalars.flush()
     return {**state, "finished": True}

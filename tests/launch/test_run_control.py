@@ -66,7 +66,7 @@ def test_second_run_is_refused_at_once_then_sigint_checkpoints_and_nothing_outli
     finally:
         if first.proc.poll() is None:
             first.proc.kill()
-    assert "asks this stage to stop; checkpointing at this step" in first.output
+    assert "asks this stage to stop; checkpointing at the next step" in first.output
     assert "teacher: stopped on request after a checkpoint; run again to resume" in first.output
     assert "Traceback" not in first.output
     assert stage_processes(str(config)) == []  # the stage ended before its runner
