@@ -108,7 +108,7 @@ def worker(args) -> None:
         torch.cuda.reset_peak_memory_stats()
     shape = RandomInit(num_layers=args.student_layers, hidden_size=args.hidden, num_heads=args.heads,
                        intermediate_size=4 * args.hidden)
-    student = build_classifier("all-MiniLM-L6-v2", spec, "student", random_init=shape)
+    student = build_classifier(args.base, spec, "student", random_init=shape)
     module = DistillModule(student, [], args.hidden)
     train = TrainConfig(batch_size=4, learning_rate=1e-4)
     ds_cfg = build_ds_config(args.ds, train, dist.world_size, 10, "bench", "bench", hidden_size=args.hidden)
@@ -136,15 +136,15 @@ def worker(args) -> None:
     Path(args.out, f"rank{dist.rank}.json").write_text(json.dumps(out))
 
 
-def save_teacher(folder: Path, layers: int, hidden: int, heads: int) -> None:
+def save_teacher(folder: Path, layers: int, hidden: int, heads: int, base: str = "all-MiniLM-L6-v2") -> None:
     from pipeline.config import RandomInit
     from pipeline.data.tasks import get_task
     from pipeline.models.loading import build_classifier, load_tokenizer, resolve_model
 
     shape = RandomInit(num_layers=layers, hidden_size=hidden, num_heads=heads, intermediate_size=4 * hidden)
-    model = build_classifier("all-MiniLM-L6-v2", get_task("rotten_tomatoes"), "teacher", random_init=shape)
+    model = build_classifier(base, get_task("rotten_tomatoes"), "teacher", random_init=shape)
     model.save_pretrained(str(folder), safe_serialization=True)
-    load_tokenizer(resolve_model("all-MiniLM-L6-v2", "tokenizer"), "tokenizer").save_pretrained(str(folder))
+    load_tokenizer(resolve_model(base, "tokenizer"), "tokenizer").save_pretrained(str(folder))
 
 
 def main() -> None:
@@ -155,6 +155,8 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=12)
     p.add_argument("--only", action="append", choices=list(CONFIGS))
     p.add_argument("--json")
+    p.add_argument("--ranks", type=int, default=2, help="ranks per configuration (1 on a single GPU)")
+    p.add_argument("--base", default="all-MiniLM-L6-v2", help="model folder or alias giving vocabulary and tokenizer")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ds", help=argparse.SUPPRESS)
     p.add_argument("--teacher", help=argparse.SUPPRESS)
@@ -171,13 +173,13 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        save_teacher(tmp / "teacher", args.teacher_layers, args.hidden, args.heads)
+        save_teacher(tmp / "teacher", args.teacher_layers, args.hidden, args.heads, args.base)
         zero1 = json.loads((REPO / "ds_configs" / "zero2_bf16.json").read_text())
         zero1["zero_optimization"]["stage"] = 1
         (tmp / "zero1.json").write_text(json.dumps(zero1))
         launcher = Path(sys.executable).with_name("deepspeed")
         print(f"student {args.student_layers}x{args.hidden}, teacher {args.teacher_layers}x{args.hidden}, bf16, "
-              f"world size 2; MiB per rank (rank 0 / rank 1)", flush=True)
+              f"world size {args.ranks}; MiB per rank (rank 0 / rank 1 ...)", flush=True)
         print(f"{'config':>22} | {'student state':>15} | {'teacher':>15} | {'peak RSS':>15}")
         for name, (ds, teacher_zero3) in CONFIGS.items():
             if args.only and name not in args.only:
@@ -185,10 +187,11 @@ def main() -> None:
             out = tmp / name.replace(" ", "_").replace(",", "")
             out.mkdir()
             ds_path = str(tmp / "zero1.json") if ds == "zero1" else str(REPO / ds)
-            cmd = [str(launcher), "--num_gpus", "2", "--master_port", str(free_port()), str(Path(__file__).resolve()),
+            cmd = [str(launcher), "--num_gpus", str(args.ranks), "--master_port", str(free_port()), str(Path(__file__).resolve()),
                    "--worker", "--ds", ds_path, "--teacher", str(tmp / "teacher"), "--out", str(out),
                    "--student-layers", str(args.student_layers), "--teacher-layers", str(args.teacher_layers),
-                   "--hidden", str(args.hidden), "--heads", str(args.heads)] + (["--teacher-zero3"] if teacher_zero3
+                   "--hidden", str(args.hidden), "--heads", str(args.heads), "--base", args.base] + (
+                       ["--teacher-zero3"] if teacher_zero3
                                                                                  else [])
             env = dict(os.environ, OMP_NUM_THREADS="1")
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(REPO))
@@ -196,7 +199,7 @@ def main() -> None:
                 print(f"{name:>22} | failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}")
                 results[name] = {"error": proc.stderr[-2000:]}
                 continue
-            ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+            ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(args.ranks)]
             results[name] = ranks
             key = "peak_allocated" if "student_peak_allocated" in ranks[0] else None
 

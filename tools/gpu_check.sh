@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# The whole GPU check in one command, for a CUDA machine without a network.
+#
+#   bash tools/gpu_check.sh --prepare [BUNDLE]        on a machine with the package registry (this one):
+#        a folder (default gpu_bundle/, git-ignored) with what the GPU machine lacks, as wheels for
+#        Python 3.12 manylinux x86_64 (DeepSpeed built with no precompiled ops: its CUDA ops compile
+#        on first use there; datasets, pydantic, textbrewer, ...; crild itself), a bf16 safetensors
+#        copy of the offline teacher and the prepared Rotten Tomatoes data; at most 60 MiB (checked).
+#   bash tools/gpu_check.sh --run BUNDLE OUT            on the GPU machine: installs from BUNDLE into a
+#        scratch target folder, then with timeouts (all of it within 8 minutes on one H200):
+#          1. the GPU tests (tests/gpu, marker gpu): bf16 engine steps at ZeRO 0/2/3, FusedAdam and
+#             torch's fused AdamW, captures under each CUDA SDPA kernel, the CR-ILD loss on GPU against
+#             CPU, the teacher-logit cache, exact resume;
+#          2. a short real pipeline through the deepspeed launcher, bf16 ZeRO-2: teacher, CR-ILD,
+#             evaluation, export (jobs/gpu_check.yaml, the bf16 teacher);
+#          3. tools/bench_distill.py at BERT-base shapes (12-layer teacher, 6-layer student, hidden 768,
+#             length 128) at batches 32 and 256, and tools/bench_memory.py per ZeRO stage.
+#        OUT gets at most 8 files: summary.json, the pytest report, the benchmark JSONs, the pipeline's
+#        latency table and logs.tar.gz.
+#   bash tools/gpu_check.sh --dry-run [--with-model]    the CPU side anywhere: prepares a bundle (without
+#        the model copy unless asked), checks its size, and runs the GPU tests that can run on a CPU.
+#
+# The device tool runs --run with the bundle carried beside the working tree:
+#   run(command="bash tools/gpu_check.sh --run gpu_bundle $OUT", carry=["gpu_bundle"], timeout_s=540)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+LIMIT_MIB=60
+# what the GPU machine lacks (see ../shared/docs/environment.md), pinned to this venv's versions
+WHEELS=(datasets dill multiprocess hjson pydantic pydantic_core annotated_types typing_inspection msgpack py-cpuinfo
+        einops xxhash fsspec)
+BUILT=(textbrewer)  # published as source only: built here into a pure-Python wheel
+
+prepare() {  # prepare BUNDLE WITH_MODEL
+  local bundle=$1 with_model=$2 py=.venv/bin/python
+  [ -x "$py" ] || bash tools/setup.sh >/dev/null
+  rm -rf "$bundle" && mkdir -p "$bundle/wheels" "$bundle/data"
+  local specs built
+  specs=$("$py" -c "import importlib.metadata as m, sys; print(' '.join(f'{n}=={m.version(n)}' for n in sys.argv[1:]))" \
+          "${WHEELS[@]}")
+  built=$("$py" -c "import importlib.metadata as m, sys; print(' '.join(f'{n}=={m.version(n)}' for n in sys.argv[1:]))" \
+          "${BUILT[@]}")
+  # shellcheck disable=SC2086
+  "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+      -d "$bundle/wheels" $specs 2>&1 | grep -v "is ignored" || true
+  # shellcheck disable=SC2086
+  "$py" -m pip wheel -q --no-deps --no-build-isolation -w "$bundle/wheels" $built 2>&1 | grep -v "is ignored" || true
+  local ds_version
+  ds_version=$("$py" -c "import importlib.metadata as m; print(m.version('deepspeed'))")
+  DS_BUILD_OPS=0 "$py" -m pip wheel -q --no-deps --no-build-isolation --no-cache-dir -w "$bundle/wheels" \
+      "deepspeed==$ds_version" 2>&1 | grep -v "is ignored" || true
+  "$py" -m pip wheel -q --no-deps --no-build-isolation -w "$bundle/wheels" . 2>&1 | grep -v "is ignored" || true
+  "$py" -m pipeline.cli prepare-data >/dev/null
+  cp -r "${CRILD_HOME:-$HOME/.cache/crild}/data/rotten_tomatoes" "$bundle/data/"
+  if [ "$with_model" = 1 ]; then
+    "$py" - "$bundle/teacher-bf16" <<'PY'
+import sys
+import torch
+from transformers import AutoModel, AutoTokenizer
+from pipeline.models.loading import quiet_libraries, resolve_model
+quiet_libraries()
+src = resolve_model("all-MiniLM-L6-v2", "teacher")
+AutoModel.from_pretrained(src, dtype=torch.bfloat16).save_pretrained(sys.argv[1])
+AutoTokenizer.from_pretrained(src).save_pretrained(sys.argv[1])
+PY
+  fi
+  local wheels=$(( ${#WHEELS[@]} + ${#BUILT[@]} + 2 ))  # + deepspeed + crild
+  [ "$(ls "$bundle"/wheels/*.whl | wc -l)" -ge "$wheels" ] || { echo "gpu_check: missing wheels" >&2; exit 1; }
+  local bytes
+  bytes=$(du -sb "$bundle" | cut -f1)
+  echo "gpu_check: bundle $bundle: $(ls "$bundle"/wheels | wc -l) wheels, $((bytes / 1048576)) MiB (limit $LIMIT_MIB)"
+  [ "$bytes" -le $((LIMIT_MIB * 1048576)) ] || { echo "gpu_check: bundle over $LIMIT_MIB MiB" >&2; exit 1; }
+}
+
+timed() {  # timed NAME SECONDS LOG COMMAND...: run, record exit code and seconds in the summary
+  local name=$1 limit=$2 log=$3; shift 3
+  local start=$SECONDS code=0
+  timeout "$limit" "$@" >"$log" 2>&1 || code=$?
+  echo "{\"step\": \"$name\", \"exit\": $code, \"seconds\": $((SECONDS - start))}" >>"$WORK/steps.jsonl"
+  echo "gpu_check: $name: exit $code in $((SECONDS - start)) s"
+}
+
+run() {  # run BUNDLE OUT
+  local bundle out
+  bundle=$(cd "$1" && pwd); mkdir -p "$2"; out=$(cd "$2" && pwd)
+  WORK=$(mktemp -d /tmp/crild-gpu.XXXX)
+  local site=$WORK/site
+  python3 -m pip install -q --no-index --no-deps --target "$site" "$bundle"/wheels/*.whl
+  export PYTHONPATH="$site:$REPO" PATH="$site/bin:$PATH" CRILD_HOME="$WORK/home" OMP_NUM_THREADS=8
+  mkdir -p "$CRILD_HOME/data" && cp -r "$bundle/data/rotten_tomatoes" "$CRILD_HOME/data/"
+  nvidia-smi >"$WORK/nvidia-smi.txt" 2>&1 || true
+  timed gpu-tests 240 "$WORK/gpu-tests.log" python3 -m pytest tests/gpu -q -p no:cacheprovider -rs \
+      --junitxml "$out/pytest-gpu.xml"
+  local teacher=$bundle/teacher-bf16 cfg=jobs/gpu_check.yaml
+  local args=(--config "$cfg" "output_dir=$WORK/run" "teacher.model=$teacher" "student.backbone=$teacher")
+  for stage in stage1_teacher stage3_distill stage4_evaluate; do
+    timed "pipeline-$stage" 150 "$WORK/pipeline-$stage.log" deepspeed --num_gpus 1 "pipeline/$stage.py" "${args[@]}"
+  done
+  timed pipeline-stage5_export 120 "$WORK/pipeline-stage5_export.log" python3 pipeline/stage5_export.py "${args[@]}"
+  cp "$WORK/run/export/latency.md" "$out/latency.md" 2>/dev/null || true
+  for batch in 32 256; do
+    timed "bench-distill-b$batch" 150 "$WORK/bench-distill-b$batch.log" python3 tools/bench_distill.py \
+        --teacher-layers 12 --student-layers 6 --batch-size "$batch" --steps 10 --tokenizer "$teacher" \
+        --json "$out/bench_distill_b$batch.json"
+  done
+  timed bench-memory 150 "$WORK/bench-memory.log" python3 tools/bench_memory.py --ranks 1 --base "$teacher" \
+      --teacher-layers 12 \
+      --student-layers 6 --json "$out/bench_memory.json"
+  python3 - "$WORK/steps.jsonl" "$out/summary.json" <<'PY'
+import json, platform, sys
+import torch
+steps = [json.loads(line) for line in open(sys.argv[1])]
+info = {"python": platform.python_version(), "torch": torch.__version__,
+        "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+json.dump({"machine": info, "steps": steps, "passed": all(s["exit"] == 0 for s in steps)}, open(sys.argv[2], "w"),
+          indent=1)
+PY
+  tar -czf "$out/logs.tar.gz" -C "$WORK" --exclude site --exclude home --exclude run . 2>/dev/null || true
+  echo "gpu_check: results in $out"
+}
+
+case "${1:-}" in
+  --prepare) prepare "${2:-gpu_bundle}" 1 ;;
+  --run) [ $# -eq 3 ] || { echo "usage: $0 --run BUNDLE OUT" >&2; exit 2; }; run "$2" "$3" ;;
+  --dry-run)
+    bundle=$(mktemp -d /tmp/crild-gpu-bundle.XXXX)
+    prepare "$bundle" "$([ "${2:-}" = --with-model ] && echo 1 || echo 0)"
+    .venv/bin/python -m pytest tests/gpu -q -p no:cacheprovider -rs
+    rm -rf "$bundle" ;;
+  *) sed -n '2,29p' "$0"; exit 2 ;;
+esac
