@@ -206,10 +206,16 @@ class DistillConfig(Strict):
     kd_terms: dict[one_of(TERMS, "term"), NonNegativeFloat] = Field(
         default_factory=dict, description="re-weight (0 removes) or add terms of the prediction-layer phase")
     temperature: PositiveFloat = Field(2.0, description="softmax temperature of logit KD")
-    layer_map: Optional[Literal["last", "upper_middle", "uniform", "pairs"]] = Field(
-        None, description="student-teacher layer mapping (null: the preset's)")
+    layer_map: Optional[Literal["last", "upper_middle", "uniform", "all", "pairs"]] = Field(
+        None, description="student-teacher layer mapping (null: the preset's); all: every student layer with "
+                          "every teacher layer")
     layer_pairs: list[list[int]] = Field(
         default_factory=list, description="[[student, teacher], ...], 1-based, for layer_map: pairs")
+    layer_reduction: Optional[Literal["mean", "sum"]] = Field(
+        None, description="how layer terms combine their layer pairs (null: the preset's; tinybert and emd-ild sum)")
+    pkd_features: Literal["mean", "sum"] = Field(
+        "mean", description="the PKD term over the [CLS] features: mean (the PKD authors' code) or sum (its "
+                            "paper's formula, D times larger)")
     relation_heads: Optional[PositiveInt] = Field(None, description="default: the teacher's attention heads")
     mixup: MixupConfig = Field(default_factory=MixupConfig)
     consistency: ConsistencyConfig = Field(default_factory=ConsistencyConfig)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from pipeline.distill.presets import revisions
 from pipeline.outputs.manifest import recorded_fingerprint
 from pipeline.schema.hashing import config_hash, settings_dict
 from pipeline.training.ds_config import read_ds_text
@@ -41,9 +42,11 @@ def _distill_fingerprint(cfg) -> str:
     ds = {p: ds_json_text(cfg, getattr(d, p).deepspeed_config) for p in DISTILL_PHASES}
     teacher = recorded_fingerprint(Path(cfg.output_dir) / "teacher") if not d.teacher_model else d.teacher_model
     augmented = recorded_fingerprint(Path(cfg.output_dir) / "augmented") if d.augmented_phases else None
-    return config_hash({"seed": cfg.seed, "task": settings_dict(cfg.task),
-                        "student": settings_dict(cfg.student), "distill": settings_dict(d), "ds": ds,
-                        "teacher": teacher, "augmented": augmented})
+    key = {"seed": cfg.seed, "task": settings_dict(cfg.task), "student": settings_dict(cfg.student),
+           "distill": settings_dict(d), "ds": ds, "teacher": teacher, "augmented": augmented}
+    if revisions(d):  # only where a preset or term changed its defaults: other outputs stay valid
+        key["revisions"] = revisions(d)
+    return config_hash(key)
 
 
 def _upstream(cfg) -> dict:

@@ -16,6 +16,9 @@ LAYER_MAPS: dict[str, Callable[[int, int, bool], list[tuple[int, int]]]] = {
     # teacher layer floor(7n/8): 21 of 24, 10 of 12, 5 of 6
     "upper_middle": lambda n_s, n_t, emb: [(n_s, max(1, n_t * 7 // 8))],
     "uniform": lambda n_s, n_t, emb: ([(0, 0)] if emb else []) + [(i, i * n_t // n_s) for i in range(1, n_s + 1)],
+    # many-to-many (BERT-EMD): every student layer with every teacher layer
+    "all": lambda n_s, n_t, emb: ([(0, 0)] if emb else []) + [(i, j) for i in range(1, n_s + 1)
+                                                              for j in range(1, n_t + 1)],
 }
 
 

@@ -5,6 +5,9 @@ Conventions (each has a golden-value test in tests/test_losses.py):
 - relation/attention KL terms: KL(target || prediction) per row, averaged over heads and
   real rows; padded columns get zero probability.
 - MSE terms: mean over real positions and features.
+- PKD: the squared distance of normalised [CLS] vectors, mean over the features by default
+  (the PKD authors' code and the reference code behind the paper's PKD numbers: F.mse_loss);
+  ``features="sum"`` is the PKD paper's formula, D times larger.
 """
 from __future__ import annotations
 
@@ -78,7 +81,11 @@ def attention_kl(t_q, t_k, s_q, s_k, t_heads: int, s_heads: int, mask: torch.Ten
 def attention_score_mse(t_q, t_k, s_q, s_k, t_heads: int, s_heads: int, mask: torch.Tensor) -> torch.Tensor:
     """TinyBERT attention loss: MSE between (unnormalised) attention scores over real
     (row, column) pairs and heads."""
-    t, s = scaled_dot(t_q, t_k, t_heads), scaled_dot(s_q, s_k, s_heads)
+    return score_mse(scaled_dot(t_q, t_k, t_heads), scaled_dot(s_q, s_k, s_heads), mask)
+
+
+def score_mse(t: torch.Tensor, s: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MSE between two (batch, heads, seq, seq) score tensors over real (row, column) pairs."""
     pair = (mask[:, :, None] * mask[:, None, :]).to(t.dtype)[:, None]  # (batch, 1, seq, seq)
     return (((t - s) ** 2) * pair).sum() / (pair.sum() * t.shape[1]).clamp_min(1.0)
 
@@ -90,8 +97,11 @@ def hidden_mse(teacher_h: torch.Tensor, student_h: torch.Tensor, mask: torch.Ten
     return diff.sum() / (m.sum() * teacher_h.shape[-1]).clamp_min(1.0)
 
 
-def normalized_cls_mse(teacher_h: torch.Tensor, student_h: torch.Tensor) -> torch.Tensor:
-    """PKD: squared distance between L2-normalised [CLS] vectors, mean over the batch."""
+def normalized_cls_mse(teacher_h: torch.Tensor, student_h: torch.Tensor, features: str = "mean") -> torch.Tensor:
+    """PKD: squared distance between L2-normalised [CLS] vectors, mean over the batch and,
+    by ``features``, the mean (the authors' code) or the sum (the paper's formula) over the
+    features."""
     t = F.normalize(teacher_h[:, 0].float(), dim=-1)
     s = F.normalize(student_h[:, 0].float(), dim=-1)
-    return ((t - s) ** 2).sum(-1).mean()
+    squared = (t - s) ** 2
+    return (squared.mean(-1) if features == "mean" else squared.sum(-1)).mean()

@@ -7,6 +7,7 @@ TextBrewer convention).
 """
 from __future__ import annotations
 
+import json
 from typing import Optional
 
 import torch
@@ -21,6 +22,10 @@ from pipeline.distill.presets import Phase
 from pipeline.distill.student import DistillModule
 from pipeline.distill.terms import TERMS, TermInputs
 from pipeline.evaluation.predict import model_inputs
+from pipeline.outputs.atomic import write_json
+from pipeline.runtime.distributed import is_main_process, mean_across_ranks
+
+TERM_STATE = "term_state.json"
 
 
 class DistillObjective:
@@ -56,15 +61,22 @@ class DistillObjective:
         self.consistency = Consistency(d.consistency, phase.consistency, max(student_layers), layout.relation_heads,
                                        self.student, total_micro_steps) if phase.consistency > 0 else None
         self.teacher_forwards = 0  # examples the teacher has processed (tests check the KD cache)
+        self.pkd_features = d.pkd_features
+        self.term_state: dict = {}  # the terms' state across steps (EMD's layer weights), the same on every rank
 
     def save_extra(self, tag_dir) -> None:
-        """State outside the engine that a checkpoint keeps (the consistency's EMA copy)."""
+        """State outside the engine that a checkpoint keeps: the consistency's EMA copy and
+        the terms' state."""
         if self.consistency is not None:
             self.consistency.save(tag_dir)
+        if self.term_state and is_main_process():
+            write_json(tag_dir / TERM_STATE, self.term_state)
 
     def load_extra(self, tag_dir) -> None:
         if self.consistency is not None:
             self.consistency.load(tag_dir)
+        if (tag_dir / TERM_STATE).is_file():
+            self.term_state = json.loads((tag_dir / TERM_STATE).read_text())
 
     def _teacher_logits(self, view_inputs: dict, view, batch: dict, rows: int):
         if self.need_teacher_forward:
@@ -91,7 +103,9 @@ class DistillObjective:
                        labels=batch["labels"].to(self.device, non_blocking=True), pairs=self.layout.pairs,
                        teacher_heads=self.teacher_heads, student_heads=self.module.student.config.num_attention_heads,
                        relation_heads=self.layout.relation_heads, temperature=self.temperature,
-                       regression=self.regression, project=self.module.project)
+                       regression=self.regression, project=self.module.project,
+                       layer_reduction=self.phase.layer_reduction, pkd_features=self.pkd_features,
+                       state=self.term_state, shared=mean_across_ranks)
         total = torch.zeros((), device=self.device)
         components: dict = {}
         for name, weight in self.phase.terms.items():

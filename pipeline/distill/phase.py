@@ -102,7 +102,7 @@ def _module(run: DistillRun, phase: Phase, previous: Optional[Path]) -> tuple[Di
     student = build_student(run.cfg, run.data.spec, previous)
     teacher_config = run.teacher.model.config if run.teacher is not None else None
     layout = layer_layout(run.cfg.stages.distill, phase, student.config, teacher_config)
-    projected = sorted({s for s, _ in layout.pairs}) if any(t in ("hidden_mse", "pkd") for t in phase.terms) else []
+    projected = sorted({s for s, _ in layout.pairs}) if any(TERMS[t].projects for t in phase.terms) else []
     teacher_width = teacher_config.hidden_size if teacher_config is not None else 0
     return DistillModule(student, projected, teacher_width), layout
 

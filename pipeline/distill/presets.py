@@ -8,10 +8,20 @@ re-weight any term (weight 0 removes it) or add registered ones:
         preset: cr-ild
         ild_terms: {hidden_mse: 0.5}     # add a term to the ILD phases
         consistency: {weight: 0.2}
+
+Each baseline follows the conventions of the code that produced the paper's numbers (where
+the original paper's formula and its code disagree, the code wins; the other convention
+stays an option): PKD takes the mean over the [CLS] features (``pkd_features: sum`` for the
+PKD paper's formula); TinyBERT sums its layer terms (``layer_reduction: mean`` to average
+them) and compares attention distributions by KL, as the reference code's TinyBERT mode
+does (``ild_terms: {attention_kl: 0, attention_mse: 1}`` for the TinyBERT paper's score
+MSE); EMD-ILD is BERT-EMD's many-to-many map with separate attention and hidden weights.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from pipeline.distill.terms import TERMS
 
 PHASES = ("ild_supplementary", "ild", "kd")
 
@@ -25,12 +35,19 @@ class Preset:
     mixup: bool = False
     consistency: float = 0.0
     needs_teacher: bool = True
+    layer_reduction: str = "mean"  # how layer terms combine their layer pairs: "mean" or "sum"
+    revision: int = 0  # bumped when the preset's defaults change: outputs made before are stale
 
 
 PRESETS: dict[str, Preset] = {
     "kd": Preset(("kd",)),
     "pkd": Preset(("kd",), kd={"logit_kd": 0.5, "ce": 0.5, "pkd": 100.0}, layer_map="uniform"),
-    "tinybert": Preset(("ild", "kd"), ild={"attention_mse": 1.0, "hidden_mse": 1.0}, layer_map="uniform"),
+    # the reference code's TinyBERT ("AH"): attention KL and hidden MSE (embeddings too), summed over layers
+    "tinybert": Preset(("ild", "kd"), ild={"attention_kl": 1.0, "hidden_mse": 1.0}, layer_map="uniform",
+                       layer_reduction="sum", revision=1),
+    # BERT-EMD: every student layer against every teacher layer, weighted by earth mover's distance
+    "emd-ild": Preset(("ild", "kd"), ild={"emd_attention": 1.0, "emd_hidden": 1.0}, layer_map="all",
+                      layer_reduction="sum"),
     "minilm": Preset(("ild", "kd"), ild={"attention_kl": 1.0, "value_relation": 1.0}),
     # MiniLMv2 transfers Q/K/V relations of an upper-middle teacher layer (21 of 24 in its paper)
     "minilmv2": Preset(("ild", "kd"), ild={"qkv_relation": 1.0}, layer_map="upper_middle"),
@@ -49,6 +66,7 @@ class Phase:
     terms: dict  # term -> weight (> 0)
     mixup: bool
     consistency: float  # w_ic (0: off)
+    layer_reduction: str = "mean"  # how layer terms combine their layer pairs
 
     @property
     def is_ild(self) -> bool:
@@ -64,11 +82,26 @@ def resolve_phases(distill_cfg) -> list[Phase]:
         phases.insert(phases.index("ild"), "ild_supplementary")
     mixup = preset.mixup if distill_cfg.mixup.enabled is None else distill_cfg.mixup.enabled
     consistency = preset.consistency if distill_cfg.consistency.weight is None else distill_cfg.consistency.weight
+    reduction = distill_cfg.layer_reduction or preset.layer_reduction
     plans = []
     for phase in phases:
         ild = phase != "kd"
         terms = dict(preset.ild if ild else preset.kd)
         terms.update(distill_cfg.ild_terms if ild else distill_cfg.kd_terms)
         terms = {k: float(v) for k, v in terms.items() if v != 0}
-        plans.append(Phase(phase, terms, mixup and ild, consistency if (mixup and ild) else 0.0))
+        plans.append(Phase(phase, terms, mixup and ild, consistency if (mixup and ild) else 0.0, reduction))
     return plans
+
+
+def revisions(distill_cfg) -> dict:
+    """The revisions of the preset and of the terms ``distill_cfg`` runs, where not 0: part
+    of the stage's fingerprint, so that a change of a preset's or a term's defaults makes
+    the outputs made before it stale and leaves all others valid."""
+    out = {}
+    if PRESETS[distill_cfg.preset].revision:
+        out["preset"] = PRESETS[distill_cfg.preset].revision
+    terms = {name: TERMS[name].revision for phase in resolve_phases(distill_cfg) for name in phase.terms
+             if TERMS[name].revision}
+    if terms:
+        out["terms"] = terms
+    return out

@@ -160,6 +160,11 @@ def _distributed() -> bool:
     return torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
 
 
+def is_main_process() -> bool:
+    """Rank 0, or the only process."""
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
 def control_group():
     """A gloo process group for small control messages (stop votes, flags, counters): their
     CPU tensors never wait for the GPU, so reading one is no device synchronisation."""
@@ -180,6 +185,16 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64)
     torch.distributed.all_reduce(t, group=control_group())
     return t.tolist()
+
+
+def mean_across_ranks(t: torch.Tensor) -> torch.Tensor:
+    """The mean of a small tensor over all ranks, on the host (float64)."""
+    t = t.detach().to("cpu", torch.float64)
+    if not _distributed():
+        return t
+    t = t.clone()
+    torch.distributed.all_reduce(t, group=control_group())
+    return t / torch.distributed.get_world_size()
 
 
 def start_all_reduce_max(value: float):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from pipeline.data.tasks import get_task
-from pipeline.distill.presets import PHASES
+from pipeline.distill.presets import PHASES, revisions
 from pipeline.outputs.integrity import HASHES
 from pipeline.outputs.manifest import is_complete
 from pipeline.schema.hashing import config_hash, settings_dict, to_dict
@@ -59,6 +59,8 @@ def record_key(spec: StudySpec, cell: Cell, teacher: bool = False) -> str:
         ("teacher_deepspeed_config", d.teacher_deepspeed_config)) if path}
     if overrides:  # a per-phase DeepSpeed config's text, like the top-level one's (settings hold only its path)
         key["ds_overrides"] = overrides
+    if revisions(d):  # a preset or term whose defaults changed: its records made before are stale
+        key["revisions"] = revisions(d)
     return config_hash(key)
 
 

@@ -14,7 +14,7 @@ from pipeline.data.tasks import TASKS
 from pipeline.distill.layers import LayerLayout, layer_pairs
 from pipeline.distill.mixup import draw_lambda, partner_index
 from pipeline.distill.objective import DistillObjective
-from pipeline.distill.presets import PRESETS, resolve_phases
+from pipeline.distill.presets import PRESETS, resolve_phases, revisions
 from pipeline.distill.student import DistillModule
 from pipeline.distill.terms import TERMS
 from pipeline.errors import UserError
@@ -123,7 +123,52 @@ def test_gradients_reach_only_student_and_projections(tiny_bert):
     assert all(p.grad is None for p in teacher.parameters())
     assert all(module.projections[k].weight.grad is not None for k in ("0", "1", "2"))
     assert module.student.bert.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0
-    assert {"attention_mse", "hidden_mse"} <= set(comps)
+    assert {"attention_kl", "hidden_mse"} <= set(comps)
+
+
+def test_layer_reduction_sum_is_the_mean_times_the_pairs(tiny_bert):
+    """TinyBERT's code sums its layer terms (3 hidden pairs with the embeddings, 2 attention
+    pairs); the mean divides each term by its own pair count."""
+    summed, _, _ = objective(tiny_bert, "tinybert")
+    averaged, module, _ = objective(tiny_bert, "tinybert", layer_reduction="mean")
+    averaged.module.load_state_dict(summed.module.state_dict())
+    assert summed.phase.layer_reduction == "sum" and averaged.phase.layer_reduction == "mean"
+    _, s = summed(FakeEngine(), batch(), 0)
+    _, m = averaged(FakeEngine(), batch(), 0)
+    assert s["attention_kl"].item() == pytest.approx(2 * m["attention_kl"].item(), rel=1e-5)
+    assert s["hidden_mse"].item() == pytest.approx(3 * m["hidden_mse"].item(), rel=1e-5)
+
+
+def test_pkd_features_mean_is_the_sum_over_the_width(tiny_bert):
+    mean, _, _ = objective(tiny_bert, "pkd")
+    summed, _, _ = objective(tiny_bert, "pkd", pkd_features="sum")
+    summed.module.load_state_dict(mean.module.state_dict())
+    _, a = mean(FakeEngine(), batch(), 0)
+    _, b = summed(FakeEngine(), batch(), 0)
+    assert b["pkd"].item() == pytest.approx(32 * a["pkd"].item(), rel=1e-5)  # the teacher is 32 wide
+
+
+def test_only_changed_presets_and_terms_change_fingerprints(monkeypatch):
+    import dataclasses
+
+    from pipeline.distill import presets
+    from pipeline.stages import stage_fingerprint
+    def revs(**distill):
+        return revisions(from_dict({"stages": {"distill": distill}}).stages.distill)
+    assert revs(preset="cr-ild") == {} and revs(preset="minilmv2") == {} and revs(preset="emd-ild") == {}
+    assert revs(preset="tinybert") == {"preset": 1}
+    assert revs(preset="pkd") == {"terms": {"pkd": 1}}
+    assert revs(preset="l-ild", ild_terms={"pkd": 1.0}) == {"terms": {"pkd": 1}}  # the term, in any preset
+    assert revs(preset="pkd", kd_terms={"pkd": 0}) == {}
+    def fingerprint(preset):
+        return stage_fingerprint(from_dict({"output_dir": "/nonexistent/x", "stages": {"distill": {
+            "preset": preset, "teacher_model": "/nonexistent/t"}}}), "distill")
+    before = {p: fingerprint(p) for p in ("tinybert", "pkd", "cr-ild")}
+    monkeypatch.setitem(presets.PRESETS, "tinybert", dataclasses.replace(PRESETS["tinybert"], revision=2))
+    monkeypatch.setitem(presets.TERMS, "pkd", dataclasses.replace(TERMS["pkd"], revision=2))
+    after = {p: fingerprint(p) for p in before}
+    assert after["tinybert"] != before["tinybert"] and after["pkd"] != before["pkd"]
+    assert after["cr-ild"] == before["cr-ild"]
 
 
 def test_presets_resolve_to_the_papers_phases():
@@ -137,7 +182,9 @@ def test_presets_resolve_to_the_papers_phases():
     sup = {"supplementary": [{"task": {"name": "snli"}, "ratio": 2.0}]}
     assert [p[0] for p in plans("cr-ild", **sup)] == ["ild_supplementary", "ild", "kd"]
     assert [p[0] for p in plans("cr-ild", supplementary_mode="mixed", **sup)] == ["ild", "kd"]
-    reweighted = plans("tinybert", ild_terms={"attention_mse": 0, "pkd": 2.0}, consistency={"weight": 0.3})
+    assert plans("tinybert")[0][1] == {"attention_kl": 1.0, "hidden_mse": 1.0}
+    assert plans("emd-ild")[0][1] == {"emd_attention": 1.0, "emd_hidden": 1.0}
+    reweighted = plans("tinybert", ild_terms={"attention_kl": 0, "pkd": 2.0}, consistency={"weight": 0.3})
     assert reweighted[0][1] == {"hidden_mse": 1.0, "pkd": 2.0} and reweighted[0][3] == 0.0  # no mixup: no CR
 
 
@@ -149,6 +196,8 @@ def test_layer_maps_of_the_presets():
     # MiniLMv2: the upper-middle teacher layer, 21 of 24 as in its paper; not the same as L-ILD
     assert pairs("minilmv2", 6, 24) == [(6, 21)] and pairs("minilmv2", 3, 6) == [(3, 5)]
     assert pairs("tinybert", 3, 6) == [(1, 2), (2, 4), (3, 6)]
+    assert pairs("emd-ild", 2, 3) == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]
+    assert pairs("emd-ild", 4, 2)[-1] == (4, 2)  # many-to-many: a deeper student is fine
 
 
 @pytest.mark.parametrize("raw,fragment", [
@@ -235,15 +284,15 @@ def test_zero3_partitioned_teacher_gives_the_same_kd_logits(tmp_path, tiny_bert,
     torch.testing.assert_close(logits["zero3"], logits["plain"], atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("target", ["clean", "ema"])
-def test_cr_ild_resume_is_exact(tmp_path, tiny_bert, sentiment_dir, target):
+@pytest.mark.parametrize("preset,target", [("cr-ild", "clean"), ("cr-ild", "ema"), ("emd-ild", "clean")])
+def test_resume_is_exact(tmp_path, tiny_bert, sentiment_dir, preset, target):
     """Stopped mid-phase and resumed: the same student as without the stop (mixup draws,
-    dropout, data order and the EMA copy all continue where they were)."""
+    dropout, data order, the EMA copy and EMD's layer weights all continue where they were)."""
     from safetensors.torch import load_file
 
     def cfg(name):
         raw = tiny_run_config(tmp_path / name, tiny_bert, sentiment_dir)
-        raw["stages"]["distill"] = {"preset": "cr-ild", "teacher_model": str(tiny_bert), "phases": ["ild"],
+        raw["stages"]["distill"] = {"preset": preset, "teacher_model": str(tiny_bert), "phases": ["ild"],
                                     "consistency": {"target": target, "ema_decay": 0.9},
                                     "ild": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3,
                                             "checkpoint_every": 1000}}
@@ -252,9 +301,11 @@ def test_cr_ild_resume_is_exact(tmp_path, tiny_bert, sentiment_dir, target):
     full, split = cfg("full"), cfg("split")
     assert stage3_distill.run(full, stop=StopRequest(install_handlers=False)) == 0
     assert stage3_distill.run(split, stop=StopRequest(after_micro_steps=7, install_handlers=False)) == 75
+    tag = Path(split.output_dir) / "checkpoints" / "student" / "ild" / "step00000007"
     if target == "ema":
-        tag = Path(split.output_dir) / "checkpoints" / "student" / "ild" / "step00000007"
         assert (tag / "ema.safetensors").is_file()
+    if preset == "emd-ild":
+        assert set(json.loads((tag / "term_state.json").read_text())) == {"emd_attention", "emd_hidden"}
     assert stage3_distill.run(split, stop=StopRequest(install_handlers=False)) == 0
     assert not (Path(split.output_dir) / "checkpoints" / "student").exists()  # every phase finished
     a = load_file(str(Path(full.output_dir) / "student" / "model.safetensors"))

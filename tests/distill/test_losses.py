@@ -112,9 +112,13 @@ def test_hidden_mse_and_pkd_golden():
     th, sh = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 3, 4))
     vals = [((th[b, i] - sh[b, i]) ** 2).mean() for b in range(2) for i in range(3) if mask[b, i]]
     assert losses.hidden_mse(t32(th), t32(sh), torch.tensor(mask)).item() == pytest.approx(np.mean(vals), rel=1e-5)
-    pkd = np.mean([((th[b, 0] / np.linalg.norm(th[b, 0]) - sh[b, 0] / np.linalg.norm(sh[b, 0])) ** 2).sum()
-                   for b in range(2)])
-    assert losses.normalized_cls_mse(t32(th), t32(sh)).item() == pytest.approx(pkd, rel=1e-5)
+    per_example = [((th[b, 0] / np.linalg.norm(th[b, 0]) - sh[b, 0] / np.linalg.norm(sh[b, 0])) ** 2)
+                   for b in range(2)]
+    # the PKD authors' code: F.mse_loss, a mean over the features too; the paper's formula: their sum
+    assert losses.normalized_cls_mse(t32(th), t32(sh)).item() == pytest.approx(
+        np.mean([d.mean() for d in per_example]), rel=1e-5)
+    assert losses.normalized_cls_mse(t32(th), t32(sh), "sum").item() == pytest.approx(
+        np.mean([d.sum() for d in per_example]), rel=1e-5)
 
 
 def test_masked_kl_with_different_key_masks_golden():
