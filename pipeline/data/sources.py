@@ -286,7 +286,7 @@ def available_eval_splits(task_cfg: TaskConfig, spec: TaskSpec, where: str = "ta
 def load_split(task_cfg: TaskConfig, spec: TaskSpec, split: str, where: str = "task") -> Examples:
     """One split's examples; ``where`` is the configuration key of ``task_cfg`` (for messages)."""
     source, data_dir = resolve_source(task_cfg, spec, where)
-    need_label = split == "train"
+    need_label = split == "train" and not spec.inputs_only
     if source == "glue":
         gf = spec.glue_files.get(split)
         if gf is None:

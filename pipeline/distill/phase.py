@@ -81,10 +81,10 @@ def phase_dataset(run: DistillRun, phase: Phase) -> datasets.Dataset:
         return data.train
     if phase.name == "ild_supplementary":
         with main_rank_first():
-            return supplementary_data(cfg, tokenizer, len(data.train), data.spec.regression)
+            return supplementary_data(cfg, tokenizer, data.train_examples, data.spec.regression)
     if distill_cfg.supplementary_mode == "mixed":
         with main_rank_first():
-            supp = supplementary_data(cfg, tokenizer, len(data.train), data.spec.regression)
+            supp = supplementary_data(cfg, tokenizer, data.train_examples, data.spec.regression)
         train = data.train.select_columns(TOKENIZED_COLUMNS)
         return datasets.concatenate_datasets([train, supp.cast(train.features)])
     return data.train

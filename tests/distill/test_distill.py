@@ -1,6 +1,7 @@
 """The distillation step: mixup view, consistency on/off, gradient flow, presets, the KD
 teacher-logit cache, and the full three-phase stage."""
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -230,8 +231,9 @@ def test_three_phases_and_one_teacher_forward_per_example_in_kd(tmp_path, tiny_b
     monkeypatch.setenv("CRILD_HOME", str(tmp_path / "home"))  # its own caches: it counts the stored logits
     small = {"batch_size": 8, "learning_rate": 1e-3, "log_every": 2, "checkpoint_every": 50}
     raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=1)
+    other = shutil.copytree(sentiment_dir, tmp_path / "other")  # another dataset (the target's own rows never count)
     raw["stages"]["distill"] = {
-        "preset": "cr-ild", "supplementary": [{"task": {"name": "rotten_tomatoes", "data_dir": str(sentiment_dir)},
+        "preset": "cr-ild", "supplementary": [{"task": {"name": "rotten_tomatoes", "data_dir": str(other)},
                                                "ratio": 0.5}],
         "ild_supplementary": {"epochs": 1, **small}, "ild": {"epochs": 1, **small},
         "kd": {"epochs": 3, "eval_every": 4, **small}}
@@ -311,3 +313,21 @@ def test_resume_is_exact(tmp_path, tiny_bert, sentiment_dir, preset, target):
     a = load_file(str(Path(full.output_dir) / "student" / "model.safetensors"))
     b = load_file(str(Path(split.output_dir) / "student" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_consistency_target_without_dropout_is_the_eval_pass(tiny_bert):
+    """clean_no_dropout: the target is the student's clean pass in eval mode; the student
+    trains with dropout before and after it. clean keeps dropout on, as the reference."""
+    for target, expected in (("clean", True), ("clean_no_dropout", False)):
+        obj, module, _ = objective(tiny_bert, "cr-ild", consistency={"target": target})
+        module.train()
+        seen = []
+
+        def spy(inputs, view=None, run=obj.consistency.target.run, seen=seen, student=module.student):
+            seen.append(student.training)
+            return run(inputs, view)
+
+        obj.consistency.target.run = spy
+        obj(FakeEngine(), batch(), micro_step=5)
+        # the student's own mixed pass (training mode), then the clean target pass
+        assert seen == [True, expected] and module.student.training
