@@ -37,6 +37,15 @@ def _overrides(mapping: dict) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in mapping.items()]
 
 
+def _method_overrides(spec: StudySpec, method: str, task: str) -> list[str]:
+    """A preset, or a variant: its preset, then its overrides, then its task's."""
+    variant = spec.variants.get(method)
+    if variant is None:
+        return [f"stages.distill.preset={method}"]
+    return [f"stages.distill.preset={variant.preset}", *_overrides(variant.overrides),
+            *_overrides(variant.tasks.get(task, {}))]
+
+
 def cells(spec: StudySpec) -> list[Cell]:
     """Every cell, one setting's seeds complete before the next setting starts."""
     out = []
@@ -45,8 +54,10 @@ def cells(spec: StudySpec) -> list[Cell]:
             for seed in spec.seeds:
                 run_dir = Path(spec.output_dir) / task / setting / f"seed{seed}"
                 for method in spec.methods:
+                    if not spec.runs_in(method, setting):
+                        continue
                     over = [f"output_dir={run_dir}", f"seed={seed}", f"task.name={task}", *_overrides(task_over),
-                            *_overrides(setting_over), f"stages.distill.preset={method}",
+                            *_overrides(setting_over), *_method_overrides(spec, method, task),
                             f"stages.distill.output={STUDENT_PREFIX}{method}"]
                     out.append(Cell(task, setting, seed, method, run_dir, tuple(over)))
     return out

@@ -8,17 +8,29 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# The paper's findings this study can check: (statement, better method, worse method, quantity)
+# The paper's findings this study can check: (statement, better method, worse method, quantity).
+# Quantities: "test" (held-out score, higher is better), "gap" (train-dev gap; the claim is
+# that `better` has the larger one), "less_gap" (the claim is that `better` has the smaller
+# one), "flat" (a smaller drop under weight noise is better). A finding whose methods the
+# study does not run is skipped.
 FINDINGS = [
     ("ILD on the small target set overfits more than logit KD (larger train-dev gap)", "tinybert", "kd", "gap"),
     ("Last-layer ILD generalises better than uniform layer-to-layer ILD", "l-ild", "tinybert", "test"),
+    ("Last-layer ILD generalises better than many-to-many (EMD) ILD", "l-ild", "emd-ild", "test"),
     ("Last-layer ILD sits in a flatter minimum than uniform ILD", "l-ild", "tinybert", "flat"),
     ("CR-ILD beats last-layer ILD", "cr-ild", "l-ild", "test"),
     ("The consistency term helps (CR-ILD vs CR-ILD without it)", "cr-ild", "cr-ild-no-consistency", "test"),
     ("CR-ILD beats prediction-layer KD alone", "cr-ild", "kd", "test"),
     ("CR-ILD beats PKD", "cr-ild", "pkd", "test"),
     ("CR-ILD beats MiniLMv2-style ILD", "cr-ild", "minilmv2", "test"),
+    ("ILD on supplementary inputs first overfits less (L-ILD: smaller train-dev gap)", "l-ild-supp", "l-ild",
+     "less_gap"),
+    ("ILD on supplementary inputs first overfits less (CR-ILD: smaller train-dev gap)", "cr-ild-supp", "cr-ild",
+     "less_gap"),
+    ("ILD on supplementary inputs first generalises better (L-ILD)", "l-ild-supp", "l-ild", "test"),
+    ("ILD on supplementary inputs first generalises better (CR-ILD)", "cr-ild-supp", "cr-ild", "test"),
 ]
+LOWER_IS_BETTER = ("flat", "less_gap")
 
 
 def flat_drop(rec: dict) -> float | None:
@@ -33,7 +45,7 @@ def flat_drop(rec: dict) -> float | None:
 def quantity(rec: dict, what: str, split: str, metric: str):
     if what == "test":
         return rec["scores"].get(split, {}).get(metric)
-    if what == "gap":
+    if what in ("gap", "less_gap"):
         return rec["gap_end"]
     return flat_drop(rec)
 
@@ -85,14 +97,21 @@ def check_finding(groups_by_key: dict, statement: str, better: str, worse: str, 
                 continue
             a.append(qa)
             b.append(qb)
-            diffs.append(qb - qa if what == "flat" else qa - qb)  # flat: a smaller drop is better
+            diffs.append(qb - qa if what in LOWER_IS_BETTER else qa - qb)
     if not diffs:
         return None
     return Check(statement, better, worse, what, float(np.mean(a)), float(np.mean(b)), diffs)
 
 
-def pooled_checks(records: dict, held_split: str, metric_of: dict) -> list[Check]:
-    return [c for c in (check_finding(records, *f, held_split, metric_of) for f in FINDINGS) if c]
+def study_findings(spec) -> list[tuple]:
+    """The comparisons a study checks: its own ``findings``, else the paper's."""
+    if spec.findings is None:
+        return FINDINGS
+    return [(f.statement, f.better, f.worse, f.quantity) for f in spec.findings]
+
+
+def pooled_checks(records: dict, held_split: str, metric_of: dict, findings: list = FINDINGS) -> list[Check]:
+    return [c for c in (check_finding(records, *f, held_split, metric_of) for f in findings) if c]
 
 
 def check_json(check: Check) -> dict:

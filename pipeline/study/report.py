@@ -11,9 +11,19 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.study.findings import FINDINGS, VERDICT_RULE, Check, check_finding, check_json, flat_drop, pooled_checks
+from pipeline.study.cells import cells
+from pipeline.study.findings import (
+    VERDICT_RULE,
+    Check,
+    check_finding,
+    check_json,
+    flat_drop,
+    pooled_checks,
+    study_findings,
+)
 from pipeline.study.plots import flatness_plot, gap_plot, loss_plot, method_colors
 from pipeline.study.spec import StudySpec
+from pipeline.study.sweeps import sweep_json, sweep_section
 
 
 def _mean_std(values) -> tuple[float, float, int]:
@@ -29,7 +39,7 @@ def _fmt(values, scale: float = 100.0) -> str:
 
 
 def _check_line(check: Check, split: str, metric: str) -> str:
-    unit = {"test": f"{split} {metric}", "gap": "train-dev gap",
+    unit = {"test": f"{split} {metric}", "gap": "train-dev gap", "less_gap": "train-dev gap",
             "flat": "score drop at the largest perturbation"}[check.what]
     se = "n/a" if math.isinf(check.se) else f"{check.se * 100:.2f}"
     return (f"- **{check.verdict}**: {check.statement}. {check.better} {check.mean_better * 100:.2f} vs "
@@ -44,70 +54,86 @@ def write_report(spec: StudySpec, records: dict, teachers: dict, missing: list[s
     -> [teacher scores per seed]."""
     out = Path(spec.report_dir)
     out.mkdir(parents=True, exist_ok=True)
-    total = len(spec.tasks) * len(spec.settings) * len(spec.seeds) * len(spec.methods)
+    total = len(cells(spec))
     done = sum(len(v) for g in records.values() for v in g.values())
-    lines = ["# Distillation methods compared in the paper's overfitting settings", "", *header, "",
+    findings = study_findings(spec)
+    lines = [f"# {spec.title}", "", *header, "",
              f"**{done} of {total} runs complete.**" + ("" if done == total else " This report is partial."), ""]
     if missing:
-        lines += ["Missing (not run yet, or interrupted; rerun the same command to continue):", ""]
-        lines += _missing_lines(missing, len(spec.seeds) * len(spec.methods)) + [""]
+        per_group_total = defaultdict(int)
+        for cell in cells(spec):
+            per_group_total[f"{cell.task}/{cell.setting}"] += 1
+        lines += ["Missing (not run yet, or interrupted; rerun the same command to continue):", "",
+                  *_missing_lines(missing, per_group_total), ""]
     if failed:
         lines += ["Failed (see each log):", ""] + [f"- {m}" for m in failed] + [""]
     held_split = next((s for s in spec.eval_splits if s != "dev"), "dev")
     per_group: dict[str, list[Check]] = {}
-    colors = method_colors(spec.methods)
     for (task, setting), groups in records.items():
-        metric = metric_of[task]
-        slug = f"{task}_{setting}".replace("/", "-")
-        lines += [f"## {task}, {setting}", "",
-                  f"Mean ± std over seeds of {metric} (x100). *Best dev* is the best of the periodic dev "
-                  f"evaluations, the reference code's optimistic pick; *last* is the final student; "
-                  f"*{held_split}* is held out and scored once, on the last checkpoint. The gap is train minus "
-                  f"dev {metric} at the end of prediction-layer training; *flat drop* is dev {metric} lost at "
-                  f"the largest weight perturbation (smaller is flatter).", "",
-                  f"| method | seeds | best dev (optimistic) | dev, last | {held_split}, last | train-dev gap, end "
-                  f"| flat drop |", "|---|---|---|---|---|---|---|"]
-        tch = teachers.get((task, setting), [])
-        if tch:
-            lines.append(f"| teacher | {len(tch)} | – | {_fmt([t.get('dev', {}).get(metric) for t in tch])} | "
-                         f"{_fmt([t.get(held_split, {}).get(metric) for t in tch])} | – | – |")
-        for method in spec.methods:
-            recs = groups.get(method, [])
-            if not recs:
-                lines.append(f"| {method} | 0 | – | – | – | – | – |")
-                continue
-            lines.append(
-                f"| {method} | {len(recs)} | {_fmt([r['best_dev'] for r in recs])} | "
-                f"{_fmt([r['scores'].get('dev', {}).get(metric) for r in recs])} | "
-                f"{_fmt([r['scores'].get(held_split, {}).get(metric) for r in recs])} | "
-                f"{_fmt([r['gap_end'] for r in recs])} | {_fmt([flat_drop(r) for r in recs])} |")
-        lines.append("")
-        for kind, fn, caption in (("gap", gap_plot, "Train-dev gap over prediction-layer training"),
-                                  ("flatness", flatness_plot, "Flatness probe"),
-                                  ("losses", loss_plot, "Loss components (first seed)")):
-            png = out / f"{kind}_{slug}.png"
-            fn(png, f"{caption}: {task}, {setting}", groups, colors)
-            if png.is_file():
-                lines += [f"![{caption}]({png.name})", ""]
         checks = [c for c in (check_finding({(task, setting): groups}, *f, held_split, metric_of)
-                              for f in FINDINGS) if c]
+                              for f in findings) if c]
+        lines += _group_section(spec, out, task, setting, groups, teachers.get((task, setting), []), held_split,
+                                metric_of[task])
         if checks:
-            lines += ["Checks of the paper's findings:", "", *[_check_line(c, held_split, metric) for c in checks], "",
+            lines += ["Checks of the findings:" if spec.findings else "Checks of the paper's findings:", "",
+                      *[_check_line(c, held_split, metric_of[task]) for c in checks], "",
                       *([VERDICT_RULE, ""] if len(records) < 2 else [])]  # else it heads the overview
         per_group[f"{task}/{setting}"] = checks
-    pooled = pooled_checks(records, held_split, metric_of)
-    overview = _overview(per_group, pooled)
+    pooled = pooled_checks(records, held_split, metric_of, findings)
     at = lines.index("") + 1 + len(header) + 1  # after the title and header, before the counts
-    lines[at:at] = overview
+    lines[at:at] = _overview(per_group, pooled)
     summary = _summary(records, teachers, metric_of, held_split)
     summary["findings"] = {group: [check_json(c) for c in checks] for group, checks in per_group.items()}
     if pooled:
         summary["findings"]["pooled"] = [check_json(c) for c in pooled]
+    if spec.sweeps:
+        summary["sweeps"] = {f"{task}/{setting}": {sw.name: sweep_json(sw, groups, held_split, metric_of[task])
+                                                   for sw in spec.sweeps}
+                             for (task, setting), groups in records.items()}
     _write_atomic(out / "summary.json", json.dumps(summary, indent=1))
     markdown_text = "\n".join(lines) + "\n"
     _write_atomic(out / "README.md", markdown_text)
     _write_atomic(out / "index.html", render_html(markdown_text, title=lines[0].lstrip("# ")))
     return out / "README.md"
+
+
+def _group_section(spec: StudySpec, out: Path, task: str, setting: str, groups: dict, teachers: list,
+                   held_split: str, metric: str) -> list[str]:
+    """One task and setting: the table over methods, the plots and the sweeps."""
+    slug = f"{task}_{setting}".replace("/", "-")
+    lines = [f"## {task}, {setting}", "",
+             f"Mean ± std over seeds of {metric} (x100). *Best dev* is the best of the periodic dev "
+             f"evaluations, the reference code's optimistic pick; *last* is the final student; "
+             f"*{held_split}* is held out and scored once, on the last checkpoint. The gap is train minus "
+             f"dev {metric} at the end of prediction-layer training; *flat drop* is dev {metric} lost at "
+             f"the largest weight perturbation (smaller is flatter).", "",
+             f"| method | seeds | best dev (optimistic) | dev, last | {held_split}, last | train-dev gap, end "
+             f"| flat drop |", "|---|---|---|---|---|---|---|"]
+    if teachers:
+        lines.append(f"| teacher | {len(teachers)} | – | {_fmt([t.get('dev', {}).get(metric) for t in teachers])} | "
+                     f"{_fmt([t.get(held_split, {}).get(metric) for t in teachers])} | – | – |")
+    for method in (m for m in spec.methods if spec.runs_in(m, setting)):
+        recs = groups.get(method, [])
+        if not recs:
+            lines.append(f"| {method} | 0 | – | – | – | – | – |")
+            continue
+        lines.append(
+            f"| {method} | {len(recs)} | {_fmt([r['best_dev'] for r in recs])} | "
+            f"{_fmt([r['scores'].get('dev', {}).get(metric) for r in recs])} | "
+            f"{_fmt([r['scores'].get(held_split, {}).get(metric) for r in recs])} | "
+            f"{_fmt([r['gap_end'] for r in recs])} | {_fmt([flat_drop(r) for r in recs])} |")
+    lines.append("")
+    colors = method_colors(spec.methods)
+    for kind, fn, caption in (("gap", gap_plot, "Train-dev gap over prediction-layer training"),
+                              ("flatness", flatness_plot, "Flatness probe"),
+                              ("losses", loss_plot, "Loss components (first seed)")):
+        png = out / f"{kind}_{slug}.png"
+        fn(png, f"{caption}: {task}, {setting}", groups, colors)
+        if png.is_file():
+            lines += [f"![{caption}]({png.name})", ""]
+    for sweep in spec.sweeps:
+        lines += sweep_section(out, sweep, task, setting, groups, held_split, metric)
+    return lines
 
 
 _HTML_STYLE = """body { font-family: system-ui, sans-serif; max-width: 70em; margin: 2em auto; padding: 0 1em;
@@ -138,7 +164,7 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _missing_lines(missing: list[str], per_group: int) -> list[str]:
+def _missing_lines(missing: list[str], per_group: dict) -> list[str]:
     """One line per task/setting that has not started, the cells themselves otherwise."""
     groups: dict[str, list[str]] = defaultdict(list)
     for label in missing:
@@ -146,8 +172,8 @@ def _missing_lines(missing: list[str], per_group: int) -> list[str]:
         groups[f"{task}/{setting}"].append(rest)
     out = []
     for group, rests in groups.items():
-        if len(rests) == per_group:
-            out.append(f"- {group}: all {per_group} runs")
+        if len(rests) == per_group.get(group):
+            out.append(f"- {group}: all {per_group[group]} runs")
         else:
             out += [f"- {group}/{r}" for r in rests]
     return out

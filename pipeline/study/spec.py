@@ -6,7 +6,13 @@ configuration (one-line errors, unknown keys refused).
     output_dir: runs/report               # cells go to <output_dir>/<task>/<setting>/seed<seed>
     report_dir: reports/offline
     seeds: [42, 43, 44]
-    methods: [kd, pkd, tinybert, minilmv2, l-ild, cr-ild, cr-ild-no-consistency]
+    methods: [kd, pkd, tinybert, minilmv2, l-ild, cr-ild, cr-ild-no-consistency, l-ild-supp]
+    variants:                             # methods that are a preset with overrides
+      l-ild-supp:
+        preset: l-ild
+        overrides: {stages.distill.ild_supplementary.epochs: 3}
+        tasks: {rotten_tomatoes: {stages.distill.supplementary: [{task: {name: rotten_tomatoes_plot}}]}}
+        settings: [few-sample-1000]       # run in these settings only (default: all)
     tasks: {rotten_tomatoes: {}, snli: {task.max_length: 128}}    # task -> overrides
     settings: {few-sample-1000: {task.few_sample: 1000}}           # setting -> overrides
     flatness: {scales: [0, 0.05, 0.1, 0.2], draws: 3, examples: 500, split: dev}
@@ -15,18 +21,29 @@ configuration (one-line errors, unknown keys refused).
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+import re
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import AfterValidator, Field, PrivateAttr, field_validator, model_validator
 
 from pipeline.data.tasks import TASKS
 from pipeline.distill.presets import PRESETS
 from pipeline.schema.loading import read_yaml, validate
-from pipeline.schema.messages import field_error
+from pipeline.schema.messages import field_error, suggest
 from pipeline.schema.paths import resolve_path
 from pipeline.schema.types import Float, PositiveInt, Seed, Strict, one_of
 
 Overrides = Optional[dict[str, Any]]  # dotted key -> value, as on the command line
+
+
+def _variant_name(value: str) -> str:
+    """A variant names a student folder (``student_<name>``) and record files: a plain name,
+    not a preset's."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", value):
+        raise field_error(f"expected a plain name (letters, digits, '_', '-', '+', '.'), got {value!r}")
+    if value in PRESETS:
+        raise field_error(f"'{value}' is a preset; a variant needs a name of its own")
+    return value
 
 
 class FlatnessSpec(Strict):
@@ -37,14 +54,60 @@ class FlatnessSpec(Strict):
     split: str = Field("dev", description="the split scored")
 
 
+class Variant(Strict):
+    """A method of the study that is a preset with overrides (a supplementary task, a
+    sensitivity setting), named like a preset in ``methods``."""
+
+    preset: one_of(PRESETS, "preset", always_list=True) = Field(description="the method it varies")
+    overrides: Overrides = Field(default_factory=dict, description="dotted key -> value, in every task")
+    tasks: dict[one_of(TASKS, "task", always_list=True), Overrides] = Field(
+        default_factory=dict, description="task -> overrides for that task only (e.g. its supplement)")
+    settings: Optional[list[str]] = Field(None, description="the settings it runs in (null: all)")
+    description: str = Field("", description="what it varies and why, for the report")
+
+
+class FindingSpec(Strict):
+    """A comparison the report checks, paired by seed (see pipeline/study/findings.py)."""
+
+    statement: str = Field(description="what would hold")
+    better: str = Field(description="the method the statement favours")
+    worse: str = Field(description="the method it is compared with")
+    quantity: Literal["test", "gap", "less_gap", "flat"] = Field(
+        "test", description="test: held-out score; gap: better has the larger train-dev gap; less_gap: the "
+                            "smaller; flat: the smaller drop under weight noise")
+
+
+class SweepPoint(Strict):
+    x: Float = Field(description="the swept value")
+    method: str = Field(description="the method (preset or variant) run at it")
+
+
+class SweepSpec(Strict):
+    """One setting varied across methods: a table and a plot of test score and train-dev gap
+    against it, each point compared with ``reference`` (paired by seed)."""
+
+    name: Annotated[str, AfterValidator(_variant_name)] = Field(description="names the plot file")
+    x: str = Field(description="the axis label")
+    reference: str = Field(description="the method every point is compared with")
+    log_x: bool = Field(False, description="a symmetric-log x axis (for weights spanning decades, 0 included)")
+    points: list[SweepPoint] = Field(description="x -> method")
+
+
 class StudySpec(Strict):
     base: str = Field(description="run configuration every cell starts from")
     output_dir: str = Field(description="cells run in <output_dir>/<task>/<setting>/seed<seed>")
     report_dir: str = Field(description="the report and its records/")
     seeds: list[Seed] = Field(description="one cell per seed")
-    methods: list[one_of(PRESETS, "preset", always_list=True)] = Field(description="presets compared")
+    methods: list[str] = Field(description="presets and variants compared")
+    variants: dict[Annotated[str, AfterValidator(_variant_name)], Variant] = Field(
+        default_factory=dict, description="name -> a preset with overrides, usable in methods")
     tasks: dict[one_of(TASKS, "task", always_list=True), Overrides] = Field(description="task -> overrides")
     settings: dict[str, Overrides] = Field(description="setting -> overrides")
+    title: str = Field("Distillation methods compared in the paper's overfitting settings",
+                       description="the report's title")
+    findings: Optional[list[FindingSpec]] = Field(
+        None, description="the comparisons the report checks (null: the paper's findings)")
+    sweeps: list[SweepSpec] = Field(default_factory=list, description="settings varied across methods")
     flatness: FlatnessSpec = Field(default_factory=FlatnessSpec, description="the flatness probe")
     eval_splits: list[str] = Field(default_factory=lambda: ["dev", "test"], description="held-out splits scored")
     score_max_examples: dict[str, PositiveInt] = Field(
@@ -70,7 +133,35 @@ class StudySpec(Strict):
                 raise field_error(f"'{task}' is not one of the study's tasks", "score_max_examples")
         self.tasks = {k: v or {} for k, v in self.tasks.items()}
         self.settings = {k: v or {} for k, v in self.settings.items()}
+        known = (*PRESETS, *self.variants)
+        for i, method in enumerate(self.methods):
+            if method not in known:
+                hint = suggest(method, known)
+                raise field_error(f"unknown method '{method}'{hint} (a preset, or one of variants: "
+                                  f"{', '.join(self.variants) or 'none defined'})", f"methods[{i}]")
+        for name, variant in self.variants.items():
+            for task in variant.tasks:
+                if task not in self.tasks:
+                    raise field_error(f"'{task}' is not one of the study's tasks", f"variants.{name}.tasks")
+            for setting in variant.settings or []:
+                if setting not in self.settings:
+                    raise field_error(f"unknown setting '{setting}'{suggest(setting, self.settings)}",
+                                      f"variants.{name}.settings")
+            variant.overrides = variant.overrides or {}
+            variant.tasks = {k: v or {} for k, v in variant.tasks.items()}
+        named = [(f"findings[{i}].{side}", getattr(f, side)) for i, f in enumerate(self.findings or [])
+                 for side in ("better", "worse")]
+        named += [(f"sweeps[{i}].reference", sw.reference) for i, sw in enumerate(self.sweeps)]
+        named += [(f"sweeps[{i}].points[{j}].method", pt.method) for i, sw in enumerate(self.sweeps)
+                  for j, pt in enumerate(sw.points)]
+        for key, method in named:
+            if method not in self.methods:
+                raise field_error(f"'{method}' is not one of the study's methods{suggest(method, self.methods)}", key)
         return self
+
+    def runs_in(self, method: str, setting: str) -> bool:
+        variant = self.variants.get(method)
+        return variant is None or variant.settings is None or setting in variant.settings
 
 
 def load_study(path: str) -> StudySpec:

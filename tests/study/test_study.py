@@ -195,7 +195,15 @@ def test_study_file_errors_name_the_key(tmp_path):
             "tasks": {"rotten_tomatoes": {}}, "settings": {"s": {}}}
     for extra, expected in [({"score_max_examples": {"snli": 10}}, "'snli' is not one of the study's tasks"),
                             ({"score_max_examples": {"rotten_tomatoes": 0}}, "rotten_tomatoes: expected a positive"),
-                            ({"methods": ["kd", "cr-ild-v2"]}, "unknown preset 'cr-ild-v2'"),
+                            ({"methods": ["kd", "cr-ild-v2"]}, "methods[1]: unknown method 'cr-ild-v2'; did you "
+                                                                "mean 'cr-ild'? (a preset, or one of variants: none"),
+                            ({"variants": {"kd": {"preset": "kd"}}}, "'kd' is a preset; a variant needs a name"),
+                            ({"variants": {"a/b": {"preset": "kd"}}}, "expected a plain name"),
+                            ({"variants": {"v": {"preset": "kdd"}}}, "variants.v.preset: unknown preset 'kdd'"),
+                            ({"variants": {"v": {"preset": "kd", "settings": ["t"]}}},
+                             "variants.v.settings: unknown setting 't'"),
+                            ({"variants": {"v": {"preset": "kd", "tasks": {"snli": {}}}}},
+                             "variants.v.tasks: 'snli' is not one of the study's tasks"),
                             ({"seeds": [1, "2"]}, "seeds: expected a list of integers")]:
         path = tmp_path / "study.yaml"
         path.write_text(yaml.safe_dump({**base, **extra}))
@@ -341,3 +349,104 @@ def test_study_records_are_not_ignored_by_git():
     assert proc.returncode == 1 and not proc.stdout, f"ignored by git: {proc.stdout}"
     run_dir = str(cells(spec)[0].run_dir / "student_kd" / "model.safetensors")  # run folders stay ignored
     assert subprocess.run(["git", "check-ignore", "-q", run_dir], cwd=REPO).returncode == 0
+
+
+def test_variants_are_presets_with_overrides_in_their_settings_only(tmp_path):
+    """The committed study: the supplementary variants run in the settings they name, with
+    each task's own supplement; presets run everywhere."""
+    from pipeline.distill.presets import resolve_phases
+    from pipeline.study.cells import cell_config, cells
+    from pipeline.study.spec import load_study
+
+    spec = load_study(str(REPO / "jobs" / "studies" / "offline.yaml"))
+    all_cells = cells(spec)
+    by = {(c.task, c.setting, c.seed, c.method): c for c in all_cells}
+    assert ("snli", "imbalance-10", 42, "kd") in by and ("snli", "imbalance-10", 42, "cr-ild-supp") not in by
+    assert len(all_cells) == 2 * 3 * 3 * 9 + 2 * 2 * 3 * 2  # presets everywhere, variants in two settings
+    for task, supplement in (("rotten_tomatoes", "rotten_tomatoes_plot"), ("snli", "snli")):
+        cfg = cell_config(spec, by[(task, "noise-0.3", 43, "cr-ild-supp")])
+        d = cfg.stages.distill
+        assert d.preset == "cr-ild" and [s.task.name for s in d.supplementary] == [supplement]
+        assert d.output == "student_cr-ild-supp" and cfg.task.label_noise == 0.3 and cfg.seed == 43
+        assert [p.name for p in resolve_phases(d)] == ["ild_supplementary", "ild", "kd"]
+        assert (d.ild_supplementary.epochs, d.ild_supplementary.learning_rate) == (d.ild.epochs, d.ild.learning_rate)
+    plain = cell_config(spec, by[("snli", "few-sample-1000", 42, "cr-ild")]).stages.distill
+    assert plain.supplementary == [] and plain.output == "student_cr-ild"
+
+
+def test_less_gap_findings_favour_the_smaller_gap():
+    from pipeline.study.findings import check_finding
+
+    metric_of = {"rotten_tomatoes": "accuracy"}
+    records = {("rotten_tomatoes", "few"): {
+        "l-ild-supp": [dict(_record("rotten_tomatoes", "few", s, "l-ild-supp", 0.7), gap_end=0.10 + 0.01 * s)
+                       for s in (1, 2, 3)],
+        "l-ild": [dict(_record("rotten_tomatoes", "few", s, "l-ild", 0.7), gap_end=0.15 + 0.01 * s)
+                  for s in (1, 2, 3)]}}
+    less = check_finding(records, "s", "l-ild-supp", "l-ild", "less_gap", "test", metric_of)
+    assert abs(less.diff - 0.05) < 1e-9 and less.verdict == "held"
+    more = check_finding(records, "s", "l-ild-supp", "l-ild", "gap", "test", metric_of)
+    assert more.verdict == "did not hold"
+
+
+def test_a_sweep_compares_every_point_with_its_reference_on_the_same_seeds(tmp_path):
+    """The sensitivity report: per point the paired difference to the reference, bold beyond
+    two standard errors either way, the term's share of the ILD loss, and a plot."""
+    from pipeline.study.report import write_report
+    from pipeline.study.spec import StudySpec
+    from pipeline.study.sweeps import term_share
+
+    def rec(method, seed, test, gap, share):
+        r = _record("rotten_tomatoes", "few", seed, method, test, gap)
+        r["losses"] = {"ild/train/loss": [[4, 2.0], [8, 1.0]],
+                       "ild/train/consistency_weighted": [[4, 2.0 * share], [8, 1.0 * share]]}
+        return r
+
+    records = {("rotten_tomatoes", "few"): {
+        "base": [rec("base", s, 0.70 + 0.05 * s, 0.20, 0.0) for s in (1, 2, 3, 4, 5)],
+        "w1": [rec("w1", s, 0.70 + 0.05 * s + 0.001 * (-1) ** s, 0.15 + 0.001 * s, 0.25) for s in (1, 2, 3, 4, 5)],
+        "w10": [rec("w10", s, 0.60 + 0.05 * s + 0.001 * s, 0.20, 0.5) for s in (1, 2, 3, 4, 5)]}}
+    assert term_share(records[("rotten_tomatoes", "few")]["w1"][0]) == pytest.approx(0.25)
+    spec = StudySpec(base="b.yaml", output_dir="cells", report_dir=str(tmp_path / "report"), seeds=[1, 2, 3, 4, 5],
+                     methods=["base", "w1", "w10"], variants={m: {"preset": "cr-ild"} for m in ("base", "w1", "w10")},
+                     tasks={"rotten_tomatoes": {}}, settings={"few": {}}, title="Sensitivity",
+                     findings=[{"statement": "w1 narrows the gap", "better": "w1", "worse": "base",
+                                "quantity": "less_gap"}],
+                     sweeps=[{"name": "weight", "x": "weight", "reference": "base", "log_x": True,
+                              "points": [{"x": 0, "method": "base"}, {"x": 1, "method": "w1"},
+                                         {"x": 10, "method": "w10"}]}])
+    write_report(spec, records, {}, [], [], ["header"], {"rotten_tomatoes": "accuracy"})
+    text = (tmp_path / "report" / "README.md").read_text()
+    assert text.startswith("# Sensitivity\n") and "Checks of the findings:" in text
+    assert "- **held**: w1 narrows the gap." in text
+    row = {line.split("|")[2].strip(): line for line in text.splitlines() if line.startswith("| 1 |")
+           or line.startswith("| 10 |") or line.startswith("| 0 |")}
+    # w1: the test difference is noise (not bold), the gap 4.7 points narrower on every seed (bold)
+    assert row["w1"] == "| 1 | w1 | 5 | 84.98 ± 3.54 | 15.30 ± 0.07 | 25.0% | -0.02 ± 0.05 | **-4.70 ± 0.07** |"
+    assert "| **-9.70 ± 0.07** | +0.00 ± 0.00 |" in row["w10"]  # 10 points worse on test: bold
+    assert "| 0 | base | 5 |" in row["base"] and row["base"].endswith("| 0.0% | – | – |")
+    assert (tmp_path / "report" / "sweep_weight_rotten_tomatoes_few.png").stat().st_size > 1000
+    sweep = json.loads((tmp_path / "report" / "summary.json").read_text())["sweeps"]["rotten_tomatoes/few"]["weight"]
+    assert [p["method"] for p in sweep] == ["base", "w1", "w10"] and sweep[0]["vs_reference"]["test"] is None
+    assert sweep[2]["vs_reference"]["test"]["n"] == 5
+
+
+def test_a_study_names_only_its_own_methods_in_findings_and_sweeps(tmp_path):
+    from pipeline.errors import UserError
+    from pipeline.study.spec import load_study
+
+    base = {"base": "b.yaml", "output_dir": "o", "report_dir": "r", "seeds": [1], "methods": ["kd", "cr-ild"],
+            "tasks": {"rotten_tomatoes": {}}, "settings": {"s": {}}}
+    for extra, expected in [
+            ({"findings": [{"statement": "x", "better": "cr-ild", "worse": "pkd"}]},
+             "findings[0].worse: 'pkd' is not one of the study's methods"),
+            ({"sweeps": [{"name": "w", "x": "w", "reference": "kd", "points": [{"x": 1, "method": "cr-ilf"}]}]},
+             "sweeps[0].points[0].method: 'cr-ilf' is not one of the study's methods; did you mean 'cr-ild'?"),
+            ({"findings": [{"statement": "x", "better": "cr-ild", "worse": "kd", "quantity": "gapp"}]},
+             "findings[0].quantity: expected test, gap, less_gap or flat, got 'gapp'; did you mean 'gap'?")]:
+        path = tmp_path / "study.yaml"
+        path.write_text(yaml.safe_dump({**base, **extra}))
+        with pytest.raises(UserError) as err:
+            load_study(str(path))
+        assert str(path) in str(err.value) and expected in str(err.value), str(err.value)
+    assert load_study(str(REPO / "jobs" / "studies" / "sensitivity.yaml")).title.startswith("Sensitivity")
