@@ -267,6 +267,18 @@ class AugmentConfig(Strict):
     teacher_logits: bool = Field(False, description="also store the teacher's logits for the KD phase")
 
 
+class SlurmConfig(Strict):
+    """How `crild submit` sizes each stage's job (inside one sbatch allocation, every stage
+    uses the whole allocation)."""
+
+    nodes: PositiveInt = Field(1, description="nodes per stage job; num_ranks are spread evenly over them")
+    stage_nodes: dict[one_of(STAGES, "stage", always_list=True), PositiveInt] = Field(
+        default_factory=dict, description="stage -> its node count, e.g. {distill: 2}")
+
+    def nodes_for(self, stage: str) -> int:
+        return self.stage_nodes.get(stage, self.nodes)
+
+
 class StagesConfig(Strict):
     teacher: TrainConfig = Field(default_factory=TrainConfig, description="stage 1: teacher fine-tuning")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="stage 2: augmented data")
@@ -292,6 +304,7 @@ class RunConfig(Strict):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
     stages: StagesConfig = Field(default_factory=StagesConfig)
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
 
     _source: str = PrivateAttr("<config>")  # where the configuration came from, for error messages
 
@@ -304,6 +317,12 @@ class RunConfig(Strict):
         if get_task(self.task.name).inputs_only:
             raise field_error(f"'{self.task.name}' is unlabelled text, for stages.distill.supplementary; expected a "
                               f"labelled task", "task.name")
+        for stage in self.pipeline:
+            nodes = self.slurm.nodes_for(stage)
+            if self.num_ranks % nodes:
+                key = f"slurm.stage_nodes.{stage}" if stage in self.slurm.stage_nodes else "slurm.nodes"
+                raise field_error(f"{nodes} nodes for stage '{stage}' do not divide num_ranks {self.num_ranks}; "
+                                  f"expected a divisor of it (ranks are spread evenly)", key)
         if {"distill", "baseline"} <= set(self.pipeline) and self.stages.distill.output == BASELINE_OUTPUT:
             raise field_error(f"'{BASELINE_OUTPUT}' is the baseline stage's output, and this run has a baseline "
                               f"stage; choose another name", "stages.distill.output")

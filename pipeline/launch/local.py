@@ -101,7 +101,9 @@ def _run_stages(cfg: RunConfig, config_path: str, overrides: list[str], force: b
         if code == EXIT_PREEMPTED or (runner.stopping and code != 0):
             return _stopped(name)
         if code != 0:
-            raise UserError(f"stage '{name}' failed with exit code {code}; see the output above")
+            where = f" (Slurm job {os.environ['SLURM_JOB_ID']} on {os.environ.get('SLURM_JOB_NODELIST', '?')}; srun " \
+                    f"names the failed task's node above)" if in_slurm_allocation() else ""
+            raise UserError(f"stage '{name}' failed with exit code {code}{where}; see the output above")
     if runner.stopping:  # arrived between stages: nothing to checkpoint, come back later
         if os.environ.get("SLURM_JOB_ID") and requeue_self():
             return 0

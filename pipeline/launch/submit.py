@@ -1,7 +1,8 @@
 """`crild submit`: one Slurm job per stage, chained with afterok dependencies.
 
 Each job runs ``crild run CONFIG --only STAGE`` through jobs/crild_stage.sbatch with the
-run's rank count as its task count. When a stage fails, Slurm cancels its dependents
+run's rank count as its task count, spread evenly over the stage's nodes
+(``slurm.nodes``, ``slurm.stage_nodes``). When a stage fails, Slurm cancels its dependents
 (DependencyParameters=kill_invalid_depend) and this command reports which stage failed and
 where its log is.
 """
@@ -52,7 +53,9 @@ def submit(cfg: RunConfig, config_path: str, overrides: list[str], wait: bool = 
             print(f"crild: {name}: complete for this configuration, not submitted", flush=True)
             continue
         log = log_dir / f"{name}-%j.out"
-        cmd = ["sbatch", "--parsable", f"--job-name=crild-{name}", f"--ntasks={cfg.num_ranks}",
+        nodes = cfg.slurm.nodes_for(name)
+        cmd = ["sbatch", "--parsable", f"--job-name=crild-{name}", f"--ntasks={cfg.num_ranks}", f"--nodes={nodes}",
+               f"--ntasks-per-node={cfg.num_ranks // nodes}",
                f"--output={log}", "--open-mode=append", "--requeue",
                f"--export=ALL,CRILD_PYTHON={sys.executable}", *(extra_sbatch or [])]
         if previous:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -97,9 +98,28 @@ def init_distributed() -> DistInfo:
     global _CONTROL
     if _CONTROL is None and info.world_size > 1:  # collective: every rank makes it, in the same order
         _CONTROL = torch.distributed.new_group(backend="gloo")
+        _say_where(info)
     if not cuda:
         release_shm_buffer(info)
     return info
+
+
+def _say_where(info: DistInfo) -> None:
+    """Rank 0 says which host each rank runs on (one small collective per stage): the first
+    line to read when ranks on different nodes cannot reach each other."""
+    hosts: list = [None] * info.world_size
+    torch.distributed.all_gather_object(hosts, socket.gethostname(), group=_CONTROL)
+    if info.is_main:
+        where: dict = {}
+        for rank, host in enumerate(hosts):
+            where.setdefault(host, []).append(rank)
+        ranks = ", ".join(f"{host} [{_ranges(r)}]" for host, r in where.items())
+        print(f"crild: {info.world_size} ranks on {len(where)} node(s): {ranks}", file=sys.stderr, flush=True)
+
+
+def _ranges(ranks: list[int]) -> str:
+    return f"{ranks[0]}-{ranks[-1]}" if len(ranks) > 1 and ranks == list(range(ranks[0], ranks[-1] + 1)) \
+        else ",".join(map(str, ranks))
 
 
 SHM_DIR = Path("/dev/shm")

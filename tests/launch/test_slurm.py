@@ -55,19 +55,25 @@ def wait(job: str, env, timeout: float = 600) -> str:
     raise AssertionError(f"job {job} did not finish in {timeout} s (state {state(job, env)})")
 
 
-def sbatch_tiny(config: Path, log: Path, env) -> str:
-    out = subprocess.run(["sbatch", "--parsable", f"--output={log}", str(REPO / "jobs" / "crild_tiny.sbatch"),
-                          str(config)], capture_output=True, text=True, env=env, cwd=REPO, check=True)
+def sbatch_tiny(config: Path, log: Path, env, *sbatch_args: str) -> str:
+    out = subprocess.run(["sbatch", "--parsable", f"--output={log}", *sbatch_args,
+                          str(REPO / "jobs" / "crild_tiny.sbatch"), str(config)],
+                         capture_output=True, text=True, env=env, cwd=REPO, check=True)
     return out.stdout.strip().split(";")[0]
+
+
+def completed_chain(tmp: Path, tiny_bert, data_dir, name: str, env, *sbatch_args: str) -> str:
+    """The tiny chain of ``chain_config`` run to completion as one job; its log."""
+    log = tmp / f"{name}.log"
+    job = sbatch_tiny(chain_config(tmp, tiny_bert, data_dir, name), log, env, *sbatch_args)
+    assert wait(job, env) == "COMPLETED", log.read_text()[-3000:]
+    return log.read_text()
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, tiny_bert, sentiment_dir, slurm_env):
     tmp = tmp_path_factory.mktemp("slurm")
-    config = chain_config(tmp, tiny_bert, sentiment_dir, "plain")
-    job = sbatch_tiny(config, tmp / "plain.log", slurm_env)
-    assert wait(job, slurm_env) == "COMPLETED", (tmp / "plain.log").read_text()[-3000:]
-    return tmp, tmp / "plain", (tmp / "plain.log").read_text()
+    return tmp, tmp / "plain", completed_chain(tmp, tiny_bert, sentiment_dir, "plain", slurm_env)
 
 
 def test_sbatch_tiny_runs_every_stage_on_two_tasks(uninterrupted):
@@ -78,20 +84,26 @@ def test_sbatch_tiny_runs_every_stage_on_two_tasks(uninterrupted):
     assert "2 rank(s)" in log and "srun --kill-on-bad-exit=1 --ntasks=2" in log
 
 
-def test_preemption_checkpoints_requeues_and_ends_identical(uninterrupted, tiny_bert, sentiment_dir, slurm_env):
-    tmp, plain, _ = uninterrupted
-    config = chain_config(tmp, tiny_bert, sentiment_dir, "preempted")
-    log = tmp / "preempted.log"
-    job = sbatch_tiny(config, log, slurm_env)
+def preempted_during_ild(job: str, log: Path, env) -> str:
+    """USR1 to the batch script a few ILD steps in; the job must checkpoint, requeue itself
+    and complete. Returns its log."""
     end = time.time() + 300
     while time.time() < end and "crild: ild:" not in (log.read_text() if log.exists() else ""):
         time.sleep(0.2)
     time.sleep(1.0)  # a few ILD steps in
-    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=slurm_env, check=True)
-    assert wait(job, slurm_env) == "COMPLETED", log.read_text()[-3000:]
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=env, check=True)
+    assert wait(job, env) == "COMPLETED", log.read_text()[-3000:]
     text = log.read_text()
-    assert "requeued to resume" in text and "restart 1" in text, text[-3000:]
-    assert "ild: resuming at micro-step" in text
+    assert "requeued to resume" in text and "restart 1" in text and "ild: resuming at micro-step" in text, \
+        text[-3000:]
+    return text
+
+
+def test_preemption_checkpoints_requeues_and_ends_identical(uninterrupted, tiny_bert, sentiment_dir, slurm_env):
+    tmp, plain, _ = uninterrupted
+    config = chain_config(tmp, tiny_bert, sentiment_dir, "preempted")
+    log = tmp / "preempted.log"
+    preempted_during_ild(sbatch_tiny(config, log, slurm_env), log, slurm_env)
     a = (plain / "student" / "model.safetensors").read_bytes()
     b = (tmp / "preempted" / "student" / "model.safetensors").read_bytes()
     assert a == b  # bitwise the same student as the uninterrupted run
