@@ -3,6 +3,7 @@ CR-ILD with supplementary-task ILD, the no-teacher baseline and evaluation; then
 run does no stage work."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -16,11 +17,12 @@ pytestmark = pytest.mark.slow
 def test_crild_run_two_ranks_all_stages_then_nothing_to_do(tmp_path, tiny_bert, sentiment_dir):
     small = {"batch_size": 8, "learning_rate": 1e-3, "log_every": 2, "checkpoint_every": 50}
     raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=1)
+    other = shutil.copytree(sentiment_dir, tmp_path / "other")  # a supplement is never the target's own rows
     raw.update(num_ranks=2, deepspeed_config=str(REPO / "ds_configs" / "zero2_bf16.json"),
                pipeline=["teacher", "distill", "baseline", "evaluate"])
     raw["stages"]["distill"] = {
         "preset": "cr-ild",
-        "supplementary": [{"task": {"name": "rotten_tomatoes", "data_dir": str(sentiment_dir)}, "ratio": 0.5}],
+        "supplementary": [{"task": {"name": "rotten_tomatoes", "data_dir": str(other)}, "ratio": 0.5}],
         "ild_supplementary": {"epochs": 1, **small}, "ild": {"epochs": 2, **small}, "kd": {"epochs": 1, **small}}
     raw["stages"]["evaluate"] = {"splits": ["dev", "test"]}
     cfg_path = tmp_path / "run.yaml"

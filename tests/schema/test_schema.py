@@ -41,7 +41,7 @@ def test_duplicate_keys_are_refused_with_both_lines(tmp_path):
     ({"stages": {"distill": {"supplementary": [{"ratio": 0}]}}},
      "stages.distill.supplementary[0].ratio: expected a positive number, got 0"),
     ({"stages": {"distill": {"consistency": {"target": "emma"}}}},
-     "stages.distill.consistency.target: expected clean or ema, got 'emma'; did you mean 'ema'?"),
+     "stages.distill.consistency.target: expected clean, clean_no_dropout or ema, got 'emma'; did you mean 'ema'?"),
     ({"student": {"init": "random"}}, "student.random_init: required when student.init is 'random'"),
     ({"pipeline": ["teacher", 3]}, "pipeline[1]: expected a string, got 3 (int)"),
     ({"stages": {"distill": {"kd_terms": {"ce": -1}}}}, "stages.distill.kd_terms.ce: expected a number >= 0, got -1"),
