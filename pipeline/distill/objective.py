@@ -20,7 +20,7 @@ from pipeline.distill.layers import LayerLayout
 from pipeline.distill.mixup import mixed_view
 from pipeline.distill.presets import Phase
 from pipeline.distill.student import DistillModule
-from pipeline.distill.terms import TERMS, TermInputs
+from pipeline.distill.terms import TERMS, TermInputs, state_scalars
 from pipeline.evaluation.predict import model_inputs
 from pipeline.outputs.atomic import write_json
 from pipeline.runtime.distributed import is_main_process, mean_across_ranks
@@ -116,6 +116,7 @@ class DistillObjective:
             components[name] = value.detach()
             components[f"{name}_weighted"] = weight * value.detach()
             total = total + weight * value
+        components.update({k: torch.tensor(v) for k, v in state_scalars(self.term_state, self.layout.pairs).items()})
         if self.consistency is not None:
             w = self.consistency.weight_at(micro_step)
             cons = self.consistency.value(student_caps, inputs, view)

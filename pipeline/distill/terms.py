@@ -105,10 +105,26 @@ def _pkd(x: TermInputs) -> dict:
         x.teacher_caps[t]["hidden"], x.project(s, x.student_caps[s]["hidden"]), x.pkd_features)})
 
 
-def _layers(x: TermInputs) -> tuple[list, list]:
+def _layers_of(pairs) -> tuple[list, list]:
     """The student's and the teacher's Transformer layers in the map (the EMD terms' rows
     and columns)."""
-    return sorted({s for s, _ in x.pairs if s > 0}), sorted({t for _, t in x.pairs if t > 0})
+    return sorted({s for s, _ in pairs if s > 0}), sorted({t for _, t in pairs if t > 0})
+
+
+def _layers(x: TermInputs) -> tuple[list, list]:
+    return _layers_of(x.pairs)
+
+
+def state_scalars(state: dict, pairs) -> dict:
+    """The terms' state as named numbers for TensorBoard: each EMD term's weight of every
+    student and teacher layer (``emd_hidden/weight/teacher4``), which shows the layers each
+    mapping settles on."""
+    students, teachers = _layers_of(pairs)
+    out = {}
+    for name, weights in state.items():
+        for side, layers in (("student", students), ("teacher", teachers)):
+            out.update({f"{name}/weight/{side}{layer}": w for layer, w in zip(layers, weights.get(side) or [])})
+    return out
 
 
 def _emd(x: TermInputs, name: str, distance: Callable[[int, int], torch.Tensor]) -> torch.Tensor:

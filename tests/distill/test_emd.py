@@ -120,6 +120,13 @@ def test_emd_ild_objective_moves_weights_and_a_checkpoint_keeps_them(tiny_bert, 
     assert set(state) == {"emd_attention", "emd_hidden"}
     assert len(state["emd_attention"]["student"]) == 2 and len(state["emd_attention"]["teacher"]) == 4
     assert state["emd_attention"]["teacher"] != [0.25] * 4  # moved away from uniform
+    # the weights the step moved to are logged, one scalar per layer and side
+    _, logged = obj(FakeEngine(), batch(), micro_step=1)
+    for name in state:
+        for side, layers in (("student", (1, 2)), ("teacher", (1, 2, 3, 4))):
+            got = [logged[f"{name}/weight/{side}{layer}"].item() for layer in layers]
+            assert got == pytest.approx(state[name][side], abs=1e-7) and sum(got) == pytest.approx(1.0)
+    assert "emd_attention/weight/teacher1" in comps  # the first step logs the weights it leaves too
     obj.save_extra(tmp_path)
     fresh, _, _ = objective(tiny_bert, "emd-ild")
     fresh.load_extra(tmp_path)
