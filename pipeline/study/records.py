@@ -59,8 +59,9 @@ def record_key(spec: StudySpec, cell: Cell, teacher: bool = False) -> str:
         ("teacher_deepspeed_config", d.teacher_deepspeed_config)) if path}
     if overrides:  # a per-phase DeepSpeed config's text, like the top-level one's (settings hold only its path)
         key["ds_overrides"] = overrides
-    if revisions(d):  # a preset or term whose defaults changed: its records made before are stale
-        key["revisions"] = revisions(d)
+    revised = revisions(d)
+    if revised:  # a preset or term whose defaults changed: its records made before are stale
+        key["revisions"] = revised
     return config_hash(key)
 
 
