@@ -11,7 +11,7 @@ import os
 import re
 from typing import Annotated, Literal, Optional
 
-from pydantic import AfterValidator, Field, PrivateAttr, model_validator
+from pydantic import AfterValidator, Field, PrivateAttr, create_model, model_validator
 
 from pipeline.data.tasks import TASKS, get_task
 from pipeline.distill.presets import PHASES, PRESETS, resolve_phases
@@ -279,10 +279,23 @@ class SlurmConfig(Strict):
         return self.stage_nodes.get(stage, self.nodes)
 
 
+BaselineConfig = create_model(
+    "BaselineConfig", __base__=Strict,
+    __doc__="The no-teacher baseline's training: each key set here replaces the one of "
+            "stages.distill.kd, the phase the baseline runs; unset keys keep the student's.",
+    **{name: (Optional[Annotated[(field.annotation, *field.metadata)]] if field.metadata
+              else Optional[field.annotation], Field(None, description=field.description))
+       for name, field in TrainConfig.model_fields.items()})
+
+
 class StagesConfig(Strict):
     teacher: TrainConfig = Field(default_factory=TrainConfig, description="stage 1: teacher fine-tuning")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="stage 2: augmented data")
     distill: DistillConfig = Field(default_factory=DistillConfig, description="stage 3: distillation")
+    baseline: BaselineConfig = Field(
+        default_factory=BaselineConfig,
+        description="the baseline stage (the student fine-tuned without a teacher): its own training length "
+                    "and rate, e.g. {epochs: 3} when the student's KD phase runs on augmented data")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="stage 4: evaluation")
     export: ExportConfig = Field(default_factory=ExportConfig, description="stage 5: ONNX export and latency")
 
@@ -326,6 +339,9 @@ class RunConfig(Strict):
         if {"distill", "baseline"} <= set(self.pipeline) and self.stages.distill.output == BASELINE_OUTPUT:
             raise field_error(f"'{BASELINE_OUTPUT}' is the baseline stage's output, and this run has a baseline "
                               f"stage; choose another name", "stages.distill.output")
+        if self.pipeline == ["baseline"]:  # the baseline stage's configuration (see stages.BASELINE_OVERRIDES)
+            own = {name: value for name, value in to_dict(self.stages.baseline).items() if value is not None}
+            self.stages.distill.kd = self.stages.distill.kd.model_copy(update=own)
         return self
 
     def __eq__(self, other) -> bool:  # the same settings, wherever they were read from
@@ -347,7 +363,8 @@ def deepspeed_config_paths(cfg: RunConfig) -> dict[str, str]:
     stages = cfg.stages
     paths = {"deepspeed_config": cfg.deepspeed_config,
              "stages.teacher.deepspeed_config": stages.teacher.deepspeed_config,
-             "stages.distill.teacher_deepspeed_config": stages.distill.teacher_deepspeed_config}
+             "stages.distill.teacher_deepspeed_config": stages.distill.teacher_deepspeed_config,
+             "stages.baseline.deepspeed_config": stages.baseline.deepspeed_config}
     paths.update({f"stages.distill.{phase}.deepspeed_config": getattr(stages.distill, phase).deepspeed_config
                   for phase in PHASES})
     return {key: path for key, path in paths.items() if path}

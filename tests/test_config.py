@@ -149,3 +149,28 @@ def test_zero_bucket_sizes_follow_the_model_width():
     assert zero["stage3_param_persistence_threshold"] == 7680
     with pytest.raises(UserError, match="reduce_bucket_size is \"auto\""):
         build_ds_config("ds_configs/zero3_bf16.json", TrainConfig(), 2, 100, "test", "teacher")
+
+
+def test_baseline_section_replaces_the_kd_settings_of_the_baseline_stage_only():
+    """stages.baseline gives the no-teacher baseline its own training (e.g. 3 epochs on the
+    plain data while the student's KD phase runs 1 epoch on augmented data); keys it leaves
+    unset keep the student's, and the distill stage does not depend on it."""
+    from pipeline.config import stage_config
+    from pipeline.stages import stage_fingerprint
+
+    raw = {"pipeline": ["teacher", "distill", "baseline"],
+           "stages": {"distill": {"kd": {"epochs": 1, "learning_rate": 1e-4, "batch_size": 16}}}}
+    plain = from_dict(raw)
+    own = from_dict(raw, overrides=["stages.baseline.epochs=3", "stages.baseline.learning_rate=5e-5"])
+    kd = stage_config(own, "baseline").stages.distill.kd
+    assert (kd.epochs, kd.learning_rate, kd.batch_size) == (3, 5e-5, 16)
+    assert stage_config(plain, "baseline").stages.distill.kd == plain.stages.distill.kd
+    assert own.stages.distill.kd == plain.stages.distill.kd  # the student's own phase is untouched
+    assert stage_fingerprint(own, "distill") == stage_fingerprint(plain, "distill")
+    assert stage_fingerprint(stage_config(own, "baseline"), "baseline") != \
+        stage_fingerprint(stage_config(plain, "baseline"), "baseline")
+    for override, message in [("stages.baseline.epochs=0", "stages.baseline.epochs: expected a positive integer"),
+                              ("stages.baseline.epoch=2", "unknown key 'stages.baseline.epoch'"),
+                              ("stages.baseline.on_nonfinite=x", "stages.baseline.on_nonfinite: expected stop or skip")]:
+        with pytest.raises(UserError, match=message):
+            from_dict(raw, overrides=[override])

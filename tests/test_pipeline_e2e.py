@@ -24,6 +24,7 @@ def test_crild_run_two_ranks_all_stages_then_nothing_to_do(tmp_path, tiny_bert, 
         "preset": "cr-ild",
         "supplementary": [{"task": {"name": "rotten_tomatoes", "data_dir": str(other)}, "ratio": 0.5}],
         "ild_supplementary": {"epochs": 1, **small}, "ild": {"epochs": 2, **small}, "kd": {"epochs": 1, **small}}
+    raw["stages"]["baseline"] = {"epochs": 2}  # the baseline's own length; the rest as the student's KD phase
     raw["stages"]["evaluate"] = {"splits": ["dev", "test"]}
     cfg_path = tmp_path / "run.yaml"
     cfg_path.write_text(yaml.safe_dump(raw))
@@ -49,6 +50,9 @@ def test_crild_run_two_ranks_all_stages_then_nothing_to_do(tmp_path, tiny_bert, 
     assert set(results) == {"teacher", "student", "student_finetuned"}
     assert results["student"]["parameters"] < results["teacher"]["parameters"]
     assert "accuracy" in results["student"]["splits"]["test"]
+    steps = {name: json.loads((out / name / "train_results.json").read_text())["phases"]["kd"]["optimizer_steps"]
+             for name in ("student", "student_finetuned")}
+    assert steps["student_finetuned"] == 2 * steps["student"] > 0
 
     again = subprocess.run(crild, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert again.returncode == 0, again.stderr[-3000:]
