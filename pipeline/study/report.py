@@ -67,6 +67,7 @@ def write_report(spec: StudySpec, records: dict, teachers: dict, missing: list[s
                   *_missing_lines(missing, per_group_total), ""]
     if failed:
         lines += ["Failed (see each log):", ""] + [f"- {m}" for m in failed] + [""]
+    lines += _variant_lines(spec)
     held_split = next((s for s in spec.eval_splits if s != "dev"), "dev")
     per_group: dict[str, list[Check]] = {}
     for (task, setting), groups in records.items():
@@ -162,6 +163,25 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def _flow(overrides: dict) -> str:
+    return ", ".join(f"`{key}: {value if isinstance(value, str) else json.dumps(value)}`"
+                     for key, value in overrides.items())
+
+
+def _variant_lines(spec: StudySpec) -> list[str]:
+    """What each variant is: its description, preset, settings and overrides (per task too),
+    so that the report says what was run without the study file beside it."""
+    if not spec.variants:
+        return []
+    out = ["Methods that vary a preset:", ""]
+    for name, v in spec.variants.items():
+        where = f", in {', '.join(v.settings)} only" if v.settings is not None else ""
+        out.append(f"- **{name}**: {v.description + ' ' if v.description else ''}(preset `{v.preset}`{where})"
+                   + (f"; {_flow(v.overrides)}" if v.overrides else ""))
+        out += [f"  - {task}: {_flow(over)}" for task, over in v.tasks.items() if over]
+    return out + [""]
 
 
 def _missing_lines(missing: list[str], per_group: dict) -> list[str]:

@@ -408,7 +408,12 @@ def test_a_sweep_compares_every_point_with_its_reference_on_the_same_seeds(tmp_p
         "w10": [rec("w10", s, 0.60 + 0.05 * s + 0.001 * s, 0.20, 0.5) for s in (1, 2, 3, 4, 5)]}}
     assert term_share(records[("rotten_tomatoes", "few")]["w1"][0]) == pytest.approx(0.25)
     spec = StudySpec(base="b.yaml", output_dir="cells", report_dir=str(tmp_path / "report"), seeds=[1, 2, 3, 4, 5],
-                     methods=["base", "w1", "w10"], variants={m: {"preset": "cr-ild"} for m in ("base", "w1", "w10")},
+                     methods=["base", "w1", "w10"],
+                     variants={"base": {"preset": "cr-ild"}, "w10": {"preset": "cr-ild"},
+                               "w1": {"preset": "cr-ild", "description": "weight 1, a plot supplement",
+                                      "settings": ["few"], "overrides": {"stages.distill.consistency.weight": 1.0},
+                                      "tasks": {"rotten_tomatoes": {"stages.distill.supplementary": [
+                                          {"task": {"name": "rotten_tomatoes_plot"}, "ratio": 1.0}]}}}},
                      tasks={"rotten_tomatoes": {}}, settings={"few": {}}, title="Sensitivity",
                      findings=[{"statement": "w1 narrows the gap", "better": "w1", "worse": "base",
                                 "quantity": "less_gap"}],
@@ -418,6 +423,11 @@ def test_a_sweep_compares_every_point_with_its_reference_on_the_same_seeds(tmp_p
     write_report(spec, records, {}, [], [], ["header"], {"rotten_tomatoes": "accuracy"})
     text = (tmp_path / "report" / "README.md").read_text()
     assert text.startswith("# Sensitivity\n") and "Checks of the findings:" in text
+    # the report says what each variant ran, without the study file beside it
+    assert "- **w1**: weight 1, a plot supplement (preset `cr-ild`, in few only); " \
+           "`stages.distill.consistency.weight: 1.0`\n  - rotten_tomatoes: `stages.distill.supplementary: " \
+           "[{\"task\": {\"name\": \"rotten_tomatoes_plot\"}, \"ratio\": 1.0}]`\n" in text
+    assert "- **base**: (preset `cr-ild`)\n" in text
     assert "- **held**: w1 narrows the gap." in text
     row = {line.split("|")[2].strip(): line for line in text.splitlines() if line.startswith("| 1 |")
            or line.startswith("| 10 |") or line.startswith("| 0 |")}
