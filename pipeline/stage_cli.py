@@ -11,6 +11,7 @@ from typing import Callable, Optional
 from pipeline.config import RunConfig, load_config
 from pipeline.errors import cli_entry
 from pipeline.outputs.lock import run_lock
+from pipeline.runtime.distributed import shutdown_distributed
 
 
 def stage_argparser(description: str) -> argparse.ArgumentParser:
@@ -31,8 +32,11 @@ def stage_main(run: Callable[[RunConfig], int], description: str, argv: Optional
         if args.local_rank is not None:
             os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
         cfg = load_config(args.config, args.overrides)
-        with run_lock(cfg.output_dir):
-            code = run(cfg)
+        try:
+            with run_lock(cfg.output_dir):
+                code = run(cfg)
+        finally:  # every exit, an error's too: no gloo thread may outlive the interpreter
+            shutdown_distributed()
         sys.exit(code)
 
     main()

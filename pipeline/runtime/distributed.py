@@ -1,6 +1,7 @@
 """Process-group set-up for the deepspeed launcher, torchrun, Slurm and plain ``python``."""
 from __future__ import annotations
 
+import atexit
 import os
 import random
 import socket
@@ -93,6 +94,8 @@ def init_distributed() -> DistInfo:
         # a rank that hangs (not dies) makes the others' next collective fail after this long
         timeout = timedelta(seconds=float(os.environ.get("CRILD_COLLECTIVE_TIMEOUT_S", "600")))
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False, timeout=timeout)
+        atexit.unregister(shutdown_distributed)  # once, however often a process re-initialises
+        atexit.register(shutdown_distributed)
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     info = DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, device)
     global _CONTROL
@@ -102,6 +105,34 @@ def init_distributed() -> DistInfo:
     if not cuda:
         release_shm_buffer(info)
     return info
+
+
+def shutdown_distributed() -> None:
+    """Destroy every process group (the control group too) while the interpreter is still
+    whole. Left to interpreter teardown, gloo's worker threads can outlive the objects they
+    hold and the process aborts ("terminate called without an active exception", SIGABRT)
+    after its stage has finished its work. Local and safe to repeat: each stage calls it on
+    the way out, and ``init_distributed`` registers it with atexit for every other exit."""
+    global _CONTROL
+    _CONTROL = None
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+        _forget_deepspeed_groups()
+
+
+def _forget_deepspeed_groups() -> None:
+    """DeepSpeed keeps the groups it derives (a clone of the world group, the data-parallel
+    group) in module globals and hands them to every later engine: after the process groups
+    are destroyed they must go too, or an engine built after ``init_distributed`` runs again
+    in the same process would use a destroyed group."""
+    from deepspeed.utils import groups
+
+    for name, value in vars(groups).items():
+        if name.startswith("_") and name.endswith("_GROUP"):
+            if isinstance(value, dict):
+                value.clear()
+            elif isinstance(value, torch.distributed.ProcessGroup):
+                setattr(groups, name, None)
 
 
 def _say_where(info: DistInfo) -> None:
