@@ -74,13 +74,13 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
         return task_loss(logits, batch["labels"].to(dist.device, non_blocking=True),
                          data.spec.regression), {}
 
-    scalars = Scalars(out / "tensorboard" / STAGE, dist.is_main)
-    result = train_loop(engine=engine, dist=dist, train_ds=data.train, collate=data.collate, cfg=train_cfg,
-                        seed=cfg.seed, schedule=schedule, loss_fn=loss_fn,
-                        evaluate=dev_evaluator(engine, data, train_cfg, dist, cfg.seed),
-                        main_metric=f"{data.main_split}/{data.spec.main_metric}", ckpts=ckpts, scalars=scalars,
-                        prefix=STAGE, stop=stop or StopRequest(output_dir=cfg.output_dir), state=state)
-    scalars.close()
+    with Scalars(out / "tensorboard" / STAGE, dist.is_main) as scalars:
+        result = train_loop(engine=engine, dist=dist, train_ds=data.train, collate=data.collate, cfg=train_cfg,
+                            seed=cfg.seed, schedule=schedule, loss_fn=loss_fn,
+                            evaluate=dev_evaluator(engine, data, train_cfg, dist, cfg.seed),
+                            main_metric=f"{data.main_split}/{data.spec.main_metric}", ckpts=ckpts,
+                            scalars=scalars, prefix=STAGE, stop=stop or StopRequest(output_dir=cfg.output_dir),
+                            state=state)
     if not result["finished"]:
         log(dist, f"{STAGE}: stopped at micro-step {result['micro_step']}; checkpoint saved, run again to resume")
         return EXIT_PREEMPTED
@@ -98,4 +98,4 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
 
 
 if __name__ == "__main__":
-    stage_main(run, "Fine-tune the teacher on the target task.")
+    stage_main(run, STAGE)

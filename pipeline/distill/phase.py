@@ -159,14 +159,13 @@ def train_phase(run: DistillRun, phase: Phase, index: int, previous: Optional[Pa
         log(dist, run.notes.pop(0))
     log(dist, f"{phase.name}: {len(ds)} examples, {schedule.total_optimizer_steps} optimizer steps, terms "
               f"{phase.terms}, mixup {phase.mixup}, consistency {phase.consistency}, layers {layout.pairs}")
-    scalars = Scalars(run.out / "tensorboard" / cfg.stages.distill.output, dist.is_main)
     # the classifier is not trained during ILD: nothing to score there
     evaluate = (lambda: {}) if phase.is_ild else dev_evaluator(engine, data, train_cfg, dist, cfg.seed)
-    result = train_loop(engine=engine, dist=dist, train_ds=ds, collate=data.collate, cfg=train_cfg, seed=cfg.seed,
-                        schedule=schedule, loss_fn=objective, evaluate=evaluate,
-                        main_metric=f"{data.main_split}/{data.spec.main_metric}", ckpts=ckpts, scalars=scalars,
-                        prefix=phase.name, stop=run.stop, state=state)
-    scalars.close()
+    with Scalars(run.out / "tensorboard" / cfg.stages.distill.output, dist.is_main) as scalars:
+        result = train_loop(engine=engine, dist=dist, train_ds=ds, collate=data.collate, cfg=train_cfg,
+                            seed=cfg.seed, schedule=schedule, loss_fn=objective, evaluate=evaluate,
+                            main_metric=f"{data.main_split}/{data.spec.main_metric}", ckpts=ckpts, scalars=scalars,
+                            prefix=phase.name, stop=run.stop, state=state)
     if not result["finished"]:
         log(dist, f"{phase.name}: stopped at micro-step {result['micro_step']}; checkpoint saved, run again to resume")
         return EXIT_PREEMPTED

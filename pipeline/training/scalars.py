@@ -1,4 +1,6 @@
-"""TensorBoard scalars, written by rank 0 only."""
+"""TensorBoard scalars, written by rank 0 only. Use it as a context manager: the event file
+is flushed and its writer thread stopped however the block ends (a crash keeps what was
+logged before it)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,6 +13,12 @@ class Scalars:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def __enter__(self) -> "Scalars":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def add(self, values: dict, step: int) -> None:
         if self.writer is None:

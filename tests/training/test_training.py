@@ -278,3 +278,16 @@ def test_runner_clears_checkpoints_a_finished_stage_left_behind(tmp_path, tiny_b
     assert run_pipeline(cfg, "run.yaml", []) == 0
     assert "teacher: complete for this configuration, skipped" in capsys.readouterr().out
     assert not leftover.parent.exists() and (Path(cfg.output_dir) / "teacher" / "model.safetensors").is_file()
+
+
+def test_scalars_logged_before_a_crash_reach_the_event_file(tmp_path):
+    from pipeline.training.scalars import Scalars
+
+    with pytest.raises(RuntimeError):
+        with Scalars(tmp_path, enabled=True) as scalars:
+            scalars.add({"distill_ild/loss": 0.5, "skipped": None}, step=3)
+            raise RuntimeError("a step failed")
+    assert scalar_tags(tmp_path) == {"distill_ild/loss": [(3, 0.5)]}
+    with Scalars(tmp_path / "off", enabled=False) as scalars:  # other ranks write nothing
+        scalars.add({"distill_ild/loss": 0.5}, step=0)
+    assert not (tmp_path / "off").exists()
