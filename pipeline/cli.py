@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         # a time limit's SIGTERM stops the running cells too (they checkpoint and resume next time)
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         sys.exit(run_study(args))
-    from pipeline.config import load_config
+    from pipeline.config import load_config, stage_config
 
     if args.command == "run":
         from pipeline.launch.local import run_pipeline
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.outputs.lock import run_lock
 
     stage = STAGES[args.command]
-    cfg = load_config(args.config, [*args.overrides, *stage.overrides])
+    cfg = stage_config(load_config(args.config, args.overrides), stage.name)
     with run_lock(cfg.output_dir):
         code = importlib.import_module(stage.module).run(cfg)
     sys.exit(code)

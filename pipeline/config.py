@@ -339,9 +339,6 @@ class RunConfig(Strict):
         if {"distill", "baseline"} <= set(self.pipeline) and self.stages.distill.output == BASELINE_OUTPUT:
             raise field_error(f"'{BASELINE_OUTPUT}' is the baseline stage's output, and this run has a baseline "
                               f"stage; choose another name", "stages.distill.output")
-        if self.pipeline == ["baseline"]:  # the baseline stage's configuration (see stages.BASELINE_OVERRIDES)
-            own = {name: value for name, value in to_dict(self.stages.baseline).items() if value is not None}
-            self.stages.distill.kd = self.stages.distill.kd.model_copy(update=own)
         return self
 
     def __eq__(self, other) -> bool:  # the same settings, wherever they were read from
@@ -371,7 +368,13 @@ def deepspeed_config_paths(cfg: RunConfig) -> dict[str, str]:
 
 
 def stage_config(cfg: RunConfig, name: str) -> RunConfig:
-    """The configuration stage ``name`` runs with: the run's, plus the stage's fixed overrides."""
-    if not STAGES[name].overrides:
+    """The configuration stage ``name`` runs with: the run's, changed as that stage requires
+    (the baseline: the distill stage without a teacher, ``stages.baseline`` over its KD
+    phase). The one place this is computed: ``crild run``, ``crild status``, the stage
+    scripts' ``--stage`` and ``crild <stage>`` all call it."""
+    configure = STAGES[name].configure
+    if configure is None:
         return cfg
-    return from_dict(to_dict(cfg), cfg.source, list(STAGES[name].overrides))
+    raw = to_dict(cfg)
+    configure(raw)
+    return from_dict(raw, cfg.source)

@@ -114,4 +114,4 @@ def run(cfg: RunConfig) -> int:
 
 
 if __name__ == "__main__":
-    stage_main(run, "Generate TinyBERT-style augmented training data.")
+    stage_main(run, STAGE)

@@ -118,4 +118,4 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
 
 
 if __name__ == "__main__":
-    stage_main(run, "Distil the teacher into the student (ILD phases and prediction-layer KD).")
+    stage_main(run, STAGE)

@@ -80,4 +80,4 @@ def run(cfg: RunConfig) -> int:
 
 
 if __name__ == "__main__":
-    stage_main(run, "Evaluate model folders on the task's dev/test splits.")
+    stage_main(run, STAGE)

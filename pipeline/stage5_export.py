@@ -132,4 +132,4 @@ def run(cfg: RunConfig) -> int:
 
 
 if __name__ == "__main__":
-    stage_main(run, "Export the run's models to ONNX, check parity, quantize, and time them.")
+    stage_main(run, STAGE)

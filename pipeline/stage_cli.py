@@ -1,6 +1,7 @@
-"""The command line every stage script takes: ``--config FILE`` and ``section.key=value``
-overrides, under any launcher (plain python, deepspeed, torchrun, srun). A user error is one
-line and exit code 2."""
+"""The command line every stage script takes: ``--config FILE``, ``section.key=value``
+overrides and ``--stage`` where the script runs more than one stage (stage3_distill.py also
+runs the no-teacher baseline), under any launcher (plain python, deepspeed, torchrun, srun).
+A user error is one line and exit code 2."""
 from __future__ import annotations
 
 import argparse
@@ -8,30 +9,36 @@ import os
 import sys
 from typing import Callable, Optional
 
-from pipeline.config import RunConfig, load_config
+from pipeline.config import RunConfig, load_config, stage_config
 from pipeline.errors import cli_entry
 from pipeline.outputs.lock import run_lock
 from pipeline.runtime.distributed import shutdown_distributed
+from pipeline.stages import STAGES
 
 
-def stage_argparser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description)
+def stage_argparser(name: str) -> argparse.ArgumentParser:
+    """The parser of stage ``name``'s script; ``--stage`` picks among the stages it runs."""
+    parser = argparse.ArgumentParser(description=STAGES[name].help)
     parser.add_argument("--config", required=True, help="run configuration (YAML)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="override configuration values, e.g. stages.teacher.epochs=1")
+    same_script = [s.name for s in STAGES.values() if s.script == STAGES[name].script]
+    parser.add_argument("--stage", choices=same_script, default=name,
+                        help=f"the stage to run (default: {name})" if len(same_script) > 1 else argparse.SUPPRESS)
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return parser
 
 
-def stage_main(run: Callable[[RunConfig], int], description: str, argv: Optional[list[str]] = None) -> None:
-    """Entry point of ``python|deepspeed pipeline/stageN_*.py --config FILE [overrides]``."""
+def stage_main(run: Callable[[RunConfig], int], name: str, argv: Optional[list[str]] = None) -> None:
+    """Entry point of ``python|deepspeed pipeline/stageN_*.py --config FILE [overrides]``: the
+    script of stage ``name``, whose ``run`` gets the stage's configuration."""
 
     @cli_entry
     def main() -> None:
-        args = stage_argparser(description).parse_args(argv)
+        args = stage_argparser(name).parse_args(argv)
         if args.local_rank is not None:
             os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-        cfg = load_config(args.config, args.overrides)
+        cfg = stage_config(load_config(args.config, args.overrides), args.stage)
         try:
             with run_lock(cfg.output_dir):
                 code = run(cfg)

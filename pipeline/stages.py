@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from pipeline.distill.presets import revisions
 from pipeline.outputs.manifest import recorded_fingerprint
@@ -71,7 +71,7 @@ class Stage:
     help: str
     output: Callable  # cfg -> its folder under output_dir
     fingerprint: Callable  # cfg -> str
-    overrides: tuple = ()  # configuration overrides this stage always runs with
+    configure: Optional[Callable] = None  # raw configuration -> this stage's, in place (see config.stage_config)
     checkpoints: Callable = lambda cfg: ""  # cfg -> its checkpoint folder under output_dir ("" : none)
 
     @property
@@ -80,10 +80,20 @@ class Stage:
 
 
 BASELINE_OUTPUT = "student_finetuned"
-# the baseline is the distill stage without a teacher, run as a pipeline of its own
-BASELINE_OVERRIDES = ("stages.distill.preset=finetune", f"stages.distill.output={BASELINE_OUTPUT}",
-                      "stages.distill.phases=null", "stages.distill.supplementary=[]",
-                      "stages.distill.augmented_phases=[]", "pipeline=[baseline]")
+
+
+def _as_baseline(raw: dict) -> None:
+    """The baseline is the distill stage without a teacher: the student fine-tuned on the
+    target task alone, trained as the student's KD phase with ``stages.baseline``'s keys
+    over it. It runs as a pipeline of its own, so its output may take the reserved name."""
+    stages = raw.setdefault("stages", {})
+    distill = stages.setdefault("distill", {})
+    distill.update(preset="finetune", output=BASELINE_OUTPUT, phases=None, supplementary=[], augmented_phases=[])
+    own = {key: value for key, value in (stages.get("baseline") or {}).items() if value is not None}
+    distill["kd"] = {**(distill.get("kd") or {}), **own}
+    raw["pipeline"] = ["baseline"]
+
+
 # folders under output_dir that belong to crild: the stages' fixed outputs and the run's own
 # bookkeeping; stages.distill.output can be none of them
 RESERVED_FOLDERS = ("teacher", "augmented", "augmented.shards", "eval", "export", "checkpoints", "tensorboard",
@@ -98,7 +108,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           lambda c: c.stages.distill.output, _distill_fingerprint,
           checkpoints=lambda c: f"checkpoints/{c.stages.distill.output}"),
     Stage("baseline", "stage3_distill.py", "the same student fine-tuned without a teacher, for comparison",
-          lambda c: c.stages.distill.output, _distill_fingerprint, BASELINE_OVERRIDES,
+          lambda c: c.stages.distill.output, _distill_fingerprint, _as_baseline,
           checkpoints=lambda c: f"checkpoints/{c.stages.distill.output}"),
     Stage("evaluate", "stage4_evaluate.py", "stage 4: evaluate model folders on dev/test", lambda c: "eval",
           _evaluate_fingerprint),
@@ -109,5 +119,5 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
 
 def stage_fingerprint(cfg, name: str) -> str:
     """What stage ``name``'s output depends on, for ``cfg`` as that stage runs it (the
-    baseline's overrides applied: see ``pipeline.config.stage_config``)."""
+    baseline's configuration: see ``pipeline.config.stage_config``)."""
     return STAGES[name].fingerprint(cfg)

@@ -174,3 +174,29 @@ def test_baseline_section_replaces_the_kd_settings_of_the_baseline_stage_only():
                               ("stages.baseline.on_nonfinite=x", "stages.baseline.on_nonfinite: expected stop or skip")]:
         with pytest.raises(UserError, match=message):
             from_dict(raw, overrides=[override])
+
+
+def test_the_distill_script_runs_the_baseline_with_the_same_configuration_crild_run_gives_it(tmp_path, monkeypatch):
+    """``stage3_distill.py --stage baseline`` (what ``crild run`` launches) and ``crild
+    status`` both get their configuration from ``stage_config``: one definition of the
+    baseline, however it is started."""
+    from pipeline.config import stage_config
+    from pipeline.launch.command import stage_command
+    from pipeline.stage_cli import stage_main
+
+    monkeypatch.delenv("CRILD_RUN_LOCK", raising=False)
+    path = tmp_path / "run.yaml"
+    path.write_text(dump_yaml({"output_dir": str(tmp_path / "out"), "pipeline": ["teacher", "distill", "baseline"],
+                               "stages": {"distill": {"kd": {"epochs": 1}}, "baseline": {"epochs": 3}}}))
+    expected = stage_config(load_config(path), "baseline")
+    assert stage_command(expected, "baseline", str(path), [])[-2:] == ["--stage", "baseline"]
+    seen = []
+    for argv, wanted in ((["--stage", "baseline"], expected), ([], load_config(path))):
+        with pytest.raises(SystemExit) as exit_:
+            stage_main(lambda cfg: seen.append(cfg) or 0, "distill", ["--config", str(path), *argv])
+        assert exit_.value.code == 0 and seen.pop() == wanted
+    assert (expected.stages.distill.kd.epochs, expected.stages.distill.output, expected.pipeline) == \
+        (3, "student_finetuned", ["baseline"])
+    with pytest.raises(SystemExit) as exit_:  # the teacher's script runs no baseline
+        stage_main(lambda cfg: 0, "teacher", ["--config", str(path), "--stage", "baseline"])
+    assert exit_.value.code == 2

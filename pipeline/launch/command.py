@@ -15,7 +15,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 def stage_command(cfg, name: str, config_path: str, overrides: list[str]) -> list[str]:
     script = str(PACKAGE_DIR / STAGES[name].script)
-    args = ["--config", config_path, *overrides, *STAGES[name].overrides]
+    args = ["--config", config_path, *overrides, "--stage", name]
     if in_slurm_allocation():
         return ["srun", "--kill-on-bad-exit=1", f"--ntasks={os.environ['SLURM_NTASKS']}", sys.executable, script,
                 *args]
