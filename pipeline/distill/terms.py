@@ -111,10 +111,6 @@ def _layers_of(pairs) -> tuple[list, list]:
     return sorted({s for s, _ in pairs if s > 0}), sorted({t for _, t in pairs if t > 0})
 
 
-def _layers(x: TermInputs) -> tuple[list, list]:
-    return _layers_of(x.pairs)
-
-
 def state_scalars(state: dict, pairs) -> dict:
     """The terms' state as named numbers for TensorBoard: each EMD term's weight of every
     student and teacher layer (``emd_hidden/weight/teacher4``), which shows the layers each
@@ -128,7 +124,7 @@ def state_scalars(state: dict, pairs) -> dict:
 
 
 def _emd(x: TermInputs, name: str, distance: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
-    students, teachers = _layers(x)
+    students, teachers = _layers_of(x.pairs)
     cost = torch.stack([torch.stack([distance(s, t) for t in teachers]) for s in students])
     return emd.emd_loss(cost, x.state.setdefault(name, {}), x.shared)
 
@@ -138,7 +134,7 @@ def _emd_attention(x: TermInputs) -> dict:
     pair, weighted by the transport plan."""
     def scores(caps, layers, heads):
         return {n: losses.scaled_dot(caps[n]["q"], caps[n]["k"], heads) for n in layers}
-    students, teachers = _layers(x)
+    students, teachers = _layers_of(x.pairs)
     s_scores = scores(x.student_caps, students, x.student_heads)
     t_scores = scores(x.teacher_caps, teachers, x.teacher_heads)
     return {"attn": _emd(x, "emd_attention", lambda s, t: losses.score_mse(t_scores[t], s_scores[s], x.mask))}
