@@ -79,7 +79,7 @@ def test_deepspeed_cpu_shared_memory_buffers_do_not_outlive_the_run():
 
 # A rank that has done its work: the control group (init_distributed's host gather), a
 # background vote and plain collectives, then a normal exit. Left to interpreter teardown,
-# gloo's threads made 5 of 22 such exits abort with SIGABRT on this machine.
+# gloo's threads can abort such an exit with SIGABRT, often enough here to fail CI.
 EXITING_RANK = """
 import sys, torch
 from pipeline.runtime.distributed import all_reduce_sum, barrier, init_distributed, start_all_reduce_max
