@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         # a time limit's SIGTERM stops the running cells too (they checkpoint and resume next time)
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         sys.exit(run_study(args))
-    from pipeline.config import load_config, stage_config
+    from pipeline.config import load_config
 
     if args.command == "run":
         from pipeline.launch.local import run_pipeline
@@ -111,13 +111,10 @@ def main(argv: list[str] | None = None) -> None:
 
         cfg = load_config(args.config, args.overrides)
         sys.exit(submit(cfg, args.config, args.overrides, wait=not args.no_wait, extra_sbatch=args.sbatch_arg))
-    from pipeline.outputs.lock import run_lock
+    from pipeline.stage_cli import run_stage
 
-    stage = STAGES[args.command]
-    cfg = stage_config(load_config(args.config, args.overrides), stage.name)
-    with run_lock(cfg.output_dir):
-        code = importlib.import_module(stage.module).run(cfg)
-    sys.exit(code)
+    run = importlib.import_module(STAGES[args.command].module).run
+    sys.exit(run_stage(run, args.command, args.config, args.overrides))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import os
 import re
 from typing import Annotated, Literal, Optional
 
-from pydantic import AfterValidator, Field, PrivateAttr, create_model, model_validator
+from pydantic import AfterValidator, Field, PrivateAttr, ValidationInfo, create_model, model_validator
 
 from pipeline.data.tasks import TASKS, get_task
 from pipeline.distill.presets import PHASES, PRESETS, resolve_phases
@@ -326,7 +326,7 @@ class RunConfig(Strict):
         return self._source
 
     @model_validator(mode="after")
-    def _consistent(self):
+    def _consistent(self, info: ValidationInfo):
         if get_task(self.task.name).inputs_only:
             raise field_error(f"'{self.task.name}' is unlabelled text, for stages.distill.supplementary; expected a "
                               f"labelled task", "task.name")
@@ -336,7 +336,8 @@ class RunConfig(Strict):
                 key = f"slurm.stage_nodes.{stage}" if stage in self.slurm.stage_nodes else "slurm.nodes"
                 raise field_error(f"{nodes} nodes for stage '{stage}' do not divide num_ranks {self.num_ranks}; "
                                   f"expected a divisor of it (ranks are spread evenly)", key)
-        if {"distill", "baseline"} <= set(self.pipeline) and self.stages.distill.output == BASELINE_OUTPUT:
+        whole_run = (info.context or {}).get("stage") is None  # not one stage's configuration (stage_config)
+        if whole_run and {"distill", "baseline"} <= set(self.pipeline) and self.stages.distill.output == BASELINE_OUTPUT:
             raise field_error(f"'{BASELINE_OUTPUT}' is the baseline stage's output, and this run has a baseline "
                               f"stage; choose another name", "stages.distill.output")
         return self
@@ -345,8 +346,10 @@ class RunConfig(Strict):
         return isinstance(other, RunConfig) and to_dict(self) == to_dict(other)
 
 
-def from_dict(raw: dict, source: str = "<config>", overrides: list[str] | None = None) -> RunConfig:
-    cfg = validate(RunConfig, raw, source, overrides)
+def from_dict(raw: dict, source: str = "<config>", overrides: list[str] | None = None,
+              stage: str | None = None) -> RunConfig:
+    """The run's configuration, or with ``stage`` that stage's (see ``stage_config``)."""
+    cfg = validate(RunConfig, raw, source, overrides, context={"stage": stage} if stage else None)
     cfg._source = source
     return cfg
 
@@ -377,4 +380,4 @@ def stage_config(cfg: RunConfig, name: str) -> RunConfig:
         return cfg
     raw = to_dict(cfg)
     configure(raw)
-    return from_dict(raw, cfg.source)
+    return from_dict(raw, cfg.source, stage=name)

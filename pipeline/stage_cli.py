@@ -29,6 +29,18 @@ def stage_argparser(name: str) -> argparse.ArgumentParser:
     return parser
 
 
+def run_stage(run: Callable[[RunConfig], int], name: str, config: str, overrides: list[str]) -> int:
+    """Run stage ``name`` in this process: ``run`` gets the stage's configuration, under the
+    run's lock, and every process group is torn down on any exit, an error's too (no gloo
+    thread may outlive the interpreter). The stage scripts and ``crild <stage>`` both call it."""
+    cfg = stage_config(load_config(config, overrides), name)
+    try:
+        with run_lock(cfg.output_dir):
+            return run(cfg)
+    finally:
+        shutdown_distributed()
+
+
 def stage_main(run: Callable[[RunConfig], int], name: str, argv: Optional[list[str]] = None) -> None:
     """Entry point of ``python|deepspeed pipeline/stageN_*.py --config FILE [overrides]``: the
     script of stage ``name``, whose ``run`` gets the stage's configuration."""
@@ -38,12 +50,6 @@ def stage_main(run: Callable[[RunConfig], int], name: str, argv: Optional[list[s
         args = stage_argparser(name).parse_args(argv)
         if args.local_rank is not None:
             os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-        cfg = stage_config(load_config(args.config, args.overrides), args.stage)
-        try:
-            with run_lock(cfg.output_dir):
-                code = run(cfg)
-        finally:  # every exit, an error's too: no gloo thread may outlive the interpreter
-            shutdown_distributed()
-        sys.exit(code)
+        sys.exit(run_stage(run, args.stage, args.config, args.overrides))
 
     main()

@@ -85,13 +85,12 @@ BASELINE_OUTPUT = "student_finetuned"
 def _as_baseline(raw: dict) -> None:
     """The baseline is the distill stage without a teacher: the student fine-tuned on the
     target task alone, trained as the student's KD phase with ``stages.baseline``'s keys
-    over it. It runs as a pipeline of its own, so its output may take the reserved name."""
+    over it. Its output takes the name that the run's own distill output may not."""
     stages = raw.setdefault("stages", {})
     distill = stages.setdefault("distill", {})
     distill.update(preset="finetune", output=BASELINE_OUTPUT, phases=None, supplementary=[], augmented_phases=[])
     own = {key: value for key, value in (stages.get("baseline") or {}).items() if value is not None}
     distill["kd"] = {**(distill.get("kd") or {}), **own}
-    raw["pipeline"] = ["baseline"]
 
 
 # folders under output_dir that belong to crild: the stages' fixed outputs and the run's own

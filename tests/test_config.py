@@ -196,7 +196,7 @@ def test_the_distill_script_runs_the_baseline_with_the_same_configuration_crild_
             stage_main(lambda cfg: seen.append(cfg) or 0, "distill", ["--config", str(path), *argv])
         assert exit_.value.code == 0 and seen.pop() == wanted
     assert (expected.stages.distill.kd.epochs, expected.stages.distill.output, expected.pipeline) == \
-        (3, "student_finetuned", ["baseline"])
+        (3, "student_finetuned", ["teacher", "distill", "baseline"])
     with pytest.raises(SystemExit) as exit_:  # the teacher's script runs no baseline
         stage_main(lambda cfg: 0, "teacher", ["--config", str(path), "--stage", "baseline"])
     assert exit_.value.code == 2

@@ -98,12 +98,14 @@ def apply_override(raw: dict, text: str, source: str) -> None:
     node[parts[-1]] = value
 
 
-def validate(model: type[M], raw: dict, source: str, overrides: list[str] | None = None) -> M:
-    """``raw`` (plus overrides) as a ``model``; any problem is one UserError line."""
+def validate(model: type[M], raw: dict, source: str, overrides: list[str] | None = None,
+             context: dict | None = None) -> M:
+    """``raw`` (plus overrides) as a ``model``; any problem is one UserError line. ``context``
+    reaches the model's validators (pydantic's validation context)."""
     raw = json.loads(json.dumps(raw))  # deep copy, plain types only
     for text in overrides or []:
         apply_override(raw, text, source)
     try:
-        return model.model_validate(raw)
+        return model.model_validate(raw, context=context)
     except ValidationError as err:
         raise UserError(error_line(err, model, source)) from None

@@ -114,6 +114,8 @@ def test_two_ranks_exit_cleanly_every_time(tmp_path):
 
 
 def test_a_stage_tears_down_its_process_group_on_every_exit(tmp_path, monkeypatch):
+    """Both ways to run a stage in this process, its script and ``crild <stage>``, destroy the
+    process group on success and on a user error, so no gloo thread outlives the interpreter."""
     import deepspeed.comm
     from deepspeed.utils import groups
 
@@ -138,11 +140,18 @@ def test_a_stage_tears_down_its_process_group_on_every_exit(tmp_path, monkeypatc
         seen.append(torch.distributed.is_initialized())
         return 0
 
-    for run, code in ((failing, 2), (passing, 0)):
+    import pipeline.stage4_evaluate
+    from pipeline.cli import main as crild
+
+    for run, code in ((failing, 2), (passing, 0)) * 2:  # the script, then ``crild evaluate``
         with pytest.raises(SystemExit) as exit_:
-            stage_main(run, "evaluate", ["--config", str(config)])
+            if len(seen) < 2:
+                stage_main(run, "evaluate", ["--config", str(config)])
+            else:
+                monkeypatch.setattr(pipeline.stage4_evaluate, "run", run)
+                crild(["evaluate", str(config)])
         assert exit_.value.code == code
         assert not torch.distributed.is_initialized() and distributed.control_group() is None
-    assert seen == [True, True]  # initialised inside, destroyed on the way out, re-initialisable
+    assert seen == [True] * 4  # initialised inside, destroyed on the way out, re-initialisable
     distributed.init_distributed()  # and DeepSpeed's cached groups were forgotten with it
     assert deepspeed.comm.get_global_rank(groups._get_data_parallel_group(), 0) == 0
