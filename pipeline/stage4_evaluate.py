@@ -22,7 +22,7 @@ from pipeline.data.batching import fetch
 from pipeline.data.task_data import load_task_data
 from pipeline.evaluation.models import load_eval_model, run_models
 from pipeline.evaluation.predict import classifier_forward, predict_logits, split_metrics
-from pipeline.evaluation.results import format_table, write_predictions
+from pipeline.evaluation.results import format_table, one_class_rows, predicted_classes, write_predictions
 from pipeline.models.loading import load_tokenizer, quiet_libraries, resolve_model
 from pipeline.outputs.atomic import atomic_output, write_json
 from pipeline.runtime.distributed import barrier, init_distributed, seed_everything, set_tf32
@@ -52,6 +52,8 @@ def evaluate_model(cfg: RunConfig, path: str, dtype, dist):
         elapsed = time.perf_counter() - start
         metrics = split_metrics(data.spec, logits, data.eval_labels[split])
         entry["splits"][split] = {"examples": len(ds), "examples_per_s": len(ds) / elapsed, **metrics}
+        if metrics and not data.spec.regression:
+            entry["splits"][split]["predicted_classes"] = predicted_classes(logits, data.spec)
         predictions[split] = (logits, data.eval_labels[split])
     return entry, predictions, data
 
@@ -70,11 +72,12 @@ def run(cfg: RunConfig) -> int:
         log(dist, note)
     if dist.is_main:
         with atomic_output(Path(cfg.output_dir) / "eval", cfg, STAGE, stage_fingerprint(cfg, STAGE)) as tmp:
-            write_json(tmp / "results.json", {"task": cfg.task.name, "models": results})
+            one_class = one_class_rows(data.eval_labels, data.spec)
+            write_json(tmp / "results.json", {"task": cfg.task.name, "models": results, "one_class": one_class})
             for name, per_split in predictions.items():
                 for split, (logits, labels) in per_split.items():
                     write_predictions(tmp / "predictions" / name / f"{split}.tsv", logits, labels, data.spec)
-        print(format_table(cfg.task.name, results, data.spec), flush=True)
+        print(format_table(cfg.task.name, results, data.spec, one_class), flush=True)
     barrier()
     return 0
 

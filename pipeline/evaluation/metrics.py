@@ -43,3 +43,13 @@ def predictions_from_logits(logits: np.ndarray, regression: bool) -> np.ndarray:
 def compute_metrics(metric: str, logits: np.ndarray, labels: np.ndarray, regression: bool) -> dict:
     preds = predictions_from_logits(logits, regression)
     return METRICS[metric](preds, labels)
+
+
+def one_class_reference(metric: str, labels: np.ndarray, num_labels: int) -> tuple[int, dict]:
+    """The class whose constant prediction scores best on ``labels`` by ``metric``'s main
+    number (the first it returns), and that predictor's metrics: the score a model that
+    has learnt nothing but the label distribution reaches, to read a model's score against."""
+    fn = METRICS[metric]
+    scored = [(c, fn(np.full_like(labels, c), labels)) for c in range(num_labels)]
+    return max(scored, key=lambda cs: next(iter(cs[1].values())))
+

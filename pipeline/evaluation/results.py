@@ -1,5 +1,5 @@
-"""The evaluation stage's results: predictions as TSV files and the table of scores, sizes
-and speeds printed at the end of a run."""
+"""The evaluation stage's results: predictions as TSV files, and the table of scores and
+sizes printed at the end of a run, read against the best one-class predictor."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data.tasks import TaskSpec
-from pipeline.evaluation.metrics import predictions_from_logits
+from pipeline.evaluation.metrics import one_class_reference, predictions_from_logits
+
+NOT_METRICS = ("examples", "examples_per_s", "predicted_classes")  # per-split entries that are no score
 
 
 def write_predictions(path: Path, logits: np.ndarray, labels: np.ndarray, spec: TaskSpec) -> None:
@@ -21,22 +23,51 @@ def write_predictions(path: Path, logits: np.ndarray, labels: np.ndarray, spec: 
             fh.write(f"{i}\t{pred}\t{gold}\n")
 
 
-def format_table(task: str, results: dict, spec: TaskSpec) -> str:
+def predicted_classes(logits: np.ndarray, spec: TaskSpec) -> int:
+    """How many classes a classifier predicts over a split: 1 means it predicts one class
+    for every example, whatever its score says."""
+    return int(np.unique(predictions_from_logits(logits, spec.regression)).size)
+
+
+def one_class_rows(eval_labels: dict, spec: TaskSpec) -> dict:
+    """{split: {"label": name, **metrics}}: the best constant prediction on each labelled
+    split of a classification task (none for regression or unlabelled splits)."""
+    if spec.regression:
+        return {}
+    rows = {}
+    for split, labels in eval_labels.items():
+        if len(labels) and (labels >= 0).all():
+            label, metrics = one_class_reference(spec.metric, labels, spec.num_labels)
+            rows[split] = {"label": spec.labels[label], **metrics}
+    return rows
+
+
+def format_table(task: str, results: dict, spec: TaskSpec, one_class: dict | None = None) -> str:
     """Score and size of every model, size also relative to the teacher. Speed is the export
-    stage's: measured there per example and per batch, in PyTorch and ONNX Runtime."""
+    stage's: measured there per example and per batch, in PyTorch and ONNX Runtime. With
+    ``one_class`` (see ``one_class_rows``), a reference row per split and a note for any
+    model that predicts one class for every example of a split."""
     teacher = results.get("teacher")
     rows = [("model", "split", spec.main_metric, "all metrics", "params", "size vs teacher")]
     for name, entry in results.items():
         for split, m in entry["splits"].items():
-            others = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if k not in ("examples", "examples_per_s"))
+            others = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if k not in NOT_METRICS)
             main = m.get(spec.main_metric)
             size = f"{entry['parameters'] / teacher['parameters']:.2f}x" if teacher is not None else "-"
             rows.append((name, split, "-" if main is None else f"{main:.4f}", others or "(unlabelled)",
                          f"{entry['parameters'] / 1e6:.1f}M", size))
+    for split, m in (one_class or {}).items():
+        rows.append((f"one class ('{m['label']}')", split, f"{m[spec.main_metric]:.4f}", "(reference: the best "
+                     "constant prediction)", "-", "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [f"Evaluation on {task} (held-out splits):"]
     for j, r in enumerate(rows):
         lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
         if j == 0:
             lines.append("  " + "  ".join("-" * w for w in widths))
+    for name, entry in results.items():
+        for split, m in entry["splits"].items():
+            if m.get("predicted_classes") == 1 and spec.num_labels > 1 and m["examples"] > 1:
+                lines.append(f"note: {name} predicts one class for every {split} example: it has learnt no more "
+                             f"than a label")
     return "\n".join(lines)

@@ -48,3 +48,33 @@ def test_eval_batches_group_lengths_and_logits_come_back_in_row_order():
     assert padded < 0.75 * unsorted  # what sorting is for
     shards = [eval_shards(37, 8, 2, r, lengths) for r in range(2)]  # still contiguous halves, equal counts
     assert len(shards[0]) == len(shards[1]) and sorted(i for b in shards[0] for i in b) == list(range(19))
+
+
+def test_the_table_reads_scores_against_the_best_one_class_predictor_and_names_a_collapsed_model():
+    """A student that predicts one class everywhere can still score well above chance on a
+    skewed split; the table shows the best constant prediction beside it and says so."""
+    from pipeline.data.tasks import get_task
+    from pipeline.evaluation.metrics import one_class_reference
+    from pipeline.evaluation.results import format_table, one_class_rows, predicted_classes
+
+    labels = np.array([0, 0, 1])
+    assert one_class_reference("accuracy", labels, 2) == (0, {"accuracy": pytest.approx(2 / 3)})
+    label, m = one_class_reference("accuracy_f1", np.array([1, 1, 0]), 2)  # picked by accuracy, F1 comes along
+    assert (label, m["accuracy"], m["f1"]) == (1, pytest.approx(2 / 3), pytest.approx(0.8))
+    assert one_class_reference("matthews", labels, 2)[1] == {"matthews_corr": 0.0}
+
+    spec = get_task("rotten_tomatoes")
+    gold = np.array([1, 1, 1, 0])
+    collapsed, learnt = np.eye(2)[[1, 1, 1, 1]], np.eye(2)[[1, 1, 0, 0]]
+    assert (predicted_classes(collapsed, spec), predicted_classes(learnt, spec)) == (1, 2)
+    rows = one_class_rows({"test": gold, "unlabelled": np.full(4, -1)}, spec)
+    assert rows == {"test": {"label": spec.labels[1], "accuracy": 0.75}}
+    results = {name: {"parameters": 10, "splits": {"test": {"examples": 4, "accuracy": acc,
+                                                            "predicted_classes": predicted_classes(logits, spec)}}}
+               for name, logits, acc in (("teacher", learnt, 0.75), ("student", collapsed, 0.75))}
+    table = format_table("rotten_tomatoes", results, spec, rows).splitlines()
+    assert any(line.split()[:4] == ["one", "class", f"('{spec.labels[1]}')", "test"] and "0.7500" in line
+               for line in table)
+    assert [line for line in table if line.startswith("note:")] == \
+        ["note: student predicts one class for every test example: it has learnt no more than a label"]
+    assert "predicted_classes" not in "\n".join(table)  # a count, not a score
