@@ -22,7 +22,7 @@ from pipeline.data.batching import fetch
 from pipeline.data.task_data import load_task_data
 from pipeline.evaluation.models import load_eval_model, run_models
 from pipeline.evaluation.predict import classifier_forward, predict_logits, split_metrics
-from pipeline.evaluation.results import format_table, one_class_rows, predicted_classes, write_predictions
+from pipeline.evaluation.results import format_table, one_class_rows, predicted_counts, write_predictions
 from pipeline.models.loading import load_tokenizer, quiet_libraries, resolve_model
 from pipeline.outputs.atomic import atomic_output, write_json
 from pipeline.runtime.distributed import barrier, init_distributed, seed_everything, set_tf32
@@ -53,7 +53,7 @@ def evaluate_model(cfg: RunConfig, path: str, dtype, dist):
         metrics = split_metrics(data.spec, logits, data.eval_labels[split])
         entry["splits"][split] = {"examples": len(ds), "examples_per_s": len(ds) / elapsed, **metrics}
         if metrics and not data.spec.regression:
-            entry["splits"][split]["predicted_classes"] = predicted_classes(logits, data.spec)
+            entry["splits"][split]["predicted"] = predicted_counts(logits, data.spec)
         predictions[split] = (logits, data.eval_labels[split])
     return entry, predictions, data
 

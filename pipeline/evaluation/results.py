@@ -9,7 +9,7 @@ import numpy as np
 from pipeline.data.tasks import TaskSpec
 from pipeline.evaluation.metrics import one_class_reference, predictions_from_logits
 
-NOT_METRICS = ("examples", "examples_per_s", "predicted_classes")  # per-split entries that are no score
+NOT_METRICS = ("examples", "examples_per_s", "predicted")  # per-split entries that are no score
 
 
 def write_predictions(path: Path, logits: np.ndarray, labels: np.ndarray, spec: TaskSpec) -> None:
@@ -23,10 +23,11 @@ def write_predictions(path: Path, logits: np.ndarray, labels: np.ndarray, spec: 
             fh.write(f"{i}\t{pred}\t{gold}\n")
 
 
-def predicted_classes(logits: np.ndarray, spec: TaskSpec) -> int:
-    """How many classes a classifier predicts over a split: 1 means it predicts one class
-    for every example, whatever its score says."""
-    return int(np.unique(predictions_from_logits(logits, spec.regression)).size)
+def predicted_counts(logits: np.ndarray, spec: TaskSpec) -> dict[str, int]:
+    """How often a classifier predicts each class over a split. One class with every
+    example means the model predicts a constant, whatever its score says."""
+    counts = np.bincount(predictions_from_logits(logits, spec.regression), minlength=spec.num_labels)
+    return {label: int(n) for label, n in zip(spec.labels, counts)}
 
 
 def one_class_rows(eval_labels: dict, spec: TaskSpec) -> dict:
@@ -67,7 +68,8 @@ def format_table(task: str, results: dict, spec: TaskSpec, one_class: dict | Non
             lines.append("  " + "  ".join("-" * w for w in widths))
     for name, entry in results.items():
         for split, m in entry["splits"].items():
-            if m.get("predicted_classes") == 1 and spec.num_labels > 1 and m["examples"] > 1:
-                lines.append(f"note: {name} predicts one class for every {split} example: it has learnt no more "
+            used = [label for label, n in m.get("predicted", {}).items() if n > 0]
+            if len(used) == 1 and len(m["predicted"]) > 1 and m["examples"] > 1:
+                lines.append(f"note: {name} predicts '{used[0]}' for every {split} example: it has learnt no more "
                              f"than a label")
     return "\n".join(lines)

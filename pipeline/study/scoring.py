@@ -11,14 +11,16 @@ from pipeline.data.task_data import load_task_data
 from pipeline.evaluation.flatness import perturbed_scores
 from pipeline.evaluation.models import load_eval_model
 from pipeline.evaluation.predict import classifier_forward, predict_logits, split_metrics
+from pipeline.evaluation.results import one_class_rows, predicted_counts
 from pipeline.models.loading import load_tokenizer
 from pipeline.runtime.distributed import DistInfo
 from pipeline.study.spec import StudySpec
 
 
 def score_folder(spec: StudySpec, cfg: RunConfig, folder: Path, probe: bool) -> dict:
-    """Held-out metrics of a model folder on the study's splits and, with ``probe``, its
-    flatness curve (score under Gaussian weight noise of each relative scale)."""
+    """Held-out metrics of a model folder on the study's splits, how often it predicts each
+    class there beside the best one-class prediction's scores (classification) and, with
+    ``probe``, its flatness curve (score under Gaussian weight noise of each relative scale)."""
     dist = DistInfo(0, 1, 0, torch.device("cpu"))
     tokenizer = load_tokenizer(str(folder), str(folder))
     cfg.task.max_eval_examples = spec.score_max_examples.get(cfg.task.name)  # whole splits unless capped
@@ -26,11 +28,15 @@ def score_folder(spec: StudySpec, cfg: RunConfig, folder: Path, probe: bool) -> 
     model = load_eval_model(str(folder), data.spec, torch.float32, dist.device, cfg.task.max_length)
     forward = classifier_forward(model, dist.device)
     metric = data.spec.main_metric
-    scores = {}
+    scores, predicted = {}, {}
     for split, ds in data.eval.items():
         logits = predict_logits(forward, ds, data.collate, 128, dist)
         scores[split] = split_metrics(data.spec, logits, data.eval_labels[split])
+        if not data.spec.regression:
+            predicted[split] = predicted_counts(logits, data.spec)
     out = {"scores": scores, "metric": metric, "examples": {split: len(ds) for split, ds in data.eval.items()}}
+    if predicted:
+        out.update(predicted=predicted, one_class=one_class_rows(data.eval_labels, data.spec))
     if probe:
         f = spec.flatness
         ds = data.eval[f.split] if f.split in data.eval else next(iter(data.eval.values()))

@@ -55,7 +55,7 @@ def test_the_table_reads_scores_against_the_best_one_class_predictor_and_names_a
     skewed split; the table shows the best constant prediction beside it and says so."""
     from pipeline.data.tasks import get_task
     from pipeline.evaluation.metrics import one_class_reference
-    from pipeline.evaluation.results import format_table, one_class_rows, predicted_classes
+    from pipeline.evaluation.results import format_table, one_class_rows, predicted_counts
 
     labels = np.array([0, 0, 1])
     assert one_class_reference("accuracy", labels, 2) == (0, {"accuracy": pytest.approx(2 / 3)})
@@ -66,15 +66,16 @@ def test_the_table_reads_scores_against_the_best_one_class_predictor_and_names_a
     spec = get_task("rotten_tomatoes")
     gold = np.array([1, 1, 1, 0])
     collapsed, learnt = np.eye(2)[[1, 1, 1, 1]], np.eye(2)[[1, 1, 0, 0]]
-    assert (predicted_classes(collapsed, spec), predicted_classes(learnt, spec)) == (1, 2)
+    one, two = spec.labels[1], spec.labels[0]
+    assert (predicted_counts(collapsed, spec), predicted_counts(learnt, spec)) == ({two: 0, one: 4}, {two: 2, one: 2})
     rows = one_class_rows({"test": gold, "unlabelled": np.full(4, -1)}, spec)
     assert rows == {"test": {"label": spec.labels[1], "accuracy": 0.75}}
     results = {name: {"parameters": 10, "splits": {"test": {"examples": 4, "accuracy": acc,
-                                                            "predicted_classes": predicted_classes(logits, spec)}}}
+                                                            "predicted": predicted_counts(logits, spec)}}}
                for name, logits, acc in (("teacher", learnt, 0.75), ("student", collapsed, 0.75))}
     table = format_table("rotten_tomatoes", results, spec, rows).splitlines()
     assert any(line.split()[:4] == ["one", "class", f"('{spec.labels[1]}')", "test"] and "0.7500" in line
                for line in table)
     assert [line for line in table if line.startswith("note:")] == \
-        ["note: student predicts one class for every test example: it has learnt no more than a label"]
-    assert "predicted_classes" not in "\n".join(table)  # a count, not a score
+        [f"note: student predicts '{one}' for every test example: it has learnt no more than a label"]
+    assert "predicted" not in "\n".join(table)  # counts, not a score

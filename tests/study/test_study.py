@@ -100,6 +100,21 @@ def test_study_runs_resumes_and_reports(tmp_path, tiny_bert, sentiment_dir):
     assert f"{mean * 100:.2f} ±" in teacher and all(len(t["weights_sha256"]) == 64 for t in teachers)
     assert "Held-out rotten_tomatoes scores use the first 20 examples of each split" in text
     first = (tmp_path / "report" / "README.md").read_text()
+    # what each model predicts, beside the best one-class prediction: in the records, and
+    # for a whole group (teachers too) from tools/predicted_classes.py, on the same weights
+    assert sum(scored["predicted"]["test"].values()) == 20 and scored["one_class"]["test"]["accuracy"] >= 0.5
+    tool = [sys.executable, str(REPO / "tools" / "predicted_classes.py"), "--study", str(study), "--group"]
+    proc = subprocess.run(tool + ["rotten_tomatoes/few-64"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    made = json.loads((tmp_path / "report" / "predicted_classes_rotten_tomatoes_few-64.json").read_text())
+    assert sorted((m["model"], m["seed"]) for m in made["models"]) == [
+        (name, seed) for name in ("cr-ild", "kd", "teacher") for seed in (1, 2)]
+    for m in made["models"]:
+        kept = json.loads((records / f"seed{m['seed']}" / f"{m['model']}.json").read_text())
+        assert (m["predicted"], m["weights_sha256"]) == (kept["predicted"], kept["weights_sha256"])
+    assert made["one_class"] == scored["one_class"]
+    proc = subprocess.run(tool + ["rotten_tomatoes/few-65"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "few-65" in proc.stderr
 
     # the records are the study's results: with every run folder gone (a fresh clone, another
     # machine) the report is the same and nothing is run again

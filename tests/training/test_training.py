@@ -75,7 +75,7 @@ def test_teacher_learns_and_outputs_are_complete(tmp_path, tiny_bert, sentiment_
     written = json.loads((out / "eval" / "results.json").read_text())
     results = written["models"]["teacher"]["splits"]
     assert results["test"]["accuracy"] >= 0.9  # the signal is one sentiment word
-    assert results["test"]["predicted_classes"] == 2  # and it predicts both classes
+    assert min(results["test"]["predicted"].values()) > 0  # and it predicts both classes
     assert written["one_class"]["test"]["accuracy"] <= 0.75  # the best constant prediction, as a reference
     preds = (out / "eval" / "predictions" / "teacher" / "test.tsv").read_text().splitlines()
     assert preds[0] == "index\tprediction\tlabel" and len(preds) == 33
