@@ -52,4 +52,3 @@ def one_class_reference(metric: str, labels: np.ndarray, num_labels: int) -> tup
     fn = METRICS[metric]
     scored = [(c, fn(np.full_like(labels, c), labels)) for c in range(num_labels)]
     return max(scored, key=lambda cs: next(iter(cs[1].values())))
-
