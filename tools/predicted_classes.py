@@ -9,7 +9,9 @@ the majority class).
 It scores every complete model folder of the group that is here (each seed's teacher and
 every method's student), with the study's own scoring settings, and checks that its weights
 are the ones its committed record was made from. It writes
-``<report_dir>/predicted_classes_<task>_<setting>.json`` and prints a table.
+``<report_dir>/predicted_classes_<task>_<setting>.json`` and prints a table. The study's
+report reads that file for the group's records of the same weights (a reference row and the
+students that predict one class).
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ def _models(spec, group: str):
 def main(argv: list[str] | None = None) -> None:
     from pipeline.models.loading import quiet_libraries
     from pipeline.study.cells import cell_config
-    from pipeline.study.records import weights_digest
+    from pipeline.study.records import predicted_classes_path, weights_digest
     from pipeline.study.scoring import score_folder
     from pipeline.study.spec import load_study
 
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     if not rows:
         raise UserError(f"--group {args.group}: no complete model folder under {spec.output_dir}")
     task, _, setting = args.group.partition("/")
-    out = Path(spec.report_dir) / f"predicted_classes_{task}_{setting}.json"
+    out = predicted_classes_path(spec, task, setting)
     out.write_text(json.dumps({"group": args.group, "study": args.study, "one_class": one_class, "models": rows},
                               indent=1) + "\n")
     one = sum(1 for r in rows if any(sum(n > 0 for n in c.values()) == 1 for c in r["predicted"].values()))

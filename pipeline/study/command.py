@@ -20,7 +20,7 @@ from pipeline.data.tasks import get_task
 from pipeline.errors import UserError
 from pipeline.study.cells import Cell, cell_done, cells
 from pipeline.study.execute import run_cells
-from pipeline.study.records import load_record, weights_digest
+from pipeline.study.records import load_record, predicted_later, weights_digest
 from pipeline.study.report import write_report
 from pipeline.study.spec import StudySpec, load_study
 
@@ -86,11 +86,15 @@ def _collect(spec: StudySpec, all_cells: list[Cell], failed_labels: set, unrecor
         teacher = load_record(spec, cell, teacher=True)
         if teacher:
             teachers[(cell.task, cell.setting)].append(teacher["scores"])
+    later = {}  # per group: class counts measured after its records (tools/predicted_classes.py)
     for cell in all_cells:
         metric_of[cell.task] = get_task(cell.task).main_metric
         rec = load_record(spec, cell)
         if rec is not None:
-            records[(cell.task, cell.setting)][cell.method].append({**rec, "cell": cell})
+            if (cell.task, cell.setting) not in later:
+                later[(cell.task, cell.setting)] = predicted_later(spec, cell.task, cell.setting)
+            counts = later[(cell.task, cell.setting)].get((cell.method, cell.seed, rec.get("weights_sha256")), {})
+            records[(cell.task, cell.setting)][cell.method].append({**counts, **rec, "cell": cell})
         elif cell.label in failed_labels:
             continue  # listed with its log under "Failed"
         elif cell in unrecorded:  # complete, not recorded: --cached-scores

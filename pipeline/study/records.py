@@ -65,6 +65,29 @@ def record_key(spec: StudySpec, cell: Cell, teacher: bool = False) -> str:
     return config_hash(key)
 
 
+def predicted_classes_path(spec: StudySpec, task: str, setting: str) -> Path:
+    """Where tools/predicted_classes.py keeps a group's class counts, measured after its records."""
+    return Path(spec.report_dir) / f"predicted_classes_{task}_{setting}.json"
+
+
+def predicted_later(spec: StudySpec, task: str, setting: str) -> dict:
+    """(model, seed, weights sha256) -> {"predicted", "one_class"} from the group's
+    predicted-classes file, if there is one: what each model predicts, for records scored
+    before records said. Keyed by the weights, so a count never joins a record of other weights."""
+    from pipeline.errors import UserError
+
+    path = predicted_classes_path(spec, task, setting)
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        return {(m["model"], m["seed"], m["weights_sha256"]): {"predicted": m["predicted"],
+                                                               "one_class": data["one_class"]}
+                for m in data["models"]}
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{path}: not a predicted-classes file from tools/predicted_classes.py ({err})") from None
+
+
 def weights_digest(folder: Path) -> Optional[str]:
     """sha256 of a complete output's weights (from its content hashes), None if incomplete."""
     hashes = folder / HASHES

@@ -123,7 +123,8 @@ def _group_section(spec: StudySpec, out: Path, task: str, setting: str, groups: 
             f"{_fmt([r['scores'].get('dev', {}).get(metric) for r in recs])} | "
             f"{_fmt([r['scores'].get(held_split, {}).get(metric) for r in recs])} | "
             f"{_fmt([r['gap_end'] for r in recs])} | {_fmt([flat_drop(r) for r in recs])} |")
-    lines.append("")
+    row, notes = _one_class_lines(groups, held_split, metric)
+    lines += [*row, "", *notes]
     colors = method_colors(spec.methods)
     for kind, fn, caption in (("gap", gap_plot, "Train-dev gap over prediction-layer training"),
                               ("flatness", flatness_plot, "Flatness probe"),
@@ -135,6 +136,45 @@ def _group_section(spec: StudySpec, out: Path, task: str, setting: str, groups: 
     for sweep in spec.sweeps:
         lines += sweep_section(out, sweep, task, setting, groups, held_split, metric)
     return lines
+
+
+def _one_class(groups: dict, split: str) -> tuple[dict, list[tuple[str, str, list[int]]]]:
+    """The best one-class prediction's scores per split (the same for every record of a group:
+    the splits do not depend on the seed), and (method, label, seeds) for each method whose
+    students predict one class for every ``split`` example on those seeds. Empty for records
+    scored before they said what each model predicts."""
+    reference = next((r["one_class"] for recs in groups.values() for r in recs if r.get("one_class")), {})
+    constant = []
+    for method, recs in groups.items():
+        by_label: dict[str, list[int]] = defaultdict(list)
+        for r in recs:
+            counts = r.get("predicted", {}).get(split, {})
+            used = [label for label, n in counts.items() if n > 0]
+            if len(used) == 1 and len(counts) > 1:
+                by_label[used[0]].append(r["cell"].seed)
+        constant += [(method, label, sorted(seeds)) for label, seeds in by_label.items()]
+    return reference, constant
+
+
+def _one_class_lines(groups: dict, held_split: str, metric: str) -> tuple[list[str], list[str]]:
+    """The table's reference row (the best constant prediction) and the lines that name each
+    student predicting one class for every held-out example; nothing for records scored
+    before they said what each model predicts."""
+    reference, constant = _one_class(groups, held_split)
+    if not reference:
+        return [], []
+    labels = {reference[split]["label"] for split in reference}
+    name = (f"'{labels.pop()}'" if len(labels) == 1 else
+            ", ".join(f"'{reference[split]['label']}' {split}" for split in reference))
+    dev, held = (reference.get(split, {}).get(metric) for split in ("dev", held_split))
+    row = [f"| one class ({name}) | – | – | {'–' if dev is None else f'{dev * 100:.2f}'} | "
+           f"{'–' if held is None else f'{held * 100:.2f}'} | – | – |"]
+    notes = [f"*One class* is the best constant prediction, for reference. Students that predict one class "
+             f"for every {held_split} example, and so have learnt no more than a label:"
+             + ("" if constant else " none."), ""]
+    notes += [f"- {method}: '{label}', seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+              for method, label, seeds in constant]
+    return row, notes + ([""] if constant else [])
 
 
 _HTML_STYLE = """body { font-family: system-ui, sans-serif; max-width: 70em; margin: 2em auto; padding: 0 1em;
@@ -210,6 +250,12 @@ def _summary(records: dict, teachers: dict, metric_of: dict, held_split: str) ->
                 "dev_last": [r["scores"].get("dev", {}).get(metric) for r in recs],
                 f"{held_split}_last": [r["scores"].get(held_split, {}).get(metric) for r in recs],
                 "gap_end": [r["gap_end"] for r in recs], "flat_drop": [flat_drop(r) for r in recs]}
+        reference, constant = _one_class(groups, held_split)
+        if reference:
+            out[f"{task}/{setting}"]["one_class"] = {
+                "reference": reference,
+                "predicts_one_class": [{"method": method, "label": label, "seeds": seeds}
+                                       for method, label, seeds in constant]}
     return dict(out)
 
 

@@ -99,6 +99,7 @@ def test_study_runs_resumes_and_reports(tmp_path, tiny_bert, sentiment_dir):
     mean = sum(t["scores"]["test"]["accuracy"] for t in teachers) / 2  # the table's teacher row comes from them
     assert f"{mean * 100:.2f} ±" in teacher and all(len(t["weights_sha256"]) == 64 for t in teachers)
     assert "Held-out rotten_tomatoes scores use the first 20 examples of each split" in text
+    assert any(line.startswith("| one class ('") for line in text.splitlines())  # the constant prediction, for reference
     first = (tmp_path / "report" / "README.md").read_text()
     # what each model predicts, beside the best one-class prediction: in the records, and
     # for a whole group (teachers too) from tools/predicted_classes.py, on the same weights
@@ -115,6 +116,27 @@ def test_study_runs_resumes_and_reports(tmp_path, tiny_bert, sentiment_dir):
     assert made["one_class"] == scored["one_class"]
     proc = subprocess.run(tool + ["rotten_tomatoes/few-65"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "few-65" in proc.stderr
+    # records made before they carried the counts take them from that file, for the same weights only
+    made_path = tmp_path / "report" / "predicted_classes_rotten_tomatoes_few-64.json"
+    kept_records = {p: p.read_text() for p in records.glob("seed*/*.json")}
+    for path, text_before in kept_records.items():
+        old = json.loads(text_before)
+        del old["predicted"], old["one_class"]
+        path.write_text(json.dumps(old))
+    collect = cmd + ["--collect-only"]
+    assert subprocess.run(collect, capture_output=True, timeout=300).returncode == 0
+    assert (tmp_path / "report" / "README.md").read_text() == first
+    other = {**made, "models": [{**m, "weights_sha256": "0" * 64} for m in made["models"]]}
+    made_path.write_text(json.dumps(other))
+    assert subprocess.run(collect, capture_output=True, timeout=300).returncode == 0
+    assert "| one class (" not in (tmp_path / "report" / "README.md").read_text()
+    made_path.write_text("{")
+    proc = subprocess.run(collect, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith(f"crild: error: {made_path}: not a "
+                                                                   "predicted-classes file"), proc.stderr
+    for path, text_before in kept_records.items():
+        path.write_text(text_before)
+    made_path.unlink()
 
     # the records are the study's results: with every run folder gone (a fresh clone, another
     # machine) the report is the same and nothing is run again
@@ -322,6 +344,43 @@ def test_findings_are_paired_by_seed_and_pooled_over_groups(tmp_path):
     page = (tmp_path / "report" / "index.html").read_text()  # the same report for a browser
     assert page.startswith("<!DOCTYPE html>") and "<title>Distillation methods compared" in page
     assert "<td>CR-ILD beats prediction-layer KD alone</td>" in page and "<strong>held</strong> (+1.00" in page
+
+
+def test_the_report_names_students_that_predict_one_class(tmp_path):
+    """A student can score above chance while it predicts one class for every example (an
+    imbalanced dev/test split): the table gets the best constant prediction as a reference
+    row, and each such student is named with its seeds, in the page and in summary.json."""
+    from pipeline.study.report import write_report
+    from pipeline.study.spec import FlatnessSpec, StudySpec
+
+    one_class = {"dev": {"label": "pos", "accuracy": 0.549}, "test": {"label": "pos", "accuracy": 0.562}}
+
+    def rec(method, seed, counts):
+        r = _record("rotten_tomatoes", "imb", seed, method, 0.562)
+        r.update(predicted={"dev": counts, "test": counts}, one_class=one_class)
+        return r
+
+    records = {("rotten_tomatoes", "imb"): {
+        "kd": [rec("kd", s, {"neg": 10, "pos": 90}) for s in (1, 2)],
+        "cr-ild": [rec("cr-ild", 1, {"neg": 0, "pos": 100}), rec("cr-ild", 2, {"neg": 3, "pos": 97}),
+                   rec("cr-ild", 3, {"neg": 0, "pos": 100})]}}
+    spec = StudySpec(base="b.yaml", output_dir="cells", report_dir=str(tmp_path / "report"), seeds=[1, 2, 3],
+                     methods=["kd", "cr-ild"], tasks={"rotten_tomatoes": {}}, settings={"imb": {}},
+                     flatness=FlatnessSpec(), eval_splits=["dev", "test"])
+    write_report(spec, records, {}, [], [], ["header"], {"rotten_tomatoes": "accuracy"})
+    lines = (tmp_path / "report" / "README.md").read_text().splitlines()
+    assert "| one class ('pos') | – | – | 54.90 | 56.20 | – | – |" in lines
+    assert "- cr-ild: 'pos', seeds 1, 3" in lines and not any(line.startswith("- kd:") for line in lines)
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())["rotten_tomatoes/imb"]["one_class"]
+    assert summary["reference"] == one_class
+    assert summary["predicts_one_class"] == [{"method": "cr-ild", "label": "pos", "seeds": [1, 3]}]
+
+    for recs in records[("rotten_tomatoes", "imb")].values():  # records scored before they said
+        for r in recs:
+            del r["predicted"], r["one_class"]
+    write_report(spec, records, {}, [], [], ["header"], {"rotten_tomatoes": "accuracy"})
+    assert "one class" not in (tmp_path / "report" / "README.md").read_text()
+    assert "one_class" not in json.loads((tmp_path / "report" / "summary.json").read_text())["rotten_tomatoes/imb"]
 
 
 def test_report_only_selects_cells_by_label_prefix(tmp_path):
