@@ -11,7 +11,7 @@ every method's student), with the study's own scoring settings, and checks that 
 are the ones its committed record was made from. It writes
 ``<report_dir>/predicted_classes_<task>_<setting>.json`` and prints a table. The study's
 report reads that file for the group's records of the same weights (a reference row and the
-students that predict one class).
+models that predict one class, teachers too).
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ def _models(spec, group: str):
     """(name, seed, folder, record) for every complete model folder of ``group``."""
     from pipeline.study.cells import cells
     from pipeline.study.records import load_record, model_folder, weights_digest
+    from pipeline.study.spec import TEACHER
 
     task, _, setting = group.partition("/")
     chosen = [c for c in cells(spec) if (c.task, c.setting) == (task, setting)]
@@ -42,7 +43,7 @@ def _models(spec, group: str):
             if folder in seen or weights_digest(folder) is None:
                 continue
             seen.add(folder)
-            yield ("teacher" if teacher else cell.method), cell, folder, load_record(spec, cell, teacher)
+            yield (TEACHER if teacher else cell.method), cell, folder, load_record(spec, cell, teacher)
 
 
 @cli_entry

@@ -15,6 +15,7 @@ import os
 import platform
 import time
 from collections import defaultdict
+from typing import Optional
 
 from pipeline.data.tasks import get_task
 from pipeline.errors import UserError
@@ -22,7 +23,7 @@ from pipeline.study.cells import Cell, cell_done, cells
 from pipeline.study.execute import run_cells
 from pipeline.study.records import load_record, predicted_later, weights_digest
 from pipeline.study.report import write_report
-from pipeline.study.spec import StudySpec, load_study
+from pipeline.study.spec import TEACHER, StudySpec, load_study
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,19 +83,28 @@ def _collect(spec: StudySpec, all_cells: list[Cell], failed_labels: set, unrecor
     """(records, teachers, missing, unscored, metric_of) from the records on disk."""
     records = defaultdict(lambda: defaultdict(list))
     teachers, missing, unscored, metric_of = defaultdict(list), [], [], {}
+    later: dict = {}  # per group: class counts measured after its records (tools/predicted_classes.py)
+
+    def loaded(cell: Cell, teacher: bool) -> Optional[dict]:
+        """The cell's record (or its seed's teacher's) with its class counts if measured later."""
+        rec = load_record(spec, cell, teacher)
+        if rec is None:
+            return None
+        if (cell.task, cell.setting) not in later:
+            later[(cell.task, cell.setting)] = predicted_later(spec, cell.task, cell.setting)
+        name = TEACHER if teacher else cell.method
+        counts = later[(cell.task, cell.setting)].get((name, cell.seed, rec.get("weights_sha256")), {})
+        return {**counts, **rec, "cell": cell}
+
     for cell in _first_of_each_seed(all_cells).values():
-        teacher = load_record(spec, cell, teacher=True)
+        teacher = loaded(cell, teacher=True)
         if teacher:
-            teachers[(cell.task, cell.setting)].append(teacher["scores"])
-    later = {}  # per group: class counts measured after its records (tools/predicted_classes.py)
+            teachers[(cell.task, cell.setting)].append(teacher)
     for cell in all_cells:
         metric_of[cell.task] = get_task(cell.task).main_metric
-        rec = load_record(spec, cell)
+        rec = loaded(cell, teacher=False)
         if rec is not None:
-            if (cell.task, cell.setting) not in later:
-                later[(cell.task, cell.setting)] = predicted_later(spec, cell.task, cell.setting)
-            counts = later[(cell.task, cell.setting)].get((cell.method, cell.seed, rec.get("weights_sha256")), {})
-            records[(cell.task, cell.setting)][cell.method].append({**counts, **rec, "cell": cell})
+            records[(cell.task, cell.setting)][cell.method].append(rec)
         elif cell.label in failed_labels:
             continue  # listed with its log under "Failed"
         elif cell in unrecorded:  # complete, not recorded: --cached-scores

@@ -22,10 +22,9 @@ from pipeline.outputs.manifest import is_complete
 from pipeline.schema.hashing import config_hash, settings_dict, to_dict
 from pipeline.stages import ds_json_text, stage_fingerprint
 from pipeline.study.cells import Cell, cell_config
-from pipeline.study.spec import StudySpec
+from pipeline.study.spec import TEACHER, StudySpec
 
 RECORD_VERSION = 1
-TEACHER = "teacher"
 
 
 def record_path(spec: StudySpec, cell: Cell, teacher: bool = False) -> Path:

@@ -22,7 +22,7 @@ from pipeline.study.findings import (
     study_findings,
 )
 from pipeline.study.plots import flatness_plot, gap_plot, loss_plot, method_colors
-from pipeline.study.spec import StudySpec
+from pipeline.study.spec import TEACHER, StudySpec
 from pipeline.study.sweeps import sweep_json, sweep_section
 
 
@@ -51,7 +51,7 @@ def _check_line(check: Check, split: str, metric: str) -> str:
 def write_report(spec: StudySpec, records: dict, teachers: dict, missing: list[str], failed: list[str],
                  header: list[str], metric_of: dict) -> Path:
     """``records``: (task, setting) -> method -> [record per seed]; ``teachers``: (task, setting)
-    -> [teacher scores per seed]."""
+    -> [teacher record per seed]."""
     out = Path(spec.report_dir)
     out.mkdir(parents=True, exist_ok=True)
     total = len(cells(spec))
@@ -111,8 +111,8 @@ def _group_section(spec: StudySpec, out: Path, task: str, setting: str, groups: 
              f"| method | seeds | best dev (optimistic) | dev, last | {held_split}, last | train-dev gap, end "
              f"| flat drop |", "|---|---|---|---|---|---|---|"]
     if teachers:
-        lines.append(f"| teacher | {len(teachers)} | – | {_fmt([t.get('dev', {}).get(metric) for t in teachers])} | "
-                     f"{_fmt([t.get(held_split, {}).get(metric) for t in teachers])} | – | – |")
+        lines.append(f"| teacher | {len(teachers)} | – | {_fmt([t['scores'].get('dev', {}).get(metric) for t in teachers])} | "
+                     f"{_fmt([t['scores'].get(held_split, {}).get(metric) for t in teachers])} | – | – |")
     for method in (m for m in spec.methods if spec.runs_in(m, setting)):
         recs = groups.get(method, [])
         if not recs:
@@ -123,7 +123,7 @@ def _group_section(spec: StudySpec, out: Path, task: str, setting: str, groups: 
             f"{_fmt([r['scores'].get('dev', {}).get(metric) for r in recs])} | "
             f"{_fmt([r['scores'].get(held_split, {}).get(metric) for r in recs])} | "
             f"{_fmt([r['gap_end'] for r in recs])} | {_fmt([flat_drop(r) for r in recs])} |")
-    row, notes = _one_class_lines(groups, held_split, metric)
+    row, notes = _one_class_lines({TEACHER: teachers, **groups}, held_split, metric)
     lines += [*row, "", *notes]
     colors = method_colors(spec.methods)
     for kind, fn, caption in (("gap", gap_plot, "Train-dev gap over prediction-layer training"),
@@ -140,9 +140,9 @@ def _group_section(spec: StudySpec, out: Path, task: str, setting: str, groups: 
 
 def _one_class(groups: dict, split: str) -> tuple[dict, list[tuple[str, str, list[int]]]]:
     """The best one-class prediction's scores per split (the same for every record of a group:
-    the splits do not depend on the seed), and (method, label, seeds) for each method whose
-    students predict one class for every ``split`` example on those seeds. Empty for records
-    scored before they said what each model predicts."""
+    the splits do not depend on the seed), and (method, label, seeds) for each method (the
+    teachers as "teacher") whose models predict one class for every ``split`` example on those
+    seeds. Empty for records scored before they said what each model predicts."""
     reference = next((r["one_class"] for recs in groups.values() for r in recs if r.get("one_class")), {})
     constant = []
     for method, recs in groups.items():
@@ -158,7 +158,7 @@ def _one_class(groups: dict, split: str) -> tuple[dict, list[tuple[str, str, lis
 
 def _one_class_lines(groups: dict, held_split: str, metric: str) -> tuple[list[str], list[str]]:
     """The table's reference row (the best constant prediction) and the lines that name each
-    student predicting one class for every held-out example; nothing for records scored
+    model predicting one class for every held-out example; nothing for records scored
     before they said what each model predicts."""
     reference, constant = _one_class(groups, held_split)
     if not reference:
@@ -169,7 +169,7 @@ def _one_class_lines(groups: dict, held_split: str, metric: str) -> tuple[list[s
     dev, held = (reference.get(split, {}).get(metric) for split in ("dev", held_split))
     row = [f"| one class ({name}) | – | – | {'–' if dev is None else f'{dev * 100:.2f}'} | "
            f"{'–' if held is None else f'{held * 100:.2f}'} | – | – |"]
-    notes = [f"*One class* is the best constant prediction, for reference. Students that predict one class "
+    notes = [f"*One class* is the best constant prediction, for reference. Models that predict one class "
              f"for every {held_split} example, and so have learnt no more than a label:"
              + ("" if constant else " none."), ""]
     notes += [f"- {method}: '{label}', seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
@@ -250,7 +250,7 @@ def _summary(records: dict, teachers: dict, metric_of: dict, held_split: str) ->
                 "dev_last": [r["scores"].get("dev", {}).get(metric) for r in recs],
                 f"{held_split}_last": [r["scores"].get(held_split, {}).get(metric) for r in recs],
                 "gap_end": [r["gap_end"] for r in recs], "flat_drop": [flat_drop(r) for r in recs]}
-        reference, constant = _one_class(groups, held_split)
+        reference, constant = _one_class({TEACHER: teachers.get((task, setting), []), **groups}, held_split)
         if reference:
             out[f"{task}/{setting}"]["one_class"] = {
                 "reference": reference,

@@ -36,13 +36,18 @@ from pipeline.schema.types import Float, PositiveInt, Seed, Strict, one_of
 Overrides = Optional[dict[str, Any]]  # dotted key -> value, as on the command line
 
 
+TEACHER = "teacher"  # each seed's teacher: its record file and its row in the report
+
+
 def _variant_name(value: str) -> str:
     """A variant names a student folder (``student_<name>``) and record files: a plain name,
-    not a preset's."""
+    not a preset's, nor the teacher's."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", value):
         raise field_error(f"expected a plain name (letters, digits, '_', '-', '+', '.'), got {value!r}")
     if value in PRESETS:
         raise field_error(f"'{value}' is a preset; a variant needs a name of its own")
+    if value == TEACHER:
+        raise field_error(f"'{TEACHER}' names each seed's teacher record; a variant needs a name of its own")
     return value
 
 

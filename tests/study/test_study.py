@@ -235,6 +235,8 @@ def test_study_file_errors_name_the_key(tmp_path):
                             ({"methods": ["kd", "cr-ild-v2"]}, "methods[1]: unknown method 'cr-ild-v2'; did you "
                                                                 "mean 'cr-ild'? (a preset, or one of variants: none"),
                             ({"variants": {"kd": {"preset": "kd"}}}, "'kd' is a preset; a variant needs a name"),
+                            ({"variants": {"teacher": {"preset": "kd"}}}, "'teacher' names each seed's teacher "
+                                                                           "record; a variant needs a name"),
                             ({"variants": {"a/b": {"preset": "kd"}}}, "expected a plain name"),
                             ({"variants": {"v": {"preset": "kdd"}}}, "variants.v.preset: unknown preset 'kdd'"),
                             ({"variants": {"v": {"preset": "kd", "settings": ["t"]}}},
@@ -349,7 +351,7 @@ def test_findings_are_paired_by_seed_and_pooled_over_groups(tmp_path):
 def test_the_report_names_students_that_predict_one_class(tmp_path):
     """A student can score above chance while it predicts one class for every example (an
     imbalanced dev/test split): the table gets the best constant prediction as a reference
-    row, and each such student is named with its seeds, in the page and in summary.json."""
+    row, and each such model (a teacher too) is named with its seeds, in the page and in summary.json."""
     from pipeline.study.report import write_report
     from pipeline.study.spec import FlatnessSpec, StudySpec
 
@@ -367,18 +369,21 @@ def test_the_report_names_students_that_predict_one_class(tmp_path):
     spec = StudySpec(base="b.yaml", output_dir="cells", report_dir=str(tmp_path / "report"), seeds=[1, 2, 3],
                      methods=["kd", "cr-ild"], tasks={"rotten_tomatoes": {}}, settings={"imb": {}},
                      flatness=FlatnessSpec(), eval_splits=["dev", "test"])
-    write_report(spec, records, {}, [], [], ["header"], {"rotten_tomatoes": "accuracy"})
+    teachers = {("rotten_tomatoes", "imb"): [rec("teacher", 2, {"neg": 0, "pos": 100})]}
+    write_report(spec, records, teachers, [], [], ["header"], {"rotten_tomatoes": "accuracy"})
     lines = (tmp_path / "report" / "README.md").read_text().splitlines()
     assert "| one class ('pos') | – | – | 54.90 | 56.20 | – | – |" in lines
-    assert "- cr-ild: 'pos', seeds 1, 3" in lines and not any(line.startswith("- kd:") for line in lines)
+    assert "- cr-ild: 'pos', seeds 1, 3" in lines and "- teacher: 'pos', seed 2" in lines
+    assert not any(line.startswith("- kd:") for line in lines)
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())["rotten_tomatoes/imb"]["one_class"]
     assert summary["reference"] == one_class
-    assert summary["predicts_one_class"] == [{"method": "cr-ild", "label": "pos", "seeds": [1, 3]}]
+    assert summary["predicts_one_class"] == [{"method": "teacher", "label": "pos", "seeds": [2]},
+                                             {"method": "cr-ild", "label": "pos", "seeds": [1, 3]}]
 
-    for recs in records[("rotten_tomatoes", "imb")].values():  # records scored before they said
+    for recs in [*records[("rotten_tomatoes", "imb")].values(), *teachers.values()]:  # scored before they said
         for r in recs:
             del r["predicted"], r["one_class"]
-    write_report(spec, records, {}, [], [], ["header"], {"rotten_tomatoes": "accuracy"})
+    write_report(spec, records, teachers, [], [], ["header"], {"rotten_tomatoes": "accuracy"})
     assert "one class" not in (tmp_path / "report" / "README.md").read_text()
     assert "one_class" not in json.loads((tmp_path / "report" / "summary.json").read_text())["rotten_tomatoes/imb"]
 
