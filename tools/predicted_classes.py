@@ -48,6 +48,7 @@ def _models(spec, group: str):
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
+    from pipeline.evaluation.results import one_class_predicted
     from pipeline.models.loading import quiet_libraries
     from pipeline.study.cells import cell_config
     from pipeline.study.records import predicted_classes_path, weights_digest
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     out = predicted_classes_path(spec, task, setting)
     out.write_text(json.dumps({"group": args.group, "study": args.study, "one_class": one_class, "models": rows},
                               indent=1) + "\n")
-    one = sum(1 for r in rows if any(sum(n > 0 for n in c.values()) == 1 for c in r["predicted"].values()))
+    one = sum(1 for r in rows if any(one_class_predicted(c) for c in r["predicted"].values()))
     print(f"{one} of {len(rows)} models predict one class for every example of a split; wrote {out}")
 
 

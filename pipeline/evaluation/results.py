@@ -30,6 +30,14 @@ def predicted_counts(logits: np.ndarray, spec: TaskSpec) -> dict[str, int]:
     return {label: int(n) for label, n in zip(spec.labels, counts)}
 
 
+def one_class_predicted(counts: dict[str, int]) -> str | None:
+    """The label a model predicts for every example of a split (``counts`` from
+    ``predicted_counts``), or None when it predicts more than one, or the split is too small
+    or has one class, so that predicting one says nothing."""
+    used = [label for label, n in counts.items() if n > 0]
+    return used[0] if len(used) == 1 and len(counts) > 1 and sum(counts.values()) > 1 else None
+
+
 def one_class_rows(eval_labels: dict, spec: TaskSpec) -> dict:
     """{split: {"label": name, **metrics}}: the best constant prediction on each labelled
     split of a classification task (none for regression or unlabelled splits)."""
@@ -68,8 +76,8 @@ def format_table(task: str, results: dict, spec: TaskSpec, one_class: dict | Non
             lines.append("  " + "  ".join("-" * w for w in widths))
     for name, entry in results.items():
         for split, m in entry["splits"].items():
-            used = [label for label, n in m.get("predicted", {}).items() if n > 0]
-            if len(used) == 1 and len(m["predicted"]) > 1 and m["examples"] > 1:
-                lines.append(f"note: {name} predicts '{used[0]}' for every {split} example: it has learnt no more "
+            label = one_class_predicted(m.get("predicted", {}))
+            if label is not None:
+                lines.append(f"note: {name} predicts '{label}' for every {split} example: it has learnt no more "
                              f"than a label")
     return "\n".join(lines)

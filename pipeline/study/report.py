@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.evaluation.results import one_class_predicted
 from pipeline.study.cells import cells
 from pipeline.study.findings import (
     VERDICT_RULE,
@@ -148,10 +149,9 @@ def _one_class(groups: dict, split: str) -> tuple[dict, list[tuple[str, str, lis
     for method, recs in groups.items():
         by_label: dict[str, list[int]] = defaultdict(list)
         for r in recs:
-            counts = r.get("predicted", {}).get(split, {})
-            used = [label for label, n in counts.items() if n > 0]
-            if len(used) == 1 and len(counts) > 1:
-                by_label[used[0]].append(r["cell"].seed)
+            label = one_class_predicted(r.get("predicted", {}).get(split, {}))
+            if label is not None:
+                by_label[label].append(r["cell"].seed)
         constant += [(method, label, sorted(seeds)) for label, seeds in by_label.items()]
     return reference, constant
 
