@@ -9,7 +9,7 @@ import signal
 import sys
 
 from pipeline.errors import UserError, cli_entry
-from pipeline.stages import STAGES
+from pipeline.stages import STAGES, in_running_order
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
             if stage not in STAGES:
                 raise UserError(f"--only {stage}: unknown stage (known: {', '.join(STAGES)})")
         cfg = load_config(args.config, args.overrides)
-        sys.exit(run_pipeline(cfg, args.config, args.overrides, force=args.force, only=args.only))
+        only = in_running_order(args.only) if args.only else None
+        sys.exit(run_pipeline(cfg, args.config, args.overrides, force=args.force, only=only))
     if args.command == "status":
         from pipeline.launch.status import status_lines
 

@@ -30,6 +30,7 @@ from pipeline.schema.types import (
     Ratio,
     Seed,
     Strict,
+    listing,
     one_of,
 )
 from pipeline.stages import BASELINE_OUTPUT, RESERVED_FOLDERS, STAGES
@@ -133,9 +134,10 @@ class TrainConfig(Strict):
 
 
 class EvaluateConfig(Strict):
-    models: list[str] = Field(default_factory=list,
-                              description="model folders to evaluate; empty: the run's teacher and students")
-    splits: list[str] = Field(default_factory=lambda: ["dev", "test"], description="held-out splits to score")
+    models: listing(str, "model folder") = Field(default_factory=list,
+                                                 description="model folders to evaluate; empty: the run's teacher and students")
+    splits: listing(str, "split", non_empty=True) = Field(default_factory=lambda: ["dev", "test"],
+                                                         description="held-out splits to score")
     batch_size: PositiveInt = Field(64, description="examples per batch")
 
 
@@ -158,8 +160,8 @@ class BenchmarkConfig(Strict):
 
 
 class ExportConfig(Strict):
-    models: list[str] = Field(default_factory=list,
-                              description="model folders to export; empty: the run's teacher and students")
+    models: listing(str, "model folder") = Field(default_factory=list,
+                                                 description="model folders to export; empty: the run's teacher and students")
     opset: Annotated[int, Field(ge=14, le=21), Expect("an ONNX opset in [14, 21]")] = Field(
         17, description="ONNX opset of the export")
     quantize: bool = Field(True, description="also an INT8 copy (ONNX Runtime dynamic quantization) of every "
@@ -201,7 +203,8 @@ class DistillConfig(Strict):
     preset: one_of(PRESETS, "preset") = Field("cr-ild", description="the method (see the README's preset table)")
     output: OutputName = Field("student", description="folder of the final student under output_dir")
     teacher_model: Optional[str] = Field(None, description="default: <output_dir>/teacher from stage 1")
-    phases: Optional[list[PhaseName]] = Field(None, description="default: the preset's phases")
+    phases: Optional[listing(PhaseName, "phase", non_empty=True, order=PHASES)] = Field(
+        None, description="default: the preset's phases")
     ild_terms: dict[one_of(TERMS, "term"), NonNegativeFloat] = Field(
         default_factory=dict, description="re-weight (0 removes) or add terms of the ILD phases")
     kd_terms: dict[one_of(TERMS, "term"), NonNegativeFloat] = Field(
@@ -210,7 +213,7 @@ class DistillConfig(Strict):
     layer_map: Optional[Literal["last", "upper_middle", "uniform", "all", "pairs"]] = Field(
         None, description="student-teacher layer mapping (null: the preset's); all: every student layer with "
                           "every teacher layer")
-    layer_pairs: list[list[int]] = Field(
+    layer_pairs: listing(list[NonNegativeInt], "layer pair") = Field(
         default_factory=list, description="[[student, teacher], ...], 1-based, for layer_map: pairs")
     layer_reduction: Optional[Literal["mean", "sum"]] = Field(
         None, description="how layer terms combine their layer pairs (null: the preset's; tinybert and emd-ild sum)")
@@ -224,7 +227,7 @@ class DistillConfig(Strict):
         default_factory=list, description="other datasets' inputs for ILD (labels unused)")
     supplementary_mode: Literal["before", "mixed"] = Field(
         "before", description="before: its own ILD phase first; mixed: merged into target ILD")
-    augmented_phases: list[PhaseName] = Field(
+    augmented_phases: listing(PhaseName, "phase", order=PHASES) = Field(
         default_factory=list, description="phases trained on stage 2's augmented set")
     teacher_deepspeed_config: Optional[str] = Field(
         None, description="a DeepSpeed JSON for the teacher, e.g. ZeRO-3 to partition a large teacher")
@@ -241,11 +244,32 @@ class DistillConfig(Strict):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.layer_map == "pairs" and (not self.layer_pairs or any(len(p) != 2 for p in self.layer_pairs)):
+        layer_map = self.layer_map or PRESETS[self.preset].layer_map
+        if self.layer_pairs and layer_map != "pairs":
+            raise field_error(f"used only with layer_map: pairs, and the layer map is '{layer_map}'; set "
+                              f"layer_map: pairs or remove layer_pairs", "layer_pairs")
+        if layer_map == "pairs" and (not self.layer_pairs or any(len(p) != 2 for p in self.layer_pairs)):
             raise field_error("expected a list of [student, teacher] pairs", "layer_pairs")
-        for plan in resolve_phases(self):
+        for s, t in self.layer_pairs:
+            if (s == 0) != (t == 0):
+                raise field_error(f"pair [{s}, {t}]: layer 0 is the embedding output, and it pairs only with "
+                                  f"layer 0; Transformer layers are numbered from 1", "layer_pairs")
+        plans = resolve_phases(self)
+        for plan in plans:
             if not plan.terms and plan.consistency == 0:
                 raise field_error(f"phase '{plan.name}' of preset '{self.preset}' has no loss terms")
+        names = [plan.name for plan in plans]
+        for phase in self.augmented_phases:
+            if phase not in names:
+                raise field_error(f"'{phase}' is not a phase this stage runs ({', '.join(names)})",
+                                  "augmented_phases")
+        if "ild_supplementary" in names and not self.supplementary:
+            raise field_error("phase 'ild_supplementary' trains on stages.distill.supplementary, which is empty; "
+                              "add a supplementary dataset or remove the phase", "phases")
+        reader = "ild_supplementary" if self.supplementary_mode == "before" else "ild"
+        if self.supplementary and reader not in names:
+            raise field_error(f"set, and no phase reads it: with supplementary_mode '{self.supplementary_mode}' "
+                              f"the '{reader}' phase does, and the phases are {', '.join(names)}", "supplementary")
         return self
 
 
@@ -311,7 +335,7 @@ class RunConfig(Strict):
                                              "the teacher (not with ZeRO-3): a compile at the start of each stage, "
                                              "then faster steps on GPUs; see tools/bench_distill.py --only "
                                              "crild-compiled")
-    pipeline: list[one_of(STAGES, "stage", always_list=True)] = Field(
+    pipeline: listing(one_of(STAGES, "stage", always_list=True), "stage", non_empty=True, order=STAGES) = Field(
         default_factory=lambda: ["teacher", "evaluate"], description="stages crild run chains, in order")
     task: TaskConfig = Field(default_factory=TaskConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)

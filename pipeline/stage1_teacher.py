@@ -55,7 +55,7 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
     data = load_task_data(cfg, tokenizer)
     model = build_classifier(cfg.teacher.model, data.spec, "teacher", random_init=cfg.teacher.random_init,
                              max_length=cfg.task.max_length)
-    schedule = make_schedule(len(data.train), train_cfg, dist.world_size)
+    schedule = make_schedule(len(data.train), train_cfg, dist.world_size, "stages.teacher")
     ds_cfg = build_ds_config(train_cfg.deepspeed_config or cfg.deepspeed_config, train_cfg, dist.world_size,
                              schedule.total_optimizer_steps, cfg.source, STAGE, hidden_size=model.config.hidden_size)
     if cfg.compile:

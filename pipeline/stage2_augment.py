@@ -57,7 +57,7 @@ def store_teacher_logits(cfg: RunConfig, dist: DistInfo, tokenizer) -> None:
     folder, _ = teacher_folder(cfg)
     ex = augmented_examples(verified_augmented(Path(cfg.output_dir) / MERGED))
     ds = tokenize_cached(ex, tokenizer, cfg.task.max_length)
-    teacher = build_classifier(str(folder), spec, "teacher").to(dist.device).eval()
+    teacher = build_classifier(str(folder), spec, "teacher", trained=True).to(dist.device).eval()
     cached_teacher_logits(classifier_forward(teacher, dist.device), teacher_fingerprint(folder), ds,
                           Collator(tokenizer.pad_token_id, spec.regression), cfg.stages.distill.kd.eval_batch_size,
                           dist)

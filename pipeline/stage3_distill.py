@@ -21,6 +21,7 @@ if __package__ in (None, ""):  # run as a script: import the package, not this f
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from pipeline.config import RunConfig
+from pipeline.data.augmented import require_augmented
 from pipeline.data.task_data import load_task_data
 from pipeline.data.tasks import get_task
 from pipeline.data.tokenized import tokenizer_fingerprint
@@ -67,7 +68,8 @@ def frozen_teacher(cfg: RunConfig, tokenizer, dist):
                 f"({type(teacher_tokenizer).__name__}, {len(teacher_tokenizer)} tokens), student "
                 f"'{cfg.student.backbone}' ({type(tokenizer).__name__}, {len(tokenizer)} tokens); use a "
                 f"prediction-layer preset (kd) or a student with the teacher's tokenizer")
-    return FrozenTeacher(cfg, folder, get_task(cfg.task.name), dist), teacher_tokenizer, note
+    logits = any(TERMS[t].needs_teacher_logits for p in phases for t in p.terms)
+    return FrozenTeacher(cfg, folder, get_task(cfg.task.name), dist, logits), teacher_tokenizer, note
 
 
 def publish_student(run: DistillRun, phases, last: Path) -> None:
@@ -90,6 +92,8 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
     seed_everything(cfg.seed)
     set_tf32(cfg.tf32)
     phases = resolve_phases(cfg.stages.distill)
+    if any(p.name in cfg.stages.distill.augmented_phases for p in phases):
+        require_augmented(Path(cfg.output_dir) / "augmented")
     backbone = resolve_model(cfg.student.backbone, "student.backbone", need_weights=cfg.student.init != "random")
     notes = [trust_note(backbone, "student.backbone")]
     tokenizer = load_tokenizer(backbone, "student.backbone")

@@ -53,9 +53,9 @@ def export_one(cfg: RunConfig, name: str, path: str, out: Path, dist: DistInfo, 
     data = load_task_data(cfg, tokenizer, eval_splits=[_split(cfg, tokenizer)], with_train=False)
     split, ds = next(iter(data.eval.items()))
     labels, metric = data.eval_labels[split], data.spec.main_metric
-    reference = load_eval_model(str(folder), data.spec, torch.float32, dist.device, cfg.task.max_length)
-    # the same weights (a folder without a classifier gets a new one at every load) in a copy: tracing
-    # changes state inside a transformers model
+    reference = load_eval_model(str(folder), data.spec, torch.float32, dist.device, cfg.task.max_length,
+                                "stages.export.models")
+    # a copy to trace: tracing changes state inside a transformers model
     export_classifier(copy.deepcopy(reference).cpu(), tokenizer, folder, out / name, export_cfg.opset)
     torch_forward = classifier_forward(reference, dist.device)
     batch_size = cfg.stages.evaluate.batch_size

@@ -116,6 +116,12 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
 ]}
 
 
+def in_running_order(names) -> list[str]:
+    """Stage ``names`` in the order stages run, whatever order they were given in
+    (``crild run --only evaluate --only teacher`` trains the teacher first)."""
+    return [name for name in STAGES if name in names]
+
+
 def stage_fingerprint(cfg, name: str) -> str:
     """What stage ``name``'s output depends on, for ``cfg`` as that stage runs it (the
     baseline's configuration: see ``pipeline.config.stage_config``)."""

@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import FAMILY_TOKENIZERS, write_sentiment_task, write_tiny_bert, write_tiny_family
+from helpers import FAMILY_TOKENIZERS, write_sentiment_task, write_tiny_bert, write_tiny_classifier, write_tiny_family
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -14,6 +14,12 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     return write_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tiny_bert, tmp_path_factory) -> Path:
+    """tiny_bert as a sentiment classifier: a teacher whose logits can be distilled."""
+    return write_tiny_classifier(tiny_bert, tmp_path_factory.mktemp("models") / "tiny-teacher")
 
 
 @pytest.fixture(scope="session")

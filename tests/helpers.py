@@ -186,6 +186,17 @@ def write_tokenizer(folder: Path, kind: str, model_type: str):
     return tok
 
 
+def write_tiny_classifier(backbone: Path, folder: Path, task: str = "rotten_tomatoes") -> Path:
+    """``backbone`` as a classifier for ``task``, every weight saved (its head random): a
+    folder that scoring, export and logit distillation accept as trained."""
+    from pipeline.data.tasks import TASKS
+    from pipeline.models.loading import build_classifier, load_tokenizer, save_model
+
+    model = build_classifier(str(backbone), TASKS[task], "teacher")
+    save_model(model, load_tokenizer(str(backbone), "teacher"), folder)
+    return folder
+
+
 def write_tiny_family(folder: Path, model_type: str, num_layers: int = 4, hidden: int = 32, heads: int = 4,
                       seed: int = 0, tokenizer: str | None = None) -> Path:
     """A random encoder of one family (transformers' own config class) with a real tokenizer."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO, tiny_run_config
+from helpers import REPO, tiny_run_config, write_tiny_classifier
 
 from pipeline.cli import main
 from pipeline.outputs.manifest import is_complete
@@ -95,12 +95,12 @@ def cases(tmp: Path, tiny_bert: Path, data: Path):
         ("stage before its inputs", ["distill", cfg("p1")], ["no complete teacher; run the teacher stage first"]),
         ("evaluation with nothing to evaluate", ["evaluate", cfg("p2")], ["no complete teacher or student"]),
         ("different tokenizers with token-aligned terms", ["distill", cfg(
-            "v1", stages__distill={"teacher_model": str(tiny_bert)},
+            "v1", stages__distill={"teacher_model": _teacher(tmp, tiny_bert)},
             student={"backbone": str(other_vocab), "init": "folder"})],
          ["preset 'cr-ild' needs teacher and student to tokenize alike (mixup, qkv_relation read them",
           "other-vocab' (BertTokenizer, 6 tokens)"]),
         ("relation heads that do not divide", ["distill", cfg("v2", stages__distill={
-            "teacher_model": str(tiny_bert), "preset": "l-ild", "relation_heads": 5})], ["5 relation heads"]),
+            "teacher_model": _teacher(tmp, tiny_bert), "preset": "l-ild", "relation_heads": 5})], ["5 relation heads"]),
         ("unknown stage for --only", ["run", cfg("r1"), "--only", "distil"], ["--only distil: unknown stage"]),
         ("unknown non-finite policy", ["config", cfg("n1", stages__teacher__on_nonfinite="ignore")],
          ["stages.teacher.on_nonfinite: expected stop or skip, got 'ignore'"]),
@@ -167,7 +167,7 @@ def more_cases(tmp: Path, tiny_bert: Path, data: Path):
         ("data folder without a held-out split", ["teacher", cfg("f3", task__data_dir=str(no_dev))],
          ["no-dev: no held-out split for task rotten_tomatoes"]),
         ("supplementary data folder missing", ["distill", cfg("f4", stages__distill={
-            "teacher_model": str(tiny_bert), "supplementary": [{"task": {"name": "snli",
+            "teacher_model": _teacher(tmp, tiny_bert), "supplementary": [{"task": {"name": "snli",
                                                                          "data_dir": str(tmp / "no-snli")}}]})],
          ["stages.distill.supplementary[0].task.data_dir: directory", "no-snli' does not exist"]),
         ("DeepSpeed config that is a folder", ["teacher", cfg("s5", deepspeed_config=str(tmp / "ds_folder.json"))],
@@ -184,9 +184,82 @@ def more_cases(tmp: Path, tiny_bert: Path, data: Path):
          ["three-labels' is a classifier with 3 output(s) (entailment, neutral, contradiction); task rotten_tomatoes "
           "needs 2"]),
         ("student deeper than its teacher under a uniform map", ["distill", cfg("m7", student=deeper, stages__distill={
-            "teacher_model": str(tiny_bert), "preset": "tinybert"})],
+            "teacher_model": _teacher(tmp, tiny_bert), "preset": "tinybert"})],
          ["stages.distill.layer_map: uniform maps the student's 6 layers", "the teacher has 4"]),
     ]
+
+
+def list_cases(tmp: Path, tiny_bert: Path, data: Path):
+    """Lists that are empty, repeat an entry or contradict their order, and keys that other
+    keys make meaningless: each would have run nothing, run something twice, been ignored
+    without a word, or failed after training had started."""
+    cfg = lambda name, **e: str(write(tmp / f"{name}.yaml", case_config(tmp / name, tiny_bert, data, **e)))  # noqa
+    teacher = _teacher(tmp, tiny_bert)
+    pairs = lambda p: {"teacher_model": teacher, "layer_map": "pairs", "layer_pairs": p}  # noqa
+    snli = [{"task": {"name": "snli"}}]
+    return [
+        ("empty pipeline", ["run", cfg("l1", pipeline=[])], ["pipeline: expected at least one stage, got an empty list"]),
+        ("stage listed twice", ["config", cfg("l2", pipeline=["teacher", "evaluate", "teacher"])],
+         ["pipeline: 'teacher' is listed twice; expected each stage once"]),
+        ("stages out of order", ["run", cfg("l3", pipeline=["evaluate", "teacher"])],
+         ["pipeline: 'teacher' is listed after 'evaluate'; stages run in the order teacher, augment, distill"]),
+        ("empty phase list", ["distill", cfg("l4", stages__distill={"teacher_model": teacher, "phases": []})],
+         ["stages.distill.phases: expected at least one phase, got an empty list"]),
+        ("phases out of order", ["config", cfg("l5", stages__distill={"phases": ["kd", "ild"]})],
+         ["stages.distill.phases: 'ild' is listed after 'kd'; phases run in the order ild_supplementary, ild, kd"]),
+        ("empty split list", ["evaluate", cfg("l6", stages__evaluate={"splits": []})],
+         ["stages.evaluate.splits: expected at least one split, got an empty list"]),
+        ("model folder listed twice", ["evaluate", cfg("l7", stages__evaluate={"models": [teacher, teacher]})],
+         ["stages.evaluate.models: '", "tiny-teacher' is listed twice; expected each model folder once"]),
+        ("layer 0 paired with a Transformer layer", ["distill", cfg("l8", stages__distill=pairs([[0, 1]]))],
+         ["stages.distill.layer_pairs: pair [0, 1]: layer 0 is the embedding output, and it pairs only with layer 0"]),
+        ("only the embedding pair for a relation term", ["distill", cfg("l9", stages__distill=pairs([[0, 0]]))],
+         ["stages.distill.layer_pairs: term 'qkv_relation' reads Transformer layers, and the only pair is the "
+          "embeddings' [0, 0]"]),
+        ("layer pairs without the pairs map", ["config", cfg("l10", stages__distill={"layer_pairs": [[1, 2]]})],
+         ["stages.distill.layer_pairs: used only with layer_map: pairs, and the layer map is 'last'"]),
+        ("augmented phase that does not run", ["config", cfg("l11", stages__distill={
+            "augmented_phases": ["ild_supplementary"]})],
+         ["stages.distill.augmented_phases: 'ild_supplementary' is not a phase this stage runs (ild, kd)"]),
+        ("augmented data not made yet", ["distill", cfg("l12", stages__distill={
+            "teacher_model": teacher, "augmented_phases": ["kd"]})],
+         ["l12/run/augmented: no complete augmented data; run the augment stage first"]),
+        ("supplementary data no phase reads", ["config", cfg("l13", stages__distill={
+            "preset": "kd", "supplementary": snli})],
+         ["stages.distill.supplementary: set, and no phase reads it: with supplementary_mode 'before' the "
+          "'ild_supplementary' phase does, and the phases are kd"]),
+        ("supplementary phase without supplementary data", ["config", cfg("l14", stages__distill={
+            "phases": ["ild_supplementary", "kd"]})],
+         ["stages.distill.phases: phase 'ild_supplementary' trains on stages.distill.supplementary, which is empty"]),
+        ("gradient accumulation longer than the stage", ["teacher", cfg(
+            "l15", stages__teacher__gradient_accumulation_steps=10**6)],
+         ["stages.teacher.gradient_accumulation_steps: 1000000 micro-steps per optimizer step, and 2 epoch(s) of",
+          "expected at most"]),
+    ]
+
+
+def backbone_cases(tmp: Path, tiny_bert: Path, data: Path):
+    """A backbone (an encoder without a trained classifier) where a trained classifier is
+    needed: it would get a random head, and its scores, export or soft labels would mean
+    nothing. Intermediate layers alone may come from a backbone (tests/distill)."""
+    cfg = lambda name, **e: str(write(tmp / f"{name}.yaml", case_config(tmp / name, tiny_bert, data, **e)))  # noqa
+    message = f"'{tiny_bert}' is not a classifier trained for task rotten_tomatoes: its weights lack classifier.bias"
+    return [
+        ("backbone evaluated", ["evaluate", cfg("b1", stages__evaluate={"models": [str(tiny_bert)]})],
+         [f"stages.evaluate.models: {message}"]),
+        ("backbone exported", ["export", cfg("b2", stages__export={"models": [str(tiny_bert)]})],
+         [f"stages.export.models: {message}"]),
+        ("logits distilled from a backbone", ["distill", cfg("b3", stages__distill={
+            "teacher_model": str(tiny_bert), "preset": "kd"})], [f"stages.distill.teacher_model: {message}"]),
+    ]
+
+
+def _teacher(tmp: Path, tiny_bert: Path) -> str:
+    """A trained sentiment classifier to distil from (its logits are read)."""
+    folder = tmp / "tiny-teacher"
+    if not folder.exists():
+        write_tiny_classifier(tiny_bert, folder)
+    return str(folder)
 
 
 def _folder(path: Path, files: dict) -> Path:
@@ -202,7 +275,8 @@ def _text(path: Path, text: str) -> Path:
 
 
 def all_cases(tmp: Path, tiny_bert: Path, data: Path):
-    return cases(tmp, tiny_bert, data) + more_cases(tmp, tiny_bert, data)
+    return cases(tmp, tiny_bert, data) + more_cases(tmp, tiny_bert, data) + list_cases(tmp, tiny_bert, data) \
+        + backbone_cases(tmp, tiny_bert, data)
 
 
 def test_catalogue_has_every_case_documented(tmp_path, tiny_bert, sentiment_dir):
@@ -213,7 +287,7 @@ def test_catalogue_has_every_case_documented(tmp_path, tiny_bert, sentiment_dir)
         assert f"| {name} |" in doc, name
 
 
-CASE_COUNT = 51
+CASE_COUNT = 69
 
 
 @pytest.mark.parametrize("index", range(CASE_COUNT))
@@ -228,6 +302,8 @@ def test_bad_input_gives_one_line_and_exit_2(index, tmp_path, tiny_bert, sentime
     assert "Traceback" not in err[0]
     for fragment in fragments:
         assert fragment in err[0], (name, fragment, err[0])
-    for out in (tmp_path / p for p in ("d1", "m1", "s1", "p1", "v1", "f1", "f3", "m5", "m6", "m7", "s7")):
-        for stage in ("teacher", "student", "eval", "augmented"):
+    for out in (tmp_path / p for p in ("d1", "m1", "s1", "p1", "v1", "f1", "f3", "m5", "m6", "m7", "s7", "l4", "l9",
+                                       "l12", "l15", "b1", "b2", "b3")):
+        for stage in ("teacher", "student", "eval", "augmented", "export"):
             assert not is_complete(out / "run" / stage)
+        assert not (out / "run" / "student.phases").exists()  # refused before any phase trained

@@ -200,3 +200,10 @@ def test_the_distill_script_runs_the_baseline_with_the_same_configuration_crild_
     with pytest.raises(SystemExit) as exit_:  # the teacher's script runs no baseline
         stage_main(lambda cfg: 0, "teacher", ["--config", str(path), "--stage", "baseline"])
     assert exit_.value.code == 2
+
+
+def test_only_stages_run_in_the_pipeline_order_whatever_order_they_were_given():
+    from pipeline.stages import STAGES, in_running_order
+
+    assert in_running_order(["export", "evaluate", "teacher"]) == ["teacher", "evaluate", "export"]
+    assert in_running_order(list(reversed(STAGES))) == list(STAGES)

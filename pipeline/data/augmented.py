@@ -63,10 +63,15 @@ def merge_shards(shard_dirs: list[Path], final: Path, cfg, fingerprint: str, reg
             "examples": len(set(merged["source_id"])), "rows": len(merged), "shards": len(shard_dirs)}, indent=1))
 
 
-def verified_augmented(folder: Path) -> Path:
-    """The augmented data folder, complete and intact (collective: rank 0 checks)."""
+def require_augmented(folder: Path) -> None:
+    """Stop before any training when a phase will need stage 2's output and it is not there."""
     if not is_complete(folder):
         raise UserError(f"{folder}: no complete augmented data; run the augment stage first")
+
+
+def verified_augmented(folder: Path) -> Path:
+    """The augmented data folder, complete and intact (collective: rank 0 checks)."""
+    require_augmented(folder)
     return verified(folder, "the augmented data")
 
 

@@ -57,6 +57,7 @@ def layer_layout(distill_cfg, phase: Phase, student_config, teacher_config=None)
                             embeddings)
         heads = distill_cfg.relation_heads or teacher_config.num_attention_heads
         _check(teacher_config, student_config, phase.terms, heads)
+        _check_pairs(pairs, phase.terms)
         return LayerLayout(pairs, heads)
     if phase.consistency > 0:
         return LayerLayout([], distill_cfg.relation_heads or student_config.num_attention_heads)
@@ -72,3 +73,13 @@ def _check(teacher, student, terms: dict, relation_heads: int) -> None:
         if config.hidden_size % relation_heads:
             raise UserError(f"stages.distill.relation_heads: {relation_heads} relation heads do not divide the "
                             f"{who}'s hidden size {config.hidden_size}")
+
+
+def _check_pairs(pairs: list, terms: dict) -> None:
+    """Every layer term gets at least one pair: the embedding pair (0, 0) counts only for
+    hidden-state terms, so a map of (0, 0) alone leaves attention and relation terms none."""
+    for name in terms:
+        term = TERMS[name]
+        if term.kinds and not any(s > 0 or term.embeddings for s, _ in pairs):
+            raise UserError(f"stages.distill.layer_pairs: term '{name}' reads Transformer layers, and the only "
+                            f"pair is the embeddings' [0, 0]; add a pair of layers numbered from 1")

@@ -135,7 +135,7 @@ def train_phase(run: DistillRun, phase: Phase, index: int, previous: Optional[Pa
     seed_everything(cfg.seed + index)
     module, layout = _module(run, phase, previous)
     ds = phase_dataset(run, phase)
-    schedule = make_schedule(len(ds), train_cfg, dist.world_size)
+    schedule = make_schedule(len(ds), train_cfg, dist.world_size, f"stages.distill.{phase.name}")
     ds_cfg = build_ds_config(train_cfg.deepspeed_config or cfg.deepspeed_config, train_cfg, dist.world_size,
                              schedule.total_optimizer_steps, cfg.source, f"distill.{phase.name}",
                              hidden_size=module.student.config.hidden_size)

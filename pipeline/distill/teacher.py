@@ -43,7 +43,10 @@ class FrozenTeacher:
     ZeRO-3 its parameters are partitioned over the ranks (transformers' DeepSpeed
     integration builds it already partitioned), for teachers too large for one device."""
 
-    def __init__(self, cfg, folder: Path, spec, dist: DistInfo):
+    def __init__(self, cfg, folder: Path, spec, dist: DistInfo, logits: bool = True):
+        """``logits``: a term reads the teacher's predictions, so its classifier must be
+        trained (intermediate layers alone can come from a backbone, as in task-agnostic
+        distillation)."""
         self.folder = folder
         self.partitioned = False
         self.dtype = torch.float32
@@ -52,14 +55,14 @@ class FrozenTeacher:
         if path is not None:
             _, teacher_ds = load_ds_json(path, cfg.source)
             if zero_stage(teacher_ds) == 3:
-                self.model = self._partitioned(teacher_ds, folder, spec, dist)
+                self.model = self._partitioned(teacher_ds, folder, spec, dist, logits)
                 self.partitioned = True
                 return
-        self.model = build_classifier(str(folder), spec, "stages.distill.teacher_model")
+        self.model = build_classifier(str(folder), spec, "stages.distill.teacher_model", trained=logits)
         self.model.to(device=dist.device).eval().requires_grad_(False)
 
     @staticmethod
-    def _partitioned(teacher_ds: dict, folder: Path, spec, dist: DistInfo) -> torch.nn.Module:
+    def _partitioned(teacher_ds: dict, folder: Path, spec, dist: DistInfo, logits: bool) -> torch.nn.Module:
         import deepspeed
         from transformers.integrations import HfDeepSpeedConfig
 
@@ -68,7 +71,7 @@ class FrozenTeacher:
         teacher_ds.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1,
                           train_batch_size=dist.world_size)
         hf_ds = HfDeepSpeedConfig(teacher_ds)  # while alive, from_pretrained builds partitioned models
-        model = build_classifier(str(folder), spec, "stages.distill.teacher_model")
+        model = build_classifier(str(folder), spec, "stages.distill.teacher_model", trained=logits)
         engine, _, _, _ = deepspeed.initialize(model=model, config=teacher_ds)
         del hf_ds  # the student must not be partitioned: it trains under its own ZeRO stage
         return engine.module.eval().requires_grad_(False)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from pipeline.errors import UserError
-from pipeline.models.loading import check_max_length, load_pretrained, resolve_model
+from pipeline.models.loading import check_max_length, load_pretrained, require_trained, resolve_model
 from pipeline.outputs.atomic import verified
 from pipeline.outputs.manifest import is_complete
 from pipeline.outputs.trust import trust_note
@@ -31,13 +31,17 @@ def run_models(cfg, configured: list[str], where: str) -> tuple[dict[str, str], 
     return found, []
 
 
-def load_eval_model(path: str, spec, dtype: torch.dtype, device: torch.device, max_length: int):
+def load_eval_model(path: str, spec, dtype: torch.dtype, device: torch.device, max_length: int,
+                    where: str = "stages.evaluate.models"):
+    """The trained classifier in ``path``, checked against the task, in eval mode on ``device``."""
     from transformers import AutoModelForSequenceClassification
 
-    folder = resolve_model(path, "stages.evaluate.models")
-    model = load_pretrained(AutoModelForSequenceClassification, folder, "stages.evaluate.models", dtype=dtype)
+    folder = resolve_model(path, where)
+    model, info = load_pretrained(AutoModelForSequenceClassification, folder, where, dtype=dtype,
+                                  output_loading_info=True)
     if model.config.num_labels != spec.num_labels:
         raise UserError(f"{path}: model has {model.config.num_labels} output(s), task {spec.name} needs "
                         f"{spec.num_labels}")
+    require_trained(info, folder, where, spec)
     check_max_length(model.config, max_length, path)
     return model.to(device).eval()

@@ -101,13 +101,15 @@ def _load_config(path: str, where: str, **kwargs):
 
 
 def build_classifier(name: str, spec: TaskSpec, where: str, *, num_layers: Optional[int] = None,
-                     random_init: Optional[RandomInit] = None, max_length: Optional[int] = None):
+                     random_init: Optional[RandomInit] = None, max_length: Optional[int] = None,
+                     trained: bool = False):
     """A sequence classifier for ``spec``.
 
     - random_init: a fresh encoder of that shape (model type and vocabulary from ``name``);
     - num_layers: truncated initialisation, the bottom ``num_layers`` layers of ``name``'s
       encoder plus its embeddings and pooler;
-    - otherwise: ``name`` as it is (a pretrained backbone or a fine-tuned model folder).
+    - otherwise: ``name`` as it is (a pretrained backbone or a fine-tuned model folder);
+      with ``trained`` it must be a fine-tuned classifier, every weight in the folder.
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -130,9 +132,24 @@ def build_classifier(name: str, spec: TaskSpec, where: str, *, num_layers: Optio
                                 f"{config.num_hidden_layers} layers")
             family.truncate(config, num_layers)
         check_labels(base, spec, path, where)
-        model = load_pretrained(AutoModelForSequenceClassification, path, where, config=config)
+        model, info = load_pretrained(AutoModelForSequenceClassification, path, where, config=config,
+                                      output_loading_info=True)
+        if trained:
+            require_trained(info, path, where, spec)
     check_max_length(model.config, max_length, where)
     return model
+
+
+def require_trained(loading_info: dict, path: str, where: str, spec: TaskSpec) -> None:
+    """A model that is scored, exported or distilled from must be a trained classifier: a
+    backbone would get a randomly initialised head, and its scores, exports or soft labels
+    would mean nothing, without a word."""
+    missing = loading_info["missing_keys"]
+    if missing:
+        shown = ", ".join(sorted(missing)[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise UserError(f"{where}: '{path}' is not a classifier trained for task {spec.name}: its weights lack "
+                        f"{shown}, which would start random; fine-tune it first (the teacher stage) or give a "
+                        f"fine-tuned folder")
 
 
 def _random_shape(base, family, shape: "RandomInit") -> dict:

@@ -56,3 +56,32 @@ def one_of(names, noun: str, always_list: bool = False):
         return value
 
     return Annotated[str, AfterValidator(check), Expect(f"a {noun} name")]
+
+
+def _text(value) -> str:
+    return f"'{value}'" if isinstance(value, str) else str(value)
+
+
+def listing(item, noun: str, *, non_empty: bool = False, order=None):
+    """A list of ``item`` in which nothing is listed twice (a repeat is a slip: it would run,
+    score or weigh the same thing twice); with ``non_empty`` at least one entry (an empty list
+    would run nothing), and with ``order`` (the registry's names, in the order they run) in
+    that order, because that is the order they run in whatever the list says."""
+    rank = {name: i for i, name in enumerate(order)} if order is not None else None
+
+    def check(values: list) -> list:
+        if non_empty and not values:
+            raise field_error(f"expected at least one {noun}, got an empty list")
+        seen = []
+        for value in values:
+            if value in seen:
+                raise field_error(f"{_text(value)} is listed twice; expected each {noun} once")
+            seen.append(value)
+        if rank is not None:
+            for before, after in zip(values, values[1:]):
+                if rank[after] < rank[before]:
+                    raise field_error(f"{_text(after)} is listed after {_text(before)}; {noun}s run in the order "
+                                      f"{', '.join(order)}, so expected them in that order")
+        return values
+
+    return Annotated[list[item], AfterValidator(check)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.data.batching import steps_per_epoch
+from pipeline.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -18,12 +19,18 @@ class StepSchedule:
         return self.total_micro_steps // self.accumulation
 
 
-def make_schedule(n_train: int, cfg, world_size: int) -> StepSchedule:
-    """``cfg.epochs`` over ``n_train`` examples, capped by ``cfg.max_steps``, rounded to whole
-    optimizer steps (at least one)."""
+def make_schedule(n_train: int, cfg, world_size: int, key: str) -> StepSchedule:
+    """``cfg.epochs`` over ``n_train`` examples, capped by ``cfg.max_steps``, rounded down to
+    whole optimizer steps. Gradient accumulation longer than the whole run is refused: one
+    optimizer step would need more passes over the data than the configured epochs (``key``
+    is the training section, for the message)."""
     spe = steps_per_epoch(n_train, cfg.batch_size, world_size)
     total = spe * cfg.epochs
+    if cfg.gradient_accumulation_steps > total:
+        raise UserError(f"{key}.gradient_accumulation_steps: {cfg.gradient_accumulation_steps} micro-steps per "
+                        f"optimizer step, and {cfg.epochs} epoch(s) of {n_train} examples in batches of "
+                        f"{cfg.batch_size} on {world_size} rank(s) make {total}; expected at most {total}")
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps * cfg.gradient_accumulation_steps)
-    total = max(cfg.gradient_accumulation_steps, total - total % cfg.gradient_accumulation_steps)
+    total -= total % cfg.gradient_accumulation_steps
     return StepSchedule(spe, total, cfg.gradient_accumulation_steps)

@@ -213,9 +213,9 @@ def test_distill_config_errors(raw, fragment):
         from_dict({"stages": {"distill": raw}})
 
 
-def test_relation_heads_that_do_not_divide(tmp_path, tiny_bert, sentiment_dir):
+def test_relation_heads_that_do_not_divide(tmp_path, tiny_bert, tiny_teacher, sentiment_dir):
     raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir)
-    raw["stages"]["distill"] = {"preset": "l-ild", "teacher_model": str(tiny_bert), "relation_heads": 5,
+    raw["stages"]["distill"] = {"preset": "l-ild", "teacher_model": str(tiny_teacher), "relation_heads": 5,
                                 "ild": {"epochs": 1, "batch_size": 8}}
     with pytest.raises(UserError, match="5 relation heads do not divide the teacher's hidden size 32"):
         stage3_distill.run(from_dict(raw), stop=StopRequest(install_handlers=False))
@@ -264,7 +264,7 @@ def test_three_phases_and_one_teacher_forward_per_example_in_kd(tmp_path, tiny_b
         "*/teacher_logits-*.safetensors"))[0].stat().st_mtime
 
 
-def test_zero3_partitioned_teacher_gives_the_same_kd_logits(tmp_path, tiny_bert, sentiment_dir):
+def test_zero3_partitioned_teacher_gives_the_same_kd_logits(tmp_path, tiny_bert, tiny_teacher, sentiment_dir):
     """A teacher partitioned with ZeRO-3 (transformers' DeepSpeed integration) computes the
     same cached KD logits as the plain frozen teacher, and the student stays unpartitioned."""
     from safetensors.torch import load_file
@@ -278,7 +278,7 @@ def test_zero3_partitioned_teacher_gives_the_same_kd_logits(tmp_path, tiny_bert,
         import os
         os.environ["CRILD_HOME"] = str(home)
         raw = tiny_run_config(tmp_path / name, tiny_bert, sentiment_dir)
-        raw["stages"]["distill"] = {"preset": "kd", "teacher_model": str(tiny_bert),
+        raw["stages"]["distill"] = {"preset": "kd", "teacher_model": str(tiny_teacher),
                                     "kd": {"epochs": 1, "batch_size": 8, "checkpoint_every": 50}, **extra}
         assert stage3_distill.run(from_dict(raw), stop=StopRequest(install_handlers=False)) == 0
         (path,) = (home / "tokenized").glob("*/teacher_logits-*.safetensors")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers import REPO, tiny_run_config
+from helpers import REPO, tiny_run_config, write_tiny_classifier
 
 from pipeline import stage1_teacher, stage3_distill
 from pipeline.cli import main
@@ -93,8 +93,8 @@ def test_a_family_without_token_types_exports(tmp_path, family_models, sentiment
     for model_type in ("distilbert", "modernbert"):
         raw = tiny_run_config(tmp_path / model_type, family_models[model_type], sentiment_dir)
         raw["pipeline"] = ["export"]
-        raw["stages"]["export"] = {"models": [str(family_models[model_type])], "quantize": False,
-                                   "benchmark": {"enabled": False}}
+        classifier = write_tiny_classifier(family_models[model_type], tmp_path / f"{model_type}-classifier")
+        raw["stages"]["export"] = {"models": [str(classifier)], "quantize": False, "benchmark": {"enabled": False}}
         code, err = run_cli(["export", str(write(tmp_path / f"{model_type}.yaml", raw))], capsys)
         assert code == 0, err
         parity = json.loads((tmp_path / model_type / "run" / "export" / "results.json").read_text())["models"][1]

@@ -19,6 +19,7 @@ from pipeline.data.sources import load_split
 from pipeline.data.tasks import TASKS
 from pipeline.errors import UserError
 from pipeline.schema.explain import explain_rows
+from pipeline.stages import STAGES
 
 KEYS = [key for key, type_, _, _ in explain_rows(RunConfig) if type_ != "section"]
 SECTIONS = [key for key, type_, _, _ in explain_rows(RunConfig) if type_ == "section"]
@@ -157,3 +158,22 @@ def test_properties_run_on_the_real_readers():
     assert load_split.__module__ == "pipeline.data.sources" and REPO.is_dir()
     with pytest.raises(UserError):
         load_split(TaskConfig(data_dir="/nonexistent-crild"), SPEC, "train")
+
+
+@SETTINGS
+@given(st.lists(st.sampled_from(list(STAGES)), max_size=8), st.lists(st.sampled_from(["a", "b", "c"]), max_size=4))
+def test_lists_are_accepted_exactly_when_each_entry_is_once_and_in_running_order(stages, models):
+    """pipeline: at least one stage, each once, in the registry's order; evaluate.models: each
+    folder once. Anything else is one line naming the list and the offending entry."""
+    pipeline_ok = bool(stages) and stages == sorted(set(stages), key=list(STAGES).index)
+    models_ok = len(set(models)) == len(models)
+    try:
+        cfg = from_dict({"pipeline": stages, "stages": {"evaluate": {"models": models}}})
+    except UserError as exc:
+        message = str(exc)
+        assert not (pipeline_ok and models_ok) and "\n" not in message
+        assert message.startswith("<config>: pipeline: " if not pipeline_ok else "<config>: stages.evaluate.models: ")
+        if stages and not pipeline_ok:
+            assert "listed twice" in message or "is listed after" in message
+    else:
+        assert pipeline_ok and models_ok and cfg.pipeline == stages and cfg.stages.evaluate.models == models

@@ -22,13 +22,13 @@ SCRIPTS = {"teacher": REPO / "pipeline" / "stage1_teacher.py", "distill": REPO /
 OUTPUT = {"teacher": "teacher", "distill": "student"}
 
 
-def write_config(folder: Path, stage: str, ranks: int, tiny_bert: Path, data: Path) -> Path:
+def write_config(folder: Path, stage: str, ranks: int, tiny_bert: Path, data: Path, teacher: Path) -> Path:
     raw = tiny_run_config(folder, tiny_bert, data, gradient_accumulation_steps=2)
     if ranks == 2:
         raw["deepspeed_config"] = str(REPO / "ds_configs" / "zero2_bf16.json")
     if stage == "distill":
         train = {"batch_size": 8, "learning_rate": 1e-3, "checkpoint_every": 2, "eval_every": 2, "log_every": 2}
-        raw["stages"]["distill"] = {"preset": "cr-ild", "teacher_model": str(tiny_bert),
+        raw["stages"]["distill"] = {"preset": "cr-ild", "teacher_model": str(teacher),
                                     "ild": {"epochs": 2, **train}, "kd": {"epochs": 1, **train}}
     path = folder / "run.yaml"
     folder.mkdir(parents=True, exist_ok=True)
@@ -60,10 +60,10 @@ def final_weights(config: Path, stage: str) -> dict:
 _references: dict = {}
 
 
-def reference(stage: str, ranks: int, tmp_path_factory, tiny_bert, data) -> dict:
+def reference(stage: str, ranks: int, tmp_path_factory, tiny_bert, data, teacher) -> dict:
     """The uninterrupted run's weights (once per stage and rank count)."""
     if (stage, ranks) not in _references:
-        config = write_config(tmp_path_factory.mktemp(f"ref-{stage}-{ranks}"), stage, ranks, tiny_bert, data)
+        config = write_config(tmp_path_factory.mktemp(f"ref-{stage}-{ranks}"), stage, ranks, tiny_bert, data, teacher)
         proc, _ = launch(stage, config, ranks)
         assert proc.returncode == 0, proc.stderr[-3000:]
         _references[(stage, ranks)] = final_weights(config, stage)
@@ -87,9 +87,9 @@ CASES = [
 
 @pytest.mark.parametrize("stage,ranks,fault,resume_at", CASES, ids=[f"{s}-{r}rank-{f}" for s, r, f, _ in CASES])
 def test_sigkill_then_rerun_gives_bitwise_identical_weights(stage, ranks, fault, resume_at, tmp_path,
-                                                            tmp_path_factory, tiny_bert, sentiment_dir):
-    expected = reference(stage, ranks, tmp_path_factory, tiny_bert, sentiment_dir)
-    config = write_config(tmp_path, stage, ranks, tiny_bert, sentiment_dir)
+                                                            tmp_path_factory, tiny_bert, tiny_teacher, sentiment_dir):
+    expected = reference(stage, ranks, tmp_path_factory, tiny_bert, sentiment_dir, tiny_teacher)
+    config = write_config(tmp_path, stage, ranks, tiny_bert, sentiment_dir, tiny_teacher)
     killed, seconds = launch(stage, config, ranks, fault=fault)
     if ranks == 1:
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
