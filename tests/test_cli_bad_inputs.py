@@ -166,6 +166,8 @@ def more_cases(tmp: Path, tiny_bert: Path, data: Path):
          ["multiline/train.csv:4: label 'meh'"]),
         ("data folder without a held-out split", ["teacher", cfg("f3", task__data_dir=str(no_dev))],
          ["no-dev: no held-out split for task rotten_tomatoes"]),
+        ("few-sample subset larger than the training set", ["teacher", cfg("f5", task__few_sample=1000)],
+         ["task.few_sample: 1000 examples asked for, and the training set has 96", "expected at most 96"]),
         ("supplementary data folder missing", ["distill", cfg("f4", stages__distill={
             "teacher_model": _teacher(tmp, tiny_bert), "supplementary": [{"task": {"name": "snli",
                                                                          "data_dir": str(tmp / "no-snli")}}]})],
@@ -287,7 +289,7 @@ def test_catalogue_has_every_case_documented(tmp_path, tiny_bert, sentiment_dir)
         assert f"| {name} |" in doc, name
 
 
-CASE_COUNT = 69
+CASE_COUNT = 70
 
 
 @pytest.mark.parametrize("index", range(CASE_COUNT))
@@ -303,7 +305,7 @@ def test_bad_input_gives_one_line_and_exit_2(index, tmp_path, tiny_bert, sentime
     for fragment in fragments:
         assert fragment in err[0], (name, fragment, err[0])
     for out in (tmp_path / p for p in ("d1", "m1", "s1", "p1", "v1", "f1", "f3", "m5", "m6", "m7", "s7", "l4", "l9",
-                                       "l12", "l15", "b1", "b2", "b3")):
+                                       "l12", "l15", "b1", "b2", "b3", "f5")):
         for stage in ("teacher", "student", "eval", "augmented", "export"):
             assert not is_complete(out / "run" / stage)
         assert not (out / "run" / "student.phases").exists()  # refused before any phase trained

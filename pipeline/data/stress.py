@@ -15,20 +15,25 @@ def _rng(seed: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, stream])
 
 
-def few_sample(ex: Examples, n: int, seed: int) -> Examples:
-    if n >= len(ex):
+def few_sample(ex: Examples, n: int, seed: int, key: str = "task") -> Examples:
+    """A seeded subset of ``n`` examples. More than there are is refused: the run would train
+    on all of them and still be labelled ``few_sample: n`` in its outputs and reports."""
+    if n > len(ex):
+        raise UserError(f"{key}.few_sample: {n} examples asked for, and the training set has {len(ex)} (after "
+                        f"any imbalance subsampling); expected at most {len(ex)}, or no few_sample")
+    if n == len(ex):
         return ex
     idx = np.sort(_rng(seed, _FEW_SAMPLE).choice(len(ex), size=n, replace=False))
     return ex.select(idx)
 
 
-def imbalance(ex: Examples, ratio: float, num_labels: int, seed: int) -> Examples:
+def imbalance(ex: Examples, ratio: float, num_labels: int, seed: int, key: str = "task") -> Examples:
     """Long-tailed subsample: the largest class keeps all n_max examples, class of rank i
     (by size) keeps n_max * ratio**(-i/(C-1)), so largest/smallest = ratio."""
     counts = np.bincount(ex.labels, minlength=num_labels)
     present = [c for c in np.argsort(-counts, kind="stable") if counts[c] > 0]
     if len(present) < 2:
-        raise UserError("task.imbalance_ratio: needs a classification training set with at least two classes")
+        raise UserError(f"{key}.imbalance_ratio: needs a classification training set with at least two classes")
     n_max = counts[present[0]]
     rng = _rng(seed, _IMBALANCE)
     keep = []
@@ -51,15 +56,16 @@ def label_noise(ex: Examples, ratio: float, num_labels: int, seed: int) -> tuple
     return out, flip
 
 
-def apply_settings(ex: Examples, task_cfg, spec, seed: int) -> Examples:
-    """Apply the configured settings in a fixed order: imbalance, few-sample, noise."""
+def apply_settings(ex: Examples, task_cfg, spec, seed: int, key: str = "task") -> Examples:
+    """Apply the configured settings in a fixed order: imbalance, few-sample, noise (``key``:
+    the task section, for messages)."""
     needs_classes = task_cfg.imbalance_ratio is not None or task_cfg.label_noise > 0
     if needs_classes and spec.regression:
-        raise UserError(f"task.imbalance_ratio / task.label_noise: task {spec.name} is a regression task")
+        raise UserError(f"{key}.imbalance_ratio / {key}.label_noise: task {spec.name} is a regression task")
     if task_cfg.imbalance_ratio is not None:
-        ex = imbalance(ex, task_cfg.imbalance_ratio, spec.num_labels, seed)
+        ex = imbalance(ex, task_cfg.imbalance_ratio, spec.num_labels, seed, key)
     if task_cfg.few_sample is not None:
-        ex = few_sample(ex, task_cfg.few_sample, seed)
+        ex = few_sample(ex, task_cfg.few_sample, seed, key)
     if task_cfg.label_noise > 0:
         ex, _ = label_noise(ex, task_cfg.label_noise, spec.num_labels, seed)
     return ex

@@ -34,7 +34,7 @@ def supplementary_data(cfg, tokenizer, target: Examples, regression: bool) -> Op
     for i, sup in enumerate(cfg.stages.distill.supplementary):
         where = f"stages.distill.supplementary[{i}].task"
         spec = get_task(sup.task.name)
-        ex = apply_settings(load_split(sup.task, spec, "train", where), sup.task, spec, cfg.seed)
+        ex = apply_settings(load_split(sup.task, spec, "train", where), sup.task, spec, cfg.seed, where)
         if _same_file(cfg, sup.task):
             ex = ex.select(np.flatnonzero(~np.isin(ex.ids, target.ids)))
             if len(ex) == 0:

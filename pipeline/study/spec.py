@@ -31,7 +31,7 @@ from pipeline.distill.presets import PRESETS
 from pipeline.schema.loading import read_yaml, validate
 from pipeline.schema.messages import field_error, suggest
 from pipeline.schema.paths import resolve_path
-from pipeline.schema.types import Float, PositiveInt, Seed, Strict, one_of
+from pipeline.schema.types import Float, PositiveInt, Seed, Strict, listing, one_of
 
 Overrides = Optional[dict[str, Any]]  # dotted key -> value, as on the command line
 
@@ -52,8 +52,8 @@ def _variant_name(value: str) -> str:
 
 
 class FlatnessSpec(Strict):
-    scales: list[Float] = Field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2],
-                                description="relative weight-noise scales sigma")
+    scales: listing(Float, "scale", non_empty=True) = Field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2],
+                                                            description="relative weight-noise scales sigma")
     draws: PositiveInt = Field(3, description="noise draws per scale")
     examples: PositiveInt = Field(500, description="examples of the split scored per draw")
     split: str = Field("dev", description="the split scored")
@@ -67,7 +67,8 @@ class Variant(Strict):
     overrides: Overrides = Field(default_factory=dict, description="dotted key -> value, in every task")
     tasks: dict[one_of(TASKS, "task", always_list=True), Overrides] = Field(
         default_factory=dict, description="task -> overrides for that task only (e.g. its supplement)")
-    settings: Optional[list[str]] = Field(None, description="the settings it runs in (null: all)")
+    settings: Optional[listing(str, "setting", non_empty=True)] = Field(
+        None, description="the settings it runs in (null: all)")
     description: str = Field("", description="what it varies and why, for the report")
 
 
@@ -102,8 +103,8 @@ class StudySpec(Strict):
     base: str = Field(description="run configuration every cell starts from")
     output_dir: str = Field(description="cells run in <output_dir>/<task>/<setting>/seed<seed>")
     report_dir: str = Field(description="the report and its records/")
-    seeds: list[Seed] = Field(description="one cell per seed")
-    methods: list[str] = Field(description="presets and variants compared")
+    seeds: listing(Seed, "seed", non_empty=True) = Field(description="one cell per seed")
+    methods: listing(str, "method", non_empty=True) = Field(description="presets and variants compared")
     variants: dict[Annotated[str, AfterValidator(_variant_name)], Variant] = Field(
         default_factory=dict, description="name -> a preset with overrides, usable in methods")
     tasks: dict[one_of(TASKS, "task", always_list=True), Overrides] = Field(description="task -> overrides")
@@ -114,7 +115,7 @@ class StudySpec(Strict):
         None, description="the comparisons the report checks (null: the paper's findings)")
     sweeps: list[SweepSpec] = Field(default_factory=list, description="settings varied across methods")
     flatness: FlatnessSpec = Field(default_factory=FlatnessSpec, description="the flatness probe")
-    eval_splits: list[str] = Field(default_factory=lambda: ["dev", "test"], description="held-out splits scored")
+    eval_splits: listing(str, "split", non_empty=True) = Field(default_factory=lambda: ["dev", "test"], description="held-out splits scored")
     score_max_examples: dict[str, PositiveInt] = Field(
         default_factory=dict, description="task -> score at most this many examples of each split (the first)")
 
@@ -130,6 +131,13 @@ class StudySpec(Strict):
         if isinstance(value, list) and not all(isinstance(s, int) and not isinstance(s, bool) for s in value):
             raise field_error(f"expected a list of integers, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _cells_to_run(self):
+        for key in ("tasks", "settings"):
+            if not getattr(self, key):
+                raise field_error(f"expected at least one {key[:-1]}, got none", key)
+        return self
 
     @model_validator(mode="after")
     def _known_tasks(self):

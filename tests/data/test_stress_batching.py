@@ -22,6 +22,16 @@ def test_few_sample_count_and_seed():
     assert len(a) == 1000 and len(set(a.text_a)) == 1000
     assert a.text_a == b.text_a and a.text_a != c.text_a
     assert [f"s{i}" for i in a.ids] == a.text_a  # provenance kept
+    assert few_sample(ex, 5000, 1).text_a == ex.text_a  # exactly all of them: the set as it is
+
+
+def test_few_sample_beyond_the_training_set_names_the_key():
+    """Asking for more than there are would train on everything under a few-sample label."""
+    with pytest.raises(UserError) as exc:
+        few_sample(examples(np.arange(50) % 2), 64, 1, "stages.distill.supplementary[0].task")
+    assert str(exc.value) == ("stages.distill.supplementary[0].task.few_sample: 64 examples asked for, and the "
+                              "training set has 50 (after any imbalance subsampling); expected at most 50, or no "
+                              "few_sample")
 
 
 def test_label_noise_rate_and_flips_to_other_class():

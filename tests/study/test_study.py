@@ -243,7 +243,17 @@ def test_study_file_errors_name_the_key(tmp_path):
                              "variants.v.settings: unknown setting 't'"),
                             ({"variants": {"v": {"preset": "kd", "tasks": {"snli": {}}}}},
                              "variants.v.tasks: 'snli' is not one of the study's tasks"),
-                            ({"seeds": [1, "2"]}, "seeds: expected a list of integers")]:
+                            ({"seeds": [1, "2"]}, "seeds: expected a list of integers"),
+                            # a repeated seed or method would be counted twice in every mean and spread
+                            ({"seeds": [1, 2, 1]}, "seeds: 1 is listed twice; expected each seed once"),
+                            ({"methods": ["kd", "kd"]}, "methods: 'kd' is listed twice; expected each method once"),
+                            ({"methods": []}, "methods: expected at least one method, got an empty list"),
+                            ({"tasks": {}}, "tasks: expected at least one task, got none"),
+                            ({"settings": {}}, "settings: expected at least one setting, got none"),
+                            ({"eval_splits": ["dev", "dev"]}, "eval_splits: 'dev' is listed twice"),
+                            ({"flatness": {"scales": []}}, "flatness.scales: expected at least one scale"),
+                            ({"variants": {"v": {"preset": "kd", "settings": []}}},
+                             "variants.v.settings: expected at least one setting, got an empty list")]:
         path = tmp_path / "study.yaml"
         path.write_text(yaml.safe_dump({**base, **extra}))
         with pytest.raises(UserError) as err:
