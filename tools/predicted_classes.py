@@ -50,6 +50,7 @@ def _models(spec, group: str):
 def main(argv: list[str] | None = None) -> None:
     from pipeline.evaluation.results import one_class_predicted
     from pipeline.models.loading import quiet_libraries
+    from pipeline.outputs.atomic import replace_text
     from pipeline.study.cells import cell_config
     from pipeline.study.records import predicted_classes_path, weights_digest
     from pipeline.study.scoring import score_folder
@@ -77,8 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--group {args.group}: no complete model folder under {spec.output_dir}")
     task, _, setting = args.group.partition("/")
     out = predicted_classes_path(spec, task, setting)
-    out.write_text(json.dumps({"group": args.group, "study": args.study, "one_class": one_class, "models": rows},
-                              indent=1) + "\n")
+    replace_text(out, json.dumps({"group": args.group, "study": args.study, "one_class": one_class, "models": rows},
+                                 indent=1) + "\n")
     one = sum(1 for r in rows if any(one_class_predicted(c) for c in r["predicted"].values()))
     print(f"{one} of {len(rows)} models predict one class for every example of a split; wrote {out}")
 

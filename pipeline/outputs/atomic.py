@@ -86,6 +86,15 @@ def write_json(path: Path, data) -> None:
     Path(path).write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
 
 
+def replace_text(path: Path, text: str) -> None:
+    """A single file written whole or not at all: a reader (or a kill) never sees it half
+    written, and two writers of the same content do not interleave."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def link_or_copy(src: Path, dst: Path) -> None:
     """A hard link where the file system allows one (no second copy of the weights on
     disk), a copy otherwise. Only files that are never written again may be linked: an

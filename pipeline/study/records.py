@@ -11,12 +11,12 @@ stale record is replaced when the cell is next scored.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
 from pipeline.data.tasks import get_task
 from pipeline.distill.presets import PHASES, revisions
+from pipeline.outputs.atomic import replace_text
 from pipeline.outputs.integrity import HASHES
 from pipeline.outputs.manifest import is_complete
 from pipeline.schema.hashing import config_hash, settings_dict, to_dict
@@ -121,9 +121,7 @@ def write_record(spec: StudySpec, cell: Cell, data: dict, teacher: bool = False)
     rec = {"cell": cell.label if not teacher else f"{cell.task}/{cell.setting}/seed{cell.seed}/{TEACHER}",
            "key": record_key(spec, cell, teacher), "weights_sha256": weights_digest(model_folder(cell, teacher)),
            **data}
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(_dumps(rec))
-    tmp.replace(path)
+    replace_text(path, _dumps(rec))
     return path
 
 

@@ -109,3 +109,12 @@ def test_a_damaged_teacher_given_by_path_is_refused(tmp_path, tiny_bert, sentime
     assert err[0] == (f"crild: error: stages.distill.teacher_model '{teacher}' failed its integrity check: "
                       f"{weights}: content differs from its recorded hash (corrupted)")
     assert not is_complete(tmp_path / "d" / "run" / "student")
+
+
+def test_a_single_file_is_replaced_whole_and_leaves_no_temporary(tmp_path):
+    from pipeline.outputs.atomic import replace_text
+
+    path = tmp_path / "record.json"
+    path.write_text("the old record")
+    replace_text(path, '{"new": 1}\n')
+    assert path.read_text() == '{"new": 1}\n' and list(tmp_path.iterdir()) == [path]
