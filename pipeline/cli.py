@@ -18,30 +18,30 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the configured stages in order, skipping complete ones")
     p.add_argument("config", help="run configuration (YAML)")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    p.add_argument("overrides", nargs="*", default=[], metavar="section.key=value")
     p.add_argument("--force", action="store_true", help="redo stages even when their output is complete")
     p.add_argument("--only", action="append", metavar="STAGE", help="run only this stage (repeatable)")
 
     p = sub.add_parser("submit", help="submit one Slurm job per stage, chained with afterok dependencies")
     p.add_argument("config", help="run configuration (YAML)")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    p.add_argument("overrides", nargs="*", default=[], metavar="section.key=value")
     p.add_argument("--no-wait", action="store_true", help="return after submitting instead of following the jobs")
     p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
                    help="extra sbatch argument for every job, e.g. --sbatch-arg=--partition=gpu")
 
     for name, stage in STAGES.items():
         p = sub.add_parser(name, help=stage.help + " (in this process; use the deepspeed launcher for ranks)")
-        p.add_argument("config")
-        p.add_argument("overrides", nargs="*", metavar="section.key=value")
+        p.add_argument("config", help="run configuration (YAML)")
+        p.add_argument("overrides", nargs="*", default=[], metavar="section.key=value")
 
     p = sub.add_parser("status", help="each stage of a run: complete, running, interrupted, stale or missing")
     p.add_argument("config", help="run configuration (YAML)")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    p.add_argument("overrides", nargs="*", default=[], metavar="section.key=value")
     p.add_argument("--verify", action="store_true", help="also check complete outputs against their content hashes")
 
     p = sub.add_parser("config", help="validate a configuration and print it with every default filled in")
     p.add_argument("config", nargs="?", help="run configuration (YAML); optional with --explain")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    p.add_argument("overrides", nargs="*", default=[], metavar="section.key=value")
     p.add_argument("--explain", action="store_true", help="print every key with its type, default and help")
 
     from pipeline.study.command import add_arguments

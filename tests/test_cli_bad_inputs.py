@@ -309,3 +309,13 @@ def test_bad_input_gives_one_line_and_exit_2(index, tmp_path, tiny_bert, sentime
         for stage in ("teacher", "student", "eval", "augmented", "export"):
             assert not is_complete(out / "run" / stage)
         assert not (out / "run" / "student.phases").exists()  # refused before any phase trained
+
+
+@pytest.mark.parametrize("command", ["run", "teacher", "status", "submit"])
+def test_a_missing_config_argument_names_only_the_config(command, capsys):
+    """Overrides are optional: argparse must not ask for them (it does for a bare nargs='*')."""
+    with pytest.raises(SystemExit) as exc:
+        main([command])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"crild {command}: error: the following arguments are " \
+                                                       f"required: config"
