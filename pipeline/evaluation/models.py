@@ -20,8 +20,9 @@ def run_models(cfg, configured: list[str], where: str) -> tuple[dict[str, str], 
     """name -> folder of the ``configured`` models (checked by the trust rule, with their
     notes), or of every complete model the run produced (verified against their hashes)."""
     if configured:
-        notes = [trust_note(resolve_model(m, where), where) for m in configured]
-        return {Path(m).name or str(m): str(m) for m in configured}, [n for n in notes if n]
+        folders = [resolve_model(m, where) for m in configured]
+        notes = [trust_note(folder, where) for folder in folders]
+        return dict(zip(model_names(configured, folders, where), map(str, configured))), [n for n in notes if n]
     out = Path(cfg.output_dir)
     found = {name: str(verified(out / name, f"the run's {name}")) for name in PRODUCED_MODELS
              if is_complete(out / name)}
@@ -29,6 +30,28 @@ def run_models(cfg, configured: list[str], where: str) -> tuple[dict[str, str], 
         raise UserError(f"{out}: no complete teacher or student to {where.split('.')[1]}; run the earlier stages "
                         f"first or set {where}")
     return found, []
+
+
+def model_names(configured: list[str], folders: list[str], where: str) -> list[str]:
+    """The name each configured model is reported (and exported) under: its folder's name,
+    with as many parent folders as it takes to tell apart folders of the same name
+    (``run1-student``, ``run2-student``), so that no model's results replace another's."""
+    paths = [Path(f).resolve() for f in folders]
+    for i, path in enumerate(paths):
+        if path in paths[:i]:
+            raise UserError(f"{where}: '{configured[paths.index(path)]}' and '{configured[i]}' are the same folder; "
+                            f"expected each model folder once")
+    names = [Path(m).name or str(m) for m in configured]
+    for name in set(names):
+        group = [i for i, n in enumerate(names) if n == name]
+        for depth in range(1, max(len(paths[i].parts) for i in group)):
+            labels = ["-".join((*paths[i].parent.parts[-depth:], name)) for i in group]
+            if len(set(labels)) == len(group):
+                break
+        if len(group) > 1:
+            for i, label in zip(group, labels):
+                names[i] = label
+    return names
 
 
 def load_eval_model(path: str, spec, dtype: torch.dtype, device: torch.device, max_length: int,

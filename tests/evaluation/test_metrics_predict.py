@@ -79,3 +79,36 @@ def test_the_table_reads_scores_against_the_best_one_class_predictor_and_names_a
     assert [line for line in table if line.startswith("note:")] == \
         [f"note: student predicts '{one}' for every test example: it has learnt no more than a label"]
     assert "predicted" not in "\n".join(table)  # counts, not a score
+
+
+def test_folders_of_the_same_name_are_each_reported(tmp_path, tiny_teacher, sentiment_dir, capsys):
+    """Two runs' students are both called 'student': each keeps its own row, named by as
+    many parent folders as tell them apart, and the same folder twice is refused."""
+    import json
+    import shutil
+
+    import yaml
+    from helpers import tiny_run_config, write_tiny_classifier
+
+    from pipeline.cli import main
+
+    first = shutil.copytree(tiny_teacher, tmp_path / "run1" / "student")
+    second = write_tiny_classifier(tiny_teacher, tmp_path / "run2" / "student")  # another head: other scores
+    raw = tiny_run_config(tmp_path, tiny_teacher, sentiment_dir)
+    raw["stages"]["evaluate"] = {"models": [str(first), str(second), str(tiny_teacher)], "splits": ["dev"]}
+    config = tmp_path / "eval.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SystemExit) as done:
+        main(["evaluate", str(config)])
+    assert done.value.code == 0
+    models = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())["models"]
+    assert sorted(models) == ["run1-student", "run2-student", "tiny-teacher"]
+    assert models["run1-student"]["path"] == str(first) and models["run2-student"]["path"] == str(second)
+
+    raw["stages"]["evaluate"]["models"] = [str(first), str(first) + "/"]
+    config.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(config)])
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"crild: error: stages.evaluate.models: '{first}' and '{first}/' are the same folder; expected each model "
+        f"folder once")
