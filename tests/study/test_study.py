@@ -549,3 +549,16 @@ def test_a_study_names_only_its_own_methods_in_findings_and_sweeps(tmp_path):
             load_study(str(path))
         assert str(path) in str(err.value) and expected in str(err.value), str(err.value)
     assert load_study(str(REPO / "jobs" / "studies" / "sensitivity.yaml")).title.startswith("Sensitivity")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--jobs", "0"], "argument --jobs: expected an integer >= 1, got '0'"),  # ran no cell, and waited for ever
+    (["--max-runs", "-1"], "argument --max-runs: expected an integer >= 0, got '-1'"),  # dropped the last cell
+    (["--jobs", "two"], "argument --jobs: expected an integer >= 1, got 'two'"),
+])
+def test_study_counts_out_of_range_are_usage_errors(argv, message, capsys):
+    from pipeline.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["study", *argv])
+    assert exc.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == f"crild study: error: {message}"
