@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import math
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 
 from pipeline.data.tasks import GlueFile, TaskSpec
 from pipeline.errors import UserError
+from pipeline.runtime import environment
 from pipeline.schema.paths import read_utf8
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ class Examples:
 
 
 def crild_home() -> Path:
-    return Path(os.environ.get("CRILD_HOME", Path.home() / ".cache" / "crild"))
+    return environment.folder("CRILD_HOME", Path.home() / ".cache" / "crild")
 
 
 def offline_data_dir() -> Path:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from pipeline.outputs.lock import STOP_FILE
+from pipeline.runtime import environment
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 _PR_SET_PDEATHSIG = 1
@@ -34,7 +35,7 @@ class StageRunner:
 
     def __init__(self, output_dir: str | Path, grace_s: float | None = None):
         self.stop_file = Path(output_dir) / STOP_FILE
-        self.grace_s = float(os.environ.get("CRILD_STOP_GRACE_S", "600")) if grace_s is None else grace_s
+        self.grace_s = environment.seconds("CRILD_STOP_GRACE_S", 600) if grace_s is None else grace_s
         self.child: subprocess.Popen | None = None
         self.received: list[str] = []
         self.stop_since: float | None = None

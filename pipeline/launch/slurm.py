@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 
+from pipeline.runtime import environment
+
 
 def in_slurm_allocation() -> bool:
     return "SLURM_JOB_ID" in os.environ and "SLURM_NTASKS" in os.environ and \
-        os.environ.get("CRILD_LAUNCHER", "srun") == "srun"
+        environment.choice("CRILD_LAUNCHER", "srun", ("srun", "deepspeed")) == "srun"
 
 
 def slurm_rendezvous() -> dict:

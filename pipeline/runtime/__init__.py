@@ -1,1 +1,1 @@
-"""The process: ranks and collectives, progress lines, fault injection for crash tests."""
+"""The process: ranks and collectives, progress lines, environment variables, fault injection for crash tests."""

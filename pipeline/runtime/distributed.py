@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import UserError
+from pipeline.runtime import environment
 
 T = TypeVar("T")
 
@@ -92,7 +93,7 @@ def init_distributed() -> DistInfo:
         torch.cuda.set_device(local_rank)
     if not torch.distributed.is_initialized():
         # a rank that hangs (not dies) makes the others' next collective fail after this long
-        timeout = timedelta(seconds=float(os.environ.get("CRILD_COLLECTIVE_TIMEOUT_S", "600")))
+        timeout = timedelta(seconds=environment.seconds("CRILD_COLLECTIVE_TIMEOUT_S", 600))
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False, timeout=timeout)
         atexit.unregister(shutdown_distributed)  # once, however often a process re-initialises
         atexit.register(shutdown_distributed)

@@ -1,0 +1,39 @@
+"""crild's environment variables, read in one place: each with its type and default, and a
+value that does not parse is one line naming the variable and what was expected (not a
+traceback from deep inside a stage, nor a silent fallback)."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from pipeline.errors import UserError
+
+
+def seconds(name: str, default: float) -> float:
+    """A positive, finite number of seconds."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise UserError(f"{name}: expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def folder(name: str, default: Path) -> Path:
+    """A folder crild may create (it need not exist yet); a file there is refused."""
+    path = Path(os.environ.get(name) or default)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{name}: '{path}' is a file, not a folder")
+    return path
+
+
+def choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(name, default)
+    if value not in choices:
+        raise UserError(f"{name}: expected {' or '.join(choices)}, got {value!r}")
+    return value
