@@ -223,7 +223,7 @@ class DistillConfig(Strict):
     relation_heads: Optional[PositiveInt] = Field(None, description="default: the teacher's attention heads")
     mixup: MixupConfig = Field(default_factory=MixupConfig)
     consistency: ConsistencyConfig = Field(default_factory=ConsistencyConfig)
-    supplementary: list[SupplementaryConfig] = Field(
+    supplementary: listing(SupplementaryConfig, "supplementary dataset") = Field(
         default_factory=list, description="other datasets' inputs for ILD (labels unused)")
     supplementary_mode: Literal["before", "mixed"] = Field(
         "before", description="before: its own ILD phase first; mixed: merged into target ILD")

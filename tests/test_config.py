@@ -1,4 +1,5 @@
 """Configuration: typed validation, helpful errors, overrides."""
+import re
 from pathlib import Path
 
 import pytest
@@ -90,9 +91,13 @@ def test_unknown_task_suggests_nearest():
     ({"stages": {"teacher": {"batch_size": 0}}}, "stages.teacher.batch_size"),
     ({"pipeline": ["teacher", "evalute"]}, "did you mean 'evaluate'"),
     ({"student": {"init": "pkd"}}, "student.init"),
+    ({"stages": {"distill": {"supplementary": [{"task": {"name": "snli"}}, {"task": {"name": "snli"}}]}}},
+     "stages.distill.supplementary: [1] is the same as [0]; expected each supplementary dataset once"),
+    ({"stages": {"distill": {"layer_map": "pairs", "layer_pairs": [[1, 2], [2, 4], [1, 2]]}}},
+     "stages.distill.layer_pairs: [1, 2] is listed twice; expected each layer pair once"),
 ])
 def test_semantic_checks(raw, fragment):
-    with pytest.raises(UserError, match=fragment.replace(".", r"\.")):
+    with pytest.raises(UserError, match=re.escape(fragment)):
         from_dict(raw)
 
 

@@ -73,9 +73,11 @@ def listing(item, noun: str, *, non_empty: bool = False, order=None):
         if non_empty and not values:
             raise field_error(f"expected at least one {noun}, got an empty list")
         seen = []
-        for value in values:
+        for i, value in enumerate(values):
             if value in seen:
-                raise field_error(f"{_text(value)} is listed twice; expected each {noun} once")
+                what = f"{_text(value)} is listed twice" if isinstance(value, (str, int, float, list)) else \
+                    f"[{i}] is the same as [{seen.index(value)}]"
+                raise field_error(f"{what}; expected each {noun} once")
             seen.append(value)
         if rank is not None:
             for before, after in zip(values, values[1:]):
