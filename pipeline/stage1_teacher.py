@@ -64,8 +64,8 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
     trajectory = trajectory_key(cfg, STAGE, {"teacher": settings_dict(cfg.teacher), "ds": ds_cfg})
     ckpts = Checkpoints(out / "checkpoints" / STAGE, dist, trajectory, train_cfg.keep_checkpoints, fingerprint)
     state = resume(engine, ckpts, STAGE, schedule.total_micro_steps)
-    if note:
-        log(dist, note)
+    for line in ([note] if note else []) + data.notes:
+        log(dist, line)
     log(dist, f"{STAGE}: {len(data.train)} training examples, {schedule.total_optimizer_steps} optimizer steps, "
               f"{dist.world_size} rank(s), ZeRO-{zero_stage(ds_cfg)}")
 

@@ -98,9 +98,10 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
     notes = [trust_note(backbone, "student.backbone")]
     tokenizer = load_tokenizer(backbone, "student.backbone")
     teacher, teacher_tokenizer, teacher_note = frozen_teacher(cfg, tokenizer, dist)
-    distill = DistillRun(cfg, dist, load_task_data(cfg, tokenizer), tokenizer, teacher,
-                         stage_fingerprint(cfg, STAGE), stop or StopRequest(output_dir=cfg.output_dir),
-                         teacher_tokenizer=teacher_tokenizer, notes=[n for n in (*notes, teacher_note) if n])
+    data = load_task_data(cfg, tokenizer)
+    distill = DistillRun(cfg, dist, data, tokenizer, teacher, stage_fingerprint(cfg, STAGE),
+                         stop or StopRequest(output_dir=cfg.output_dir), teacher_tokenizer=teacher_tokenizer,
+                         notes=[n for n in (*notes, teacher_note, *data.notes) if n])
     previous = None
     for index, phase in enumerate(phases):
         folder = distill.phase_folder(phase.name)

@@ -2,10 +2,11 @@
 settings) and evaluation splits with their labels, and the collator that pads them."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import datasets
+import numpy as np
 
 from pipeline.data.batching import Collator
 from pipeline.data.sources import Examples, available_eval_splits, load_split, resolve_source
@@ -24,6 +25,7 @@ class TaskData:
     eval: dict  # split -> datasets.Dataset
     eval_labels: dict  # split -> np.ndarray
     collate: Collator
+    notes: list = field(default_factory=list)  # what the stage should say about the data it trains on
 
     @property
     def main_split(self) -> str:
@@ -73,4 +75,17 @@ def _load_task_data(cfg, tokenizer, eval_splits, with_train) -> TaskData:
             ex = ex.select(range(cfg.task.max_eval_examples))
         evals[split] = tokenize_cached(ex, tokenizer, cfg.task.max_length)
         labels[split] = ex.labels
-    return TaskData(spec, train_ds, train_ex, evals, labels, Collator(tokenizer.pad_token_id, spec.regression))
+    notes = [truncation_note(train_ds, cfg.task.max_length)] if with_train else []
+    return TaskData(spec, train_ds, train_ex, evals, labels, Collator(tokenizer.pad_token_id, spec.regression),
+                    [n for n in notes if n])
+
+
+def truncation_note(ds: datasets.Dataset, max_length: int) -> Optional[str]:
+    """How many training examples fill ``max_length`` (the longer ones are cut there, which
+    the tokenizer does without a word), or None when none do."""
+    lengths = np.asarray(ds["length"])
+    full = int((lengths >= max_length).sum())
+    if not full:
+        return None
+    return (f"note: {full} of {len(lengths)} training examples ({full / len(lengths):.1%}) fill task.max_length "
+            f"{max_length} tokens; longer ones are cut there")

@@ -117,3 +117,24 @@ def test_offline_task_not_prepared_says_how_to_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("CRILD_HOME", str(tmp_path))
     with pytest.raises(UserError, match="crild prepare-data"):
         load_split(TaskConfig(name="snli"), TASKS["snli"], "train")
+
+
+def test_training_examples_cut_by_max_length_are_counted_in_a_note(tmp_path, tiny_bert, sentiment_dir):
+    """The tokenizer truncates without a word; the stage says how many examples fill
+    max_length, and says nothing when none do."""
+    from helpers import tiny_run_config
+
+    from pipeline.config import from_dict
+    from pipeline.data.task_data import load_task_data
+    from pipeline.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_bert), "teacher.model")
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir)
+    roomy = load_task_data(from_dict(raw), tokenizer)
+    assert roomy.notes == [] and max(roomy.train["length"]) < 32
+    raw["task"]["max_length"] = 8
+    cut = load_task_data(from_dict(raw), tokenizer)
+    full = sum(length == 8 for length in cut.train["length"])
+    assert 0 < full <= len(cut.train) and cut.notes == [
+        f"note: {full} of {len(cut.train)} training examples ({full / len(cut.train):.1%}) fill task.max_length 8 "
+        f"tokens; longer ones are cut there"]
