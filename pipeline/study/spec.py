@@ -28,6 +28,7 @@ from pydantic import AfterValidator, Field, PrivateAttr, field_validator, model_
 
 from pipeline.data.tasks import TASKS
 from pipeline.distill.presets import PRESETS
+from pipeline.errors import UserError
 from pipeline.schema.loading import read_yaml, validate
 from pipeline.schema.messages import field_error, suggest
 from pipeline.schema.paths import resolve_path
@@ -181,4 +182,16 @@ def load_study(path: str) -> StudySpec:
     spec = validate(StudySpec, read_yaml(path, "study file"), str(path))
     spec.base = str(resolve_path(spec.base, "base", str(path)))
     spec._source = str(path)
+    _check_base_pipeline(spec)
     return spec
+
+
+def _check_base_pipeline(spec: StudySpec) -> None:
+    """Every cell trains and scores a student: a base configuration without the distill stage
+    would run its teachers, then fail each cell when scoring a student that was never made."""
+    from pipeline.config import RunConfig
+
+    stages = read_yaml(spec.base).get("pipeline", RunConfig.model_fields["pipeline"].default_factory())
+    if isinstance(stages, list) and "distill" not in stages:  # other errors: the cells' validation names them
+        raise UserError(f"{spec.source}: base: the pipeline of '{spec.base}' is [{', '.join(map(str, stages))}]; "
+                        f"every cell trains a student, so expected 'distill' in it")

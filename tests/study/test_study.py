@@ -179,8 +179,9 @@ def test_a_record_holds_while_its_cell_settings_and_weights_are_unchanged(tmp_pa
     from pipeline.study.spec import load_study
 
     base = tmp_path / "base.yaml"
-    base.write_text(yaml.safe_dump({"task": {"name": "rotten_tomatoes"}, "teacher": {"random_init": {
-        "num_layers": 2, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64}}}))
+    base.write_text(yaml.safe_dump({"pipeline": ["teacher", "distill"], "task": {"name": "rotten_tomatoes"},
+                                    "teacher": {"random_init": {"num_layers": 2, "hidden_size": 32, "num_heads": 2,
+                                                                "intermediate_size": 64}}}))
 
     def study(**over):
         path = tmp_path / "study.yaml"
@@ -259,6 +260,13 @@ def test_study_file_errors_name_the_key(tmp_path):
         with pytest.raises(UserError) as err:
             load_study(str(path))
         assert str(path) in str(err.value) and expected in str(err.value)
+    # a base that trains no student: its teachers would run, then every cell fail at scoring
+    (tmp_path / "teachers.yaml").write_text(yaml.safe_dump({"pipeline": ["teacher", "evaluate"]}))
+    path.write_text(yaml.safe_dump({**base, "base": str(tmp_path / "teachers.yaml")}))
+    with pytest.raises(UserError) as err:
+        load_study(str(path))
+    assert str(err.value) == (f"{path}: base: the pipeline of '{tmp_path / 'teachers.yaml'}' is [teacher, "
+                              f"evaluate]; every cell trains a student, so expected 'distill' in it")
 
 
 @pytest.mark.slow
@@ -547,7 +555,14 @@ def test_a_study_names_only_its_own_methods_in_findings_and_sweeps(tmp_path):
         path.write_text(yaml.safe_dump({**base, **extra}))
         with pytest.raises(UserError) as err:
             load_study(str(path))
-        assert str(path) in str(err.value) and expected in str(err.value), str(err.value)
+        assert str(path) in str(err.value) and expected in str(err.value)
+    # a base that trains no student: its teachers would run, then every cell fail at scoring
+    (tmp_path / "teachers.yaml").write_text(yaml.safe_dump({"pipeline": ["teacher", "evaluate"]}))
+    path.write_text(yaml.safe_dump({**base, "base": str(tmp_path / "teachers.yaml")}))
+    with pytest.raises(UserError) as err:
+        load_study(str(path))
+    assert str(err.value) == (f"{path}: base: the pipeline of '{tmp_path / 'teachers.yaml'}' is [teacher, "
+                              f"evaluate]; every cell trains a student, so expected 'distill' in it"), str(err.value)
     assert load_study(str(REPO / "jobs" / "studies" / "sensitivity.yaml")).title.startswith("Sensitivity")
 
 
