@@ -555,14 +555,7 @@ def test_a_study_names_only_its_own_methods_in_findings_and_sweeps(tmp_path):
         path.write_text(yaml.safe_dump({**base, **extra}))
         with pytest.raises(UserError) as err:
             load_study(str(path))
-        assert str(path) in str(err.value) and expected in str(err.value)
-    # a base that trains no student: its teachers would run, then every cell fail at scoring
-    (tmp_path / "teachers.yaml").write_text(yaml.safe_dump({"pipeline": ["teacher", "evaluate"]}))
-    path.write_text(yaml.safe_dump({**base, "base": str(tmp_path / "teachers.yaml")}))
-    with pytest.raises(UserError) as err:
-        load_study(str(path))
-    assert str(err.value) == (f"{path}: base: the pipeline of '{tmp_path / 'teachers.yaml'}' is [teacher, "
-                              f"evaluate]; every cell trains a student, so expected 'distill' in it"), str(err.value)
+        assert str(path) in str(err.value) and expected in str(err.value), str(err.value)
     assert load_study(str(REPO / "jobs" / "studies" / "sensitivity.yaml")).title.startswith("Sensitivity")
 
 
