@@ -24,6 +24,7 @@ from pipeline.schema.types import (
     Fraction,
     NonNegativeFloat,
     NonNegativeInt,
+    PathText,
     PositiveFloat,
     PositiveInt,
     Probability,
@@ -66,7 +67,7 @@ class TaskConfig(Strict):
     source: Literal["auto", "offline", "glue", "files", "hub"] = Field(
         "auto", description="auto: data_dir given -> GLUE TSVs or CSV/JSONL files found there; offline task -> "
                             "the prepared offline data; otherwise the hub through datasets.load_dataset")
-    data_dir: Optional[str] = Field(None, description="folder of the task's files")
+    data_dir: Optional[PathText] = Field(None, description="folder of the task's files")
     columns: ColumnMap = Field(default_factory=ColumnMap)
     max_length: PositiveInt = Field(128, description="tokens per example after truncation")
     few_sample: Optional[PositiveInt] = Field(
@@ -87,7 +88,7 @@ class RandomInit(Strict):
 
 
 class TeacherConfig(Strict):
-    model: str = Field("all-MiniLM-L6-v2", description="a model folder, an offline alias or a hub name")
+    model: PathText = Field("all-MiniLM-L6-v2", description="a model folder, an offline alias or a hub name")
     random_init: Optional[RandomInit] = Field(None, description="a random encoder of this shape instead")
 
 
@@ -95,7 +96,7 @@ class StudentConfig(Strict):
     init: Literal["truncated", "folder", "random"] = Field(
         "truncated", description="truncated: bottom num_layers layers, embeddings and pooler of backbone; "
                                  "folder: backbone as it is; random: random_init's shape with backbone's tokenizer")
-    backbone: str = Field("all-MiniLM-L6-v2", description="model folder, offline alias or hub name")
+    backbone: PathText = Field("all-MiniLM-L6-v2", description="model folder, offline alias or hub name")
     num_layers: PositiveInt = Field(3, description="layers kept by the truncated initialisation")
     random_init: Optional[RandomInit] = Field(None, description="shape of a random student (init: random)")
 
@@ -130,12 +131,12 @@ class TrainConfig(Strict):
         "stop", description="a NaN/inf loss: stop (the last checkpoint stays good), or skip the micro-batch and "
                             "count it, stopping after max_nonfinite_skips")
     max_nonfinite_skips: NonNegativeInt = Field(10, description="skipped micro-batches allowed (on_nonfinite: skip)")
-    deepspeed_config: Optional[str] = Field(None, description="a DeepSpeed JSON for this stage only")
+    deepspeed_config: Optional[PathText] = Field(None, description="a DeepSpeed JSON for this stage only")
 
 
 class EvaluateConfig(Strict):
-    models: listing(str, "model folder") = Field(default_factory=list,
-                                                 description="model folders to evaluate; empty: the run's teacher and students")
+    models: listing(PathText, "model folder") = Field(
+        default_factory=list, description="model folders to evaluate; empty: the run's teacher and students")
     splits: listing(str, "split", non_empty=True) = Field(default_factory=lambda: ["dev", "test"],
                                                          description="held-out splits to score")
     batch_size: PositiveInt = Field(64, description="examples per batch")
@@ -160,8 +161,8 @@ class BenchmarkConfig(Strict):
 
 
 class ExportConfig(Strict):
-    models: listing(str, "model folder") = Field(default_factory=list,
-                                                 description="model folders to export; empty: the run's teacher and students")
+    models: listing(PathText, "model folder") = Field(
+        default_factory=list, description="model folders to export; empty: the run's teacher and students")
     opset: Annotated[int, Field(ge=14, le=21), Expect("an ONNX opset in [14, 21]")] = Field(
         17, description="ONNX opset of the export")
     quantize: bool = Field(True, description="also an INT8 copy (ONNX Runtime dynamic quantization) of every "
@@ -202,7 +203,7 @@ class SupplementaryConfig(Strict):
 class DistillConfig(Strict):
     preset: one_of(PRESETS, "preset") = Field("cr-ild", description="the method (see the README's preset table)")
     output: OutputName = Field("student", description="folder of the final student under output_dir")
-    teacher_model: Optional[str] = Field(None, description="default: <output_dir>/teacher from stage 1")
+    teacher_model: Optional[PathText] = Field(None, description="default: <output_dir>/teacher from stage 1")
     phases: Optional[listing(PhaseName, "phase", non_empty=True, order=PHASES)] = Field(
         None, description="default: the preset's phases")
     ild_terms: dict[one_of(TERMS, "term"), NonNegativeFloat] = Field(
@@ -229,7 +230,7 @@ class DistillConfig(Strict):
         "before", description="before: its own ILD phase first; mixed: merged into target ILD")
     augmented_phases: listing(PhaseName, "phase", order=PHASES) = Field(
         default_factory=list, description="phases trained on stage 2's augmented set")
-    teacher_deepspeed_config: Optional[str] = Field(
+    teacher_deepspeed_config: Optional[PathText] = Field(
         None, description="a DeepSpeed JSON for the teacher, e.g. ZeRO-3 to partition a large teacher")
     teacher_precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="the frozen teacher's weights and activations; auto: bf16 on a GPU that has it, "
@@ -274,8 +275,8 @@ class DistillConfig(Strict):
 
 
 class VectorsConfig(Strict):
-    path: str = Field("glove-6b-50d", description="offline alias, a GloVe .txt file, or a .npy matrix")
-    vocab: Optional[str] = Field(None, description="the words of a .npy matrix (.parquet or .txt)")
+    path: PathText = Field("glove-6b-50d", description="offline alias, a GloVe .txt file, or a .npy matrix")
+    vocab: Optional[PathText] = Field(None, description="the words of a .npy matrix (.parquet or .txt)")
 
 
 class AugmentConfig(Strict):
@@ -284,7 +285,7 @@ class AugmentConfig(Strict):
     copies: PositiveInt = Field(20, description="N: attempts per example")
     replace_prob: Probability = Field(0.4, description="p: chance each candidate word is replaced")
     candidates: PositiveInt = Field(15, description="M: candidates per word")
-    masked_lm: Optional[str] = Field(None, description="a masked-LM folder; null: word vectors for every word")
+    masked_lm: Optional[PathText] = Field(None, description="a masked-LM folder; null: word vectors for every word")
     vectors: VectorsConfig = Field(default_factory=VectorsConfig)
     batch_size: PositiveInt = Field(256, description="masked-LM sequences per forward")
     num_shards: PositiveInt = Field(16, description="units of work and of restart; the result does not depend on it")
@@ -325,9 +326,10 @@ class StagesConfig(Strict):
 
 
 class RunConfig(Strict):
-    output_dir: str = Field("runs/default", description="every stage's output goes under this folder")
+    output_dir: PathText = Field("runs/default", description="every stage's output goes under this folder")
     seed: Seed = Field(42, description="fixes data order, initialisation, dropout and mixup draws")
-    deepspeed_config: str = Field("ds_configs/zero0_fp32.json", description="the DeepSpeed JSON every stage uses")
+    deepspeed_config: PathText = Field("ds_configs/zero0_fp32.json",
+                                       description="the DeepSpeed JSON every stage uses")
     num_ranks: PositiveInt = Field(1, description="ranks per stage when crild run launches the stages")
     tf32: bool = Field(True, description="fp32 matrix products on GPUs that have TF32 (Ampere and later) use it: "
                                          "several times faster, about 1e-3 relative precision; no effect on CPUs")

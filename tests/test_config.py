@@ -212,3 +212,14 @@ def test_only_stages_run_in_the_pipeline_order_whatever_order_they_were_given():
 
     assert in_running_order(["export", "evaluate", "teacher"]) == ["teacher", "evaluate", "export"]
     assert in_running_order(list(reversed(STAGES))) == list(STAGES)
+
+
+def test_paths_starting_with_a_tilde_mean_the_home_folder(monkeypatch, tmp_path):
+    """As in a shell: output_dir: ~/runs/x once made a folder named '~' wherever crild ran."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = from_dict({"output_dir": "~/runs/x", "task": {"data_dir": "~/data"},
+                     "stages": {"evaluate": {"models": ["~/a", "b"]}, "distill": {"teacher_model": "~/t"}}})
+    assert cfg.output_dir == str(tmp_path / "runs" / "x") and cfg.task.data_dir == str(tmp_path / "data")
+    assert cfg.stages.evaluate.models == [str(tmp_path / "a"), "b"]
+    assert cfg.stages.distill.teacher_model == str(tmp_path / "t")
+    assert from_dict({"teacher": {"model": "all-MiniLM-L6-v2"}}).teacher.model == "all-MiniLM-L6-v2"  # an alias

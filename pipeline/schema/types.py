@@ -7,6 +7,7 @@ that error messages use for it (``Expect``), so a message reads "expected a rati
 """
 from __future__ import annotations
 
+import os
 import re
 from typing import Annotated
 
@@ -41,6 +42,15 @@ Fraction = Annotated[Float, Field(ge=0, le=1), Expect("a ratio in [0, 1]")]
 Probability = Annotated[Float, Field(ge=0, le=1), Expect("a probability in [0, 1]")]
 # numpy's legacy seeding takes [0, 2**32); torch and default_rng take more, so this is the bound
 Seed = Annotated[int, Field(ge=0, lt=2**32), Expect("a seed in [0, 4294967295]")]
+
+
+def _expand_home(value: str) -> str:
+    return os.path.expanduser(value)
+
+
+# a file or folder a user writes: '~/runs/x' means their home, as in a shell (without this,
+# output_dir: ~/runs/x made a folder named '~' wherever crild ran)
+PathText = Annotated[str, AfterValidator(_expand_home)]
 
 
 def one_of(names, noun: str, always_list: bool = False):

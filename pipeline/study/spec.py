@@ -32,7 +32,7 @@ from pipeline.errors import UserError
 from pipeline.schema.loading import read_yaml, validate
 from pipeline.schema.messages import field_error, suggest
 from pipeline.schema.paths import resolve_path
-from pipeline.schema.types import Float, PositiveInt, Seed, Strict, listing, one_of
+from pipeline.schema.types import Float, PathText, PositiveInt, Seed, Strict, listing, one_of
 
 Overrides = Optional[dict[str, Any]]  # dotted key -> value, as on the command line
 
@@ -101,9 +101,9 @@ class SweepSpec(Strict):
 
 
 class StudySpec(Strict):
-    base: str = Field(description="run configuration every cell starts from")
-    output_dir: str = Field(description="cells run in <output_dir>/<task>/<setting>/seed<seed>")
-    report_dir: str = Field(description="the report and its records/")
+    base: PathText = Field(description="run configuration every cell starts from")
+    output_dir: PathText = Field(description="cells run in <output_dir>/<task>/<setting>/seed<seed>")
+    report_dir: PathText = Field(description="the report and its records/")
     seeds: listing(Seed, "seed", non_empty=True) = Field(description="one cell per seed")
     methods: listing(str, "method", non_empty=True) = Field(description="presets and variants compared")
     variants: dict[Annotated[str, AfterValidator(_variant_name)], Variant] = Field(
