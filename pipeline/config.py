@@ -244,7 +244,8 @@ class DistillConfig(Strict):
                             description="training of the prediction-layer phase")
 
     @model_validator(mode="after")
-    def _consistent(self):
+    def _layer_pairs_fit_the_map(self):
+        """layer_pairs only with the pairs map, two layers each, the embeddings (0) with the embeddings."""
         layer_map = self.layer_map or PRESETS[self.preset].layer_map
         if self.layer_pairs and layer_map != "pairs":
             raise field_error(f"used only with layer_map: pairs, and the layer map is '{layer_map}'; set "
@@ -255,6 +256,11 @@ class DistillConfig(Strict):
             if (s == 0) != (t == 0):
                 raise field_error(f"pair [{s}, {t}]: layer 0 is the embedding output, and it pairs only with "
                                   f"layer 0; Transformer layers are numbered from 1", "layer_pairs")
+        return self
+
+    @model_validator(mode="after")
+    def _every_setting_is_used(self):
+        """Each phase has something to train, and what names phases or data is read by one."""
         plans = resolve_phases(self)
         for plan in plans:
             if not plan.terms and plan.consistency == 0:
