@@ -44,13 +44,9 @@ Probability = Annotated[Float, Field(ge=0, le=1), Expect("a probability in [0, 1
 Seed = Annotated[int, Field(ge=0, lt=2**32), Expect("a seed in [0, 4294967295]")]
 
 
-def _expand_home(value: str) -> str:
-    return os.path.expanduser(value)
-
-
-# a file or folder a user writes: '~/runs/x' means their home, as in a shell (without this,
-# output_dir: ~/runs/x made a folder named '~' wherever crild ran)
-PathText = Annotated[str, AfterValidator(_expand_home)]
+# a file or folder a user writes: '~/runs/x' is in their home folder, as in a shell, not in a
+# folder named '~' under the working directory
+PathText = Annotated[str, AfterValidator(os.path.expanduser)]
 
 
 def one_of(names, noun: str, always_list: bool = False):
