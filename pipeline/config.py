@@ -77,6 +77,13 @@ class TaskConfig(Strict):
         Field(None, description="class imbalance: training subsampled to this largest/smallest class ratio")
     max_eval_examples: Optional[PositiveInt] = Field(None, description="score at most this many of each held-out split")
 
+    @model_validator(mode="after")
+    def _columns_the_task_reads(self):
+        if self.columns.text_b is not None and not get_task(self.name).pair:
+            raise field_error(f"task {self.name} classifies single texts and reads no second column; expected "
+                              f"text_b only for a pair task", "columns.text_b")
+        return self
+
 
 class RandomInit(Strict):
     """Random weights of this shape instead of pretrained ones (tests, smoke runs)."""

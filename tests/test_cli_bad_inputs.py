@@ -199,6 +199,8 @@ def list_cases(tmp: Path, tiny_bert: Path, data: Path):
     teacher = _teacher(tmp, tiny_bert)
     pairs = lambda p: {"teacher_model": teacher, "layer_map": "pairs", "layer_pairs": p}  # noqa
     snli = [{"task": {"name": "snli"}}]
+    glue = _folder(tmp / "glue-sst2", {"train.tsv": b"sentence\tlabel\na fine film\t1\n",
+                                       "dev.tsv": b"sentence\tlabel\na dull film\t0\n"})
     return [
         ("empty pipeline", ["run", cfg("l1", pipeline=[])], ["pipeline: expected at least one stage, got an empty list"]),
         ("stage listed twice", ["config", cfg("l2", pipeline=["teacher", "evaluate", "teacher"])],
@@ -233,6 +235,12 @@ def list_cases(tmp: Path, tiny_bert: Path, data: Path):
         ("supplementary phase without supplementary data", ["config", cfg("l14", stages__distill={
             "phases": ["ild_supplementary", "kd"]})],
          ["stages.distill.phases: phase 'ild_supplementary' trains on stages.distill.supplementary, which is empty"]),
+        ("second text column for a single-text task", ["config", cfg("l16", task__columns={"text_b": "other"})],
+         ["task.columns.text_b: task rotten_tomatoes classifies single texts and reads no second column"]),
+        ("column names for GLUE files", ["teacher", cfg("l17", task__name="sst2", task__data_dir=str(glue),
+                                                        task__columns={"text_a": "review"})],
+         ["task.columns.text_a: column names apply to CSV, JSONL and TSV files with a header (source files), and "
+          "this task reads GLUE's TSV layout in"]),
         ("gradient accumulation longer than the stage", ["teacher", cfg(
             "l15", stages__teacher__gradient_accumulation_steps=10**6)],
          ["stages.teacher.gradient_accumulation_steps: 1000000 micro-steps per optimizer step, and 2 epoch(s) of",
@@ -289,7 +297,7 @@ def test_catalogue_has_every_case_documented(tmp_path, tiny_bert, sentiment_dir)
         assert f"| {name} |" in doc, name
 
 
-CASE_COUNT = 70
+CASE_COUNT = 72
 
 
 @pytest.mark.parametrize("index", range(CASE_COUNT))
@@ -305,7 +313,7 @@ def test_bad_input_gives_one_line_and_exit_2(index, tmp_path, tiny_bert, sentime
     for fragment in fragments:
         assert fragment in err[0], (name, fragment, err[0])
     for out in (tmp_path / p for p in ("d1", "m1", "s1", "p1", "v1", "f1", "f3", "m5", "m6", "m7", "s7", "l4", "l9",
-                                       "l12", "l15", "b1", "b2", "b3", "f5")):
+                                       "l12", "l15", "l17", "b1", "b2", "b3", "f5")):
         for stage in ("teacher", "student", "eval", "augmented", "export"):
             assert not is_complete(out / "run" / stage)
         assert not (out / "run" / "student.phases").exists()  # refused before any phase trained

@@ -270,6 +270,11 @@ def resolve_source(task_cfg: TaskConfig, spec: TaskSpec, where: str = "task") ->
             raise UserError(f"{where}.data_dir: directory '{data_dir}' {what}")
     if source == "glue" and not spec.glue_files:
         raise UserError(f"{where}.source: task {spec.name} has no GLUE file layout; use 'files'")
+    named = [k for k in ("text_a", "text_b", "label") if getattr(task_cfg.columns, k) is not None]
+    if named and source != "files":
+        reads = f"GLUE's TSV layout in {data_dir}" if source == "glue" else "the hub dataset"
+        raise UserError(f"{where}.columns.{named[0]}: column names apply to CSV, JSONL and TSV files with a header "
+                        f"(source files), and this task reads {reads}; remove columns or set {where}.source: files")
     return source, data_dir
 
 
