@@ -273,6 +273,13 @@ class DistillConfig(Strict):
             if not plan.terms and plan.consistency == 0:
                 raise field_error(f"phase '{plan.name}' of preset '{self.preset}' has no loss terms")
         names = [plan.name for plan in plans]
+        if self.mixup.enabled and not any(plan.is_ild for plan in plans):
+            raise field_error(f"mixup mixes the inputs of ILD phases, and the phases are {', '.join(names)}; expected "
+                              f"an ILD phase, or no mixup", "mixup.enabled")
+        if self.consistency.weight and not any(plan.mixup for plan in plans):
+            raise field_error(f"{self.consistency.weight}: the term compares the student on mixed and clean inputs, "
+                              f"and no phase of preset '{self.preset}' mixes them; set mixup.enabled: true, or "
+                              f"use preset cr-ild", "consistency.weight")
         for phase in self.augmented_phases:
             if phase not in names:
                 raise field_error(f"'{phase}' is not a phase this stage runs ({', '.join(names)})",

@@ -88,7 +88,8 @@ def _as_baseline(raw: dict) -> None:
     over it. Its output takes the name that the run's own distill output may not."""
     stages = raw.setdefault("stages", {})
     distill = stages.setdefault("distill", {})
-    distill.update(preset="finetune", output=BASELINE_OUTPUT, phases=None, supplementary=[], augmented_phases=[])
+    distill.update(preset="finetune", output=BASELINE_OUTPUT, phases=None, supplementary=[], augmented_phases=[],
+                   mixup={}, consistency={})  # no ILD phase: nothing to mix
     own = {key: value for key, value in (stages.get("baseline") or {}).items() if value is not None}
     distill["kd"] = {**(distill.get("kd") or {}), **own}
 

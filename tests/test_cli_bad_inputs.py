@@ -241,6 +241,13 @@ def list_cases(tmp: Path, tiny_bert: Path, data: Path):
                                                         task__columns={"text_a": "review"})],
          ["task.columns.text_a: column names apply to CSV, JSONL and TSV files with a header (source files), and "
           "this task reads GLUE's TSV layout in"]),
+        ("consistency weight without mixup", ["config", cfg("l18", stages__distill={
+            "preset": "l-ild", "consistency": {"weight": 1.0}})],
+         ["stages.distill.consistency.weight: 1.0: the term compares the student on mixed and clean inputs, and no "
+          "phase of preset 'l-ild' mixes them"]),
+        ("mixup without an ILD phase", ["config", cfg("l19", stages__distill={"preset": "kd", "mixup": {
+            "enabled": True}})], ["stages.distill.mixup.enabled: mixup mixes the inputs of ILD phases, and the "
+                                  "phases are kd"]),
         ("gradient accumulation longer than the stage", ["teacher", cfg(
             "l15", stages__teacher__gradient_accumulation_steps=10**6)],
          ["stages.teacher.gradient_accumulation_steps: 1000000 micro-steps per optimizer step, and 2 epoch(s) of",
@@ -297,7 +304,7 @@ def test_catalogue_has_every_case_documented(tmp_path, tiny_bert, sentiment_dir)
         assert f"| {name} |" in doc, name
 
 
-CASE_COUNT = 72
+CASE_COUNT = 74
 
 
 @pytest.mark.parametrize("index", range(CASE_COUNT))

@@ -179,6 +179,11 @@ def test_baseline_section_replaces_the_kd_settings_of_the_baseline_stage_only():
                               ("stages.baseline.on_nonfinite=x", "stages.baseline.on_nonfinite: expected stop or skip")]:
         with pytest.raises(UserError, match=message):
             from_dict(raw, overrides=[override])
+    # the student's mixup and consistency settings are not the baseline's (it has no ILD phase to mix)
+    mixed = from_dict(raw, overrides=["stages.distill.preset=l-ild", "stages.distill.mixup.enabled=true",
+                                      "stages.distill.consistency.weight=1.0"])
+    baseline = stage_config(mixed, "baseline").stages.distill
+    assert baseline.preset == "finetune" and baseline.mixup.enabled is None and baseline.consistency.weight is None
 
 
 def test_the_distill_script_runs_the_baseline_with_the_same_configuration_crild_run_gives_it(tmp_path, monkeypatch):

@@ -185,8 +185,11 @@ def test_presets_resolve_to_the_papers_phases():
     assert [p[0] for p in plans("cr-ild", supplementary_mode="mixed", **sup)] == ["ild", "kd"]
     assert plans("tinybert")[0][1] == {"attention_kl": 1.0, "hidden_mse": 1.0}
     assert plans("emd-ild")[0][1] == {"emd_attention": 1.0, "emd_hidden": 1.0}
-    reweighted = plans("tinybert", ild_terms={"attention_kl": 0, "pkd": 2.0}, consistency={"weight": 0.3})
-    assert reweighted[0][1] == {"hidden_mse": 1.0, "pkd": 2.0} and reweighted[0][3] == 0.0  # no mixup: no CR
+    reweighted = plans("tinybert", ild_terms={"attention_kl": 0, "pkd": 2.0})
+    assert reweighted[0][1] == {"hidden_mse": 1.0, "pkd": 2.0} and reweighted[0][3] == 0.0
+    with pytest.raises(UserError, match="no phase of preset 'tinybert' mixes them"):  # it would be ignored
+        plans("tinybert", consistency={"weight": 0.3})
+    assert plans("tinybert", consistency={"weight": 0.3}, mixup={"enabled": True})[0][2:] == (True, 0.3)
 
 
 def test_layer_maps_of_the_presets():
