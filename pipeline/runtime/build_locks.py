@@ -1,0 +1,95 @@
+"""Stale build locks: a process killed while DeepSpeed compiles one of its ops (the CPU
+shared-memory allreduce at start-up, FusedAdam on a GPU) leaves torch's build lock behind,
+and every later build of that op waits on it for ever, silently, inside DeepSpeed. This
+finds such a lock before DeepSpeed starts and names it in one line.
+
+torch's ``FileBaton`` creates ``<extensions root>/<op>/lock`` and keeps it open while it
+builds, so on Linux a lock that no process has open is stale for certain. Where ``/proc``
+is missing the lock's age decides. A lock that a live process holds is waited for: another
+rank, or another run, is building that op now. Nothing here removes a lock: it is torch's
+file, and the user decides."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.errors import UserError
+
+PROC = Path("/proc")
+STALE_AFTER_S = 900.0  # without /proc: no op's build takes this long
+RECHECK_S = 1.0
+
+
+def extensions_root() -> Path:
+    """Where ``torch.utils.cpp_extension`` builds: TORCH_EXTENSIONS_DIR, else one folder per
+    Python version and accelerator under the default root."""
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return Path(os.environ["TORCH_EXTENSIONS_DIR"])
+    from torch.utils.cpp_extension import get_default_build_root
+
+    accelerator = (f"rocm{torch.version.hip.replace('.', '')}" if torch.version.hip
+                   else f"cu{torch.version.cuda.replace('.', '')}" if torch.version.cuda else "cpu")
+    python = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
+    return Path(get_default_build_root()) / f"{python}_{accelerator}"
+
+
+def held_open(path: Path, proc: Path = PROC) -> bool | None:
+    """Whether some process has ``path`` open; None where ``/proc`` cannot say."""
+    if not (proc / "self" / "fd").is_dir():
+        return None
+    target = str(path.resolve())
+    for fd_dir in proc.glob("[0-9]*/fd"):
+        try:
+            for fd in fd_dir.iterdir():
+                if os.readlink(fd) == target:
+                    return True
+        except OSError:  # another user's process, or one that just ended
+            continue
+    return False
+
+
+def is_stale(lock: Path, proc: Path = PROC, now: float | None = None) -> bool:
+    held = held_open(lock, proc)
+    if held is None:
+        return (now or time.time()) - lock.stat().st_mtime > STALE_AFTER_S
+    return not held
+
+
+def check_build_locks(root: Path | None = None, proc: Path = PROC, recheck_s: float = RECHECK_S) -> None:
+    """Wait while another process builds an op; refuse a lock that nothing holds.
+
+    A lock seen without a holder is looked at once more after ``recheck_s``: its builder may
+    have closed it and not yet removed it."""
+    root = root or extensions_root()
+    if not root.is_dir():
+        return
+    waiting = False
+    while True:
+        locks = [lock for lock in root.glob("*/lock") if lock.exists()]
+        if not locks:
+            return
+        stale = [lock for lock in locks if _still_stale(lock, proc, recheck_s)]
+        if stale:
+            lock = stale[0]
+            raise UserError(f"{lock}: a build lock left by an interrupted build of DeepSpeed's "
+                            f"'{lock.parent.name}' op; no process holds it, and every build of that op "
+                            f"would wait on it for ever: remove the file and run again")
+        if not waiting:
+            print(f"crild: waiting for another process to finish building {locks[0].parent}",
+                  file=sys.stderr, flush=True)
+            waiting = True
+        time.sleep(recheck_s)
+
+
+def _still_stale(lock: Path, proc: Path, recheck_s: float) -> bool:
+    try:
+        if not is_stale(lock, proc):
+            return False
+        time.sleep(recheck_s)
+        return lock.exists() and is_stale(lock, proc)
+    except FileNotFoundError:  # released while we looked
+        return False
