@@ -3,6 +3,7 @@ configured, and loading one as a classifier checked against the task."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -35,23 +36,35 @@ def run_models(cfg, configured: list[str], where: str) -> tuple[dict[str, str], 
 def model_names(configured: list[str], folders: list[str], where: str) -> list[str]:
     """The name each configured model is reported (and exported) under: its folder's name,
     with as many parent folders as it takes to tell apart folders of the same name
-    (``run1-student``, ``run2-student``), so that no model's results replace another's."""
-    paths = [Path(f).resolve() for f in folders]
-    for i, path in enumerate(paths):
-        if path in paths[:i]:
-            raise UserError(f"{where}: '{configured[paths.index(path)]}' and '{configured[i]}' are the same folder; "
+    (``run1-student``, ``run2-student``), so that no model's results replace another's.
+    Names are read from the path as written (a link keeps its own name); the same folder
+    written two ways is refused."""
+    real = [Path(f).resolve() for f in folders]
+    for i, path in enumerate(real):
+        if path in real[:i]:
+            raise UserError(f"{where}: '{configured[real.index(path)]}' and '{configured[i]}' are the same folder; "
                             f"expected each model folder once")
-    names = [Path(m).name or str(m) for m in configured]
-    for name in set(names):
-        group = [i for i, n in enumerate(names) if n == name]
-        for depth in range(1, max(len(paths[i].parts) for i in group)):
-            labels = ["-".join((*paths[i].parent.parts[-depth:], name)) for i in group]
-            if len(set(labels)) == len(group):
-                break
-        if len(group) > 1:
-            for i, label in zip(group, labels):
-                names[i] = label
-    return names
+    paths = [Path(os.path.abspath(os.path.expanduser(str(m)))) for m in configured]
+    return distinct_labels([path.parts[1:] or ("root",) for path in paths])
+
+
+def distinct_labels(parts: list[tuple[str, ...]]) -> list[str]:
+    """A label per path (its folder names, without the root): the last name, and, for labels
+    that clash, one more parent folder at a time until none does; where even whole paths
+    joined with '-' clash (``/a-b/x`` and ``/a/b/x``), numbered."""
+    depth = [1] * len(parts)
+    while True:
+        labels = ["-".join(p[-d:]) for p, d in zip(parts, depth)]
+        clashing = [i for i, label in enumerate(labels) if labels.count(label) > 1]
+        growing = [i for i in clashing if depth[i] < len(parts[i])]
+        if not growing:
+            break
+        for i in growing:
+            depth[i] += 1
+    for label in {labels[i] for i in clashing}:
+        for k, i in enumerate([i for i, other in enumerate(labels) if other == label], start=1):
+            labels[i] = f"{label}-{k}"
+    return labels
 
 
 def load_eval_model(path: str, spec, dtype: torch.dtype, device: torch.device, max_length: int,
