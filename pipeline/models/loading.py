@@ -58,7 +58,9 @@ def resolve_model(name: str, where: str, need_weights: bool = True) -> str:
             return str(getattr(importlib.import_module(module), fn)())
         except ImportError:
             raise UserError(f"{where}: offline model '{name}' needs package {module}; run tools/setup.sh") from None
-    if p.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or p.exists():
+    if p.exists():
+        raise UserError(f"{where}: '{name}' is a file; expected a model folder (config.json and weights)")
+    if p.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
         raise UserError(f"{where}: model folder '{name}' does not exist")
     return name  # a hub name; loading reports a clear error when the hub is unreachable
 

@@ -38,8 +38,10 @@ def field_error(message: str, key: str | None = None) -> PydanticCustomError:
 
 def suggest(name: str, names, cutoff: float = 0.4) -> str:
     """'; did you mean 'x'?' for the nearest of ``names``, or ''."""
-    near = difflib.get_close_matches(str(name), [str(n) for n in names], n=1, cutoff=cutoff)
-    return f"; did you mean '{near[0]}'?" if near else ""
+    names = [str(n) for n in names]
+    by_case = {n.casefold(): n for n in names}
+    near = difflib.get_close_matches(str(name).casefold(), list(by_case), n=1, cutoff=cutoff)
+    return f"; did you mean '{by_case[near[0]]}'?" if near else ""
 
 
 def dotted(loc) -> str:
