@@ -271,6 +271,28 @@ def backbone_cases(tmp: Path, tiny_bert: Path, data: Path):
     ]
 
 
+def reading_cases(tmp: Path, tiny_bert: Path, data: Path):
+    """Files that parse but do not say what they seem to: a column named twice (a reader
+    would keep one), text that is not text (it would be trained on as Python's repr), a label
+    id past the classes, a file where a model folder belongs."""
+    cfg = lambda name, **e: str(write(tmp / f"{name}.yaml", case_config(tmp / name, tiny_bert, data, **e)))  # noqa
+    dev = b'{"sentence": "good", "label": "fresh"}\n'
+    twice = _folder(tmp / "twice", {"train.csv": b"sentence,label,sentence\na,fresh,b\n", "dev.jsonl": dev})
+    null = _folder(tmp / "null", {"train.jsonl": b'{"sentence": "a", "label": "fresh"}\n{"sentence": null, '
+                                                 b'"label": "rotten"}\n', "dev.jsonl": dev})
+    ids = _folder(tmp / "ids", {"train.csv": b"sentence,label\na,1\nb,2\n", "dev.jsonl": dev})
+    return [
+        ("column named twice in a header", ["teacher", cfg("g1", task__data_dir=str(twice))],
+         ["twice/train.csv:1: column 'sentence' appears twice in the header"]),
+        ("null where text is expected", ["teacher", cfg("g2", task__data_dir=str(null))],
+         ["null/train.jsonl:2: column 'sentence' is null; expected text"]),
+        ("label id past the classes", ["teacher", cfg("g3", task__data_dir=str(ids))],
+         ["ids/train.csv:3: label '2' is not one of rotten, fresh, or their ids 0-1"]),
+        ("a file where a model folder belongs", ["teacher", cfg("g4", teacher={"model": str(twice / "dev.jsonl")})],
+         ["teacher.model: '", "dev.jsonl' is a file; expected a model folder"]),
+    ]
+
+
 def _teacher(tmp: Path, tiny_bert: Path) -> str:
     """A trained sentiment classifier to distil from (its logits are read)."""
     folder = tmp / "tiny-teacher"
@@ -293,7 +315,7 @@ def _text(path: Path, text: str) -> Path:
 
 def all_cases(tmp: Path, tiny_bert: Path, data: Path):
     return cases(tmp, tiny_bert, data) + more_cases(tmp, tiny_bert, data) + list_cases(tmp, tiny_bert, data) \
-        + backbone_cases(tmp, tiny_bert, data)
+        + backbone_cases(tmp, tiny_bert, data) + reading_cases(tmp, tiny_bert, data)
 
 
 def test_catalogue_has_every_case_documented(tmp_path, tiny_bert, sentiment_dir):
@@ -304,7 +326,7 @@ def test_catalogue_has_every_case_documented(tmp_path, tiny_bert, sentiment_dir)
         assert f"| {name} |" in doc, name
 
 
-CASE_COUNT = 74
+CASE_COUNT = 78
 
 
 @pytest.mark.parametrize("index", range(CASE_COUNT))

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ class Examples:
     labels: np.ndarray
     source: str = ""
     ids: np.ndarray = field(default=None)  # position in the original file
+    notes: list = field(default_factory=list)  # what a stage should say about how the file was read
 
     def __post_init__(self):
         if self.ids is None:
@@ -52,7 +54,7 @@ class Examples:
         idx = np.asarray(idx, dtype=np.int64)
         return Examples([self.text_a[i] for i in idx],
                         None if self.text_b is None else [self.text_b[i] for i in idx],
-                        self.labels[idx].copy(), self.source, self.ids[idx].copy())
+                        self.labels[idx].copy(), self.source, self.ids[idx].copy(), list(self.notes))
 
 
 def crild_home() -> Path:
@@ -78,9 +80,33 @@ def _label_index(value, spec: TaskSpec, where: str):
     text = str(value).strip()
     if text in spec.labels and not isinstance(value, bool):
         return spec.labels.index(text)
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= int(value) < len(spec.labels):
+    k = _label_id(value)
+    if k is not None and k < len(spec.labels):
+        return spec.labels.index(spec.numbering[k])
+    numbers = f", or their ids 0-{len(spec.labels) - 1}" if spec.named_labels else ""
+    raise UserError(f"{where}: label {value!r} is not one of {', '.join(spec.labels)}{numbers} (task {spec.name})")
+
+
+def _label_id(value) -> Optional[int]:
+    """A label written as a number: a JSON integer, or digits in a CSV or TSV field."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value) if value >= 0 else None
+    if isinstance(value, str) and re.fullmatch(r"[0-9]+", value.strip()):
         return int(value)
-    raise UserError(f"{where}: label {value!r} is not one of {', '.join(spec.labels)} (task {spec.name})")
+    return None
+
+
+def numbering_note(raw_labels, spec: TaskSpec, path) -> Optional[str]:
+    """Labels given as ids where the task's labels are words: say which word each id became,
+    since a file that numbers its classes otherwise would train (and export) every class under
+    another's name without a word."""
+    if raw_labels is None or not spec.named_labels:
+        return None
+    if not any(str(v).strip() not in spec.labels and _label_id(v) is not None for v in raw_labels):
+        return None
+    ids = ", ".join(f"{k}={name}" for k, name in enumerate(spec.numbering))
+    return (f"note: {path}: labels given as numbers, read as {ids} (the Hugging Face dataset's numbering for "
+            f"{spec.name}); write the label names in the file if it numbers them otherwise")
 
 
 def _make(rows_a, rows_b, raw_labels, spec, path, line_numbers) -> Examples:
@@ -91,7 +117,8 @@ def _make(rows_a, rows_b, raw_labels, spec, path, line_numbers) -> Examples:
     else:
         labels = np.array([_label_index(v, spec, f"{path}:{n}") for v, n in zip(raw_labels, line_numbers)],
                           dtype=np.float32 if spec.regression else np.int64)
-    return Examples(rows_a, rows_b, labels, str(path))
+    note = numbering_note(raw_labels, spec, path)
+    return Examples(rows_a, rows_b, labels, str(path), notes=[note] if note else [])
 
 
 # --------------------------------------------------------------------------- text files
@@ -124,6 +151,7 @@ def read_glue_tsv(path: Path, gf: GlueFile, spec: TaskSpec) -> Examples:
         if not rows:
             raise UserError(f"{path}: no examples (empty dataset)")
         header, numbered = rows[0], numbered[1:]
+        _no_repeated_columns(header, path, line=1)
         cols = {}
         for key in ("text_a", "text_b", "label"):
             name = getattr(gf, key)
@@ -174,12 +202,37 @@ def _read_records(path: Path) -> list[tuple[int, dict]]:
     if not rows:
         return []
     (_, header), body = rows[0], rows[1:]
+    _no_repeated_columns(header, path, rows[0][0])
     out = []
     for n, row in body:
         if len(row) != len(header):
             raise UserError(f"{path}:{n}: {len(row)} fields, the header (line {rows[0][0]}) has {len(header)}")
         out.append((n, dict(zip(header, row))))
     return out
+
+
+def _no_repeated_columns(header: list[str], path: Path, line: int) -> None:
+    """A header that names a column twice: a reader would keep one of them without a word."""
+    seen = set()
+    for name in header:
+        if name in seen and name.strip():
+            raise UserError(f"{path}:{line}: column '{name}' appears twice in the header; expected each "
+                            f"column once")
+        seen.add(name)
+
+
+def _text(rec: dict, col: str, path: Path, n: int) -> str:
+    """A text field: a string (or a number, read as its digits); a missing or null field, or a
+    list, object or boolean, is refused rather than written out as Python's repr."""
+    if col not in rec:
+        raise UserError(f"{path}:{n}: missing column '{col}' (has: {', '.join(rec)})")
+    value = rec[col]
+    if value is None:
+        raise UserError(f"{path}:{n}: column '{col}' is null; expected text")
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        kind = {list: "an array", dict: "an object", bool: "a boolean"}.get(type(value), type(value).__name__)
+        raise UserError(f"{path}:{n}: column '{col}' is {kind}; expected text")
+    return str(value)
 
 
 def read_table(path: Path, spec: TaskSpec, task_cfg: TaskConfig, need_label: bool) -> Examples:
@@ -195,12 +248,9 @@ def read_table(path: Path, spec: TaskSpec, task_cfg: TaskConfig, need_label: boo
         raise UserError(f"{path}: missing column '{cl}' (has: {', '.join(records[0][1])})")
     a, b, lab, lines = [], [] if cb else None, [] if has_label else None, []
     for n, rec in records:
-        for col in (ca, cb) if cb else (ca,):
-            if rec.get(col) is None:
-                raise UserError(f"{path}:{n}: missing column '{col}' (has: {', '.join(rec)})")
-        a.append(str(rec[ca]))
+        a.append(_text(rec, ca, path, n))
         if cb:
-            b.append(str(rec[cb]))
+            b.append(_text(rec, cb, path, n))
         if has_label:
             if rec.get(cl) is None or rec.get(cl) == "":
                 raise UserError(f"{path}:{n}: missing value for label column '{cl}'")

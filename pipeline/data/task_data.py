@@ -69,13 +69,16 @@ def _load_task_data(cfg, tokenizer, eval_splits, with_train) -> TaskData:
             raise UserError(f"{cfg.source}: split '{split}' is not available for task {spec.name} "
                             f"(available: {', '.join(available) or 'none'})")
     evals, labels = {}, {}
+    notes = list(train_ex.notes) if with_train else []
     for split in eval_splits:
         ex = load_split(cfg.task, spec, split)
         if cfg.task.max_eval_examples is not None and len(ex) > cfg.task.max_eval_examples:
             ex = ex.select(range(cfg.task.max_eval_examples))
         evals[split] = tokenize_cached(ex, tokenizer, cfg.task.max_length)
         labels[split] = ex.labels
-    notes = [truncation_note(train_ds, cfg.task.max_length)] if with_train else []
+        notes += ex.notes
+    if with_train:
+        notes.append(truncation_note(train_ds, cfg.task.max_length))
     return TaskData(spec, train_ds, train_ex, evals, labels, Collator(tokenizer.pad_token_id, spec.regression),
                     [n for n in notes if n])
 

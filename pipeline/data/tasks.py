@@ -30,10 +30,23 @@ class TaskSpec:
     hub_columns: tuple = ()  # (text_a, text_b or None) column names in the hub dataset
     offline: bool = False  # prepared by `crild prepare-data` from installed packages
     inputs_only: bool = False  # unlabelled text for supplementary ILD, never a task to train on
+    # what labels written as numbers (0, 1, ...) mean in data files, where that differs from the
+    # order of ``labels``: the Hugging Face dataset's numbering (MNLI's GLUE order is alphabetical)
+    id_names: Optional[tuple[str, ...]] = None
 
     @property
     def regression(self) -> bool:
         return self.labels is None
+
+    @property
+    def numbering(self) -> tuple[str, ...]:
+        """The label names of ids 0, 1, ... in data files."""
+        return self.id_names or self.labels
+
+    @property
+    def named_labels(self) -> bool:
+        """Whether the labels are words (``fresh``), not the digits GLUE writes (``0``, ``1``)."""
+        return self.labels is not None and not all(name.isdigit() for name in self.labels)
 
     @property
     def num_labels(self) -> int:
@@ -91,7 +104,8 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in [
         "test_mismatched": GlueFile("test_mismatched.tsv", "sentence1", "sentence2", None)},
         hub_splits={"train": "train", "dev_matched": "validation_matched",
                     "dev_mismatched": "validation_mismatched", "test_matched": "test_matched",
-                    "test_mismatched": "test_mismatched"}),
+                    "test_mismatched": "test_mismatched"},
+        id_names=("entailment", "neutral", "contradiction")),
     _glue("qnli", _NLI, "accuracy", "accuracy", True, {
         "train": GlueFile("train.tsv", "question", "sentence", "label"),
         "dev": GlueFile("dev.tsv", "question", "sentence", "label"),

@@ -138,3 +138,64 @@ def test_training_examples_cut_by_max_length_are_counted_in_a_note(tmp_path, tin
     assert 0 < full <= len(cut.train) and cut.notes == [
         f"note: {full} of {len(cut.train)} training examples ({full / len(cut.train):.1%}) fill task.max_length 8 "
         f"tokens; longer ones are cut there"]
+
+
+def test_labels_given_as_numbers_follow_the_hub_numbering_and_say_so(tmp_path):
+    """MNLI's GLUE order is alphabetical, the hub's is entailment, neutral, contradiction: a
+    file exported from the hub numbers the classes that way, and every id must land on the
+    class it means (or the exported model names every class after another)."""
+    spec = TASKS["mnli"]
+    rows = [{"sentence1": f"p{k}", "sentence2": f"h{k}", "label": k} for k in (0, 1, 2)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train = load_split(TaskConfig(name="mnli", data_dir=str(tmp_path), source="files"), spec, "train")
+    assert [spec.labels[i] for i in train.labels] == ["entailment", "neutral", "contradiction"]
+    assert train.notes == [f"note: {tmp_path / 'train.jsonl'}: labels given as numbers, read as 0=entailment, "
+                           f"1=neutral, 2=contradiction (the Hugging Face dataset's numbering for mnli); write the "
+                           f"label names in the file if it numbers them otherwise"]
+    assert train.select([2, 0]).notes == train.notes  # carried through subsets (few-sample, noise, ...)
+
+
+def test_digits_in_a_csv_are_ids_and_names_need_no_note(tmp_path):
+    spec = TASKS["rotten_tomatoes"]
+    cfg = TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path))
+    (tmp_path / "train.csv").write_text("sentence,label\ngood,1\nbad,0\nfine,fresh\n")
+    train = load_split(cfg, spec, "train")
+    assert train.labels.tolist() == [1, 0, 1] and len(train.notes) == 1
+    (tmp_path / "train.csv").write_text("sentence,label\ngood,fresh\nbad,rotten\n")
+    assert load_split(cfg, spec, "train").notes == []
+    (tmp_path / "train.csv").write_text("sentence,label\ngood,2\n")
+    with pytest.raises(UserError, match=r"train.csv:2: label '2' is not one of rotten, fresh, or their ids 0-1"):
+        load_split(cfg, spec, "train")
+
+
+def test_digit_labels_of_glue_tasks_are_names_not_ids(tmp_path):
+    write_glue(tmp_path / "sst2", "sst2")
+    train = load_split(TaskConfig(name="sst2", data_dir=str(tmp_path / "sst2")), TASKS["sst2"], "train")
+    assert train.notes == []
+
+
+@pytest.mark.parametrize("name, header", [("train.csv", "sentence,label,sentence"),
+                                          ("train.tsv", "sentence\tlabel\tsentence")])
+def test_a_column_named_twice_in_the_header_is_refused(tmp_path, name, header):
+    sep = "," if name.endswith("csv") else "\t"
+    (tmp_path / name).write_text(f"{header}\n" + sep.join(["a", "fresh", "b"]) + "\n")
+    with pytest.raises(UserError) as err:
+        load_split(TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path)), TASKS["rotten_tomatoes"], "train")
+    assert str(err.value) == f"{tmp_path / name}:1: column 'sentence' appears twice in the header; expected each " \
+                             f"column once"
+
+
+def test_a_glue_header_naming_a_column_twice_is_refused(tmp_path):
+    (tmp_path / "train.tsv").write_text("index\tsentence1\tsentence2\tsentence2\tlabel\n0\ta\tb\tc\tentailment\n")
+    with pytest.raises(UserError, match="train.tsv:1: column 'sentence2' appears twice"):
+        load_split(TaskConfig(name="rte", data_dir=str(tmp_path), source="glue"), TASKS["rte"], "train")
+
+
+@pytest.mark.parametrize("value, what", [(None, "is null"), (["a"], "is an array"), ({"t": 1}, "is an object"),
+                                         (True, "is a boolean")])
+def test_text_that_is_not_text_is_refused(tmp_path, value, what):
+    (tmp_path / "train.jsonl").write_text(json.dumps({"sentence": "ok", "label": "fresh"}) + "\n"
+                                          + json.dumps({"sentence": value, "label": "fresh"}) + "\n")
+    with pytest.raises(UserError) as err:
+        load_split(TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path)), TASKS["rotten_tomatoes"], "train")
+    assert str(err.value) == f"{tmp_path / 'train.jsonl'}:2: column 'sentence' {what}; expected text"
