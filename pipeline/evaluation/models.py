@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from pipeline.errors import UserError
+from pipeline.models.label_order import align_outputs
 from pipeline.models.loading import check_max_length, load_pretrained, require_trained, resolve_model
 from pipeline.outputs.atomic import verified
 from pipeline.outputs.manifest import is_complete
@@ -79,5 +80,6 @@ def load_eval_model(path: str, spec, dtype: torch.dtype, device: torch.device, m
         raise UserError(f"{path}: model has {model.config.num_labels} output(s), task {spec.name} needs "
                         f"{spec.num_labels}")
     require_trained(info, folder, where, spec)
+    align_outputs(model, model.config, spec, path, where)
     check_max_length(model.config, max_length, path)
     return model.to(device).eval()

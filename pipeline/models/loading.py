@@ -12,6 +12,7 @@ import torch
 
 from pipeline.errors import UserError
 from pipeline.models.families import family_of
+from pipeline.models.label_order import align_outputs, head_loaded
 
 if TYPE_CHECKING:
     from pipeline.config import RandomInit
@@ -138,6 +139,8 @@ def build_classifier(name: str, spec: TaskSpec, where: str, *, num_layers: Optio
                                       output_loading_info=True)
         if trained:
             require_trained(info, path, where, spec)
+        if head_loaded(model, info["missing_keys"], spec):
+            align_outputs(model, base, spec, path, where)
     check_max_length(model.config, max_length, where)
     return model
 

@@ -14,6 +14,18 @@ def log(dist, message: str) -> None:
         print(f"crild: {message}", file=sys.stderr, flush=True)
 
 
+def note(message: str) -> None:
+    """``log`` where no rank information is at hand (model loading): rank 0 of the process
+    group, or of the launcher's RANK before there is one."""
+    import os
+
+    import torch.distributed as td
+
+    rank = td.get_rank() if td.is_available() and td.is_initialized() else int(os.environ.get("RANK", "0") or 0)
+    if rank == 0:
+        print(f"crild: {message}", file=sys.stderr, flush=True)
+
+
 class Progress:
     def __init__(self, total: int, initial: int, desc: str, enabled: bool, log_interval: float = 30.0,
                  unit: str = "micro-steps"):
