@@ -77,10 +77,28 @@ def _load_task_data(cfg, tokenizer, eval_splits, with_train) -> TaskData:
         evals[split] = tokenize_cached(ex, tokenizer, cfg.task.max_length)
         labels[split] = ex.labels
         notes += ex.notes
+        if with_train:
+            notes.append(overlap_note(train_ex, ex, split))
     if with_train:
         notes.append(truncation_note(train_ds, cfg.task.max_length))
     return TaskData(spec, train_ds, train_ex, evals, labels, Collator(tokenizer.pad_token_id, spec.regression),
                     [n for n in notes if n])
+
+
+def overlap_note(train: Examples, held_out: Examples, split: str, at_least: float = 0.01) -> Optional[str]:
+    """How many of a held-out split's examples are training examples too (the same text), when
+    at least ``at_least`` of them are: a dev file copied from the training file scores
+    memorisation, not generalisation, without a word. Real corpora repeat a few sentences
+    (Rotten Tomatoes and SNLI: under 0.3%), hence the threshold."""
+    def texts(ex: Examples):
+        return zip(ex.text_a, ex.text_b) if ex.text_b is not None else ex.text_a
+
+    seen = set(texts(train))
+    shared = sum(text in seen for text in texts(held_out))
+    if not shared or shared < at_least * len(held_out):
+        return None
+    return (f"note: {held_out.source}: {shared} of {len(held_out)} {split} examples ({shared / len(held_out):.1%}) are "
+            f"training examples too (the same text); their scores are not held-out scores")
 
 
 def truncation_note(ds: datasets.Dataset, max_length: int) -> Optional[str]:

@@ -199,3 +199,31 @@ def test_text_that_is_not_text_is_refused(tmp_path, value, what):
     with pytest.raises(UserError) as err:
         load_split(TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path)), TASKS["rotten_tomatoes"], "train")
     assert str(err.value) == f"{tmp_path / 'train.jsonl'}:2: column 'sentence' {what}; expected text"
+
+
+def test_a_held_out_split_made_of_training_examples_is_noted(tmp_path, tiny_bert, sentiment_dir):
+    """A dev file copied from the training file scores memorisation: the stage says so, and
+    says nothing for the few repeats real corpora have (under 1%)."""
+    import shutil
+
+    from helpers import tiny_run_config
+
+    from pipeline.config import from_dict
+    from pipeline.data.sources import Examples
+    from pipeline.data.task_data import load_task_data, overlap_note
+    from pipeline.models.loading import load_tokenizer
+
+    copied = shutil.copytree(sentiment_dir, tmp_path / "copied")
+    shutil.copy(copied / "train.jsonl", copied / "dev.jsonl")
+    raw = tiny_run_config(tmp_path, tiny_bert, copied)
+    data = load_task_data(from_dict(raw), load_tokenizer(str(tiny_bert), "teacher.model"))
+    n = len(data.train)
+    assert data.notes == [f"note: {copied / 'dev.jsonl'}: {n} of {n} dev examples (100.0%) are training examples "
+                          f"too (the same text); their scores are not held-out scores"]
+
+    train = Examples([f"t{i}" for i in range(200)], None, np.zeros(200, dtype=np.int64))
+    assert overlap_note(train, Examples(["t1"] + [f"d{i}" for i in range(199)], None, np.zeros(200)), "dev") is None
+    assert "2 of 200 dev" in overlap_note(train, Examples(["t1", "t2"] + [f"d{i}" for i in range(198)], None,
+                                                          np.zeros(200)), "dev")
+    pairs = Examples(["a", "a"], ["b", "c"], np.zeros(2, dtype=np.int64))  # pairs: both texts must match
+    assert "1 of 2" in overlap_note(pairs, Examples(["a", "a"], ["b", "x"], np.zeros(2)), "dev")
