@@ -6,11 +6,27 @@ import os
 import sys
 from pathlib import Path
 
+from pipeline.errors import UserError
 from pipeline.launch.slurm import in_slurm_allocation
 from pipeline.runtime.distributed import free_port
 from pipeline.stages import STAGES
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+
+def check_local_ranks(cfg) -> None:
+    """On a machine with GPUs (outside Slurm), each local rank takes one: more ranks than GPUs
+    would fail in the launcher only after the earlier stages had run, or share a GPU. On a CPU
+    any number of gloo ranks may share the cores."""
+    import torch
+
+    if in_slurm_allocation() or cfg.num_ranks == 1 or not torch.cuda.is_available():
+        return
+    gpus = torch.cuda.device_count()
+    if cfg.num_ranks > gpus:
+        raise UserError(f"num_ranks: {cfg.num_ranks} ranks, one per GPU, and this machine has {gpus} GPU(s) "
+                        f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); expected at most "
+                        f"{gpus}, or run on Slurm (crild submit)")
 
 
 def stage_command(cfg, name: str, config_path: str, overrides: list[str]) -> list[str]:

@@ -8,7 +8,7 @@ from typing import Optional
 
 from pipeline.config import RunConfig, stage_config
 from pipeline.errors import EXIT_PREEMPTED, UserError
-from pipeline.launch.command import stage_command
+from pipeline.launch.command import check_local_ranks, stage_command
 from pipeline.launch.signals import StageRunner
 from pipeline.launch.slurm import in_slurm_allocation, requeue_self, slurm_rendezvous
 from pipeline.outputs.integrity import problems
@@ -81,6 +81,7 @@ def run_pipeline(cfg: RunConfig, config_path: str, overrides: list[str], force: 
 
 
 def _run_stages(cfg: RunConfig, config_path: str, overrides: list[str], force: bool, only, lock) -> int:
+    check_local_ranks(cfg)
     runner = StageRunner(cfg.output_dir)
     env = os.environ.copy()
     if in_slurm_allocation():

@@ -1,0 +1,37 @@
+"""How crild run launches a stage, and the ranks a machine can hold."""
+import pytest
+import torch
+import yaml
+from helpers import tiny_run_config
+
+from pipeline.cli import main
+from pipeline.config import from_dict
+from pipeline.launch.command import check_local_ranks
+
+
+@pytest.fixture
+def one_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    for key in ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_STEP_ID"):
+        monkeypatch.delenv(key, raising=False)
+
+
+def test_more_local_ranks_than_gpus_is_refused_before_any_stage(one_gpu, tmp_path, tiny_bert, sentiment_dir, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({**tiny_run_config(tmp_path, tiny_bert, sentiment_dir), "num_ranks": 2}))
+    with pytest.raises(SystemExit) as done:
+        main(["run", str(path)])
+    assert done.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "crild: error: num_ranks: 2 ranks, one per GPU, and this machine has 1 GPU(s) (CUDA_VISIBLE_DEVICES=3); "
+        "expected at most 1, or run on Slurm (crild submit)"]
+    assert not (tmp_path / "run" / "teacher").exists()
+
+
+def test_ranks_that_fit_or_a_cpu_pass(one_gpu, tmp_path, tiny_bert, sentiment_dir, monkeypatch):
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir)
+    check_local_ranks(from_dict({**raw, "num_ranks": 1}))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    check_local_ranks(from_dict({**raw, "num_ranks": 8}))  # gloo ranks share the cores
