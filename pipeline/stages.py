@@ -3,7 +3,8 @@ fingerprint. The configuration's ``pipeline:`` list, the ``crild`` command and t
 all read it; adding a stage is one entry here plus its script.
 
 A stage's fingerprint is a hash of everything its output depends on: its settings, the
-DeepSpeed config's text and the fingerprints of the outputs it reads. A stage script
+DeepSpeed config's text, the content of the files and folders its settings name (data, model
+folders, vectors) and the fingerprints of the outputs it reads. A stage script
 records it in its output's manifest; ``crild run`` skips a stage whose complete output has
 the fingerprint it would run with, and redoes it otherwise.
 """
@@ -14,8 +15,10 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from pipeline.distill.presets import revisions
+from pipeline.outputs.input_digest import input_digests
 from pipeline.outputs.manifest import recorded_fingerprint
 from pipeline.schema.hashing import config_hash, settings_dict
+from pipeline.schema.types import paths_in
 from pipeline.training.ds_config import read_ds_text
 
 DISTILL_PHASES = ("ild_supplementary", "ild", "kd")  # the sections of stages.distill that train
@@ -26,15 +29,32 @@ def ds_json_text(cfg, path: str | None) -> str:
     return read_ds_text(path or cfg.deepspeed_config, cfg.source)[1]
 
 
+def _with_inputs(key: dict, sections: dict) -> str:
+    """The hash of ``key`` plus the digests of the files and folders that ``sections``
+    (prefix -> configuration section) name: an edited data file or a retrained model folder
+    changes the fingerprint as a changed setting does. DeepSpeed configs are in ``key`` by
+    their text already. A configuration that names no file (offline aliases and data) keeps
+    the fingerprint it had before digests were part of it."""
+    paths = {}
+    for prefix, section in sections.items():
+        paths.update({k: v for k, v in paths_in(section, prefix).items() if not k.endswith("deepspeed_config")})
+    digests = input_digests(paths)
+    return config_hash({**key, "inputs": digests} if digests else key)
+
+
 def _teacher_fingerprint(cfg) -> str:
-    return config_hash({"seed": cfg.seed, "task": settings_dict(cfg.task), "teacher": settings_dict(cfg.teacher),
-                        "train": settings_dict(cfg.stages.teacher),
-                        "ds": ds_json_text(cfg, cfg.stages.teacher.deepspeed_config)})
+    return _with_inputs({"seed": cfg.seed, "task": settings_dict(cfg.task), "teacher": settings_dict(cfg.teacher),
+                         "train": settings_dict(cfg.stages.teacher),
+                         "ds": ds_json_text(cfg, cfg.stages.teacher.deepspeed_config)},
+                        {"task": cfg.task, "teacher": cfg.teacher, "stages.teacher": cfg.stages.teacher})
 
 
 def _augment_fingerprint(cfg) -> str:
-    return config_hash({"seed": cfg.seed, "task": settings_dict(cfg.task), "tokenizer": cfg.student.backbone,
-                        "augment": settings_dict(cfg.stages.augment)})
+    key = {"seed": cfg.seed, "task": settings_dict(cfg.task), "tokenizer": cfg.student.backbone,
+           "augment": settings_dict(cfg.stages.augment)}
+    digests = input_digests({"student.backbone": cfg.student.backbone})
+    return _with_inputs({**key, "tokenizer_files": digests} if digests else key,
+                        {"task": cfg.task, "stages.augment": cfg.stages.augment})
 
 
 def _distill_fingerprint(cfg) -> str:
@@ -46,7 +66,7 @@ def _distill_fingerprint(cfg) -> str:
            "distill": settings_dict(d), "ds": ds, "teacher": teacher, "augmented": augmented}
     if revisions(d):  # only where a preset or term changed its defaults: other outputs stay valid
         key["revisions"] = revisions(d)
-    return config_hash(key)
+    return _with_inputs(key, {"task": cfg.task, "student": cfg.student, "stages.distill": d})
 
 
 def _upstream(cfg) -> dict:
@@ -55,13 +75,13 @@ def _upstream(cfg) -> dict:
 
 
 def _evaluate_fingerprint(cfg) -> str:
-    return config_hash({"task": settings_dict(cfg.task), "evaluate": settings_dict(cfg.stages.evaluate),
-                        "upstream": _upstream(cfg)})
+    return _with_inputs({"task": settings_dict(cfg.task), "evaluate": settings_dict(cfg.stages.evaluate),
+                         "upstream": _upstream(cfg)}, {"task": cfg.task, "stages.evaluate": cfg.stages.evaluate})
 
 
 def _export_fingerprint(cfg) -> str:
-    return config_hash({"task": settings_dict(cfg.task), "export": settings_dict(cfg.stages.export),
-                        "upstream": _upstream(cfg)})
+    return _with_inputs({"task": settings_dict(cfg.task), "export": settings_dict(cfg.stages.export),
+                         "upstream": _upstream(cfg)}, {"task": cfg.task, "stages.export": cfg.stages.export})
 
 
 @dataclass(frozen=True)

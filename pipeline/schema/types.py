@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Annotated
+from typing import Annotated, get_args, get_origin
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -44,9 +44,41 @@ Probability = Annotated[Float, Field(ge=0, le=1), Expect("a probability in [0, 1
 Seed = Annotated[int, Field(ge=0, lt=2**32), Expect("a seed in [0, 4294967295]")]
 
 
+class PathMark:
+    """Marks a value that names a file or folder, so that ``paths_in`` finds every one."""
+
+
+PATH = PathMark()
+
 # a file or folder a user writes: '~/runs/x' is in their home folder, as in a shell, not in a
 # folder named '~' under the working directory
-PathText = Annotated[str, AfterValidator(os.path.expanduser)]
+PathText = Annotated[str, AfterValidator(os.path.expanduser), PATH]
+
+
+def _marked(annotation) -> bool:
+    if get_origin(annotation) is Annotated and any(m is PATH for m in annotation.__metadata__):
+        return True
+    return any(_marked(arg) for arg in get_args(annotation))
+
+
+def paths_in(section: BaseModel, prefix: str) -> dict[str, str]:
+    """dotted key -> value of every file or folder named in ``section`` (keys of type
+    ``PathText``, in nested sections and lists too), for the values that are set."""
+    found: dict[str, str] = {}
+    for name, info in type(section).model_fields.items():
+        value, key = getattr(section, name), f"{prefix}.{name}"
+        if PATH in info.metadata or _marked(info.annotation):
+            if isinstance(value, list):
+                found.update({f"{key}[{i}]": v for i, v in enumerate(value)})
+            elif value is not None:
+                found[key] = value
+        elif isinstance(value, BaseModel):
+            found.update(paths_in(value, key))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    found.update(paths_in(item, f"{key}[{i}]"))
+    return found
 
 
 def one_of(names, noun: str, always_list: bool = False):

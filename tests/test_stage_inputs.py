@@ -1,0 +1,88 @@
+"""A stage's fingerprint follows the files and folders its settings name: an edited data
+file or a retrained model folder makes its output stale, as a changed setting does."""
+import json
+import shutil
+import subprocess
+import sys
+
+import yaml
+from helpers import REPO, crild_env, tiny_run_config
+
+from pipeline.config import from_dict
+from pipeline.outputs.input_digest import path_digest
+from pipeline.schema.hashing import config_hash, settings_dict
+from pipeline.schema.types import paths_in
+from pipeline.stages import ds_json_text, stage_fingerprint
+
+
+def edit_labels(folder, label):
+    path = folder / "train.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps({**r, "label": label}) + "\n" for r in rows))
+
+
+def test_every_path_key_is_found():
+    cfg = from_dict({"task": {"data_dir": "~/d"}, "stages": {
+        "distill": {"teacher_model": "/t", "supplementary": [{"task": {"name": "snli", "data_dir": "/s"}, "ratio": 1}]},
+        "evaluate": {"models": ["/a", "/b"]}}})
+    found = paths_in(cfg, "cfg")
+    assert found["cfg.task.data_dir"].endswith("/d") and not found["cfg.task.data_dir"].startswith("~")
+    for key, value in [("cfg.stages.distill.teacher_model", "/t"), ("cfg.stages.evaluate.models[1]", "/b"),
+                       ("cfg.stages.distill.supplementary[0].task.data_dir", "/s"), ("cfg.teacher.model", "all-MiniLM-L6-v2"),
+                       ("cfg.stages.augment.vectors.path", "glove-6b-50d")]:
+        assert found[key] == value
+    assert "cfg.seed" not in found and "cfg.task.name" not in found
+
+
+def test_fingerprints_follow_the_data_and_the_model_folders(tmp_path, tiny_bert, tiny_teacher, sentiment_dir):
+    data = shutil.copytree(sentiment_dir, tmp_path / "data")
+    teacher = shutil.copytree(tiny_teacher, tmp_path / "teacher-model")
+    raw = tiny_run_config(tmp_path, tiny_bert, data)
+    raw["stages"]["distill"] = {"teacher_model": str(teacher)}
+    raw["stages"]["evaluate"] = {"models": [str(teacher)]}
+    cfg = from_dict(raw)
+    before = {name: stage_fingerprint(cfg, name) for name in ("teacher", "distill", "evaluate")}
+    assert {name: stage_fingerprint(cfg, name) for name in before} == before  # stable while nothing changes
+    edit_labels(data, "fresh")
+    after = {name: stage_fingerprint(cfg, name) for name in before}
+    assert all(after[name] != before[name] for name in before)
+    (teacher / "extra.txt").write_text("retrained")  # the model folder changes: what reads it is stale
+    changed = {name: stage_fingerprint(cfg, name) for name in before}
+    assert changed["teacher"] == after["teacher"]  # the teacher stage does not read stages.distill.teacher_model
+    assert changed["distill"] != after["distill"] and changed["evaluate"] != after["evaluate"]
+
+
+def test_a_configuration_naming_no_file_keeps_its_fingerprint():
+    """Offline aliases and prepared data: the fingerprint is the settings' hash, as before
+    digests were part of it (committed study records stay valid)."""
+    cfg = from_dict({})
+    assert stage_fingerprint(cfg, "teacher") == config_hash({
+        "seed": cfg.seed, "task": settings_dict(cfg.task), "teacher": settings_dict(cfg.teacher),
+        "train": settings_dict(cfg.stages.teacher), "ds": ds_json_text(cfg, None)})
+
+
+def test_a_crild_folder_is_digested_by_its_recorded_hashes(tmp_path, tiny_teacher):
+    copy = shutil.copytree(tiny_teacher, tmp_path / "copy")
+    assert path_digest(copy) == path_digest(tiny_teacher)  # content, not place or time
+    assert path_digest(tmp_path / "nothing") is None and path_digest("all-MiniLM-L6-v2") is None
+
+
+def test_crild_run_redoes_a_stage_whose_data_changed(tmp_path, tiny_bert, sentiment_dir):
+    data = shutil.copytree(sentiment_dir, tmp_path / "data")
+    raw = tiny_run_config(tmp_path, tiny_bert, data)
+    raw["pipeline"] = ["teacher"]
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(raw))
+
+    def crild(*args):
+        proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *args, str(config)], capture_output=True,
+                              text=True, timeout=600, env=crild_env(), cwd=REPO)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout + proc.stderr
+
+    crild("run")
+    assert "complete for this configuration, skipped" in crild("run")
+    edit_labels(data, "rotten")
+    assert "stale" in crild("status")
+    out = crild("run")
+    assert "skipped" not in out and "teacher: saved" in out
