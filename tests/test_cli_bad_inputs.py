@@ -274,13 +274,14 @@ def backbone_cases(tmp: Path, tiny_bert: Path, data: Path):
 def reading_cases(tmp: Path, tiny_bert: Path, data: Path):
     """Files that parse but do not say what they seem to: a column named twice (a reader
     would keep one), text that is not text (it would be trained on as Python's repr), a label
-    id past the classes, a file where a model folder belongs."""
+    id past the classes, a file where a model folder belongs, vectors that are no matrix."""
     cfg = lambda name, **e: str(write(tmp / f"{name}.yaml", case_config(tmp / name, tiny_bert, data, **e)))  # noqa
     dev = b'{"sentence": "good", "label": "fresh"}\n'
     twice = _folder(tmp / "twice", {"train.csv": b"sentence,label,sentence\na,fresh,b\n", "dev.jsonl": dev})
     null = _folder(tmp / "null", {"train.jsonl": b'{"sentence": "a", "label": "fresh"}\n{"sentence": null, '
                                                  b'"label": "rotten"}\n', "dev.jsonl": dev})
     ids = _folder(tmp / "ids", {"train.csv": b"sentence,label\na,1\nb,2\n", "dev.jsonl": dev})
+    vectors = _folder(tmp / "vectors", {"glove.npy": b"not a matrix", "words.txt": b"a\nb\n"})
     return [
         ("column named twice in a header", ["teacher", cfg("g1", task__data_dir=str(twice))],
          ["twice/train.csv:1: column 'sentence' appears twice in the header"]),
@@ -290,6 +291,9 @@ def reading_cases(tmp: Path, tiny_bert: Path, data: Path):
          ["ids/train.csv:3: label '2' is not one of rotten, fresh, or their ids 0-1"]),
         ("a file where a model folder belongs", ["teacher", cfg("g4", teacher={"model": str(twice / "dev.jsonl")})],
          ["teacher.model: '", "dev.jsonl' is a file; expected a model folder"]),
+        ("vectors file that is not a matrix", ["augment", cfg("g5", stages__augment={"vectors": {
+            "path": str(vectors / "glove.npy"), "vocab": str(vectors / "words.txt")}})],
+         ["vectors/glove.npy: not a NumPy .npy matrix of numbers"]),
     ]
 
 
@@ -326,7 +330,7 @@ def test_catalogue_has_every_case_documented(tmp_path, tiny_bert, sentiment_dir)
         assert f"| {name} |" in doc, name
 
 
-CASE_COUNT = 78
+CASE_COUNT = 79
 
 
 @pytest.mark.parametrize("index", range(CASE_COUNT))

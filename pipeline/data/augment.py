@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import UserError
+from pipeline.schema.paths import read_utf8
 
 # TinyBERT's stop-word list (NLTK's English list plus a few punctuation marks).
 STOP_WORDS = frozenset("""
@@ -109,35 +110,76 @@ def load_vectors(path: str, vocab: Optional[str], where: str = "stages.augment.v
         path, vocab = str(root / emb), str(root / idx)
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"{where}.path: vectors file '{path}' does not exist")
+        what = "is a folder; expected a vectors file" if p.is_dir() else "does not exist"
+        raise UserError(f"{where}.path: vectors file '{path}' {what}")
     if p.suffix == ".npy":
-        if vocab is None or not Path(vocab).is_file():
-            raise UserError(f"{where}.vocab: the words of '{path}' are needed (a .parquet or .txt file)")
-        matrix = np.load(p, mmap_mode="r")
-        if Path(vocab).suffix == ".parquet":
-            import pyarrow.parquet as pq
+        return _checked(_npy_words(vocab, path, where), _npy_matrix(p), path, where)
+    return _text_vectors(p, where)
 
-            table = pq.read_table(vocab)
-            words = [str(w) for w in table.column(0).to_pylist()]
-        else:
-            words = Path(vocab).read_text(encoding="utf-8").split("\n")[:matrix.shape[0]]
-        if len(words) != matrix.shape[0]:
-            raise UserError(f"{where}.vocab: {len(words)} words for {matrix.shape[0]} vectors in '{path}'")
-        return WordVectors(words, np.asarray(matrix, dtype=np.float32))
+
+def _npy_matrix(path: Path) -> np.ndarray:
+    try:
+        matrix = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        why = "it holds pickled objects, which crild does not load" if "pickle" in str(err) else \
+            str(err).splitlines()[0][:120]
+        raise UserError(f"{path}: not a NumPy .npy matrix of numbers ({why}); save one with numpy.save") from None
+    if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.number):
+        raise UserError(f"{path}: expected a 2-D matrix of numbers (a row per word), got shape {matrix.shape} "
+                        f"of {matrix.dtype}")
+    return matrix
+
+
+def _npy_words(vocab: Optional[str], path: str, where: str) -> list[str]:
+    """The words of a .npy matrix: a .parquet file's first column, or one word per line."""
+    if vocab is None or not Path(vocab).is_file():
+        raise UserError(f"{where}.vocab: the words of '{path}' are needed (a .parquet or .txt file)")
+    if Path(vocab).suffix == ".parquet":
+        import pyarrow
+        import pyarrow.parquet as pq
+
+        try:
+            return [str(w) for w in pq.read_table(vocab).column(0).to_pylist()]
+        except (OSError, pyarrow.ArrowException) as err:
+            raise UserError(f"{vocab}: not a readable Parquet file ({str(err).splitlines()[0][:120]})") from None
+    return read_utf8(Path(vocab)).splitlines()
+
+
+def _checked(words: list[str], matrix: np.ndarray, path: str, where: str) -> WordVectors:
+    """A word per row, and every value finite: a NaN or infinite vector would make every
+    similarity it enters NaN, and the augmenter's nearest words arbitrary."""
+    if len(words) != matrix.shape[0]:
+        raise UserError(f"{where}.vocab: {len(words)} words for {matrix.shape[0]} vectors in '{path}'; expected one "
+                        f"word per row")
+    vectors = np.asarray(matrix, dtype=np.float32)
+    finite = np.isfinite(vectors).all(axis=1)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        raise UserError(f"{path}: the vector of '{words[row]}' (row {row + 1}) is not finite; expected numbers")
+    return WordVectors(words, vectors)
+
+
+def _text_vectors(path: Path, where: str) -> WordVectors:
+    """A GloVe text file: ``word v1 v2 ...`` per line."""
     words, rows = [], []
-    with open(p, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            parts = line.rstrip("\n").split(" ")
+    with open(path, "rb") as fh:  # line by line: GloVe files run to gigabytes
+        for n, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise UserError(f"{path}:{n}: not UTF-8 text (byte {raw[err.start]:#04x}); save the file as "
+                                f"UTF-8") from None
+            parts = line.rstrip("\r\n").split(" ")
             if len(parts) < 2:
                 continue
             try:
                 rows.append(np.array(parts[1:], dtype=np.float32))
             except ValueError:
-                raise UserError(f"{p}:{n}: expected 'word v1 v2 ...' with numbers") from None
+                raise UserError(f"{path}:{n}: expected 'word v1 v2 ...' with numbers") from None
             words.append(parts[0])
     if not rows or len({len(r) for r in rows}) != 1:
-        raise UserError(f"{p}: no vectors, or vectors of different lengths")
-    return WordVectors(words, np.stack(rows))
+        raise UserError(f"{path}: no vectors, or vectors of different lengths")
+    return _checked(words, np.stack(rows), str(path), where)
 
 
 # --------------------------------------------------------------------------- masked LM

@@ -144,6 +144,33 @@ def test_missing_vectors_file(tmp_path, tiny_bert, sentiment_dir):
         stage2_augment.run(from_dict(raw))
 
 
+def test_vectors_are_read_whole_and_checked(tmp_path):
+    """A word per row, finite numbers, a real .npy matrix: anything else is one line naming
+    the file (and the line), never a traceback, and never words shifted against rows."""
+    np.save(tmp_path / "m.npy", np.arange(6, dtype=np.float32).reshape(3, 2))
+    (tmp_path / "words.txt").write_text("a\nb\nc\n")  # a final newline is not a fourth word
+    vec = load_vectors(str(tmp_path / "m.npy"), str(tmp_path / "words.txt"))
+    assert vec.words == ["a", "b", "c"] and vec.unit.shape == (3, 2)
+    (tmp_path / "text.txt").write_text("\ufeffa 1 2\r\nb 3 4\r\n")  # a byte-order mark and CRLF lines
+    assert load_vectors(str(tmp_path / "text.txt"), None).words == ["a", "b"]
+
+    (tmp_path / "two.txt").write_text("a\nb\n")
+    (tmp_path / "pickled.npy").write_bytes(b"not a matrix")
+    np.save(tmp_path / "flat.npy", np.zeros(4))
+    (tmp_path / "nan.txt").write_text("a 1 2\nb nan 4\n")
+    (tmp_path / "latin1.txt").write_bytes(b"a 1 2\ncaf\xe9 3 4\n")
+    (tmp_path / "folder").mkdir()
+    for path, vocab, message in [
+        ("m.npy", "two.txt", "vectors.vocab: 2 words for 3 vectors in '.*m.npy'; expected one word per row"),
+        ("pickled.npy", "words.txt", "pickled.npy: not a NumPy .npy matrix of numbers \\(it holds pickled objects"),
+        ("flat.npy", "words.txt", r"flat.npy: expected a 2-D matrix of numbers \(a row per word\), got shape \(4,\)"),
+        ("nan.txt", None, "nan.txt: the vector of 'b' \\(row 2\\) is not finite"),
+        ("latin1.txt", None, "latin1.txt:2: not UTF-8 text \\(byte 0xe9\\)"),
+        ("folder", None, "vectors file '.*folder' is a folder; expected a vectors file")]:
+        with pytest.raises(UserError, match=message):
+            load_vectors(str(tmp_path / path), vocab and str(tmp_path / vocab))
+
+
 def test_tokenizer_vocabulary_mismatch(tmp_path, tiny_bert, tiny_mlm, vectors_file):
     from transformers import BertTokenizerFast
 
