@@ -30,7 +30,7 @@ from pipeline.runtime.progress import log
 from pipeline.schema.hashing import settings_dict
 from pipeline.stage_cli import stage_main
 from pipeline.stages import stage_fingerprint
-from pipeline.training.checkpointing import Checkpoints, remove_checkpoints, resume, trajectory_key
+from pipeline.training.checkpointing import Checkpoints, claim_checkpoints, remove_checkpoints, resume, trajectory_key
 from pipeline.training.ds_config import build_ds_config, zero_stage
 from pipeline.training.engine import build_engine, consolidated_state_dict
 from pipeline.training.scalars import Scalars
@@ -49,6 +49,7 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
     train_cfg = cfg.stages.teacher
     out = Path(cfg.output_dir)
     fingerprint = stage_fingerprint(cfg, STAGE)
+    claim_checkpoints(out / "checkpoints" / STAGE)
     model_path = resolve_model(cfg.teacher.model, "teacher.model", need_weights=cfg.teacher.random_init is None)
     note = trust_note(model_path, "teacher.model")
     tokenizer = load_tokenizer(model_path, "teacher.model")

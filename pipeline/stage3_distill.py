@@ -37,7 +37,7 @@ from pipeline.runtime.distributed import barrier, init_distributed, seed_everyth
 from pipeline.runtime.progress import log
 from pipeline.stage_cli import stage_main
 from pipeline.stages import stage_fingerprint
-from pipeline.training.checkpointing import remove_checkpoints
+from pipeline.training.checkpointing import claim_checkpoints, remove_checkpoints
 from pipeline.training.stop import StopRequest
 
 PHASE_ONLY_FILES = (*BOOKKEEPING_FILES, "train_results.json")  # the final student writes its own
@@ -102,6 +102,7 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
     distill = DistillRun(cfg, dist, data, tokenizer, teacher, stage_fingerprint(cfg, STAGE),
                          stop or StopRequest(output_dir=cfg.output_dir), teacher_tokenizer=teacher_tokenizer,
                          notes=[n for n in (*notes, teacher_note, *data.notes) if n])
+    claim_checkpoints(distill.checkpoint_folder())
     previous = None
     for index, phase in enumerate(phases):
         folder = distill.phase_folder(phase.name)

@@ -274,7 +274,8 @@ def backbone_cases(tmp: Path, tiny_bert: Path, data: Path):
 def reading_cases(tmp: Path, tiny_bert: Path, data: Path):
     """Files that parse but do not say what they seem to: a column named twice (a reader
     would keep one), text that is not text (it would be trained on as Python's repr), a label
-    id past the classes, a file where a model folder belongs, vectors that are no matrix."""
+    id past the classes, a file where a model folder belongs, vectors that are no matrix, a
+    checkpoint folder of the user's."""
     cfg = lambda name, **e: str(write(tmp / f"{name}.yaml", case_config(tmp / name, tiny_bert, data, **e)))  # noqa
     dev = b'{"sentence": "good", "label": "fresh"}\n'
     twice = _folder(tmp / "twice", {"train.csv": b"sentence,label,sentence\na,fresh,b\n", "dev.jsonl": dev})
@@ -291,10 +292,22 @@ def reading_cases(tmp: Path, tiny_bert: Path, data: Path):
          ["ids/train.csv:3: label '2' is not one of rotten, fresh, or their ids 0-1"]),
         ("a file where a model folder belongs", ["teacher", cfg("g4", teacher={"model": str(twice / "dev.jsonl")})],
          ["teacher.model: '", "dev.jsonl' is a file; expected a model folder"]),
+        ("checkpoint folder crild did not make", ["teacher", foreign_checkpoints(tmp, cfg)],
+         ["g6/run/checkpoints/teacher: a folder crild did not make is where this stage keeps its checkpoints"]),
         ("vectors file that is not a matrix", ["augment", cfg("g5", stages__augment={"vectors": {
             "path": str(vectors / "glove.npy"), "vocab": str(vectors / "words.txt")}})],
          ["vectors/glove.npy: not a NumPy .npy matrix of numbers"]),
     ]
+
+
+def foreign_checkpoints(tmp: Path, cfg) -> str:
+    """A run folder whose checkpoints/teacher holds a file of the user's (the stage must not
+    write among it, nor remove it)."""
+    config = cfg("g6")
+    mine = tmp / "g6" / "run" / "checkpoints" / "teacher"
+    mine.mkdir(parents=True, exist_ok=True)
+    (mine / "notes.txt").write_text("mine")
+    return config
 
 
 def _teacher(tmp: Path, tiny_bert: Path) -> str:
@@ -330,7 +343,7 @@ def test_catalogue_has_every_case_documented(tmp_path, tiny_bert, sentiment_dir)
         assert f"| {name} |" in doc, name
 
 
-CASE_COUNT = 79
+CASE_COUNT = 80
 
 
 @pytest.mark.parametrize("index", range(CASE_COUNT))

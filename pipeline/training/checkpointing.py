@@ -19,6 +19,32 @@ from pipeline.schema.hashing import config_hash, settings_dict
 
 TAG_PREFIX = "step"
 FINGERPRINT_FILE = "stage_fingerprint"
+OWNER_FILE = "crild_checkpoints"  # in a stage's checkpoint folder: crild made it, and may remove it
+
+
+def made_by_crild(root: Path) -> bool:
+    """Whether crild made the checkpoint folder ``root`` (its mark, or, in folders from before
+    the mark, the stage fingerprint its checkpoints record)."""
+    root = Path(root)
+    return (root / OWNER_FILE).is_file() or any(root.rglob(FINGERPRINT_FILE))
+
+
+def claim_checkpoints(root: Path) -> None:
+    """Make ``root`` the stage's checkpoint folder (rank 0; collective). A folder crild did not
+    make that already holds something is refused: the stage would write its checkpoints among
+    its files and remove the folder, theirs too, when it finishes."""
+    def check() -> None:
+        path = Path(root)
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{path}: a file is where this stage keeps its checkpoints; move it, or choose another "
+                            f"output_dir")
+        if path.is_dir() and any(path.iterdir()) and not made_by_crild(path):
+            raise UserError(f"{path}: a folder crild did not make is where this stage keeps its checkpoints (and "
+                            f"removes them when it finishes); move it, or choose another output_dir")
+        path.mkdir(parents=True, exist_ok=True)
+        (path / OWNER_FILE).touch()
+
+    decided_by_main(check)
 
 
 def _rng_state() -> dict:
@@ -153,14 +179,14 @@ def remove_checkpoints(root: Path, is_main: bool = True) -> None:
     """A finished stage or phase never resumes, so its checkpoints (weights plus optimizer
     state, about 16 bytes a parameter per tag kept) would only fill the disk. Rank 0 removes
     them once the output they led to is in place."""
-    if is_main and Path(root).is_dir():
+    if is_main and Path(root).is_dir() and made_by_crild(root):
         shutil.rmtree(root, ignore_errors=True)
 
 
 def archive_stale(root: Path, fingerprint: str) -> Path | None:
     """Move checkpoints under ``root`` written for another stage fingerprint (the
     configuration or the inputs changed) out of the way; returns where they went."""
-    stale = []
+    stale = []  # a folder crild did not make holds no markers: it is never moved
     for marker in sorted(Path(root).rglob(FINGERPRINT_FILE)) if Path(root).is_dir() else []:
         if marker.read_text().strip() != fingerprint:
             stale.append(marker.parent)

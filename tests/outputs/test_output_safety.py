@@ -118,3 +118,38 @@ def test_a_single_file_is_replaced_whole_and_leaves_no_temporary(tmp_path):
     path.write_text("the old record")
     replace_text(path, '{"new": 1}\n')
     assert path.read_text() == '{"new": 1}\n' and list(tmp_path.iterdir()) == [path]
+
+
+def test_a_checkpoint_folder_crild_did_not_make_is_never_removed_or_moved(tmp_path):
+    """The stage refuses to write among a user's files (the catalogue runs it through crild);
+    the runner's clean-up and stale-checkpoint archive leave such a folder as it is, and
+    remove or move crild's own."""
+    from pipeline.training.checkpointing import (
+        FINGERPRINT_FILE,
+        archive_stale,
+        claim_checkpoints,
+        made_by_crild,
+        remove_checkpoints,
+    )
+
+    mine = tmp_path / "checkpoints" / "teacher"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="a folder crild did not make is where this stage keeps its checkpoints"):
+        claim_checkpoints(mine)
+    remove_checkpoints(mine)
+    assert archive_stale(mine, "any") is None and (mine / "notes.txt").read_text() == "mine"
+
+    ours = tmp_path / "checkpoints" / "distill"
+    claim_checkpoints(ours)  # a new folder: made and marked
+    claim_checkpoints(ours)  # and claimed again on resume
+    assert made_by_crild(ours)
+    (ours / "ild").mkdir()
+    (ours / "ild" / FINGERPRINT_FILE).write_text("old")
+    assert archive_stale(ours, "new") == tmp_path / "checkpoints" / "distill.stale-1"
+    claim_checkpoints(ours)
+    remove_checkpoints(ours)
+    assert not ours.exists()
+    (tmp_path / "checkpoints" / "file").write_text("x")
+    with pytest.raises(UserError, match="a file is where this stage keeps its checkpoints"):
+        claim_checkpoints(tmp_path / "checkpoints" / "file")

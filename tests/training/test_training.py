@@ -270,12 +270,14 @@ def test_runner_clears_checkpoints_a_finished_stage_left_behind(tmp_path, tiny_b
     """A stage killed after publishing its output but before removing its checkpoints leaves
     them behind; the next `crild run` skips the stage and removes them."""
     from pipeline.launch.local import run_pipeline
+    from pipeline.training.checkpointing import claim_checkpoints
 
     raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=1)
     raw["pipeline"] = ["teacher"]
     cfg = from_dict(raw)
     assert stage1_teacher.run(cfg, stop=StopRequest(install_handlers=False)) == 0
     leftover = Path(cfg.output_dir) / "checkpoints" / "teacher" / "step00000004"
+    claim_checkpoints(leftover.parent)  # what the stage did when it started
     leftover.mkdir(parents=True)
     (leftover / "mp_rank_00_model_states.pt").write_bytes(b"x" * 100)
     assert run_pipeline(cfg, "run.yaml", []) == 0
