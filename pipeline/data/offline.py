@@ -40,6 +40,9 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 def _write_splits(name: str, splits: dict[str, list[dict]]) -> Path:
     """Write all splits into a temporary directory, then rename it into place."""
     final = offline_data_dir() / name
+    if final.exists() and not (final / "SOURCE.json").is_file():  # prepared data carry SOURCE.json
+        raise UserError(f"{final}: a folder crild did not prepare is where it keeps the offline task '{name}'; "
+                        f"move it, or set CRILD_HOME to another folder")
     tmp = final.with_name(f".{name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

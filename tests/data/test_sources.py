@@ -227,3 +227,16 @@ def test_a_held_out_split_made_of_training_examples_is_noted(tmp_path, tiny_bert
                                                           np.zeros(200)), "dev")
     pairs = Examples(["a", "a"], ["b", "c"], np.zeros(2, dtype=np.int64))  # pairs: both texts must match
     assert "1 of 2" in overlap_note(pairs, Examples(["a", "a"], ["b", "x"], np.zeros(2)), "dev")
+
+
+def test_preparing_offline_data_never_replaces_a_folder_crild_did_not_prepare(tmp_path, monkeypatch):
+    from pipeline.data.offline import prepare_all
+
+    monkeypatch.setenv("CRILD_HOME", str(tmp_path))
+    mine = tmp_path / "data" / "rotten_tomatoes"
+    mine.mkdir(parents=True)
+    (mine / "train.jsonl").write_text('{"sentence": "mine", "label": "fresh"}\n')
+    with pytest.raises(UserError, match="a folder crild did not prepare is where it keeps the offline task "
+                                        "'rotten_tomatoes'; move it, or set CRILD_HOME to another folder"):
+        prepare_all()
+    assert (mine / "train.jsonl").read_text().startswith('{"sentence": "mine"')
