@@ -21,7 +21,9 @@ configuration (one-line errors, unknown keys refused).
 """
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 from pydantic import AfterValidator, Field, PrivateAttr, field_validator, model_validator
@@ -183,7 +185,29 @@ def load_study(path: str) -> StudySpec:
     spec.base = str(resolve_path(spec.base, "base", str(path)))
     spec._source = str(path)
     _check_base_pipeline(spec)
+    _check_report_dir(spec)
     return spec
+
+
+def _check_report_dir(spec: StudySpec) -> None:
+    """The report writes README.md, index.html, summary.json and plots into ``report_dir``,
+    replacing files of those names: a folder is accepted when it is new or empty, holds only
+    the records of cells run so far, or holds a report crild wrote (its summary.json)."""
+    out = Path(spec.report_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{spec.source}: report_dir: '{out}' is a file, not a folder")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if not set(entries) - {"records"}:
+        return
+    try:
+        ours = "findings" in json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError, TypeError):
+        ours = False
+    if not ours:
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise UserError(f"{spec.source}: report_dir: '{out}' holds files crild did not write ({shown}); the report "
+                        f"writes README.md, index.html, summary.json and plots there, replacing any of those names: "
+                        f"expected a new or empty folder, or one holding a crild report")
 
 
 def _check_base_pipeline(spec: StudySpec) -> None:

@@ -269,6 +269,43 @@ def test_study_file_errors_name_the_key(tmp_path):
                               f"evaluate]; every cell trains a student, so expected 'distill' in it")
 
 
+def test_a_report_dir_of_other_files_is_refused_before_anything_runs(tmp_path):
+    """``report_dir: .`` would have replaced the project's README.md with the report."""
+    import json
+
+    from pipeline.errors import UserError
+    from pipeline.study.spec import load_study
+
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"pipeline": ["teacher", "distill"]}))
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "README.md").write_text("my project")
+    path = tmp_path / "study.yaml"
+
+    def study(report_dir):
+        path.write_text(yaml.safe_dump({"base": str(tmp_path / "base.yaml"), "output_dir": "o", "report_dir":
+                                        str(report_dir), "seeds": [1], "methods": ["kd"],
+                                        "tasks": {"rotten_tomatoes": {}}, "settings": {"s": {}}}))
+        return load_study(str(path))
+
+    with pytest.raises(UserError) as err:
+        study(mine)
+    assert str(err.value) == (f"{path}: report_dir: '{mine}' holds files crild did not write (README.md); the "
+                              f"report writes README.md, index.html, summary.json and plots there, replacing any "
+                              f"of those names: expected a new or empty folder, or one holding a crild report")
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(UserError, match="report_dir: '.*a-file' is a file, not a folder"):
+        study(tmp_path / "a-file")
+    ours = tmp_path / "report"
+    study(ours)  # new
+    (ours / "records").mkdir(parents=True)
+    study(ours)  # records of the cells run so far
+    (ours / "README.md").write_text("# report")
+    (ours / "summary.json").write_text(json.dumps({"findings": []}))
+    study(ours)  # a report crild wrote
+    study(REPO / "reports" / "offline")  # the committed one
+
+
 @pytest.mark.slow
 def test_a_stopped_study_stops_its_cells_and_resumes_them(tmp_path, tiny_bert, sentiment_dir):
     """SIGTERM (a time limit) to tools/report.py stops the running cell, which checkpoints;
