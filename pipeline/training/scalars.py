@@ -4,6 +4,27 @@ logged before it)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
+
+EVENTS = "events.out.tfevents.*"
+
+
+def set_aside_events(log_dir: Path) -> Optional[Path]:
+    """Move the event files of an earlier attempt out of ``log_dir`` (into ``earlier-<n>``,
+    which TensorBoard shows as a run of its own), for a stage that starts afresh: left in
+    place, a longer earlier run's later steps would extend the new curves, and the study
+    would read them as the new run's. Returns where they went, or None when there were none."""
+    log_dir = Path(log_dir)
+    events = sorted(log_dir.glob(EVENTS)) if log_dir.is_dir() else []
+    if not events:
+        return None
+    n = 1
+    while (earlier := log_dir / f"earlier-{n}").exists():
+        n += 1
+    earlier.mkdir()
+    for path in events:
+        path.rename(earlier / path.name)
+    return earlier
 
 
 class Scalars:

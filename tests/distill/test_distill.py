@@ -316,6 +316,16 @@ def test_resume_is_exact(tmp_path, tiny_bert, sentiment_dir, preset, target):
     a = load_file(str(Path(full.output_dir) / "student" / "model.safetensors"))
     b = load_file(str(Path(split.output_dir) / "student" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not list((Path(split.output_dir) / "tensorboard" / "student").glob("earlier-*"))  # curves continue
+    if target == "clean":  # redone from scratch for another configuration: the earlier curves are set aside
+        from pipeline.study.scoring import read_scalars
+
+        shorter = from_dict({**full.model_dump(), "stages": {**full.stages.model_dump(), "distill": {
+            **full.stages.distill.model_dump(), "ild": {**full.stages.distill.ild.model_dump(), "epochs": 1}}}})
+        assert stage3_distill.run(shorter, stop=StopRequest(install_handlers=False)) == 0
+        events = Path(full.output_dir) / "tensorboard" / "student"
+        assert read_scalars(events)["ild/train/loss"][-1][0] <= 12  # one epoch of 12 steps
+        assert read_scalars(events / "earlier-1")["ild/train/loss"][-1][0] > 12  # two
 
 
 def test_consistency_target_without_dropout_is_the_eval_pass(tiny_bert):

@@ -36,6 +36,7 @@ def test_resume_mid_epoch_gives_identical_weights(tmp_path, tiny_bert, sentiment
     assert (out_b / "checkpoints" / "teacher" / "latest").read_text().strip() == "step00000003"
     assert stage1_teacher.run(split, stop=StopRequest(install_handlers=False)) == 0
     assert not (out_b / "checkpoints" / "teacher").exists()  # a finished stage never resumes: its checkpoints go
+    assert not list((out_b / "tensorboard" / "teacher").glob("earlier-*"))  # a resumed run continues its curves
 
     wa, wb = weights(Path(full.output_dir)), weights(out_b)
     assert wa.keys() == wb.keys()
@@ -283,6 +284,22 @@ def test_runner_clears_checkpoints_a_finished_stage_left_behind(tmp_path, tiny_b
     assert run_pipeline(cfg, "run.yaml", []) == 0
     assert "teacher: complete for this configuration, skipped" in capsys.readouterr().out
     assert not leftover.parent.exists() and (Path(cfg.output_dir) / "teacher" / "model.safetensors").is_file()
+
+
+def test_a_stage_started_afresh_sets_the_earlier_curves_aside(tmp_path, tiny_bert, sentiment_dir, capsys):
+    """A longer earlier run's later steps would otherwise extend the new curves, and a study
+    would read them as the new run's."""
+    from pipeline.study.scoring import read_scalars
+
+    longer = from_dict(tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=2))
+    assert stage1_teacher.run(longer, stop=StopRequest(install_handlers=False)) == 0
+    shorter = from_dict(tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=1))
+    assert stage1_teacher.run(shorter, stop=StopRequest(install_handlers=False)) == 0
+    events = Path(shorter.output_dir) / "tensorboard" / "teacher"
+    assert read_scalars(events)["teacher/train/loss"][-1][0] == 12  # one epoch of 12 steps, not two
+    assert read_scalars(events / "earlier-1")["teacher/train/loss"][-1][0] == 24
+    assert f"teacher: starting afresh; the TensorBoard events of an earlier attempt are in {events / 'earlier-1'}" \
+        in capsys.readouterr().err
 
 
 def test_scalars_logged_before_a_crash_reach_the_event_file(tmp_path):
