@@ -27,22 +27,33 @@ def few_sample(ex: Examples, n: int, seed: int, key: str = "task") -> Examples:
     return ex.select(idx)
 
 
-def imbalance(ex: Examples, ratio: float, num_labels: int, seed: int, key: str = "task") -> Examples:
-    """Long-tailed subsample: the largest class keeps all n_max examples, class of rank i
-    (by size) keeps n_max * ratio**(-i/(C-1)), so largest/smallest = ratio."""
+def imbalance(ex: Examples, ratio: float, num_labels: int, seed: int, key: str = "task",
+              names=None) -> Examples:
+    """Long-tailed subsample: the class of rank i (by size) keeps n_top * ratio**(-i/(C-1)),
+    so largest/smallest = ratio. n_top is the largest class's size, or less where a smaller
+    class has too few examples for its share: the largest class then gives some up, so that
+    the ratio is the one asked for (a note says so), not a larger one without a word."""
     counts = np.bincount(ex.labels, minlength=num_labels)
     present = [c for c in np.argsort(-counts, kind="stable") if counts[c] > 0]
     if len(present) < 2:
         raise UserError(f"{key}.imbalance_ratio: needs a classification training set with at least two classes")
-    n_max = counts[present[0]]
+    shares = [ratio ** (-rank / (len(present) - 1)) for rank in range(len(present))]
+    n_max = int(counts[present[0]])
+    n_top = min(n_max, *(int(np.floor(counts[c] / share)) for c, share in zip(present, shares)))
     rng = _rng(seed, _IMBALANCE)
     keep = []
-    for rank, c in enumerate(present):
-        target = int(np.floor(n_max * ratio ** (-rank / (len(present) - 1))))
+    for c, share in zip(present, shares):
         members = np.flatnonzero(ex.labels == c)
-        target = max(1, min(target, len(members)))
+        target = max(1, min(int(np.floor(n_top * share)), len(members)))
         keep.append(rng.choice(members, size=target, replace=False))
-    return ex.select(np.sort(np.concatenate(keep)))
+    out = ex.select(np.sort(np.concatenate(keep)))
+    if n_top < n_max:
+        short = next(c for c, share in zip(present, shares) if np.floor(n_max * share) > counts[c])
+        name = names[short] if names else int(short)
+        out.notes.append(f"note: {key}.imbalance_ratio {ratio:g}: class '{name}' has {int(counts[short])} "
+                         f"training examples, too few for its share at ratio {ratio:g}, so the largest class keeps "
+                         f"{n_top} of its {n_max}")
+    return out
 
 
 def label_noise(ex: Examples, ratio: float, num_labels: int, seed: int) -> tuple[Examples, np.ndarray]:
@@ -63,7 +74,7 @@ def apply_settings(ex: Examples, task_cfg, spec, seed: int, key: str = "task") -
     if needs_classes and spec.regression:
         raise UserError(f"{key}.imbalance_ratio / {key}.label_noise: task {spec.name} is a regression task")
     if task_cfg.imbalance_ratio is not None:
-        ex = imbalance(ex, task_cfg.imbalance_ratio, spec.num_labels, seed, key)
+        ex = imbalance(ex, task_cfg.imbalance_ratio, spec.num_labels, seed, key, spec.labels)
     if task_cfg.few_sample is not None:
         ex = few_sample(ex, task_cfg.few_sample, seed, key)
     if task_cfg.label_noise > 0:

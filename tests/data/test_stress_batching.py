@@ -105,3 +105,15 @@ def test_collator_pads_dynamically():
     assert out["input_ids"].shape == (2, 8)
     assert out["attention_mask"].sum(1).tolist() == [3, 6]
     assert out["labels"].dtype == torch.long
+
+
+def test_imbalance_keeps_the_ratio_asked_for_when_a_class_is_short():
+    """100 of one class, 20 of the other, ratio 2: the short class cannot give 50, so the
+    largest keeps 40 (ratio 2, with a note), not 100 (ratio 5, without a word)."""
+    ex = Examples([f"t{i}" for i in range(120)], None, np.array([0] * 100 + [1] * 20, dtype=np.int64))
+    out = imbalance(ex, 2.0, 2, seed=0, names=("rotten", "fresh"))
+    assert np.bincount(out.labels).tolist() == [40, 20]
+    assert out.notes == ["note: task.imbalance_ratio 2: class 'fresh' has 20 training examples, too few for its "
+                         "share at ratio 2, so the largest class keeps 40 of its 100"]
+    roomy = imbalance(ex, 10.0, 2, seed=0)  # 100 and 10: every share fits, nothing to say
+    assert np.bincount(roomy.labels).tolist() == [100, 10] and roomy.notes == []
