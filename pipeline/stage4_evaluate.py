@@ -68,7 +68,7 @@ def run(cfg: RunConfig) -> int:
     models, notes = run_models(cfg, cfg.stages.evaluate.models, "stages.evaluate.models")
     for name, path in models.items():
         results[name], predictions[name], data = evaluate_model(cfg, path, precision_dtype(ds_cfg), dist)
-    for note in notes:
+    for note in [*notes, *data.notes]:  # the data's notes (label ids read as names) are the same for every model
         log(dist, note)
     if dist.is_main:
         with atomic_output(Path(cfg.output_dir) / "eval", cfg, STAGE, stage_fingerprint(cfg, STAGE)) as tmp:

@@ -2,6 +2,7 @@
 settings) and evaluation splits with their labels, and the collator that pads them."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -66,8 +67,10 @@ def _load_task_data(cfg, tokenizer, eval_splits, with_train) -> TaskData:
         eval_splits = available[:1]
     for split in eval_splits:
         if split not in available:
+            crild_name = re.sub(r"^(validation|valid|val)(?=_|$)", "dev", split)
+            hint = f"; crild calls the hub's '{split}' split '{crild_name}'" if crild_name in available else ""
             raise UserError(f"{cfg.source}: split '{split}' is not available for task {spec.name} "
-                            f"(available: {', '.join(available) or 'none'})")
+                            f"(available: {', '.join(available) or 'none'}){hint}")
     evals, labels = {}, {}
     notes = list(train_ex.notes) if with_train else []
     for split in eval_splits:

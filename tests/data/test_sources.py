@@ -240,3 +240,20 @@ def test_preparing_offline_data_never_replaces_a_folder_crild_did_not_prepare(tm
                                         "'rotten_tomatoes'; move it, or set CRILD_HOME to another folder"):
         prepare_all()
     assert (mine / "train.jsonl").read_text().startswith('{"sentence": "mine"')
+
+
+def test_a_split_that_is_not_there_lists_those_that_are(tmp_path, tiny_bert, sentiment_dir):
+    """The hub's name for the dev split ('validation') is the first a user tries."""
+    from helpers import tiny_run_config
+
+    from pipeline.config import from_dict
+    from pipeline.data.task_data import load_task_data
+    from pipeline.models.loading import load_tokenizer
+
+    cfg = from_dict(tiny_run_config(tmp_path, tiny_bert, sentiment_dir))
+    tokenizer = load_tokenizer(str(tiny_bert), "teacher.model")
+    for split, hint in [("validation", "; crild calls the hub's 'validation' split 'dev'"), ("train2", "")]:
+        with pytest.raises(UserError) as err:
+            load_task_data(cfg, tokenizer, eval_splits=[split], with_train=False)
+        assert str(err.value).endswith(f"split '{split}' is not available for task rotten_tomatoes (available: "
+                                       f"dev, test){hint}")
