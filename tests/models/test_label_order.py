@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from helpers import write_tiny_classifier
+from helpers import FAMILY_TOKENIZERS, write_tiny_classifier
 
 from pipeline.data.tasks import TASKS
 from pipeline.evaluation.models import load_eval_model
@@ -36,7 +36,7 @@ BATCH = {"input_ids": torch.tensor([[2, 7, 8, 9, 3], [2, 10, 11, 3, 0]]),
          "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]])}
 
 
-@pytest.fixture(params=["bert", "roberta", "deberta-v2", "modernbert", "distilbert", "electra"])
+@pytest.fixture(params=sorted(FAMILY_TOKENIZERS))
 def hub_order_classifier(request, family_models, tmp_path):
     """A fine-tuned SNLI classifier of one family whose outputs are in MNLI-hub-like order."""
     folder = write_tiny_classifier(family_models[request.param], tmp_path / request.param, task="snli")
