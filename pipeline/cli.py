@@ -9,6 +9,7 @@ import signal
 import sys
 
 from pipeline.errors import UserError, cli_entry
+from pipeline.stage_cli import parse_with_overrides
 from pipeline.stages import STAGES, in_running_order
 
 
@@ -74,7 +75,7 @@ def _config(args) -> None:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    args = parse_with_overrides(_parser(), argv)
     if args.command == "prepare-data":
         from pipeline.data.offline import prepare_all
 

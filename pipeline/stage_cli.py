@@ -29,6 +29,20 @@ def stage_argparser(name: str) -> argparse.ArgumentParser:
     return parser
 
 
+def parse_with_overrides(parser: argparse.ArgumentParser, argv: Optional[list[str]]) -> argparse.Namespace:
+    """``parser.parse_args``, with ``section.key=value`` overrides allowed after options too
+    (``crild run x.yaml --only evaluate stages.evaluate.splits=[test]``): argparse fills a
+    ``nargs='*'`` positional once, so overrides after an option would be unrecognised. Anything
+    else left over is still argparse's usage error (exit 2)."""
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or getattr(args, "overrides", None) is None]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def run_stage(run: Callable[[RunConfig], int], name: str, config: str, overrides: list[str]) -> int:
     """Run stage ``name`` in this process: ``run`` gets the stage's configuration, under the
     run's lock, and every process group is torn down on any exit, an error's too (no gloo
@@ -47,7 +61,7 @@ def stage_main(run: Callable[[RunConfig], int], name: str, argv: Optional[list[s
 
     @cli_entry
     def main() -> None:
-        args = stage_argparser(name).parse_args(argv)
+        args = parse_with_overrides(stage_argparser(name), argv)
         if args.local_rank is not None:
             os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
         sys.exit(run_stage(run, args.stage, args.config, args.overrides))
