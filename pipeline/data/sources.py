@@ -117,8 +117,20 @@ def _make(rows_a, rows_b, raw_labels, spec, path, line_numbers) -> Examples:
     else:
         labels = np.array([_label_index(v, spec, f"{path}:{n}") for v, n in zip(raw_labels, line_numbers)],
                           dtype=np.float32 if spec.regression else np.int64)
-    note = numbering_note(raw_labels, spec, path)
-    return Examples(rows_a, rows_b, labels, str(path), notes=[note] if note else [])
+    notes = [numbering_note(raw_labels, spec, path), empty_text_note(rows_a, rows_b, path, line_numbers)]
+    return Examples(rows_a, rows_b, labels, str(path), notes=[n for n in notes if n])
+
+
+def empty_text_note(rows_a, rows_b, path, line_numbers) -> Optional[str]:
+    """Examples whose text is empty (a blank field, often a column that another writer left
+    out): their input is the special tokens alone. Said, with the first line, not refused:
+    some corpora hold a few."""
+    empty = [n for n, a, b in zip(line_numbers, rows_a, rows_b or [None] * len(rows_a))
+             if not a.strip() or (b is not None and not b.strip())]
+    if not empty:
+        return None
+    return (f"note: {path}: {len(empty)} of {len(rows_a)} examples have an empty text field (the first on line "
+            f"{empty[0]}); their input is the special tokens alone")
 
 
 # --------------------------------------------------------------------------- text files

@@ -257,3 +257,13 @@ def test_a_split_that_is_not_there_lists_those_that_are(tmp_path, tiny_bert, sen
             load_task_data(cfg, tokenizer, eval_splits=[split], with_train=False)
         assert str(err.value).endswith(f"split '{split}' is not available for task rotten_tomatoes (available: "
                                        f"dev, test){hint}")
+
+
+def test_empty_text_fields_are_noted_with_the_first_line(tmp_path):
+    (tmp_path / "train.csv").write_text("sentence,label\ngood film,fresh\n,rotten\n  ,fresh\n")
+    train = load_split(TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path)), TASKS["rotten_tomatoes"], "train")
+    assert train.notes == [f"note: {tmp_path / 'train.csv'}: 2 of 3 examples have an empty text field (the first on "
+                           f"line 3); their input is the special tokens alone"]
+    (tmp_path / "train.csv").write_text("sentence,label\ngood film,fresh\n")
+    assert load_split(TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path)), TASKS["rotten_tomatoes"],
+                      "train").notes == []
