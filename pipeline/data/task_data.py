@@ -76,6 +76,8 @@ def _load_task_data(cfg, tokenizer, eval_splits, with_train) -> TaskData:
     for split in eval_splits:
         ex = load_split(cfg.task, spec, split)
         if cfg.task.max_eval_examples is not None and len(ex) > cfg.task.max_eval_examples:
+            notes.append(f"note: {split} is scored on its first {cfg.task.max_eval_examples} of {len(ex)} examples "
+                         f"(task.max_eval_examples)")
             ex = ex.select(range(cfg.task.max_eval_examples))
         evals[split] = tokenize_cached(ex, tokenizer, cfg.task.max_length)
         labels[split] = ex.labels

@@ -267,3 +267,20 @@ def test_empty_text_fields_are_noted_with_the_first_line(tmp_path):
     (tmp_path / "train.csv").write_text("sentence,label\ngood film,fresh\n")
     assert load_split(TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path)), TASKS["rotten_tomatoes"],
                       "train").notes == []
+
+
+def test_a_capped_held_out_split_says_so(tmp_path, tiny_bert, sentiment_dir):
+    """max_eval_examples caps every held-out split, the evaluation stage's too: the scores must
+    not pass for the whole split's."""
+    from helpers import tiny_run_config
+
+    from pipeline.config import from_dict
+    from pipeline.data.task_data import load_task_data
+    from pipeline.models.loading import load_tokenizer
+
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir)
+    raw["task"]["max_eval_examples"] = 5
+    data = load_task_data(from_dict(raw), load_tokenizer(str(tiny_bert), "teacher.model"), eval_splits=["dev", "test"],
+                          with_train=False)
+    assert len(data.eval["dev"]) == 5 and data.notes == [
+        f"note: {split} is scored on its first 5 of 32 examples (task.max_eval_examples)" for split in ("dev", "test")]
