@@ -11,7 +11,7 @@ import os
 import re
 from typing import Annotated, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from pipeline.schema.messages import Expect, field_error, suggest
 
@@ -20,6 +20,29 @@ class Strict(BaseModel):
     """Base of every configuration section."""
 
     model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, validate_default=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections_over_their_defaults(cls, data):
+        """A section given in part keeps its field's defaults for the rest: ``kd: {epochs: 2}``
+        keeps the KD phase's batch size and learning rate, not the generic training section's
+        (which differ), and ``supplementary[0].task: {data_dir: x}`` keeps task snli. A section
+        written with nothing under it (every key commented out) is YAML's null: the defaults,
+        as an empty mapping is. Where a whole section may be absent (``random_init: null``),
+        null keeps meaning none: the union takes it first."""
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, field in cls.model_fields.items():
+            value = data.get(name)
+            if field.default_factory is None or not (value is None or isinstance(value, dict)) or name not in data:
+                continue
+            default = field.default_factory()
+            if isinstance(default, Strict):
+                out[name] = {**default.model_dump(exclude_unset=True), **(value or {})}
+        return out
 
 
 _YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")

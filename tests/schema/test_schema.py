@@ -50,3 +50,38 @@ def test_values_out_of_range_name_the_key_and_what_was_expected(raw, message):
     with pytest.raises(UserError) as err:
         from_dict(raw, "run.yaml")
     assert str(err.value) == f"run.yaml: {message}"
+
+
+def test_a_section_with_nothing_under_it_means_its_defaults(tmp_path):
+    """``teacher:`` with every key commented out is YAML's null: the defaults, as {} is; a
+    section that may be absent as a whole keeps null as none."""
+    from pipeline.config import load_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text("task:\n  # name: snli\nstages:\n  teacher:\n    # epochs: 1\n  distill:\n    kd:\n"
+                    "teacher:\n  random_init:\n")
+    cfg = load_config(str(path), [])
+    default = load_config(str(_write(tmp_path / "empty.yaml", "")), [])
+    assert (cfg.task, cfg.stages.teacher, cfg.stages.distill.kd) == \
+        (default.task, default.stages.teacher, default.stages.distill.kd)
+    assert cfg.teacher.random_init is None
+    listed = load_config(str(_write(tmp_path / "listed.yaml", "stages:\n  distill:\n    supplementary: [null]\n")),
+                         [])
+    assert listed.stages.distill.supplementary[0].task.name == "snli"  # an entry with nothing set: the defaults
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_a_section_given_in_part_keeps_its_own_defaults_for_the_rest():
+    """The KD phase trains with batch 16 and lr 3e-5 by default: setting its epochs alone must
+    not drop it to the generic training section's batch 32 and lr 2e-5."""
+    default = from_dict({}).stages.distill
+    kd = from_dict({"stages": {"distill": {"kd": {"epochs": 2}}}}).stages.distill.kd
+    assert kd == default.kd.model_copy(update={"epochs": 2})
+    ild = from_dict({"stages": {"distill": {"ild": {"batch_size": 8}}}}).stages.distill.ild
+    assert (ild.epochs, ild.learning_rate, ild.batch_size) == (default.ild.epochs, default.ild.learning_rate, 8)
+    supplement = from_dict({"stages": {"distill": {"supplementary": [{"task": {"max_length": 64}, "ratio": 1.0}]}}})
+    assert supplement.stages.distill.supplementary[0].task.name == "snli"  # the supplement's default task
