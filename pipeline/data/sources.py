@@ -58,7 +58,7 @@ class Examples:
 
 
 def crild_home() -> Path:
-    return environment.folder("CRILD_HOME", Path.home() / ".cache" / "crild")
+    return environment.crild_home()
 
 
 def offline_data_dir() -> Path:

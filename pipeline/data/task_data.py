@@ -73,6 +73,7 @@ def _load_task_data(cfg, tokenizer, eval_splits, with_train) -> TaskData:
                             f"(available: {', '.join(available) or 'none'}){hint}")
     evals, labels = {}, {}
     notes = list(train_ex.notes) if with_train else []
+    train_texts = set(example_texts(train_ex)) if with_train else set()
     for split in eval_splits:
         ex = load_split(cfg.task, spec, split)
         if cfg.task.max_eval_examples is not None and len(ex) > cfg.task.max_eval_examples:
@@ -83,23 +84,24 @@ def _load_task_data(cfg, tokenizer, eval_splits, with_train) -> TaskData:
         labels[split] = ex.labels
         notes += ex.notes
         if with_train:
-            notes.append(overlap_note(train_ex, ex, split))
+            notes.append(overlap_note(train_texts, ex, split))
     if with_train:
         notes.append(truncation_note(train_ds, cfg.task.max_length))
     return TaskData(spec, train_ds, train_ex, evals, labels, Collator(tokenizer.pad_token_id, spec.regression),
                     [n for n in notes if n])
 
 
-def overlap_note(train: Examples, held_out: Examples, split: str, at_least: float = 0.01) -> Optional[str]:
-    """How many of a held-out split's examples are training examples too (the same text), when
-    at least ``at_least`` of them are: a dev file copied from the training file scores
-    memorisation, not generalisation, without a word. Real corpora repeat a few sentences
-    (Rotten Tomatoes and SNLI: under 0.3%), hence the threshold."""
-    def texts(ex: Examples):
-        return zip(ex.text_a, ex.text_b) if ex.text_b is not None else ex.text_a
+def example_texts(ex: Examples):
+    """Each example's text: a sentence, or a pair."""
+    return zip(ex.text_a, ex.text_b) if ex.text_b is not None else iter(ex.text_a)
 
-    seen = set(texts(train))
-    shared = sum(text in seen for text in texts(held_out))
+
+def overlap_note(train_texts: set, held_out: Examples, split: str, at_least: float = 0.01) -> Optional[str]:
+    """How many of a held-out split's examples are training examples too (the same text, of
+    ``train_texts``), when at least ``at_least`` of them are: a dev file copied from the
+    training file scores memorisation, not generalisation, without a word. Real corpora repeat
+    a few sentences (Rotten Tomatoes and SNLI: under 0.3%), hence the threshold."""
+    shared = sum(text in train_texts for text in example_texts(held_out))
     if not shared or shared < at_least * len(held_out):
         return None
     return (f"note: {held_out.source}: {shared} of {len(held_out)} {split} examples ({shared / len(held_out):.1%}) are "

@@ -21,7 +21,7 @@ from pipeline.runtime import environment
 
 
 def _cache_dir() -> Path:
-    return environment.folder("CRILD_HOME", Path.home() / ".cache" / "crild") / "digests"
+    return environment.crild_home() / "digests"
 
 
 def file_digest(path: Path) -> str:
@@ -30,7 +30,9 @@ def file_digest(path: Path) -> str:
     key = hashlib.sha256(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}".encode()).hexdigest()
     remembered = _cache_dir() / key[:2] / key
     try:
-        return remembered.read_text().strip()
+        known = remembered.read_text().strip()
+        if len(known) == 64:  # anything else was not written by this function: hash again
+            return known
     except OSError:
         pass
     digest = file_sha256(path)

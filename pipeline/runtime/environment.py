@@ -37,3 +37,8 @@ def choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise UserError(f"{name}: expected {' or '.join(choices)}, got {value!r}")
     return value
+
+
+def crild_home() -> Path:
+    """CRILD_HOME: prepared offline data, tokenized caches, teacher logits, input digests."""
+    return folder("CRILD_HOME", Path.home() / ".cache" / "crild")

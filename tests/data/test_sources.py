@@ -210,7 +210,7 @@ def test_a_held_out_split_made_of_training_examples_is_noted(tmp_path, tiny_bert
 
     from pipeline.config import from_dict
     from pipeline.data.sources import Examples
-    from pipeline.data.task_data import load_task_data, overlap_note
+    from pipeline.data.task_data import example_texts, load_task_data, overlap_note
     from pipeline.models.loading import load_tokenizer
 
     copied = shutil.copytree(sentiment_dir, tmp_path / "copied")
@@ -221,11 +221,11 @@ def test_a_held_out_split_made_of_training_examples_is_noted(tmp_path, tiny_bert
     assert data.notes == [f"note: {copied / 'dev.jsonl'}: {n} of {n} dev examples (100.0%) are training examples "
                           f"too (the same text); their scores are not held-out scores"]
 
-    train = Examples([f"t{i}" for i in range(200)], None, np.zeros(200, dtype=np.int64))
+    train = set(example_texts(Examples([f"t{i}" for i in range(200)], None, np.zeros(200, dtype=np.int64))))
     assert overlap_note(train, Examples(["t1"] + [f"d{i}" for i in range(199)], None, np.zeros(200)), "dev") is None
     assert "2 of 200 dev" in overlap_note(train, Examples(["t1", "t2"] + [f"d{i}" for i in range(198)], None,
                                                           np.zeros(200)), "dev")
-    pairs = Examples(["a", "a"], ["b", "c"], np.zeros(2, dtype=np.int64))  # pairs: both texts must match
+    pairs = set(example_texts(Examples(["a", "a"], ["b", "c"], np.zeros(2, dtype=np.int64))))  # both texts match
     assert "1 of 2" in overlap_note(pairs, Examples(["a", "a"], ["b", "x"], np.zeros(2)), "dev")
 
 
