@@ -5,10 +5,12 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import FAMILY_TOKENIZERS, write_sentiment_task, write_tiny_bert, write_tiny_classifier, write_tiny_family
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
+if not torch.cuda.is_available():  # on a GPU machine DeepSpeed must pick CUDA, as the NCCL group does
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 @pytest.fixture(scope="session")
