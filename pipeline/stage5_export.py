@@ -33,12 +33,13 @@ from pipeline.export.quantize import quantize_folder
 from pipeline.export.runtime import onnx_forward, onnxruntime, session
 from pipeline.models.loading import load_tokenizer, quiet_libraries, resolve_model
 from pipeline.outputs.atomic import atomic_output, write_json
-from pipeline.runtime.distributed import DistInfo, barrier, init_distributed, seed_everything, set_tf32
+from pipeline.runtime.distributed import DistInfo, barrier, init_distributed, seed_everything
 from pipeline.runtime.progress import log
 from pipeline.stage_cli import stage_main
 from pipeline.stages import stage_fingerprint
 
 STAGE = "export"
+CPU = torch.device("cpu")  # deployment here is ONNX Runtime's CPU provider: everything is compared and timed there
 
 
 def _size_mb(folder: Path, names: tuple) -> float:
@@ -53,11 +54,13 @@ def export_one(cfg: RunConfig, name: str, path: str, out: Path, dist: DistInfo, 
     data = load_task_data(cfg, tokenizer, eval_splits=[_split(cfg, tokenizer)], with_train=False)
     split, ds = next(iter(data.eval.items()))
     labels, metric = data.eval_labels[split], data.spec.main_metric
-    reference = load_eval_model(str(folder), data.spec, torch.float32, dist.device, cfg.task.max_length,
+    # the reference runs where the exports run, on the CPU in fp32: a GPU reference would differ
+    # by its own kernels (TF32, SDPA's fused kernels) and time a different device in the table
+    reference = load_eval_model(str(folder), data.spec, torch.float32, CPU, cfg.task.max_length,
                                 "stages.export.models")
     # a copy to trace: tracing changes state inside a transformers model
     export_classifier(copy.deepcopy(reference).cpu(), tokenizer, folder, out / name, export_cfg.opset)
-    torch_forward = classifier_forward(reference, dist.device)
+    torch_forward = classifier_forward(reference, CPU)
     batch_size = cfg.stages.evaluate.batch_size
     torch_logits = predict_logits(torch_forward, ds, data.collate, batch_size, dist)
     onnx_fwd = onnx_forward(session(out / name / ONNX_FILE, threads))
@@ -99,7 +102,6 @@ def run(cfg: RunConfig) -> int:
     quiet_libraries()
     dist = init_distributed()
     seed_everything(cfg.seed)
-    set_tf32(cfg.tf32)
     onnxruntime()  # one line if it is missing, before any work
     if dist.world_size > 1:
         raise UserError("stages.export runs in one process; run it without the deepspeed launcher (num_ranks 1)")
