@@ -18,6 +18,8 @@ import torch
 from pipeline.errors import UserError
 from pipeline.runtime import environment
 from pipeline.runtime.build_locks import check_build_locks
+from pipeline.runtime.cuda_arch import prepare_arch_list
+from pipeline.runtime.progress import note
 
 T = TypeVar("T")
 
@@ -96,6 +98,8 @@ def init_distributed() -> DistInfo:
         # a rank that hangs (not dies) makes the others' next collective fail after this long
         timeout = timedelta(seconds=environment.seconds("CRILD_COLLECTIVE_TIMEOUT_S", 600))
         check_build_locks()  # DeepSpeed builds its ops from here on; a stale lock would hang it
+        if cuda and (arch_note := prepare_arch_list()):
+            note(arch_note)
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False, timeout=timeout)
         atexit.unregister(shutdown_distributed)  # once, however often a process re-initialises
         atexit.register(shutdown_distributed)
