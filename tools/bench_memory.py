@@ -168,6 +168,7 @@ def main() -> None:
         worker(args)
         return
 
+    from pipeline.launch.command import DEEPSPEED_LAUNCHER
     from pipeline.runtime.distributed import free_port
 
     results = {}
@@ -177,7 +178,6 @@ def main() -> None:
         zero1 = json.loads((REPO / "ds_configs" / "zero2_bf16.json").read_text())
         zero1["zero_optimization"]["stage"] = 1
         (tmp / "zero1.json").write_text(json.dumps(zero1))
-        launcher = Path(sys.executable).with_name("deepspeed")
         print(f"student {args.student_layers}x{args.hidden}, teacher {args.teacher_layers}x{args.hidden}, bf16, "
               f"world size {args.ranks}; MiB per rank (rank 0 / rank 1 ...)", flush=True)
         print(f"{'config':>22} | {'student state':>15} | {'teacher':>15} | {'peak RSS':>15}")
@@ -187,7 +187,7 @@ def main() -> None:
             out = tmp / name.replace(" ", "_").replace(",", "")
             out.mkdir()
             ds_path = str(tmp / "zero1.json") if ds == "zero1" else str(REPO / ds)
-            cmd = [str(launcher), "--num_gpus", str(args.ranks), "--master_port", str(free_port()), str(Path(__file__).resolve()),
+            cmd = [*DEEPSPEED_LAUNCHER, "--num_gpus", str(args.ranks), "--master_port", str(free_port()), str(Path(__file__).resolve()),
                    "--worker", "--ds", ds_path, "--teacher", str(tmp / "teacher"), "--out", str(out),
                    "--student-layers", str(args.student_layers), "--teacher-layers", str(args.teacher_layers),
                    "--hidden", str(args.hidden), "--heads", str(args.heads), "--base", args.base] + (

@@ -12,6 +12,9 @@ from pipeline.runtime.distributed import free_port
 from pipeline.stages import STAGES
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
+# the deepspeed launcher of this interpreter's DeepSpeed: its console script need not sit beside
+# sys.executable (pip install --target or --user, a system Python with a user site)
+DEEPSPEED_LAUNCHER = (sys.executable, "-m", "deepspeed.launcher.runner")
 
 
 def check_local_ranks(cfg) -> None:
@@ -35,7 +38,7 @@ def stage_command(cfg, name: str, config_path: str, overrides: list[str]) -> lis
     if in_slurm_allocation():
         return ["srun", "--kill-on-bad-exit=1", f"--ntasks={os.environ['SLURM_NTASKS']}", sys.executable, script,
                 *args]
-    if cfg.num_ranks > 1:
-        launcher = Path(sys.executable).with_name("deepspeed")  # a free port: runs can share a machine
-        return [str(launcher), "--num_gpus", str(cfg.num_ranks), "--master_port", str(free_port()), script, *args]
+    if cfg.num_ranks > 1:  # a free port: runs can share a machine
+        return [*DEEPSPEED_LAUNCHER, "--num_gpus", str(cfg.num_ranks), "--master_port", str(free_port()), script,
+                *args]
     return [sys.executable, script, *args]

@@ -35,3 +35,21 @@ def test_ranks_that_fit_or_a_cpu_pass(one_gpu, tmp_path, tiny_bert, sentiment_di
     check_local_ranks(from_dict({**raw, "num_ranks": 1}))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     check_local_ranks(from_dict({**raw, "num_ranks": 8}))  # gloo ranks share the cores
+
+
+def test_several_ranks_launch_through_this_interpreters_deepspeed(tmp_path, tiny_bert, sentiment_dir, monkeypatch):
+    """The launcher is found through the interpreter, not a console script beside it (absent
+    when DeepSpeed was installed with --target, as on the GPU check's machine)."""
+    import subprocess
+    import sys
+
+    from pipeline.launch.command import stage_command
+
+    for key in ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_STEP_ID"):
+        monkeypatch.delenv(key, raising=False)
+    cfg = from_dict({**tiny_run_config(tmp_path, tiny_bert, sentiment_dir), "num_ranks": 2})
+    cmd = stage_command(cfg, "teacher", "run.yaml", ["seed=3"])
+    assert cmd[:3] == [sys.executable, "-m", "deepspeed.launcher.runner"]
+    assert cmd[3:5] == ["--num_gpus", "2"] and cmd[-4:] == ["run.yaml", "seed=3", "--stage", "teacher"]
+    done = subprocess.run([*cmd[:3], "--help"], capture_output=True, text=True, env={"PATH": "/nonexistent"})
+    assert done.returncode == 0 and "--num_gpus" in done.stdout
