@@ -24,6 +24,10 @@ def build_engine(model: torch.nn.Module, weight_decay: float, ds_cfg: dict):
 
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=decay_groups(model, weight_decay),
                                            config=ds_cfg)
+    if engine.zero_optimization_stage() == 0 and engine.dp_world_size == 1:
+        # one data-parallel rank: the all-reduce would flatten every gradient into buckets and
+        # copy them back unchanged (a tenth of a CPU step at BERT-base widths, measured)
+        engine.enable_backward_allreduce = False
     return engine
 
 
