@@ -10,13 +10,19 @@
 
 and, to separate the method from the machinery, two equal-work rows: crild's step without
 mixup and consistency (L-ILD: the work TextBrewer's step does) against TextBrewer fed crild's
-own dynamic batches.
+own dynamic batches; and crild's step on fixed-length batches (``crild-fixed``), whose
+fraction of the matmul peak is the one at the given length.
+
+Every variant first runs one untimed pass over all its batches, so each batch shape has met
+its kernels (cuBLAS heuristics, lazily loaded CUDA modules, compilation) before the timed pass;
+the first pass's time is reported too. ``--profile FILE`` writes torch.profiler's table of
+crild's step (top operators by device and host time, and the host synchronisations per step).
 
 Also the machine's matmul peak (best of square matmuls) and crild's model FLOPs/s as a
 fraction of it. Models are random BERTs of the shape given (default: BERT-base layer shapes,
 4-layer teacher, 2-layer student) with the offline tokenizer; the data is Rotten Tomatoes.
 
-    python tools/bench_distill.py [--steps 8] [--batch-size 32] [--json out.json]
+    python tools/bench_distill.py [--steps 8] [--batch-size 32] [--json out.json] [--profile FILE]
 """
 from __future__ import annotations
 
@@ -85,7 +91,7 @@ def load_batches(a, tokenizer):
 
     ex = load_split(TaskConfig(name="rotten_tomatoes"), get_task("rotten_tomatoes"), "train")
     rng = np.random.default_rng(0)
-    n = a.batch_size * (a.steps + a.warmup)
+    n = a.batch_size * a.steps
     idx = rng.choice(len(ex), size=n, replace=False)
     texts = [ex.text_a[i] for i in idx]
     labels = torch.as_tensor(np.asarray(ex.labels)[idx])
@@ -93,11 +99,13 @@ def load_batches(a, tokenizer):
     enc = tokenizer(texts, truncation=True, max_length=a.max_length)
     order = np.argsort([len(x) for x in enc["input_ids"]], kind="stable")
     dynamic, fixed = [], []
-    for b in range(a.steps + a.warmup):
+    for b in range(a.steps):
         rows = order[b * a.batch_size:(b + 1) * a.batch_size]
         batch_texts = [texts[i] for i in rows]
-        for out, pad in ((dynamic, "longest"), (fixed, "max_length")):
-            t = tokenizer(batch_texts, truncation=True, max_length=a.max_length, padding=pad, return_tensors="pt")
+        # dynamic: to the batch's longest, rounded up to a multiple of 8 as crild's Collator pads
+        for out, pad, multiple in ((dynamic, "longest", 8), (fixed, "max_length", None)):
+            t = tokenizer(batch_texts, truncation=True, max_length=a.max_length, padding=pad,
+                          pad_to_multiple_of=multiple, return_tensors="pt")
             out.append({"input_ids": t["input_ids"], "token_type_ids": t["token_type_ids"],
                         "attention_mask": t["attention_mask"], "labels": labels[rows]})
     rng.shuffle(perm := np.arange(len(dynamic)))
@@ -108,23 +116,49 @@ def to(batch: dict, device) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def timed(step, batches, warmup: int, device) -> float:
-    """Seconds for the batches after the first ``warmup``."""
-    for b in batches[:warmup]:
-        step(b)
-    sync(device)
-    t = time.perf_counter()
-    for b in batches[warmup:]:
-        step(b)
-    sync(device)
-    return time.perf_counter() - t
+def timed(step, batches, device, profile: str | None = None) -> tuple[float, float]:
+    """(seconds of a first pass over ``batches``, seconds of a second pass): the first meets
+    every batch shape once, the second is the measurement. With ``profile``, three more
+    steps run under torch.profiler and its tables are written there."""
+    times = []
+    for _ in range(2):
+        sync(device)
+        t = time.perf_counter()
+        for b in batches:
+            step(b)
+        sync(device)
+        times.append(time.perf_counter() - t)
+    if profile:
+        write_profile(step, batches[:3], device, profile)
+    return times[0], times[1]
+
+
+def write_profile(step, batches, device, path: str) -> None:
+    """torch.profiler over ``batches``: the top operators by device and by host time, and the
+    host synchronisations (calls that wait for the device) per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for b in batches:
+            step(b)
+        sync(device)
+    events = prof.key_averages()
+    syncs = {e.key: e.count / len(batches) for e in events
+             if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize",
+                          "aten::item", "aten::_local_scalar_dense")}
+    device_sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    Path(path).write_text(f"{len(batches)} steps profiled; host synchronisations per step: {syncs}\n\n"
+                          f"by {device_sort}:\n{events.table(sort_by=device_sort, row_limit=25)}\n\n"
+                          f"by cpu_time_total:\n{events.table(sort_by='cpu_time_total', row_limit=25)}\n")
+    print(f"profile of {len(batches)} crild steps in {path}; host synchronisations per step: {syncs}", flush=True)
 
 
 # --------------------------------------------------------------------------- (a) crild
 
 
 def bench_crild(a, teacher, student, batches, device, precision: str, consistency: bool = True,
-                compiled: bool = False):
+                compiled: bool = False, profile: str | None = None):
     from pipeline.config import TrainConfig, from_dict
     from pipeline.distill.layers import LayerLayout
     from pipeline.distill.objective import DistillObjective
@@ -159,7 +193,7 @@ def bench_crild(a, teacher, student, batches, device, precision: str, consistenc
         engine.step()
         micro[0] += 1
 
-    return timed(step, batches, a.warmup, device)
+    return timed(step, batches, device, profile)
 
 
 # --------------------------------------------------------------------------- (b) reference
@@ -218,7 +252,7 @@ def bench_reference(a, teacher, student, batches, device, precision: str):
         opt.step()
         opt.zero_grad()
 
-    return timed(step, batches, a.warmup, device)
+    return timed(step, batches, device)
 
 
 # --------------------------------------------------------------------------- (c) TextBrewer
@@ -255,7 +289,10 @@ def bench_textbrewer(a, teacher, student, batches, device, precision: str):
             opt.step()
             opt.zero_grad()
 
-        return timed(step, batches, a.warmup, device)
+        return timed(step, batches, device)
+
+
+VARIANTS = ["crild", "crild-fixed", "reference", "textbrewer", "crild-l-ild", "textbrewer-dynamic", "crild-compiled"]
 
 
 def main() -> None:
@@ -267,12 +304,10 @@ def main() -> None:
     p.add_argument("--student-layers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--steps", type=int, default=8, help="timed steps per variant")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--only", action="append",
-                   choices=["crild", "reference", "textbrewer", "crild-l-ild", "textbrewer-dynamic",
-                            "crild-compiled"])
+    p.add_argument("--steps", type=int, default=8, help="batches per variant, each run twice (warm-up, timed)")
+    p.add_argument("--only", action="append", choices=VARIANTS)
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--profile", help="write torch.profiler's tables of crild's step here")
     p.add_argument("--tokenizer", default="all-MiniLM-L6-v2", help="a model folder or offline alias")
     a = p.parse_args()
 
@@ -283,14 +318,18 @@ def main() -> None:
     precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     tokenizer = load_tokenizer(resolve_model(a.tokenizer, "--tokenizer"), "--tokenizer")
     dynamic, fixed = load_batches(a, tokenizer)
-    peak = matmul_peak(torch.bfloat16 if precision == "bf16" else torch.float32, device)
-    lengths = [b["input_ids"].shape[1] for b in dynamic[a.warmup:]]
+    peak = max(matmul_peak(torch.bfloat16 if precision == "bf16" else torch.float32, device, n, seconds=1.0)
+               for n in ((2048, 4096, 8192) if device.type == "cuda" else (1024, 2048)))
+    lengths = [b["input_ids"].shape[1] for b in dynamic]
     print(f"device {device} ({os.cpu_count()} cores), {precision}, torch {torch.__version__}; matmul peak "
           f"{peak / 1e9:.1f} GFLOP/s; batch {a.batch_size}, dynamic lengths mean {np.mean(lengths):.1f} vs fixed "
           f"{a.max_length}; teacher {a.teacher_layers}x{a.hidden}, student {a.student_layers}x{a.hidden}", flush=True)
 
     results = {}
-    variants = {"crild": (bench_crild, dynamic, "sdpa"), "reference": (bench_reference, fixed, "eager"),
+    variants = {"crild": (lambda *x: bench_crild(*x, profile=a.profile), dynamic, "sdpa"),
+                # the same step at the fixed length: the fraction of the peak at --max-length
+                "crild-fixed": (bench_crild, fixed, "sdpa"),
+                "reference": (bench_reference, fixed, "eager"),
                 "textbrewer": (bench_textbrewer, fixed, "eager"),
                 # the same work as TextBrewer does (no mixup, no consistency pass), on the same batches
                 "crild-l-ild": (lambda *x: bench_crild(*x, consistency=False), dynamic, "sdpa"),
@@ -304,18 +343,22 @@ def main() -> None:
         teacher = make_model(vocab, a.hidden, a.heads, a.ffn, a.teacher_layers, attn, 0).to(device).eval()
         teacher.requires_grad_(False)
         student = make_model(vocab, a.hidden, a.heads, a.ffn, a.student_layers, attn, 1).to(device)
-        seconds = fn(a, teacher, student, batches, device, precision)
+        first, seconds = fn(a, teacher, student, batches, device, precision)
         sps = a.batch_size * a.steps / seconds
-        results[name] = {"samples_per_s": sps, "seconds": seconds}
-        print(f"{name:>10}: {sps:8.1f} samples/s ({seconds:.1f} s for {a.steps} steps)", flush=True)
-    if "crild" in results:
-        flops = sum(step_flops(np.full(a.batch_size, n), a) for n in lengths)
-        mfu = flops / results["crild"]["seconds"] / peak
-        results["crild"]["model_flops_per_s"] = flops / results["crild"]["seconds"]
-        results["crild"]["fraction_of_matmul_peak"] = mfu
-        print(f"crild model FLOPs: {flops / results['crild']['seconds'] / 1e9:.1f} GFLOP/s = {mfu:.0%} of the "
-              f"matmul peak")
-    for mine, other, target in (("crild", "reference", 2.0), ("crild", "textbrewer", 1.5),
+        results[name] = {"samples_per_s": sps, "seconds": seconds, "first_pass_seconds": first}
+        print(f"{name:>18}: {sps:8.1f} samples/s ({seconds:.2f} s for {a.steps} steps; first pass {first:.2f} s)",
+              flush=True)
+        del teacher, student
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    for name, step_lengths in (("crild", lengths), ("crild-fixed", [a.max_length] * a.steps)):
+        if name in results:
+            flops = sum(step_flops(np.full(a.batch_size, n), a) for n in step_lengths)
+            results[name]["model_flops_per_s"] = flops / results[name]["seconds"]
+            results[name]["fraction_of_matmul_peak"] = mfu = flops / results[name]["seconds"] / peak
+            print(f"{name} model FLOPs: {flops / results[name]['seconds'] / 1e9:.1f} GFLOP/s = {mfu:.1%} of the "
+                  f"matmul peak (mean length {np.mean(step_lengths):.0f})")
+    for mine, other, target in (("crild", "reference", 2.0), ("crild", "textbrewer", 2.0),
                                 ("crild-compiled", "crild", None),
                                 ("crild-l-ild", "textbrewer-dynamic", None)):
         if mine in results and other in results:

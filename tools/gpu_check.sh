@@ -15,8 +15,8 @@
 #             evaluation, export (jobs/gpu_check.yaml, the bf16 teacher);
 #          3. tools/bench_distill.py at BERT-base shapes (12-layer teacher, 6-layer student, hidden 768,
 #             length 128) at batches 32 and 256, and tools/bench_memory.py per ZeRO stage.
-#        OUT gets at most 8 files: summary.json, the pytest report, the benchmark JSONs, the pipeline's
-#        latency table and logs.tar.gz.
+#        OUT gets 8 files (the device tool's limit): summary.json, the pytest report, the benchmark
+#        JSONs and profiles, and logs.tar.gz (every step's log, the pipeline's latency table).
 #   bash tools/gpu_check.sh --dry-run [--with-model]    the CPU side anywhere: prepares a bundle (without
 #        the model copy unless asked), checks its size, and runs the GPU tests that can run on a CPU.
 #
@@ -89,7 +89,7 @@ run() {  # run BUNDLE OUT
   python3 -m pip install -q --no-index --no-deps --target "$site" "$bundle"/wheels/*.whl
   export PYTHONPATH="$site:$REPO" PATH="$site/bin:$PATH" CRILD_HOME="$WORK/home" OMP_NUM_THREADS=8
   mkdir -p "$CRILD_HOME/data" && cp -r "$bundle/data/rotten_tomatoes" "$CRILD_HOME/data/"
-  nvidia-smi >"$WORK/nvidia-smi.txt" 2>&1 || true
+  { nvidia-smi; echo "TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST-unset}"; } >"$WORK/nvidia-smi.txt" 2>&1 || true
   timed gpu-tests 240 "$WORK/gpu-tests.log" python3 -m pytest tests/gpu -q -p no:cacheprovider -rs \
       --junitxml "$out/pytest-gpu.xml"
   local teacher=$bundle/teacher-bf16 cfg=jobs/gpu_check.yaml
@@ -98,11 +98,11 @@ run() {  # run BUNDLE OUT
     timed "pipeline-$stage" 150 "$WORK/pipeline-$stage.log" deepspeed --num_gpus 1 "pipeline/$stage.py" "${args[@]}"
   done
   timed pipeline-stage5_export 120 "$WORK/pipeline-stage5_export.log" python3 pipeline/stage5_export.py "${args[@]}"
-  cp "$WORK/run/export/latency.md" "$out/latency.md" 2>/dev/null || true
+  cp "$WORK/run/export/latency.md" "$WORK/latency.md" 2>/dev/null || true  # in logs.tar.gz
   for batch in 32 256; do
-    timed "bench-distill-b$batch" 150 "$WORK/bench-distill-b$batch.log" python3 tools/bench_distill.py \
+    timed "bench-distill-b$batch" 180 "$WORK/bench-distill-b$batch.log" python3 tools/bench_distill.py \
         --teacher-layers 12 --student-layers 6 --batch-size "$batch" --steps 10 --tokenizer "$teacher" \
-        --json "$out/bench_distill_b$batch.json"
+        --json "$out/bench_distill_b$batch.json" --profile "$out/profile_b$batch.txt"
   done
   timed bench-memory 150 "$WORK/bench-memory.log" python3 tools/bench_memory.py --ranks 1 --base "$teacher" \
       --teacher-layers 12 \
