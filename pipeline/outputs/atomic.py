@@ -13,6 +13,7 @@ from pathlib import Path
 from pipeline.errors import UserError
 from pipeline.outputs.integrity import HASHES, problems, write_hashes
 from pipeline.outputs.manifest import MANIFEST, RESOLVED_CONFIG, is_complete, read_manifest
+from pipeline.outputs.ownership import FOREIGN, NEW, OURS, folder
 from pipeline.runtime.distributed import decided_by_main
 from pipeline.runtime.faults import crash_point
 from pipeline.schema.hashing import dump_yaml
@@ -57,13 +58,13 @@ def atomic_output(final: Path, cfg, stage: str, fingerprint: str):
 def check_replaceable(final: Path, stage: str) -> None:
     """``final`` does not exist, or is a folder crild's ``stage`` wrote: nothing crild did
     not write is ever replaced or deleted."""
-    if not final.exists() and not final.is_symlink():
+    found = folder(final, lambda path: (read_manifest(path) or {}).get("stage") == stage)
+    if found.state in (NEW, OURS):
         return
-    manifest = read_manifest(final) if final.is_dir() and not final.is_symlink() else None
-    if manifest is None or manifest.get("stage") != stage:
-        by = f"was written by crild's {manifest.get('stage')} stage" if manifest else "was not written by crild"
-        raise UserError(f"{final}: already exists and {by}; crild replaces only what its {stage} stage wrote "
-                        f"there: move it away or choose another output_dir or output name")
+    manifest = read_manifest(final) if found.state == FOREIGN else None
+    by = f"was written by crild's {manifest.get('stage')} stage" if manifest else "was not written by crild"
+    raise UserError(f"{final}: already exists and {by}; crild replaces only what its {stage} stage wrote "
+                    f"there: move it away or choose another output_dir or output name")
 
 
 def verified(path: Path, what: str) -> Path:

@@ -31,6 +31,7 @@ from pydantic import AfterValidator, Field, PrivateAttr, field_validator, model_
 from pipeline.data.tasks import TASKS
 from pipeline.distill.presets import PRESETS
 from pipeline.errors import UserError
+from pipeline.outputs.ownership import FILE, FOREIGN, folder
 from pipeline.schema.loading import read_yaml, validate
 from pipeline.schema.messages import field_error, suggest
 from pipeline.schema.paths import resolve_path
@@ -189,23 +190,23 @@ def load_study(path: str) -> StudySpec:
     return spec
 
 
+def _holds_a_report(path: Path) -> bool:
+    try:
+        return "findings" in json.loads((path / "summary.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def _check_report_dir(spec: StudySpec) -> None:
     """The report writes README.md, index.html, summary.json and plots into ``report_dir``,
     replacing files of those names: a folder is accepted when it is new or empty, holds only
     the records of cells run so far, or holds a report crild wrote (its summary.json)."""
     out = Path(spec.report_dir)
-    if out.exists() and not out.is_dir():
+    found = folder(out.resolve(), _holds_a_report, ignore=frozenset({"records"}))  # a link to a folder is fine here
+    if found.state == FILE:
         raise UserError(f"{spec.source}: report_dir: '{out}' is a file, not a folder")
-    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    if not set(entries) - {"records"}:
-        return
-    try:
-        ours = "findings" in json.loads((out / "summary.json").read_text())
-    except (OSError, ValueError, TypeError):
-        ours = False
-    if not ours:
-        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
-        raise UserError(f"{spec.source}: report_dir: '{out}' holds files crild did not write ({shown}); the report "
+    if found.state == FOREIGN:
+        raise UserError(f"{spec.source}: report_dir: '{out}' holds files crild did not write ({found.shown()}); the report "
                         f"writes README.md, index.html, summary.json and plots there, replacing any of those names: "
                         f"expected a new or empty folder, or one holding a crild report")
 

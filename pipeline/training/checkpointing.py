@@ -12,6 +12,7 @@ import torch
 
 from pipeline.errors import UserError
 from pipeline.outputs.integrity import HASHES, problems, write_hashes
+from pipeline.outputs.ownership import FILE, FOREIGN, LINK, folder
 from pipeline.runtime.distributed import DistInfo, barrier, decided_by_main
 from pipeline.runtime.faults import crash_point
 from pipeline.runtime.progress import log
@@ -29,18 +30,25 @@ def made_by_crild(root: Path) -> bool:
     return (root / OWNER_FILE).is_file() or any(root.rglob(FINGERPRINT_FILE))
 
 
+def has_checkpoints(root: Path) -> bool:
+    """Whether any checkpoint lies under ``root`` (a stage's folder, its phases' included)."""
+    return Path(root).is_dir() and any(p.is_dir() for p in Path(root).rglob(f"{TAG_PREFIX}*"))
+
+
 def claim_checkpoints(root: Path) -> None:
     """Make ``root`` the stage's checkpoint folder (rank 0; collective). A folder crild did not
     make that already holds something is refused: the stage would write its checkpoints among
     its files and remove the folder, theirs too, when it finishes."""
     def check() -> None:
         path = Path(root)
-        if path.exists() and not path.is_dir():
-            raise UserError(f"{path}: a file is where this stage keeps its checkpoints; move it, or choose another "
-                            f"output_dir")
-        if path.is_dir() and any(path.iterdir()) and not made_by_crild(path):
+        found = folder(path, made_by_crild)
+        if found.state in (FILE, LINK):
+            raise UserError(f"{path}: a {found.state} is where this stage keeps its checkpoints; move it, or choose "
+                            f"another output_dir")
+        if found.state == FOREIGN:
             raise UserError(f"{path}: a folder crild did not make is where this stage keeps its checkpoints (and "
-                            f"removes them when it finishes); move it, or choose another output_dir")
+                            f"removes them when it finishes), and it holds {found.shown()}; move it, or choose another "
+                            f"output_dir")
         path.mkdir(parents=True, exist_ok=True)
         (path / OWNER_FILE).touch()
 
