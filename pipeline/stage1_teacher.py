@@ -33,7 +33,7 @@ from pipeline.stages import stage_fingerprint
 from pipeline.training.checkpointing import Checkpoints, claim_checkpoints, remove_checkpoints, resume, trajectory_key
 from pipeline.training.ds_config import build_ds_config, zero_stage
 from pipeline.training.engine import build_engine, consolidated_state_dict
-from pipeline.training.scalars import Scalars, set_aside_events
+from pipeline.training.scalars import Scalars, start_afresh
 from pipeline.training.schedule import make_schedule
 from pipeline.training.stop import StopRequest
 from pipeline.training.trainer import train_loop
@@ -65,8 +65,8 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
     trajectory = trajectory_key(cfg, STAGE, {"teacher": settings_dict(cfg.teacher), "ds": ds_cfg})
     ckpts = Checkpoints(out / "checkpoints" / STAGE, dist, trajectory, train_cfg.keep_checkpoints, fingerprint)
     state = resume(engine, ckpts, STAGE, schedule.total_micro_steps)
-    if not state and dist.is_main and (earlier := set_aside_events(out / "tensorboard" / STAGE)):
-        log(dist, f"{STAGE}: starting afresh; the TensorBoard events of an earlier attempt are in {earlier}")
+    if not state:
+        start_afresh(out / "tensorboard" / STAGE, STAGE, dist)
     for line in ([note] if note else []) + data.notes:
         log(dist, line)
     log(dist, f"{STAGE}: {len(data.train)} training examples, {schedule.total_optimizer_steps} optimizer steps, "

@@ -37,8 +37,8 @@ from pipeline.runtime.distributed import barrier, init_distributed, seed_everyth
 from pipeline.runtime.progress import log
 from pipeline.stage_cli import stage_main
 from pipeline.stages import stage_fingerprint
-from pipeline.training.checkpointing import TAG_PREFIX, claim_checkpoints, remove_checkpoints
-from pipeline.training.scalars import set_aside_events
+from pipeline.training.checkpointing import claim_checkpoints, has_checkpoints, remove_checkpoints
+from pipeline.training.scalars import start_afresh
 from pipeline.training.stop import StopRequest
 
 PHASE_ONLY_FILES = (*BOOKKEEPING_FILES, "train_results.json")  # the final student writes its own
@@ -105,9 +105,8 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
                          notes=[n for n in (*notes, teacher_note, *data.notes) if n])
     claim_checkpoints(distill.checkpoint_folder())
     done = {phase.name: phase_done(distill, phase.name) for phase in phases}  # collective: every rank asks
-    if dist.is_main and not any(done.values()) and not any(distill.checkpoint_folder().rglob(f"{TAG_PREFIX}*")):
-        if earlier := set_aside_events(distill.out / "tensorboard" / cfg.stages.distill.output):
-            log(dist, f"{STAGE}: starting afresh; the TensorBoard events of an earlier attempt are in {earlier}")
+    if not any(done.values()) and not has_checkpoints(distill.checkpoint_folder()):
+        start_afresh(distill.out / "tensorboard" / cfg.stages.distill.output, STAGE, dist)
     previous = None
     for index, phase in enumerate(phases):
         folder = distill.phase_folder(phase.name)

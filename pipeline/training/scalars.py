@@ -6,7 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from pipeline.runtime.progress import log
+
 EVENTS = "events.out.tfevents.*"
+
+
+def start_afresh(log_dir: Path, stage: str, dist) -> None:
+    """A stage that starts with no checkpoint to resume: the earlier attempt's events set
+    aside (rank 0), and the user told where they went."""
+    if dist.is_main and (earlier := set_aside_events(log_dir)):
+        log(dist, f"{stage}: starting afresh; the TensorBoard events of an earlier attempt are in {earlier}")
 
 
 def set_aside_events(log_dir: Path) -> Optional[Path]:
