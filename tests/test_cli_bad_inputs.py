@@ -64,6 +64,7 @@ def cases(tmp: Path, tiny_bert: Path, data: Path):
         ("misspelled key", ["config", cfg("k2", stages__teacher__learnig_rate=1e-3)], ["did you mean 'learning_rate'"]),
         ("wrong type", ["config", cfg("k3", stages__teacher__epochs="two")], ["stages.teacher.epochs", "an integer"]),
         ("missing config file", ["config", str(tmp / "nope.yaml")], ["nope.yaml: config file not found"]),
+        ("config path is a folder", ["run", str(tmp)], [f"{tmp}: is a folder; expected a config file (YAML)"]),
         ("invalid YAML", ["config", str(_text(tmp / "broken.yaml", "a: [1\n"))], ["broken.yaml", "not valid YAML"]),
         ("bad override", ["config", cfg("k4"), "seed"], ["override 'seed'", "section.key=value"]),
         ("unknown task", ["config", cfg("k5", task__name="sst3")], ["unknown task 'sst3'", "did you mean 'sst2'"]),
@@ -343,7 +344,7 @@ def test_catalogue_has_every_case_documented(tmp_path, tiny_bert, sentiment_dir)
         assert f"| {name} |" in doc, name
 
 
-CASE_COUNT = 80
+CASE_COUNT = 81
 
 
 @pytest.mark.parametrize("index", range(CASE_COUNT))

@@ -49,6 +49,8 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 def read_yaml(path: str | os.PathLike, what: str = "config file") -> dict:
     """The mapping at the top of a YAML file (empty file: {})."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; expected a {what} (YAML)")
     if not path.is_file():
         raise UserError(f"{path}: {what} not found")
     text, loader = read_utf8(path), None
