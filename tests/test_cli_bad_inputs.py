@@ -284,9 +284,12 @@ def reading_cases(tmp: Path, tiny_bert: Path, data: Path):
                                                  b'"label": "rotten"}\n', "dev.jsonl": dev})
     ids = _folder(tmp / "ids", {"train.csv": b"sentence,label\na,1\nb,2\n", "dev.jsonl": dev})
     vectors = _folder(tmp / "vectors", {"glove.npy": b"not a matrix", "words.txt": b"a\nb\n"})
+    two = _folder(tmp / "two", {"train.csv": b"sentence,label\na,fresh\n", "train.jsonl": dev, "dev.jsonl": dev})
     return [
         ("column named twice in a header", ["teacher", cfg("g1", task__data_dir=str(twice))],
          ["twice/train.csv:1: column 'sentence' appears twice in the header"]),
+        ("two files for one split", ["teacher", cfg("g7", task__data_dir=str(two))],
+         ["two: train.jsonl and train.csv are both the train split; crild reads one file per split"]),
         ("null where text is expected", ["teacher", cfg("g2", task__data_dir=str(null))],
          ["null/train.jsonl:2: column 'sentence' is null; expected text"]),
         ("label id past the classes", ["teacher", cfg("g3", task__data_dir=str(ids))],
@@ -344,7 +347,7 @@ def test_catalogue_has_every_case_documented(tmp_path, tiny_bert, sentiment_dir)
         assert f"| {name} |" in doc, name
 
 
-CASE_COUNT = 81
+CASE_COUNT = 82
 
 
 @pytest.mark.parametrize("index", range(CASE_COUNT))

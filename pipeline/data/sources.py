@@ -272,11 +272,13 @@ def read_table(path: Path, spec: TaskSpec, task_cfg: TaskConfig, need_label: boo
 
 
 def _find_table(directory: Path, split: str) -> Optional[Path]:
-    for ext in (".jsonl", ".csv", ".tsv"):
-        p = directory / f"{split}{ext}"
-        if p.is_file():
-            return p
-    return None
+    """The one file of ``split`` in ``directory``: two of them (a train.csv beside a newer
+    train.jsonl) would leave which one trains to an order the user never chose."""
+    found = [p for p in (directory / f"{split}{ext}" for ext in (".jsonl", ".csv", ".tsv")) if p.is_file()]
+    if len(found) > 1:
+        raise UserError(f"{directory}: {' and '.join(p.name for p in found)} are both the {split} split; crild "
+                        f"reads one file per split: remove or rename the others")
+    return found[0] if found else None
 
 
 # --------------------------------------------------------------------------- hub
@@ -327,9 +329,11 @@ def resolve_source(task_cfg: TaskConfig, spec: TaskSpec, where: str = "task") ->
     if source in ("glue", "files"):
         if data_dir is None:
             raise UserError(f"{where}.data_dir: required when {where}.source is '{source}'")
+        if data_dir.exists() and not data_dir.is_dir():
+            raise UserError(f"{where}.data_dir: '{data_dir}' is a file; expected the folder that holds the split "
+                            f"files (train, dev, test as .jsonl, .csv or .tsv), e.g. '{data_dir.parent}'")
         if not data_dir.is_dir():
-            what = "is not a directory" if data_dir.exists() else "does not exist"
-            raise UserError(f"{where}.data_dir: directory '{data_dir}' {what}")
+            raise UserError(f"{where}.data_dir: directory '{data_dir}' does not exist")
     if source == "glue" and not spec.glue_files:
         raise UserError(f"{where}.source: task {spec.name} has no GLUE file layout; use 'files'")
     named = [k for k in ("text_a", "text_b", "label") if getattr(task_cfg.columns, k) is not None]

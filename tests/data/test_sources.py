@@ -284,3 +284,23 @@ def test_a_capped_held_out_split_says_so(tmp_path, tiny_bert, sentiment_dir):
                           with_train=False)
     assert len(data.eval["dev"]) == 5 and data.notes == [
         f"note: {split} is scored on its first 5 of 32 examples (task.max_eval_examples)" for split in ("dev", "test")]
+
+
+def test_two_files_for_one_split_are_refused_not_picked_by_extension(tmp_path):
+    """A train.csv beside a newer train.jsonl: which one trains must not depend on an
+    extension order the user never chose."""
+    (tmp_path / "train.csv").write_text("sentence,label\nold,fresh\n")
+    (tmp_path / "train.jsonl").write_text(json.dumps({"sentence": "new", "label": "fresh"}) + "\n")
+    cfg = TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path))
+    with pytest.raises(UserError, match=r"train\.jsonl and train\.csv are both the train split; crild reads one"):
+        load_split(cfg, TASKS["rotten_tomatoes"], "train")
+    (tmp_path / "train.csv").unlink()
+    assert load_split(cfg, TASKS["rotten_tomatoes"], "train").text_a == ["new"]
+
+
+def test_a_data_dir_that_is_a_file_points_at_its_folder(tmp_path):
+    (tmp_path / "train.csv").write_text("sentence,label\ngood,pos\n")
+    cfg = TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path / "train.csv"))
+    with pytest.raises(UserError, match=rf"task.data_dir: '{tmp_path}/train.csv' is a file; expected the folder .* "
+                                        rf"e.g. '{tmp_path}'"):
+        load_split(cfg, TASKS["rotten_tomatoes"], "train")
