@@ -16,6 +16,7 @@ from pydantic import AfterValidator, Field, PrivateAttr, ValidationInfo, create_
 from pipeline.data.tasks import TASKS, get_task
 from pipeline.distill.presets import PHASES, PRESETS, resolve_phases
 from pipeline.distill.terms import TERMS
+from pipeline.errors import UserError
 from pipeline.schema.hashing import to_dict
 from pipeline.schema.loading import read_yaml, validate
 from pipeline.schema.messages import Expect, field_error
@@ -401,7 +402,11 @@ def from_dict(raw: dict, source: str = "<config>", overrides: list[str] | None =
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
-    return from_dict(read_yaml(path), str(path), overrides)
+    raw = read_yaml(path)
+    if {"base", "methods"} <= raw.keys():  # a study file's two defining keys
+        raise UserError(f"{path}: is a study file (it has base and methods), not a run configuration; run it with "
+                        f"`crild study --study {path}`")
+    return from_dict(raw, str(path), overrides)
 
 
 def deepspeed_config_paths(cfg: RunConfig) -> dict[str, str]:

@@ -181,8 +181,16 @@ class StudySpec(Strict):
         return variant is None or variant.settings is None or setting in variant.settings
 
 
+RUN_ONLY_KEYS = frozenset({"task", "teacher", "student", "stages", "pipeline"})  # a run configuration's sections
+
+
 def load_study(path: str) -> StudySpec:
-    spec = validate(StudySpec, read_yaml(path, "study file"), str(path))
+    raw = read_yaml(path, "study file")
+    if "base" not in raw and RUN_ONLY_KEYS & raw.keys():
+        raise UserError(f"{path}: is a run configuration (it has {', '.join(sorted(RUN_ONLY_KEYS & raw.keys()))}), "
+                        f"not a study file; run it with `crild run {path}`, or give --study a study file that names "
+                        f"it as its base (see jobs/studies/)")
+    spec = validate(StudySpec, raw, str(path))
     spec.base = str(resolve_path(spec.base, "base", str(path)))
     spec._source = str(path)
     _check_base_pipeline(spec)

@@ -607,3 +607,20 @@ def test_study_counts_out_of_range_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["study", *argv])
     assert exc.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == f"crild study: error: {message}"
+
+
+def test_a_run_configuration_and_a_study_file_given_for_each_other_say_so(tmp_path, capsys):
+    from pipeline.cli import main
+
+    run = tmp_path / "run.yaml"
+    run.write_text(yaml.safe_dump({"output_dir": "o", "task": {"name": "rotten_tomatoes"}, "pipeline": ["teacher"]}))
+    for argv in (["study", "--study", str(run)], ["run", str(REPO / "jobs" / "studies" / "offline.yaml")]):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"crild: error: {run}: is a run configuration (it has pipeline, task), not a study file; run it "
+                   f"with `crild run {run}`, or give --study a study file that names it as its base (see jobs/studies/)",
+                   f"crild: error: {REPO / 'jobs' / 'studies' / 'offline.yaml'}: is a study file (it has base and "
+                   f"methods), not a run configuration; run it with `crild study --study "
+                   f"{REPO / 'jobs' / 'studies' / 'offline.yaml'}`"]
