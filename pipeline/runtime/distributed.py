@@ -54,18 +54,17 @@ def _from_slurm() -> None:
 
 
 def local_world_size() -> int:
-    for key in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE"):
-        if os.environ.get(key):
-            return int(os.environ[key])
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    for key in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE", "WORLD_SIZE"):
+        if (n := environment.count(key)) is not None:
+            return n
+    return 1
 
 
 def set_threads() -> int:
     """One share of the cores per local rank, so ranks never oversubscribe the machine
     (an explicit OMP_NUM_THREADS wins)."""
-    if os.environ.get("OMP_NUM_THREADS"):
-        n = int(os.environ["OMP_NUM_THREADS"])
-    else:
+    n = environment.count("OMP_NUM_THREADS", first_of_list=True)
+    if n is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         n = max(1, cores // max(1, local_world_size()))
     torch.set_num_threads(n)

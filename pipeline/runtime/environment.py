@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 
 from pipeline.errors import UserError
@@ -24,9 +25,24 @@ def seconds(name: str, default: float) -> float:
     return value
 
 
+def count(name: str, first_of_list: bool = False) -> int | None:
+    """A positive whole number, or None when unset or empty. ``first_of_list``: the variable
+    may hold a comma-separated list whose first entry counts (OpenMP's nested
+    OMP_NUM_THREADS=8,2)."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    head = text.split(",")[0].strip() if first_of_list else text
+    if not re.fullmatch(r"[0-9]+", head) or int(head) < 1:
+        raise UserError(f"{name}: expected a whole number >= 1, got {text!r}")
+    return int(head)
+
+
 def folder(name: str, default: Path) -> Path:
-    """A folder crild may create (it need not exist yet); a file there is refused."""
-    path = Path(os.environ.get(name) or default)
+    """A folder crild may create (it need not exist yet); a file there is refused. ``~`` is
+    expanded and a relative path made absolute here, so every stage of a run (and every
+    rank, whatever its working directory) means the same folder."""
+    path = Path(os.environ.get(name) or default).expanduser().absolute()
     if path.exists() and not path.is_dir():
         raise UserError(f"{name}: '{path}' is a file, not a folder")
     return path
