@@ -73,7 +73,7 @@ def _load_task_data(cfg, tokenizer, eval_splits, with_train) -> TaskData:
                             f"(available: {', '.join(available) or 'none'}){hint}")
     evals, labels = {}, {}
     notes = list(train_ex.notes) if with_train else []
-    train_texts = set(example_texts(train_ex)) if with_train else set()
+    train_texts = set(example_texts(train_ex)) if with_train else _training_texts(cfg, spec)
     for split in eval_splits:
         ex = load_split(cfg.task, spec, split)
         if cfg.task.max_eval_examples is not None and len(ex) > cfg.task.max_eval_examples:
@@ -83,12 +83,23 @@ def _load_task_data(cfg, tokenizer, eval_splits, with_train) -> TaskData:
         evals[split] = tokenize_cached(ex, tokenizer, cfg.task.max_length)
         labels[split] = ex.labels
         notes += ex.notes
-        if with_train:
-            notes.append(overlap_note(train_texts, ex, split))
+        notes.append(overlap_note(train_texts, ex, split))
     if with_train:
         notes.append(truncation_note(train_ds, cfg.task.max_length))
     return TaskData(spec, train_ds, train_ex, evals, labels, Collator(tokenizer.pad_token_id, spec.regression),
                     [n for n in notes if n])
+
+
+def _training_texts(cfg, spec) -> set:
+    """The training split's texts (read, not tokenized) for the overlap note of a stage that
+    trains nothing, such as evaluation; empty where there is none to read locally (a folder of
+    held-out files only, or the hub)."""
+    try:
+        if resolve_source(cfg.task, spec)[0] == "hub":
+            return set()
+        return set(example_texts(apply_settings(load_split(cfg.task, spec, "train"), cfg.task, spec, cfg.seed)))
+    except UserError:
+        return set()
 
 
 def example_texts(ex: Examples):
