@@ -93,12 +93,12 @@ def init_distributed() -> DistInfo:
     local_rank = int(os.environ["LOCAL_RANK"])
     if cuda:
         torch.cuda.set_device(local_rank)
+        if arch_note := prepare_arch_list():  # before DeepSpeed compiles an op (FusedAdam on first use)
+            note(arch_note)
     if not torch.distributed.is_initialized():
         # a rank that hangs (not dies) makes the others' next collective fail after this long
         timeout = timedelta(seconds=environment.seconds("CRILD_COLLECTIVE_TIMEOUT_S", 600))
         check_build_locks()  # DeepSpeed builds its ops from here on; a stale lock would hang it
-        if cuda and (arch_note := prepare_arch_list()):
-            note(arch_note)
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False, timeout=timeout)
         atexit.unregister(shutdown_distributed)  # once, however often a process re-initialises
         atexit.register(shutdown_distributed)
