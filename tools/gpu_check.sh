@@ -19,6 +19,9 @@
 #        JSONs and profiles, and logs.tar.gz (every step's log, the pipeline's latency table).
 #   bash tools/gpu_check.sh --dry-run [--with-model]    the CPU side anywhere: prepares a bundle (without
 #        the model copy unless asked), checks its size, and runs the GPU tests that can run on a CPU.
+#   bash tools/gpu_check.sh --rehearse OUT              all of --run on this machine's CPU, with this venv's
+#        Python and small benchmark shapes (a few minutes): proves the script itself before GPU time is
+#        spent on it (the first GPU run lost its memory benchmark to a launcher the CPU never ran).
 #
 # The device tool runs --run with the bundle carried beside the working tree:
 #   run(command="bash tools/gpu_check.sh --run gpu_bundle $OUT", carry=["gpu_bundle"], timeout_s=540)
@@ -81,33 +84,41 @@ timed() {  # timed NAME SECONDS LOG COMMAND...: run, record exit code and second
   echo "gpu_check: $name: exit $code in $((SECONDS - start)) s"
 }
 
-run() {  # run BUNDLE OUT
-  local bundle out
+run() {  # run BUNDLE OUT; GPU_CHECK_PYTHON (default python3) and GPU_CHECK_SMALL=1 are for --rehearse
+  local bundle out py=${GPU_CHECK_PYTHON:-python3}
   bundle=$(cd "$1" && pwd); mkdir -p "$2"; out=$(cd "$2" && pwd)
   WORK=$(mktemp -d /tmp/crild-gpu.XXXX)
   local site=$WORK/site
-  python3 -m pip install -q --no-index --no-deps --target "$site" "$bundle"/wheels/*.whl
+  # --rehearse installs only the pure-Python wheels: the others are built for the GPU machine's Python 3.12
+  "$py" -m pip install -q --no-index --no-deps --target "$site" "$bundle"/wheels/*${GPU_CHECK_WHEELS:-.whl}
+  # the shapes the benchmarks run at: BERT-base (12-layer teacher, 6-layer student), or tiny ones
+  local shapes=(--teacher-layers 12 --student-layers 6) steps=10 small=()
+  if [ "${GPU_CHECK_SMALL:-0}" = 1 ]; then
+    shapes=(--hidden 64 --heads 4 --teacher-layers 2 --student-layers 1) steps=2
+    small=(task.few_sample=200 task.max_eval_examples=100)
+  fi
   export PYTHONPATH="$site:$REPO" PATH="$site/bin:$PATH" CRILD_HOME="$WORK/home" OMP_NUM_THREADS=8
   mkdir -p "$CRILD_HOME/data" && cp -r "$bundle/data/rotten_tomatoes" "$CRILD_HOME/data/"
   { nvidia-smi; echo "TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST-unset}"; } >"$WORK/nvidia-smi.txt" 2>&1 || true
-  timed gpu-tests 240 "$WORK/gpu-tests.log" python3 -m pytest tests/gpu -q -p no:cacheprovider -rs \
+  timed gpu-tests 240 "$WORK/gpu-tests.log" "$py" -m pytest tests/gpu -q -p no:cacheprovider -rs \
       --junitxml "$out/pytest-gpu.xml"
   local teacher=$bundle/teacher-bf16 cfg=jobs/gpu_check.yaml
-  local args=(--config "$cfg" "output_dir=$WORK/run" "teacher.model=$teacher" "student.backbone=$teacher")
+  local args=(--config "$cfg" "output_dir=$WORK/run" "teacher.model=$teacher" "student.backbone=$teacher"
+              ${small[@]+"${small[@]}"})
   for stage in stage1_teacher stage3_distill stage4_evaluate; do
-    timed "pipeline-$stage" 150 "$WORK/pipeline-$stage.log" deepspeed --num_gpus 1 "pipeline/$stage.py" "${args[@]}"
+    timed "pipeline-$stage" 150 "$WORK/pipeline-$stage.log" "$py" -m deepspeed.launcher.runner --num_gpus 1 \
+        "pipeline/$stage.py" "${args[@]}"
   done
-  timed pipeline-stage5_export 120 "$WORK/pipeline-stage5_export.log" python3 pipeline/stage5_export.py "${args[@]}"
+  timed pipeline-stage5_export 120 "$WORK/pipeline-stage5_export.log" "$py" pipeline/stage5_export.py "${args[@]}"
   cp "$WORK/run/export/latency.md" "$WORK/latency.md" 2>/dev/null || true  # in logs.tar.gz
   for batch in 32 256; do
-    timed "bench-distill-b$batch" 180 "$WORK/bench-distill-b$batch.log" python3 tools/bench_distill.py \
-        --teacher-layers 12 --student-layers 6 --batch-size "$batch" --steps 10 --tokenizer "$teacher" \
+    timed "bench-distill-b$batch" 180 "$WORK/bench-distill-b$batch.log" "$py" tools/bench_distill.py \
+        "${shapes[@]}" --batch-size "$batch" --steps "$steps" --tokenizer "$teacher" \
         --json "$out/bench_distill_b$batch.json" --profile "$out/profile_b$batch.txt"
   done
-  timed bench-memory 150 "$WORK/bench-memory.log" python3 tools/bench_memory.py --ranks 1 --base "$teacher" \
-      --teacher-layers 12 \
-      --student-layers 6 --json "$out/bench_memory.json"
-  python3 - "$WORK/steps.jsonl" "$out/summary.json" <<'PY'
+  timed bench-memory 150 "$WORK/bench-memory.log" "$py" tools/bench_memory.py --ranks 1 --base "$teacher" \
+      "${shapes[@]}" --json "$out/bench_memory.json"
+  "$py" - "$WORK/steps.jsonl" "$out/summary.json" <<'PY'
 import json, platform, sys
 import torch
 steps = [json.loads(line) for line in open(sys.argv[1])]
@@ -128,5 +139,13 @@ case "${1:-}" in
     prepare "$bundle" "$([ "${2:-}" = --with-model ] && echo 1 || echo 0)"
     .venv/bin/python -m pytest tests/gpu -q -p no:cacheprovider -rs
     rm -rf "$bundle" ;;
-  *) sed -n '2,29p' "$0"; exit 2 ;;
+  --rehearse)
+    [ $# -eq 2 ] || { echo "usage: $0 --rehearse OUT" >&2; exit 2; }
+    bundle=$(mktemp -d /tmp/crild-gpu-bundle.XXXX)
+    prepare "$bundle" 1
+    GPU_CHECK_PYTHON=$(pwd)/.venv/bin/python GPU_CHECK_SMALL=1 GPU_CHECK_WHEELS=-py3-none-any.whl run "$bundle" "$2"
+    rm -rf "$bundle"
+    python3 -c "import json, sys; s = json.load(open(sys.argv[1])); sys.exit(0 if s['passed'] else 1)" \
+        "$2/summary.json" ;;
+  *) sed -n '2,27p' "$0"; exit 2 ;;
 esac
