@@ -74,6 +74,8 @@ def cases(tmp: Path, tiny_bert: Path, data: Path):
          ["did you mean 'hidden_mse'"]),
         ("missing data directory", ["teacher", cfg("d1", task__data_dir=str(tmp / "nowhere"))],
          ["nowhere' does not exist"]),
+        ("empty path", ["teacher", cfg("d5", task__data_dir="")],
+         ["d5.yaml: task.data_dir: expected a file or folder path, got ''"]),
         ("TSV without a column", ["teacher", cfg("d2", task__name="rte", task__data_dir=str(bad_dir))],
          ["train.tsv", "missing column 'sentence2'"]),
         ("label outside the label set", ["teacher", cfg("d3", task__data_dir=str(labels_dir))],
@@ -347,7 +349,7 @@ def test_catalogue_has_every_case_documented(tmp_path, tiny_bert, sentiment_dir)
         assert f"| {name} |" in doc, name
 
 
-CASE_COUNT = 82
+CASE_COUNT = 83
 
 
 @pytest.mark.parametrize("index", range(CASE_COUNT))

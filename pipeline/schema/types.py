@@ -73,9 +73,19 @@ class PathMark:
 
 PATH = PathMark()
 
-# a file or folder a user writes: '~/runs/x' is in their home folder, as in a shell, not in a
-# folder named '~' under the working directory
-PathText = Annotated[str, AfterValidator(os.path.expanduser), PATH]
+def _path(value: str) -> str:
+    """A file or folder a user writes: '~/runs/x' is in their home folder, as in a shell, not
+    in a folder named '~' under the working directory. An empty one is a slip, not a choice
+    (it would mean the working directory: a data_dir of '' read whatever files lay there)."""
+    if not value.strip():
+        raise field_error(f"expected a file or folder path, got {value!r} (leave the key out, or null where it may "
+                          f"be unset, for its default)")
+    if "\x00" in value:
+        raise field_error(f"expected a file or folder path, got {value!r}, which holds a NUL character")
+    return os.path.expanduser(value)
+
+
+PathText = Annotated[str, AfterValidator(_path), PATH]
 
 
 def _marked(annotation) -> bool:
