@@ -145,8 +145,9 @@ class TrainConfig(Strict):
 class EvaluateConfig(Strict):
     models: listing(PathText, "model folder") = Field(
         default_factory=list, description="model folders to evaluate; empty: the run's teacher and students")
-    splits: listing(str, "split", non_empty=True) = Field(default_factory=lambda: ["dev", "test"],
-                                                         description="held-out splits to score")
+    splits: Optional[listing(str, "split", non_empty=True)] = Field(
+        None, description="held-out splits to score; null: every one the task's data has (dev and test where both "
+                          "exist, MNLI's matched and mismatched)")
     batch_size: PositiveInt = Field(64, description="examples per batch")
 
 

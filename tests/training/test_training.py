@@ -51,8 +51,7 @@ def test_teacher_learns_and_outputs_are_complete(tmp_path, tiny_bert, sentiment_
     from transformers import AutoModelForSequenceClassification
 
     raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=6, learning_rate=3e-3, eval_train_examples=40)
-    raw["stages"]["evaluate"] = {"splits": ["dev", "test"]}
-    cfg = from_dict(raw)
+    cfg = from_dict(raw)  # stages.evaluate.splits unset: every held-out split the data has
     assert stage1_teacher.run(cfg, stop=StopRequest(install_handlers=False)) == 0
     out = Path(cfg.output_dir)
     assert is_complete(out / "teacher")
@@ -80,6 +79,14 @@ def test_teacher_learns_and_outputs_are_complete(tmp_path, tiny_bert, sentiment_
     assert written["one_class"]["test"]["accuracy"] <= 0.75  # the best constant prediction, as a reference
     preds = (out / "eval" / "predictions" / "teacher" / "test.tsv").read_text().splitlines()
     assert preds[0] == "index\tprediction\tlabel" and len(preds) == 33
+    assert set(results) == {"dev", "test"}
+
+    import shutil  # a data folder without a test split: the default scores dev, not an error about 'test'
+
+    dev_only = shutil.copytree(sentiment_dir, tmp_path / "dev-only")
+    (dev_only / "test.jsonl").unlink()
+    assert stage4_evaluate.run(from_dict({**raw, "task": {**raw["task"], "data_dir": str(dev_only)}})) == 0
+    assert set(json.loads((out / "eval" / "results.json").read_text())["models"]["teacher"]["splits"]) == {"dev"}
 
 
 def test_checkpoint_from_another_configuration_is_refused(tmp_path, tiny_bert, sentiment_dir):
