@@ -4,8 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.errors import UserError
-from pipeline.runtime.cuda_arch import VARIABLE, deepspeed_arch_list, prepare_arch_list
+from pipeline.runtime.cuda_arch import VARIABLE, Unreadable, deepspeed_arch_list, prepare_arch_list
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -14,6 +13,8 @@ from pipeline.runtime.cuda_arch import VARIABLE, deepspeed_arch_list, prepare_ar
     ("8.0 8.6 9.0a 10.0f+PTX", "8.0;8.6;9.0;10.0+PTX"),
     ("9.0;9.0a", "9.0"),  # the same architecture once
     ("12.0a+ptx", "12.0+PTX"),
+    ("Hopper", "9.0+PTX"),  # PyTorch's names, as PyTorch numbers them
+    ("Ampere;9.0a", "8.0;8.6+PTX;9.0"),
 ])
 def test_suffixed_entries_become_what_deepspeed_reads(value, expected):
     assert deepspeed_arch_list(value) == expected
@@ -32,10 +33,17 @@ def test_unset_or_empty_is_left_alone():
         assert prepare_arch_list(env) is None and env == before
 
 
-@pytest.mark.parametrize("value", ["Hopper", "9", "9.0;sm_90", "9.0-PTX"])
-def test_entries_nobody_can_read_are_named(value):
-    with pytest.raises(UserError, match=r"TORCH_CUDA_ARCH_LIST=.*expected MAJOR\.MINOR"):
+@pytest.mark.parametrize("value, entry", [("9", "9"), ("9.0;sm_90", "sm_90"), ("9.0-PTX", "9.0-PTX")])
+def test_entries_nobody_can_read_are_left_alone_with_a_note(value, entry):
+    """Only a DeepSpeed op build reads the list (the shipped configurations build none): a
+    run that builds nothing must not be stopped by it."""
+    with pytest.raises(Unreadable, match=entry):
         deepspeed_arch_list(value)
+    env = {VARIABLE: value}
+    assert prepare_arch_list(env) == (f"{VARIABLE}={value}: '{entry}' is not an architecture DeepSpeed's op builder "
+                                      f"can read (MAJOR.MINOR, e.g. 9.0); a DeepSpeed op that compiles on first use "
+                                      f"(its FusedAdam) would fail")
+    assert env == {VARIABLE: value}
 
 
 def test_the_rewritten_list_is_what_deepspeeds_own_builder_reads(monkeypatch):
