@@ -20,7 +20,7 @@ import torch
 from pipeline.config import RunConfig
 from pipeline.data.batching import fetch
 from pipeline.data.sources import available_eval_splits
-from pipeline.data.task_data import load_task_data
+from pipeline.data.task_data import held_out_overlap, load_task_data
 from pipeline.data.tasks import get_task
 from pipeline.evaluation.models import load_eval_model, run_models
 from pipeline.evaluation.predict import classifier_forward, predict_logits, split_metrics
@@ -71,7 +71,8 @@ def run(cfg: RunConfig) -> int:
     models, notes = run_models(cfg, cfg.stages.evaluate.models, "stages.evaluate.models")
     for name, path in models.items():
         results[name], predictions[name], data = evaluate_model(cfg, path, precision_dtype(ds_cfg), dist)
-    for note in [*notes, *data.notes]:  # the data's notes (label ids read as names) are the same for every model
+    # the data's notes (label ids read as names, held-out examples that are training examples) hold for every model
+    for note in [*notes, *data.notes, *held_out_overlap(cfg, data)]:
         log(dist, note)
     if dist.is_main:
         with atomic_output(Path(cfg.output_dir) / "eval", cfg, STAGE, stage_fingerprint(cfg, STAGE)) as tmp:

@@ -27,6 +27,7 @@ class TaskData:
     eval_labels: dict  # split -> np.ndarray
     collate: Collator
     notes: list = field(default_factory=list)  # what the stage should say about the data it trains on
+    eval_examples: dict = field(default_factory=dict)  # split -> the raw Examples of ``eval``
 
     @property
     def main_split(self) -> str:
@@ -71,9 +72,8 @@ def _load_task_data(cfg, tokenizer, eval_splits, with_train) -> TaskData:
             hint = f"; crild calls the hub's '{split}' split '{crild_name}'" if crild_name in available else ""
             raise UserError(f"{cfg.source}: split '{split}' is not available for task {spec.name} "
                             f"(available: {', '.join(available) or 'none'}){hint}")
-    evals, labels = {}, {}
+    evals, labels, examples = {}, {}, {}
     notes = list(train_ex.notes) if with_train else []
-    train_texts = set(example_texts(train_ex)) if with_train else _training_texts(cfg, spec)
     for split in eval_splits:
         ex = load_split(cfg.task, spec, split)
         if cfg.task.max_eval_examples is not None and len(ex) > cfg.task.max_eval_examples:
@@ -82,18 +82,25 @@ def _load_task_data(cfg, tokenizer, eval_splits, with_train) -> TaskData:
             ex = ex.select(range(cfg.task.max_eval_examples))
         evals[split] = tokenize_cached(ex, tokenizer, cfg.task.max_length)
         labels[split] = ex.labels
+        examples[split] = ex
         notes += ex.notes
-        notes.append(overlap_note(train_texts, ex, split))
     if with_train:
+        train_texts = set(example_texts(train_ex))
+        notes += [overlap_note(train_texts, ex, split) for split, ex in examples.items()]
         notes.append(truncation_note(train_ds, cfg.task.max_length))
     return TaskData(spec, train_ds, train_ex, evals, labels, Collator(tokenizer.pad_token_id, spec.regression),
-                    [n for n in notes if n])
+                    [n for n in notes if n], examples)
+
+
+def held_out_overlap(cfg, data: TaskData) -> list[str]:
+    """The overlap notes of a stage that loaded no training split (evaluation), once for all
+    the models it scores: the training texts read untokenized, or none where there is no
+    local training file (a folder of held-out files only, or the hub)."""
+    texts = _training_texts(cfg, data.spec)
+    return [n for n in (overlap_note(texts, ex, split) for split, ex in data.eval_examples.items()) if n]
 
 
 def _training_texts(cfg, spec) -> set:
-    """The training split's texts (read, not tokenized) for the overlap note of a stage that
-    trains nothing, such as evaluation; empty where there is none to read locally (a folder of
-    held-out files only, or the hub)."""
     try:
         if resolve_source(cfg.task, spec)[0] == "hub":
             return set()
