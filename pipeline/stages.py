@@ -35,26 +35,42 @@ def _with_inputs(key: dict, sections: dict) -> str:
     changes the fingerprint as a changed setting does. DeepSpeed configs are in ``key`` by
     their text already. A configuration that names no file (offline aliases and data) keeps
     the fingerprint it had before digests were part of it."""
-    paths = {}
-    for prefix, section in sections.items():
-        paths.update({k: v for k, v in paths_in(section, prefix).items() if not k.endswith("deepspeed_config")})
-    digests = input_digests(paths)
+    digests = input_digests(paths_in_sections(sections))
     return config_hash({**key, "inputs": digests} if digests else key)
+
+
+# each stage's configuration sections that name files and folders it reads (prefix -> section)
+def _teacher_inputs(cfg) -> dict:
+    return {"task": cfg.task, "teacher": cfg.teacher, "stages.teacher": cfg.stages.teacher}
+
+
+def _augment_inputs(cfg) -> dict:
+    return {"task": cfg.task, "stages.augment": cfg.stages.augment}
+
+
+def _distill_inputs(cfg) -> dict:
+    return {"task": cfg.task, "student": cfg.student, "stages.distill": cfg.stages.distill}
+
+
+def _evaluate_inputs(cfg) -> dict:
+    return {"task": cfg.task, "stages.evaluate": cfg.stages.evaluate}
+
+
+def _export_inputs(cfg) -> dict:
+    return {"task": cfg.task, "stages.export": cfg.stages.export}
 
 
 def _teacher_fingerprint(cfg) -> str:
     return _with_inputs({"seed": cfg.seed, "task": settings_dict(cfg.task), "teacher": settings_dict(cfg.teacher),
                          "train": settings_dict(cfg.stages.teacher),
-                         "ds": ds_json_text(cfg, cfg.stages.teacher.deepspeed_config)},
-                        {"task": cfg.task, "teacher": cfg.teacher, "stages.teacher": cfg.stages.teacher})
+                         "ds": ds_json_text(cfg, cfg.stages.teacher.deepspeed_config)}, _teacher_inputs(cfg))
 
 
 def _augment_fingerprint(cfg) -> str:
     key = {"seed": cfg.seed, "task": settings_dict(cfg.task), "tokenizer": cfg.student.backbone,
            "augment": settings_dict(cfg.stages.augment)}
     digests = input_digests({"student.backbone": cfg.student.backbone})
-    return _with_inputs({**key, "tokenizer_files": digests} if digests else key,
-                        {"task": cfg.task, "stages.augment": cfg.stages.augment})
+    return _with_inputs({**key, "tokenizer_files": digests} if digests else key, _augment_inputs(cfg))
 
 
 def _distill_fingerprint(cfg) -> str:
@@ -66,7 +82,7 @@ def _distill_fingerprint(cfg) -> str:
            "distill": settings_dict(d), "ds": ds, "teacher": teacher, "augmented": augmented}
     if revisions(d):  # only where a preset or term changed its defaults: other outputs stay valid
         key["revisions"] = revisions(d)
-    return _with_inputs(key, {"task": cfg.task, "student": cfg.student, "stages.distill": d})
+    return _with_inputs(key, _distill_inputs(cfg))
 
 
 def _upstream(cfg) -> dict:
@@ -76,12 +92,12 @@ def _upstream(cfg) -> dict:
 
 def _evaluate_fingerprint(cfg) -> str:
     return _with_inputs({"task": settings_dict(cfg.task), "evaluate": settings_dict(cfg.stages.evaluate),
-                         "upstream": _upstream(cfg)}, {"task": cfg.task, "stages.evaluate": cfg.stages.evaluate})
+                         "upstream": _upstream(cfg)}, _evaluate_inputs(cfg))
 
 
 def _export_fingerprint(cfg) -> str:
     return _with_inputs({"task": settings_dict(cfg.task), "export": settings_dict(cfg.stages.export),
-                         "upstream": _upstream(cfg)}, {"task": cfg.task, "stages.export": cfg.stages.export})
+                         "upstream": _upstream(cfg)}, _export_inputs(cfg))
 
 
 @dataclass(frozen=True)
@@ -91,6 +107,7 @@ class Stage:
     help: str
     output: Callable  # cfg -> its folder under output_dir
     fingerprint: Callable  # cfg -> str
+    inputs: Callable  # cfg -> {prefix: section} of the sections naming files and folders it reads
     configure: Optional[Callable] = None  # raw configuration -> this stage's, in place (see config.stage_config)
     checkpoints: Callable = lambda cfg: ""  # cfg -> its checkpoint folder under output_dir ("" : none)
 
@@ -121,19 +138,19 @@ RESERVED_FOLDERS = ("teacher", "augmented", "augmented.shards", "eval", "export"
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("teacher", "stage1_teacher.py", "stage 1: fine-tune the teacher", lambda c: "teacher",
-          _teacher_fingerprint, checkpoints=lambda c: "checkpoints/teacher"),
+          _teacher_fingerprint, _teacher_inputs, checkpoints=lambda c: "checkpoints/teacher"),
     Stage("augment", "stage2_augment.py", "stage 2: TinyBERT-style augmented data", lambda c: "augmented",
-          _augment_fingerprint),
+          _augment_fingerprint, _augment_inputs),
     Stage("distill", "stage3_distill.py", "stage 3: distil the teacher into the student",
-          lambda c: c.stages.distill.output, _distill_fingerprint,
+          lambda c: c.stages.distill.output, _distill_fingerprint, _distill_inputs,
           checkpoints=lambda c: f"checkpoints/{c.stages.distill.output}"),
     Stage("baseline", "stage3_distill.py", "the same student fine-tuned without a teacher, for comparison",
-          lambda c: c.stages.distill.output, _distill_fingerprint, _as_baseline,
+          lambda c: c.stages.distill.output, _distill_fingerprint, _distill_inputs, _as_baseline,
           checkpoints=lambda c: f"checkpoints/{c.stages.distill.output}"),
     Stage("evaluate", "stage4_evaluate.py", "stage 4: evaluate model folders on dev/test", lambda c: "eval",
-          _evaluate_fingerprint),
+          _evaluate_fingerprint, _evaluate_inputs),
     Stage("export", "stage5_export.py", "stage 5: export ONNX (and INT8), check parity, time it", lambda c: "export",
-          _export_fingerprint),
+          _export_fingerprint, _export_inputs),
 ]}
 
 
@@ -141,6 +158,37 @@ def in_running_order(names) -> list[str]:
     """Stage ``names`` in the order stages run, whatever order they were given in
     (``crild run --only evaluate --only teacher`` trains the teacher first)."""
     return [name for name in STAGES if name in names]
+
+
+FILE_SUFFIXES = frozenset({".npy", ".txt", ".parquet", ".json", ".jsonl", ".csv", ".tsv", ".yaml", ".gz"})
+
+
+def missing_inputs(cfg, name: str) -> list[tuple[str, str]]:
+    """(key, path) of each file or folder stage ``name`` reads that is not there, for ``cfg``
+    as that stage runs it: a ``crild run`` checks them all before its first stage, so a
+    missing input of a late stage does not wait for the hours of the stages before it.
+    Checked are the keys that always name a local path (``data_dir``, ``vocab``) and any value
+    written as one (absolute, ``./``, ``../``, or with a file suffix such as ``.npy``); a bare name may be an offline alias or a hub
+    model, which only the stage can resolve, and a path under ``output_dir`` may be written by
+    an earlier stage of the run."""
+    out = Path(cfg.output_dir).absolute()
+    missing = []
+    for key, path in paths_in_sections(STAGES[name].inputs(cfg)).items():
+        local = (key.endswith(("data_dir", "vocab")) or Path(path).is_absolute() or path.startswith(("./", "../"))
+                 or Path(path).suffix in FILE_SUFFIXES)
+        where = Path(path).absolute()
+        if local and not where.exists() and out not in where.parents and where != out:
+            missing.append((key, path))
+    return missing
+
+
+def paths_in_sections(sections: dict) -> dict[str, str]:
+    """dotted key -> path of every file or folder ``sections`` name, DeepSpeed configs aside
+    (they are read, and checked, when the configuration loads)."""
+    paths = {}
+    for prefix, section in sections.items():
+        paths.update({k: v for k, v in paths_in(section, prefix).items() if not k.endswith("deepspeed_config")})
+    return paths
 
 
 def stage_fingerprint(cfg, name: str) -> str:

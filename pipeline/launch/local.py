@@ -14,7 +14,7 @@ from pipeline.launch.slurm import in_slurm_allocation, requeue_self, slurm_rende
 from pipeline.outputs.integrity import problems
 from pipeline.outputs.lock import run_lock
 from pipeline.outputs.manifest import is_complete, recorded_fingerprint
-from pipeline.stages import STAGES, stage_fingerprint
+from pipeline.stages import STAGES, missing_inputs, stage_fingerprint
 from pipeline.training.checkpointing import archive_stale, remove_checkpoints
 
 
@@ -80,8 +80,17 @@ def run_pipeline(cfg: RunConfig, config_path: str, overrides: list[str], force: 
         return _run_stages(cfg, config_path, overrides, force, only, lock)
 
 
+def check_inputs(cfg: RunConfig, names) -> None:
+    """Every file and folder the stages ``names`` read is there, before the first one runs."""
+    for name in names:
+        for key, path in missing_inputs(stage_config(cfg, name), name):
+            raise UserError(f"{key}: '{path}' does not exist (the {name} stage reads it; checked before the first "
+                            f"stage runs)")
+
+
 def _run_stages(cfg: RunConfig, config_path: str, overrides: list[str], force: bool, only, lock) -> int:
     check_local_ranks(cfg)
+    check_inputs(cfg, only or cfg.pipeline)
     runner = StageRunner(cfg.output_dir)
     env = os.environ.copy()
     if in_slurm_allocation():

@@ -53,3 +53,33 @@ def test_several_ranks_launch_through_this_interpreters_deepspeed(tmp_path, tiny
     assert cmd[3:5] == ["--num_gpus", "2"] and cmd[-4:] == ["run.yaml", "seed=3", "--stage", "teacher"]
     done = subprocess.run([*cmd[:3], "--help"], capture_output=True, text=True, env={"PATH": "/nonexistent"})
     assert done.returncode == 0 and "--num_gpus" in done.stdout
+
+
+def test_a_missing_input_of_a_late_stage_stops_the_run_before_its_first_stage(tmp_path, tiny_bert, sentiment_dir,
+                                                                              capsys):
+    """The augment stage's vectors file was found missing only after the teacher had trained."""
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir)
+    raw.update(pipeline=["teacher", "augment", "evaluate"])
+    raw["stages"]["augment"] = {"vectors": {"path": str(tmp_path / "glove.npy"), "vocab": str(tmp_path / "w.txt")}}
+    raw["stages"]["evaluate"] = {"models": [str(tmp_path / "run" / "teacher")]}  # the run writes it: not missing
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SystemExit) as done:
+        main(["run", str(path)])
+    assert done.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"crild: error: stages.augment.vectors.path: '{tmp_path / 'glove.npy'}' does not exist (the augment stage "
+        f"reads it; checked before the first stage runs)"]
+    assert not (tmp_path / "run" / "teacher").exists()
+
+
+def test_names_only_a_stage_can_resolve_are_left_to_it(tmp_path, tiny_bert, sentiment_dir):
+    from pipeline.stages import missing_inputs
+
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir)
+    raw["teacher"] = {"model": "some-org/some-model"}  # a hub name, or an alias: not a path to check here
+    raw["stages"]["augment"] = {"vectors": {"path": "glove-6b-50d"}}
+    cfg = from_dict(raw)
+    assert missing_inputs(cfg, "teacher") == [] and missing_inputs(cfg, "augment") == []
+    cfg = from_dict({**raw, "task": {**raw["task"], "data_dir": str(tmp_path / "gone")}})
+    assert missing_inputs(cfg, "teacher") == [("task.data_dir", str(tmp_path / "gone"))]
