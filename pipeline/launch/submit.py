@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipeline.config import RunConfig
 from pipeline.errors import UserError
-from pipeline.launch.local import stage_is_done
+from pipeline.launch.local import check_inputs, stage_is_done
 from pipeline.schema.paths import REPO_ROOT
 
 STAGE_SCRIPT = REPO_ROOT / "jobs" / "crild_stage.sbatch"
@@ -44,6 +44,7 @@ def job_state(job: str) -> str:
 
 def submit(cfg: RunConfig, config_path: str, overrides: list[str], wait: bool = True,
            extra_sbatch: list[str] | None = None, poll_s: float = 2.0) -> int:
+    check_inputs(cfg, cfg.pipeline)  # before any job waits in the queue for an input that is not there
     log_dir = Path(cfg.output_dir).resolve() / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     jobs: list[tuple[str, str, Path]] = []

@@ -83,3 +83,14 @@ def test_names_only_a_stage_can_resolve_are_left_to_it(tmp_path, tiny_bert, sent
     assert missing_inputs(cfg, "teacher") == [] and missing_inputs(cfg, "augment") == []
     cfg = from_dict({**raw, "task": {**raw["task"], "data_dir": str(tmp_path / "gone")}})
     assert missing_inputs(cfg, "teacher") == [("task.data_dir", str(tmp_path / "gone"))]
+
+
+def test_submit_checks_the_inputs_before_any_job_is_queued(tmp_path, tiny_bert, sentiment_dir):
+    from pipeline.errors import UserError
+    from pipeline.launch.submit import submit
+
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir)
+    raw["task"] = {**raw["task"], "data_dir": str(tmp_path / "gone")}
+    with pytest.raises(UserError, match=r"task.data_dir: '.*gone' does not exist \(the teacher stage reads it"):
+        submit(from_dict(raw), str(tmp_path / "run.yaml"), [])  # raises before any sbatch call
+    assert not (tmp_path / "run" / "logs").exists()
