@@ -134,9 +134,12 @@ def test_submit_chains_jobs_and_reports_the_failed_stage(tmp_path, tiny_bert, se
     assert (tmp_path / "submitted" / "eval" / "results.json").is_file()
 
     # 2. the same run with a distillation stage made to fail: the teacher is complete and not
-    # resubmitted, distill fails, evaluation (after it) is cancelled, the failure is named
+    # resubmitted, distill fails, evaluation (after it) is cancelled, the failure is named. (A
+    # missing teacher folder would be refused before submission: a folder with no model in it
+    # gets as far as the job.)
     raw["pipeline"] = ["teacher", "distill", "evaluate"]
-    raw["stages"]["distill"]["teacher_model"] = str(tmp_path / "missing")
+    (tmp_path / "not-a-model").mkdir()
+    raw["stages"]["distill"]["teacher_model"] = str(tmp_path / "not-a-model")
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(raw))
     proc = submit(bad, slurm_env)
@@ -151,4 +154,4 @@ def test_submit_chains_jobs_and_reports_the_failed_stage(tmp_path, tiny_bert, se
     log = tmp_path / "submitted" / "logs" / f"distill-{jobs['distill']}.out"
     assert err == [f"crild: error: stage 'distill' failed (job {jobs['distill']}, FAILED); its log is {log}; "
                    f"dependent stages were cancelled"]
-    assert "missing' does not exist" in log.read_text()
+    assert "not-a-model' has no config.json" in log.read_text()
