@@ -1,9 +1,21 @@
-"""User-facing errors (one line, no traceback, exit code 2) and crild's exit codes."""
+"""User-facing errors (one line, no traceback, exit code 2) and crild's exit codes.
+
+Running out of disk space is one of them. A write that fails for want of space fails deep
+inside torch, safetensors, Arrow or ONNX, often without the operating system's error:
+:func:`out_of_space` recognises it from the exception chain or from the file system of the
+run's output folder being full, and the command line says so instead of a traceback. The
+run then resumes from its last complete checkpoint: a checkpoint cut short has no hashes and
+is removed, an output cut short was never renamed into place. (Training stages also check
+for room before their first step: ``Checkpoints.require_room``.)"""
 from __future__ import annotations
 
+import errno
 import functools
 import os
+import shutil
 import sys
+from pathlib import Path
+from typing import Optional
 
 
 class UserError(Exception):
@@ -12,6 +24,76 @@ class UserError(Exception):
 
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpointed on request, run again to resume
+
+
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+NO_SPACE_TEXTS = ("no space left on device", "disk quota exceeded")
+FULL_BELOW = 16 * 2**20  # a file system with less free space than this counts as full after a failed write
+_watched: list[Path] = []
+
+
+def free_bytes(path: str | Path) -> int:
+    """Free space, for an unprivileged writer, on the file system that holds ``path`` (or
+    would, when it does not exist yet)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def size_text(n: float) -> str:
+    """``n`` bytes for a reader: ``512 bytes``, ``12.3 MiB``."""
+    if n < 1024:
+        return f"{n:.0f} bytes"
+    for unit in ("KiB", "MiB", "GiB"):
+        n /= 1024
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}"
+
+
+def watch(path: str | Path) -> None:
+    """Name ``path`` (a run's output_dir) as where this process writes, for :func:`out_of_space`."""
+    path = Path(path).absolute()
+    if path not in _watched:
+        _watched.append(path)
+
+
+def _chain(err: BaseException):
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def out_of_space(err: BaseException) -> Optional[str]:
+    """One line saying that ``err`` came from a full file system, or None when nothing says
+    so: an ENOSPC/EDQUOT anywhere in its chain, the operating system's words for them in a
+    library's message, or a watched folder whose file system is (now) full."""
+    where = None
+    for link in _chain(err):
+        if isinstance(link, OSError) and link.errno in NO_SPACE_ERRNOS:
+            where = Path(link.filename).parent if link.filename else None
+            break
+        if any(text in str(link).lower() for text in NO_SPACE_TEXTS):
+            break
+    else:
+        where = next((p for p in _watched if free_bytes(p) < FULL_BELOW), None)
+        if where is None:
+            return None
+    what = one_error(err)
+    if where is None:
+        return (f"a file system is full ({what}); free space there (or lift the quota), then run the same command "
+                f"again: training resumes from its last complete checkpoint")
+    return (f"{where}: no space left on its file system ({size_text(free_bytes(where))} free; {what}); free space "
+            f"there or choose another output_dir, then run the same command again: training resumes from its last "
+            f"complete checkpoint")
+
+
+def one_error(err: BaseException) -> str:
+    """``Type: message`` of ``err``, its first line only."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
 def _rank() -> int:
@@ -25,8 +107,14 @@ def one_line(message: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in message)
 
 
+def _print_error(message: str) -> None:
+    prefix = "crild: error: " if _rank() == 0 else f"crild: error [rank {_rank()}]: "
+    print(prefix + one_line(message), file=sys.stderr, flush=True)
+
+
 def cli_entry(fn):
-    """Wrap a ``main`` so a :class:`UserError` exits with one line and code 2.
+    """Wrap a ``main`` so a :class:`UserError`, or a write that failed for want of disk
+    space, exits with one line and code 2.
 
     Other exceptions are bugs and keep their traceback.
     """
@@ -36,11 +124,16 @@ def cli_entry(fn):
         try:
             return fn(*args, **kwargs)
         except UserError as err:
-            prefix = "crild: error: " if _rank() == 0 else f"crild: error [rank {_rank()}]: "
-            print(prefix + one_line(str(err)), file=sys.stderr, flush=True)
+            _print_error(str(err))
             sys.exit(EXIT_USER_ERROR)
         except KeyboardInterrupt:
             print("crild: interrupted", file=sys.stderr, flush=True)
             sys.exit(130)
+        except Exception as err:
+            message = out_of_space(err)
+            if message is None:
+                raise
+            _print_error(message)
+            sys.exit(EXIT_USER_ERROR)
 
     return wrapper

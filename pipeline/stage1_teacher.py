@@ -65,6 +65,7 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
     trajectory = trajectory_key(cfg, STAGE, {"teacher": settings_dict(cfg.teacher), "ds": ds_cfg})
     ckpts = Checkpoints(out / "checkpoints" / STAGE, dist, trajectory, train_cfg.keep_checkpoints, fingerprint)
     state = resume(engine, ckpts, STAGE, schedule.total_micro_steps)
+    ckpts.require_room(engine, model)
     if not state:
         start_afresh(out / "tensorboard" / STAGE, STAGE, dist)
     for line in ([note] if note else []) + data.notes:

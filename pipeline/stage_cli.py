@@ -10,7 +10,7 @@ import sys
 from typing import Callable, Optional
 
 from pipeline.config import RunConfig, load_config, stage_config
-from pipeline.errors import cli_entry
+from pipeline.errors import cli_entry, watch
 from pipeline.outputs.lock import run_lock
 from pipeline.runtime.distributed import shutdown_distributed
 from pipeline.stages import STAGES
@@ -48,6 +48,7 @@ def run_stage(run: Callable[[RunConfig], int], name: str, config: str, overrides
     run's lock, and every process group is torn down on any exit, an error's too (no gloo
     thread may outlive the interpreter). The stage scripts and ``crild <stage>`` both call it."""
     cfg = stage_config(load_config(config, overrides), name)
+    watch(cfg.output_dir)
     try:
         with run_lock(cfg.output_dir):
             return run(cfg)

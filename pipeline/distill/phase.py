@@ -155,6 +155,7 @@ def train_phase(run: DistillRun, phase: Phase, index: int, previous: Optional[Pa
     ckpts = Checkpoints(run.checkpoint_folder(phase.name), dist, trajectory, train_cfg.keep_checkpoints,
                         run.fingerprint, extra=(objective.save_extra, objective.load_extra))
     state = resume(engine, ckpts, phase.name, schedule.total_micro_steps)
+    ckpts.require_room(engine, module.student)
     while run.notes:  # every check has passed: say what was read, once
         log(dist, run.notes.pop(0))
     log(dist, f"{phase.name}: {len(ds)} examples, {schedule.total_optimizer_steps} optimizer steps, terms "

@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, free_bytes, size_text
 from pipeline.outputs.integrity import HASHES, problems, write_hashes
 from pipeline.outputs.ownership import FILE, FOREIGN, LINK, folder
 from pipeline.runtime.distributed import DistInfo, barrier, decided_by_main
@@ -114,6 +114,21 @@ class Checkpoints:
         barrier()
         return tag
 
+    def require_room(self, engine, output: torch.nn.Module) -> None:
+        """Before the first step: refuse to train when the file system of the checkpoints
+        cannot hold the next checkpoint of ``engine`` and the output model (fp32) beside
+        what is there (rank 0 checks; collective)."""
+        need = checkpoint_bytes(engine) + 4 * _numel(output.parameters())
+
+        def check() -> None:
+            free = free_bytes(self.root)
+            if free < need:
+                raise UserError(f"{self.root}: {size_text(free)} free on its file system, where the next checkpoint "
+                                f"and the output need at least {size_text(need)}; free space there or choose another "
+                                f"output_dir")
+
+        decided_by_main(check)
+
     def intact_tag(self) -> Optional[str]:
         """The newest checkpoint whose files match their recorded hashes; a truncated or
         corrupted newer one is reported and skipped. Rank 0 reads the files, the others
@@ -123,13 +138,13 @@ class Checkpoints:
     def _newest_intact(self) -> Optional[str]:
         tags = self.tags()
         latest = self.latest_tag()
-        if latest in tags:  # never trust a tag newer than `latest` (saving was interrupted)
-            tags = tags[:tags.index(latest) + 1]
+        newer = tags[tags.index(latest) + 1:] if latest in tags else []
         damaged = 0
         for tag in reversed(tags):
-            if not (self.root / tag / HASHES).is_file():
-                # hashes are written last: saving was interrupted (a kill, a full disk), so the tag
-                # never existed as far as resuming goes; it is removed, not counted as damage
+            if tag in newer or not (self.root / tag / HASHES).is_file():
+                # newer than `latest`, or without hashes (written last): saving was interrupted (a
+                # kill, a full disk), so the tag never existed as far as resuming goes; it is
+                # removed (its space may be needed), not counted as damage
                 print(f"crild: checkpoint {self.root / tag} was interrupted while saving; removing it and "
                       f"trying an older one", file=sys.stderr, flush=True)
                 shutil.rmtree(self.root / tag, ignore_errors=True)
@@ -164,6 +179,20 @@ class Checkpoints:
         if self.extra is not None:
             self.extra[1](self.root / tag)
         return state
+
+
+def _numel(params, trainable_only: bool = False) -> int:
+    """Elements of ``params`` (their full size under ZeRO-3, which partitions them)."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in params if p.requires_grad or not trainable_only)
+
+
+def checkpoint_bytes(engine) -> int:
+    """A lower bound on one checkpoint of ``engine``: its module's weights as they are held,
+    plus AdamW's two fp32 moments per trainable parameter (a fp32 master copy, kept under
+    bf16 and ZeRO, adds 4 bytes more a parameter)."""
+    params = list(engine.module.parameters())
+    weights = sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in params)
+    return weights + 8 * _numel(params, trainable_only=True)
 
 
 def trajectory_key(cfg, section: str, extra: dict) -> str:
