@@ -17,7 +17,7 @@ from pipeline.data.tasks import TASKS, get_task
 from pipeline.distill.presets import PHASES, PRESETS, resolve_phases
 from pipeline.distill.terms import TERMS
 from pipeline.errors import UserError
-from pipeline.schema.hashing import to_dict
+from pipeline.schema.hashing import BOOKKEEPING, to_dict
 from pipeline.schema.loading import read_yaml, validate
 from pipeline.schema.messages import Expect, field_error
 from pipeline.schema.types import (
@@ -131,9 +131,12 @@ class TrainConfig(Strict):
     eval_train_examples: NonNegativeInt = Field(
         0, description="also score this many training examples (a fixed seeded subset, labels as trained on) "
                        "at every evaluation: the train-dev gap over training")
-    checkpoint_every: PositiveInt = Field(200, description="optimizer steps between checkpoints")
-    keep_checkpoints: PositiveInt = Field(2, description="checkpoints kept while training")
-    log_every: PositiveInt = Field(10, description="optimizer steps between TensorBoard points")
+    checkpoint_every: PositiveInt = Field(200, description="optimizer steps between checkpoints",
+                                          json_schema_extra=BOOKKEEPING)
+    keep_checkpoints: PositiveInt = Field(2, description="checkpoints kept while training",
+                                          json_schema_extra=BOOKKEEPING)
+    log_every: PositiveInt = Field(10, description="optimizer steps between TensorBoard points",
+                                   json_schema_extra=BOOKKEEPING)
     group_by_length: bool = Field(True, description="batch examples of similar length (less padding)")
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="a NaN/inf loss: stop (the last checkpoint stays good), or skip the micro-batch and "

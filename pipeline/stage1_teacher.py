@@ -30,7 +30,7 @@ from pipeline.runtime.progress import log
 from pipeline.schema.hashing import settings_dict
 from pipeline.stage_cli import stage_main
 from pipeline.stages import stage_fingerprint
-from pipeline.training.checkpointing import Checkpoints, claim_checkpoints, remove_checkpoints, resume, trajectory_key
+from pipeline.training.checkpointing import Checkpoints, claim_checkpoints, remove_checkpoints, resume, trajectory_keys
 from pipeline.training.ds_config import build_ds_config, zero_stage
 from pipeline.training.engine import build_engine, consolidated_state_dict
 from pipeline.training.scalars import Scalars, start_afresh
@@ -62,8 +62,8 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
     if cfg.compile:
         compile_layers(model, ds_cfg, f"{cfg.source}: compile")
     engine = build_engine(model, train_cfg.weight_decay, ds_cfg)
-    trajectory = trajectory_key(cfg, STAGE, {"teacher": settings_dict(cfg.teacher), "ds": ds_cfg})
-    ckpts = Checkpoints(out / "checkpoints" / STAGE, dist, trajectory, train_cfg.keep_checkpoints, fingerprint)
+    trajectories = trajectory_keys(cfg, STAGE, {"teacher": settings_dict(cfg.teacher), "ds": ds_cfg})
+    ckpts = Checkpoints(out / "checkpoints" / STAGE, dist, trajectories, train_cfg.keep_checkpoints, fingerprint)
     state = resume(engine, ckpts, STAGE, schedule.total_micro_steps)
     ckpts.require_room(engine, model)
     if not state:

@@ -36,7 +36,7 @@ from pipeline.outputs.trust import trust_note
 from pipeline.runtime.distributed import barrier, init_distributed, seed_everything, set_tf32
 from pipeline.runtime.progress import log
 from pipeline.stage_cli import stage_main
-from pipeline.stages import stage_fingerprint
+from pipeline.stages import stage_fingerprints
 from pipeline.training.checkpointing import claim_checkpoints, has_checkpoints, remove_checkpoints
 from pipeline.training.scalars import start_afresh
 from pipeline.training.stop import StopRequest
@@ -100,7 +100,7 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
     tokenizer = load_tokenizer(backbone, "student.backbone")
     teacher, teacher_tokenizer, teacher_note = frozen_teacher(cfg, tokenizer, dist)
     data = load_task_data(cfg, tokenizer)
-    distill = DistillRun(cfg, dist, data, tokenizer, teacher, stage_fingerprint(cfg, STAGE),
+    distill = DistillRun(cfg, dist, data, tokenizer, teacher, stage_fingerprints(cfg, STAGE),
                          stop or StopRequest(output_dir=cfg.output_dir), teacher_tokenizer=teacher_tokenizer,
                          notes=[n for n in (*notes, teacher_note, *data.notes) if n])
     claim_checkpoints(distill.checkpoint_folder())

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 from pipeline.distill.presets import revisions
 from pipeline.outputs.input_digest import input_digests
 from pipeline.outputs.manifest import recorded_fingerprint
-from pipeline.schema.hashing import config_hash, settings_dict
+from pipeline.schema.hashing import config_hash, output_settings, settings_dict
 from pipeline.schema.types import paths_in
 from pipeline.training.ds_config import read_ds_text
 
@@ -60,26 +60,26 @@ def _export_inputs(cfg) -> dict:
     return {"task": cfg.task, "stages.export": cfg.stages.export}
 
 
-def _teacher_fingerprint(cfg) -> str:
-    return _with_inputs({"seed": cfg.seed, "task": settings_dict(cfg.task), "teacher": settings_dict(cfg.teacher),
-                         "train": settings_dict(cfg.stages.teacher),
+def _teacher_fingerprint(cfg, settings) -> str:
+    return _with_inputs({"seed": cfg.seed, "task": settings(cfg.task), "teacher": settings(cfg.teacher),
+                         "train": settings(cfg.stages.teacher),
                          "ds": ds_json_text(cfg, cfg.stages.teacher.deepspeed_config)}, _teacher_inputs(cfg))
 
 
-def _augment_fingerprint(cfg) -> str:
-    key = {"seed": cfg.seed, "task": settings_dict(cfg.task), "tokenizer": cfg.student.backbone,
-           "augment": settings_dict(cfg.stages.augment)}
+def _augment_fingerprint(cfg, settings) -> str:
+    key = {"seed": cfg.seed, "task": settings(cfg.task), "tokenizer": cfg.student.backbone,
+           "augment": settings(cfg.stages.augment)}
     digests = input_digests({"student.backbone": cfg.student.backbone})
     return _with_inputs({**key, "tokenizer_files": digests} if digests else key, _augment_inputs(cfg))
 
 
-def _distill_fingerprint(cfg) -> str:
+def _distill_fingerprint(cfg, settings) -> str:
     d = cfg.stages.distill
     ds = {p: ds_json_text(cfg, getattr(d, p).deepspeed_config) for p in DISTILL_PHASES}
     teacher = recorded_fingerprint(Path(cfg.output_dir) / "teacher") if not d.teacher_model else d.teacher_model
     augmented = recorded_fingerprint(Path(cfg.output_dir) / "augmented") if d.augmented_phases else None
-    key = {"seed": cfg.seed, "task": settings_dict(cfg.task), "student": settings_dict(cfg.student),
-           "distill": settings_dict(d), "ds": ds, "teacher": teacher, "augmented": augmented}
+    key = {"seed": cfg.seed, "task": settings(cfg.task), "student": settings(cfg.student),
+           "distill": settings(d), "ds": ds, "teacher": teacher, "augmented": augmented}
     if revisions(d):  # only where a preset or term changed its defaults: other outputs stay valid
         key["revisions"] = revisions(d)
     return _with_inputs(key, _distill_inputs(cfg))
@@ -90,13 +90,13 @@ def _upstream(cfg) -> dict:
     return {name: recorded_fingerprint(out / name) for name in ("teacher", "student", BASELINE_OUTPUT)}
 
 
-def _evaluate_fingerprint(cfg) -> str:
-    return _with_inputs({"task": settings_dict(cfg.task), "evaluate": settings_dict(cfg.stages.evaluate),
+def _evaluate_fingerprint(cfg, settings) -> str:
+    return _with_inputs({"task": settings(cfg.task), "evaluate": settings(cfg.stages.evaluate),
                          "upstream": _upstream(cfg)}, _evaluate_inputs(cfg))
 
 
-def _export_fingerprint(cfg) -> str:
-    return _with_inputs({"task": settings_dict(cfg.task), "export": settings_dict(cfg.stages.export),
+def _export_fingerprint(cfg, settings) -> str:
+    return _with_inputs({"task": settings(cfg.task), "export": settings(cfg.stages.export),
                          "upstream": _upstream(cfg)}, _export_inputs(cfg))
 
 
@@ -106,7 +106,7 @@ class Stage:
     script: str  # under pipeline/
     help: str
     output: Callable  # cfg -> its folder under output_dir
-    fingerprint: Callable  # cfg -> str
+    fingerprint: Callable  # (cfg, settings: settings_dict or output_settings) -> str
     inputs: Callable  # cfg -> {prefix: section} of the sections naming files and folders it reads
     configure: Optional[Callable] = None  # raw configuration -> this stage's, in place (see config.stage_config)
     checkpoints: Callable = lambda cfg: ""  # cfg -> its checkpoint folder under output_dir ("" : none)
@@ -191,7 +191,15 @@ def paths_in_sections(sections: dict) -> dict[str, str]:
     return paths
 
 
-def stage_fingerprint(cfg, name: str) -> str:
+def stage_fingerprint(cfg, name: str, settings=output_settings) -> str:
     """What stage ``name``'s output depends on, for ``cfg`` as that stage runs it (the
-    baseline's configuration: see ``pipeline.config.stage_config``)."""
-    return STAGES[name].fingerprint(cfg)
+    baseline's configuration: see ``pipeline.config.stage_config``): its settings (less the
+    bookkeeping ones, with ``output_settings``), its inputs' digests and manifests."""
+    return STAGES[name].fingerprint(cfg, settings)
+
+
+def stage_fingerprints(cfg, name: str) -> tuple[str, ...]:
+    """Every fingerprint an up-to-date output or checkpoint of stage ``name`` may record:
+    the current one, and the one of crild versions whose fingerprints still held the
+    bookkeeping settings (outputs written by them stay valid)."""
+    return tuple(dict.fromkeys((stage_fingerprint(cfg, name), stage_fingerprint(cfg, name, settings_dict))))

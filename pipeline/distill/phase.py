@@ -31,7 +31,7 @@ from pipeline.outputs.manifest import is_complete, recorded_fingerprint
 from pipeline.runtime.distributed import DistInfo, barrier, decided_by_main, main_rank_first, seed_everything
 from pipeline.runtime.progress import log
 from pipeline.schema.hashing import settings_dict
-from pipeline.training.checkpointing import Checkpoints, resume, trajectory_key
+from pipeline.training.checkpointing import Checkpoints, resume, trajectory_keys
 from pipeline.training.ds_config import build_ds_config, precision_dtype
 from pipeline.training.engine import build_engine, consolidated_state_dict
 from pipeline.training.scalars import Scalars
@@ -52,10 +52,15 @@ class DistillRun:
     data: TaskData
     tokenizer: object
     teacher: Optional[FrozenTeacher]
-    fingerprint: str  # the stage's, recorded in every phase folder
+    fingerprints: tuple[str, ...]  # the stage's (stage_fingerprints): the first is recorded, any is current
     stop: StopRequest
     teacher_tokenizer: object = None  # set when it tokenizes differently from the student (prediction-layer KD only)
     notes: list = field(default_factory=list)  # trust notes of the folders read, logged when training starts
+
+    @property
+    def fingerprint(self) -> str:
+        """The stage's fingerprint, recorded in every phase folder and checkpoint folder."""
+        return self.fingerprints[0]
 
     @property
     def out(self) -> Path:
@@ -93,7 +98,7 @@ def phase_dataset(run: DistillRun, phase: Phase) -> datasets.Dataset:
 def phase_done(run: DistillRun, phase: str) -> bool:
     """Complete for this configuration, with intact files (else the phase is redone)."""
     folder = run.phase_folder(phase)
-    if not is_complete(folder) or recorded_fingerprint(folder) != run.fingerprint:
+    if not is_complete(folder) or recorded_fingerprint(folder) not in run.fingerprints:
         return False
     return decided_by_main(lambda: not problems(folder))  # rank 0 hashes, the others are told
 
@@ -149,10 +154,10 @@ def train_phase(run: DistillRun, phase: Phase, index: int, previous: Optional[Pa
     objective = DistillObjective(cfg, phase, module, run.teacher.model if run.teacher else None, layout,
                                  dist.device, schedule.total_micro_steps,
                                  teacher_logits=_cached_logits(run, phase, ds, train_cfg.eval_batch_size))
-    trajectory = trajectory_key(cfg, STAGE, {
+    trajectories = trajectory_keys(cfg, STAGE, {
         "phase": phase.name, "student": settings_dict(cfg.student), "ds": ds_cfg,
         "teacher": teacher_fingerprint(run.teacher.folder) if run.teacher else None})
-    ckpts = Checkpoints(run.checkpoint_folder(phase.name), dist, trajectory, train_cfg.keep_checkpoints,
+    ckpts = Checkpoints(run.checkpoint_folder(phase.name), dist, trajectories, train_cfg.keep_checkpoints,
                         run.fingerprint, extra=(objective.save_extra, objective.load_extra))
     state = resume(engine, ckpts, phase.name, schedule.total_micro_steps)
     ckpts.require_room(engine, module.student)

@@ -14,7 +14,7 @@ from pipeline.launch.slurm import in_slurm_allocation, requeue_self, slurm_rende
 from pipeline.outputs.integrity import problems
 from pipeline.outputs.lock import run_lock
 from pipeline.outputs.manifest import is_complete, recorded_fingerprint
-from pipeline.stages import STAGES, missing_inputs, stage_fingerprint
+from pipeline.stages import STAGES, missing_inputs, stage_fingerprints
 from pipeline.training.checkpointing import archive_stale, remove_checkpoints
 
 
@@ -26,8 +26,8 @@ def stage_is_done(cfg: RunConfig, name: str, known_intact: Optional[set] = None)
     once per caller instead of once per question."""
     cfg = stage_config(cfg, name)
     folder = Path(cfg.output_dir) / STAGES[name].output(cfg)
-    fingerprint = stage_fingerprint(cfg, name)
-    if not (is_complete(folder) and recorded_fingerprint(folder) == fingerprint):
+    fingerprint = recorded_fingerprint(folder)
+    if not (is_complete(folder) and fingerprint in stage_fingerprints(cfg, name)):
         return False
     key = (str(folder.resolve()), fingerprint)
     if known_intact is not None and key in known_intact:
@@ -57,7 +57,7 @@ def _archive_stale_checkpoints(cfg: RunConfig, name: str) -> None:
     stage_cfg = stage_config(cfg, name)
     ckpt_dir = STAGES[name].checkpoints(stage_cfg)
     if ckpt_dir:
-        moved = archive_stale(Path(cfg.output_dir) / ckpt_dir, stage_fingerprint(stage_cfg, name))
+        moved = archive_stale(Path(cfg.output_dir) / ckpt_dir, stage_fingerprints(stage_cfg, name))
         if moved:
             print(f"crild: {name}: configuration or inputs changed since its checkpoints were written; "
                   f"moved them to {moved}", flush=True)

@@ -10,7 +10,7 @@ from pipeline.distill.presets import resolve_phases
 from pipeline.outputs.integrity import problems
 from pipeline.outputs.lock import holder
 from pipeline.outputs.manifest import is_complete, recorded_fingerprint
-from pipeline.stages import STAGES, stage_fingerprint
+from pipeline.stages import STAGES, stage_fingerprints
 from pipeline.training.checkpointing import TAG_PREFIX
 
 
@@ -48,7 +48,7 @@ def stage_state(cfg: RunConfig, name: str, running: str | None, verify: bool) ->
     if running == name:
         return "running"
     if is_complete(folder):
-        if recorded_fingerprint(folder) != stage_fingerprint(stage_cfg, name):
+        if recorded_fingerprint(folder) not in stage_fingerprints(stage_cfg, name):
             return "stale (written for another configuration or other inputs; crild run redoes it)"
         bad = problems(folder) if verify else []
         return f"damaged ({bad[0]}; crild run redoes it)" if bad else "complete"

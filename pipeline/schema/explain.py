@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from pipeline.schema.hashing import to_dict
+from pipeline.schema.hashing import BOOKKEEPING, to_dict
 from pipeline.schema.messages import Expect, bounds_text, strip_annotation
 
 
@@ -45,6 +45,8 @@ def explain_rows(model: type[BaseModel], defaults: BaseModel | None = None,
         text, tp = type_text(field.annotation, field.metadata)
         default = getattr(defaults, name) if defaults is not None else field.get_default(call_default_factory=True)
         help_ = field.description or ""
+        if field.json_schema_extra == BOOKKEEPING:
+            help_ += " (bookkeeping: changing it neither redoes a finished stage nor drops checkpoints)"
         if isinstance(default, BaseModel):
             rows.append((key, text, "", help_))
             rows += explain_rows(type(default), default, key + ".")

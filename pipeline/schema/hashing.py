@@ -21,20 +21,38 @@ def to_dict(cfg):
     return cfg
 
 
-def settings_dict(cfg):
-    """Like to_dict, without the fields left at their defaults."""
+# a field's json_schema_extra: how often a run checkpoints and logs, which never changes what it writes
+BOOKKEEPING = {"bookkeeping": True}
+
+
+def settings_dict(cfg, bookkeeping: bool = True):
+    """Like to_dict, without the fields left at their defaults (and without the
+    bookkeeping fields, when ``bookkeeping`` is False)."""
     if isinstance(cfg, BaseModel):
         out = {}
         for name, field in type(cfg).model_fields.items():
-            value = getattr(cfg, name)
-            if to_dict(value) != to_dict(field.get_default(call_default_factory=True)):
-                out[name] = settings_dict(value)
+            if not bookkeeping and field.json_schema_extra == BOOKKEEPING:
+                continue
+            value, default = getattr(cfg, name), field.get_default(call_default_factory=True)
+            if to_dict(value) == to_dict(default):
+                continue
+            sub = settings_dict(value, bookkeeping)
+            if not bookkeeping and isinstance(value, BaseModel) and sub == settings_dict(default, bookkeeping):
+                continue  # a section that differs from its default in bookkeeping settings alone
+            out[name] = sub
         return out
     if isinstance(cfg, (list, tuple)):
-        return [settings_dict(v) for v in cfg]
+        return [settings_dict(v, bookkeeping) for v in cfg]
     if isinstance(cfg, dict):
-        return {k: settings_dict(v) for k, v in cfg.items()}
+        return {k: settings_dict(v, bookkeeping) for k, v in cfg.items()}
     return cfg
+
+
+def output_settings(cfg):
+    """What of ``cfg`` an output depends on: its settings less the bookkeeping ones
+    (checkpoint and log frequency), so that changing how often a run checkpoints or logs
+    neither redoes a finished stage nor abandons the checkpoints of an interrupted one."""
+    return settings_dict(cfg, bookkeeping=False)
 
 
 def config_hash(obj) -> str:

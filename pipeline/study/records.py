@@ -47,7 +47,8 @@ def record_key(spec: StudySpec, cell: Cell, teacher: bool = False) -> str:
     cfg = cell_config(spec, cell)
     scoring = scoring_key(spec, cell.task, probe=not teacher)
     if teacher:
-        return config_hash({"version": RECORD_VERSION, "teacher": stage_fingerprint(cfg, "teacher"),
+        # every setting counts here, the bookkeeping ones too, as when the records were made
+        return config_hash({"version": RECORD_VERSION, "teacher": stage_fingerprint(cfg, "teacher", settings_dict),
                             "scoring": scoring})
     settings = settings_dict(cfg)
     settings.pop("output_dir", None)

@@ -16,7 +16,7 @@ from pipeline.outputs.ownership import FILE, FOREIGN, LINK, folder
 from pipeline.runtime.distributed import DistInfo, barrier, decided_by_main
 from pipeline.runtime.faults import crash_point
 from pipeline.runtime.progress import log
-from pipeline.schema.hashing import config_hash, settings_dict
+from pipeline.schema.hashing import config_hash, output_settings, settings_dict
 
 TAG_PREFIX = "step"
 FINGERPRINT_FILE = "stage_fingerprint"
@@ -71,14 +71,16 @@ def _set_rng_state(state: dict) -> None:
 class Checkpoints:
     """Checkpoints of one training stage under ``root`` (tags ``step00000120``)."""
 
-    def __init__(self, root: Path, dist: DistInfo, trajectory: str, keep: int = 2, fingerprint: str = "",
-                 extra=None):
-        """``extra``: optional (save(tag_dir), load(tag_dir)) for state outside the engine
-        (e.g. the EMA copy of the student), saved by every rank before the engine's files."""
+    def __init__(self, root: Path, dist: DistInfo, trajectories: tuple[str, ...], keep: int = 2,
+                 fingerprint: str = "", extra=None):
+        """``trajectories``: the run's trajectory keys (``trajectory_keys``): the first is
+        recorded, a checkpoint recording any of them resumes. ``extra``: optional
+        (save(tag_dir), load(tag_dir)) for state outside the engine (e.g. the EMA copy of the
+        student), saved by every rank before the engine's files."""
         self.extra = extra
         self.root = Path(root)
         self.dist = dist
-        self.trajectory = trajectory
+        self.trajectories = trajectories
         self.keep = keep
         self.fingerprint = fingerprint  # the runner's stage fingerprint, to spot stale checkpoints
 
@@ -101,7 +103,7 @@ class Checkpoints:
         if self.extra is not None:
             self.extra[0](tag_dir)
         barrier()
-        state = dict(client_state, config_hash=self.trajectory)  # the key's name in older checkpoints
+        state = dict(client_state, config_hash=self.trajectories[0])  # the key's name in older checkpoints
         engine.save_checkpoint(str(self.root), tag=tag, client_state=state, save_latest=True)
         crash_point("checkpoint")
         barrier()
@@ -169,9 +171,9 @@ class Checkpoints:
                                              load_lr_scheduler_states=True)
         if path is None:
             raise UserError(f"{self.root / tag}: checkpoint could not be loaded")
-        if state.get("config_hash") != self.trajectory:
+        if state.get("config_hash") not in self.trajectories:
             raise UserError(f"{self.root / tag}: checkpoint was written by a different configuration "
-                            f"(hash {state.get('config_hash')}, this run {self.trajectory}); "
+                            f"(hash {state.get('config_hash')}, this run {self.trajectories[0]}); "
                             f"use a new output_dir or delete {self.root}")
         rng_file = self.root / tag / f"rng_rank{self.dist.rank}.pt"
         if rng_file.is_file():
@@ -195,12 +197,17 @@ def checkpoint_bytes(engine) -> int:
     return weights + 8 * _numel(params, trainable_only=True)
 
 
-def trajectory_key(cfg, section: str, extra: dict) -> str:
+def trajectory_keys(cfg, section: str, extra: dict) -> tuple[str, ...]:
     """What determines a training run's trajectory: the seed, the task, the section's
-    training settings (``stages.<section>``) and ``extra`` (the model, the DeepSpeed config,
-    the phase, the teacher). A checkpoint resumes only into the same trajectory."""
-    return config_hash({"seed": cfg.seed, "task": settings_dict(cfg.task), "stage": section,
-                        "settings": settings_dict(getattr(cfg.stages, section)), **extra})
+    training settings (``stages.<section>``, less how often it checkpoints and logs) and
+    ``extra`` (the model, the DeepSpeed config, the phase, the teacher). A checkpoint resumes
+    only into the same trajectory. The first key is the one checkpoints record; the second,
+    where it differs, is the key of crild versions that counted the bookkeeping settings."""
+    def key(settings) -> str:
+        return config_hash({"seed": cfg.seed, "task": settings(cfg.task), "stage": section,
+                            "settings": settings(getattr(cfg.stages, section)), **extra})
+
+    return tuple(dict.fromkeys((key(output_settings), key(settings_dict))))
 
 
 def resume(engine, ckpts: Checkpoints, name: str, total_micro_steps: int) -> dict:
@@ -220,12 +227,12 @@ def remove_checkpoints(root: Path, is_main: bool = True) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def archive_stale(root: Path, fingerprint: str) -> Path | None:
-    """Move checkpoints under ``root`` written for another stage fingerprint (the
+def archive_stale(root: Path, fingerprints: tuple[str, ...]) -> Path | None:
+    """Move checkpoints under ``root`` written for none of the stage's ``fingerprints`` (the
     configuration or the inputs changed) out of the way; returns where they went."""
     stale = []  # a folder crild did not make holds no markers: it is never moved
     for marker in sorted(Path(root).rglob(FINGERPRINT_FILE)) if Path(root).is_dir() else []:
-        if marker.read_text().strip() != fingerprint:
+        if marker.read_text().strip() not in fingerprints:
             stale.append(marker.parent)
     if not stale:
         return None
