@@ -133,6 +133,10 @@ class TrainConfig(Strict):
                        "at every evaluation: the train-dev gap over training")
     checkpoint_every: PositiveInt = Field(200, description="optimizer steps between checkpoints",
                                           json_schema_extra=BOOKKEEPING)
+    checkpoint_minutes: Optional[PositiveFloat] = Field(
+        None, description="also checkpoint once this many minutes have passed since the last checkpoint (null: by "
+                          "steps only); bounds what a kill without warning (out of memory, a failed node) loses",
+        json_schema_extra=BOOKKEEPING)
     keep_checkpoints: PositiveInt = Field(2, description="checkpoints kept while training",
                                           json_schema_extra=BOOKKEEPING)
     log_every: PositiveInt = Field(10, description="optimizer steps between TensorBoard points",
@@ -334,7 +338,8 @@ BaselineConfig = create_model(
     __doc__="The no-teacher baseline's training: each key set here replaces the one of "
             "stages.distill.kd, the phase the baseline runs; unset keys keep the student's.",
     **{name: (Optional[Annotated[(field.annotation, *field.metadata)]] if field.metadata
-              else Optional[field.annotation], Field(None, description=field.description))
+              else Optional[field.annotation],
+              Field(None, description=field.description, json_schema_extra=field.json_schema_extra))
        for name, field in TrainConfig.model_fields.items()})
 
 

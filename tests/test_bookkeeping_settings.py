@@ -13,16 +13,16 @@ from helpers import REPO, crild_env, tiny_run_config
 from pipeline.config import RunConfig, TrainConfig, from_dict, stage_config
 from pipeline.outputs.manifest import MANIFEST
 from pipeline.schema.explain import explain_rows
-from pipeline.schema.hashing import settings_dict
+from pipeline.schema.hashing import config_hash, settings_dict
 from pipeline.stages import stage_fingerprint, stage_fingerprints
 from pipeline.training.checkpointing import trajectory_keys
 
-BOOKKEEPING = {"checkpoint_every", "keep_checkpoints", "log_every"}
+BOOKKEEPING = {"checkpoint_every", "checkpoint_minutes", "keep_checkpoints", "log_every"}
 # a valid value other than the default, for every training setting
 OTHER_VALUE = {
     "epochs": 5, "max_steps": 7, "batch_size": 3, "gradient_accumulation_steps": 2, "learning_rate": 1e-3,
     "weight_decay": 0.1, "warmup_ratio": 0.2, "max_grad_norm": 0.5, "eval_every": 9, "eval_batch_size": 8,
-    "eval_train_examples": 16, "checkpoint_every": 7, "keep_checkpoints": 5, "log_every": 1,
+    "eval_train_examples": 16, "checkpoint_every": 7, "checkpoint_minutes": 30.0, "keep_checkpoints": 5, "log_every": 1,
     "group_by_length": False, "on_nonfinite": "skip", "max_nonfinite_skips": 3,
     "deepspeed_config": str(REPO / "ds_configs" / "zero2_bf16.json"),
 }
@@ -40,8 +40,9 @@ def with_setting(path: tuple, key: str, value) -> dict:
 
 def test_every_training_setting_is_classified_and_explained():
     assert set(OTHER_VALUE) == set(TrainConfig.model_fields)  # a new setting must say whether it changes outputs
-    explained = [row for row in explain_rows(RunConfig) if row[0].startswith("stages.teacher.")]
-    assert {row[0].rsplit(".", 1)[1] for row in explained if "(bookkeeping:" in row[3]} == BOOKKEEPING
+    for section in ("stages.teacher.", "stages.distill.kd.", "stages.baseline."):
+        explained = [row for row in explain_rows(RunConfig) if row[0].startswith(section)]
+        assert {row[0].rsplit(".", 1)[1] for row in explained if "(bookkeeping:" in row[3]} == BOOKKEEPING
 
 
 @pytest.mark.parametrize("key", sorted(OTHER_VALUE))
@@ -51,9 +52,12 @@ def test_only_bookkeeping_settings_leave_fingerprints_and_checkpoint_keys_unchan
     changed = stage_config(from_dict(with_setting(path, key, OTHER_VALUE[key])), stage)
     same = key in BOOKKEEPING
     assert (stage_fingerprint(changed, stage) == stage_fingerprint(base, stage)) is same
-    keys = {name: trajectory_keys(c, "teacher" if stage == "teacher" else "distill", {}) for name, c in
-            (("base", base), ("changed", changed))}
+    section = "teacher" if stage == "teacher" else "distill"
+    keys = {name: trajectory_keys(c, section, {}) for name, c in (("base", base), ("changed", changed))}
     assert (keys["changed"][0] == keys["base"][0]) is same
+    # checkpoints of earlier versions recorded the key of every setting: they still resume
+    assert config_hash({"seed": changed.seed, "task": settings_dict(changed.task), "stage": section,
+                        "settings": settings_dict(getattr(changed.stages, section))}) in keys["changed"]
     # what earlier versions recorded, which counted every setting, is still accepted
     legacy = stage_fingerprint(changed, stage, settings_dict)
     assert legacy in stage_fingerprints(changed, stage)

@@ -1,7 +1,10 @@
 """A request to stop training cleanly: ``<output_dir>/.crild.stop`` written by ``crild run``,
 SIGUSR1/SIGTERM/SIGINT to the stage itself (Slurm preemption, time limits, Ctrl-C), or a
 micro-step count (tests). Training checkpoints at the next optimizer step and the stage
-exits with EXIT_PREEMPTED; the same command resumes it. A second Ctrl-C stops at once."""
+exits with EXIT_PREEMPTED; the same command resumes it. A second Ctrl-C stops at once.
+
+The same vote carries a timed checkpoint (``checkpoint_minutes``): a rank whose clock says
+one is due asks for it, and every rank saves at the same step."""
 from __future__ import annotations
 
 import signal
@@ -12,11 +15,13 @@ from typing import Optional
 from pipeline.outputs.lock import STOP_FILE
 from pipeline.runtime.distributed import start_all_reduce_max
 
+STOP, CHECKPOINT = 2.0, 1.0  # a rank's vote (the largest wins): stop (after a checkpoint), checkpoint, or 0
+
 
 class StopRequest:
-    """Checked at optimizer-step boundaries; every rank stops at the same step. The ranks'
-    votes travel in a background all-reduce over the control group, read one boundary later,
-    so checking costs no synchronisation of the hot path."""
+    """Checked at optimizer-step boundaries; every rank stops (or saves a timed checkpoint)
+    at the same step. The ranks' votes travel in a background all-reduce over the control
+    group, read one boundary later, so checking costs no synchronisation of the hot path."""
 
     def __init__(self, after_micro_steps: Optional[int] = None, install_handlers: bool = True,
                  output_dir: Optional[str | Path] = None):
@@ -38,25 +43,34 @@ class StopRequest:
         print(f"crild: received {signal.Signals(signum).name}; checkpointing at the next step", file=sys.stderr,
               flush=True)
 
-    def should_stop(self, micro_step: int) -> bool:
+    def at_boundary(self, micro_step: int, due: bool = False, saving: bool = False) -> tuple[bool, bool]:
+        """(stop, checkpoint now) at an optimizer-step boundary, the same on every rank.
+        ``due``: this rank's clock says a timed checkpoint is due; ``saving``: this boundary
+        saves anyway (by its step count), so no other is asked for."""
         if self.after is not None and micro_step >= self.after:  # a count: the same on every rank
-            return True
+            return True, True
         if not self.requested and self.stop_file is not None and self.stop_file.exists():
             self.requested = True
             print(f"crild: {self.stop_file} asks this stage to stop; checkpointing at the next step", file=sys.stderr,
                   flush=True)
-        decided = self.drain()
-        self._vote = start_all_reduce_max(1.0 if self.requested else 0.0)
-        return decided if self._vote is not None else self.requested
+        decided = self._drain()
+        vote = STOP if self.requested else CHECKPOINT if due and not (saving or decided >= CHECKPOINT) else 0.0
+        self._vote = start_all_reduce_max(vote)
+        if self._vote is None:  # one process: nobody to agree with
+            return self.requested, self.requested or due
+        return decided >= STOP, decided >= CHECKPOINT
 
     def drain(self) -> bool:
         """Wait for the vote under way; True if any rank asked to stop (then every rank keeps
         the request, for the next phase's first boundary)."""
+        return self._drain() >= STOP
+
+    def _drain(self) -> float:
         if self._vote is None:
-            return False
+            return 0.0
         handle, tensor = self._vote
         self._vote = None
         handle.wait()
-        if tensor.item() > 0:
+        if tensor.item() >= STOP:
             self.requested = True
-        return tensor.item() > 0
+        return tensor.item()

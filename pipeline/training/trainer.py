@@ -121,6 +121,7 @@ class _Loop:
     progress: Progress
     micro: int = 0
     nonfinite: _FirstNonFinite = field(default_factory=_FirstNonFinite)
+    saved_at: float = field(default_factory=time.monotonic)  # the last checkpoint (or the start), for checkpoint_minutes
 
     def run_eval(self, opt_step: int) -> None:
         crash_point("eval")
@@ -175,14 +176,20 @@ class _Loop:
         self.progress.update(0, loss=f"{values[f'{p}/train/loss']:.4f}")
 
     def checkpoint_or_stop(self, opt_step: int) -> bool:
-        """At an optimizer-step boundary: checkpoint when due or stopping; True to stop."""
+        """At an optimizer-step boundary: checkpoint when due (by steps or by the clock) or
+        stopping; True to stop."""
         last = self.schedule.total_micro_steps
         self.state["micro_step"] = self.micro
-        stopping = self.stop.should_stop(self.micro) and self.micro < last
-        if opt_step % self.cfg.checkpoint_every == 0 or stopping or self.micro == last:
+        by_steps = opt_step % self.cfg.checkpoint_every == 0 or self.micro == last
+        minutes = self.cfg.checkpoint_minutes
+        due = minutes is not None and time.monotonic() - self.saved_at >= 60 * minutes
+        stop, by_clock = self.stop.at_boundary(self.micro, due=due, saving=by_steps)
+        stopping = stop and self.micro < last
+        if by_steps or stopping or by_clock:
             self.stop_if_nonfinite()
             self.ckpts.save(self.engine, {k: self.state[k] for k in CLIENT_STATE}, opt_step)
             self.scalars.flush()
+            self.saved_at = time.monotonic()
         return stopping
 
 

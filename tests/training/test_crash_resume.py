@@ -22,8 +22,9 @@ SCRIPTS = {"teacher": REPO / "pipeline" / "stage1_teacher.py", "distill": REPO /
 OUTPUT = {"teacher": "teacher", "distill": "student"}
 
 
-def write_config(folder: Path, stage: str, ranks: int, tiny_bert: Path, data: Path, teacher: Path) -> Path:
-    raw = tiny_run_config(folder, tiny_bert, data, gradient_accumulation_steps=2)
+def write_config(folder: Path, stage: str, ranks: int, tiny_bert: Path, data: Path, teacher: Path,
+                 **train) -> Path:
+    raw = tiny_run_config(folder, tiny_bert, data, gradient_accumulation_steps=2, **train)
     if ranks == 2:
         raw["deepspeed_config"] = str(REPO / "ds_configs" / "zero2_bf16.json")
     if stage == "distill":
@@ -83,13 +84,22 @@ CASES = [
     ("teacher", 2, "step:9:1", 8),        # rank 1 killed; rank 0 must not hang
     ("distill", 2, "checkpoint:2:0", 2),  # rank 0 killed while writing a checkpoint (2 steps per checkpoint)
 ]
+# checkpoints by the clock only (checkpoint_minutes, due at every boundary here), none by steps
+TIMED = {"checkpoint_every": 1000, "checkpoint_minutes": 1e-9}
+TIMED_CASES = [
+    ("teacher", 1, "step:11", 10),    # one process: a timed checkpoint at every optimizer step (2 micro-steps)
+    ("teacher", 2, "step:11:1", 8),   # two ranks agree one boundary later, then save together: every other step
+]
 
 
-@pytest.mark.parametrize("stage,ranks,fault,resume_at", CASES, ids=[f"{s}-{r}rank-{f}" for s, r, f, _ in CASES])
-def test_sigkill_then_rerun_gives_bitwise_identical_weights(stage, ranks, fault, resume_at, tmp_path,
+@pytest.mark.parametrize("stage,ranks,fault,resume_at,train",
+                         [(*case, {}) for case in CASES] + [(*case, TIMED) for case in TIMED_CASES],
+                         ids=[f"{s}-{r}rank-{f}" for s, r, f, _ in CASES] +
+                             [f"{s}-{r}rank-{f}-timed" for s, r, f, _ in TIMED_CASES])
+def test_sigkill_then_rerun_gives_bitwise_identical_weights(stage, ranks, fault, resume_at, train, tmp_path,
                                                             tmp_path_factory, tiny_bert, tiny_teacher, sentiment_dir):
     expected = reference(stage, ranks, tmp_path_factory, tiny_bert, sentiment_dir, tiny_teacher)
-    config = write_config(tmp_path, stage, ranks, tiny_bert, sentiment_dir, tiny_teacher)
+    config = write_config(tmp_path, stage, ranks, tiny_bert, sentiment_dir, tiny_teacher, **train)
     killed, seconds = launch(stage, config, ranks, fault=fault)
     if ranks == 1:
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]

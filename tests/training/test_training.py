@@ -89,6 +89,17 @@ def test_teacher_learns_and_outputs_are_complete(tmp_path, tiny_bert, sentiment_
     assert set(json.loads((out / "eval" / "results.json").read_text())["models"]["teacher"]["splits"]) == {"dev"}
 
 
+@pytest.mark.parametrize("minutes,tags", [(1e-9, [1, 2, 3, 4, 5]), (60.0, [5])])
+def test_checkpoint_minutes_saves_when_the_clock_says_so(tmp_path, tiny_bert, sentiment_dir, minutes, tags):
+    """A timed checkpoint at every boundary once its minutes have passed (here: at once),
+    between the step-count ones (here: none before the stop at micro-step 5)."""
+    cfg = from_dict(tiny_run_config(tmp_path, tiny_bert, sentiment_dir, checkpoint_every=1000, keep_checkpoints=100,
+                                    checkpoint_minutes=minutes))
+    assert stage1_teacher.run(cfg, stop=StopRequest(after_micro_steps=5, install_handlers=False)) == EXIT_PREEMPTED
+    saved = sorted(p.name for p in (Path(cfg.output_dir) / "checkpoints" / "teacher").glob("step*"))
+    assert saved == [f"step{t:08d}" for t in tags]
+
+
 def test_checkpoint_from_another_configuration_is_refused(tmp_path, tiny_bert, sentiment_dir):
     cfg = from_dict(tiny_run_config(tmp_path, tiny_bert, sentiment_dir))
     assert stage1_teacher.run(cfg, stop=StopRequest(after_micro_steps=2, install_handlers=False)) == EXIT_PREEMPTED
