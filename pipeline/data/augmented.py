@@ -8,7 +8,6 @@ copy_index (0: the original).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 
 from pipeline.data.sources import Examples
 from pipeline.errors import UserError
-from pipeline.outputs.atomic import atomic_output, verified
+from pipeline.outputs.atomic import atomic_output, renamed_into_place, verified
 from pipeline.outputs.manifest import MANIFEST, is_complete, recorded_fingerprint
 from pipeline.runtime.faults import crash_point
 
@@ -41,13 +40,12 @@ def write_shard(folder: Path, rows: dict, fingerprint: str) -> None:
     """One shard's rows, renamed into place when complete."""
     for stale in folder.parent.glob(f".{folder.name}.tmp*"):  # left by a killed writer of this shard
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
-    datasets.Dataset.from_dict(rows, features=FEATURES).save_to_disk(str(tmp / "data"))
-    (tmp / MANIFEST).write_text(json.dumps({
-        "status": "complete", "fingerprint": fingerprint, "examples": len(set(rows["source_id"])),
-        "rows": len(rows["text_a"])}))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    with renamed_into_place(folder) as tmp:
+        datasets.Dataset.from_dict(rows, features=FEATURES).save_to_disk(str(tmp / "data"))
+        (tmp / MANIFEST).write_text(json.dumps({
+            "status": "complete", "fingerprint": fingerprint, "examples": len(set(rows["source_id"])),
+            "rows": len(rows["text_a"])}))
+        shutil.rmtree(folder, ignore_errors=True)  # a shard of another fingerprint, once this one is whole
     crash_point("shard")
 
 

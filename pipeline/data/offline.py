@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline.data.sources import crild_home, offline_data_dir
 from pipeline.errors import UserError
+from pipeline.outputs.atomic import renamed_into_place
 from pipeline.outputs.ownership import EMPTY, FOREIGN, NEW, OURS, folder
 
 SPLIT_SEED = 20230201
@@ -46,15 +47,14 @@ def _write_splits(name: str, splits: dict[str, list[dict]]) -> Path:
         raise UserError(f"{final}: a {'folder' if found.state in (EMPTY, FOREIGN) else found.state} crild did not "
                         f"prepare is where it keeps the offline task '{name}'; move it, or set CRILD_HOME to another "
                         f"folder")
-    tmp = final.with_name(f".{name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for split, rows in splits.items():
-        _write_jsonl(tmp / f"{split}.jsonl", rows)
-    (tmp / "SOURCE.json").write_text(json.dumps(
-        {"split_seed": SPLIT_SEED, "sizes": {k: len(v) for k, v in splits.items()}}, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    shutil.rmtree(final.with_name(f".{name}.tmp"), ignore_errors=True)  # where earlier versions wrote
+    with renamed_into_place(final) as tmp:
+        tmp.mkdir(parents=True)
+        for split, rows in splits.items():
+            _write_jsonl(tmp / f"{split}.jsonl", rows)
+        (tmp / "SOURCE.json").write_text(json.dumps(
+            {"split_seed": SPLIT_SEED, "sizes": {k: len(v) for k, v in splits.items()}}, indent=1))
+        shutil.rmtree(final, ignore_errors=True)  # the data it replaces, once the new splits are whole
     return final
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 
 import datasets
 
 from pipeline.data.sources import Examples, crild_home
+from pipeline.outputs.atomic import renamed_into_place
 
 TOKENIZE_BATCH = 2048
 
@@ -68,10 +67,6 @@ def tokenize_cached(ex: Examples, tokenizer, max_length: int, cache_dir: Path | 
     if (final / "dataset_info.json").is_file():
         return datasets.load_from_disk(str(final))
     ds = _tokenize(ex, tokenizer, max_length)
-    tmp = final.with_name(f"{final.name}.tmp{os.getpid()}")
-    ds.save_to_disk(str(tmp))
-    try:
-        tmp.rename(final)
-    except OSError:  # another rank or run finished first: keep theirs
-        shutil.rmtree(tmp, ignore_errors=True)
+    with renamed_into_place(final) as tmp:  # another rank or run may finish first: theirs is kept
+        ds.save_to_disk(str(tmp))
     return datasets.load_from_disk(str(final))

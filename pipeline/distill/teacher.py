@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -16,7 +15,7 @@ from pipeline.errors import UserError
 from pipeline.evaluation.predict import predict_logits
 from pipeline.models.compiling import compile_layers
 from pipeline.models.loading import build_classifier, resolve_model
-from pipeline.outputs.atomic import verified
+from pipeline.outputs.atomic import renamed_into_place, verified
 from pipeline.outputs.manifest import is_complete
 from pipeline.outputs.trust import VERIFIED, trust_note
 from pipeline.runtime.distributed import DistInfo, barrier
@@ -126,8 +125,7 @@ def cached_teacher_logits(forward, teacher_id: str, ds, collate, batch_size: int
         with torch.inference_mode(inference):
             logits = predict_logits(forward, ds, collate, batch_size, dist)  # sharded over ranks
         if dist.is_main:
-            tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-            save_file({"logits": torch.from_numpy(logits).float()}, str(tmp))
-            tmp.rename(path)
+            with renamed_into_place(path) as tmp:
+                save_file({"logits": torch.from_numpy(logits).float()}, str(tmp))
         barrier()
     return load_file(str(path))["logits"]

@@ -87,13 +87,34 @@ def write_json(path: Path, data) -> None:
     Path(path).write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
 
 
+@contextmanager
+def renamed_into_place(final: Path):
+    """Yield a temporary path beside ``final`` for a file or folder to be written there; it
+    is renamed to ``final`` when the block succeeds, and removed when it fails (a full disk,
+    an error), so nothing half-written is left under either name to be read or to take the
+    space a rerun needs. A file replaces ``final``; a folder where another writer (a rank,
+    a run sharing the cache) put the same folder first is dropped, and theirs kept."""
+    final = Path(final)
+    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        try:
+            tmp.replace(final)
+        except OSError:
+            if not (tmp.is_dir() and final.is_dir()):
+                raise
+    finally:
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
 def replace_text(path: Path, text: str) -> None:
     """A single file written whole or not at all: a reader (or a kill) never sees it half
     written, and two writers of the same content do not interleave."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    with renamed_into_place(path) as tmp:
+        tmp.write_text(text)
 
 
 def link_or_copy(src: Path, dst: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.evaluation.results import one_class_predicted
+from pipeline.outputs.atomic import replace_text
 from pipeline.study.cells import cells
 from pipeline.study.findings import (
     VERDICT_RULE,
@@ -92,10 +93,10 @@ def write_report(spec: StudySpec, records: dict, teachers: dict, missing: list[s
         summary["sweeps"] = {f"{task}/{setting}": {sw.name: sweep_json(sw, groups, held_split, metric_of[task])
                                                    for sw in spec.sweeps}
                              for (task, setting), groups in records.items()}
-    _write_atomic(out / "summary.json", json.dumps(summary, indent=1))
+    replace_text(out / "summary.json", json.dumps(summary, indent=1))
     markdown_text = "\n".join(lines) + "\n"
-    _write_atomic(out / "README.md", markdown_text)
-    _write_atomic(out / "index.html", render_html(markdown_text, title=lines[0].lstrip("# ")))
+    replace_text(out / "README.md", markdown_text)
+    replace_text(out / "index.html", render_html(markdown_text, title=lines[0].lstrip("# ")))
     return out / "README.md"
 
 
@@ -197,12 +198,6 @@ def render_html(markdown_text: str, title: str) -> str:
     return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>{html.escape(title)}</title>\n<style>\n{_HTML_STYLE}\n</style>\n</head>\n"
             f"<body>\n{body}\n</body>\n</html>\n")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _flow(overrides: dict) -> str:

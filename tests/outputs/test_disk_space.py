@@ -140,3 +140,30 @@ def test_a_full_disk_is_one_line_and_the_same_command_resumes(tmp_path, tiny_ber
     assert "was interrupted while saving; removing it" in done.stderr
     assert "teacher: resuming at micro-step 1 of" in done.stderr + done.stdout
     assert is_complete(small / "run" / "teacher")
+
+
+def test_a_write_renamed_into_place_leaves_nothing_behind_when_it_fails(tmp_path):
+    """Every cache and shard crild writes under a temporary name: a failed write (a full
+    disk) leaves neither a half-written file nor its temporary to take the space back."""
+    from pipeline.outputs.atomic import renamed_into_place
+
+    with pytest.raises(OSError, match="No space"):
+        with renamed_into_place(tmp_path / "cache") as tmp:
+            tmp.mkdir()
+            (tmp / "part").write_text("half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert list(tmp_path.iterdir()) == []
+
+    with renamed_into_place(tmp_path / "logits.safetensors") as tmp:
+        tmp.write_text("first")
+    with renamed_into_place(tmp_path / "logits.safetensors") as tmp:
+        tmp.write_text("second")  # a file replaces the one there
+    with renamed_into_place(tmp_path / "cache") as tmp:
+        tmp.mkdir()
+        (tmp / "mine").write_text("1")
+    with renamed_into_place(tmp_path / "cache") as tmp:  # another run finished the same folder first: theirs stays
+        tmp.mkdir()
+        (tmp / "late").write_text("2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "logits.safetensors"]
+    assert (tmp_path / "logits.safetensors").read_text() == "second"
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["mine"]
