@@ -1,17 +1,20 @@
 """``crild status``: each stage of a run as complete, running (by whom), interrupted
 (resumable from a checkpoint), stale (complete for another configuration or other inputs),
-or missing. Reads manifests, the run lock and checkpoint folders; changes nothing."""
+or missing; then the checkpoints set aside when a configuration changed, which nothing reads
+again, with the space they take. Reads manifests, the run lock and checkpoint folders;
+changes nothing."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from pipeline.config import RunConfig, stage_config
 from pipeline.distill.presets import resolve_phases
+from pipeline.errors import size_text
 from pipeline.outputs.integrity import problems
 from pipeline.outputs.lock import holder
 from pipeline.outputs.manifest import is_complete, recorded_fingerprint
 from pipeline.stages import STAGES, stage_fingerprints
-from pipeline.training.checkpointing import TAG_PREFIX
+from pipeline.training.checkpointing import STALE_SUFFIX, TAG_PREFIX
 
 
 def _latest_step(folder: Path) -> int | None:
@@ -62,4 +65,13 @@ def status_lines(cfg: RunConfig, verify: bool = False) -> list[str]:
     head = f"{cfg.output_dir}: " + (f"in use by pid {info.get('pid', '?')} on {info.get('host', '?')} since "
                                     f"{info.get('since', '?')}" if info is not None else "not in use")
     width = max(len(n) for n in cfg.pipeline)
-    return [head] + [f"  {name.ljust(width)}  {stage_state(cfg, name, running, verify)}" for name in cfg.pipeline]
+    lines = [head] + [f"  {name.ljust(width)}  {stage_state(cfg, name, running, verify)}" for name in cfg.pipeline]
+    return lines + [f"  set aside: {path} ({size_text(size)}; checkpoints of another configuration or other inputs, "
+                    f"never read again: delete them once you no longer need them)" for path, size in set_aside(cfg)]
+
+
+def set_aside(cfg: RunConfig) -> list[tuple[Path, int]]:
+    """The checkpoint folders moved aside as stale (``<stage>.stale-N``), with their sizes."""
+    root = Path(cfg.output_dir) / "checkpoints"
+    found = sorted(p for p in root.glob(f"*{STALE_SUFFIX}*") if p.is_dir()) if root.is_dir() else []
+    return [(p, sum(f.stat().st_size for f in p.rglob("*") if f.is_file())) for p in found]

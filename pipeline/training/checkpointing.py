@@ -20,6 +20,7 @@ from pipeline.schema.hashing import config_hash, output_settings, settings_dict
 
 TAG_PREFIX = "step"
 FINGERPRINT_FILE = "stage_fingerprint"
+STALE_SUFFIX = ".stale-"  # <stage>.stale-N: checkpoints moved aside by archive_stale
 OWNER_FILE = "crild_checkpoints"  # in a stage's checkpoint folder: crild made it, and may remove it
 
 
@@ -237,7 +238,7 @@ def archive_stale(root: Path, fingerprints: tuple[str, ...]) -> Path | None:
     if not stale:
         return None
     n = 1
-    while (archive := Path(f"{root}.stale-{n}")).exists():
+    while (archive := Path(f"{root}{STALE_SUFFIX}{n}")).exists():
         n += 1
     Path(root).rename(archive)
     return archive

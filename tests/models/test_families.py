@@ -161,4 +161,5 @@ def test_a_hub_name_offline_is_one_line(tmp_path, tiny_bert, sentiment_dir):
                           env=crild_env(HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=300)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
-    assert lines[0].startswith("crild: error: teacher.model: cannot load a tokenizer from 'microsoft/deberta-v3-base'")
+    assert lines[0].startswith("crild: error: teacher.model: 'microsoft/deberta-v3-base' is not a model folder, an "
+                               "offline alias or in the Hugging Face cache (") and "HF_HUB_OFFLINE is set" in lines[0]

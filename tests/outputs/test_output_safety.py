@@ -138,15 +138,23 @@ def test_a_checkpoint_folder_crild_did_not_make_is_never_removed_or_moved(tmp_pa
     with pytest.raises(UserError, match="a folder crild did not make is where this stage keeps its checkpoints"):
         claim_checkpoints(mine)
     remove_checkpoints(mine)
-    assert archive_stale(mine, "any") is None and (mine / "notes.txt").read_text() == "mine"
+    assert archive_stale(mine, ("any",)) is None and (mine / "notes.txt").read_text() == "mine"
 
     ours = tmp_path / "checkpoints" / "distill"
     claim_checkpoints(ours)  # a new folder: made and marked
     claim_checkpoints(ours)  # and claimed again on resume
     assert made_by_crild(ours)
     (ours / "ild").mkdir()
+    (ours / "ild" / FINGERPRINT_FILE).write_text("earlier")  # the stage's fingerprint as an earlier version made it
+    assert archive_stale(ours, ("new", "earlier")) is None
     (ours / "ild" / FINGERPRINT_FILE).write_text("old")
-    assert archive_stale(ours, "new") == tmp_path / "checkpoints" / "distill.stale-1"
+    assert archive_stale(ours, ("new", "earlier")) == tmp_path / "checkpoints" / "distill.stale-1"
+    from pipeline.config import from_dict
+    from pipeline.launch.status import status_lines
+
+    assert status_lines(from_dict({"output_dir": str(tmp_path), "pipeline": ["distill"]}))[-1] == (
+        f"  set aside: {tmp_path}/checkpoints/distill.stale-1 (3 bytes; checkpoints of another configuration or "
+        f"other inputs, never read again: delete them once you no longer need them)")
     claim_checkpoints(ours)
     remove_checkpoints(ours)
     assert not ours.exists()

@@ -1,0 +1,53 @@
+"""A model given by hub name on a machine that cannot reach the hub (a compute node without
+network): one in the Hugging Face cache trains offline, one that is not is one line at once,
+without transformers' minute of retries. The hub is an address that refuses connections and
+the cache a real hub-cache layout of a tiny model."""
+import shutil
+import subprocess
+import sys
+
+import yaml
+from helpers import REPO, crild_env, tiny_run_config
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def hub_cache(root, tiny_bert, repo: str):
+    """``repo`` in a hub cache under ``root``, as ``hf download`` leaves it."""
+    folder = root / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(tiny_bert, folder / "snapshots" / COMMIT)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(COMMIT)
+    return root
+
+
+def teacher(tmp_path, tiny_bert, sentiment_dir, model: str, **env):
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=1)
+    raw["teacher"] = {"model": model}
+    config = tmp_path / f"{model.replace('/', '_').replace(' ', '_')}.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", "teacher", str(config)], cwd=REPO, text=True,
+                          capture_output=True, timeout=600, env={**crild_env(), **env})
+
+
+def test_hub_names_without_a_reachable_hub(tmp_path, tiny_bert, sentiment_dir):
+    cache = hub_cache(tmp_path / "hub", tiny_bert, "crild-test/tiny-bert")
+    offline = {"HF_HUB_CACHE": str(cache), "HF_ENDPOINT": "http://127.0.0.1:9"}  # port 9 refuses connections
+
+    done = teacher(tmp_path, tiny_bert, sentiment_dir, "crild-test/tiny-bert", **offline)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Retrying" not in done.stderr and "saved" in done.stdout + done.stderr
+
+    done = teacher(tmp_path, tiny_bert, sentiment_dir, "crild-test/not-cached", **offline)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "Retrying" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"crild: error: teacher.model: 'crild-test/not-cached' is not a model folder, an offline alias or in the "
+        f"Hugging Face cache ({cache}), and the hub (http://127.0.0.1:9) cannot be reached from here (Connection "
+        f"refused); download it where there is network (hf download crild-test/not-cached) or give its folder")
+
+  # HF_HUB_OFFLINE set: tests/models/test_families.py
+
+    done = teacher(tmp_path, tiny_bert, sentiment_dir, "my model", **offline)
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == (
+        "crild: error: teacher.model: 'my model' is not a model folder, an offline alias (all-MiniLM-L6-v2, "
+        "sentence-transformers/all-MiniLM-L6-v2) or a hub name")
