@@ -16,7 +16,7 @@ import numpy as np
 
 from pipeline.data.tasks import GlueFile, TaskSpec
 from pipeline.errors import UserError
-from pipeline.runtime import environment
+from pipeline.runtime import environment, hub
 from pipeline.schema.paths import read_utf8
 
 if TYPE_CHECKING:
@@ -284,16 +284,22 @@ def _find_table(directory: Path, split: str) -> Optional[Path]:
 # --------------------------------------------------------------------------- hub
 
 
-def read_hub(spec: TaskSpec, split: str) -> Examples:  # pragma: no cover - needs a reachable hub
+def read_hub(spec: TaskSpec, split: str) -> Examples:
     import datasets
 
     if spec.hub is None:
         raise UserError(f"task {spec.name} has no hub dataset; set task.data_dir")
+    unreachable = None if hub.offline() else hub.unreachable()
+    if unreachable:
+        hub.go_offline()  # the datasets cache may hold it
     try:
         ds = datasets.load_dataset(*spec.hub, split=spec.hub_splits[split])
     except Exception as err:  # network or hub errors
-        raise UserError(f"could not load {spec.hub[0]}/{spec.hub[1]} from the hub ({type(err).__name__}); "
-                        f"set task.data_dir to a GLUE-format directory") from None
+        why = (f"it is not in the datasets cache, and the hub ({hub.endpoint()}) cannot be reached from here "
+               f"({unreachable})" if unreachable else
+               "it is not in the datasets cache, and HF_HUB_OFFLINE is set" if hub.offline() else type(err).__name__)
+        raise UserError(f"could not load {spec.hub[0]}/{spec.hub[1]} from the hub ({why}); set task.data_dir to a "
+                        f"GLUE-format directory") from None
     ca, cb = spec.hub_columns
     names = getattr(ds.features.get("label"), "names", None)
     raw = ds["label"]

@@ -3,11 +3,8 @@ family (``pipeline/models/families.py``), with the family's fastest attention ke
 safetensors only; truncated (bottom-k layer) student initialisation."""
 from __future__ import annotations
 
-import functools
 import importlib
 import os
-import socket
-import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -76,38 +73,28 @@ def _hub_model(name: str, where: str) -> str:
     from huggingface_hub import constants, try_to_load_from_cache
     from huggingface_hub.errors import HFValidationError
 
+    from pipeline.runtime import hub
+
     try:
         cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
     except HFValidationError:
         raise UserError(f"{where}: '{name}' is not a model folder, an offline alias ({', '.join(OFFLINE_MODELS)}) "
                         f"or a hub name") from None
-    if constants.is_offline_mode():
+    if hub.offline():
         if cached:
             return name
         raise UserError(f"{where}: '{name}' is not a model folder, an offline alias or in the Hugging Face cache "
                         f"({constants.HF_HUB_CACHE}), and HF_HUB_OFFLINE is set; download it where there is network "
                         f"(hf download {name}) or give its folder")
-    unreachable = hub_unreachable(constants.ENDPOINT)
+    unreachable = hub.unreachable()
     if unreachable is None:
         return name
     if cached:
-        constants.HF_HUB_OFFLINE = True  # every later lookup would retry the unreachable hub first
+        hub.go_offline()
         return name
     raise UserError(f"{where}: '{name}' is not a model folder, an offline alias or in the Hugging Face cache "
-                    f"({constants.HF_HUB_CACHE}), and the hub ({constants.ENDPOINT}) cannot be reached from here "
+                    f"({constants.HF_HUB_CACHE}), and the hub ({hub.endpoint()}) cannot be reached from here "
                     f"({unreachable}); download it where there is network (hf download {name}) or give its folder")
-
-
-@functools.cache
-def hub_unreachable(endpoint: str, timeout: float = 5.0) -> Optional[str]:
-    """Why ``endpoint`` cannot be reached (one TCP connection, once per process), or None."""
-    url = urllib.parse.urlsplit(endpoint)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname or "", port), timeout=timeout).close()
-    except OSError as err:
-        return err.strerror or str(err) or type(err).__name__
-    return None
 
 
 # a folder holds a tokenizer when it has one of these (transformers 5 otherwise makes an empty

@@ -1,7 +1,8 @@
 """A model given by hub name on a machine that cannot reach the hub (a compute node without
 network): one in the Hugging Face cache trains offline, one that is not is one line at once,
-without transformers' minute of retries. The hub is an address that refuses connections and
-the cache a real hub-cache layout of a tiny model."""
+without transformers' minute of retries; so is a hub dataset not in the datasets cache. The
+hub is an address that refuses connections, the cache a real hub-cache layout of a tiny
+model."""
 import shutil
 import subprocess
 import sys
@@ -21,9 +22,10 @@ def hub_cache(root, tiny_bert, repo: str):
     return root
 
 
-def teacher(tmp_path, tiny_bert, sentiment_dir, model: str, **env):
+def teacher(tmp_path, tiny_bert, sentiment_dir, model: str, task: dict | None = None, **env):
     raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=1)
     raw["teacher"] = {"model": model}
+    raw["task"] = task or raw["task"]
     config = tmp_path / f"{model.replace('/', '_').replace(' ', '_')}.yaml"
     config.write_text(yaml.safe_dump(raw))
     return subprocess.run([sys.executable, "-m", "pipeline.cli", "teacher", str(config)], cwd=REPO, text=True,
@@ -46,6 +48,14 @@ def test_hub_names_without_a_reachable_hub(tmp_path, tiny_bert, sentiment_dir):
         f"refused); download it where there is network (hf download crild-test/not-cached) or give its folder")
 
   # HF_HUB_OFFLINE set: tests/models/test_families.py
+
+    # a GLUE task without a data_dir reads the hub's dataset: not in the datasets cache, one line too
+    done = teacher(tmp_path, tiny_bert, sentiment_dir, str(tiny_bert), task={"name": "sst2", "max_length": 32},
+                   HF_DATASETS_CACHE=str(tmp_path / "datasets"), **offline)
+    assert done.returncode == 2 and "Retrying" not in done.stderr and done.stderr.strip().splitlines()[-1] == (
+        "crild: error: could not load nyu-mll/glue/sst2 from the hub (it is not in the datasets cache, and the hub "
+        "(http://127.0.0.1:9) cannot be reached from here (Connection refused)); set task.data_dir to a GLUE-format "
+        "directory")
 
     done = teacher(tmp_path, tiny_bert, sentiment_dir, "my model", **offline)
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == (
