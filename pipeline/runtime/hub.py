@@ -8,6 +8,7 @@ import functools
 import socket
 import sys
 import urllib.parse
+import urllib.request
 from typing import Optional
 
 
@@ -24,15 +25,28 @@ def offline() -> bool:
     return constants.is_offline_mode()
 
 
+def first_hop(url: str) -> tuple[str, int, str]:
+    """(host, port, what it is) of the first connection a request to ``url`` makes: the
+    proxy that HTTPS_PROXY and friends name for it (unless NO_PROXY exempts its host), or
+    the host itself."""
+    parts = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+        hop = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        return hop.hostname or "", hop.port or 80, f"the proxy {hop.hostname}:{hop.port or 80}"
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80), "it"
+
+
 @functools.cache
 def unreachable(timeout: float = 5.0) -> Optional[str]:
-    """Why the hub cannot be reached (one TCP connection, once per process), or None."""
-    url = urllib.parse.urlsplit(endpoint())
-    port = url.port or (443 if url.scheme == "https" else 80)
+    """Why the hub cannot be reached (one TCP connection to it or to its proxy, once per
+    process), or None."""
+    host, port, what = first_hop(endpoint())
     try:
-        socket.create_connection((url.hostname or "", port), timeout=timeout).close()
+        socket.create_connection((host, port), timeout=timeout).close()
     except OSError as err:
-        return err.strerror or str(err) or type(err).__name__
+        reason = err.strerror or str(err) or type(err).__name__
+        return reason if what == "it" else f"{what}: {reason}"
     return None
 
 

@@ -61,3 +61,32 @@ def test_hub_names_without_a_reachable_hub(tmp_path, tiny_bert, sentiment_dir):
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == (
         "crild: error: teacher.model: 'my model' is not a model folder, an offline alias (all-MiniLM-L6-v2, "
         "sentence-transformers/all-MiniLM-L6-v2) or a hub name")
+
+
+def test_the_hub_probe_goes_through_the_proxy_where_one_is_set(monkeypatch):
+    """A cluster that reaches the hub only through HTTPS_PROXY/HTTP_PROXY is not offline: the
+    probe connects to the proxy, as the download would."""
+    import socket
+
+    from huggingface_hub import constants
+
+    from pipeline.runtime import hub
+
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY",
+                 "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # refuses connections
+    listening = socket.create_server(("127.0.0.1", 0))
+    try:
+        for proxy, expected in [(None, "Connection refused"), (f"http://127.0.0.1:{listening.getsockname()[1]}", None),
+                                ("127.0.0.1:9", "the proxy 127.0.0.1:9: Connection refused")]:
+            if proxy:
+                monkeypatch.setenv("HTTP_PROXY", proxy)
+            hub.unreachable.cache_clear()
+            assert hub.unreachable() == expected
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # the endpoint exempt: straight to it again
+        hub.unreachable.cache_clear()
+        assert hub.unreachable() == "Connection refused"
+    finally:
+        listening.close()
+        hub.unreachable.cache_clear()
