@@ -289,7 +289,7 @@ def read_hub(spec: TaskSpec, split: str) -> Examples:
 
     if spec.hub is None:
         raise UserError(f"task {spec.name} has no hub dataset; set task.data_dir")
-    unreachable = None if hub.offline() else hub.unreachable()
+    unreachable = None if hub.offline_by_user() else hub.unreachable()  # probed once per process
     if unreachable:
         hub.go_offline()  # the datasets cache may hold it
     try:
@@ -297,7 +297,8 @@ def read_hub(spec: TaskSpec, split: str) -> Examples:
     except Exception as err:  # network or hub errors
         why = (f"it is not in the datasets cache, and the hub ({hub.endpoint()}) cannot be reached from here "
                f"({unreachable})" if unreachable else
-               "it is not in the datasets cache, and HF_HUB_OFFLINE is set" if hub.offline() else type(err).__name__)
+               "it is not in the datasets cache, and HF_HUB_OFFLINE is set" if hub.offline_by_user() else
+               type(err).__name__)
         raise UserError(f"could not load {spec.hub[0]}/{spec.hub[1]} from the hub ({why}); set task.data_dir to a "
                         f"GLUE-format directory") from None
     ca, cb = spec.hub_columns

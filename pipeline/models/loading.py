@@ -80,7 +80,7 @@ def _hub_model(name: str, where: str) -> str:
     except HFValidationError:
         raise UserError(f"{where}: '{name}' is not a model folder, an offline alias ({', '.join(OFFLINE_MODELS)}) "
                         f"or a hub name") from None
-    if hub.offline():
+    if hub.offline_by_user():
         if cached:
             return name
         raise UserError(f"{where}: '{name}' is not a model folder, an offline alias or in the Hugging Face cache "

@@ -18,11 +18,14 @@ def endpoint() -> str:
     return constants.ENDPOINT
 
 
-def offline() -> bool:
-    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set, or :func:`go_offline` was called."""
+_went_offline = False  # go_offline was called: offline because the hub is unreachable, not by the user's word
+
+
+def offline_by_user() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set: the user said not to use the hub."""
     from huggingface_hub import constants
 
-    return constants.is_offline_mode()
+    return constants.is_offline_mode() and not _went_offline
 
 
 def first_hop(url: str) -> tuple[str, int, str]:
@@ -55,6 +58,8 @@ def go_offline() -> None:
     retry the unreachable hub first."""
     from huggingface_hub import constants
 
+    global _went_offline
+    _went_offline = True
     constants.HF_HUB_OFFLINE = True
     if "datasets" in sys.modules:
         import datasets.config
