@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -83,6 +84,24 @@ def check_build_locks(root: Path | None = None, proc: Path = PROC, recheck_s: fl
                   file=sys.stderr, flush=True)
             waiting = True
         time.sleep(recheck_s)
+
+
+@contextmanager
+def op_builds():
+    """A block in which DeepSpeed may build an op (the CPU shared-memory allreduce when ranks
+    start, FusedAdam when an engine is built): a build folder it cannot make or write there
+    (a read-only home on a compute node, a TORCH_EXTENSIONS_DIR that names a file) is one
+    line, not torch's traceback."""
+    try:
+        yield
+    except OSError as err:
+        root = extensions_root()
+        failed = Path(err.filename) if err.filename else None
+        if failed is None or not (failed == root or root in failed.parents):
+            raise
+        raise UserError(f"{failed}: DeepSpeed builds its ops under {root} and cannot write there "
+                        f"({err.strerror or type(err).__name__}); set TORCH_EXTENSIONS_DIR to a writable "
+                        f"folder") from None
 
 
 def _still_stale(lock: Path, proc: Path, recheck_s: float) -> bool:

@@ -17,7 +17,7 @@ import torch
 
 from pipeline.errors import UserError
 from pipeline.runtime import environment
-from pipeline.runtime.build_locks import check_build_locks
+from pipeline.runtime.build_locks import check_build_locks, op_builds
 from pipeline.runtime.cuda_arch import prepare_arch_list
 from pipeline.runtime.progress import note
 
@@ -99,7 +99,8 @@ def init_distributed() -> DistInfo:
         # a rank that hangs (not dies) makes the others' next collective fail after this long
         timeout = timedelta(seconds=environment.seconds("CRILD_COLLECTIVE_TIMEOUT_S", 600))
         check_build_locks()  # DeepSpeed builds its ops from here on; a stale lock would hang it
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False, timeout=timeout)
+        with op_builds():
+            deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False, timeout=timeout)
         atexit.unregister(shutdown_distributed)  # once, however often a process re-initialises
         atexit.register(shutdown_distributed)
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")

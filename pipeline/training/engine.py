@@ -5,6 +5,7 @@ from typing import Optional
 
 import torch
 
+from pipeline.runtime.build_locks import op_builds
 from pipeline.training.ds_config import zero_stage
 
 
@@ -22,8 +23,9 @@ def build_engine(model: torch.nn.Module, weight_decay: float, ds_cfg: dict):
     """A DeepSpeed engine training ``model`` with the optimizer and schedule of ``ds_cfg``."""
     import deepspeed
 
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=decay_groups(model, weight_decay),
-                                           config=ds_cfg)
+    with op_builds():  # FusedAdam and other DeepSpeed ops build on first use
+        engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=decay_groups(model, weight_decay),
+                                               config=ds_cfg)
     if engine.zero_optimization_stage() == 0 and engine.dp_world_size == 1:
         # one data-parallel rank: the all-reduce would flatten every gradient into buckets and
         # copy them back unchanged (about a tenth of a CPU step at BERT-base widths in a profile)

@@ -101,3 +101,18 @@ def test_a_stage_with_a_stale_lock_stops_in_one_line(tmp_path, tiny_bert, sentim
     last = proc.stderr.strip().splitlines()[-1]
     assert "Traceback" not in proc.stderr and last.startswith(f"crild: error: {lock}: a build lock"), last
     assert not (tmp_path / "run" / "teacher").exists()
+
+
+def test_a_build_folder_deepspeed_cannot_write_is_one_line(tmp_path, tiny_bert, sentiment_dir):
+    """TORCH_EXTENSIONS_DIR naming a file (or a read-only home on a compute node): DeepSpeed's
+    start-up build of its CPU shared-memory op fails in os.makedirs; crild names the folder."""
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(tiny_run_config(tmp_path, tiny_bert, sentiment_dir)))
+    (tmp_path / "a-file").write_text("")
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "teacher", str(config)], capture_output=True,
+                          text=True, timeout=300, cwd=REPO, env=crild_env(TORCH_EXTENSIONS_DIR=str(tmp_path / "a-file")))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"crild: error: {tmp_path}/a-file/deepspeed_shm_comm: DeepSpeed builds its ops under {tmp_path}/a-file and "
+        f"cannot write there (Not a directory); set TORCH_EXTENSIONS_DIR to a writable folder")
+    assert not (tmp_path / "run" / "teacher").exists()
