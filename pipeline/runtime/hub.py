@@ -1,6 +1,6 @@
 """The Hugging Face hub seen from a machine that may not reach it (a compute node without
-network). transformers and datasets retry an unreachable hub for most of a minute before
-they fail; one TCP connection to ``HF_ENDPOINT`` tells at once. Where it fails, crild goes
+network). transformers and datasets retry an unreachable hub, with back-off, before they
+fail; one TCP connection to ``HF_ENDPOINT`` tells at once. Where it fails, crild goes
 offline (what the caches hold still loads) and says what is missing in one line."""
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ def first_hop(url: str) -> tuple[str, int, str]:
     proxy = urllib.request.getproxies().get(parts.scheme)
     if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
         hop = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        return hop.hostname or "", hop.port or 80, f"the proxy {hop.hostname}:{hop.port or 80}"
+        port = hop.port or (443 if hop.scheme == "https" else 80)
+        return hop.hostname or "", port, f"the proxy {hop.hostname}:{port}"
     return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80), "it"
 
 

@@ -85,6 +85,8 @@ def test_the_hub_probe_goes_through_the_proxy_where_one_is_set(monkeypatch):
                 monkeypatch.setenv("HTTP_PROXY", proxy)
             hub.unreachable.cache_clear()
             assert hub.unreachable() == expected
+        monkeypatch.setenv("HTTPS_PROXY", "https://proxy.example")  # a proxy URL without a port: its scheme's
+        assert hub.first_hop("https://huggingface.co") == ("proxy.example", 443, "the proxy proxy.example:443")
         monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # the endpoint exempt: straight to it again
         hub.unreachable.cache_clear()
         assert hub.unreachable() == "Connection refused"
