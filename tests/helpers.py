@@ -90,14 +90,15 @@ def crild_env(**extra) -> dict:
 class Crild:
     """``python -m pipeline.cli ARGS`` in the background, its output collected line by line."""
 
-    def __init__(self, *args: str, env: dict | None = None):
+    def __init__(self, *args: str, env: dict | None = None, preexec_fn=None):
         import subprocess
         import sys
         import threading
 
         self.lines: list[str] = []
         self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, env=env or crild_env(),
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     preexec_fn=preexec_fn)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -231,3 +232,36 @@ def write_vectors(path: Path, dims: int = 8) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(w + " " + " ".join(f"{v:.5f}" for v in rng.normal(size=dims)) for w in words) + "\n")
     return path
+
+
+# --------------------------------------------------------------------------- a file system without flock
+
+def deny_flock() -> None:
+    """Make the flock system call fail with ENOSYS in this process and every process it
+    starts, as it does on Lustre mounted ``noflock``: a seccomp filter, for ``preexec_fn``.
+    Raises OSError where seccomp is not permitted."""
+    import ctypes
+    import errno
+    import platform
+    import struct
+
+    machine = platform.machine()
+    nr_flock, audit_arch = {"x86_64": (73, 0xC000003E), "aarch64": (32, 0xC00000B7)}[machine]
+
+    def op(code: int, jt: int, jf: int, k: int) -> bytes:
+        return struct.pack("HBBI", code, jt, jf, k)
+
+    load, jeq, ret = 0x20, 0x15, 0x06  # BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_RET|BPF_K
+    program = b"".join([op(load, 0, 0, 4), op(jeq, 0, 3, audit_arch),  # another architecture: allow
+                        op(load, 0, 0, 0), op(jeq, 0, 1, nr_flock),
+                        op(ret, 0, 0, 0x00050000 | errno.ENOSYS),  # SECCOMP_RET_ERRNO
+                        op(ret, 0, 0, 0x7FFF0000)])  # SECCOMP_RET_ALLOW
+    code = ctypes.create_string_buffer(program)
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    prog = Program(len(program) // 8, ctypes.addressof(code))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(38, 1, 0, 0, 0) != 0 or libc.prctl(22, 2, ctypes.byref(prog), 0, 0) != 0:  # NO_NEW_PRIVS, SECCOMP
+        raise OSError(ctypes.get_errno(), "seccomp is not permitted here")

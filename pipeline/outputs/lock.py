@@ -3,12 +3,21 @@
 ``kill -9`` never leaves a stale lock. The file itself says who holds it (pid, host, command,
 the stage running), for the one-line refusal a second run gets and for ``crild status``.
 
+Some cluster file systems refuse flock (Lustre mounted ``noflock``: ENOSYS; NFS without a
+lock manager: ENOLCK). There the lock is a file created exclusively,
+``<output_dir>/.crild.held``, holding the same description and removed on release. A holder
+that died without releasing it is recognised where that can be known: a process on this host
+that no longer runs (pid and start time), or an earlier run of the same Slurm job, which
+Slurm has ended before requeueing it. A file left by a process on another host is named in
+the refusal, for the user to remove.
+
 ``crild run`` holds it for the whole chain and tells the stages it launches (and their
 ranks, on every node) through CRILD_RUN_LOCK, so they do not ask again; a stage script
 started on its own takes it on rank 0.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -22,6 +31,7 @@ from typing import Optional
 from pipeline.errors import UserError
 
 LOCK_FILE = ".crild.lock"
+HELD_FILE = ".crild.held"  # the lock where the file system has no flock
 STOP_FILE = ".crild.stop"  # a stop request from the run's holder to every rank (pipeline.training.stop)
 ENV = "CRILD_RUN_LOCK"  # the output_dir whose lock an ancestor process holds
 
@@ -42,15 +52,87 @@ def _prepare(output_dir: Path) -> None:
         raise UserError(f"output_dir: '{output_dir}' is not writable")
 
 
+def _flock(fd: int, kind: int) -> Optional[OSError]:
+    """Take ``kind`` without waiting: None when taken; raises BlockingIOError when another
+    process holds it; returns the error when the file system has no flock."""
+    try:
+        fcntl.flock(fd, kind | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise
+    except OSError as err:
+        if err.errno == errno.EINTR:
+            return _flock(fd, kind)
+        return err
+    return None
+
+
+def _process_start(pid: int) -> Optional[str]:
+    """The start time of process ``pid`` in clock ticks since boot (``/proc/<pid>/stat``
+    field 22), which tells a live process from a later one given the same pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _whoami() -> dict:
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "command": " ".join(sys.argv)}
+    start = _process_start(os.getpid())
+    if start is not None:
+        info["start"] = start
+    if os.environ.get("SLURM_JOB_ID"):
+        info["slurm_job"] = os.environ["SLURM_JOB_ID"]
+        info["slurm_restart"] = os.environ.get("SLURM_RESTART_COUNT", "0")
+    return info
+
+
+def _ended(info: dict) -> bool:
+    """Whether the process a held file names has certainly ended (False when it cannot be told)."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if job and info.get("slurm_job") == job and \
+            info.get("slurm_restart") != os.environ.get("SLURM_RESTART_COUNT", "0"):
+        return True  # an earlier run of this requeued job: Slurm ended it before starting this one
+    if info.get("host") != socket.gethostname() or not isinstance(info.get("pid"), int):
+        return False
+    try:
+        os.kill(info["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, another user's
+    start = _process_start(info["pid"])
+    return start is not None and info.get("start") is not None and start != info["start"]
+
+
+def _read_held(path: Path) -> Optional[dict]:
+    """The held file's description, {} when unreadable, None when there is none."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return {}
+    try:
+        info = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
 def holder(output_dir: str | Path) -> Optional[dict]:
     """Who holds the lock (pid, host, command, stage, since), or None when nobody does."""
     path = lock_path(output_dir)
+    held = _read_held(Path(output_dir) / HELD_FILE)
+    if held is not None and not _ended(held):
+        return held
     if not path.is_file():
         return None
     fd = os.open(path, os.O_RDONLY)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            _flock(fd, fcntl.LOCK_SH)  # a file system without flock: the held file said it all
         except BlockingIOError:  # held: read what the holder wrote
             try:
                 return json.loads(Path(path).read_text() or "{}")
@@ -66,31 +148,69 @@ def _describe(info: dict) -> str:
     return f"pid {info.get('pid', '?')} on {info.get('host', '?')} since {info.get('since', '?')}{stage}"
 
 
+def _refuse(output_dir: Path, info: dict, held: Optional[Path] = None) -> UserError:
+    if held is not None and info.get("host") != socket.gethostname():
+        return UserError(f"{output_dir}: another crild run is using this output_dir ({_describe(info)}), according "
+                         f"to {held}; its file system has no flock, so a run killed on another host leaves that "
+                         f"file behind: if no crild run is using this output_dir, remove it")
+    return UserError(f"{output_dir}: another crild run is using this output_dir ({_describe(info)}); "
+                     f"wait for it to finish or stop it, or use another output_dir")
+
+
 class RunLock:
     """The lock, held from ``acquire`` until ``release`` or the process's end."""
 
     def __init__(self, output_dir: str | Path):
         self.output_dir = Path(output_dir)
         self.fd: Optional[int] = None
+        self.held: Optional[Path] = None  # the held file, where the file system has no flock
         self.info: dict = {}
 
     def acquire(self) -> "RunLock":
         _prepare(self.output_dir)
+        held = _read_held(self.output_dir / HELD_FILE)
+        if held is not None and not _ended(held):  # a holder on a file system that lost flock since
+            raise _refuse(self.output_dir, held, self.output_dir / HELD_FILE)
         fd = os.open(lock_path(self.output_dir), os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            unsupported = _flock(fd, fcntl.LOCK_EX)
         except BlockingIOError:
             os.close(fd)
-            info = holder(self.output_dir) or {}
-            raise UserError(f"{self.output_dir}: another crild run is using this output_dir ({_describe(info)}); "
-                            f"wait for it to finish or stop it, or use another output_dir") from None
-        self.fd = fd
-        self.info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                     "command": " ".join(sys.argv)}
+            raise _refuse(self.output_dir, holder(self.output_dir) or {}) from None
+        self.info = _whoami()
+        if unsupported is None:
+            self.fd = fd
+            if held is not None:  # left by a run that has ended, when flock was missing
+                (self.output_dir / HELD_FILE).unlink(missing_ok=True)
+        else:
+            os.close(fd)
+            self._create_held(unsupported)
         self._write()
         (self.output_dir / STOP_FILE).unlink(missing_ok=True)  # a request to a run that is over
         os.environ[ENV] = str(self.output_dir.resolve())  # the stages this process starts run under it
         return self
+
+    def _create_held(self, unsupported: OSError) -> None:
+        """Hold the lock as a file created exclusively; one left by a holder that has
+        certainly ended is replaced."""
+        path = self.output_dir / HELD_FILE
+        print(f"crild: {lock_path(self.output_dir)}: this file system does not support flock "
+              f"({unsupported.strerror}); holding the run lock as {path} instead", file=sys.stderr, flush=True)
+        for _ in range(2):
+            try:
+                self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                self.held = path
+                return
+            except FileExistsError:
+                info = _read_held(path)
+                if info is None:
+                    continue  # released meanwhile
+                if not _ended(info):
+                    raise _refuse(self.output_dir, info, path) from None
+                _remove_if_unchanged(path, info)
+                print(f"crild: {path}: left by {_describe(info)}, which has ended; taking it over",
+                      file=sys.stderr, flush=True)
+        raise _refuse(self.output_dir, _read_held(path) or {}, path)
 
     def set_stage(self, stage: Optional[str]) -> None:
         """Say which stage is running (``crild status`` shows it)."""
@@ -105,8 +225,29 @@ class RunLock:
         if self.fd is not None:
             if os.environ.get(ENV) == str(self.output_dir.resolve()):
                 del os.environ[ENV]
+            if self.held is not None:
+                self.held.unlink(missing_ok=True)
+                self.held = None
             os.close(self.fd)  # closing the descriptor releases the flock
             self.fd = None
+
+
+def _remove_if_unchanged(path: Path, info: dict) -> None:
+    """Remove the held file a dead holder left, unless another run replaced it meanwhile:
+    it is moved aside first, and put back when what was moved is not what was read."""
+    aside = path.with_name(f"{path.name}.{os.getpid()}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    if _read_held(aside) == info:
+        aside.unlink()
+        return
+    try:
+        os.link(aside, path)  # another run's file: back where it was
+    except FileExistsError:
+        pass  # a third run took the name meanwhile: three runs racing on a file system without flock
+    aside.unlink()
 
 
 def held_by_ancestor(output_dir: str | Path) -> bool:
