@@ -386,7 +386,13 @@ class RunConfig(Strict):
         if get_task(self.task.name).inputs_only:
             raise field_error(f"'{self.task.name}' is unlabelled text, for stages.distill.supplementary; expected a "
                               f"labelled task", "task.name")
+        for stage, nodes in self.slurm.stage_nodes.items():
+            if STAGES[stage].one_process and nodes > 1:
+                raise field_error(f"{nodes} nodes for stage '{stage}', which runs as one process; expected 1",
+                                  f"slurm.stage_nodes.{stage}")
         for stage in self.pipeline:
+            if STAGES[stage].one_process:
+                continue  # one process on one node, whatever num_ranks and slurm.nodes say
             nodes = self.slurm.nodes_for(stage)
             if self.num_ranks % nodes:
                 key = f"slurm.stage_nodes.{stage}" if stage in self.slurm.stage_nodes else "slurm.nodes"

@@ -104,7 +104,8 @@ def run(cfg: RunConfig) -> int:
     seed_everything(cfg.seed)
     onnxruntime()  # one line if it is missing, before any work
     if dist.world_size > 1:
-        raise UserError("stages.export runs in one process; run it without the deepspeed launcher (num_ranks 1)")
+        raise UserError(f"stages.export runs in one process, and this is one of {dist.world_size}; start it as one "
+                        f"(python pipeline/stage5_export.py, or srun --ntasks=1), or through crild run, which does")
     export_cfg = cfg.stages.export
     threads = export_cfg.benchmark.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)

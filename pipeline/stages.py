@@ -110,6 +110,7 @@ class Stage:
     inputs: Callable  # cfg -> {prefix: section} of the sections naming files and folders it reads
     configure: Optional[Callable] = None  # raw configuration -> this stage's, in place (see config.stage_config)
     checkpoints: Callable = lambda cfg: ""  # cfg -> its checkpoint folder under output_dir ("" : none)
+    one_process: bool = False  # runs as one process whatever num_ranks says (crild run and submit launch it so)
 
     @property
     def module(self) -> str:
@@ -150,7 +151,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("evaluate", "stage4_evaluate.py", "stage 4: evaluate model folders on dev/test", lambda c: "eval",
           _evaluate_fingerprint, _evaluate_inputs),
     Stage("export", "stage5_export.py", "stage 5: export ONNX (and INT8), check parity, time it", lambda c: "export",
-          _export_fingerprint, _export_inputs),
+          _export_fingerprint, _export_inputs, one_process=True),
 ]}
 
 

@@ -33,12 +33,15 @@ def check_local_ranks(cfg) -> None:
 
 
 def stage_command(cfg, name: str, config_path: str, overrides: list[str]) -> list[str]:
-    script = str(PACKAGE_DIR / STAGES[name].script)
+    """Every rank of the run for a training or evaluation stage; one process, on one node,
+    for a stage that runs as one (export), whatever ``num_ranks`` and the allocation say."""
+    stage = STAGES[name]
+    script = str(PACKAGE_DIR / stage.script)
     args = ["--config", config_path, *overrides, "--stage", name]
     if in_slurm_allocation():
-        return ["srun", "--kill-on-bad-exit=1", f"--ntasks={os.environ['SLURM_NTASKS']}", sys.executable, script,
-                *args]
-    if cfg.num_ranks > 1:  # a free port: runs can share a machine
+        tasks = ["--ntasks=1", "--nodes=1"] if stage.one_process else [f"--ntasks={os.environ['SLURM_NTASKS']}"]
+        return ["srun", "--kill-on-bad-exit=1", *tasks, sys.executable, script, *args]
+    if cfg.num_ranks > 1 and not stage.one_process:  # a free port: runs can share a machine
         return [*DEEPSPEED_LAUNCHER, "--num_gpus", str(cfg.num_ranks), "--master_port", str(free_port()), script,
                 *args]
     return [sys.executable, script, *args]

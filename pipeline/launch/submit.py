@@ -17,6 +17,7 @@ from pipeline.config import RunConfig
 from pipeline.errors import UserError
 from pipeline.launch.local import check_inputs, stage_is_done
 from pipeline.schema.paths import REPO_ROOT
+from pipeline.stages import STAGES
 
 STAGE_SCRIPT = REPO_ROOT / "jobs" / "crild_stage.sbatch"
 FINAL_OK = {"COMPLETED"}
@@ -54,9 +55,10 @@ def submit(cfg: RunConfig, config_path: str, overrides: list[str], wait: bool = 
             print(f"crild: {name}: complete for this configuration, not submitted", flush=True)
             continue
         log = log_dir / f"{name}-%j.out"
-        nodes = cfg.slurm.nodes_for(name)
-        cmd = ["sbatch", "--parsable", f"--job-name=crild-{name}", f"--ntasks={cfg.num_ranks}", f"--nodes={nodes}",
-               f"--ntasks-per-node={cfg.num_ranks // nodes}",
+        ranks = 1 if STAGES[name].one_process else cfg.num_ranks
+        nodes = 1 if STAGES[name].one_process else cfg.slurm.nodes_for(name)
+        cmd = ["sbatch", "--parsable", f"--job-name=crild-{name}", f"--ntasks={ranks}", f"--nodes={nodes}",
+               f"--ntasks-per-node={ranks // nodes}",
                f"--output={log}", "--open-mode=append", "--requeue",
                f"--export=ALL,CRILD_PYTHON={sys.executable}", *(extra_sbatch or [])]
         if previous:

@@ -154,3 +154,24 @@ def test_the_readme_serving_snippet_runs_as_written(trained, capsys):
     capsys.readouterr()
     exec(compile(code.replace("runs/demo/export/student-int8", str(out)), "README.md", "exec"), {})
     assert capsys.readouterr().out.strip() in ("fresh", "rotten")
+
+
+def test_export_started_on_several_ranks_is_one_line(trained, tmp_path):
+    """Started by hand under the deepspeed launcher, export names how to start it (crild run
+    starts it as one process itself: tests/launch/test_command.py)."""
+    import subprocess
+
+    from helpers import crild_env
+
+    from pipeline.launch.command import DEEPSPEED_LAUNCHER
+
+    raw = json.loads(json.dumps(trained))
+    raw["output_dir"] = str(tmp_path / "run")
+    config = write(tmp_path / "ranks.yaml", raw)
+    done = subprocess.run([*DEEPSPEED_LAUNCHER, "--num_gpus", "2", str(REPO / "pipeline" / "stage5_export.py"),
+                           "--config", str(config)], cwd=REPO, env=crild_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode != 0 and "Traceback" not in done.stderr + done.stdout
+    assert ("crild: error: stages.export runs in one process, and this is one of 2; start it as one (python "
+            "pipeline/stage5_export.py, or srun --ntasks=1), or through crild run, which does") in done.stderr
+    assert not (tmp_path / "run" / "export").exists()

@@ -2,10 +2,11 @@
 import pytest
 import torch
 import yaml
-from helpers import tiny_run_config
+from helpers import REPO, tiny_run_config
 
 from pipeline.cli import main
 from pipeline.config import from_dict
+from pipeline.errors import UserError
 from pipeline.launch.command import check_local_ranks
 
 
@@ -94,3 +95,31 @@ def test_submit_checks_the_inputs_before_any_job_is_queued(tmp_path, tiny_bert, 
     with pytest.raises(UserError, match=r"task.data_dir: '.*gone' does not exist \(the teacher stage reads it"):
         submit(from_dict(raw), str(tmp_path / "run.yaml"), [])  # raises before any sbatch call
     assert not (tmp_path / "run" / "logs").exists()
+
+
+def test_export_runs_as_one_process_whatever_num_ranks_and_the_allocation_say(tmp_path, tiny_bert, sentiment_dir,
+                                                                                 monkeypatch):
+    """A run that trains on every rank also exports in the same chain: export is launched as
+    one process (one task on one node under srun), not on every rank, where it would refuse."""
+    import sys
+
+    from pipeline.launch.command import stage_command
+
+    for key in ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_STEP_ID"):
+        monkeypatch.delenv(key, raising=False)
+    raw = {**tiny_run_config(tmp_path, tiny_bert, sentiment_dir), "num_ranks": 4,
+           "pipeline": ["teacher", "evaluate", "export"], "slurm": {"nodes": 2}}
+    cfg = from_dict(raw)
+    assert stage_command(cfg, "export", "run.yaml", [])[:2] == [sys.executable, str(REPO / "pipeline" /
+                                                                                    "stage5_export.py")]
+    assert stage_command(cfg, "evaluate", "run.yaml", [])[1:3] == ["-m", "deepspeed.launcher.runner"]
+    monkeypatch.setenv("SLURM_JOB_ID", "12")
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert stage_command(cfg, "export", "run.yaml", [])[:4] == ["srun", "--kill-on-bad-exit=1", "--ntasks=1",
+                                                                "--nodes=1"]
+    assert stage_command(cfg, "teacher", "run.yaml", [])[:3] == ["srun", "--kill-on-bad-exit=1", "--ntasks=4"]
+
+    from_dict({**raw, "num_ranks": 3, "slurm": {"nodes": 2}, "pipeline": ["export"]})  # nodes need not divide
+    with pytest.raises(UserError, match=r"slurm\.stage_nodes\.export: 2 nodes for stage 'export', which runs as one "
+                                        r"process; expected 1"):
+        from_dict({**raw, "slurm": {"stage_nodes": {"export": 2}}})

@@ -11,6 +11,8 @@ import pytest
 import yaml
 from helpers import REPO, tiny_run_config
 
+from pipeline.outputs.manifest import is_complete
+
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(os.environ.get("CRILD_SKIP_SLURM") == "1", reason="CRILD_SKIP_SLURM=1")]
 
@@ -27,10 +29,11 @@ def slurm_env():
     return env
 
 
-def chain_config(tmp_path: Path, tiny_bert, data_dir, name: str, **distill) -> Path:
+def chain_config(tmp_path: Path, tiny_bert, data_dir, name: str, stages=("teacher", "distill", "evaluate"),
+                 **distill) -> Path:
     small = {"batch_size": 8, "learning_rate": 1e-3, "log_every": 2, "checkpoint_every": 1000}
     raw = tiny_run_config(tmp_path, tiny_bert, data_dir, epochs=1)
-    raw.update(output_dir=str(tmp_path / name), num_ranks=2, pipeline=["teacher", "distill", "evaluate"],
+    raw.update(output_dir=str(tmp_path / name), num_ranks=2, pipeline=list(stages),
                deepspeed_config=str(REPO / "ds_configs" / "zero2_bf16.json"))
     raw["stages"]["distill"] = {"preset": "cr-ild", "ild": {"epochs": 30, **small}, "kd": {"epochs": 1, **small},
                                 **distill}
@@ -39,9 +42,13 @@ def chain_config(tmp_path: Path, tiny_bert, data_dir, name: str, **distill) -> P
     return path
 
 
-def state(job: str, env) -> str:
+def job_field(job: str, field: str, env) -> str:
     out = subprocess.run(["scontrol", "show", "job", job, "-o"], capture_output=True, text=True, env=env).stdout
-    return next((f.split("=", 1)[1] for f in out.split() if f.startswith("JobState=")), "UNKNOWN")
+    return next((f.split("=", 1)[1] for f in out.split() if f.startswith(f"{field}=")), "UNKNOWN")
+
+
+def state(job: str, env) -> str:
+    return job_field(job, "JobState", env)
 
 
 def wait(job: str, env, timeout: float = 600) -> str:
@@ -63,9 +70,10 @@ def sbatch_tiny(config: Path, log: Path, env, *sbatch_args: str) -> str:
 
 
 def completed_chain(tmp: Path, tiny_bert, data_dir, name: str, env, *sbatch_args: str) -> str:
-    """The tiny chain of ``chain_config`` run to completion as one job; its log."""
+    """The tiny chain of ``chain_config``, with export, run to completion as one job; its log."""
     log = tmp / f"{name}.log"
-    job = sbatch_tiny(chain_config(tmp, tiny_bert, data_dir, name), log, env, *sbatch_args)
+    config = chain_config(tmp, tiny_bert, data_dir, name, stages=("teacher", "distill", "evaluate", "export"))
+    job = sbatch_tiny(config, log, env, *sbatch_args)
     assert wait(job, env) == "COMPLETED", log.read_text()[-3000:]
     return log.read_text()
 
@@ -78,10 +86,11 @@ def uninterrupted(tmp_path_factory, tiny_bert, sentiment_dir, slurm_env):
 
 def test_sbatch_tiny_runs_every_stage_on_two_tasks(uninterrupted):
     _, out, log = uninterrupted
-    for stage in ("teacher", "student", "eval"):
+    for stage in ("teacher", "student", "eval", "export"):
         assert (out / stage / "crild_stage.json").is_file(), log[-3000:]
     assert (out / "eval" / "results.json").is_file()
     assert "2 rank(s)" in log and "srun --kill-on-bad-exit=1 --ntasks=2" in log
+    assert "srun --kill-on-bad-exit=1 --ntasks=1 --nodes=1" in log  # export: one process in the 2-task job
 
 
 def preempted_during_ild(job: str, log: Path, env) -> str:
@@ -123,15 +132,17 @@ def test_submit_chains_jobs_and_reports_the_failed_stage(tmp_path, tiny_bert, se
     # 1. a chain that completes: teacher, then evaluation after it (afterok)
     good = chain_config(tmp_path, tiny_bert, sentiment_dir, "submitted")
     raw = yaml.safe_load(good.read_text())
-    raw["pipeline"] = ["teacher", "evaluate"]
+    raw["pipeline"] = ["teacher", "evaluate", "export"]
     good.write_text(yaml.safe_dump(raw))
     proc = submit(good, slurm_env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     jobs = submitted(proc)
-    assert list(jobs) == ["teacher", "evaluate"]
-    assert f"crild: teacher: job {jobs['teacher']} COMPLETED" in proc.stdout.splitlines()
-    assert f"crild: evaluate: job {jobs['evaluate']} COMPLETED" in proc.stdout.splitlines()
+    assert list(jobs) == ["teacher", "evaluate", "export"]
+    for name in jobs:
+        assert f"crild: {name}: job {jobs[name]} COMPLETED" in proc.stdout.splitlines()
     assert (tmp_path / "submitted" / "eval" / "results.json").is_file()
+    assert is_complete(tmp_path / "submitted" / "export")
+    assert [job_field(jobs[name], "NumTasks", slurm_env) for name in jobs] == ["2", "2", "1"]  # export: one task
 
     # 2. the same run with a distillation stage made to fail: the teacher is complete and not
     # resubmitted, distill fails, evaluation (after it) is cancelled, the failure is named. (A
