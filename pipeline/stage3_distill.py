@@ -24,12 +24,10 @@ from pipeline.config import RunConfig
 from pipeline.data.augmented import require_augmented
 from pipeline.data.task_data import load_task_data
 from pipeline.data.tasks import get_task
-from pipeline.data.tokenized import tokenizer_fingerprint
 from pipeline.distill.phase import STAGE, DistillRun, phase_done, train_phase
-from pipeline.distill.presets import PRESETS, resolve_phases
-from pipeline.distill.teacher import FrozenTeacher, teacher_folder
+from pipeline.distill.presets import resolve_phases
+from pipeline.distill.teacher import FrozenTeacher, needs_teacher, teacher_folder, tokenize_alike
 from pipeline.distill.terms import TERMS
-from pipeline.errors import UserError
 from pipeline.models.loading import load_tokenizer, quiet_libraries, resolve_model
 from pipeline.outputs.atomic import BOOKKEEPING_FILES, atomic_output, link_or_copy, write_json
 from pipeline.outputs.trust import trust_note
@@ -51,24 +49,12 @@ def frozen_teacher(cfg: RunConfig, tokenizer, dist):
     teacher that tokenizes differently serves prediction-layer terms only."""
     distill_cfg = cfg.stages.distill
     phases = resolve_phases(distill_cfg)
-    needs_teacher = PRESETS[distill_cfg.preset].needs_teacher or any(
-        TERMS[t].needs_teacher_logits or TERMS[t].kinds for p in phases for t in p.terms)
-    if not needs_teacher:
+    if not needs_teacher(distill_cfg, phases):
         return None, None, None
     folder, note = teacher_folder(cfg)
     teacher_tokenizer = load_tokenizer(str(folder), "stages.distill.teacher_model")
-    if tokenizer_fingerprint(teacher_tokenizer) == tokenizer_fingerprint(tokenizer):
+    if tokenize_alike(distill_cfg, phases, teacher_tokenizer, tokenizer, str(folder), cfg.student.backbone):
         teacher_tokenizer = None
-    else:
-        aligned = sorted({t for p in phases for t in p.terms if TERMS[t].token_aligned}
-                         | ({"mixup"} if any(p.mixup for p in phases) else set()))
-        if aligned:
-            raise UserError(
-                f"stages.distill: preset '{distill_cfg.preset}' needs teacher and student to tokenize alike "
-                f"({', '.join(aligned)} read them position by position), and they do not: teacher '{folder}' "
-                f"({type(teacher_tokenizer).__name__}, {len(teacher_tokenizer)} tokens), student "
-                f"'{cfg.student.backbone}' ({type(tokenizer).__name__}, {len(tokenizer)} tokens); use a "
-                f"prediction-layer preset (kd) or a student with the teacher's tokenizer")
     logits = any(TERMS[t].needs_teacher_logits for p in phases for t in p.terms)
     return FrozenTeacher(cfg, folder, get_task(cfg.task.name), dist, logits), teacher_tokenizer, note
 

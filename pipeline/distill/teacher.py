@@ -11,6 +11,9 @@ from typing import Optional
 import torch
 from safetensors.torch import load_file, save_file
 
+from pipeline.data.tokenized import tokenizer_fingerprint
+from pipeline.distill.presets import PRESETS
+from pipeline.distill.terms import TERMS
 from pipeline.errors import UserError
 from pipeline.evaluation.predict import predict_logits
 from pipeline.models.compiling import compile_layers
@@ -20,6 +23,31 @@ from pipeline.outputs.manifest import is_complete
 from pipeline.outputs.trust import VERIFIED, trust_note
 from pipeline.runtime.distributed import DistInfo, barrier
 from pipeline.training.ds_config import fill_zero_buckets, load_ds_json, zero_stage
+
+
+def needs_teacher(distill_cfg, phases) -> bool:
+    """Whether any of ``phases`` (``resolve_phases``) reads the teacher."""
+    return PRESETS[distill_cfg.preset].needs_teacher or any(
+        TERMS[t].needs_teacher_logits or TERMS[t].kinds for p in phases for t in p.terms)
+
+
+def tokenize_alike(distill_cfg, phases, teacher_tokenizer, student_tokenizer, teacher_name: str,
+                   student_name: str) -> bool:
+    """Whether the two tokenizers tokenize alike (vocabulary, special tokens, normalisation:
+    never decided from model names). When they do not, a teacher serves prediction-layer terms
+    only: one line for phases with mixup or terms that read tokens position by position."""
+    if tokenizer_fingerprint(teacher_tokenizer) == tokenizer_fingerprint(student_tokenizer):
+        return True
+    aligned = sorted({t for p in phases for t in p.terms if TERMS[t].token_aligned}
+                     | ({"mixup"} if any(p.mixup for p in phases) else set()))
+    if aligned:
+        raise UserError(
+            f"stages.distill: preset '{distill_cfg.preset}' needs teacher and student to tokenize alike "
+            f"({', '.join(aligned)} read them position by position), and they do not: teacher '{teacher_name}' "
+            f"({type(teacher_tokenizer).__name__}, {len(teacher_tokenizer)} tokens), student "
+            f"'{student_name}' ({type(student_tokenizer).__name__}, {len(student_tokenizer)} tokens); use a "
+            f"prediction-layer preset (kd) or a student with the teacher's tokenizer")
+    return False
 
 
 def teacher_folder(cfg) -> tuple[Path, Optional[str]]:

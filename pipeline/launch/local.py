@@ -9,6 +9,7 @@ from typing import Optional
 from pipeline.config import RunConfig, stage_config
 from pipeline.errors import EXIT_PREEMPTED, UserError
 from pipeline.launch.command import check_local_ranks, stage_command
+from pipeline.launch.preflight import check_stages
 from pipeline.launch.signals import StageRunner
 from pipeline.launch.slurm import in_slurm_allocation, requeue_self, slurm_rendezvous
 from pipeline.outputs.integrity import problems
@@ -40,10 +41,20 @@ def stage_is_done(cfg: RunConfig, name: str, known_intact: Optional[set] = None)
     return not bad
 
 
-def _skip(cfg: RunConfig, name: str) -> bool:
+def stages_to_run(cfg: RunConfig, names, force: bool = False, known_intact: Optional[set] = None) -> list[str]:
+    """``names`` from the first that is not complete for this configuration: once a stage
+    runs, every later one runs too."""
+    names = list(names)
+    if force:
+        return names
+    first = next((i for i, name in enumerate(names) if not stage_is_done(cfg, name, known_intact)), len(names))
+    return names[first:]
+
+
+def _skip(cfg: RunConfig, name: str, known_intact: Optional[set] = None) -> bool:
     """True for a stage whose output is complete for this configuration (its leftover
     checkpoints, from a kill between publishing the output and clearing them, go)."""
-    if not stage_is_done(cfg, name):
+    if not stage_is_done(cfg, name, known_intact):
         return False
     print(f"crild: {name}: complete for this configuration, skipped", flush=True)
     ckpt_dir = STAGES[name].checkpoints(stage_config(cfg, name))
@@ -91,6 +102,9 @@ def check_inputs(cfg: RunConfig, names) -> None:
 def _run_stages(cfg: RunConfig, config_path: str, overrides: list[str], force: bool, only, lock) -> int:
     check_local_ranks(cfg)
     check_inputs(cfg, only or cfg.pipeline)
+    intact: set = set()
+    check_stages(cfg, stages_to_run(cfg, only or cfg.pipeline, force, intact),
+                 world_size=int(os.environ["SLURM_NTASKS"]) if in_slurm_allocation() else cfg.num_ranks)
     runner = StageRunner(cfg.output_dir)
     env = os.environ.copy()
     if in_slurm_allocation():
@@ -99,7 +113,7 @@ def _run_stages(cfg: RunConfig, config_path: str, overrides: list[str], force: b
     for name in only or cfg.pipeline:
         if runner.stopping:
             break
-        if not redo and _skip(cfg, name):
+        if not redo and _skip(cfg, name, intact):
             continue
         redo = True
         _archive_stale_checkpoints(cfg, name)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from pipeline.config import RunConfig
 from pipeline.errors import UserError
-from pipeline.launch.local import check_inputs, stage_is_done
+from pipeline.launch.local import check_inputs, stage_is_done, stages_to_run
+from pipeline.launch.preflight import check_stages
 from pipeline.schema.paths import REPO_ROOT
 from pipeline.stages import STAGES
 
@@ -46,12 +47,15 @@ def job_state(job: str) -> str:
 def submit(cfg: RunConfig, config_path: str, overrides: list[str], wait: bool = True,
            extra_sbatch: list[str] | None = None, poll_s: float = 2.0) -> int:
     check_inputs(cfg, cfg.pipeline)  # before any job waits in the queue for an input that is not there
+    intact: set = set()
+    # this may be a login node without GPUs: fp16 and bf16 are the job's to judge
+    check_stages(cfg, stages_to_run(cfg, cfg.pipeline, known_intact=intact), cfg.num_ranks, device_checks=False)
     log_dir = Path(cfg.output_dir).resolve() / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     jobs: list[tuple[str, str, Path]] = []
     previous = None
     for name in cfg.pipeline:
-        if previous is None and stage_is_done(cfg, name):  # after a submitted stage, all later ones run
+        if previous is None and stage_is_done(cfg, name, intact):  # after a submitted stage, all later ones run
             print(f"crild: {name}: complete for this configuration, not submitted", flush=True)
             continue
         log = log_dir / f"{name}-%j.out"

@@ -17,12 +17,15 @@ from pipeline.errors import UserError
 from pipeline.models.families import encoder_layers
 
 
-def compile_layers(model: torch.nn.Module, ds_cfg: dict | None = None, where: str = "compile") -> torch.nn.Module:
-    """Compile ``model``'s encoder layers; refuses ZeRO-3, whose parameter gathering runs
-    in hooks that torch.compile would trace."""
-    zero = (ds_cfg or {}).get("zero_optimization", {}).get("stage", 0)
-    if zero == 3:
+def check_compilable(ds_cfg: dict | None, where: str = "compile") -> None:
+    """ZeRO-3 is refused: its parameter gathering runs in hooks that torch.compile would trace."""
+    if (ds_cfg or {}).get("zero_optimization", {}).get("stage", 0) == 3:
         raise UserError(f"{where}: true is not supported with ZeRO-3; use ZeRO 0-2, or set compile: false")
+
+
+def compile_layers(model: torch.nn.Module, ds_cfg: dict | None = None, where: str = "compile") -> torch.nn.Module:
+    """Compile ``model``'s encoder layers (see ``check_compilable``)."""
+    check_compilable(ds_cfg, where)
     torch._dynamo.config.skip_nnmodule_hook_guards = False
     for layer in encoder_layers(model):
         layer.compile(dynamic=True)

@@ -145,26 +145,12 @@ def build_classifier(name: str, spec: TaskSpec, where: str, *, num_layers: Optio
     - otherwise: ``name`` as it is (a pretrained backbone or a fine-tuned model folder);
       with ``trained`` it must be a fine-tuned classifier, every weight in the folder.
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
-    path = resolve_model(name, where, need_weights=random_init is None)
-    label_kwargs = _label_kwargs(spec)
-    base = _load_config(path, where)
-    family = family_of(base, where)
+    path, base, family, config = _encoder(name, where, num_layers, random_init, _label_kwargs(spec))
     if random_init is not None:
-        if random_init.hidden_size % random_init.num_heads:
-            raise UserError(f"{where}.random_init: hidden_size {random_init.hidden_size} is not divisible by "
-                            f"num_heads {random_init.num_heads}")
-        config = AutoConfig.for_model(base.model_type, **_random_shape(base, family, random_init), **label_kwargs)
-        config._attn_implementation = family.attention
         model = AutoModelForSequenceClassification.from_config(config, attn_implementation=family.attention)
     else:
-        config = _load_config(path, where, **label_kwargs)
-        if num_layers is not None:
-            if not 1 <= num_layers <= config.num_hidden_layers:
-                raise UserError(f"{where}.num_layers: {num_layers} is not between 1 and the backbone's "
-                                f"{config.num_hidden_layers} layers")
-            family.truncate(config, num_layers)
         check_labels(base, spec, path, where)
         model, info = load_pretrained(AutoModelForSequenceClassification, path, where, config=config,
                                       output_loading_info=True)
@@ -174,6 +160,38 @@ def build_classifier(name: str, spec: TaskSpec, where: str, *, num_layers: Optio
             align_outputs(model, base, spec, path, where)
     check_max_length(model.config, max_length, where)
     return model
+
+
+def encoder_config(name: str, where: str, *, num_layers: Optional[int] = None,
+                   random_init: Optional[RandomInit] = None):
+    """The config of the encoder ``build_classifier`` would build from these settings, its
+    checks made, without reading its weights: what a run checks its layer maps against
+    before its first stage."""
+    return _encoder(name, where, num_layers, random_init, {})[3]
+
+
+def _encoder(name: str, where: str, num_layers: Optional[int], random_init: Optional[RandomInit],
+             label_kwargs: dict):
+    """(folder, its own config, family, the config to build) for ``build_classifier``."""
+    from transformers import AutoConfig
+
+    path = resolve_model(name, where, need_weights=random_init is None)
+    base = _load_config(path, where)
+    family = family_of(base, where)
+    if random_init is not None:
+        if random_init.hidden_size % random_init.num_heads:
+            raise UserError(f"{where}.random_init: hidden_size {random_init.hidden_size} is not divisible by "
+                            f"num_heads {random_init.num_heads}")
+        config = AutoConfig.for_model(base.model_type, **_random_shape(base, family, random_init), **label_kwargs)
+        config._attn_implementation = family.attention
+        return path, base, family, config
+    config = _load_config(path, where, **label_kwargs)
+    if num_layers is not None:
+        if not 1 <= num_layers <= config.num_hidden_layers:
+            raise UserError(f"{where}.num_layers: {num_layers} is not between 1 and the backbone's "
+                            f"{config.num_hidden_layers} layers")
+        family.truncate(config, num_layers)
+    return path, base, family, config
 
 
 def require_trained(loading_info: dict, path: str, where: str, spec: TaskSpec) -> None:

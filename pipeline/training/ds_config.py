@@ -74,11 +74,22 @@ def _fill(node: dict, key: str, value, where: str, path: Path, yaml_key: str) ->
                         f"set it to \"auto\" or make them agree")
 
 
-def build_ds_config(path: str, train, world_size: int, total_steps: int, source: str,
-                    stage: str, hidden_size: int | None = None) -> dict:
+def _fill_auto(node: dict, key: str, value, *_) -> None:
+    """``_fill`` where the value is not known yet: "auto" gets a stand-in, anything else stays."""
+    if node.get(key, AUTO) == AUTO:
+        node[key] = value
+
+
+def build_ds_config(path: str, train, world_size: int, total_steps: int | None, source: str,
+                    stage: str, hidden_size: int | None = None, device_checks: bool = True) -> dict:
     """The DeepSpeed config dict for one training stage. ZeRO bucket sizes set to "auto" are
     sized from the model's hidden size h (h^2 elements, as transformers does): DeepSpeed's
-    own default reduce bucket (5e8 elements) is a 1 GB buffer, more than a BERT-base student."""
+    own default reduce bucket (5e8 elements) is a 1 GB buffer, more than a BERT-base student.
+
+    Before a run starts (``pipeline.launch.preflight``) the step count is not known yet
+    (``total_steps`` None: the scheduler's step settings are not checked against it) and the
+    machine may not be the one that trains (``device_checks`` False: fp16 and bf16 are not
+    checked against this machine's GPU)."""
     p, cfg = load_ds_json(path, source)
     cfg = copy.deepcopy(cfg)
     y = f"stages.{stage}"
@@ -103,20 +114,23 @@ def build_ds_config(path: str, train, world_size: int, total_steps: int, source:
     sched = cfg.get("scheduler")
     if sched is not None:
         params = sched.setdefault("params", {})
-        warmup = max(1, int(round(train.warmup_ratio * total_steps)))  # DeepSpeed needs >= 1
+        steps = total_steps or 1
+        warmup = max(1, int(round(train.warmup_ratio * steps)))  # DeepSpeed needs >= 1
+        fill_steps = _fill if total_steps is not None else _fill_auto
         if "warmup_max_lr" in params or sched.get("type") in ("WarmupLR", "WarmupDecayLR", "WarmupCosineLR"):
             if sched.get("type") != "WarmupCosineLR":
                 _fill(params, "warmup_max_lr", train.learning_rate, "scheduler.params.warmup_max_lr", p,
                       f"{y}.learning_rate")
-            _fill(params, "warmup_num_steps", warmup, "scheduler.params.warmup_num_steps", p, f"{y}.warmup_ratio")
+            fill_steps(params, "warmup_num_steps", warmup, "scheduler.params.warmup_num_steps", p, f"{y}.warmup_ratio")
         if sched.get("type") in ("WarmupDecayLR", "WarmupCosineLR"):
-            _fill(params, "total_num_steps", total_steps, "scheduler.params.total_num_steps", p,
-                  "the stage's step count")
+            fill_steps(params, "total_num_steps", steps, "scheduler.params.total_num_steps", p,
+                       "the stage's step count")
     if hidden_size is not None:
         fill_zero_buckets(cfg, hidden_size)
     cfg.setdefault("steps_per_print", 10**9)
     cfg.setdefault("wall_clock_breakdown", False)
-    _check_precision(cfg, p)
+    if device_checks:
+        _check_precision(cfg, p)
     if train.on_nonfinite == "skip" and zero_stage(cfg) == 3:
         raise UserError(f"{y}.on_nonfinite: skip is not supported with ZeRO-3 ({p}); use stop, or ZeRO 0-2")
     leftovers = _find_auto(cfg)

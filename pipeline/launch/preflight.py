@@ -1,0 +1,105 @@
+"""What a stage would refuse when it starts, found from the configuration before a run's
+first stage: ``crild run`` and ``crild submit`` check every stage they will run, so a
+mistake in a late stage's settings is one line at once, not after the hours of the stages
+before it.
+
+Checked here: each training section's DeepSpeed config as that stage builds it for the
+run's world size (batch sizes, ZeRO stage, what DeepSpeed itself rejects, ``on_nonfinite``
+and ``compile`` against ZeRO-3); and for distillation, the teacher's and student's
+tokenizers and layer maps, from their configs and tokenizers alone (no weights are read).
+What depends on the data (a stage shorter than its gradient accumulation) is left to the
+stage. A teacher or student that an earlier stage of the run writes is taken from the
+settings that stage trains it from."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.config import RunConfig, stage_config
+from pipeline.distill.layers import layer_layout
+from pipeline.distill.presets import resolve_phases
+from pipeline.distill.teacher import needs_teacher, tokenize_alike
+from pipeline.errors import UserError
+from pipeline.models.compiling import check_compilable
+from pipeline.models.loading import encoder_config, load_tokenizer, resolve_model
+from pipeline.outputs.manifest import is_complete, recorded_fingerprint
+from pipeline.stages import stage_fingerprints
+from pipeline.training.ds_config import build_ds_config
+
+STAND_IN_HIDDEN = 768  # sizes ZeRO buckets left "auto"; the config built here is only checked
+
+
+def training_sections(cfg: RunConfig, name: str) -> list[tuple[str, object]]:
+    """(section under ``stages.``, its TrainConfig) of each training stage ``name`` runs,
+    for ``cfg`` as that stage runs it (``stage_config``)."""
+    if name == "teacher":
+        return [("teacher", cfg.stages.teacher)]
+    if name in ("distill", "baseline"):
+        return [(f"distill.{p.name}", getattr(cfg.stages.distill, p.name)) for p in resolve_phases(cfg.stages.distill)]
+    return []
+
+
+def check_stages(cfg: RunConfig, names, world_size: int, device_checks: bool = True) -> None:
+    """Every check above, for stages ``names`` of ``cfg`` on ``world_size`` ranks (the
+    stages that will run: a complete stage before them is skipped, and is not judged by
+    this machine); ``device_checks`` False where this machine is not the kind that trains
+    (``crild submit`` on a login node)."""
+    for name in names:
+        stage_cfg = stage_config(cfg, name)
+        try:
+            for section, train in training_sections(stage_cfg, name):
+                ds = build_ds_config(train.deepspeed_config or stage_cfg.deepspeed_config, train, world_size, None,
+                                     stage_cfg.source, section, hidden_size=STAND_IN_HIDDEN,
+                                     device_checks=device_checks)
+                if stage_cfg.compile:
+                    check_compilable(ds, f"{stage_cfg.source}: compile")
+            if name == "distill":
+                _check_distillation(stage_cfg, teacher_trains="teacher" in names)
+        except UserError as err:
+            raise UserError(f"{err} (the {name} stage's; checked before the first stage runs)") from None
+
+
+def _check_distillation(cfg: RunConfig, teacher_trains: bool) -> None:
+    d, s = cfg.stages.distill, cfg.student
+    phases = resolve_phases(d)
+    if not needs_teacher(d, phases):
+        return
+    teacher = _teacher_source(cfg, teacher_trains)
+    if teacher is None or _written_later(cfg, s.backbone):
+        return
+    name, random_init, where = teacher
+    backbone = resolve_model(s.backbone, "student.backbone", need_weights=False)
+    teacher_path = resolve_model(name, where, need_weights=False)
+    if not tokenize_alike(d, phases, load_tokenizer(teacher_path, where), load_tokenizer(backbone, "student.backbone"),
+                          name, s.backbone):
+        return  # a teacher that tokenizes differently serves prediction-layer terms only
+    teacher_config = encoder_config(name, where, random_init=random_init)
+    student_config = encoder_config(s.backbone, "student", num_layers=s.num_layers if s.init == "truncated" else None,
+                                    random_init=s.random_init if s.init == "random" else None)
+    for phase in phases:
+        layer_layout(d, phase, student_config, teacher_config)
+
+
+def _written_later(cfg: RunConfig, name: str) -> bool:
+    """A folder under output_dir that is not there yet: an earlier stage may write it."""
+    where = Path(name).expanduser().absolute()
+    out = Path(cfg.output_dir).absolute()
+    return not where.exists() and (where == out or out in where.parents)
+
+
+def _teacher_source(cfg: RunConfig, teacher_trains: bool):
+    """(model, random_init, key naming it) the distill stage's teacher is, or will be: the
+    folder it names, the run's teacher as it is (complete for this configuration, or when no
+    teacher stage runs before), or the settings the teacher stage trains it from. None when
+    it is a folder under output_dir that is not there yet."""
+    d = cfg.stages.distill
+    if d.teacher_model:
+        return None if _written_later(cfg, d.teacher_model) else (d.teacher_model, None,
+                                                                   "stages.distill.teacher_model")
+    folder = Path(cfg.output_dir).absolute() / "teacher"
+    complete = is_complete(folder)
+    if complete and (not teacher_trains or recorded_fingerprint(folder) in stage_fingerprints(cfg, "teacher")):
+        return str(folder), None, "stages.distill.teacher_model"
+    if teacher_trains:
+        return cfg.teacher.model, cfg.teacher.random_init, "teacher.model"
+    raise UserError(f"{folder}: no complete teacher; run the teacher stage first (crild run, or stage1_teacher.py) "
+                    f"or set stages.distill.teacher_model")

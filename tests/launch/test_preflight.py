@@ -1,0 +1,128 @@
+"""A late stage's mistake is found before the first stage runs: ``crild run`` (and ``crild
+submit``) make each stage's start-up checks from the configuration alone, so a chain of
+teacher then distillation refuses a distillation setting in one line at once, with nothing
+trained, instead of after the teacher."""
+import json
+import shutil
+
+import pytest
+import yaml
+from helpers import REPO, tiny_run_config
+
+from pipeline import stage1_teacher
+from pipeline.cli import main
+from pipeline.config import from_dict
+from pipeline.errors import UserError
+from pipeline.launch.local import stages_to_run
+from pipeline.launch.preflight import check_stages
+from pipeline.training.ds_config import build_ds_config
+from pipeline.training.stop import StopRequest
+
+ZERO3 = str(REPO / "ds_configs" / "zero3_bf16.json")
+SUFFIX = " (the distill stage's; checked before the first stage runs)"
+
+
+def chain(tmp_path, tiny_bert, data, distill: dict, **top) -> dict:
+    """Teacher then CR-ILD distillation of the tiny model: what a late mistake waits behind."""
+    raw = tiny_run_config(tmp_path, tiny_bert, data, epochs=1)
+    raw.update(pipeline=["teacher", "distill"], **top)
+    raw["stages"]["distill"] = {"preset": "cr-ild", **distill}
+    return raw
+
+
+def refusal(tmp_path, raw: dict, capsys) -> str:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main(["run", str(path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert done.value.code == 2 and len(err) == 1, err
+    assert not (tmp_path / "run" / "teacher").exists() and not (tmp_path / "run" / "checkpoints").exists()
+    return err[0]
+
+
+def test_late_distillation_mistakes_are_refused_before_the_teacher_trains(tmp_path, tiny_bert, sentiment_dir, capsys):
+    fixed_batch = tmp_path / "batch16.json"
+    fixed_batch.write_text(json.dumps({"train_batch_size": 16, "zero_optimization": {"stage": 0}}))
+    other_vocab = tmp_path / "other-vocab"
+    shutil.copytree(tiny_bert, other_vocab)
+    from transformers import BertTokenizerFast
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "x"])}
+                      ).save_pretrained(str(other_vocab))
+    two_heads = {"num_layers": 2, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64}
+    cases = [
+        ({"kd": {"on_nonfinite": "skip", "deepspeed_config": ZERO3}}, {},
+         f"stages.distill.kd.on_nonfinite: skip is not supported with ZeRO-3 ({ZERO3}); use stop, or ZeRO 0-2"),
+        ({"kd": {"deepspeed_config": str(fixed_batch), "batch_size": 8}}, {},
+         f"{fixed_batch}: train_batch_size=16 contradicts world size 1 x micro batch 8 x gradient accumulation 1 = 8; "
+         f"set it to \"auto\""),
+        ({"ild": {"deepspeed_config": ZERO3}}, {"compile": True},
+         f"{tmp_path / 'run.yaml'}: compile: true is not supported with ZeRO-3; use ZeRO 0-2, or set compile: false"),
+        ({"ild_terms": {"attention_kl": 1}}, {"student": {"init": "random", "backbone": str(tiny_bert),
+                                                          "random_init": two_heads}},
+         "stages.distill: term 'attention_kl' needs equal attention-head counts, teacher has 4, student 2"),
+        ({"layer_map": "uniform"}, {"student": {"init": "random", "backbone": str(tiny_bert),
+                                                "random_init": {**two_heads, "num_layers": 6, "num_heads": 4}}},
+         "stages.distill.layer_map: uniform maps the student's 6 layers onto distinct teacher layers, and the teacher "
+         "has 4; use a deeper teacher, layer_map last, or layer_map pairs"),
+        ({"relation_heads": 5}, {}, "stages.distill.relation_heads: 5 relation heads do not divide the teacher's "
+                                    "hidden size 32"),
+        ({}, {"student": {"init": "folder", "backbone": str(other_vocab)}},
+         "stages.distill: preset 'cr-ild' needs teacher and student to tokenize alike (mixup, qkv_relation read them "
+         f"position by position), and they do not: teacher '{tiny_bert}' (BertTokenizer, 59 tokens), student "
+         f"'{other_vocab}' (BertTokenizer, 6 tokens)"),
+    ]
+    for distill, top, message in cases:
+        line = refusal(tmp_path, chain(tmp_path, tiny_bert, sentiment_dir, distill, **top), capsys)
+        assert line.startswith(f"crild: error: {message}") and line.endswith(SUFFIX), line
+
+
+def test_distillation_without_a_teacher_stage_or_folder_is_refused_first(tmp_path, tiny_bert, sentiment_dir, capsys):
+    raw = chain(tmp_path, tiny_bert, sentiment_dir, {})
+    raw["pipeline"] = ["augment", "distill"]
+    raw["stages"]["distill"]["augmented_phases"] = []
+    line = refusal(tmp_path, raw, capsys)
+    assert line == (f"crild: error: {tmp_path / 'run' / 'teacher'}: no complete teacher; run the teacher stage first "
+                    f"(crild run, or stage1_teacher.py) or set stages.distill.teacher_model{SUFFIX}")
+    assert not (tmp_path / "run" / "augmented").exists()
+
+
+def test_a_complete_teacher_is_skipped_and_checked_as_it_is_and_its_settings_are_not_resolved(tmp_path, tiny_bert,
+                                                                                  sentiment_dir, monkeypatch):
+    """--only distill after the teacher trained: the teacher folder is what distillation reads,
+    so a teacher.model this machine cannot resolve (a hub name on a node without network)
+    does not matter, while the folder's own shape does."""
+    raw = chain(tmp_path, tiny_bert, sentiment_dir, {})
+    assert stage1_teacher.run(from_dict(raw), stop=StopRequest(install_handlers=False)) == 0
+    # a complete stage before the first that runs is skipped, and not judged again on this machine
+    assert stages_to_run(from_dict(raw), ["teacher", "distill"]) == ["distill"]
+    assert stages_to_run(from_dict(raw), ["teacher", "distill"], force=True) == ["teacher", "distill"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    check_stages(from_dict({**raw, "teacher": {"model": "crild-test/not-cached"}}), ["distill"], 1)
+    student = {"init": "random", "backbone": str(tiny_bert),
+               "random_init": {"num_layers": 2, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64}}
+    wrong = chain(tmp_path, tiny_bert, sentiment_dir, {"ild_terms": {"attention_kl": 1}}, student=student)
+    with pytest.raises(UserError, match="teacher has 4, student 2"):
+        check_stages(from_dict(wrong), ["distill"], 1)
+
+
+def test_what_only_the_training_machine_or_the_data_can_say_is_left_to_the_stage(tmp_path, tiny_bert,
+                                                                                 sentiment_dir):
+    """crild submit on a login node: fp16 is not judged by that node's devices. Before the
+    data is read the step count is unknown: a fixed total_num_steps waits for the stage."""
+    fp16 = tmp_path / "fp16.json"
+    fp16.write_text(json.dumps({"fp16": {"enabled": True}, "zero_optimization": {"stage": 0}}))
+    raw = chain(tmp_path, tiny_bert, sentiment_dir, {}, deepspeed_config=str(fp16))
+    check_stages(from_dict(raw), ["teacher", "distill"], 2, device_checks=False)
+    with pytest.raises(UserError, match="fp16.enabled is true, but DeepSpeed supports fp16 only on GPUs"):
+        check_stages(from_dict(raw), ["teacher"], 2)
+
+    steps = tmp_path / "steps.json"
+    steps.write_text(json.dumps({"zero_optimization": {"stage": 0}, "optimizer": {"type": "AdamW", "params": {}},
+                                 "scheduler": {"type": "WarmupDecayLR", "params": {"total_num_steps": 1000}}}))
+    train = from_dict(raw).stages.teacher
+    built = build_ds_config(str(steps), train, 1, None, "run.yaml", "teacher", hidden_size=32)
+    assert built["scheduler"]["params"]["total_num_steps"] == 1000
+    with pytest.raises(UserError, match="total_num_steps=1000 contradicts the stage's step count=12"):
+        build_ds_config(str(steps), train, 1, 12, "run.yaml", "teacher", hidden_size=32)
