@@ -145,12 +145,11 @@ def test_submit_chains_jobs_and_reports_the_failed_stage(tmp_path, tiny_bert, se
     assert [job_field(jobs[name], "NumTasks", slurm_env) for name in jobs] == ["2", "2", "1"]  # export: one task
 
     # 2. the same run with a distillation stage made to fail: the teacher is complete and not
-    # resubmitted, distill fails, evaluation (after it) is cancelled, the failure is named. (A
-    # missing teacher folder would be refused before submission: a folder with no model in it
-    # gets as far as the job.)
+    # resubmitted, distill fails, evaluation (after it) is cancelled, the failure is named. (What
+    # the configuration alone shows is refused before submission, tests/launch/test_preflight.py:
+    # a stage shorter than its gradient accumulation needs the data, and gets as far as the job.)
     raw["pipeline"] = ["teacher", "distill", "evaluate"]
-    (tmp_path / "not-a-model").mkdir()
-    raw["stages"]["distill"]["teacher_model"] = str(tmp_path / "not-a-model")
+    raw["stages"]["distill"]["ild"]["gradient_accumulation_steps"] = 10**6
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(raw))
     proc = submit(bad, slurm_env)
@@ -165,4 +164,4 @@ def test_submit_chains_jobs_and_reports_the_failed_stage(tmp_path, tiny_bert, se
     log = tmp_path / "submitted" / "logs" / f"distill-{jobs['distill']}.out"
     assert err == [f"crild: error: stage 'distill' failed (job {jobs['distill']}, FAILED); its log is {log}; "
                    f"dependent stages were cancelled"]
-    assert "not-a-model' has no config.json" in log.read_text()
+    assert "stages.distill.ild.gradient_accumulation_steps: 1000000 micro-steps per optimizer step" in log.read_text()
