@@ -17,7 +17,7 @@ from pipeline.data.tasks import TASKS, get_task
 from pipeline.distill.presets import PHASES, PRESETS, resolve_phases
 from pipeline.distill.terms import TERMS
 from pipeline.errors import UserError
-from pipeline.schema.hashing import BOOKKEEPING, to_dict
+from pipeline.schema.hashing import BOOKKEEPING, config_hash, to_dict
 from pipeline.schema.loading import read_yaml, validate
 from pipeline.schema.messages import Expect, field_error
 from pipeline.schema.types import (
@@ -434,6 +434,32 @@ def deepspeed_config_paths(cfg: RunConfig) -> dict[str, str]:
     paths.update({f"stages.distill.{phase}.deepspeed_config": getattr(stages.distill, phase).deepspeed_config
                   for phase in PHASES})
     return {key: path for key, path in paths.items() if path}
+
+
+LAUNCHED_ENV = "CRILD_LAUNCHED_CONFIG"  # the digest of the configuration crild run or submit started with
+
+
+def launched_digest(cfg: RunConfig) -> str:
+    """A digest of everything in the run's configuration (the YAML with its overrides, every
+    setting, and the text of each DeepSpeed config it names): ``crild run`` and ``crild
+    submit`` hand it to their stages, which refuse to start when the file now says something
+    else (see ``check_launched``)."""
+    from pipeline.training.ds_config import read_ds_text
+
+    ds = {key: read_ds_text(path, cfg.source)[1] for key, path in deepspeed_config_paths(cfg).items()}
+    return config_hash({"settings": to_dict(cfg), "deepspeed": ds})
+
+
+def check_launched(cfg: RunConfig, launched: Optional[str] = None) -> None:
+    """One line when the configuration a stage reads is not the one its run started with
+    (``launched``, else the digest its runner handed down): the file, or a DeepSpeed config it
+    names, was edited while earlier stages ran or while the job waited in the queue, and the
+    run would otherwise mix two configurations."""
+    launched = launched or os.environ.get(LAUNCHED_ENV)
+    if launched and launched != launched_digest(cfg):
+        raise UserError(f"{cfg.source}: changed since this run started (or a DeepSpeed config it names did); its "
+                        f"remaining stages would run another configuration than its first: run the command again, "
+                        f"which keeps the complete stages that the change leaves valid and redoes the rest")
 
 
 def stage_config(cfg: RunConfig, name: str) -> RunConfig:

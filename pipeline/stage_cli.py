@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Callable, Optional
 
-from pipeline.config import RunConfig, load_config, stage_config
+from pipeline.config import RunConfig, check_launched, load_config, stage_config
 from pipeline.errors import cli_entry, watch
 from pipeline.outputs.lock import run_lock
 from pipeline.runtime.distributed import shutdown_distributed
@@ -47,7 +47,9 @@ def run_stage(run: Callable[[RunConfig], int], name: str, config: str, overrides
     """Run stage ``name`` in this process: ``run`` gets the stage's configuration, under the
     run's lock, and every process group is torn down on any exit, an error's too (no gloo
     thread may outlive the interpreter). The stage scripts and ``crild <stage>`` both call it."""
-    cfg = stage_config(load_config(config, overrides), name)
+    run_cfg = load_config(config, overrides)
+    check_launched(run_cfg)
+    cfg = stage_config(run_cfg, name)
     watch(cfg.output_dir)
     try:
         with run_lock(cfg.output_dir):

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from pipeline.config import RunConfig, stage_config
+from pipeline.config import LAUNCHED_ENV, RunConfig, check_launched, launched_digest, load_config, stage_config
 from pipeline.errors import EXIT_PREEMPTED, UserError
 from pipeline.launch.command import check_local_ranks, stage_command
 from pipeline.launch.preflight import check_stages
@@ -87,6 +87,7 @@ def run_pipeline(cfg: RunConfig, config_path: str, overrides: list[str], force: 
                  only: list[str] | None = None) -> int:
     """Run the configured stages (or ``only`` these) in order, holding the run lock. A stop
     request checkpoints the running stage; inside a Slurm job the job is then requeued."""
+    check_launched(cfg)  # a job of crild submit's, started after an edit
     with run_lock(cfg.output_dir) as lock:
         return _run_stages(cfg, config_path, overrides, force, only, lock)
 
@@ -106,7 +107,7 @@ def _run_stages(cfg: RunConfig, config_path: str, overrides: list[str], force: b
     check_stages(cfg, stages_to_run(cfg, only or cfg.pipeline, force, intact),
                  world_size=int(os.environ["SLURM_NTASKS"]) if in_slurm_allocation() else cfg.num_ranks)
     runner = StageRunner(cfg.output_dir)
-    env = os.environ.copy()
+    env = {**os.environ, LAUNCHED_ENV: launched_digest(cfg)}  # the stages check they read this configuration
     if in_slurm_allocation():
         env.update(slurm_rendezvous())
     redo = force  # once a stage runs, every later stage runs too: its inputs are changing
@@ -116,6 +117,7 @@ def _run_stages(cfg: RunConfig, config_path: str, overrides: list[str], force: b
         if not redo and _skip(cfg, name, intact):
             continue
         redo = True
+        check_launched(load_config(config_path, overrides), env[LAUNCHED_ENV])  # the file as it is now
         _archive_stale_checkpoints(cfg, name)
         cmd = stage_command(cfg, name, config_path, overrides)
         print(f"crild: {name}: running {' '.join(cmd)}", flush=True)

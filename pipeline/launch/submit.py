@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.config import RunConfig
+from pipeline.config import LAUNCHED_ENV, RunConfig, launched_digest
 from pipeline.errors import UserError
 from pipeline.launch.local import check_inputs, stage_is_done, stages_to_run
 from pipeline.launch.preflight import check_stages
@@ -50,6 +50,7 @@ def submit(cfg: RunConfig, config_path: str, overrides: list[str], wait: bool = 
     intact: set = set()
     # this may be a login node without GPUs: fp16 and bf16 are the job's to judge
     check_stages(cfg, stages_to_run(cfg, cfg.pipeline, known_intact=intact), cfg.num_ranks, device_checks=False)
+    launched = launched_digest(cfg)  # a job that starts after the file is edited refuses to run
     log_dir = Path(cfg.output_dir).resolve() / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     jobs: list[tuple[str, str, Path]] = []
@@ -64,7 +65,7 @@ def submit(cfg: RunConfig, config_path: str, overrides: list[str], wait: bool = 
         cmd = ["sbatch", "--parsable", f"--job-name=crild-{name}", f"--ntasks={ranks}", f"--nodes={nodes}",
                f"--ntasks-per-node={ranks // nodes}",
                f"--output={log}", "--open-mode=append", "--requeue",
-               f"--export=ALL,CRILD_PYTHON={sys.executable}", *(extra_sbatch or [])]
+               f"--export=ALL,CRILD_PYTHON={sys.executable},{LAUNCHED_ENV}={launched}", *(extra_sbatch or [])]
         if previous:
             cmd.append(f"--dependency=afterok:{previous}")
         cmd += [str(STAGE_SCRIPT), str(Path(config_path).resolve()), name, *overrides]
