@@ -19,7 +19,9 @@ from typing import Optional
 
 from pipeline.data.tasks import get_task
 from pipeline.errors import UserError
-from pipeline.study.cells import Cell, cell_done, cells
+from pipeline.launch.local import stages_to_run
+from pipeline.launch.preflight import check_stages
+from pipeline.study.cells import Cell, cell_config, cell_done, cells
 from pipeline.study.execute import run_cells
 from pipeline.study.records import load_record, predicted_later, weights_digest
 from pipeline.study.report import write_report
@@ -89,7 +91,27 @@ def _plan(spec: StudySpec, args, all_cells: list[Cell]) -> tuple[list[Cell], lis
         to_run = [c for c in to_run if any(_selects(p, c.label) for p in args.only)]
     if args.max_runs is not None:
         to_run = to_run[:args.max_runs]
+    _check_cells(spec, args.study, to_run, intact)
     return unrecorded, to_run
+
+
+def _check_cells(spec: StudySpec, study: str, to_run: list[Cell], intact: set) -> None:
+    """Each cell to run, checked as ``crild run`` checks it before its first stage, before
+    any of them runs: a method that cannot work is one line now, not a failed cell hours in.
+    Seeds of one method that run the same stages are checked once (the checks do not read
+    the seed)."""
+    checked = set()
+    for cell in to_run:
+        cfg = cell_config(spec, cell)
+        stages = stages_to_run(cfg, cfg.pipeline, known_intact=intact)
+        key = (tuple(o for o in cell.overrides if not o.startswith(("output_dir=", "seed="))), tuple(stages))
+        if key in checked:
+            continue
+        try:
+            check_stages(cfg, stages, cfg.num_ranks)
+        except UserError as err:
+            raise UserError(f"{study}: cell {cell.label}: {err}") from None
+        checked.add(key)
 
 
 def _collect(spec: StudySpec, all_cells: list[Cell], failed_labels: set, unrecorded: list[Cell]):

@@ -624,3 +624,27 @@ def test_a_run_configuration_and_a_study_file_given_for_each_other_say_so(tmp_pa
                    f"crild: error: {REPO / 'jobs' / 'studies' / 'offline.yaml'}: is a study file (it has base and "
                    f"methods), not a run configuration; run it with `crild study --study "
                    f"{REPO / 'jobs' / 'studies' / 'offline.yaml'}`"]
+
+
+def test_a_method_that_cannot_work_is_refused_before_any_cell_runs(tmp_path, tiny_bert, sentiment_dir, capsys):
+    """Every cell to run gets crild run's checks before the first stage, before any cell runs:
+    a setting that breaks one method is one line now, not a failed cell after the others."""
+    from pipeline.cli import main
+
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir)
+    raw["pipeline"] = ["teacher", "distill"]
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(raw))
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({
+        "base": str(base), "output_dir": str(tmp_path / "cells"), "report_dir": str(tmp_path / "report"),
+        "seeds": [1, 2], "methods": ["cr-ild"], "tasks": {"rotten_tomatoes": {}},
+        "settings": {"heads-5": {"stages.distill.relation_heads": 5}}}))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main(["study", "--study", str(study)])
+    assert done.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"crild: error: {study}: cell rotten_tomatoes/heads-5/seed1/cr-ild: stages.distill.relation_heads: 5 relation "
+        f"heads do not divide the teacher's hidden size 32 (the distill stage's; checked before the first stage runs)"]
+    assert not (tmp_path / "cells").exists()
