@@ -83,6 +83,17 @@ def _stopped(name: str) -> int:
     return EXIT_PREEMPTED
 
 
+def _stopped_before(name: str) -> int:
+    """A stop request that found no stage to checkpoint: the stages so far are complete."""
+    if os.environ.get("SLURM_JOB_ID") and requeue_self():
+        print(f"crild: stopped on request before {name}; job {os.environ['SLURM_JOB_ID']} requeued to go on",
+              flush=True)
+        return 0
+    print(f"crild: stopped on request before {name}; the stages before it are complete: run again to go on",
+          flush=True)
+    return EXIT_PREEMPTED
+
+
 def run_pipeline(cfg: RunConfig, config_path: str, overrides: list[str], force: bool = False,
                  only: list[str] | None = None) -> int:
     """Run the configured stages (or ``only`` these) in order, holding the run lock. A stop
@@ -112,8 +123,8 @@ def _run_stages(cfg: RunConfig, config_path: str, overrides: list[str], force: b
         env.update(slurm_rendezvous())
     redo = force  # once a stage runs, every later stage runs too: its inputs are changing
     for name in only or cfg.pipeline:
-        if runner.stopping:
-            break
+        if runner.stopping:  # arrived during a stage that does not checkpoint, or between stages
+            return _stopped_before(name)
         if not redo and _skip(cfg, name, intact):
             continue
         redo = True
@@ -130,8 +141,4 @@ def _run_stages(cfg: RunConfig, config_path: str, overrides: list[str], force: b
             where = f" (Slurm job {os.environ['SLURM_JOB_ID']} on {os.environ.get('SLURM_JOB_NODELIST', '?')}; srun " \
                     f"names the failed task's node above)" if in_slurm_allocation() else ""
             raise UserError(f"stage '{name}' failed with exit code {code}{where}; see the output above")
-    if runner.stopping:  # arrived between stages: nothing to checkpoint, come back later
-        if os.environ.get("SLURM_JOB_ID") and requeue_self():
-            return 0
-        return EXIT_PREEMPTED
-    return 0
+    return 0  # a stop request during the last stage came too late to stop anything

@@ -88,3 +88,35 @@ def test_a_killed_runner_takes_its_stage_with_it_and_leaves_no_stale_lock(tmp_pa
     assert stage_processes(str(config)) == []
     lock = RunLock(tmp_path / "run").acquire()  # the kernel released the dead holder's lock
     lock.release()
+
+
+def test_a_stop_during_a_stage_that_does_not_checkpoint_ends_the_run_after_it(tmp_path, tiny_bert, sentiment_dir):
+    """Evaluation and export run to their end (they have nothing to checkpoint): a stop request
+    during evaluation stops the run before export, with exit code 75 and a line saying so; one
+    during the last stage leaves nothing undone, and the run ends with 0."""
+    from pipeline import stage1_teacher
+    from pipeline.config import from_dict
+    from pipeline.training.stop import StopRequest
+
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=1)
+    raw["pipeline"] = ["teacher", "evaluate", "export"]
+    raw["stages"]["export"] = {"models": [str(tmp_path / "run" / "teacher")],
+                               "benchmark": {"batch1_examples": 8, "batch32_batches": 1, "warmup": 1, "threads": 1}}
+    assert stage1_teacher.run(from_dict(raw), stop=StopRequest(install_handlers=False)) == 0
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+
+    run = Crild("run", str(config))
+    run.wait_for("crild: evaluate: running")
+    os.kill(run.proc.pid, signal.SIGINT)
+    assert run.finish(timeout=300) == 75, run.output
+    assert run.lines[-1] == "crild: stopped on request before export; the stages before it are complete: run again " \
+                            "to go on", run.output
+    assert is_complete(out / "eval") and not (out / "export").exists() and "Traceback" not in run.output
+
+    run = Crild("run", str(config))
+    run.wait_for("crild: export: running")
+    os.kill(run.proc.pid, signal.SIGINT)
+    assert run.finish(timeout=300) == 0, run.output
+    assert is_complete(out / "export") and "Traceback" not in run.output
