@@ -306,6 +306,19 @@ def test_a_report_dir_of_other_files_is_refused_before_anything_runs(tmp_path):
     study(REPO / "reports" / "offline")  # the committed one
 
 
+def write_study(tmp_path, raw: dict, **fields):
+    """A study file over base configuration ``raw`` (teacher, then distillation) on Rotten
+    Tomatoes, its cells and report under ``tmp_path``."""
+    raw["pipeline"] = ["teacher", "distill"]
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(raw))
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({"base": str(base), "output_dir": str(tmp_path / "cells"),
+                                     "report_dir": str(tmp_path / "report"), "tasks": {"rotten_tomatoes": {}},
+                                     **fields}))
+    return study
+
+
 @pytest.mark.slow
 def test_a_stopped_study_stops_its_cells_and_resumes_them(tmp_path, tiny_bert, sentiment_dir):
     """SIGTERM (a time limit) to tools/report.py stops the running cell, which checkpoints;
@@ -315,13 +328,7 @@ def test_a_stopped_study_stops_its_cells_and_resumes_them(tmp_path, tiny_bert, s
     import time
 
     raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=1000, checkpoint_every=4, log_every=2)
-    raw["pipeline"] = ["teacher", "distill"]
-    base = tmp_path / "base.yaml"
-    base.write_text(yaml.safe_dump(raw))
-    study = tmp_path / "study.yaml"
-    study.write_text(yaml.safe_dump({
-        "base": str(base), "output_dir": str(tmp_path / "cells"), "report_dir": str(tmp_path / "report"),
-        "seeds": [1], "methods": ["kd"], "tasks": {"rotten_tomatoes": {}}, "settings": {"s": {}}}))
+    study = write_study(tmp_path, raw, seeds=[1], methods=["kd"], settings={"s": {}})
     log = tmp_path / "cells" / "rotten_tomatoes" / "s" / "seed1" / "logs" / "kd.log"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
                                                              "MASTER_PORT", "LOCAL_WORLD_SIZE")}
@@ -631,15 +638,8 @@ def test_a_method_that_cannot_work_is_refused_before_any_cell_runs(tmp_path, tin
     a setting that breaks one method is one line now, not a failed cell after the others."""
     from pipeline.cli import main
 
-    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir)
-    raw["pipeline"] = ["teacher", "distill"]
-    base = tmp_path / "base.yaml"
-    base.write_text(yaml.safe_dump(raw))
-    study = tmp_path / "study.yaml"
-    study.write_text(yaml.safe_dump({
-        "base": str(base), "output_dir": str(tmp_path / "cells"), "report_dir": str(tmp_path / "report"),
-        "seeds": [1, 2], "methods": ["cr-ild"], "tasks": {"rotten_tomatoes": {}},
-        "settings": {"heads-5": {"stages.distill.relation_heads": 5}}}))
+    study = write_study(tmp_path, tiny_run_config(tmp_path, tiny_bert, sentiment_dir), seeds=[1, 2],
+                        methods=["cr-ild"], settings={"heads-5": {"stages.distill.relation_heads": 5}})
     capsys.readouterr()
     with pytest.raises(SystemExit) as done:
         main(["study", "--study", str(study)])
