@@ -5,10 +5,11 @@ before it.
 
 Checked here: each training section's DeepSpeed config as that stage builds it for the
 run's world size (batch sizes, ZeRO stage, what DeepSpeed itself rejects, ``on_nonfinite``
-and ``compile`` against ZeRO-3); and for distillation, the teacher's and student's
-tokenizers and layer maps, from their configs and tokenizers alone (no weights are read).
-What depends on the data (a stage shorter than its gradient accumulation) is left to the
-stage. A teacher or student that an earlier stage of the run writes is taken from the
+and ``compile`` against ZeRO-3); the student's shape; for distillation, the teacher's and
+student's tokenizers and layer maps; for augmentation, the masked LM's vocabulary against
+the student's; for export, ONNX Runtime. Models are judged from their configs and
+tokenizers alone (no weights are read). What depends on the data (a stage shorter than its
+gradient accumulation) or on a model's weights is left to the stage. A teacher or student that an earlier stage of the run writes is taken from the
 settings that stage trains it from."""
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pipeline.distill.layers import layer_layout
 from pipeline.distill.presets import resolve_phases
 from pipeline.distill.teacher import needs_teacher, tokenize_alike
 from pipeline.errors import UserError
+from pipeline.export.runtime import onnxruntime
 from pipeline.models.compiling import check_compilable
 from pipeline.models.loading import encoder_config, load_tokenizer, resolve_model
 from pipeline.outputs.manifest import is_complete, recorded_fingerprint
@@ -52,18 +54,21 @@ def check_stages(cfg: RunConfig, names, world_size: int, device_checks: bool = T
                                      device_checks=device_checks)
                 if stage_cfg.compile:
                     check_compilable(ds, f"{stage_cfg.source}: compile")
-            if name == "distill":
-                _check_distillation(stage_cfg, teacher_trains="teacher" in names)
+            if name in STAGE_CHECKS:
+                STAGE_CHECKS[name](stage_cfg, names)
         except UserError as err:
             raise UserError(f"{err} (the {name} stage's; checked before the first stage runs)") from None
 
 
-def _check_distillation(cfg: RunConfig, teacher_trains: bool) -> None:
+def _check_distillation(cfg: RunConfig, names) -> None:
+    """The student, and where a phase reads the teacher: both tokenize alike where a phase
+    needs it, and every phase's layer map fits both depths and widths."""
+    _check_student(cfg, names)
     d, s = cfg.stages.distill, cfg.student
     phases = resolve_phases(d)
     if not needs_teacher(d, phases):
         return
-    teacher = _teacher_source(cfg, teacher_trains)
+    teacher = _teacher_source(cfg, teacher_trains="teacher" in names)
     if teacher is None or _written_later(cfg, s.backbone):
         return
     name, random_init, where = teacher
@@ -73,10 +78,42 @@ def _check_distillation(cfg: RunConfig, teacher_trains: bool) -> None:
                           name, s.backbone):
         return  # a teacher that tokenizes differently serves prediction-layer terms only
     teacher_config = encoder_config(name, where, random_init=random_init)
-    student_config = encoder_config(s.backbone, "student", num_layers=s.num_layers if s.init == "truncated" else None,
-                                    random_init=s.random_init if s.init == "random" else None)
     for phase in phases:
-        layer_layout(d, phase, student_config, teacher_config)
+        layer_layout(d, phase, _student_config(cfg), teacher_config)
+
+
+def _check_student(cfg: RunConfig, names) -> None:
+    """The student as ``student`` describes it (layers kept, a random shape) can be built."""
+    s = cfg.student
+    if not _written_later(cfg, s.backbone):
+        _student_config(cfg)
+
+
+def _student_config(cfg: RunConfig):
+    s = cfg.student
+    return encoder_config(s.backbone, "student", num_layers=s.num_layers if s.init == "truncated" else None,
+                          random_init=s.random_init if s.init == "random" else None)
+
+
+def _check_augment(cfg: RunConfig, names) -> None:
+    """The masked LM proposes words in the student's vocabulary, or one line (as the stage says it)."""
+    a, s = cfg.stages.augment, cfg.student
+    if not a.masked_lm or _written_later(cfg, s.backbone) or _written_later(cfg, a.masked_lm):
+        return
+    where = "stages.augment.masked_lm"
+    mlm = load_tokenizer(resolve_model(a.masked_lm, where, need_weights=False), where)
+    student = load_tokenizer(resolve_model(s.backbone, "student.backbone", need_weights=False), "student.backbone")
+    if mlm.get_vocab() != student.get_vocab():
+        raise UserError(f"{where}: '{a.masked_lm}' has a different vocabulary from student.backbone '{s.backbone}'")
+
+
+def _check_export(cfg: RunConfig, names) -> None:
+    onnxruntime()
+
+
+# stage -> its checks beyond the DeepSpeed configs: (its configuration, the stages that run)
+STAGE_CHECKS = {"augment": _check_augment, "distill": _check_distillation, "baseline": _check_student,
+                "export": _check_export}
 
 
 def _written_later(cfg: RunConfig, name: str) -> bool:

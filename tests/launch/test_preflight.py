@@ -78,6 +78,30 @@ def test_late_distillation_mistakes_are_refused_before_the_teacher_trains(tmp_pa
         assert line.startswith(f"crild: error: {message}") and line.endswith(SUFFIX), line
 
 
+def test_a_late_student_augmentation_or_export_mistake_is_refused_before_the_teacher_trains(
+        tmp_path, tiny_bert, sentiment_dir, monkeypatch, capsys):
+    import sys
+
+    other_vocab = tmp_path / "other-vocab"
+    shutil.copytree(tiny_bert, other_vocab)
+    from transformers import BertTokenizerFast
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "x"])}
+                      ).save_pretrained(str(other_vocab))
+    raw = chain(tmp_path, tiny_bert, sentiment_dir, {})
+    cases = [(["teacher", "baseline"], {"student": {**raw["student"], "num_layers": 9}},
+              "student.num_layers: 9 is not between 1 and the backbone's 4 layers (the baseline stage's; "),
+             (["teacher", "augment"], {"stages": {**raw["stages"], "augment": {"masked_lm": str(other_vocab)}}},
+              f"stages.augment.masked_lm: '{other_vocab}' has a different vocabulary from student.backbone "
+              f"'{tiny_bert}' (the augment stage's; ")]
+    for pipeline, edit, message in cases:
+        line = refusal(tmp_path, {**raw, **edit, "pipeline": pipeline}, capsys)
+        assert line.startswith(f"crild: error: {message}"), line
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now fails
+    line = refusal(tmp_path, {**raw, "pipeline": ["teacher", "evaluate", "export"]}, capsys)
+    assert line == ("crild: error: stages.export: ONNX Runtime is not installed; pip install onnxruntime onnx "
+                    "(tools/setup.sh does) (the export stage's; checked before the first stage runs)")
+
+
 def test_distillation_without_a_teacher_stage_or_folder_is_refused_first(tmp_path, tiny_bert, sentiment_dir, capsys):
     raw = chain(tmp_path, tiny_bert, sentiment_dir, {})
     raw["pipeline"] = ["augment", "distill"]
