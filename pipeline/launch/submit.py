@@ -59,7 +59,8 @@ def submit(cfg: RunConfig, config_path: str, overrides: list[str], wait: bool = 
         if previous is None and stage_is_done(cfg, name, intact):  # after a submitted stage, all later ones run
             print(f"crild: {name}: complete for this configuration, not submitted", flush=True)
             continue
-        log = log_dir / f"{name}-%j.out"
+        # sbatch expands %-patterns (%j, %x, %u...) anywhere in --output: a % of the folder's is doubled
+        log = f"{str(log_dir).replace('%', '%%')}/{name}-%j.out"
         ranks = 1 if STAGES[name].one_process else cfg.num_ranks
         nodes = 1 if STAGES[name].one_process else cfg.slurm.nodes_for(name)
         cmd = ["sbatch", "--parsable", f"--job-name=crild-{name}", f"--ntasks={ranks}", f"--nodes={nodes}",
@@ -70,7 +71,7 @@ def submit(cfg: RunConfig, config_path: str, overrides: list[str], wait: bool = 
             cmd.append(f"--dependency=afterok:{previous}")
         cmd += [str(STAGE_SCRIPT), str(Path(config_path).resolve()), name, *overrides]
         job = _run(cmd).split(";")[0]
-        log_path = Path(str(log).replace("%j", job))
+        log_path = log_dir / f"{name}-{job}.out"
         print(f"crild: {name}: submitted job {job} (log {log_path})", flush=True)
         jobs.append((name, job, log_path))
         previous = job

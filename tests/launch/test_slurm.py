@@ -130,7 +130,8 @@ def submitted(proc) -> dict:
 
 def test_submit_chains_jobs_and_reports_the_failed_stage(tmp_path, tiny_bert, sentiment_dir, slurm_env):
     # 1. a chain that completes: teacher, then evaluation after it (afterok)
-    good = chain_config(tmp_path, tiny_bert, sentiment_dir, "submitted")
+    # a % in the run folder, which sbatch would read as a pattern (%x: the job's name) in --output
+    good = chain_config(tmp_path, tiny_bert, sentiment_dir, "submit%x")
     raw = yaml.safe_load(good.read_text())
     raw["pipeline"] = ["teacher", "evaluate", "export"]
     good.write_text(yaml.safe_dump(raw))
@@ -140,8 +141,8 @@ def test_submit_chains_jobs_and_reports_the_failed_stage(tmp_path, tiny_bert, se
     assert list(jobs) == ["teacher", "evaluate", "export"]
     for name in jobs:
         assert f"crild: {name}: job {jobs[name]} COMPLETED" in proc.stdout.splitlines()
-    assert (tmp_path / "submitted" / "eval" / "results.json").is_file()
-    assert is_complete(tmp_path / "submitted" / "export")
+    assert (tmp_path / "submit%x" / "eval" / "results.json").is_file()
+    assert is_complete(tmp_path / "submit%x" / "export")
     assert [job_field(jobs[name], "NumTasks", slurm_env) for name in jobs] == ["2", "2", "1"]  # export: one task
 
     # 2. the same run with a distillation stage made to fail: the teacher is complete and not
@@ -161,7 +162,7 @@ def test_submit_chains_jobs_and_reports_the_failed_stage(tmp_path, tiny_bert, se
     assert f"crild: distill: job {jobs['distill']} FAILED" in lines
     assert f"crild: evaluate: job {jobs['evaluate']} CANCELLED" in lines
     err = proc.stderr.strip().splitlines()
-    log = tmp_path / "submitted" / "logs" / f"distill-{jobs['distill']}.out"
+    log = tmp_path / "submit%x" / "logs" / f"distill-{jobs['distill']}.out"
     assert err == [f"crild: error: stage 'distill' failed (job {jobs['distill']}, FAILED); its log is {log}; "
                    f"dependent stages were cancelled"]
     assert "stages.distill.ild.gradient_accumulation_steps: 1000000 micro-steps per optimizer step" in log.read_text()
