@@ -39,14 +39,23 @@ from pipeline.data.stress import apply_settings
 from pipeline.data.tasks import get_task
 from pipeline.data.tokenized import tokenize_cached
 from pipeline.distill.teacher import cached_teacher_logits, teacher_fingerprint, teacher_folder
-from pipeline.errors import UserError
+from pipeline.errors import EXIT_PREEMPTED, UserError
 from pipeline.evaluation.predict import classifier_forward
 from pipeline.models.loading import build_classifier, load_tokenizer, quiet_libraries, resolve_model
 from pipeline.outputs.manifest import is_complete
-from pipeline.runtime.distributed import DistInfo, array_task, barrier, init_distributed, seed_everything, set_tf32
+from pipeline.runtime.distributed import (
+    DistInfo,
+    any_rank,
+    array_task,
+    barrier,
+    init_distributed,
+    seed_everything,
+    set_tf32,
+)
 from pipeline.runtime.progress import Progress, log
 from pipeline.stage_cli import stage_main
 from pipeline.stages import stage_fingerprint
+from pipeline.training.stop import StopRequest
 
 STAGE = "augment"
 
@@ -75,7 +84,10 @@ def build_augmenter(cfg: RunConfig, tokenizer, dist: DistInfo) -> BatchedAugment
     return BatchedAugmenter(tokenizer, vectors, mlm, params, cfg.seed, batch_size=augment_cfg.batch_size)
 
 
-def run(cfg: RunConfig) -> int:
+def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
+    """Augment the training set shard by shard. A stop request (Ctrl-C to crild run, Slurm's
+    SIGTERM) is answered after the shard under way: the complete shards stay, the stage
+    exits with EXIT_PREEMPTED, and the same command does the rest."""
     quiet_libraries()
     dist = init_distributed()
     seed_everything(cfg.seed)
@@ -96,9 +108,15 @@ def run(cfg: RunConfig) -> int:
     mine = [k for k in range(worker, augment_cfg.num_shards, workers) if not shard_done(names[k], fingerprint)]
     progress = Progress(sum(len(bounds[k]) for k in mine), 0, STAGE, enabled=dist.is_main, unit="examples")
     log(dist, f"{STAGE}: {len(ex)} examples in {augment_cfg.num_shards} shards; this worker has {len(mine)} to do")
-    for k in mine:
+    stop = stop or StopRequest(output_dir=cfg.output_dir)
+    left = list(mine)
+    while left and not stop.asked(len(mine) - len(left)):
+        k = left.pop(0)
         write_shard(names[k], augment_rows(augmenter, ex, bounds[k], progress), fingerprint)
     progress.close()
+    if any_rank(bool(left)):  # every rank stops, whether or not its own shards were done
+        log(dist, f"{STAGE}: stopped on request; the complete shards are kept, run again to do the rest")
+        return EXIT_PREEMPTED
     barrier()
     if dist.is_main:
         missing = [n.name for n in names if not shard_done(n, fingerprint)]

@@ -265,6 +265,16 @@ def start_all_reduce_max(value: float):
                                         async_op=True), t
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any (a collective: every rank calls it)."""
+    pending = start_all_reduce_max(float(flag))
+    if pending is None:
+        return flag
+    handle, tensor = pending
+    handle.wait()
+    return tensor.item() > 0
+
+
 def decided_by_main(fn: Callable[[], T]) -> T:
     """``fn()`` run on rank 0 only (e.g. hashing a large folder), its answer given to every
     rank; a UserError there is raised on every rank. Collective: never call it inside

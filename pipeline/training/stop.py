@@ -60,6 +60,19 @@ class StopRequest:
             return self.requested, self.requested or due
         return decided >= STOP, decided >= CHECKPOINT
 
+    def asked(self, units_done: int = 0) -> bool:
+        """Whether this rank has been asked to stop (a signal, the stop file, or ``units_done``
+        reaching the count given for tests), checked here alone: for work the ranks do at
+        their own pace (augmentation's shards), which agree once afterwards
+        (``any_rank``)."""
+        if self.after is not None and units_done >= self.after:
+            return True
+        if not self.requested and self.stop_file is not None and self.stop_file.exists():
+            self.requested = True
+            print(f"crild: {self.stop_file} asks this stage to stop; stopping after the work under way",
+                  file=sys.stderr, flush=True)
+        return self.requested
+
     def drain(self) -> bool:
         """Wait for the vote under way; True if any rank asked to stop (then every rank keeps
         the request, for the next phase's first boundary)."""

@@ -137,6 +137,28 @@ def test_resume_redoes_only_incomplete_shards(tmp_path, tiny_bert, sentiment_dir
             assert (s / "crild_stage.json").stat().st_mtime_ns == stamps[s.name]  # not redone
 
 
+def test_a_stop_request_is_answered_after_the_shard_under_way(tmp_path, tiny_bert, sentiment_dir, vectors_file):
+    """Ctrl-C or Slurm's SIGTERM during augmentation: the stage stops after the shard it is
+    writing (EXIT_PREEMPTED, nothing merged), and the same command does the other shards only,
+    ending with the data an uninterrupted run writes."""
+    from pipeline.errors import EXIT_PREEMPTED
+    from pipeline.training.stop import StopRequest
+
+    cfg, out = run_augment(tmp_path / "whole", tiny_bert, sentiment_dir, vectors_file, num_shards=4)
+    expected = rows(out)
+    raw = tiny_run_config(tmp_path / "stopped", tiny_bert, sentiment_dir)
+    raw["stages"]["augment"] = {"copies": 4, "candidates": 5, "vectors": {"path": str(vectors_file)}, "num_shards": 4}
+    cfg = from_dict(raw)
+    assert stage2_augment.run(cfg, stop=StopRequest(after_micro_steps=2, install_handlers=False)) == EXIT_PREEMPTED
+    out = Path(cfg.output_dir)
+    done = sorted(p.name for p in (out / "augmented.shards").glob("shard-*") if (p / "crild_stage.json").is_file())
+    assert len(done) == 2 and not (out / "augmented").exists()
+    stamps = {name: (out / "augmented.shards" / name / "crild_stage.json").stat().st_mtime_ns for name in done}
+    assert stage2_augment.run(cfg) == 0
+    assert rows(out) == expected
+    assert {name: (out / "augmented.shards" / name / "crild_stage.json").stat().st_mtime_ns for name in done} == stamps
+
+
 def test_missing_vectors_file(tmp_path, tiny_bert, sentiment_dir):
     raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir)
     raw["stages"]["augment"] = {"vectors": {"path": str(tmp_path / "nope.txt")}}

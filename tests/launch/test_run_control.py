@@ -120,3 +120,36 @@ def test_a_stop_during_a_stage_that_does_not_checkpoint_ends_the_run_after_it(tm
     os.kill(run.proc.pid, signal.SIGINT)
     assert run.finish(timeout=300) == 0, run.output
     assert is_complete(out / "export") and "Traceback" not in run.output
+
+
+def test_a_stop_during_augmentation_on_two_ranks_is_agreed_and_the_same_command_goes_on(tmp_path, tiny_bert,
+                                                                                       sentiment_dir):
+    """The ranks write their shards at their own pace: each stops after the shard under way
+    and they agree once, so both exit 75 without a hang; the same command does the rest.
+    (The stop file is there before the ranks start, as crild run writes it on Ctrl-C.)"""
+    import subprocess
+
+    from helpers import crild_env, write_vectors
+
+    from pipeline.launch.command import DEEPSPEED_LAUNCHER
+    from pipeline.outputs.lock import ENV, STOP_FILE
+
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir)
+    raw.update(pipeline=["augment"], num_ranks=2)
+    raw["stages"]["augment"] = {"copies": 4, "candidates": 5, "num_shards": 16,
+                                "vectors": {"path": str(write_vectors(tmp_path / "vectors.txt"))}}
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / STOP_FILE).touch()
+    done = subprocess.run([*DEEPSPEED_LAUNCHER, "--num_gpus", "2", str(REPO / "pipeline" / "stage2_augment.py"),
+                           "--config", str(config)], cwd=REPO, env={**crild_env(), ENV: str(out.resolve())},
+                          capture_output=True, text=True, timeout=300)  # as under crild run, which holds the lock
+    assert done.returncode == 75, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "augment: stopped on request; the complete shards are kept, run again to do the rest" in done.stderr
+    assert "Traceback" not in done.stdout + done.stderr and not (out / "augmented").exists()
+
+    again = Crild("run", str(config))  # a new run clears the old request
+    assert again.finish(timeout=300) == 0, again.output
+    assert is_complete(out / "augmented")
