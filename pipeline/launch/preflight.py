@@ -63,13 +63,13 @@ def check_stages(cfg: RunConfig, names, world_size: int, device_checks: bool = T
 def _check_distillation(cfg: RunConfig, names) -> None:
     """The student, and where a phase reads the teacher: both tokenize alike where a phase
     needs it, and every phase's layer map fits both depths and widths."""
-    _check_student(cfg, names)
     d, s = cfg.stages.distill, cfg.student
+    student_config = None if _written_later(cfg, s.backbone) else _student_config(cfg)
     phases = resolve_phases(d)
     if not needs_teacher(d, phases):
         return
     teacher = _teacher_source(cfg, teacher_trains="teacher" in names)
-    if teacher is None or _written_later(cfg, s.backbone):
+    if teacher is None or student_config is None:
         return
     name, random_init, where = teacher
     backbone = resolve_model(s.backbone, "student.backbone", need_weights=False)
@@ -79,7 +79,7 @@ def _check_distillation(cfg: RunConfig, names) -> None:
         return  # a teacher that tokenizes differently serves prediction-layer terms only
     teacher_config = encoder_config(name, where, random_init=random_init)
     for phase in phases:
-        layer_layout(d, phase, _student_config(cfg), teacher_config)
+        layer_layout(d, phase, student_config, teacher_config)
 
 
 def _check_student(cfg: RunConfig, names) -> None:
