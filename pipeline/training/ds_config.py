@@ -65,6 +65,32 @@ def check_with_deepspeed(cfg: dict, path: Path) -> None:
             from None
 
 
+# What a DeepSpeed config without an optimizer or scheduler section trains with: the stage's
+# AdamW and linear warmup and decay, as ds_configs/ spell them out (and as transformers'
+# Trainer does). Without them DeepSpeed builds an engine that cannot step, or keeps the
+# learning rate constant and ignores warmup_ratio.
+DEFAULT_OPTIMIZER = {"type": "AdamW",
+                     "params": {"lr": AUTO, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": AUTO}}
+TORCH_FUSED_ADAMW = {"torch_adam": True, "fused": True}  # where the optimizer's states stay on the device
+DEFAULT_SCHEDULER = {"type": "WarmupDecayLR",
+                     "params": {"warmup_min_lr": 0, "warmup_max_lr": AUTO, "warmup_num_steps": AUTO,
+                                "total_num_steps": AUTO, "warmup_type": "linear"}}
+
+
+def default_sections(cfg: dict) -> dict:
+    """``cfg`` with crild's optimizer and scheduler where it names none (in place): torch's
+    fused AdamW, or DeepSpeed's CPU Adam where ZeRO offloads the optimizer."""
+    if "optimizer" not in cfg:
+        opt = copy.deepcopy(DEFAULT_OPTIMIZER)
+        offload = ((cfg.get("zero_optimization") or {}).get("offload_optimizer") or {}).get("device", "none")
+        if offload in (None, "none"):
+            opt["params"].update(TORCH_FUSED_ADAMW)
+        cfg["optimizer"] = opt
+    if "scheduler" not in cfg:
+        cfg["scheduler"] = copy.deepcopy(DEFAULT_SCHEDULER)
+    return cfg
+
+
 def _fill(node: dict, key: str, value, where: str, path: Path, yaml_key: str) -> None:
     current = node.get(key, AUTO)
     if current == AUTO:
@@ -91,7 +117,7 @@ def build_ds_config(path: str, train, world_size: int, total_steps: int | None, 
     machine may not be the one that trains (``device_checks`` False: fp16 and bf16 are not
     checked against this machine's GPU)."""
     p, cfg = load_ds_json(path, source)
-    cfg = copy.deepcopy(cfg)
+    cfg = default_sections(copy.deepcopy(cfg))
     y = f"stages.{stage}"
     _fill(cfg, "train_micro_batch_size_per_gpu", train.batch_size, "train_micro_batch_size_per_gpu", p,
           f"{y}.batch_size")

@@ -1,6 +1,11 @@
 """The DeepSpeed engine crild builds: at one data-parallel rank and ZeRO-0 it skips the
 gradient all-reduce (flatten, reduce, copy back: no change at one rank), with results
-bitwise equal to the engine that does it."""
+bitwise equal to the engine that does it; a DeepSpeed config that names no optimizer or
+scheduler trains as the shipped configs do."""
+import json
+
+from pathlib import Path
+
 import pytest
 import torch
 from helpers import REPO
@@ -24,8 +29,8 @@ def trained(tiny_bert, all_reduce: bool | None, ds_config: str):
     torch.manual_seed(0)
     model = build_classifier(str(tiny_bert), TASKS["rotten_tomatoes"], "student")
     train = TrainConfig(batch_size=4, learning_rate=1e-3, gradient_accumulation_steps=2)
-    engine = build_engine(model, 0.01, build_ds_config(str(REPO / "ds_configs" / ds_config), train, 1, 10,
-                                                       "test", "teacher", hidden_size=32))
+    path = ds_config if isinstance(ds_config, Path) else REPO / "ds_configs" / ds_config
+    engine = build_engine(model, 0.01, build_ds_config(str(path), train, 1, 10, "test", "teacher", hidden_size=32))
     built = engine.enable_backward_allreduce
     before = {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
     if all_reduce is not None:
@@ -51,3 +56,34 @@ def test_one_rank_at_zero0_skips_the_all_reduce_and_trains_the_same(dist, tiny_b
     _, calls, reduced = trained(tiny_bert, True, ds_config)
     assert calls > 0  # the comparison really ran the all-reduce
     assert all(torch.equal(skipped[k], reduced[k]) for k in skipped)
+
+
+@pytest.mark.parametrize("minimal, shipped", [({"zero_optimization": {"stage": 0}}, "zero0_fp32.json"),
+                                              ({"zero_optimization": {"stage": 2}, "bf16": {"enabled": True}},
+                                               "zero2_bf16.json")])
+def test_a_config_without_optimizer_or_scheduler_trains_as_the_shipped_ones(dist, tiny_bert, tmp_path, minimal,
+                                                                             shipped):
+    """Without these sections DeepSpeed built an engine that failed at its first backward
+    (ZeRO-0) or step (ZeRO-2, ZeRO-3), or, with an optimizer and no scheduler, kept the
+    learning rate constant and ignored warmup_ratio. crild adds the stage's AdamW and linear
+    warmup and decay, as ds_configs/ spell them out: the weights are bitwise those of the
+    shipped config."""
+    path = tmp_path / "minimal.json"
+    path.write_text(json.dumps(minimal))
+    _, _, own = trained(tiny_bert, None, path)
+    _, _, reference = trained(tiny_bert, None, shipped)
+    assert all(torch.equal(own[k], reference[k]) for k in own)
+
+
+def test_an_offloaded_optimizer_defaults_to_deepspeeds_cpu_adam():
+    """Where ZeRO offloads the optimizer, the default is DeepSpeed's CPU Adam (no torch_adam),
+    as in ds_configs/zero3_bf16_offload.json; elsewhere torch's fused AdamW."""
+    from pipeline.training.ds_config import default_sections
+
+    offloaded = default_sections({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}}})
+    shipped = json.loads((REPO / "ds_configs" / "zero3_bf16_offload.json").read_text())
+    assert offloaded["optimizer"] == shipped["optimizer"] and offloaded["scheduler"] == shipped["scheduler"]
+    plain = default_sections({})
+    assert plain["optimizer"] == json.loads((REPO / "ds_configs" / "zero0_fp32.json").read_text())["optimizer"]
+    own = {"optimizer": {"type": "SGD", "params": {"lr": "auto"}}}
+    assert default_sections(dict(own))["optimizer"] == own["optimizer"]  # a section given is kept
