@@ -4,8 +4,10 @@ and every later build of that op waits on it for ever, silently, inside DeepSpee
 finds such a lock before DeepSpeed starts and names it in one line.
 
 torch's ``FileBaton`` creates ``<extensions root>/<op>/lock`` and keeps it open while it
-builds, so on Linux a lock that no process has open is stale for certain. Where ``/proc``
-is missing the lock's age decides. A lock that a live process holds is waited for: another
+builds, so on Linux a lock that no process has open is stale, once it has stayed so for a
+while: the builder closes the file before it removes it, and on a loaded machine (many ranks
+on few cores) it may wait seconds between the two. Where ``/proc`` is missing the lock's age
+decides. A lock that a live process holds is waited for: another
 rank, or another run, is building that op now. Nothing here removes a lock: it is torch's
 file, and the user decides."""
 from __future__ import annotations
@@ -22,7 +24,8 @@ from pipeline.errors import UserError
 
 PROC = Path("/proc")
 STALE_AFTER_S = 900.0  # without /proc: no op's build takes this long
-RECHECK_S = 1.0
+RECHECK_S = 0.5
+CONFIRM_S = 5.0  # a lock without a holder is stale once it has stayed so, the same file, this long
 
 
 def extensions_root() -> Path:
@@ -45,11 +48,15 @@ def held_open(path: Path, proc: Path = PROC) -> bool | None:
     target = str(path.resolve())
     for fd_dir in proc.glob("[0-9]*/fd"):
         try:
-            for fd in fd_dir.iterdir():
-                if os.readlink(fd) == target:
-                    return True
+            fds = list(fd_dir.iterdir())
         except OSError:  # another user's process, or one that just ended
             continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) == target:
+                    return True
+            except OSError:  # closed while we looked: the process's other files still count
+                continue
     return False
 
 
@@ -60,11 +67,12 @@ def is_stale(lock: Path, proc: Path = PROC, now: float | None = None) -> bool:
     return not held
 
 
-def check_build_locks(root: Path | None = None, proc: Path = PROC, recheck_s: float = RECHECK_S) -> None:
+def check_build_locks(root: Path | None = None, proc: Path = PROC, recheck_s: float = RECHECK_S,
+                      confirm_s: float = CONFIRM_S) -> None:
     """Wait while another process builds an op; refuse a lock that nothing holds.
 
-    A lock seen without a holder is looked at once more after ``recheck_s``: its builder may
-    have closed it and not yet removed it."""
+    A lock seen without a holder is looked at every ``recheck_s`` for ``confirm_s``: its
+    builder may have closed it and not yet removed it."""
     root = root or extensions_root()
     if not root.is_dir():
         return
@@ -73,7 +81,7 @@ def check_build_locks(root: Path | None = None, proc: Path = PROC, recheck_s: fl
         locks = [lock for lock in root.glob("*/lock") if lock.exists()]
         if not locks:
             return
-        stale = [lock for lock in locks if _still_stale(lock, proc, recheck_s)]
+        stale = [lock for lock in locks if _still_stale(lock, proc, recheck_s, confirm_s)]
         if stale:
             lock = stale[0]
             raise UserError(f"{lock}: a build lock left by an interrupted build of DeepSpeed's "
@@ -104,11 +112,18 @@ def op_builds():
                         f"folder") from None
 
 
-def _still_stale(lock: Path, proc: Path, recheck_s: float) -> bool:
+def _still_stale(lock: Path, proc: Path, recheck_s: float, confirm_s: float) -> bool:
+    """Whether ``lock`` stays the same file, with no holder, for ``confirm_s``."""
     try:
-        if not is_stale(lock, proc):
-            return False
-        time.sleep(recheck_s)
-        return lock.exists() and is_stale(lock, proc)
+        first = lock.stat()
+        deadline = time.monotonic() + confirm_s
+        while is_stale(lock, proc):
+            if time.monotonic() >= deadline:
+                return True
+            time.sleep(recheck_s)
+            now = lock.stat()
+            if (now.st_ino, now.st_ctime_ns) != (first.st_ino, first.st_ctime_ns):
+                return False  # released and taken again: a builder is at work
+        return False
     except FileNotFoundError:  # released while we looked
         return False

@@ -29,7 +29,7 @@ def test_no_root_or_no_lock_returns_at_once(tmp_path):
 def test_a_lock_no_process_holds_is_named(tmp_path):
     lock = make_lock(tmp_path)
     with pytest.raises(UserError) as exc:
-        build_locks.check_build_locks(tmp_path, recheck_s=0.01)
+        build_locks.check_build_locks(tmp_path, recheck_s=0.01, confirm_s=0.05)
     assert str(exc.value).startswith(f"{lock}: a build lock left by an interrupted build of DeepSpeed's "
                                       f"'deepspeed_shm_comm' op")
     assert "remove the file and run again" in str(exc.value)
@@ -56,6 +56,39 @@ def test_a_held_lock_is_waited_for_until_released(tmp_path, capsys):
     assert "waiting for another process to finish building" in capsys.readouterr().err
 
 
+def test_a_builder_slow_to_remove_its_closed_lock_is_waited_for(tmp_path):
+    """FileBaton closes the lock, then removes it. On a loaded machine (64 ranks on two cores)
+    a builder may stop seconds between the two; a rank that looked then, and once more a
+    second later, called the lock stale and failed the whole stage."""
+    lock = make_lock(tmp_path)
+    builder = subprocess.Popen([sys.executable, "-c", (
+        "import os, sys, time\n"
+        f"fd = os.open({str(lock)!r}, os.O_RDONLY)\n"
+        "os.close(fd)\n"
+        "print('closed', flush=True)\n"
+        "time.sleep(2)\n"
+        f"os.remove({str(lock)!r})\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert builder.stdout.readline().strip() == "closed"
+        build_locks.check_build_locks(tmp_path, recheck_s=0.05, confirm_s=4)
+        assert not lock.exists()
+    finally:
+        builder.wait(timeout=30)
+
+
+def test_a_holder_whose_other_files_close_while_looked_at_still_holds(tmp_path):
+    """A process's open files change while /proc is read: one that closes (readlink fails)
+    must not hide the lock among the others."""
+    lock = make_lock(tmp_path)
+    fds = tmp_path / "proc" / "4242" / "fd"
+    fds.mkdir(parents=True)
+    (tmp_path / "proc" / "self" / "fd").mkdir(parents=True)
+    for n in range(30):
+        (fds / str(n)).write_text("")  # not a link: readlink fails, as for a file closed meanwhile
+    (fds / "30").symlink_to(lock)
+    assert build_locks.held_open(lock, tmp_path / "proc") is True
+
+
 def test_held_open_sees_this_process(tmp_path):
     path = tmp_path / "f"
     path.write_text("")
@@ -73,7 +106,7 @@ def test_without_proc_the_lock_age_decides(tmp_path):
     assert build_locks.is_stale(lock, no_proc, now=now + build_locks.STALE_AFTER_S + 1)
     os.utime(lock, (now - build_locks.STALE_AFTER_S - 10,) * 2)
     with pytest.raises(UserError, match="no process holds it"):
-        build_locks.check_build_locks(tmp_path, proc=no_proc, recheck_s=0.01)
+        build_locks.check_build_locks(tmp_path, proc=no_proc, recheck_s=0.01, confirm_s=0.05)
 
 
 def test_the_root_follows_torch(monkeypatch, tmp_path):
