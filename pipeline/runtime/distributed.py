@@ -6,6 +6,7 @@ import os
 import random
 import socket
 import sys
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -71,6 +72,15 @@ def set_threads() -> int:
     return n
 
 
+# DeepSpeed's ZeRO-3 calls collectives that torch has renamed; each call warned again, 120
+# lines in a four-step tiny run, about code the user cannot change
+DEEPSPEED_DEPRECATIONS = r"`torch\.distributed\.\w+` is deprecated"
+
+
+def quiet_library_deprecations() -> None:
+    warnings.filterwarnings("ignore", message=DEEPSPEED_DEPRECATIONS, category=FutureWarning)
+
+
 def init_distributed() -> DistInfo:
     """Initialise (once) the process group: NCCL on CUDA, gloo on CPU. Works without a
     launcher by defaulting to a single rank on loopback."""
@@ -85,6 +95,7 @@ def init_distributed() -> DistInfo:
         os.environ["MASTER_PORT"] = str(free_port())
     os.environ.setdefault("MASTER_PORT", "29500")
     set_threads()
+    quiet_library_deprecations()
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # chosen anyway; this only silences a warning
     import deepspeed

@@ -3,7 +3,6 @@ gradient all-reduce (flatten, reduce, copy back: no change at one rank), with re
 bitwise equal to the engine that does it; a DeepSpeed config that names no optimizer or
 scheduler trains as the shipped configs do."""
 import json
-
 from pathlib import Path
 
 import pytest

@@ -2,12 +2,14 @@
 transformers loads, TensorBoard tags, evaluation, and the 2-rank ZeRO-2 launcher path."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from helpers import REPO, scalar_tags, tiny_run_config
 from safetensors.torch import load_file
 
@@ -150,6 +152,20 @@ def test_user_error_is_one_line_without_traceback(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert lines == [f"crild: error: {bad}: unknown key 'stages.teacher.epocs'; did you mean 'epochs'?"]
     assert "Traceback" not in proc.stderr
+
+
+def test_a_zero3_stage_logs_only_its_own_lines(tmp_path, tiny_bert, sentiment_dir):
+    """Under ZeRO-3 DeepSpeed calls collectives torch has renamed, and every call printed a
+    FutureWarning: 120 lines of them in a four-step run, between the stage's own."""
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=1)
+    raw["deepspeed_config"] = str(REPO / "ds_configs" / "zero3_bf16.json")
+    config = tmp_path / "z3.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    proc = subprocess.run([sys.executable, str(REPO / "pipeline" / "stage1_teacher.py"), "--config", str(config)],
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    foreign = [line for line in proc.stderr.splitlines() if not re.match(r"crild: |\[teacher\] |teacher: ", line)]
+    assert foreign == [], foreign[:5]
 
 
 def _poison(monkeypatch, bad_micro_steps):
