@@ -36,7 +36,6 @@ from pipeline.runtime.progress import log
 from pipeline.stage_cli import stage_main
 from pipeline.stages import stage_fingerprints
 from pipeline.training.checkpointing import claim_checkpoints, has_checkpoints, remove_checkpoints
-from pipeline.training.scalars import start_afresh
 from pipeline.training.stop import StopRequest
 
 PHASE_ONLY_FILES = (*BOOKKEEPING_FILES, "train_results.json")  # the final student writes its own
@@ -91,8 +90,7 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
                          notes=[n for n in (*notes, teacher_note, *data.notes) if n])
     claim_checkpoints(distill.checkpoint_folder())
     done = {phase.name: phase_done(distill, phase.name) for phase in phases}  # collective: every rank asks
-    if not any(done.values()) and not has_checkpoints(distill.checkpoint_folder()):
-        start_afresh(distill.out / "tensorboard" / cfg.stages.distill.output, STAGE, dist)
+    distill.fresh = not any(done.values()) and not has_checkpoints(distill.checkpoint_folder())
     previous = None
     for index, phase in enumerate(phases):
         folder = distill.phase_folder(phase.name)

@@ -34,7 +34,7 @@ from pipeline.schema.hashing import settings_dict
 from pipeline.training.checkpointing import Checkpoints, resume, trajectory_keys
 from pipeline.training.ds_config import build_ds_config, precision_dtype
 from pipeline.training.engine import build_engine, consolidated_state_dict
-from pipeline.training.scalars import Scalars
+from pipeline.training.scalars import Scalars, start_afresh
 from pipeline.training.schedule import make_schedule
 from pipeline.training.stop import StopRequest
 from pipeline.training.trainer import train_loop
@@ -56,6 +56,7 @@ class DistillRun:
     stop: StopRequest
     teacher_tokenizer: object = None  # set when it tokenizes differently from the student (prediction-layer KD only)
     notes: list = field(default_factory=list)  # trust notes of the folders read, logged when training starts
+    fresh: bool = False  # nothing of an earlier attempt to resume: its events go aside once every check has passed
 
     @property
     def fingerprint(self) -> str:
@@ -161,7 +162,10 @@ def train_phase(run: DistillRun, phase: Phase, index: int, previous: Optional[Pa
                         run.fingerprint, extra=(objective.save_extra, objective.load_extra))
     state = resume(engine, ckpts, phase.name, schedule.total_micro_steps)
     ckpts.require_room(engine, module.student)
-    while run.notes:  # every check has passed: say what was read, once
+    if run.fresh:  # every check has passed: a refused start leaves the earlier attempt's curves where they were
+        start_afresh(run.out / "tensorboard" / cfg.stages.distill.output, STAGE, dist)
+        run.fresh = False
+    while run.notes:  # say what was read, once
         log(dist, run.notes.pop(0))
     log(dist, f"{phase.name}: {len(ds)} examples, {schedule.total_optimizer_steps} optimizer steps, terms "
               f"{phase.terms}, mixup {phase.mixup}, consistency {phase.consistency}, layers {layout.pairs}")

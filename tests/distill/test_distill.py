@@ -322,8 +322,12 @@ def test_resume_is_exact(tmp_path, tiny_bert, sentiment_dir, preset, target):
 
         shorter = from_dict({**full.model_dump(), "stages": {**full.stages.model_dump(), "distill": {
             **full.stages.distill.model_dump(), "ild": {**full.stages.distill.ild.model_dump(), "epochs": 1}}}})
-        assert stage3_distill.run(shorter, stop=StopRequest(install_handlers=False)) == 0
         events = Path(full.output_dir) / "tensorboard" / "student"
+        refused = from_dict({**shorter.model_dump(), "student": {**shorter.student.model_dump(), "num_layers": 99}})
+        with pytest.raises(UserError, match="student.num_layers: 99"):
+            stage3_distill.run(refused, stop=StopRequest(install_handlers=False))
+        assert not list(events.glob("earlier-*"))  # a refused start moves nothing
+        assert stage3_distill.run(shorter, stop=StopRequest(install_handlers=False)) == 0
         assert read_scalars(events)["ild/train/loss"][-1][0] <= 12  # one epoch of 12 steps
         assert read_scalars(events / "earlier-1")["ild/train/loss"][-1][0] > 12  # two
 
