@@ -88,6 +88,7 @@ def _load_task_data(cfg, tokenizer, eval_splits, with_train) -> TaskData:
         train_texts = set(example_texts(train_ex))
         notes += [overlap_note(train_texts, ex, split) for split, ex in examples.items()]
         notes.append(truncation_note(train_ds, cfg.task.max_length))
+        notes.append(missing_classes_note(train_ex, spec, cfg.task))
     return TaskData(spec, train_ds, train_ex, evals, labels, Collator(tokenizer.pad_token_id, spec.regression),
                     [n for n in notes if n], examples)
 
@@ -124,6 +125,25 @@ def overlap_note(train_texts: set, held_out: Examples, split: str, at_least: flo
         return None
     return (f"note: {held_out.source}: {shared} of {len(held_out)} {split} examples ({shared / len(held_out):.1%}) are "
             f"training examples too (the same text); their scores are not held-out scores")
+
+
+def missing_classes_note(train: Examples, spec, task_cfg) -> Optional[str]:
+    """The task's classes that no training example has, or None: a classifier trained on
+    them never learns to predict those, and scores on a split that has them say so only
+    in part. A file of one class, or a few-sample draw that missed one, trained silently."""
+    if spec.regression or not len(train):
+        return None
+    labels = np.asarray(train.labels)
+    counts = np.bincount(labels[labels >= 0], minlength=len(spec.labels))
+    missing = [spec.labels[i] for i in np.flatnonzero(counts == 0)]
+    if not missing or (labels < 0).all():  # unlabelled text has no classes to miss
+        return None
+    settings = [key for key in ("imbalance_ratio", "few_sample") if getattr(task_cfg, key) is not None]
+    after = f" (after task.{' and task.'.join(settings)})" if settings else ""
+    names = ", ".join(repr(name) for name in missing)
+    return (f"note: {train.source}: the training set{after} has no example of {names} ({len(missing)} of the "
+            f"{len(spec.labels)} classes of task {spec.name}); the model cannot learn to predict "
+            f"{'it' if len(missing) == 1 else 'them'}")
 
 
 def truncation_note(ds: datasets.Dataset, max_length: int) -> Optional[str]:

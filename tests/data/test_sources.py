@@ -235,6 +235,37 @@ def test_a_held_out_split_made_of_training_examples_is_noted(tmp_path, tiny_bert
     assert "1 of 2" in overlap_note(pairs, Examples(["a", "a"], ["b", "x"], np.zeros(2)), "dev")
 
 
+def test_a_class_no_training_example_has_is_noted(tmp_path, tiny_bert):
+    """A training file of one class (or a few-sample draw that missed one) trained a model
+    that can never predict the other, without a word."""
+    from helpers import tiny_run_config
+
+    from pipeline.config import TaskConfig, from_dict
+    from pipeline.data.sources import Examples
+    from pipeline.data.task_data import load_task_data, missing_classes_note
+    from pipeline.models.loading import load_tokenizer
+
+    folder = tmp_path / "one-class"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("".join(json.dumps({"sentence": f"s {i}", "label": "fresh"}) + "\n"
+                                                for i in range(20)))
+    (folder / "dev.jsonl").write_text("".join(json.dumps({"sentence": f"d {i}", "label": ["fresh", "rotten"][i % 2]})
+                                              + "\n" for i in range(6)))
+    data = load_task_data(from_dict(tiny_run_config(tmp_path, tiny_bert, folder)),
+                          load_tokenizer(str(tiny_bert), "teacher.model"))
+    assert data.notes == [f"note: {folder / 'train.jsonl'}: the training set has no example of 'rotten' (1 of the 2 "
+                          f"classes of task rotten_tomatoes); the model cannot learn to predict it"]
+    spec = TASKS["mnli"]
+    drawn = Examples(["a", "b"], ["c", "d"], np.array([0, 0]), source="train.jsonl")
+    assert missing_classes_note(drawn, spec, TaskConfig(name="mnli", few_sample=2)) == (
+        "note: train.jsonl: the training set (after task.few_sample) has no example of 'entailment', 'neutral' "
+        "(2 of the 3 classes of task mnli); the model cannot learn to predict them")
+    every = Examples(["a", "b", "c"], None, np.array([2, 0, 1]))
+    assert missing_classes_note(every, spec, TaskConfig(name="mnli")) is None
+    assert missing_classes_note(Examples(["a"], None, np.array([1.5], dtype=np.float32)), TASKS["stsb"],
+                                TaskConfig(name="stsb")) is None  # a regression has no classes
+
+
 def test_preparing_offline_data_never_replaces_a_folder_crild_did_not_prepare(tmp_path, monkeypatch):
     from pipeline.data.offline import prepare_all
 
