@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ class UserError(Exception):
 
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpointed on request, run again to resume
+EXIT_LOST_PEER = 1  # another rank failed first; that rank's exit says why
 
 
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -112,9 +114,46 @@ def _print_error(message: str) -> None:
     print(prefix + one_line(message), file=sys.stderr, flush=True)
 
 
+# What a rank's collective raises when another rank is gone: gloo's and NCCL's words for a
+# peer whose connection closed, and torch's store errors during the rendezvous
+PEER_GONE_TYPES = ("DistNetworkError", "DistBackendError", "DistStoreError")
+PEER_GONE_TEXTS = ("connection reset by peer", "connection closed by peer", "broken pipe",
+                   "connection was likely closed", "remote process exited", "communicator was aborted")
+PEER_TIMEOUT_TEXTS = ("timed out", "timeout")
+
+
+def lost_peer(err: BaseException) -> Optional[str]:
+    """One line for a rank whose collective failed because another rank stopped (it failed,
+    or was killed) or hangs, or None. Every surviving rank printed a traceback of the
+    collective instead (gloo's or NCCL's, 60 lines a rank), and the one message that says
+    what happened, the failed rank's own, was lost among them. Only with several ranks."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) < 2:
+        return None
+    for link in _chain(err):
+        text = str(link).lower()
+        gone = type(link).__name__ in PEER_GONE_TYPES or any(t in text for t in PEER_GONE_TEXTS)
+        if not gone and not (isinstance(link, RuntimeError) and any(t in text for t in PEER_TIMEOUT_TEXTS)):
+            continue
+        if any(t in text for t in PEER_TIMEOUT_TEXTS) and not any(t in text for t in PEER_GONE_TEXTS):
+            return (f"a collective waited past CRILD_COLLECTIVE_TIMEOUT_S for another rank ({_short(link)}); that "
+                    f"rank hangs or died: its own message, if it printed one, is among these lines")
+        return (f"another rank stopped during a collective ({_short(link)}); it failed or was killed first: its "
+                f"own message, if it printed one, is among these lines")
+    return None
+
+
+def _short(err: BaseException) -> str:
+    """``Type: message`` of a collective's error, without the C++ source location gloo puts
+    first and the advice it adds after the first sentence."""
+    text = re.sub(r"^\[[^\]]*\.(?:cc|cpp|h|hpp):\d+\]\s*", "", one_error(err).split(": ", 1)[-1])
+    first = re.split(r"(?<=[a-z])\. ", text, maxsplit=1)[0].rstrip(".")
+    return f"{type(err).__name__}: {first}"
+
+
 def cli_entry(fn):
     """Wrap a ``main`` so a :class:`UserError`, or a write that failed for want of disk
-    space, exits with one line and code 2.
+    space, exits with one line and code 2, and a rank whose collective lost another rank
+    with one line and code 1.
 
     Other exceptions are bugs and keep their traceback.
     """
@@ -131,9 +170,13 @@ def cli_entry(fn):
             sys.exit(130)
         except Exception as err:
             message = out_of_space(err)
+            if message is not None:
+                _print_error(message)
+                sys.exit(EXIT_USER_ERROR)
+            message = lost_peer(err)
             if message is None:
                 raise
             _print_error(message)
-            sys.exit(EXIT_USER_ERROR)
+            sys.exit(EXIT_LOST_PEER)
 
     return wrapper

@@ -3,6 +3,7 @@ output is complete for the same configuration and inputs."""
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Optional
 
@@ -103,6 +104,28 @@ def run_pipeline(cfg: RunConfig, config_path: str, overrides: list[str], force: 
         return _run_stages(cfg, config_path, overrides, force, only, lock)
 
 
+def ended_by(code: int) -> Optional[signal.Signals]:
+    """The signal a stage's exit code says ended it, or None: a process's own (negative),
+    the shell's and srun's 128 + n, and the deepspeed launcher's, which exits with its rank's
+    negative code, 256 - n."""
+    n = -code if code < 0 else code - 128 if 128 < code <= 128 + 64 else 256 - code if code > 192 else 0
+    try:
+        return signal.Signals(n) if n else None
+    except ValueError:
+        return None
+
+
+def exit_text(code: int) -> str:
+    """``exit code N``, with the signal it stands for: 247 alone said nothing of the rank that
+    the kernel's out-of-memory killer had ended."""
+    sig = ended_by(code)
+    if sig is None:
+        return f"exit code {code}"
+    why = " (the kernel's out-of-memory killer sends it, so does a job's memory limit)" \
+        if sig == signal.SIGKILL else ""
+    return f"exit code {code}: a process of it was ended by {sig.name}{why}"
+
+
 def check_inputs(cfg: RunConfig, names) -> None:
     """Every file and folder the stages ``names`` read is there, before the first one runs."""
     for name in names:
@@ -140,5 +163,5 @@ def _run_stages(cfg: RunConfig, config_path: str, overrides: list[str], force: b
         if code != 0:
             where = f" (Slurm job {os.environ['SLURM_JOB_ID']} on {os.environ.get('SLURM_JOB_NODELIST', '?')}; srun " \
                     f"names the failed task's node above)" if in_slurm_allocation() else ""
-            raise UserError(f"stage '{name}' failed with exit code {code}{where}; see the output above")
+            raise UserError(f"stage '{name}' failed with {exit_text(code)}{where}; see the output above")
     return 0  # a stop request during the last stage came too late to stop anything
