@@ -120,6 +120,7 @@ PEER_GONE_TYPES = ("DistNetworkError", "DistBackendError", "DistStoreError")
 PEER_GONE_TEXTS = ("connection reset by peer", "connection closed by peer", "broken pipe",
                    "connection was likely closed", "remote process exited", "communicator was aborted")
 PEER_TIMEOUT_TEXTS = ("timed out", "timeout")
+COLLECTIVE_TEXTS = ("gloo", "nccl", "collective", "recv", "send", "allreduce", "barrier", "store")
 
 
 def lost_peer(err: BaseException) -> Optional[str]:
@@ -132,9 +133,10 @@ def lost_peer(err: BaseException) -> Optional[str]:
     for link in _chain(err):
         text = str(link).lower()
         gone = type(link).__name__ in PEER_GONE_TYPES or any(t in text for t in PEER_GONE_TEXTS)
-        if not gone and not (isinstance(link, RuntimeError) and any(t in text for t in PEER_TIMEOUT_TEXTS)):
+        timeout = any(t in text for t in PEER_TIMEOUT_TEXTS) and any(t in text for t in COLLECTIVE_TEXTS)
+        if not gone and not (isinstance(link, RuntimeError) and timeout):
             continue
-        if any(t in text for t in PEER_TIMEOUT_TEXTS) and not any(t in text for t in PEER_GONE_TEXTS):
+        if timeout and not any(t in text for t in PEER_GONE_TEXTS):
             return (f"a collective waited past CRILD_COLLECTIVE_TIMEOUT_S for another rank ({_short(link)}); that "
                     f"rank hangs or died: its own message, if it printed one, is among these lines")
         return (f"another rank stopped during a collective ({_short(link)}); it failed or was killed first: its "

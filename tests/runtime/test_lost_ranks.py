@@ -45,6 +45,7 @@ def test_other_errors_are_not_taken_for_a_lost_rank(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
     assert lost_peer(RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x32 and 64x2)")) is None
     assert lost_peer(KeyError("classifier.weight")) is None
+    assert lost_peer(RuntimeError("Read timed out while downloading model.safetensors")) is None
 
 
 @pytest.mark.parametrize("code, sig", [(-9, signal.SIGKILL), (247, signal.SIGKILL), (137, signal.SIGKILL),
