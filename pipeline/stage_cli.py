@@ -13,7 +13,7 @@ from pipeline.config import RunConfig, check_launched, load_config, stage_config
 from pipeline.errors import cli_entry, watch
 from pipeline.outputs.lock import run_lock
 from pipeline.runtime.distributed import shutdown_distributed
-from pipeline.stages import STAGES
+from pipeline.stages import STAGES, check_output_folder
 
 
 def stage_argparser(name: str) -> argparse.ArgumentParser:
@@ -53,6 +53,7 @@ def run_stage(run: Callable[[RunConfig], int], name: str, config: str, overrides
     watch(cfg.output_dir)
     try:
         with run_lock(cfg.output_dir):
+            check_output_folder(cfg, name)
             return run(cfg)
     finally:
         shutdown_distributed()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from pipeline.distill.presets import revisions
+from pipeline.outputs.atomic import check_replaceable
 from pipeline.outputs.input_digest import input_digests
 from pipeline.outputs.manifest import recorded_fingerprint
 from pipeline.schema.hashing import config_hash, output_settings, settings_dict
@@ -111,6 +112,11 @@ class Stage:
     configure: Optional[Callable] = None  # raw configuration -> this stage's, in place (see config.stage_config)
     checkpoints: Callable = lambda cfg: ""  # cfg -> its checkpoint folder under output_dir ("" : none)
     one_process: bool = False  # runs as one process whatever num_ranks says (crild run and submit launch it so)
+    writes_as: str = ""  # the stage its output's manifest names, where not its own (the baseline's: distill)
+
+    @property
+    def owner(self) -> str:
+        return self.writes_as or self.name
 
     @property
     def module(self) -> str:
@@ -147,12 +153,21 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           checkpoints=lambda c: f"checkpoints/{c.stages.distill.output}"),
     Stage("baseline", "stage3_distill.py", "the same student fine-tuned without a teacher, for comparison",
           lambda c: c.stages.distill.output, _distill_fingerprint, _distill_inputs, _as_baseline,
-          checkpoints=lambda c: f"checkpoints/{c.stages.distill.output}"),
+          checkpoints=lambda c: f"checkpoints/{c.stages.distill.output}", writes_as="distill"),
     Stage("evaluate", "stage4_evaluate.py", "stage 4: evaluate model folders on dev/test", lambda c: "eval",
           _evaluate_fingerprint, _evaluate_inputs),
     Stage("export", "stage5_export.py", "stage 5: export ONNX (and INT8), check parity, time it", lambda c: "export",
           _export_fingerprint, _export_inputs, one_process=True),
 ]}
+
+
+def check_output_folder(cfg, name: str) -> None:
+    """Stage ``name``'s output folder is new or one that stage wrote, checked when the stage
+    starts (and by ``crild run`` before its first stage), where a folder of the user's in
+    its place was refused only once the stage had trained and came to write it. ``cfg`` is
+    the stage's own (``stage_config``)."""
+    stage = STAGES[name]
+    check_replaceable(Path(cfg.output_dir) / stage.output(cfg), stage.owner)
 
 
 def in_running_order(names) -> list[str]:

@@ -12,7 +12,7 @@ from pipeline.errors import UserError
 from pipeline.models.label_order import align_outputs
 from pipeline.models.loading import check_max_length, load_pretrained, require_trained, resolve_model
 from pipeline.outputs.atomic import verified
-from pipeline.outputs.manifest import is_complete
+from pipeline.outputs.manifest import MANIFEST, is_complete
 from pipeline.outputs.trust import trust_note
 
 PRODUCED_MODELS = ("teacher", "student", "student_finetuned")  # folders a run writes, scored by default
@@ -31,7 +31,12 @@ def run_models(cfg, configured: list[str], where: str) -> tuple[dict[str, str], 
     if not found:
         raise UserError(f"{out}: no complete teacher or student to {where.split('.')[1]}; run the earlier stages "
                         f"first or set {where}")
-    return found, []
+    # crild renames an output into place only when complete: one there without a readable
+    # manifest is damaged or not crild's, and was left out without a word
+    notes = [f"note: {out / name} is not a complete output of this run (its {MANIFEST} is missing or cannot be "
+             f"read): left out; name it in {where} to include it"
+             for name in PRODUCED_MODELS if (out / name).is_dir() and name not in found]
+    return found, notes
 
 
 def model_names(configured: list[str], folders: list[str], where: str) -> list[str]:

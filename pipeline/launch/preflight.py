@@ -24,7 +24,7 @@ from pipeline.export.runtime import onnxruntime
 from pipeline.models.compiling import check_compilable
 from pipeline.models.loading import encoder_config, load_tokenizer, resolve_model
 from pipeline.outputs.manifest import is_complete, recorded_fingerprint
-from pipeline.stages import stage_fingerprints
+from pipeline.stages import check_output_folder, stage_fingerprints
 from pipeline.training.ds_config import build_ds_config
 
 STAND_IN_HIDDEN = 768  # sizes ZeRO buckets left "auto"; the config built here is only checked
@@ -48,6 +48,7 @@ def check_stages(cfg: RunConfig, names, world_size: int, device_checks: bool = T
     for name in names:
         stage_cfg = stage_config(cfg, name)
         try:
+            check_output_folder(stage_cfg, name)
             for section, train in training_sections(stage_cfg, name):
                 ds = build_ds_config(train.deepspeed_config or stage_cfg.deepspeed_config, train, world_size, None,
                                      stage_cfg.source, section, hidden_size=STAND_IN_HIDDEN,

@@ -1,6 +1,6 @@
 """``crild status``: each stage of a run as complete, running (by whom), interrupted
 (resumable from a checkpoint), stale (complete for another configuration or other inputs),
-or missing; then the checkpoints set aside when a configuration changed, which nothing reads
+blocked (a folder not the stage's where it writes, which crild run refuses) or missing; then the checkpoints set aside when a configuration changed, which nothing reads
 again, with the space they take. Reads manifests, the run lock and checkpoint folders;
 changes nothing."""
 from __future__ import annotations
@@ -9,11 +9,11 @@ from pathlib import Path
 
 from pipeline.config import RunConfig, stage_config
 from pipeline.distill.presets import resolve_phases
-from pipeline.errors import size_text
+from pipeline.errors import UserError, size_text
 from pipeline.outputs.integrity import problems
 from pipeline.outputs.lock import holder
 from pipeline.outputs.manifest import is_complete, recorded_fingerprint
-from pipeline.stages import STAGES, stage_fingerprints
+from pipeline.stages import STAGES, check_output_folder, stage_fingerprints
 from pipeline.training.checkpointing import STALE_SUFFIX, TAG_PREFIX
 
 
@@ -56,7 +56,13 @@ def stage_state(cfg: RunConfig, name: str, running: str | None, verify: bool) ->
         bad = problems(folder) if verify else []
         return f"damaged ({bad[0]}; crild run redoes it)" if bad else "complete"
     progress = _progress(cfg, name)
-    return f"interrupted ({progress})" if progress else "missing"
+    if progress:
+        return f"interrupted ({progress})"
+    try:
+        check_output_folder(stage_cfg, name)
+    except UserError as err:  # a folder not the stage's where it writes: crild run refuses it
+        return f"blocked ({err})"
+    return "missing"
 
 
 def status_lines(cfg: RunConfig, verify: bool = False) -> list[str]:

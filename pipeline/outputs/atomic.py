@@ -62,7 +62,12 @@ def check_replaceable(final: Path, stage: str) -> None:
     if found.state in (NEW, OURS):
         return
     manifest = read_manifest(final) if found.state == FOREIGN else None
-    by = f"was written by crild's {manifest.get('stage')} stage" if manifest else "was not written by crild"
+    if manifest:
+        by = f"was written by crild's {manifest.get('stage')} stage"
+    elif found.state == FOREIGN and (final / MANIFEST).is_file():
+        by = f"its {MANIFEST} cannot be read, so crild cannot tell that its {stage} stage wrote it"
+    else:
+        by = "was not written by crild"
     raise UserError(f"{final}: already exists and {by}; crild replaces only what its {stage} stage wrote "
                     f"there: move it away or choose another output_dir or output name")
 

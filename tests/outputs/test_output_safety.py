@@ -77,6 +77,53 @@ def test_only_a_folder_the_same_stage_wrote_is_replaced(tmp_path):
     assert (ours / "a.txt").read_text() == "2"
 
 
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_a_folder_not_the_stages_is_refused_before_anything_runs(tmp_path, tiny_bert, sentiment_dir, capsys, stage):
+    """A folder of the user's where a late stage writes (or one whose manifest is damaged) was
+    refused only when that stage came to write it, after the teacher and the stage itself had
+    trained. crild run now refuses it before the first stage; the stage itself when it starts."""
+    out = tmp_path / "run"
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir)
+    raw["pipeline"] = ["teacher", stage] if stage != "teacher" else ["teacher"]
+    raw["stages"]["distill"] = {"teacher_model": str(tiny_bert), "phases": ["kd"]}
+    cfg = from_dict(raw)
+    from pipeline.config import stage_config
+    target = out / STAGES[stage].output(stage_config(cfg, stage))
+    target.mkdir(parents=True)
+    (target / "notes.txt").write_text("mine")
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    code, err = run_cli(["run", str(config)], capsys)
+    assert code == 2 and err == [f"crild: error: {target}: already exists and was not written by crild; crild replaces "
+                                 f"only what its {STAGES[stage].owner} stage wrote there: move it away or choose another "
+                                 f"output_dir or output name (the {stage} stage's; checked before the first stage runs)"]
+    assert [p.name for p in out.iterdir() if p.name != ".crild.lock"] == [target.name]  # nothing trained
+    assert (target / "notes.txt").read_text() == "mine"
+    code = main(["status", str(config)])
+    assert code in (0, None) and f"  {stage}" in (said := capsys.readouterr().out)
+    assert f"blocked ({target}: already exists and was not written by crild;" in said, said
+    if stage == "teacher":  # the stage on its own refuses as it starts, before any training
+        (target / "crild_stage.json").write_text('{"stage": "teach')
+        code, err = run_cli([stage, str(config)], capsys)
+        assert code == 2 and err[-1].startswith(f"crild: error: {target}: already exists and its crild_stage.json "
+                                                f"cannot be read, so crild cannot tell that its teacher stage wrote it")
+        assert [p.name for p in out.iterdir() if p.name != ".crild.lock"] == [target.name]
+
+
+def test_a_run_output_without_a_readable_manifest_is_named_not_left_out_silently(tmp_path):
+    from pipeline.evaluation.models import run_models
+
+    cfg = from_dict({"output_dir": str(tmp_path)})
+    with atomic_output(tmp_path / "student", cfg, "distill", "f") as tmp:
+        (tmp / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "crild_stage.json").write_text("{")
+    found, notes = run_models(cfg, [], "stages.evaluate.models")
+    assert list(found) == ["student"]
+    assert notes == [f"note: {tmp_path / 'teacher'} is not a complete output of this run (its crild_stage.json is "
+                     f"missing or cannot be read): left out; name it in stages.evaluate.models to include it"]
+
+
 def test_a_temporary_folder_left_by_a_killed_writer_is_removed(tmp_path):
     cfg = from_dict({})
     left = tmp_path / ".eval.tmp99999"
