@@ -98,6 +98,15 @@ def _split(cfg: RunConfig, tokenizer) -> str:
     return "test" if "test" in available else (available[0] if available else "dev")
 
 
+def oversubscribed_note(threads: int, cores: int) -> str | None:
+    """A note when the benchmark's threads outnumber the cores it may use: its timings would
+    be those of threads waiting for each other, presented as the models'."""
+    if threads <= cores:
+        return None
+    return (f"note: stages.export.benchmark.threads is {threads}, and this process may use {cores} core(s): the "
+            f"timings are of an oversubscribed machine; set it to at most {cores}, or leave it unset")
+
+
 def run(cfg: RunConfig) -> int:
     quiet_libraries()
     dist = init_distributed()
@@ -110,6 +119,8 @@ def run(cfg: RunConfig) -> int:
     threads = export_cfg.benchmark.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
     models, notes = run_models(cfg, export_cfg.models, "stages.export.models")
+    if export_cfg.benchmark.enabled:
+        notes.append(oversubscribed_note(threads, len(os.sched_getaffinity(0))))
     out = Path(cfg.output_dir)
     with atomic_output(out / STAGE, cfg, STAGE, stage_fingerprint(cfg, STAGE)) as tmp:
         rows, candidates = [], []
@@ -117,7 +128,7 @@ def run(cfg: RunConfig) -> int:
             model_rows, model_candidates, timing_data = export_one(cfg, name, path, tmp, dist, threads)
             rows += model_rows
             candidates += model_candidates
-        for note in notes:
+        for note in filter(None, notes):
             log(dist, note)
         split, metric = timing_data
         result = {"task": cfg.task.name, "split": split, "metric": metric, "threads": threads, "models": rows}

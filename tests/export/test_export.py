@@ -175,3 +175,12 @@ def test_export_started_on_several_ranks_is_one_line(trained, tmp_path):
     assert ("crild: error: stages.export runs in one process, and this is one of 2; start it as one (python "
             "pipeline/stage5_export.py, or srun --ntasks=1), or through crild run, which does") in done.stderr
     assert not (tmp_path / "run" / "export").exists()
+
+
+def test_more_benchmark_threads_than_cores_is_noted():
+    from pipeline.stage5_export import oversubscribed_note
+
+    assert oversubscribed_note(2, 2) is None and oversubscribed_note(1, 16) is None
+    assert oversubscribed_note(1000, 2) == (
+        "note: stages.export.benchmark.threads is 1000, and this process may use 2 core(s): the timings are of an "
+        "oversubscribed machine; set it to at most 2, or leave it unset")
