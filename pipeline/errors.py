@@ -148,7 +148,7 @@ def _short(err: BaseException) -> str:
     """``Type: message`` of a collective's error, without the C++ source location gloo puts
     first and the advice it adds after the first sentence."""
     text = re.sub(r"^\[[^\]]*\.(?:cc|cpp|h|hpp):\d+\]\s*", "", one_error(err).split(": ", 1)[-1])
-    first = re.split(r"(?<=[a-z])\. ", text, maxsplit=1)[0].rstrip(".")
+    first = re.split(r"(?<=\S)\. (?=[A-Z])", text, maxsplit=1)[0].rstrip(".")
     return f"{type(err).__name__}: {first}"
 
 

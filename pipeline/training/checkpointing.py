@@ -168,6 +168,7 @@ class Checkpoints:
         tag = self.intact_tag()
         if tag is None:
             return None
+        self._check_world_size(tag)
         path, state = engine.load_checkpoint(str(self.root), tag=tag, load_optimizer_states=True,
                                              load_lr_scheduler_states=True)
         if path is None:
@@ -182,6 +183,19 @@ class Checkpoints:
         if self.extra is not None:
             self.extra[1](self.root / tag)
         return state
+
+
+    def _check_world_size(self, tag: str) -> None:
+        """The checkpoint was written by as many ranks as this run has (each writes its RNG
+        state): ZeRO's partitioned optimizer state does not load on another number, where
+        DeepSpeed raised a traceback, and at ZeRO-0 the global batch and each rank's data
+        would change mid-stage, so the resume would not continue the same training."""
+        written = len(list((self.root / tag).glob("rng_rank*.pt")))
+        if written and written != self.dist.world_size:
+            raise UserError(f"{self.root / tag}: checkpoint written by {written} rank(s), and this run has "
+                            f"{self.dist.world_size}; a resume continues the same training only on as many (the "
+                            f"global batch, each rank's data and ZeRO's optimizer partitions depend on it): run it on "
+                            f"{written} (num_ranks: {written}), or move {self.root} away to start over")
 
 
 def _numel(params, trainable_only: bool = False) -> int:
