@@ -36,23 +36,30 @@ def test_a_lock_no_process_holds_is_named(tmp_path):
     assert lock.exists()  # torch's file: the user removes it
 
 
+def builder(lock, first: str, then: str, seconds: float) -> subprocess.Popen:
+    """A process that opens ``lock``, runs ``first``, says so, sleeps, then runs ``then``
+    (FileBaton's steps: hold the lock while building, close it, remove it)."""
+    return subprocess.Popen([sys.executable, "-c", (
+        "import os, time\n"
+        f"fd = os.open({str(lock)!r}, os.O_RDONLY)\n"
+        f"{first}\n"
+        "print('ready', flush=True)\n"
+        f"time.sleep({seconds})\n"
+        f"{then}\n")], stdout=subprocess.PIPE, text=True)
+
+
 def test_a_held_lock_is_waited_for_until_released(tmp_path, capsys):
     """A builder in another process: it holds the lock open, then closes and removes it, as
     torch's FileBaton does."""
     lock = make_lock(tmp_path)
-    builder = subprocess.Popen([sys.executable, "-c", (
-        "import os, sys, time\n"
-        f"fd = os.open({str(lock)!r}, os.O_RDONLY)\n"
-        "print('holding', flush=True)\n"
-        "time.sleep(1.5)\n"
-        f"os.close(fd); os.remove({str(lock)!r})\n")], stdout=subprocess.PIPE, text=True)
+    builder_ = builder(lock, "pass", f"os.close(fd); os.remove({str(lock)!r})", 1.5)
     try:
-        assert builder.stdout.readline().strip() == "holding"
+        assert builder_.stdout.readline().strip() == "ready"
         start = time.monotonic()
         build_locks.check_build_locks(tmp_path, recheck_s=0.05)
         assert time.monotonic() - start > 0.5 and not lock.exists()
     finally:
-        builder.wait(timeout=30)
+        builder_.wait(timeout=30)
     assert "waiting for another process to finish building" in capsys.readouterr().err
 
 
@@ -61,19 +68,13 @@ def test_a_builder_slow_to_remove_its_closed_lock_is_waited_for(tmp_path):
     a builder may stop seconds between the two; a rank that looked then, and once more a
     second later, called the lock stale and failed the whole stage."""
     lock = make_lock(tmp_path)
-    builder = subprocess.Popen([sys.executable, "-c", (
-        "import os, sys, time\n"
-        f"fd = os.open({str(lock)!r}, os.O_RDONLY)\n"
-        "os.close(fd)\n"
-        "print('closed', flush=True)\n"
-        "time.sleep(2)\n"
-        f"os.remove({str(lock)!r})\n")], stdout=subprocess.PIPE, text=True)
+    builder_ = builder(lock, "os.close(fd)", f"os.remove({str(lock)!r})", 2)
     try:
-        assert builder.stdout.readline().strip() == "closed"
+        assert builder_.stdout.readline().strip() == "ready"
         build_locks.check_build_locks(tmp_path, recheck_s=0.05, confirm_s=4)
         assert not lock.exists()
     finally:
-        builder.wait(timeout=30)
+        builder_.wait(timeout=30)
 
 
 def test_a_holder_whose_other_files_close_while_looked_at_still_holds(tmp_path):
