@@ -116,7 +116,7 @@ def _print_error(message: str) -> None:
 
 # What a rank's collective raises when another rank is gone: gloo's and NCCL's words for a
 # peer whose connection closed, and torch's store errors during the rendezvous
-PEER_GONE_TYPES = ("DistNetworkError", "DistBackendError", "DistStoreError")
+PEER_GONE_TYPES = ("DistNetworkError", "DistStoreError")  # not DistBackendError: NCCL's own faults raise it too
 PEER_GONE_TEXTS = ("connection reset by peer", "connection closed by peer", "broken pipe",
                    "connection was likely closed", "remote process exited", "communicator was aborted")
 PEER_TIMEOUT_TEXTS = ("timed out", "timeout")

@@ -47,6 +47,12 @@ def test_other_errors_are_not_taken_for_a_lost_rank(monkeypatch):
     assert lost_peer(KeyError("classifier.weight")) is None
     assert lost_peer(RuntimeError("Read timed out while downloading model.safetensors")) is None
 
+    class DistBackendError(RuntimeError):
+        pass
+
+    assert lost_peer(DistBackendError("NCCL error: unhandled cuda error")) is None  # NCCL's own fault
+    assert lost_peer(DistBackendError("NCCL error: remote process exited or there was a network error")) is not None
+
 
 @pytest.mark.parametrize("code, sig", [(-9, signal.SIGKILL), (247, signal.SIGKILL), (137, signal.SIGKILL),
                                        (139, signal.SIGSEGV), (-6, signal.SIGABRT), (1, None), (2, None), (75, None)])
