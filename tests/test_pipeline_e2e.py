@@ -35,6 +35,10 @@ def test_crild_run_two_ranks_all_stages_then_nothing_to_do(tmp_path, tiny_bert, 
     proc = subprocess.run(crild, env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     out = tmp_path / "run"
+    # stdout is the runner's lines and the evaluation table, none of DeepSpeed's (the accelerator
+    # it guessed, an op "built successfully", a scheduler read "before it has started")
+    table = proc.stdout.index("Evaluation on rotten_tomatoes")
+    assert all(line.startswith("crild: ") for line in proc.stdout[:table].splitlines()), proc.stdout[:table]
 
     tags = scalar_tags(out / "tensorboard" / "student")
     for phase in ("ild_supplementary", "ild"):

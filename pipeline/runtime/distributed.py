@@ -20,6 +20,7 @@ from pipeline.errors import UserError
 from pipeline.runtime import environment
 from pipeline.runtime.build_locks import check_build_locks, op_builds
 from pipeline.runtime.cuda_arch import prepare_arch_list
+from pipeline.runtime.deepspeed_noise import import_deepspeed, without_build_notes
 from pipeline.runtime.progress import note
 
 T = TypeVar("T")
@@ -98,7 +99,7 @@ def init_distributed() -> DistInfo:
     quiet_library_deprecations()
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # chosen anyway; this only silences a warning
-    import deepspeed
+    deepspeed = import_deepspeed()
 
     cuda = torch.cuda.is_available()
     local_rank = int(os.environ["LOCAL_RANK"])
@@ -110,7 +111,7 @@ def init_distributed() -> DistInfo:
         # a rank that hangs (not dies) makes the others' next collective fail after this long
         timeout = timedelta(seconds=environment.seconds("CRILD_COLLECTIVE_TIMEOUT_S", 600))
         check_build_locks()  # DeepSpeed builds its ops from here on; a stale lock would hang it
-        with op_builds():
+        with op_builds(), without_build_notes():
             deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False, timeout=timeout)
         atexit.unregister(shutdown_distributed)  # once, however often a process re-initialises
         atexit.register(shutdown_distributed)

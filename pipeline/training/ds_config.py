@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from pipeline.errors import UserError
+from pipeline.runtime.deepspeed_noise import import_deepspeed
 from pipeline.schema.paths import read_utf8, resolve_path
 
 AUTO = "auto"
@@ -42,6 +43,7 @@ def check_with_deepspeed(cfg: dict, path: Path) -> None:
     """What DeepSpeed itself would reject, said now with the file's name: an optimizer or
     scheduler it does not know, and whatever its own config classes refuse (a ZeRO stage
     out of range, an unknown ZeRO key, ...)."""
+    import_deepspeed()  # quietly, where it is first imported (a runner's checks)
     from deepspeed.runtime import lr_schedules
     from deepspeed.runtime.config import DEEPSPEED_OPTIMIZERS, DeepSpeedConfig, DeepSpeedConfigError
     from pydantic import ValidationError

@@ -166,6 +166,7 @@ def test_a_zero3_stage_logs_only_its_own_lines(tmp_path, tiny_bert, sentiment_di
     assert proc.returncode == 0, proc.stderr[-3000:]
     foreign = [line for line in proc.stderr.splitlines() if not re.match(r"crild: |\[teacher\] |teacher: ", line)]
     assert foreign == [], foreign[:5]
+    assert proc.stdout == ""  # nor DeepSpeed's notes on stdout (an op "built successfully", the scheduler)
 
 
 def _poison(monkeypatch, bad_micro_steps):
