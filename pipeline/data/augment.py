@@ -20,6 +20,7 @@ example depends on nothing else, so any sharding gives the same merged result.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -101,6 +102,31 @@ class WordVectors:
 def load_vectors(path: str, vocab: Optional[str], where: str = "stages.augment.vectors") -> WordVectors:
     """GloVe vectors from an offline alias, a GloVe text file (``word v1 v2 ...``), or a .npy
     matrix with its vocabulary (.parquet or one word per line)."""
+    path, vocab = _vectors_file(path, vocab, where)
+    p = Path(path)
+    if p.suffix == ".npy":
+        return _checked(_npy_words(vocab, path, where), _npy_matrix(p), path, where)
+    return _text_vectors(p, where)
+
+
+def check_vectors(path: str, vocab: Optional[str], where: str = "stages.augment.vectors",
+                  head_lines: int = 100) -> None:
+    """What ``load_vectors`` would refuse that shows without reading the vectors: the file,
+    a .npy matrix's header and its word count (a Parquet file's metadata), a text file's
+    first ``head_lines`` lines. A run's checks before its first stage use it, where a 1 GB
+    GloVe file read twice would cost minutes; the values' finiteness is left to the stage."""
+    path, vocab = _vectors_file(path, vocab, where)
+    p = Path(path)
+    if p.suffix == ".npy":
+        matrix = _npy_matrix(p)  # memory-mapped: the header alone is read
+        _one_word_per_row(_npy_word_count(vocab, path, where), matrix, path, where)
+        return
+    with open(p, "rb") as fh:
+        _text_rows(list(itertools.islice(fh, head_lines)), p)  # the stage's reader, on the first lines
+
+
+def _vectors_file(path: str, vocab: Optional[str], where: str) -> tuple[str, Optional[str]]:
+    """The vectors file and vocabulary an offline alias or a path names; one line if absent."""
     if path in OFFLINE_VECTORS:
         package, emb, idx = OFFLINE_VECTORS[path]
         spec = importlib.util.find_spec(package)
@@ -112,16 +138,15 @@ def load_vectors(path: str, vocab: Optional[str], where: str = "stages.augment.v
     if not p.is_file():
         what = "is a folder; expected a vectors file" if p.is_dir() else "does not exist"
         raise UserError(f"{where}.path: vectors file '{path}' {what}")
-    if p.suffix == ".npy":
-        return _checked(_npy_words(vocab, path, where), _npy_matrix(p), path, where)
-    return _text_vectors(p, where)
+    return path, vocab
 
 
 def _npy_matrix(path: Path) -> np.ndarray:
     try:
         matrix = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
-        why = "it holds pickled objects, which crild does not load" if "pickle" in str(err) else \
+        objects = any(text in str(err) for text in ("pickle", "Python objects"))
+        why = "it holds pickled objects, which crild does not load" if objects else \
             str(err).splitlines()[0][:120]
         raise UserError(f"{path}: not a NumPy .npy matrix of numbers ({why}); save one with numpy.save") from None
     if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.number):
@@ -130,8 +155,9 @@ def _npy_matrix(path: Path) -> np.ndarray:
     return matrix
 
 
-def _npy_words(vocab: Optional[str], path: str, where: str) -> list[str]:
-    """The words of a .npy matrix: a .parquet file's first column, or one word per line."""
+def _npy_words(vocab: Optional[str], path: str, where: str, metadata_only: bool = False):
+    """The words of a .npy matrix: a .parquet file's first column, or one word per line
+    (``metadata_only``: how many, from a Parquet file's metadata)."""
     if vocab is None or not Path(vocab).is_file():
         raise UserError(f"{where}.vocab: the words of '{path}' are needed (a .parquet or .txt file)")
     if Path(vocab).suffix == ".parquet":
@@ -139,18 +165,29 @@ def _npy_words(vocab: Optional[str], path: str, where: str) -> list[str]:
         import pyarrow.parquet as pq
 
         try:
+            if metadata_only:
+                return pq.read_metadata(vocab).num_rows
             return [str(w) for w in pq.read_table(vocab).column(0).to_pylist()]
         except (OSError, pyarrow.ArrowException) as err:
             raise UserError(f"{vocab}: not a readable Parquet file ({str(err).splitlines()[0][:120]})") from None
-    return read_utf8(Path(vocab)).splitlines()
+    words = read_utf8(Path(vocab)).splitlines()
+    return len(words) if metadata_only else words
+
+
+def _npy_word_count(vocab: Optional[str], path: str, where: str) -> int:
+    return _npy_words(vocab, path, where, metadata_only=True)
+
+
+def _one_word_per_row(count: int, matrix: np.ndarray, path: str, where: str) -> None:
+    if count != matrix.shape[0]:
+        raise UserError(f"{where}.vocab: {count} words for {matrix.shape[0]} vectors in '{path}'; expected one "
+                        f"word per row")
 
 
 def _checked(words: list[str], matrix: np.ndarray, path: str, where: str) -> WordVectors:
     """A word per row, and every value finite: a NaN or infinite vector would make every
     similarity it enters NaN, and the augmenter's nearest words arbitrary."""
-    if len(words) != matrix.shape[0]:
-        raise UserError(f"{where}.vocab: {len(words)} words for {matrix.shape[0]} vectors in '{path}'; expected one "
-                        f"word per row")
+    _one_word_per_row(len(words), matrix, path, where)
     vectors = np.asarray(matrix, dtype=np.float32)
     finite = np.isfinite(vectors).all(axis=1)
     if not finite.all():
@@ -161,25 +198,32 @@ def _checked(words: list[str], matrix: np.ndarray, path: str, where: str) -> Wor
 
 def _text_vectors(path: Path, where: str) -> WordVectors:
     """A GloVe text file: ``word v1 v2 ...`` per line."""
-    words, rows = [], []
     with open(path, "rb") as fh:  # line by line: GloVe files run to gigabytes
-        for n, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
-            except UnicodeDecodeError as err:
-                raise UserError(f"{path}:{n}: not UTF-8 text (byte {raw[err.start]:#04x}); save the file as "
-                                f"UTF-8") from None
-            parts = line.rstrip("\r\n").split(" ")
-            if len(parts) < 2:
-                continue
-            try:
-                rows.append(np.array(parts[1:], dtype=np.float32))
-            except ValueError:
-                raise UserError(f"{path}:{n}: expected 'word v1 v2 ...' with numbers") from None
-            words.append(parts[0])
+        words, rows = _text_rows(fh, path)
+    return _checked(words, np.stack(rows), str(path), where)
+
+
+def _text_rows(lines, path: Path) -> tuple[list[str], list[np.ndarray]]:
+    """The words and vectors of GloVe text ``lines`` (bytes), or one line naming the first
+    that is not ``word v1 v2 ...`` in UTF-8."""
+    words, rows = [], []
+    for n, raw in enumerate(lines, start=1):
+        try:
+            line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+        except UnicodeDecodeError as err:
+            raise UserError(f"{path}:{n}: not UTF-8 text (byte {raw[err.start]:#04x}); save the file as "
+                            f"UTF-8") from None
+        parts = line.rstrip("\r\n").split(" ")
+        if len(parts) < 2:
+            continue
+        try:
+            rows.append(np.array(parts[1:], dtype=np.float32))
+        except ValueError:
+            raise UserError(f"{path}:{n}: expected 'word v1 v2 ...' with numbers") from None
+        words.append(parts[0])
     if not rows or len({len(r) for r in rows}) != 1:
         raise UserError(f"{path}: no vectors, or vectors of different lengths")
-    return _checked(words, np.stack(rows), str(path), where)
+    return words, rows
 
 
 # --------------------------------------------------------------------------- masked LM

@@ -6,8 +6,9 @@ before it.
 Checked here: each training section's DeepSpeed config as that stage builds it for the
 run's world size (batch sizes, ZeRO stage, what DeepSpeed itself rejects, ``on_nonfinite``
 and ``compile`` against ZeRO-3); the student's shape; for distillation, the teacher's and
-student's tokenizers and layer maps; for augmentation, the masked LM's vocabulary against
-the student's; for export, ONNX Runtime. Models are judged from their configs and
+student's tokenizers and layer maps; for augmentation, the word vectors (a .npy header and
+its word count, a text file's first lines) and the masked LM's vocabulary against the
+student's; for export, ONNX Runtime. Models are judged from their configs and
 tokenizers alone (no weights are read). What depends on the data (a stage shorter than its
 gradient accumulation) or on a model's weights is left to the stage. A teacher or student that an earlier stage of the run writes is taken from the
 settings that stage trains it from."""
@@ -16,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import RunConfig, stage_config
+from pipeline.data.augment import check_vectors
 from pipeline.distill.layers import layer_layout
 from pipeline.distill.presets import resolve_phases
 from pipeline.distill.teacher import needs_teacher, tokenize_alike
@@ -97,8 +99,10 @@ def _student_config(cfg: RunConfig):
 
 
 def _check_augment(cfg: RunConfig, names) -> None:
-    """The masked LM proposes words in the student's vocabulary, or one line (as the stage says it)."""
+    """The word vectors as far as they show without reading them all, and the masked LM
+    proposing words in the student's vocabulary; or one line (as the stage says it)."""
     a, s = cfg.stages.augment, cfg.student
+    check_vectors(a.vectors.path, a.vectors.vocab)
     if not a.masked_lm or _written_later(cfg, s.backbone) or _written_later(cfg, a.masked_lm):
         return
     where = "stages.augment.masked_lm"

@@ -93,6 +93,23 @@ def test_a_late_student_augmentation_or_export_mistake_is_refused_before_the_tea
              (["teacher", "augment"], {"stages": {**raw["stages"], "augment": {"masked_lm": str(other_vocab)}}},
               f"stages.augment.masked_lm: '{other_vocab}' has a different vocabulary from student.backbone "
               f"'{tiny_bert}' (the augment stage's; ")]
+    # word vectors: a text file whose first lines are not GloVe's, a .npy of pickled objects,
+    # a .npy with fewer words than rows (Parquet metadata), all read without the vectors
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (text := tmp_path / "glove.txt").write_text("the 0.1 0.2\nof 0.3 zero\n")
+    np.save(pickled := tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.save(matrix := tmp_path / "m.npy", np.zeros((3, 4), dtype=np.float32))
+    pq.write_table(pa.table({"word": ["a", "b"]}), words := tmp_path / "words.parquet")
+    for vectors, message in (({"path": str(text)}, f"{text}:2: expected 'word v1 v2 ...' with numbers"),
+                             ({"path": str(pickled)}, f"{pickled}: not a NumPy .npy matrix of numbers (it holds "
+                                                      f"pickled objects, which crild does not load)"),
+                             ({"path": str(matrix), "vocab": str(words)},
+                              f"stages.augment.vectors.vocab: 2 words for 3 vectors in '{matrix}'")):
+        cases.append((["teacher", "augment"], {"stages": {**raw["stages"], "augment": {"vectors": vectors}}},
+                      message))
     for pipeline, edit, message in cases:
         line = refusal(tmp_path, {**raw, **edit, "pipeline": pipeline}, capsys)
         assert line.startswith(f"crild: error: {message}"), line
