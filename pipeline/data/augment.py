@@ -119,7 +119,7 @@ def check_vectors(path: str, vocab: Optional[str], where: str = "stages.augment.
     p = Path(path)
     if p.suffix == ".npy":
         matrix = _npy_matrix(p)  # memory-mapped: the header alone is read
-        _one_word_per_row(_npy_word_count(vocab, path, where), matrix, path, where)
+        _one_word_per_row(_npy_words(vocab, path, where, metadata_only=True), matrix, path, where)
         return
     with open(p, "rb") as fh:
         _text_rows(list(itertools.islice(fh, head_lines)), p)  # the stage's reader, on the first lines
@@ -172,10 +172,6 @@ def _npy_words(vocab: Optional[str], path: str, where: str, metadata_only: bool 
             raise UserError(f"{vocab}: not a readable Parquet file ({str(err).splitlines()[0][:120]})") from None
     words = read_utf8(Path(vocab)).splitlines()
     return len(words) if metadata_only else words
-
-
-def _npy_word_count(vocab: Optional[str], path: str, where: str) -> int:
-    return _npy_words(vocab, path, where, metadata_only=True)
 
 
 def _one_word_per_row(count: int, matrix: np.ndarray, path: str, where: str) -> None:

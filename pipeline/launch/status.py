@@ -1,8 +1,9 @@
 """``crild status``: each stage of a run as complete, running (by whom), interrupted
 (resumable from a checkpoint), stale (complete for another configuration or other inputs),
-blocked (a folder not the stage's where it writes, which crild run refuses) or missing; then the checkpoints set aside when a configuration changed, which nothing reads
-again, with the space they take. Reads manifests, the run lock and checkpoint folders;
-changes nothing."""
+blocked (a folder not the stage's where it writes, which crild run refuses) or missing;
+then the checkpoints set aside when a configuration changed, which nothing reads again,
+with the space they take. Reads manifests, the run lock and checkpoint folders; changes
+nothing."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -7,8 +7,8 @@ torch's ``FileBaton`` creates ``<extensions root>/<op>/lock`` and keeps it open 
 builds, so on Linux a lock that no process has open is stale, once it has stayed so for a
 while: the builder closes the file before it removes it, and on a loaded machine (many ranks
 on few cores) it may wait seconds between the two. Where ``/proc`` is missing the lock's age
-decides. A lock that a live process holds is waited for: another
-rank, or another run, is building that op now. Nothing here removes a lock: it is torch's
+decides. A lock that a live process holds is waited for: another rank, or another run, is
+building that op now. Nothing here removes a lock: it is torch's
 file, and the user decides."""
 from __future__ import annotations
 

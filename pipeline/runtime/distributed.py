@@ -6,7 +6,6 @@ import os
 import random
 import socket
 import sys
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -73,15 +72,6 @@ def set_threads() -> int:
     return n
 
 
-# DeepSpeed's ZeRO-3 calls collectives that torch has renamed; each call warned again, 120
-# lines in a four-step tiny run, about code the user cannot change
-DEEPSPEED_DEPRECATIONS = r"`torch\.distributed\.\w+` is deprecated"
-
-
-def quiet_library_deprecations() -> None:
-    warnings.filterwarnings("ignore", message=DEEPSPEED_DEPRECATIONS, category=FutureWarning)
-
-
 def init_distributed() -> DistInfo:
     """Initialise (once) the process group: NCCL on CUDA, gloo on CPU. Works without a
     launcher by defaulting to a single rank on loopback."""
@@ -96,7 +86,6 @@ def init_distributed() -> DistInfo:
         os.environ["MASTER_PORT"] = str(free_port())
     os.environ.setdefault("MASTER_PORT", "29500")
     set_threads()
-    quiet_library_deprecations()
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # chosen anyway; this only silences a warning
     deepspeed = import_deepspeed()
