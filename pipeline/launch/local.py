@@ -107,8 +107,8 @@ def run_pipeline(cfg: RunConfig, config_path: str, overrides: list[str], force: 
 def ended_by(code: int) -> Optional[signal.Signals]:
     """The signal a stage's exit code says ended it, or None: a process's own (negative),
     the shell's and srun's 128 + n, and the deepspeed launcher's, which exits with its rank's
-    negative code, 256 - n."""
-    n = -code if code < 0 else code - 128 if 128 < code <= 128 + 64 else 256 - code if code > 192 else 0
+    negative code, 256 - n (255 stays a plain code: it is also what ``exit -1`` gives)."""
+    n = -code if code < 0 else code - 128 if 128 < code <= 128 + 64 else 256 - code if 192 < code < 255 else 0
     try:
         return signal.Signals(n) if n else None
     except ValueError:

@@ -55,7 +55,8 @@ def test_other_errors_are_not_taken_for_a_lost_rank(monkeypatch):
 
 
 @pytest.mark.parametrize("code, sig", [(-9, signal.SIGKILL), (247, signal.SIGKILL), (137, signal.SIGKILL),
-                                       (139, signal.SIGSEGV), (-6, signal.SIGABRT), (1, None), (2, None), (75, None)])
+                                       (139, signal.SIGSEGV), (-6, signal.SIGABRT), (1, None), (2, None), (75, None),
+                                       (255, None)])
 def test_exit_codes_name_the_signal_behind_them(code, sig):
     """The deepspeed launcher exits with its rank's negative code (256 - n), srun and shells
     with 128 + n, and a plain child with -n."""
