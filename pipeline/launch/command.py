@@ -42,6 +42,8 @@ def stage_command(cfg, name: str, config_path: str, overrides: list[str]) -> lis
         tasks = ["--ntasks=1", "--nodes=1"] if stage.one_process else [f"--ntasks={os.environ['SLURM_NTASKS']}"]
         return ["srun", "--kill-on-bad-exit=1", *tasks, sys.executable, script, *args]
     if cfg.num_ranks > 1 and not stage.one_process:  # a free port: runs can share a machine
-        return [*DEEPSPEED_LAUNCHER, "--num_gpus", str(cfg.num_ranks), "--master_port", str(free_port()), script,
-                *args]
+        # the launcher's own log at "error": its info lines (a dozen a stage: the hostfile it has no
+        # need of, each rank spawned and exited) filled stdout between crild's lines and tables
+        return [*DEEPSPEED_LAUNCHER, "--num_gpus", str(cfg.num_ranks), "--master_port", str(free_port()),
+                "--log_level", "error", script, *args]
     return [sys.executable, script, *args]

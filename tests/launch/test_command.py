@@ -53,7 +53,7 @@ def test_several_ranks_launch_through_this_interpreters_deepspeed(tmp_path, tiny
     assert cmd[:3] == [sys.executable, "-m", "deepspeed.launcher.runner"]
     assert cmd[3:5] == ["--num_gpus", "2"] and cmd[-4:] == ["run.yaml", "seed=3", "--stage", "teacher"]
     done = subprocess.run([*cmd[:3], "--help"], capture_output=True, text=True, env={"PATH": "/nonexistent"})
-    assert done.returncode == 0 and "--num_gpus" in done.stdout
+    assert done.returncode == 0 and "--num_gpus" in done.stdout and "--log_level" in done.stdout
 
 
 def test_a_missing_input_of_a_late_stage_stops_the_run_before_its_first_stage(tmp_path, tiny_bert, sentiment_dir,
