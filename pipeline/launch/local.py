@@ -7,6 +7,8 @@ import signal
 from pathlib import Path
 from typing import Optional
 
+import torch
+
 from pipeline.config import LAUNCHED_ENV, RunConfig, check_launched, launched_digest, load_config, stage_config
 from pipeline.errors import EXIT_PREEMPTED, UserError
 from pipeline.launch.command import check_local_ranks, stage_command
@@ -142,6 +144,8 @@ def _run_stages(cfg: RunConfig, config_path: str, overrides: list[str], force: b
                  world_size=int(os.environ["SLURM_NTASKS"]) if in_slurm_allocation() else cfg.num_ranks)
     runner = StageRunner(cfg.output_dir)
     env = {**os.environ, LAUNCHED_ENV: launched_digest(cfg)}  # the stages check they read this configuration
+    if not torch.cuda.is_available():  # the stages run here: DeepSpeed's launchers need not guess the accelerator
+        env.setdefault("DS_ACCELERATOR", "cpu")
     if in_slurm_allocation():
         env.update(slurm_rendezvous())
     redo = force  # once a stage runs, every later stage runs too: its inputs are changing
