@@ -15,13 +15,17 @@ from pipeline.outputs.integrity import problems
 from pipeline.outputs.lock import holder
 from pipeline.outputs.manifest import is_complete, recorded_fingerprint
 from pipeline.stages import STAGES, check_output_folder, stage_fingerprints
-from pipeline.training.checkpointing import STALE_SUFFIX, TAG_PREFIX
+from pipeline.training.checkpointing import STALE_SUFFIX, TAG_PREFIX, ranks_that_wrote
 
 
-def _latest_step(folder: Path) -> int | None:
-    """The optimizer step of the newest checkpoint under ``folder`` (None: none)."""
+def _latest_step(folder: Path) -> str | None:
+    """``step N on R rank(s)`` of the newest checkpoint under ``folder`` (None: none): a
+    resume needs as many ranks as wrote it."""
     tags = sorted(p.name for p in folder.glob(f"{TAG_PREFIX}*") if p.is_dir()) if folder.is_dir() else []
-    return int(tags[-1][len(TAG_PREFIX):]) if tags else None
+    if not tags:
+        return None
+    ranks = ranks_that_wrote(folder / tags[-1])
+    return f"step {int(tags[-1][len(TAG_PREFIX):])}" + (f" on {ranks} rank(s)" if ranks else "")
 
 
 def _progress(cfg: RunConfig, name: str) -> str | None:
@@ -33,14 +37,14 @@ def _progress(cfg: RunConfig, name: str) -> str | None:
     root = Path(cfg.output_dir) / ckpt
     if name not in ("distill", "baseline"):
         step = _latest_step(root)
-        return None if step is None else f"resumable from step {step}"
+        return None if step is None else f"resumable from {step}"
     output = stage_cfg.stages.distill.output
     done, current = [], None
     for phase in resolve_phases(stage_cfg.stages.distill):
         if is_complete(Path(cfg.output_dir) / f"{output}.phases" / phase.name):
             done.append(phase.name)
         elif current is None and (step := _latest_step(root / phase.name)) is not None:
-            current = f"phase {phase.name} resumable from step {step}"
+            current = f"phase {phase.name} resumable from {step}"
     if current is None and not done:
         return None
     return ", ".join(filter(None, [current, f"{', '.join(done)} complete" if done else None]))

@@ -190,12 +190,17 @@ class Checkpoints:
         state): ZeRO's partitioned optimizer state does not load on another number, where
         DeepSpeed raised a traceback, and at ZeRO-0 the global batch and each rank's data
         would change mid-stage, so the resume would not continue the same training."""
-        written = len(list((self.root / tag).glob("rng_rank*.pt")))
+        written = ranks_that_wrote(self.root / tag)
         if written and written != self.dist.world_size:
             raise UserError(f"{self.root / tag}: checkpoint written by {written} rank(s), and this run has "
                             f"{self.dist.world_size}; a resume continues the same training only on as many (the "
                             f"global batch, each rank's data and ZeRO's optimizer partitions depend on it): run it on "
                             f"{written} (num_ranks: {written}), or move {self.root} away to start over")
+
+
+def ranks_that_wrote(tag: Path) -> int:
+    """How many ranks wrote the checkpoint ``tag`` (each writes its RNG state); 0 if unknown."""
+    return len(list(Path(tag).glob("rng_rank*.pt")))
 
 
 def _numel(params, trainable_only: bool = False) -> int:
