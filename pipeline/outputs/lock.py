@@ -44,6 +44,12 @@ def _prepare(output_dir: Path) -> None:
     """output_dir exists (created if need be) and is a writable folder, or one line."""
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"output_dir: '{output_dir}' is a file, not a folder")
+    where = output_dir.resolve()
+    if where == Path(where.anchor) or where == Path.home().resolve():
+        what = "the file system's root" if where == Path(where.anchor) else "your home folder"
+        raise UserError(f"output_dir: '{output_dir}' is {what}; crild writes its stage folders (teacher, eval, "
+                        f"checkpoints, tensorboard, ...) directly in output_dir: give the run a folder of its own "
+                        f"(runs/NAME)")
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:

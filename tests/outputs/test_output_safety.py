@@ -41,6 +41,19 @@ def test_output_names_stay_inside_output_dir_and_off_other_stages_folders(tmp_pa
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]  # nothing ran, nothing moved
 
 
+def test_the_file_systems_root_or_the_home_folder_is_not_an_output_dir(monkeypatch, tmp_path):
+    """A run writes teacher/, eval/, checkpoints/, tensorboard/ straight into output_dir:
+    'output_dir: /' (or ~) spread them over the root (or the home folder) without a word."""
+    from pipeline.outputs.lock import _prepare
+
+    for path, what in ((Path("/"), "the file system's root"), (tmp_path, "your home folder")):
+        monkeypatch.setattr(Path, "home", lambda: tmp_path)
+        with pytest.raises(UserError, match=f"output_dir: '{path}' is {what}; crild writes its stage folders"):
+            _prepare(path)
+    _prepare(tmp_path / "runs" / "x")  # a folder of its own, made as needed
+    assert (tmp_path / "runs" / "x").is_dir()
+
+
 def test_the_baseline_output_is_not_the_students_when_both_run():
     with pytest.raises(UserError, match="'student_finetuned' is the baseline stage's output"):
         from_dict({"pipeline": ["teacher", "distill", "baseline"],
