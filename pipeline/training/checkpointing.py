@@ -184,7 +184,6 @@ class Checkpoints:
             self.extra[1](self.root / tag)
         return state
 
-
     def _check_world_size(self, tag: str) -> None:
         """The checkpoint was written by as many ranks as this run has (each writes its RNG
         state): ZeRO's partitioned optimizer state does not load on another number, where
