@@ -45,7 +45,11 @@ def _prepare(output_dir: Path) -> None:
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"output_dir: '{output_dir}' is a file, not a folder")
     where = output_dir.resolve()
-    if where == Path(where.anchor) or where == Path.home().resolve():
+    try:
+        home = Path.home().resolve()
+    except (RuntimeError, KeyError):  # no HOME and no password entry: no home folder to mistake
+        home = None
+    if where in (Path(where.anchor), home):
         what = "the file system's root" if where == Path(where.anchor) else "your home folder"
         raise UserError(f"output_dir: '{output_dir}' is {what}; crild writes its stage folders (teacher, eval, "
                         f"checkpoints, tensorboard, ...) directly in output_dir: give the run a folder of its own "
