@@ -119,7 +119,7 @@ def check_vectors(path: str, vocab: Optional[str], where: str = "stages.augment.
     p = Path(path)
     if p.suffix == ".npy":
         matrix = _npy_matrix(p)  # memory-mapped: the header alone is read
-        _one_word_per_row(_npy_words(vocab, path, where, metadata_only=True), matrix, path, where)
+        _one_word_per_row(_npy_word_count(vocab, path, where), matrix, path, where)
         return
     with open(p, "rb") as fh:
         _text_rows(list(itertools.islice(fh, head_lines)), p)  # the stage's reader, on the first lines
@@ -155,23 +155,35 @@ def _npy_matrix(path: Path) -> np.ndarray:
     return matrix
 
 
-def _npy_words(vocab: Optional[str], path: str, where: str, metadata_only: bool = False):
-    """The words of a .npy matrix: a .parquet file's first column, or one word per line
-    (``metadata_only``: how many, from a Parquet file's metadata)."""
+def _npy_words(vocab: Optional[str], path: str, where: str) -> list[str]:
+    """The words of a .npy matrix: a .parquet file's first column, or one word per line."""
+    if _vocab_file(vocab, path, where).suffix == ".parquet":
+        return [str(w) for w in _parquet(vocab, lambda pq: pq.read_table(vocab).column(0).to_pylist())]
+    return read_utf8(Path(vocab)).splitlines()
+
+
+def _npy_word_count(vocab: Optional[str], path: str, where: str) -> int:
+    """How many words ``_npy_words`` would give, from a Parquet file's metadata alone."""
+    if _vocab_file(vocab, path, where).suffix == ".parquet":
+        return _parquet(vocab, lambda pq: pq.read_metadata(vocab).num_rows)
+    return len(_npy_words(vocab, path, where))
+
+
+def _vocab_file(vocab: Optional[str], path: str, where: str) -> Path:
     if vocab is None or not Path(vocab).is_file():
         raise UserError(f"{where}.vocab: the words of '{path}' are needed (a .parquet or .txt file)")
-    if Path(vocab).suffix == ".parquet":
-        import pyarrow
-        import pyarrow.parquet as pq
+    return Path(vocab)
 
-        try:
-            if metadata_only:
-                return pq.read_metadata(vocab).num_rows
-            return [str(w) for w in pq.read_table(vocab).column(0).to_pylist()]
-        except (OSError, pyarrow.ArrowException) as err:
-            raise UserError(f"{vocab}: not a readable Parquet file ({str(err).splitlines()[0][:120]})") from None
-    words = read_utf8(Path(vocab)).splitlines()
-    return len(words) if metadata_only else words
+
+def _parquet(vocab: str, read):
+    """``read(pyarrow.parquet)``, or one line when ``vocab`` is not a readable Parquet file."""
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
+        return read(pq)
+    except (OSError, pyarrow.ArrowException) as err:
+        raise UserError(f"{vocab}: not a readable Parquet file ({str(err).splitlines()[0][:120]})") from None
 
 
 def _one_word_per_row(count: int, matrix: np.ndarray, path: str, where: str) -> None:

@@ -10,8 +10,9 @@ student's tokenizers and layer maps; for augmentation, the word vectors (a .npy 
 its word count, a text file's first lines) and the masked LM's vocabulary against the
 student's; for export, ONNX Runtime. Models are judged from their configs and
 tokenizers alone (no weights are read). What depends on the data (a stage shorter than its
-gradient accumulation) or on a model's weights is left to the stage. A teacher or student that an earlier stage of the run writes is taken from the
-settings that stage trains it from."""
+gradient accumulation) or on a model's weights is left to the stage. A teacher or student
+that an earlier stage of the run writes is taken from the settings that stage trains it
+from."""
 from __future__ import annotations
 
 from pathlib import Path
