@@ -127,6 +127,10 @@ def more_cases(tmp: Path, tiny_bert: Path, data: Path):
     (tmp / "a-file").write_text("not a folder")
     ds_optimizer = _text(tmp / "ds_optimizer.json", json.dumps({"optimizer": {"type": "Adamz", "params": {}}}))
     ds_zero = _text(tmp / "ds_zero.json", json.dumps({"zero_optimization": {"stage": 7}}))
+    ds_quoted = _text(tmp / "ds_quoted.json", json.dumps({"bf16": {"enabled": "false"}}))
+    ds_momentum = _text(tmp / "ds_momentum.json", json.dumps({"optimizer": {"type": "AdamW", "params": {
+        "torch_adam": True, "momentum": 0.9}}}))
+    ds_step = _text(tmp / "ds_step.json", json.dumps({"scheduler": {"type": "StepLR"}, "steps_per_print": "10"}))
     ds_bytes = tmp / "ds_bytes.json"
     ds_bytes.write_bytes(b'{"zero_optimization": {"stage": 0}, "x": "\xff"}')
     (tmp / "ds_folder.json").mkdir(exist_ok=True)
@@ -183,6 +187,12 @@ def more_cases(tmp: Path, tiny_bert: Path, data: Path):
          ["ds_optimizer.json: optimizer.type: DeepSpeed has no optimizer 'Adamz'"]),
         ("ZeRO stage out of range", ["teacher", cfg("s8", deepspeed_config=str(ds_zero))],
          ["ds_zero.json: zero_optimization.stage: DeepSpeed rejects it", "got 7"]),
+        ("DeepSpeed switch spelled as a string", ["teacher", cfg("s9", deepspeed_config=str(ds_quoted))],
+         ['ds_quoted.json: bf16.enabled: expected true or false, got "false" (a string)']),
+        ("optimizer setting the optimizer does not take", ["teacher", cfg("s10", deepspeed_config=str(ds_momentum))],
+         ["ds_momentum.json: optimizer.params.momentum: AdamW takes no 'momentum' (it takes lr, betas"]),
+        ("DeepSpeed setting of the wrong type", ["teacher", cfg("s11", deepspeed_config=str(ds_step))],
+         ['ds_step.json: steps_per_print: expected a whole number >= 1, got "10" (a string)']),
         ("truncated weights file", ["teacher", cfg("m5", teacher={"model": str(truncated)})],
          ["teacher: cannot load the model in", "truncated'", "incomplete metadata"]),
         ("teacher with another label count", ["teacher", cfg("m6", teacher={"model": str(three_labels)})],
@@ -349,7 +359,7 @@ def test_catalogue_has_every_case_documented(tmp_path, tiny_bert, sentiment_dir)
         assert f"| {name} |" in doc, name
 
 
-CASE_COUNT = 83
+CASE_COUNT = 86
 
 
 @pytest.mark.parametrize("index", range(CASE_COUNT))

@@ -3,6 +3,7 @@ settings; explicit values that contradict the stage's settings are errors."""
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 from pathlib import Path
 
@@ -10,9 +11,9 @@ import torch
 
 from pipeline.errors import UserError
 from pipeline.runtime.deepspeed_noise import import_deepspeed
+from pipeline.runtime.progress import note
 from pipeline.schema.paths import read_utf8, resolve_path
-
-AUTO = "auto"
+from pipeline.training.ds_value_types import AUTO, check_by_building, check_value_types, scheduler_class
 
 
 def read_ds_text(path: str, source: str) -> tuple[Path, str]:
@@ -97,7 +98,8 @@ def _fill(node: dict, key: str, value, where: str, path: Path, yaml_key: str) ->
     current = node.get(key, AUTO)
     if current == AUTO:
         node[key] = value
-    elif current != value and not (isinstance(value, float) and abs(float(current) - value) <= 1e-12 * abs(value)):
+    elif current != value and not (isinstance(value, float) and isinstance(current, (int, float))
+                                   and abs(float(current) - value) <= 1e-12 * abs(value)):
         raise UserError(f"{path}: {where}={current!r} contradicts {yaml_key}={value!r}; "
                         f"set it to \"auto\" or make them agree")
 
@@ -119,8 +121,50 @@ def build_ds_config(path: str, train, world_size: int, total_steps: int | None, 
     machine may not be the one that trains (``device_checks`` False: fp16 and bf16 are not
     checked against this machine's GPU)."""
     p, cfg = load_ds_json(path, source)
+    check_value_types(cfg, p, stage)
     cfg = default_sections(copy.deepcopy(cfg))
     y = f"stages.{stage}"
+    _fill_batch(cfg, train, world_size, p, y)
+    _fill(cfg, "gradient_clipping", train.max_grad_norm, "gradient_clipping", p, f"{y}.max_grad_norm")
+    params = cfg["optimizer"].setdefault("params", {})
+    _fill(params, "lr", train.learning_rate, "optimizer.params.lr", p, f"{y}.learning_rate")
+    _fill(params, "weight_decay", train.weight_decay, "optimizer.params.weight_decay", p, f"{y}.weight_decay")
+    _fill_scheduler(cfg["scheduler"], train, total_steps, p, y)
+    if hidden_size is not None:
+        fill_zero_buckets(cfg, hidden_size)
+    cfg.setdefault("steps_per_print", 10**9)
+    cfg.setdefault("wall_clock_breakdown", False)
+    if device_checks:
+        _check_precision(cfg, p)
+    if train.on_nonfinite == "skip" and zero_stage(cfg) == 3:
+        raise UserError(f"{y}.on_nonfinite: skip is not supported with ZeRO-3 ({p}); use stop, or ZeRO 0-2")
+    leftovers = _find_auto(cfg)
+    if leftovers:
+        raise UserError(f"{p}: {leftovers[0]} is \"auto\" but crild has no setting to fill it from")
+    check_by_building(cfg, p)
+    check_with_deepspeed(cfg, p)
+    if total_steps is not None:  # in the stage, not in a runner's checks before it
+        _note_unused_settings(cfg["scheduler"]["type"], p, y)
+    return cfg
+
+
+# DeepSpeed schedulers that set the learning rate from their own params (cycle_min_lr, ...)
+SETS_ITS_OWN_LR = ("OneCycle", "LRRangeTest")
+
+
+def _note_unused_settings(scheduler: str, path: Path, section: str) -> None:
+    """Say which of the stage's settings a scheduler of the user's makes meaningless: the
+    learning rate where it sets its own, warmup_ratio where it has no warmup."""
+    cls = scheduler_class({"scheduler": {"type": scheduler}})
+    unused = ["learning_rate"] if scheduler in SETS_ITS_OWN_LR else []
+    if cls is not None and "warmup_num_steps" not in inspect.signature(cls).parameters:
+        unused.append("warmup_ratio")
+    if unused:
+        note(f"note: {path}: scheduler {scheduler} does not use {section}.{' or '.join(unused)}")
+
+
+def _fill_batch(cfg: dict, train, world_size: int, p: Path, y: str) -> None:
+    """The micro batch, accumulation and global batch, from the stage's settings."""
     _fill(cfg, "train_micro_batch_size_per_gpu", train.batch_size, "train_micro_batch_size_per_gpu", p,
           f"{y}.batch_size")
     _fill(cfg, "gradient_accumulation_steps", train.gradient_accumulation_steps, "gradient_accumulation_steps", p,
@@ -133,39 +177,22 @@ def build_ds_config(path: str, train, world_size: int, total_steps: int | None, 
         raise UserError(f"{p}: train_batch_size={tbs} contradicts world size {world_size} x micro batch "
                         f"{train.batch_size} x gradient accumulation {train.gradient_accumulation_steps} "
                         f"= {global_batch}; set it to \"auto\"")
-    _fill(cfg, "gradient_clipping", train.max_grad_norm, "gradient_clipping", p, f"{y}.max_grad_norm")
-    opt = cfg.get("optimizer")
-    if opt is not None:
-        params = opt.setdefault("params", {})
-        _fill(params, "lr", train.learning_rate, "optimizer.params.lr", p, f"{y}.learning_rate")
-        _fill(params, "weight_decay", train.weight_decay, "optimizer.params.weight_decay", p, f"{y}.weight_decay")
-    sched = cfg.get("scheduler")
-    if sched is not None:
-        params = sched.setdefault("params", {})
-        steps = total_steps or 1
-        warmup = max(1, int(round(train.warmup_ratio * steps)))  # DeepSpeed needs >= 1
-        fill_steps = _fill if total_steps is not None else _fill_auto
-        if "warmup_max_lr" in params or sched.get("type") in ("WarmupLR", "WarmupDecayLR", "WarmupCosineLR"):
-            if sched.get("type") != "WarmupCosineLR":
-                _fill(params, "warmup_max_lr", train.learning_rate, "scheduler.params.warmup_max_lr", p,
-                      f"{y}.learning_rate")
-            fill_steps(params, "warmup_num_steps", warmup, "scheduler.params.warmup_num_steps", p, f"{y}.warmup_ratio")
-        if sched.get("type") in ("WarmupDecayLR", "WarmupCosineLR"):
-            fill_steps(params, "total_num_steps", steps, "scheduler.params.total_num_steps", p,
-                       "the stage's step count")
-    if hidden_size is not None:
-        fill_zero_buckets(cfg, hidden_size)
-    cfg.setdefault("steps_per_print", 10**9)
-    cfg.setdefault("wall_clock_breakdown", False)
-    if device_checks:
-        _check_precision(cfg, p)
-    if train.on_nonfinite == "skip" and zero_stage(cfg) == 3:
-        raise UserError(f"{y}.on_nonfinite: skip is not supported with ZeRO-3 ({p}); use stop, or ZeRO 0-2")
-    leftovers = _find_auto(cfg)
-    if leftovers:
-        raise UserError(f"{p}: {leftovers[0]} is \"auto\" but crild has no setting to fill it from")
-    check_with_deepspeed(cfg, p)
-    return cfg
+
+
+def _fill_scheduler(sched: dict, train, total_steps: int | None, p: Path, y: str) -> None:
+    """The warmup and step counts of DeepSpeed's own schedulers, from the stage's settings
+    (stand-ins where ``total_steps`` is not known yet)."""
+    params = sched.setdefault("params", {})
+    steps = total_steps or 1
+    warmup = max(1, int(round(train.warmup_ratio * steps)))  # DeepSpeed needs >= 1
+    fill_steps = _fill if total_steps is not None else _fill_auto
+    if "warmup_max_lr" in params or sched.get("type") in ("WarmupLR", "WarmupDecayLR", "WarmupCosineLR"):
+        if sched.get("type") != "WarmupCosineLR":
+            _fill(params, "warmup_max_lr", train.learning_rate, "scheduler.params.warmup_max_lr", p,
+                  f"{y}.learning_rate")
+        fill_steps(params, "warmup_num_steps", warmup, "scheduler.params.warmup_num_steps", p, f"{y}.warmup_ratio")
+    if sched.get("type") in ("WarmupDecayLR", "WarmupCosineLR"):
+        fill_steps(params, "total_num_steps", steps, "scheduler.params.total_num_steps", p, "the stage's step count")
 
 
 def fill_zero_buckets(cfg: dict, hidden_size: int) -> dict:
