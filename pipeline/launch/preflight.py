@@ -8,9 +8,10 @@ run's world size (batch sizes, ZeRO stage, what DeepSpeed itself rejects, ``on_n
 and ``compile`` against ZeRO-3); the student's shape; for distillation, the teacher's and
 student's tokenizers and layer maps; for augmentation, the word vectors (a .npy header and
 its word count, a text file's first lines) and the masked LM's vocabulary against the
-student's; for export, ONNX Runtime. Models are judged from their configs and
-tokenizers alone (no weights are read). What depends on the data (a stage shorter than its
-gradient accumulation) or on a model's weights is left to the stage. A teacher or student
+student's; for export, ONNX Runtime. Models are judged from their configs and tokenizers,
+and the weights a stage will read from the headers of their safetensors files (a truncated
+copy), not from the tensors. What depends on the data (a stage shorter than its gradient
+accumulation) or on the tensors of a model's weights is left to the stage. A teacher or student
 that an earlier stage of the run writes is taken from the settings that stage trains it
 from."""
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pipeline.distill.teacher import needs_teacher, tokenize_alike
 from pipeline.errors import UserError
 from pipeline.export.runtime import onnxruntime
 from pipeline.models.compiling import check_compilable
-from pipeline.models.loading import encoder_config, load_tokenizer, resolve_model
+from pipeline.models.loading import OFFLINE_MODELS, check_weights, encoder_config, load_tokenizer, resolve_model
 from pipeline.outputs.manifest import is_complete, recorded_fingerprint
 from pipeline.stages import check_output_folder, stage_fingerprints
 from pipeline.training.ds_config import build_ds_config
@@ -68,7 +69,7 @@ def _check_distillation(cfg: RunConfig, names) -> None:
     """The student, and where a phase reads the teacher: both tokenize alike where a phase
     needs it, and every phase's layer map fits both depths and widths."""
     d, s = cfg.stages.distill, cfg.student
-    student_config = None if _written_later(cfg, s.backbone) else _student_config(cfg)
+    student_config = _check_student(cfg, names)
     phases = resolve_phases(d)
     if not needs_teacher(d, phases):
         return
@@ -76,6 +77,8 @@ def _check_distillation(cfg: RunConfig, names) -> None:
     if teacher is None or student_config is None:
         return
     name, random_init, where = teacher
+    if random_init is None:
+        _whole_weights(cfg, name, where)
     backbone = resolve_model(s.backbone, "student.backbone", need_weights=False)
     teacher_path = resolve_model(name, where, need_weights=False)
     if not tokenize_alike(d, phases, load_tokenizer(teacher_path, where), load_tokenizer(backbone, "student.backbone"),
@@ -86,11 +89,23 @@ def _check_distillation(cfg: RunConfig, names) -> None:
         layer_layout(d, phase, student_config, teacher_config)
 
 
-def _check_student(cfg: RunConfig, names) -> None:
-    """The student as ``student`` describes it (layers kept, a random shape) can be built."""
+def _check_student(cfg: RunConfig, names):
+    """The student as ``student`` describes it (layers kept, a random shape) can be built,
+    from whole weights where it starts from the backbone's; its config, or None where an
+    earlier stage writes the backbone."""
     s = cfg.student
-    if not _written_later(cfg, s.backbone):
-        _student_config(cfg)
+    if _written_later(cfg, s.backbone):
+        return None
+    if s.init != "random":
+        _whole_weights(cfg, s.backbone, "student.backbone")
+    return _student_config(cfg)
+
+
+def _whole_weights(cfg: RunConfig, name: str, where: str) -> None:
+    """A model folder's (or offline alias's) safetensors headers, where a stage will read its
+    weights: a truncated copy is one line now. Hub names are left to the hub's download."""
+    if (Path(name).expanduser().is_dir() or name in OFFLINE_MODELS) and not _written_later(cfg, name):
+        check_weights(resolve_model(name, where), where)
 
 
 def _student_config(cfg: RunConfig):
@@ -107,19 +122,34 @@ def _check_augment(cfg: RunConfig, names) -> None:
     if not a.masked_lm or _written_later(cfg, s.backbone) or _written_later(cfg, a.masked_lm):
         return
     where = "stages.augment.masked_lm"
+    _whole_weights(cfg, a.masked_lm, where)
     mlm = load_tokenizer(resolve_model(a.masked_lm, where, need_weights=False), where)
     student = load_tokenizer(resolve_model(s.backbone, "student.backbone", need_weights=False), "student.backbone")
     if mlm.get_vocab() != student.get_vocab():
         raise UserError(f"{where}: '{a.masked_lm}' has a different vocabulary from student.backbone '{s.backbone}'")
 
 
+def _check_teacher(cfg: RunConfig, names) -> None:
+    if cfg.teacher.random_init is None:
+        _whole_weights(cfg, cfg.teacher.model, "teacher.model")
+
+
+def _check_listed_models(stage: str):
+    """The check of a stage that reads the model folders ``stages.<stage>.models`` lists."""
+    def check(cfg: RunConfig, names) -> None:
+        for i, model in enumerate(getattr(cfg.stages, stage).models):
+            _whole_weights(cfg, model, f"stages.{stage}.models[{i}]")
+    return check
+
+
 def _check_export(cfg: RunConfig, names) -> None:
     onnxruntime()
+    _check_listed_models("export")(cfg, names)
 
 
 # stage -> its checks beyond the DeepSpeed configs: (its configuration, the stages that run)
-STAGE_CHECKS = {"augment": _check_augment, "distill": _check_distillation, "baseline": _check_student,
-                "export": _check_export}
+STAGE_CHECKS = {"teacher": _check_teacher, "augment": _check_augment, "distill": _check_distillation,
+                "baseline": _check_student, "evaluate": _check_listed_models("evaluate"), "export": _check_export}
 
 
 def _written_later(cfg: RunConfig, name: str) -> bool:

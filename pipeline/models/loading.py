@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, one_error
 from pipeline.models.families import family_of
 from pipeline.models.label_order import align_outputs, head_loaded
 
@@ -246,6 +246,36 @@ def load_pretrained(cls, path: str, where: str, **kwargs):
             raise
         raise UserError(f"{where}: the weights in '{path}' do not fit its config.json ({str(err).splitlines()[0]})") \
             from None
+
+
+def check_weights(path: str, where: str) -> None:
+    """The safetensors files of the model folder ``path`` are whole: every shard its index
+    names is there, and each file's header parses and covers the file (safetensors' own
+    check, which maps the file and reads no tensor). A copy or download cut short is then
+    named before a run's first stage, not when the stage that reads the model starts."""
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(path)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise UserError(f"{where}: '{index}' is not a weight index ({one_error(err)})") from None
+    else:
+        shards = ["model.safetensors"]
+    for shard in shards:
+        file = folder / shard
+        if not file.is_file():
+            raise UserError(f"{where}: model folder '{path}' has no {shard}"
+                            + (f" (named in {index.name})" if index.is_file() else ""))
+        try:
+            with safe_open(str(file), "pt"):
+                pass
+        except (OSError, SafetensorError) as err:
+            raise UserError(f"{where}: cannot load the model in '{path}' ({str(err).splitlines()[0]})") from None
 
 
 def check_max_length(config, max_length: Optional[int], where: str) -> None:

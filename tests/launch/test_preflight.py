@@ -119,6 +119,42 @@ def test_a_late_student_augmentation_or_export_mistake_is_refused_before_the_tea
                     "(tools/setup.sh does) (the export stage's; checked before the first stage runs)")
 
 
+def test_a_truncated_weights_file_any_stage_reads_is_refused_before_the_first_stage(tmp_path, tiny_bert,
+                                                                                   sentiment_dir, capsys):
+    """A copy or download cut short, for every key naming a model whose weights a stage
+    reads: found from the safetensors header before the teacher trains, not when the stage
+    that reads it starts."""
+    truncated = tmp_path / "truncated"
+    shutil.copytree(tiny_bert, truncated)
+    weights = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(weights[:len(weights) // 2])
+    sharded = tmp_path / "sharded"
+    shutil.copytree(tiny_bert, sharded)
+    (sharded / "model.safetensors").rename(sharded / "model-00001-of-00002.safetensors")
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    raw = chain(tmp_path, tiny_bert, sentiment_dir, {})
+    t = str(truncated)
+    damaged = f"cannot load the model in '{t}' (Error while deserializing header: incomplete metadata"
+    cases = [(["teacher"], {"teacher": {"model": t}}, f"teacher.model: {damaged}", "teacher"),
+             (["teacher", "distill"], {"student": {"init": "folder", "backbone": t}},
+              f"student.backbone: {damaged}", "distill"),
+             (["teacher", "baseline"], {"student": {"init": "truncated", "backbone": str(sharded), "num_layers": 1}},
+              f"student.backbone: model folder '{sharded}' has no model-00002-of-00002.safetensors (named in "
+              f"model.safetensors.index.json)", "baseline"),
+             (["distill"], {"stages": {**raw["stages"], "distill": {"preset": "cr-ild", "teacher_model": t}}},
+              f"stages.distill.teacher_model: {damaged}", "distill"),
+             (["teacher", "augment"], {"stages": {**raw["stages"], "augment": {"masked_lm": t}}},
+              f"stages.augment.masked_lm: {damaged}", "augment"),
+             (["teacher", "evaluate"], {"stages": {**raw["stages"], "evaluate": {"models": [str(tiny_bert), t]}}},
+              f"stages.evaluate.models[1]: {damaged}", "evaluate"),
+             (["teacher", "export"], {"stages": {**raw["stages"], "export": {"models": [t]}}},
+              f"stages.export.models[0]: {damaged}", "export")]
+    for pipeline, edit, message, stage in cases:
+        line = refusal(tmp_path, {**raw, **edit, "pipeline": pipeline}, capsys)
+        assert line.startswith(f"crild: error: {message}") and f"(the {stage} stage's; " in line, line
+
+
 def test_distillation_without_a_teacher_stage_or_folder_is_refused_first(tmp_path, tiny_bert, sentiment_dir, capsys):
     raw = chain(tmp_path, tiny_bert, sentiment_dir, {})
     raw["pipeline"] = ["augment", "distill"]
