@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args) -> None:
-    from pipeline.config import RunConfig, deepspeed_config_paths, load_config
+    from pipeline.config import RunConfig, load_config
     from pipeline.schema.explain import explain
     from pipeline.schema.hashing import dump_yaml
 
@@ -66,10 +66,13 @@ def _config(args) -> None:
     if not args.config:
         raise UserError("crild config: give a configuration file (or --explain)")
     cfg = load_config(args.config, args.overrides)
-    from pipeline.training.ds_config import load_ds_json
+    from pipeline.launch.local import check_inputs, stages_to_run
+    from pipeline.launch.preflight import check_stages
 
-    for path in deepspeed_config_paths(cfg).values():  # files the run will read: there, and JSON objects
-        load_ds_json(path, cfg.source)
+    # what crild run and crild submit check before their first stage, so that a file that
+    # passes here is not refused there (devices are the training machine's business)
+    check_inputs(cfg, cfg.pipeline)
+    check_stages(cfg, stages_to_run(cfg, cfg.pipeline, known_intact=set()), cfg.num_ranks, device_checks=False)
     print(explain(RunConfig) if args.explain else dump_yaml(cfg), end="")
 
 

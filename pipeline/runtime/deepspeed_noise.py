@@ -59,3 +59,17 @@ def without_build_notes():
                        if not (line.startswith("DeepSpeed ") and line.rstrip().endswith(BUILT)))
         sys.stdout.write(kept)
         sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def deepspeed_quiet():
+    """A block whose DeepSpeed warnings concern nothing the user runs (a scheduler built on a
+    stand-in parameter to check its settings, which the stage builds and warns about again)."""
+    from deepspeed.utils import logger
+
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

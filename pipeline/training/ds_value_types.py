@@ -20,6 +20,7 @@ from typing import Callable, Optional
 import torch
 
 from pipeline.errors import UserError
+from pipeline.runtime.deepspeed_noise import deepspeed_quiet, import_deepspeed
 
 AUTO = "auto"
 
@@ -76,6 +77,7 @@ def check_value_types(cfg: dict, path: Path, stage: str) -> None:
     """Every check above on the DeepSpeed config ``cfg`` read from ``path``, for the
     training section ``stage`` (named in the gradient-clipping hint). "auto" is left to the
     filling that follows, which fills it or says it cannot."""
+    import_deepspeed()  # quietly, where it is first imported (a runner's checks)
     for where, kind in {**dict.fromkeys(SECTIONS, OBJECT), **dict.fromkeys(OPTIONAL_SECTIONS, OBJECT_OR_NULL), **TOP_LEVEL, **READ_BY_CRILD}.items():
         parent, _, key = where.rpartition(".")
         node = _get(cfg, parent) if parent else cfg
@@ -206,6 +208,11 @@ def check_by_building(cfg: dict, path: Path) -> None:
     nothing of DeepSpeed's (torch's optimizers; every scheduler, on torch's SGD where the
     optimizer is DeepSpeed's own): the range checks they make (a negative eps, ...) are named
     now, not at engine build."""
+    with deepspeed_quiet():
+        _build(cfg, path)
+
+
+def _build(cfg: dict, path: Path) -> None:
     weight = torch.nn.Parameter(torch.zeros(1))
     opt_cls = optimizer_class(cfg)
     optimizer = None

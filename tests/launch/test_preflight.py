@@ -155,6 +155,27 @@ def test_a_truncated_weights_file_any_stage_reads_is_refused_before_the_first_st
         assert line.startswith(f"crild: error: {message}") and f"(the {stage} stage's; " in line, line
 
 
+def test_crild_config_refuses_what_crild_run_refuses_before_its_first_stage(tmp_path, tiny_bert, sentiment_dir,
+                                                                          capsys):
+    """``crild config`` validates: a file it prints is one ``crild run`` starts, and one it
+    refuses is refused by ``crild run`` with the same line (the checks before the first
+    stage, from the files' presence to a late stage's DeepSpeed config)."""
+    quoted = tmp_path / "quoted.json"
+    quoted.write_text(json.dumps({"zero_optimization": {"stage": 0}, "steps_per_print": "10"}))
+    for raw in (chain(tmp_path, tiny_bert, sentiment_dir, {"relation_heads": 5}),
+                chain(tmp_path, tiny_bert, sentiment_dir, {"kd": {"deepspeed_config": str(quoted)}}),
+                {**chain(tmp_path, tiny_bert, sentiment_dir, {}), "teacher": {"model": str(tmp_path / "nowhere")}}):
+        run_line = refusal(tmp_path, raw, capsys)
+        with pytest.raises(SystemExit) as done:
+            main(["config", str(tmp_path / "run.yaml")])
+        assert done.value.code == 2 and capsys.readouterr().err.strip() == run_line
+    (fresh := tmp_path / "fresh").mkdir()
+    (fresh / "run.yaml").write_text(yaml.safe_dump(chain(fresh, tiny_bert, sentiment_dir, {})))
+    main(["config", str(fresh / "run.yaml")])
+    out = capsys.readouterr()
+    assert "preset: cr-ild" in out.out and out.err == "" and not (fresh / "run").exists()
+
+
 def test_distillation_without_a_teacher_stage_or_folder_is_refused_first(tmp_path, tiny_bert, sentiment_dir, capsys):
     raw = chain(tmp_path, tiny_bert, sentiment_dir, {})
     raw["pipeline"] = ["augment", "distill"]

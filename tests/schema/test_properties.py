@@ -44,10 +44,10 @@ def _set(raw: dict, dotted: str, value) -> None:
 
 
 @st.composite
-def configurations(draw) -> str:
+def configurations(draw, folder: Path, model: Path, data: Path) -> str:
     """YAML text: the tiny test configuration with a few keys replaced by anything, unknown
     keys added, and sometimes a key written twice."""
-    raw = tiny_run_config(Path("/tmp/crild-prop"), Path("/tmp/crild-prop/model"), Path("/tmp/crild-prop/data"))
+    raw = tiny_run_config(folder, model, data)
     for _ in range(draw(st.integers(0, 3))):
         key = draw(st.sampled_from(KEYS + SECTIONS) | st.text(min_size=1, max_size=10).map(lambda t: "stages." + t))
         _set(raw, key, draw(values))
@@ -69,17 +69,23 @@ def run_config_command(path: Path, capsys) -> tuple[int, str, str]:
 
 
 @SETTINGS
-@given(text=configurations())
-def test_any_configuration_is_a_plan_or_one_line(tmp_path, capsys, text):
+@given(draw=st.data())
+def test_any_configuration_is_a_plan_or_one_line(tmp_path, capsys, tiny_bert, sentiment_dir, draw):
+    """Through every check crild run makes before its first stage (the files there, each
+    stage's DeepSpeed config, models and layer maps), on a real model and data."""
     path = tmp_path / "run.yaml"
-    path.write_text(text, encoding="utf-8")
+    path.write_text(draw.draw(configurations(tmp_path, tiny_bert, sentiment_dir)), encoding="utf-8")
     code, out, err = run_config_command(path, capsys)
     if code == 0:
         plan = from_dict(yaml.safe_load(out), "printed")  # what it printed is itself a valid configuration
         assert all(math.isfinite(v) for v in _numbers(plan.model_dump()))
+        assert not (tmp_path / "run").exists()  # validating writes nothing
     else:
         lines = err.strip().splitlines()
-        assert code == 2 and len(lines) == 1 and lines[0].startswith(f"crild: error: {path}"), (code, err)
+        assert code == 2 and len(lines) == 1, (code, err)
+        # the file's own mistakes name the file; a stage's, found by its checks, name the stage
+        assert lines[0].startswith(f"crild: error: {path}") or "checked before the first stage runs)" in lines[0], \
+            lines[0]
 
 
 def _numbers(node):
