@@ -130,6 +130,7 @@ def more_cases(tmp: Path, tiny_bert: Path, data: Path):
     ds_quoted = _text(tmp / "ds_quoted.json", json.dumps({"bf16": {"enabled": "false"}}))
     ds_momentum = _text(tmp / "ds_momentum.json", json.dumps({"optimizer": {"type": "AdamW", "params": {
         "torch_adam": True, "momentum": 0.9}}}))
+    ds_typo = _text(tmp / "ds_typo.json", json.dumps({"zero_optimisation": {"stage": 3}}))
     ds_step = _text(tmp / "ds_step.json", json.dumps({"scheduler": {"type": "StepLR"}, "steps_per_print": "10"}))
     ds_bytes = tmp / "ds_bytes.json"
     ds_bytes.write_bytes(b'{"zero_optimization": {"stage": 0}, "x": "\xff"}')
@@ -191,6 +192,8 @@ def more_cases(tmp: Path, tiny_bert: Path, data: Path):
          ['ds_quoted.json: bf16.enabled: expected true or false, got "false" (a string)']),
         ("optimizer setting the optimizer does not take", ["teacher", cfg("s10", deepspeed_config=str(ds_momentum))],
          ["ds_momentum.json: optimizer.params.momentum: AdamW takes no 'momentum' (it takes lr, betas"]),
+        ("misspelled DeepSpeed key", ["teacher", cfg("s12", deepspeed_config=str(ds_typo))],
+         ["ds_typo.json: unknown key 'zero_optimisation'; did you mean 'zero_optimization'?"]),
         ("DeepSpeed setting of the wrong type", ["teacher", cfg("s11", deepspeed_config=str(ds_step))],
          ['ds_step.json: steps_per_print: expected a whole number >= 1, got "10" (a string)']),
         ("truncated weights file", ["teacher", cfg("m5", teacher={"model": str(truncated)})],
@@ -359,7 +362,7 @@ def test_catalogue_has_every_case_documented(tmp_path, tiny_bert, sentiment_dir)
         assert f"| {name} |" in doc, name
 
 
-CASE_COUNT = 86
+CASE_COUNT = 87
 
 
 @pytest.mark.parametrize("index", range(CASE_COUNT))

@@ -13,7 +13,7 @@ from pipeline.errors import UserError
 from pipeline.runtime.deepspeed_noise import import_deepspeed
 from pipeline.runtime.progress import note
 from pipeline.schema.paths import read_utf8, resolve_path
-from pipeline.training.ds_value_types import AUTO, check_by_building, check_value_types, scheduler_class
+from pipeline.training.ds_value_types import AUTO, check_by_building, check_value_types, scheduler_class, suggestion
 
 
 def read_ds_text(path: str, source: str) -> tuple[Path, str]:
@@ -61,11 +61,35 @@ def check_with_deepspeed(cfg: dict, path: Path) -> None:
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join([_DS_SECTIONS.get(err.title, err.title), *(str(p) for p in first["loc"])])
+        if first["type"] == "extra_forbidden" and first["loc"]:
+            raise UserError(f"{path}: unknown key '{where}'; "
+                            f"{suggestion(first['loc'][-1], _model_keys(err.title, first['loc'][:-1]))}") from None
         raise UserError(f"{path}: {where}: DeepSpeed rejects it ({first['msg']}, got {first.get('input')!r})") \
             from None
     except (DeepSpeedConfigError, AssertionError, ValueError, KeyError, TypeError) as err:
         raise UserError(f"{path}: DeepSpeed rejects it: {str(err).splitlines()[0] if str(err) else type(err).__name__}") \
             from None
+
+
+def _model_keys(title: str, inside: tuple) -> list[str]:
+    """The keys DeepSpeed's pydantic section ``title`` (a model class's name) takes at
+    ``inside`` (the field names leading to a nested model): fields and their aliases."""
+    import typing
+
+    from deepspeed.runtime.config_utils import DeepSpeedConfigModel
+
+    classes, todo = {}, [DeepSpeedConfigModel]
+    while todo:
+        cls = todo.pop()
+        classes.setdefault(cls.__name__, cls)
+        todo.extend(cls.__subclasses__())
+    model = classes.get(title)
+    for name in inside:
+        field = getattr(model, "model_fields", {}).get(name)
+        kinds = (field.annotation, *typing.get_args(field.annotation)) if field else ()
+        model = next((k for k in kinds if isinstance(k, type) and issubclass(k, DeepSpeedConfigModel)), None)
+    fields = getattr(model, "model_fields", {})
+    return sorted({*fields, *(f.alias for f in fields.values() if f.alias)})
 
 
 # What a DeepSpeed config without an optimizer or scheduler section trains with: the stage's

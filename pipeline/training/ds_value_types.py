@@ -11,8 +11,11 @@ DeepSpeed by a test), and the ``params`` are judged by the signature of the clas
 will build: the keys it takes, the ones it needs, and the type its defaults have."""
 from __future__ import annotations
 
+import difflib
+import functools
 import inspect
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -78,6 +81,7 @@ def check_value_types(cfg: dict, path: Path, stage: str) -> None:
     training section ``stage`` (named in the gradient-clipping hint). "auto" is left to the
     filling that follows, which fills it or says it cannot."""
     import_deepspeed()  # quietly, where it is first imported (a runner's checks)
+    check_key_names(cfg, path)
     for where, kind in {**dict.fromkeys(SECTIONS, OBJECT), **dict.fromkeys(OPTIONAL_SECTIONS, OBJECT_OR_NULL), **TOP_LEVEL, **READ_BY_CRILD}.items():
         parent, _, key = where.rpartition(".")
         node = _get(cfg, parent) if parent else cfg
@@ -98,6 +102,49 @@ def check_value_types(cfg: dict, path: Path, stage: str) -> None:
     sched = scheduler_class(cfg)
     if sched is not None:
         _check_call(sched, (cfg.get("scheduler") or {}).get("params") or {}, "scheduler", path)
+
+
+SECTION_KEYS = {"optimizer": ("type", "params", "legacy_fusion"), "scheduler": ("type", "params")}
+
+
+def check_key_names(cfg: dict, path: Path) -> None:
+    """DeepSpeed ignores a key it does not know: ``"zero_optimisation"`` trained at ZeRO-0,
+    ``"optimizer": {"param": ...}`` with crild's default settings. A top-level key that is
+    none of DeepSpeed's and is a letter or two from one of them is refused, as is any key
+    of the optimizer and scheduler sections beyond the few DeepSpeed reads there. (Its other
+    sections are pydantic models, which refuse unknown keys themselves.)"""
+    known = deepspeed_key_names()
+    for key in cfg:
+        near = [] if key in known else difflib.get_close_matches(key, known, n=1, cutoff=0.85)
+        if near:
+            raise UserError(f"{path}: unknown key {key!r}; did you mean {near[0]!r}? (DeepSpeed ignores keys it "
+                            f"does not know)")
+    for section, keys in SECTION_KEYS.items():
+        for key in cfg.get(section) if isinstance(cfg.get(section), dict) else ():
+            if key not in keys:
+                raise UserError(f"{path}: unknown key '{section}.{key}'; {suggestion(key, keys)}")
+
+
+def suggestion(key: str, names) -> str:
+    """``did you mean 'x'?``, or the names there are."""
+    near = difflib.get_close_matches(str(key), list(names), n=1, cutoff=0.6)
+    if near:
+        return f"did you mean {near[0]!r}?"
+    return f"expected one of {', '.join(names)}" if names else "DeepSpeed does not know it"
+
+
+@functools.lru_cache(maxsize=1)
+def deepspeed_key_names() -> frozenset:
+    """Every snake_case name quoted in DeepSpeed's config and constants modules: a superset
+    of the keys its config reads (a few hundred, most of them nested), read from the source
+    of the installed version (10 ms)."""
+    import deepspeed
+
+    names: set = set()
+    for file in Path(deepspeed.__file__).parent.rglob("*.py"):
+        if re.search(r"(config|constants)\w*\.py$", file.name):
+            names.update(re.findall(r"""["']([a-z][a-z0-9_]{2,})["']""", file.read_text(errors="replace")))
+    return frozenset(names)
 
 
 def _get(cfg: dict, dotted: str):

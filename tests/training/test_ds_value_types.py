@@ -87,12 +87,43 @@ def test_every_section_in_the_table_is_one_deepspeed_or_crild_cannot_take_as_a_n
     ({"scheduler": {"type": "WarmupLR", "params": {"warmup_steps": 10}}},
      "scheduler.params.warmup_steps: WarmupLR takes no 'warmup_steps'"),
     ({"scheduler": {"type": "StepLR"}}, "scheduler.params: StepLR needs 'step_size'"),
+    ({"zero_optimisation": {"stage": 3}}, "unknown key 'zero_optimisation'; did you mean 'zero_optimization'?"),
+    ({"gradient_clippping": 1.0}, "unknown key 'gradient_clippping'; did you mean 'gradient_clipping'?"),
+    ({"optimizer": {"type": "AdamW", "param": {"lr": 1e-4}}}, "unknown key 'optimizer.param'; did you mean 'params'?"),
+    ({"scheduler": {"type": "WarmupLR", "warmup_num_steps": 10}},
+     "unknown key 'scheduler.warmup_num_steps'; expected one of type, params"),
+    ({"zero_optimization": {"stage": 2, "overlap_com": True}},
+     "unknown key 'zero_optimization.overlap_com'; did you mean 'overlap_comm'?"),
+    ({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu", "pin_memroy": True}}},
+     "unknown key 'zero_optimization.offload_optimizer.pin_memroy'; did you mean 'pin_memory'?"),
 ])
 def test_a_value_deepspeed_would_fail_on_later_is_named_now(tmp_path, edit, message):
     with pytest.raises(UserError) as err:
         built(tmp_path, {**SHIPPED, **edit})
     assert str(err.value).startswith(f"{tmp_path / 'ds.json'}: ") and message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+# DeepSpeed's documented top-level keys (deepspeed.ai/docs/config-json), the ones crild's
+# name scan must know so that none of them is taken for a misspelling
+DOCUMENTED = ["train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "optimizer",
+              "scheduler", "fp16", "bf16", "amp", "gradient_clipping", "prescale_gradients",
+              "gradient_predivide_factor", "sparse_gradients", "zero_optimization", "zero_allow_untested_optimizer",
+              "zero_force_ds_cpu_optimizer", "aio", "activation_checkpointing", "sparse_attention", "flops_profiler",
+              "tensorboard", "wandb", "csv_monitor", "comet", "comms_logger", "autotuning", "elasticity",
+              "data_efficiency", "curriculum_learning", "compression_training", "checkpoint", "data_types",
+              "steps_per_print", "wall_clock_breakdown", "dump_state", "memory_breakdown", "dataloader_drop_last",
+              "communication_data_type", "pipeline", "compile", "hybrid_engine", "weight_quantization",
+              "torch_autocast", "nebula", "eigenvalue", "progressive_layer_drop", "quantize_training"]
+
+
+def test_no_documented_or_shipped_key_is_taken_for_a_misspelling_and_a_key_of_ones_own_passes(tmp_path):
+    from pipeline.training.ds_value_types import check_key_names, deepspeed_key_names
+
+    assert set(DOCUMENTED) <= deepspeed_key_names()
+    for shipped in (REPO / "ds_configs").glob("*.json"):
+        check_key_names(json.loads(shipped.read_text()), shipped)
+    built(tmp_path, {**SHIPPED, "_comment": "ZeRO-0 for CPU runs"})
 
 
 def test_the_offloaded_optimizer_is_judged_as_deepspeeds_cpu_adam_and_params_crild_fills_need_not_be_given(tmp_path):
