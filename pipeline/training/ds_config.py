@@ -13,7 +13,15 @@ from pipeline.errors import UserError
 from pipeline.runtime.deepspeed_noise import import_deepspeed
 from pipeline.runtime.progress import note
 from pipeline.schema.paths import read_utf8, resolve_path
-from pipeline.training.ds_value_types import AUTO, check_by_building, check_value_types, scheduler_class, suggestion
+from pipeline.training.ds_value_types import (
+    AUTO,
+    check_by_building,
+    check_combinations,
+    check_optimizer_runs_here,
+    check_value_types,
+    scheduler_class,
+    suggestion,
+)
 
 
 def read_ds_text(path: str, source: str) -> tuple[Path, str]:
@@ -158,8 +166,10 @@ def build_ds_config(path: str, train, world_size: int, total_steps: int | None, 
         fill_zero_buckets(cfg, hidden_size)
     cfg.setdefault("steps_per_print", 10**9)
     cfg.setdefault("wall_clock_breakdown", False)
+    check_combinations(cfg, p)
     if device_checks:
         _check_precision(cfg, p)
+        check_optimizer_runs_here(cfg, p)
     if train.on_nonfinite == "skip" and zero_stage(cfg) == 3:
         raise UserError(f"{y}.on_nonfinite: skip is not supported with ZeRO-3 ({p}); use stop, or ZeRO 0-2")
     leftovers = _find_auto(cfg)

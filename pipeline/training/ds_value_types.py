@@ -279,3 +279,58 @@ def _built(make: Callable, where: str, cls: type, path: Path):
     except (ValueError, TypeError, AssertionError, ZeroDivisionError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(f"{path}: {where}: {cls.__name__} rejects them ({reason})") from None
+
+
+def check_combinations(cfg: dict, path: Path) -> None:
+    """Settings DeepSpeed accepts together and then ignores or fails on: an offload the ZeRO
+    stage does not do, and an optimizer DeepSpeed's ZeRO calls untested, which fails at
+    engine build unless allowed."""
+    zero = cfg.get("zero_optimization") or {}
+    stage = zero.get("stage", 0)
+    if not isinstance(stage, int):
+        return  # DeepSpeed's own check names it
+    for key in ("offload_optimizer", "offload_param"):
+        device = (zero.get(key) or {}).get("device", "none")
+        if device in (None, "none"):
+            continue
+        if key == "offload_param" and stage < 3:
+            why = "only ZeRO-3 offloads parameters; DeepSpeed ignores it below"
+        elif stage == 0:
+            why = "ZeRO-0 offloads nothing; DeepSpeed would step its CPU Adam on parameters left on the device"
+        elif device == "nvme" and stage < 3:
+            why = "NVMe offload needs ZeRO-3; below it DeepSpeed offloads to CPU memory instead"
+        else:
+            continue
+        raise UserError(f"{path}: zero_optimization.{key}: {device} offload with ZeRO-{stage}: {why}; change "
+                        f"zero_optimization.stage or set the device to \"none\"")
+    opt = optimizer_class(cfg)
+    if opt is not None and stage > 0 and cfg.get("zero_allow_untested_optimizer") is not True:
+        from deepspeed.runtime.zero.utils import ZERO_SUPPORTED_OPTIMIZERS
+
+        if opt not in ZERO_SUPPORTED_OPTIMIZERS:
+            raise UserError(f"{path}: optimizer.type: {cfg['optimizer']['type']} ({opt.__name__}) is not one DeepSpeed's "
+                            f"ZeRO supports ({', '.join(sorted({c.__name__ for c in ZERO_SUPPORTED_OPTIMIZERS}))}); "
+                            f"use one of those, or set \"zero_allow_untested_optimizer\": true to try it")
+
+
+# DeepSpeed's optimizers that run a compiled op, and the op builder each loads
+OP_BUILDERS = {"FusedAdam": "FusedAdamBuilder", "FusedLamb": "FusedLambBuilder", "FusedLion": "FusedLionBuilder",
+               "DeepSpeedCPUAdam": "CPUAdamBuilder", "DeepSpeedCPUAdagrad": "CPUAdagradBuilder",
+               "DeepSpeedCPULion": "CPULionBuilder"}
+
+
+def check_optimizer_runs_here(cfg: dict, path: Path) -> None:
+    """The optimizer's op exists for this machine's accelerator (FusedLamb and FusedLion have
+    none on a CPU: DeepSpeed fails at engine build with "not implemented on CPU backend")."""
+    opt = optimizer_class(cfg)
+    if opt is None or opt.__name__ not in OP_BUILDERS:
+        return
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.ops.op_builder.cpu import NotImplementedBuilder
+
+    accelerator = get_accelerator()
+    builder = accelerator.get_op_builder(OP_BUILDERS[opt.__name__])
+    if builder is None or (isinstance(builder, type) and issubclass(builder, NotImplementedBuilder)):
+        raise UserError(f"{path}: optimizer.type: {cfg['optimizer']['type']} ({opt.__name__}) has no "
+                        f"implementation on this machine's accelerator ({accelerator.device_name()}); use AdamW here, "
+                        f"or run on a GPU")

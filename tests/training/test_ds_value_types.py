@@ -87,6 +87,14 @@ def test_every_section_in_the_table_is_one_deepspeed_or_crild_cannot_take_as_a_n
     ({"scheduler": {"type": "WarmupLR", "params": {"warmup_steps": 10}}},
      "scheduler.params.warmup_steps: WarmupLR takes no 'warmup_steps'"),
     ({"scheduler": {"type": "StepLR"}}, "scheduler.params: StepLR needs 'step_size'"),
+    ({"zero_optimization": {"stage": 2, "offload_param": {"device": "cpu"}}},
+     "zero_optimization.offload_param: cpu offload with ZeRO-2: only ZeRO-3 offloads parameters"),
+    ({"zero_optimization": {"stage": 0, "offload_optimizer": {"device": "cpu"}}},
+     "zero_optimization.offload_optimizer: cpu offload with ZeRO-0: ZeRO-0 offloads nothing"),
+    ({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "nvme", "nvme_path": "/tmp"}}},
+     "nvme offload with ZeRO-2: NVMe offload needs ZeRO-3; below it DeepSpeed offloads to CPU memory instead"),
+    ({"zero_optimization": {"stage": 2}, "optimizer": {"type": "SGD", "params": {}}},
+     "optimizer.type: SGD (SGD) is not one DeepSpeed's ZeRO supports"),
     ({"zero_optimisation": {"stage": 3}}, "unknown key 'zero_optimisation'; did you mean 'zero_optimization'?"),
     ({"gradient_clippping": 1.0}, "unknown key 'gradient_clippping'; did you mean 'gradient_clipping'?"),
     ({"optimizer": {"type": "AdamW", "param": {"lr": 1e-4}}}, "unknown key 'optimizer.param'; did you mean 'params'?"),
@@ -124,6 +132,20 @@ def test_no_documented_or_shipped_key_is_taken_for_a_misspelling_and_a_key_of_on
     for shipped in (REPO / "ds_configs").glob("*.json"):
         check_key_names(json.loads(shipped.read_text()), shipped)
     built(tmp_path, {**SHIPPED, "_comment": "ZeRO-0 for CPU runs"})
+
+
+def test_an_optimizer_without_an_op_for_this_machine_is_refused_here_and_left_to_the_training_machine(tmp_path):
+    """FusedLamb has no CPU implementation (DeepSpeed fails at engine build); a login node
+    submitting for GPUs does not judge it."""
+    lamb = {"zero_optimization": {"stage": 0}, "optimizer": {"type": "Lamb", "params": {}}}
+    with pytest.raises(UserError, match=r"optimizer.type: Lamb \(FusedLamb\) has no implementation on this "
+                                        r"machine's accelerator \(cpu\); use AdamW here, or run on a GPU"):
+        built(tmp_path, lamb)
+    path = tmp_path / "ds.json"
+    build_ds_config(str(path), TrainConfig(), 1, None, "run.yaml", "teacher", device_checks=False)
+    allowed = {"zero_optimization": {"stage": 2}, "zero_allow_untested_optimizer": True,
+               "optimizer": {"type": "SGD", "params": {}}}
+    assert built(tmp_path, allowed)["optimizer"]["type"] == "SGD"
 
 
 def test_the_offloaded_optimizer_is_judged_as_deepspeeds_cpu_adam_and_params_crild_fills_need_not_be_given(tmp_path):
