@@ -13,13 +13,13 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import AfterValidator, Field, PrivateAttr, ValidationInfo, create_model, model_validator
 
-from pipeline.data.tasks import TASKS, get_task
+from pipeline.data.tasks import MAIN_METRIC, TASKS, task_spec
 from pipeline.distill.presets import PHASES, PRESETS, resolve_phases
 from pipeline.distill.terms import TERMS
 from pipeline.errors import UserError
 from pipeline.schema.hashing import BOOKKEEPING, config_hash, to_dict
 from pipeline.schema.loading import read_yaml, validate
-from pipeline.schema.messages import Expect, field_error
+from pipeline.schema.messages import Expect, field_error, suggest
 from pipeline.schema.types import (
     Float,
     Fraction,
@@ -37,7 +37,6 @@ from pipeline.schema.types import (
 )
 from pipeline.stages import BASELINE_OUTPUT, RESERVED_FOLDERS, STAGES
 
-TaskName = one_of(TASKS, "task", always_list=True)
 PhaseName = one_of(PHASES, "phase")
 _FOLDER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -55,6 +54,24 @@ def _output_name(value: str) -> str:
 OutputName = Annotated[str, AfterValidator(_output_name), Expect("a folder name")]
 
 
+def _task_label(value: str) -> str:
+    """A task's name: a built-in task, or one of the user's own, which names folders and
+    report rows and so is a plain name."""
+    if value not in TASKS and not _FOLDER_NAME.fullmatch(value):
+        raise field_error(f"expected a task name (letters, digits, '_', '-', '.'), got {value!r}")
+    return value
+
+
+def _label_name(value: str) -> str:
+    if not value.strip():
+        raise field_error("expected a label name, got an empty string")
+    return value
+
+
+TaskLabel = Annotated[str, AfterValidator(_task_label), Expect("a task name")]
+LabelName = Annotated[str, AfterValidator(_label_name), Expect("a label name")]
+
+
 class ColumnMap(Strict):
     """Names of the columns in local CSV/JSONL files (defaults: the task's own)."""
 
@@ -64,7 +81,17 @@ class ColumnMap(Strict):
 
 
 class TaskConfig(Strict):
-    name: TaskName = Field("rotten_tomatoes", description="the task (see pipeline/data/tasks.py)")
+    name: TaskLabel = Field("rotten_tomatoes", description="a built-in task (see pipeline/data/tasks.py), or the "
+                                                           "name of a task of your own (with labels or regression)")
+    labels: Optional[listing(LabelName, "label")] = Field(
+        None, description="a task of your own: its label names, in the order of the model's outputs (ids 0, 1, ... "
+                          "in data files)")
+    regression: bool = Field(False, description="a task of your own whose label is a number (one output)")
+    pair: Optional[bool] = Field(None, description="a task of your own: each example is a pair of texts (columns "
+                                                   "sentence1 and sentence2 by default); null: single texts")
+    metric: Optional[one_of(MAIN_METRIC, "metric")] = Field(
+        None, description="a task of your own: accuracy, macro_f1, accuracy_f1 (two labels), matthews, or "
+                          "pearson_spearman (regression); null: accuracy, or pearson_spearman for a regression")
     source: Literal["auto", "offline", "glue", "files", "hub"] = Field(
         "auto", description="auto: data_dir given -> GLUE TSVs or CSV/JSONL files found there; offline task -> "
                             "the prepared offline data; otherwise the hub through datasets.load_dataset")
@@ -80,10 +107,46 @@ class TaskConfig(Strict):
 
     @model_validator(mode="after")
     def _columns_the_task_reads(self):
-        if self.columns.text_b is not None and not get_task(self.name).pair:
+        _check_own_task(self)
+        if self.columns.text_b is not None and not task_spec(self).pair:
             raise field_error(f"task {self.name} classifies single texts and reads no second column; expected "
                               f"text_b only for a pair task", "columns.text_b")
         return self
+
+
+def _check_own_task(task: TaskConfig) -> None:
+    """A built-in task takes its labels, metric and pairing from the registry; a name crild
+    does not know is a task of the user's own, which needs its labels (or regression) and a
+    folder of files, and a metric that fits it."""
+    own = {"labels": task.labels is not None, "regression": task.regression, "pair": task.pair is not None,
+           "metric": task.metric is not None}
+    if task.name in TASKS:
+        given = [key for key, set_ in own.items() if set_]
+        if given:
+            raise field_error(f"task {task.name} is built in and defines its own labels, metric and pairing; "
+                              f"{given[0]} is for a task of your own (a name crild does not know)", given[0])
+        return
+    if task.labels is None and not task.regression:
+        raise field_error(f"unknown task '{task.name}'{suggest(task.name, TASKS)} (known: {', '.join(TASKS)}); for "
+                          f"a task of your own, give task.labels (its label names) or task.regression: true", "name")
+    if task.labels is not None and task.regression:
+        raise field_error("a regression task has no label names; give labels or regression: true, not both",
+                          "labels")
+    if task.labels is not None and len(task.labels) < 2:
+        raise field_error(f"expected at least 2 label names, got {len(task.labels)}", "labels")
+    if task.source not in ("auto", "files") or task.data_dir is None:
+        raise field_error(f"task {task.name} is a task of your own: it reads train, dev and test files (.jsonl, "
+                          f".csv or .tsv) from task.data_dir; set data_dir (and source auto or files)",
+                          "data_dir" if task.data_dir is None else "source")
+    metric = task.metric
+    if metric is not None and (metric == "pearson_spearman") != task.regression:
+        raise field_error(f"metric {metric} is for {'classification' if task.regression else 'a regression'}; a "
+                          f"{'regression' if task.regression else 'classification'} task is scored by "
+                          f"{'pearson_spearman' if task.regression else 'accuracy, macro_f1, accuracy_f1 or matthews'}",
+                          "metric")
+    if metric == "accuracy_f1" and len(task.labels) != 2:
+        raise field_error(f"accuracy_f1 is the F1 of the second of two labels, and task {task.name} has "
+                          f"{len(task.labels)}; use macro_f1", "metric")
 
 
 class RandomInit(Strict):
@@ -383,7 +446,7 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo):
-        if get_task(self.task.name).inputs_only:
+        if task_spec(self.task).inputs_only:
             raise field_error(f"'{self.task.name}' is unlabelled text, for stages.distill.supplementary; expected a "
                               f"labelled task", "task.name")
         for stage, nodes in self.slurm.stage_nodes.items():

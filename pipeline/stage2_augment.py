@@ -36,7 +36,7 @@ from pipeline.data.augmented import (
 from pipeline.data.batching import Collator
 from pipeline.data.sources import load_split
 from pipeline.data.stress import apply_settings
-from pipeline.data.tasks import get_task
+from pipeline.data.tasks import task_spec
 from pipeline.data.tokenized import tokenize_cached
 from pipeline.distill.teacher import cached_teacher_logits, teacher_fingerprint, teacher_folder
 from pipeline.errors import EXIT_PREEMPTED, UserError
@@ -62,7 +62,7 @@ STAGE = "augment"
 
 def store_teacher_logits(cfg: RunConfig, dist: DistInfo, tokenizer) -> None:
     """The teacher's logits on the augmented set, where the KD phase looks for them."""
-    spec = get_task(cfg.task.name)
+    spec = task_spec(cfg.task)
     folder, _ = teacher_folder(cfg)
     ex = augmented_examples(verified_augmented(Path(cfg.output_dir) / MERGED))
     ds = tokenize_cached(ex, tokenizer, cfg.task.max_length)
@@ -94,7 +94,7 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
     set_tf32(cfg.tf32)
     augment_cfg = cfg.stages.augment
     out = Path(cfg.output_dir)
-    spec = get_task(cfg.task.name)
+    spec = task_spec(cfg.task)
     fingerprint = stage_fingerprint(cfg, STAGE)
     tokenizer = load_tokenizer(resolve_model(cfg.student.backbone, "student.backbone",
                                              need_weights=cfg.student.init != "random"), "student.backbone")

@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as a script: import the package, not this f
 from pipeline.config import RunConfig
 from pipeline.data.augmented import require_augmented
 from pipeline.data.task_data import load_task_data
-from pipeline.data.tasks import get_task
+from pipeline.data.tasks import task_spec
 from pipeline.distill.phase import STAGE, DistillRun, phase_done, train_phase
 from pipeline.distill.presets import resolve_phases
 from pipeline.distill.teacher import FrozenTeacher, needs_teacher, teacher_folder, tokenize_alike
@@ -55,7 +55,7 @@ def frozen_teacher(cfg: RunConfig, tokenizer, dist):
     if tokenize_alike(distill_cfg, phases, teacher_tokenizer, tokenizer, str(folder), cfg.student.backbone):
         teacher_tokenizer = None
     logits = any(TERMS[t].needs_teacher_logits for p in phases for t in p.terms)
-    return FrozenTeacher(cfg, folder, get_task(cfg.task.name), dist, logits), teacher_tokenizer, note
+    return FrozenTeacher(cfg, folder, task_spec(cfg.task), dist, logits), teacher_tokenizer, note
 
 
 def publish_student(run: DistillRun, phases, last: Path) -> None:

@@ -21,7 +21,7 @@ from pipeline.config import RunConfig
 from pipeline.data.batching import fetch
 from pipeline.data.sources import available_eval_splits
 from pipeline.data.task_data import held_out_overlap, load_task_data
-from pipeline.data.tasks import get_task
+from pipeline.data.tasks import task_spec
 from pipeline.evaluation.models import load_eval_model, run_models
 from pipeline.evaluation.predict import classifier_forward, predict_logits, split_metrics
 from pipeline.evaluation.results import format_table, one_class_rows, predicted_counts, write_predictions
@@ -39,7 +39,7 @@ STAGE = "evaluate"
 def evaluate_model(cfg: RunConfig, path: str, dtype, dist):
     """(results entry, {split: (logits, labels)}, task data) of one model folder."""
     tokenizer = load_tokenizer(resolve_model(path, "stages.evaluate.models"), "stages.evaluate.models")
-    splits = cfg.stages.evaluate.splits or available_eval_splits(cfg.task, get_task(cfg.task.name))
+    splits = cfg.stages.evaluate.splits or available_eval_splits(cfg.task, task_spec(cfg.task))
     data = load_task_data(cfg, tokenizer, eval_splits=list(splits), with_train=False)
     model = load_eval_model(path, data.spec, dtype, dist.device, cfg.task.max_length)
     forward = classifier_forward(model, dist.device)

@@ -92,9 +92,9 @@ def _split(cfg: RunConfig, tokenizer) -> str:
     if cfg.stages.export.split:
         return cfg.stages.export.split
     from pipeline.data.sources import available_eval_splits
-    from pipeline.data.tasks import get_task
+    from pipeline.data.tasks import task_spec
 
-    available = available_eval_splits(cfg.task, get_task(cfg.task.name))
+    available = available_eval_splits(cfg.task, task_spec(cfg.task))
     return "test" if "test" in available else (available[0] if available else "dev")
 
 

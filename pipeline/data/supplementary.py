@@ -13,7 +13,7 @@ import numpy as np
 
 from pipeline.data.sources import UNLABELLED, Examples, load_split, resolve_source
 from pipeline.data.stress import apply_settings
-from pipeline.data.tasks import get_task
+from pipeline.data.tasks import task_spec
 from pipeline.data.tokenized import tokenize_cached
 from pipeline.errors import UserError
 
@@ -22,7 +22,7 @@ def _same_file(cfg, sup_task) -> bool:
     """The supplementary dataset reads the target task's own training file."""
     if sup_task.name != cfg.task.name:
         return False
-    spec = get_task(sup_task.name)
+    spec = task_spec(sup_task)
     return resolve_source(sup_task, spec) == resolve_source(cfg.task, spec)
 
 
@@ -33,7 +33,7 @@ def supplementary_data(cfg, tokenizer, target: Examples, regression: bool) -> Op
     parts = []
     for i, sup in enumerate(cfg.stages.distill.supplementary):
         where = f"stages.distill.supplementary[{i}].task"
-        spec = get_task(sup.task.name)
+        spec = task_spec(sup.task)
         ex = apply_settings(load_split(sup.task, spec, "train", where), sup.task, spec, cfg.seed, where)
         if _same_file(cfg, sup.task):
             ex = ex.select(np.flatnonzero(~np.isin(ex.ids, target.ids)))

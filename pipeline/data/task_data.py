@@ -12,7 +12,7 @@ import numpy as np
 from pipeline.data.batching import Collator
 from pipeline.data.sources import Examples, available_eval_splits, load_split, resolve_source
 from pipeline.data.stress import apply_settings
-from pipeline.data.tasks import TaskSpec, get_task
+from pipeline.data.tasks import TaskSpec, task_spec
 from pipeline.data.tokenized import tokenize_cached
 from pipeline.errors import UserError
 from pipeline.runtime.distributed import main_rank_first
@@ -53,7 +53,7 @@ def check_max_length(tokenizer, max_length: int, pair: bool, where: str = "task.
 
 
 def _load_task_data(cfg, tokenizer, eval_splits, with_train) -> TaskData:
-    spec = get_task(cfg.task.name)
+    spec = task_spec(cfg.task)
     check_max_length(tokenizer, cfg.task.max_length, spec.pair)
     train_ex, train_ds = None, None
     if with_train:

@@ -1,4 +1,5 @@
-"""Task registry: columns, labels, metric and GLUE file layout of every supported task."""
+"""Task registry: columns, labels, metric and GLUE file layout of every built-in task, and
+the spec of a task of the user's own (its labels, metric and columns from ``task``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -129,3 +130,19 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in [
 
 def get_task(name: str) -> TaskSpec:
     return TASKS[name]
+
+
+# metric (pipeline/evaluation/metrics.py) -> the number it reports that ranks models
+MAIN_METRIC = {"accuracy": "accuracy", "accuracy_f1": "f1", "macro_f1": "macro_f1", "matthews": "matthews_corr",
+               "pearson_spearman": "pearson"}
+
+
+def task_spec(task) -> TaskSpec:
+    """The spec of a task configuration (``pipeline.config.TaskConfig``): a built-in task's,
+    or that of a task of the user's own, which reads its train/dev/test files from
+    ``task.data_dir`` and has the labels, metric and pairing ``task`` gives it."""
+    if task.name in TASKS:
+        return TASKS[task.name]
+    metric = task.metric or ("pearson_spearman" if task.regression else "accuracy")
+    return TaskSpec(task.name, None if task.regression else tuple(task.labels), metric, MAIN_METRIC[metric],
+                    bool(task.pair))

@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from pipeline.data.tasks import get_task
+from pipeline.data.tasks import task_spec
 from pipeline.distill.consistency import KINDS as CONSISTENCY_KINDS
 from pipeline.distill.consistency import Consistency
 from pipeline.distill.hooked import HookedModel
@@ -40,7 +40,7 @@ class DistillObjective:
         d = cfg.stages.distill
         self.phase, self.module, self.layout = phase, module, layout
         self.temperature, self.alpha, self.seed = d.temperature, d.mixup.alpha, cfg.seed
-        self.regression = get_task(cfg.task.name).regression
+        self.regression = task_spec(cfg.task).regression
         self.device = device
         self.cached_logits = teacher_logits
         terms = [TERMS[name] for name in phase.terms]

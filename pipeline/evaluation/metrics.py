@@ -1,4 +1,5 @@
-"""GLUE metrics (scikit-learn / scipy) computed from logits and labels."""
+"""Task metrics (scikit-learn / scipy) computed from logits and labels; the number each
+ranks models by is ``pipeline.data.tasks.MAIN_METRIC``."""
 from __future__ import annotations
 
 from typing import Callable
@@ -18,6 +19,12 @@ def accuracy_f1(preds: np.ndarray, labels: np.ndarray) -> dict:
     return {**accuracy(preds, labels), "f1": float(f1_score(labels, preds, zero_division=0))}
 
 
+def macro_f1(preds: np.ndarray, labels: np.ndarray) -> dict:
+    """F1 averaged over the classes, each counting alike: for several classes of unequal
+    size, where accuracy rewards predicting the largest."""
+    return {"macro_f1": float(f1_score(labels, preds, average="macro", zero_division=0)), **accuracy(preds, labels)}
+
+
 def matthews(preds: np.ndarray, labels: np.ndarray) -> dict:
     return {"matthews_corr": float(matthews_corrcoef(labels, preds))}
 
@@ -31,6 +38,7 @@ def pearson_spearman(preds: np.ndarray, labels: np.ndarray) -> dict:
 METRICS: dict[str, MetricFn] = {
     "accuracy": accuracy,
     "accuracy_f1": accuracy_f1,
+    "macro_f1": macro_f1,
     "matthews": matthews,
     "pearson_spearman": pearson_spearman,
 }
