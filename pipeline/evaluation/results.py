@@ -46,7 +46,7 @@ def one_class_rows(eval_labels: dict, spec: TaskSpec) -> dict:
     rows = {}
     for split, labels in eval_labels.items():
         if len(labels) and (labels >= 0).all():
-            label, metrics = one_class_reference(spec.metric, labels, spec.num_labels)
+            label, metrics = one_class_reference(spec.metric, spec.main_metric, labels, spec.num_labels)
             rows[split] = {"label": spec.labels[label], **metrics}
     return rows
 

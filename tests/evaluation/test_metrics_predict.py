@@ -19,6 +19,13 @@ def test_metrics_known_values():
     gold = np.array([1.0, 3.0, 2.0, 4.0])
     m = compute_metrics("pearson_spearman", scores, gold, True)
     assert m["pearson"] == pytest.approx(0.8) and m["spearman"] == pytest.approx(0.8)
+    # macro F1 over three classes: class 0 1.0; class 1 P=1 R=1/2 -> 2/3; class 2 P=1/2 R=1 -> 2/3
+    m = compute_metrics("macro_f1", np.eye(3)[[0, 1, 2, 2]], np.array([0, 1, 1, 2]), False)
+    assert m == {"macro_f1": pytest.approx(7 / 9), "accuracy": pytest.approx(0.75)}
+    from pipeline.data.tasks import MAIN_METRIC
+    from pipeline.evaluation.metrics import METRICS
+
+    assert set(MAIN_METRIC) == set(METRICS)  # every metric has the number that ranks models
 
 
 def test_eval_batches_group_lengths_and_logits_come_back_in_row_order():
@@ -58,10 +65,15 @@ def test_the_table_reads_scores_against_the_best_one_class_predictor_and_names_a
     from pipeline.evaluation.results import format_table, one_class_rows, predicted_counts
 
     labels = np.array([0, 0, 1])
-    assert one_class_reference("accuracy", labels, 2) == (0, {"accuracy": pytest.approx(2 / 3)})
-    label, m = one_class_reference("accuracy_f1", np.array([1, 1, 0]), 2)  # picked by accuracy, F1 comes along
+    assert one_class_reference("accuracy", "accuracy", labels, 2) == (0, {"accuracy": pytest.approx(2 / 3)})
+    label, m = one_class_reference("accuracy_f1", "f1", np.array([1, 1, 0]), 2)
     assert (label, m["accuracy"], m["f1"]) == (1, pytest.approx(2 / 3), pytest.approx(0.8))
-    assert one_class_reference("matthews", labels, 2)[1] == {"matthews_corr": 0.0}
+    # ranked by the number the table shows (F1), not by accuracy, whose best (the majority,
+    # class 0) has an F1 of 0 and would make any model look better than chance
+    label, m = one_class_reference("accuracy_f1", "f1", labels, 2)
+    assert (label, m["f1"], m["accuracy"]) == (1, pytest.approx(0.5), pytest.approx(1 / 3))
+    assert one_class_reference("macro_f1", "macro_f1", np.array([0, 0, 1, 2]), 3)[0] == 0
+    assert one_class_reference("matthews", "matthews_corr", labels, 2)[1] == {"matthews_corr": 0.0}
 
     spec = get_task("rotten_tomatoes")
     gold = np.array([1, 1, 1, 0])
