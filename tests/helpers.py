@@ -3,6 +3,7 @@ datasets with a learnable signal, and run configurations for them. Fixtures that
 are in conftest.py."""
 from __future__ import annotations
 
+import csv
 import json
 import random
 from pathlib import Path
@@ -48,6 +49,25 @@ def write_sentiment_task(folder: Path, sizes=(("train", 96), ("dev", 32), ("test
             for i in range(n):
                 label = i % 2
                 fh.write(json.dumps({"sentence": sentence(rng, label), "label": ["rotten", "fresh"][label]}) + "\n")
+    return folder
+
+
+TONES = ["negative", "neutral", "positive"]
+
+
+def write_tone_task(folder: Path, sizes=(("train", 96), ("dev", 30), ("test", 30))):
+    """Three classes, decided by a sentiment word or its absence; CSV with columns of the
+    user's naming (``review``, ``tone``)."""
+    rng = random.Random(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in sizes:
+        with open(folder / f"{split}.csv", "w", newline="") as fh:
+            out = csv.writer(fh)
+            out.writerow(["review", "tone"])
+            for i in range(n):
+                tone = i % 3
+                words = rng.sample(FILLER, 5) + [rng.choice(NEGATIVE)] * (tone == 0) + [rng.choice(POSITIVE)] * (tone == 2)
+                out.writerow([" ".join(words), TONES[tone]])
     return folder
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from pipeline.config import RunConfig, load_config
+from pipeline.errors import UserError
 from pipeline.launch.local import stage_is_done
 from pipeline.study.spec import StudySpec
 
@@ -64,7 +65,13 @@ def cells(spec: StudySpec) -> list[Cell]:
 
 
 def cell_config(spec: StudySpec, cell: Cell) -> RunConfig:
-    return load_config(spec.base, list(cell.overrides))
+    """The cell's run configuration: the study's base with the cell's overrides; a mistake
+    names the study file and the cell, since it may be the study's (a task name) as well as
+    the base's."""
+    try:
+        return load_config(spec.base, list(cell.overrides))
+    except UserError as err:
+        raise UserError(f"{spec.source}: cell {cell.label}: {err}") from None
 
 
 def cell_done(spec: StudySpec, cell: Cell, known_intact: Optional[set] = None) -> bool:

@@ -17,7 +17,7 @@ import time
 from collections import defaultdict
 from typing import Optional
 
-from pipeline.data.tasks import get_task
+from pipeline.data.tasks import task_spec
 from pipeline.errors import UserError
 from pipeline.launch.local import stages_to_run
 from pipeline.launch.preflight import check_stages
@@ -136,7 +136,8 @@ def _collect(spec: StudySpec, all_cells: list[Cell], failed_labels: set, unrecor
         if teacher:
             teachers[(cell.task, cell.setting)].append(teacher)
     for cell in all_cells:
-        metric_of[cell.task] = get_task(cell.task).main_metric
+        if cell.task not in metric_of:  # a built-in task's, or from the cell's task.metric for one of the user's own
+            metric_of[cell.task] = task_spec(cell_config(spec, cell).task).main_metric
         rec = loaded(cell, teacher=False)
         if rec is not None:
             records[(cell.task, cell.setting)][cell.method].append(rec)

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from pipeline.data.tasks import get_task
+from pipeline.data.tasks import task_spec
 from pipeline.distill.presets import PHASES, revisions
 from pipeline.outputs.atomic import replace_text
 from pipeline.outputs.integrity import HASHES
@@ -193,7 +193,7 @@ def record_cell(spec: StudySpec, cell: Cell, teacher: bool = False) -> dict:
     data = {**scored, "scored_on": f"{platform.machine()}, torch {torch.__version__}"}
     if not teacher:
         scalars = read_scalars(cell.run_dir / "tensorboard" / cell.student.name)
-        data.update(training_record(cell, scalars, get_task(cell.task).main_metric))
+        data.update(training_record(cell, scalars, task_spec(cfg.task).main_metric))
     write_record(spec, cell, data, teacher)
     return data
 

@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import AfterValidator, Field, PrivateAttr, field_validator, model_validator
 
-from pipeline.data.tasks import TASKS
+from pipeline.config import TaskLabel
 from pipeline.distill.presets import PRESETS
 from pipeline.errors import UserError
 from pipeline.outputs.ownership import FILE, FOREIGN, folder
@@ -69,7 +69,7 @@ class Variant(Strict):
 
     preset: one_of(PRESETS, "preset", always_list=True) = Field(description="the method it varies")
     overrides: Overrides = Field(default_factory=dict, description="dotted key -> value, in every task")
-    tasks: dict[one_of(TASKS, "task", always_list=True), Overrides] = Field(
+    tasks: dict[TaskLabel, Overrides] = Field(
         default_factory=dict, description="task -> overrides for that task only (e.g. its supplement)")
     settings: Optional[listing(str, "setting", non_empty=True)] = Field(
         None, description="the settings it runs in (null: all)")
@@ -111,7 +111,7 @@ class StudySpec(Strict):
     methods: listing(str, "method", non_empty=True) = Field(description="presets and variants compared")
     variants: dict[Annotated[str, AfterValidator(_variant_name)], Variant] = Field(
         default_factory=dict, description="name -> a preset with overrides, usable in methods")
-    tasks: dict[one_of(TASKS, "task", always_list=True), Overrides] = Field(description="task -> overrides")
+    tasks: dict[TaskLabel, Overrides] = Field(description="task -> overrides")
     settings: dict[str, Overrides] = Field(description="setting -> overrides")
     title: str = Field("Distillation methods compared in the paper's overfitting settings",
                        description="the report's title")

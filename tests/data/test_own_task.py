@@ -1,35 +1,15 @@
 """A task of the user's own: a name crild does not know, its label names (or regression) and
 files in a folder, through every stage that reads a task, down to the exported model's
 label names."""
-import csv
 import json
-import random
 
 import pytest
 import yaml
-from helpers import FILLER, NEGATIVE, POSITIVE, tiny_run_config
+from helpers import TONES, tiny_run_config, write_tone_task
 
 from pipeline.cli import main
 from pipeline.config import from_dict
 from pipeline.errors import UserError
-
-TONES = ["negative", "neutral", "positive"]
-
-
-def write_tone_task(folder, sizes=(("train", 96), ("dev", 30), ("test", 30))):
-    """Three classes, decided by a sentiment word or its absence; CSV with columns of the
-    user's naming (``review``, ``tone``)."""
-    rng = random.Random(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, n in sizes:
-        with open(folder / f"{split}.csv", "w", newline="") as fh:
-            out = csv.writer(fh)
-            out.writerow(["review", "tone"])
-            for i in range(n):
-                tone = i % 3
-                words = rng.sample(FILLER, 5) + [rng.choice(NEGATIVE)] * (tone == 0) + [rng.choice(POSITIVE)] * (tone == 2)
-                out.writerow([" ".join(words), TONES[tone]])
-    return folder
 
 
 def test_a_three_class_task_of_ones_own_trains_distils_scores_and_exports_under_its_label_names(

@@ -648,3 +648,31 @@ def test_a_method_that_cannot_work_is_refused_before_any_cell_runs(tmp_path, tin
         f"crild: error: {study}: cell rotten_tomatoes/heads-5/seed1/cr-ild: stages.distill.relation_heads: 5 relation "
         f"heads do not divide the teacher's hidden size 32 (the distill stage's; checked before the first stage runs)"]
     assert not (tmp_path / "cells").exists()
+
+
+def test_a_study_compares_methods_on_a_task_of_ones_own_and_a_misspelled_task_names_the_study(tmp_path,
+                                                                                               tiny_bert):
+    from helpers import TONES, write_tone_task
+
+    from pipeline.data.tasks import task_spec
+    from pipeline.errors import UserError
+    from pipeline.study.cells import cell_config, cells
+    from pipeline.study.spec import load_study
+
+    data = write_tone_task(tmp_path / "tone")
+    tone = {"task.labels": TONES, "task.metric": "macro_f1", "task.data_dir": str(data),
+            "task.columns.text_a": "review", "task.columns.label": "tone"}
+    study = write_study(tmp_path, tiny_run_config(tmp_path, tiny_bert, data), seeds=[1], methods=["kd"],
+                        settings={"plain": {}})
+    raw = yaml.safe_load(study.read_text())
+    study.write_text(yaml.safe_dump({**raw, "tasks": {"tone": tone}}))
+    spec = load_study(str(study))
+    [cell] = cells(spec)
+    cfg = cell_config(spec, cell)
+    assert (cfg.task.name, cfg.task.labels, task_spec(cfg.task).main_metric) == ("tone", TONES, "macro_f1")
+    study.write_text(yaml.safe_dump({**raw, "tasks": {"rotten_tomatos": {}}}))
+    spec = load_study(str(study))
+    with pytest.raises(UserError) as err:
+        cell_config(spec, cells(spec)[0])
+    assert str(err.value).startswith(f"{study}: cell rotten_tomatos/plain/seed1/kd: ")
+    assert "unknown task 'rotten_tomatos'; did you mean 'rotten_tomatoes'?" in str(err.value)
