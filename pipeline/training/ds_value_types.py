@@ -6,9 +6,13 @@ DeepSpeed validates its nested sections (``zero_optimization``, ``bf16``, ...) w
 ("false" counts as true, "x" fails at the first logged step), expects its sections to be
 objects without saying so, and passes the optimizer's and scheduler's ``params`` as keyword
 arguments to classes that fail, at engine build or the first step, on a key they do not take
-or a string for a number. Here the top-level settings have a table (kept in step with
-DeepSpeed by a test), and the ``params`` are judged by the signature of the class DeepSpeed
-will build: the keys it takes, the ones it needs, and the type its defaults have."""
+or a string for a number, and ignores a key it does not know. Here key names are checked
+against the names in DeepSpeed's own config sources, the top-level settings have a table
+(kept in step with DeepSpeed by a test), and the ``params`` are judged by the signature of
+the class DeepSpeed will build (the keys it takes, the ones it needs, the types of its
+defaults), then by building it on a stand-in parameter. Settings DeepSpeed takes together
+and then ignores or fails on (an offload the ZeRO stage does not do, an optimizer ZeRO has
+not tested, an optimizer op this machine's accelerator lacks) are refused too."""
 from __future__ import annotations
 
 import difflib
@@ -68,6 +72,10 @@ SECTIONS = ("optimizer", "scheduler", "zero_optimization", "bf16", "fp16", "amp"
             "data_types", "comms_logger", "torch_autocast", "optimizer.params", "scheduler.params")
 OPTIONAL_SECTIONS = ("zero_optimization.offload_optimizer", "zero_optimization.offload_param")  # null: none
 NAMED = ("optimizer", "scheduler")  # sections DeepSpeed ignores, or cannot step with, without a "type"
+# dotted key -> what its value must be: sections first, so a section that is not an object
+# is named as such before anything inside it
+CHECKED = {**dict.fromkeys(SECTIONS, OBJECT), **dict.fromkeys(OPTIONAL_SECTIONS, OBJECT_OR_NULL), **TOP_LEVEL,
+           **READ_BY_CRILD}
 
 # optimizer.params keys DeepSpeed takes out before building the optimizer
 DEEPSPEED_OWN_PARAMS = {"adam_w_mode", "torch_adam", "fp32_optimizer_states", "foreach"}
@@ -82,7 +90,7 @@ def check_value_types(cfg: dict, path: Path, stage: str) -> None:
     filling that follows, which fills it or says it cannot."""
     import_deepspeed()  # quietly, where it is first imported (a runner's checks)
     check_key_names(cfg, path)
-    for where, kind in {**dict.fromkeys(SECTIONS, OBJECT), **dict.fromkeys(OPTIONAL_SECTIONS, OBJECT_OR_NULL), **TOP_LEVEL, **READ_BY_CRILD}.items():
+    for where, kind in CHECKED.items():
         parent, _, key = where.rpartition(".")
         node = _get(cfg, parent) if parent else cfg
         if isinstance(node, dict) and key in node:
