@@ -1,6 +1,6 @@
 """A task of the user's own: a name crild does not know, its label names (or regression) and
-files in a folder, through every stage that reads a task, down to the exported model's
-label names."""
+files in a folder, through the stages that train and score on it, down to the label names
+of the models it writes (which export copies as they are)."""
 import json
 
 import pytest
@@ -12,22 +12,20 @@ from pipeline.config import from_dict
 from pipeline.errors import UserError
 
 
-def test_a_three_class_task_of_ones_own_trains_distils_scores_and_exports_under_its_label_names(
+def test_a_three_class_task_of_ones_own_trains_distils_and_scores_under_its_label_names(
         tmp_path, tiny_bert, capfd):
     data = write_tone_task(tmp_path / "tone")
     raw = tiny_run_config(tmp_path, tiny_bert, data, epochs=1)
     raw["task"] = {"name": "tone", "labels": TONES, "metric": "macro_f1", "data_dir": str(data), "max_length": 32,
                    "columns": {"text_a": "review", "label": "tone"}}
-    raw["pipeline"] = ["teacher", "distill", "evaluate", "export"]
+    raw["pipeline"] = ["teacher", "distill", "evaluate"]
     raw["stages"]["distill"] = {"preset": "kd", "kd": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3}}
-    raw["stages"]["export"] = {"quantize": False, "benchmark": {"batch1_examples": 4, "batch32_batches": 1,
-                                                                "warmup": 1}}
     (path := tmp_path / "run.yaml").write_text(yaml.safe_dump(raw))
     with pytest.raises(SystemExit) as done:
         main(["run", str(path)])
     assert done.value.code == 0, capfd.readouterr().err[-3000:]
     out = tmp_path / "run"
-    for model in ("teacher", "student", "export/student", "export/teacher"):
+    for model in ("teacher", "student"):
         config = json.loads((out / model / "config.json").read_text())
         assert config["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"}, model
     results = json.loads((out / "eval" / "results.json").read_text())["models"]
