@@ -4,6 +4,7 @@ safetensors only; truncated (bottom-k layer) student initialisation."""
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -253,8 +254,6 @@ def check_weights(path: str, where: str) -> None:
     names is there, and each file's header parses and covers the file (safetensors' own
     check, which maps the file and reads no tensor). A copy or download cut short is then
     named before a run's first stage, not when the stage that reads the model starts."""
-    import json
-
     from safetensors import SafetensorError, safe_open
 
     folder = Path(path)

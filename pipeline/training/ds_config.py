@@ -17,7 +17,7 @@ from pipeline.training.ds_value_types import (
     AUTO,
     check_by_building,
     check_combinations,
-    check_optimizer_runs_here,
+    check_runs_here,
     check_value_types,
     scheduler_class,
     suggestion,
@@ -169,7 +169,7 @@ def build_ds_config(path: str, train, world_size: int, total_steps: int | None, 
     check_combinations(cfg, p)
     if device_checks:
         _check_precision(cfg, p)
-        check_optimizer_runs_here(cfg, p)
+        check_runs_here(cfg, p)
     if train.on_nonfinite == "skip" and zero_stage(cfg) == 3:
         raise UserError(f"{y}.on_nonfinite: skip is not supported with ZeRO-3 ({p}); use stop, or ZeRO 0-2")
     leftovers = _find_auto(cfg)

@@ -12,7 +12,7 @@ against the names in DeepSpeed's own config sources, the top-level settings have
 the class DeepSpeed will build (the keys it takes, the ones it needs, the types of its
 defaults), then by building it on a stand-in parameter. Settings DeepSpeed takes together
 and then ignores or fails on (an offload the ZeRO stage does not do, an optimizer ZeRO has
-not tested, an optimizer op this machine's accelerator lacks) are refused too."""
+not tested, an optimizer op or monitor package this machine lacks) are refused too."""
 from __future__ import annotations
 
 import difflib
@@ -301,6 +301,9 @@ def check_combinations(cfg: dict, path: Path) -> None:
         device = (zero.get(key) or {}).get("device", "none")
         if device in (None, "none"):
             continue
+        if device == "nvme" and not (zero.get(key) or {}).get("nvme_path"):
+            raise UserError(f"{path}: zero_optimization.{key}.nvme_path: NVMe offload needs the folder on the NVMe "
+                            f"drive to write to")
         if key == "offload_param" and stage < 3:
             why = "only ZeRO-3 offloads parameters; DeepSpeed ignores it below"
         elif stage == 0:
@@ -327,9 +330,22 @@ OP_BUILDERS = {"FusedAdam": "FusedAdamBuilder", "FusedLamb": "FusedLambBuilder",
                "DeepSpeedCPULion": "CPULionBuilder"}
 
 
-def check_optimizer_runs_here(cfg: dict, path: Path) -> None:
-    """The optimizer's op exists for this machine's accelerator (FusedLamb and FusedLion have
-    none on a CPU: DeepSpeed fails at engine build with "not implemented on CPU backend")."""
+# DeepSpeed's monitors that log to a service through a package of their own
+MONITOR_PACKAGES = {"wandb": "wandb", "comet": "comet_ml"}
+
+
+def check_runs_here(cfg: dict, path: Path) -> None:
+    """What DeepSpeed needs of the machine that trains, there: the package of an enabled
+    monitor (wandb, comet; a ModuleNotFoundError at engine build), and the optimizer's op
+    for this machine's accelerator (FusedLamb and FusedLion have none on a CPU: "not
+    implemented on CPU backend")."""
+    import importlib.util
+
+    for section, package in MONITOR_PACKAGES.items():
+        if (cfg.get(section) or {}).get("enabled") and importlib.util.find_spec(package) is None:
+            raise UserError(f"{path}: {section}.enabled: DeepSpeed's {section} monitor needs the {package} package, "
+                            f"which is not installed here; pip install {package}, or disable it (crild writes "
+                            f"every loss component to TensorBoard itself)")
     opt = optimizer_class(cfg)
     if opt is None or opt.__name__ not in OP_BUILDERS:
         return

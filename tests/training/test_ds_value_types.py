@@ -93,6 +93,8 @@ def test_every_section_in_the_table_is_one_deepspeed_or_crild_cannot_take_as_a_n
      "zero_optimization.offload_optimizer: cpu offload with ZeRO-0: ZeRO-0 offloads nothing"),
     ({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "nvme", "nvme_path": "/tmp"}}},
      "nvme offload with ZeRO-2: NVMe offload needs ZeRO-3; below it DeepSpeed offloads to CPU memory instead"),
+    ({"zero_optimization": {"stage": 3, "offload_param": {"device": "nvme"}}},
+     "zero_optimization.offload_param.nvme_path: NVMe offload needs the folder on the NVMe drive to write to"),
     ({"zero_optimization": {"stage": 2}, "optimizer": {"type": "SGD", "params": {}}},
      "optimizer.type: SGD (SGD) is not one DeepSpeed's ZeRO supports"),
     ({"zero_optimisation": {"stage": 3}}, "unknown key 'zero_optimisation'; did you mean 'zero_optimization'?"),
@@ -134,9 +136,20 @@ def test_no_documented_or_shipped_key_is_taken_for_a_misspelling_and_a_key_of_on
     built(tmp_path, {**SHIPPED, "_comment": "ZeRO-0 for CPU runs"})
 
 
-def test_an_optimizer_without_an_op_for_this_machine_is_refused_here_and_left_to_the_training_machine(tmp_path):
-    """FusedLamb has no CPU implementation (DeepSpeed fails at engine build); a login node
-    submitting for GPUs does not judge it."""
+def test_what_the_training_machine_lacks_is_refused_there_and_left_to_it_elsewhere(
+        tmp_path, monkeypatch):
+    """FusedLamb has no CPU implementation (DeepSpeed fails at engine build), and DeepSpeed's
+    wandb monitor needs wandb; a login node submitting for GPUs judges neither."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    wandb = {"zero_optimization": {"stage": 0}, "wandb": {"enabled": True}}
+    with pytest.raises(UserError, match="wandb.enabled: DeepSpeed's wandb monitor needs the wandb package, which is "
+                                        "not installed here"):
+        built(tmp_path, wandb)
+    (tmp_path / "ds.json").write_text(json.dumps(wandb))
+    build_ds_config(str(tmp_path / "ds.json"), TrainConfig(), 1, None, "run.yaml", "teacher", device_checks=False)
     lamb = {"zero_optimization": {"stage": 0}, "optimizer": {"type": "Lamb", "params": {}}}
     with pytest.raises(UserError, match=r"optimizer.type: Lamb \(FusedLamb\) has no implementation on this "
                                         r"machine's accelerator \(cpu\); use AdamW here, or run on a GPU"):
