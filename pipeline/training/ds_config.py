@@ -162,6 +162,7 @@ def build_ds_config(path: str, train, world_size: int, total_steps: int | None, 
     _fill(params, "lr", train.learning_rate, "optimizer.params.lr", p, f"{y}.learning_rate")
     _fill(params, "weight_decay", train.weight_decay, "optimizer.params.weight_decay", p, f"{y}.weight_decay")
     _fill_scheduler(cfg["scheduler"], train, total_steps, p, y)
+    _fill_transformers_autos(cfg, device_checks, p, note_it=total_steps is not None)
     if hidden_size is not None:
         fill_zero_buckets(cfg, hidden_size)
     cfg.setdefault("steps_per_print", 10**9)
@@ -195,6 +196,26 @@ def _note_unused_settings(scheduler: str, path: Path, section: str) -> None:
         unused.append("warmup_ratio")
     if unused:
         note(f"note: {path}: scheduler {scheduler} does not use {section}.{' or '.join(unused)}")
+
+
+def _fill_transformers_autos(cfg: dict, on_the_training_machine: bool, path: Path, note_it: bool) -> None:
+    """The "auto" values of transformers' DeepSpeed configs that crild has no setting for, so
+    that such a config works as it is: AdamW's betas and eps and the warmup's starting rate
+    as ``ds_configs/`` spell them out, fp16 off (crild trains in bf16 or fp32), and bf16
+    where the training machine's GPU has it (fp32 elsewhere, and in a runner's checks, which
+    may run on another machine)."""
+    params = cfg["optimizer"].get("params") or {}
+    for key, value in (("betas", DEFAULT_OPTIMIZER["params"]["betas"]),
+                       ("eps", DEFAULT_OPTIMIZER["params"]["eps"])):
+        _fill_auto(params, key, list(value) if isinstance(value, list) else value)
+    _fill_auto(cfg["scheduler"].get("params") or {}, "warmup_min_lr", 0)
+    fp16, bf16 = cfg.get("fp16") or {}, cfg.get("bf16") or {}
+    _fill_auto(fp16, "enabled", False)
+    if bf16.get("enabled") == AUTO:
+        bf16["enabled"] = bool(on_the_training_machine and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        if note_it:
+            note(f"note: {path}: bf16.enabled \"auto\" is {str(bf16['enabled']).lower()} on this machine "
+                 f"({'a GPU with bf16' if bf16['enabled'] else 'no GPU with bf16: fp32'})")
 
 
 def _fill_batch(cfg: dict, train, world_size: int, p: Path, y: str) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TRANSFORMERS_ZERO3
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -219,3 +220,18 @@ def test_params_the_check_lets_through_build_the_optimizer_and_scheduler_deepspe
 def test_a_boolean_is_never_taken_as_a_number_or_a_number_as_a_boolean():
     assert not BOOL.accepts(1) and not BOOL.accepts("true")
     assert not TOP_LEVEL["steps_per_print"].accepts(True)
+
+
+def test_a_transformers_deepspeed_config_works_as_it_is(tmp_path, capsys):
+    """Its "auto" values that crild has no setting for get ds_configs/' values (AdamW's betas
+    and eps, warmup from 0), fp16 off, and bf16 where the training machine's GPU has it,
+    which the stage says; a runner's checks, perhaps on another machine, take fp32 quietly."""
+    built(tmp_path, TRANSFORMERS_ZERO3, total_steps=None)
+    assert capsys.readouterr().err == ""
+    cfg = built(tmp_path, TRANSFORMERS_ZERO3)
+    assert cfg["optimizer"]["params"] == {"lr": 2e-5, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01}
+    assert cfg["scheduler"]["params"] == {"warmup_min_lr": 0, "warmup_max_lr": 2e-5, "warmup_num_steps": 10}
+    assert cfg["fp16"]["enabled"] is False and cfg["zero_optimization"]["reduce_bucket_size"] == 32 ** 2
+    gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    assert cfg["bf16"]["enabled"] is gpu_bf16
+    assert f'bf16.enabled "auto" is {str(gpu_bf16).lower()} on this machine' in capsys.readouterr().err

@@ -86,3 +86,13 @@ def test_an_offloaded_optimizer_defaults_to_deepspeeds_cpu_adam():
     assert plain["optimizer"] == json.loads((REPO / "ds_configs" / "zero0_fp32.json").read_text())["optimizer"]
     own = {"optimizer": {"type": "SGD", "params": {"lr": "auto"}}}
     assert default_sections(dict(own))["optimizer"] == own["optimizer"]  # a section given is kept
+
+
+def test_transformers_zero3_config_trains_as_it_is(dist, tiny_bert, tmp_path):
+    """transformers' stock ZeRO-3 config ("auto" for betas, eps, fp16, bf16, warmup_min_lr and
+    the rest) builds a ZeRO-3 engine that trains, in fp32 on this CPU."""
+    from helpers import TRANSFORMERS_ZERO3
+
+    path = tmp_path / "ds_config_zero3.json"
+    path.write_text(json.dumps(TRANSFORMERS_ZERO3))
+    trained(tiny_bert, None, path)
