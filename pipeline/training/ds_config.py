@@ -204,13 +204,16 @@ def _fill_transformers_autos(cfg: dict, on_the_training_machine: bool, path: Pat
     as ``ds_configs/`` spell them out, fp16 off (crild trains in bf16 or fp32), and bf16
     where the training machine's GPU has it (fp32 elsewhere, and in a runner's checks, which
     may run on another machine)."""
+    def where_auto(node: dict, key: str, value) -> None:  # only a value written "auto", never a missing one
+        if node.get(key) == AUTO:
+            node[key] = value
+
     params = cfg["optimizer"].get("params") or {}
-    for key, value in (("betas", DEFAULT_OPTIMIZER["params"]["betas"]),
-                       ("eps", DEFAULT_OPTIMIZER["params"]["eps"])):
-        _fill_auto(params, key, list(value) if isinstance(value, list) else value)
-    _fill_auto(cfg["scheduler"].get("params") or {}, "warmup_min_lr", 0)
-    fp16, bf16 = cfg.get("fp16") or {}, cfg.get("bf16") or {}
-    _fill_auto(fp16, "enabled", False)
+    where_auto(params, "betas", list(DEFAULT_OPTIMIZER["params"]["betas"]))
+    where_auto(params, "eps", DEFAULT_OPTIMIZER["params"]["eps"])
+    where_auto(cfg["scheduler"].get("params") or {}, "warmup_min_lr", 0)
+    where_auto(cfg.get("fp16") or {}, "enabled", False)
+    bf16 = cfg.get("bf16") or {}
     if bf16.get("enabled") == AUTO:
         bf16["enabled"] = bool(on_the_training_machine and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
         if note_it:
