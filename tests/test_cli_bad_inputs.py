@@ -68,6 +68,9 @@ def cases(tmp: Path, tiny_bert: Path, data: Path):
         ("invalid YAML", ["config", str(_text(tmp / "broken.yaml", "a: [1\n"))], ["broken.yaml", "not valid YAML"]),
         ("bad override", ["config", cfg("k4"), "seed"], ["override 'seed'", "section.key=value"]),
         ("unknown task", ["config", cfg("k5", task__name="sst3")], ["unknown task 'sst3'", "did you mean 'sst2'"]),
+        ("task of one's own with a metric that does not fit", ["config", cfg(
+            "k5b", task={"name": "tone", "labels": ["a", "b", "c"], "metric": "accuracy_f1", "data_dir": str(data)})],
+         ["task.metric: accuracy_f1 is the F1 of the second of two labels, and task tone has 3; use macro_f1"]),
         ("ratio out of range", ["config", cfg("k6", task__label_noise=1.5)], ["task.label_noise", "[0, 1)"]),
         ("unknown preset", ["config", cfg("k7", stages__distill={"preset": "crild"})], ["did you mean 'cr-ild'"]),
         ("unknown loss term", ["config", cfg("k8", stages__distill={"ild_terms": {"hiden_mse": 1}})],
@@ -362,7 +365,7 @@ def test_catalogue_has_every_case_documented(tmp_path, tiny_bert, sentiment_dir)
         assert f"| {name} |" in doc, name
 
 
-CASE_COUNT = 87
+CASE_COUNT = 88
 
 
 @pytest.mark.parametrize("index", range(CASE_COUNT))
