@@ -179,7 +179,7 @@ def build_ds_config(path: str, train, world_size: int, total_steps: int | None, 
     check_by_building(cfg, p)
     check_with_deepspeed(cfg, p)
     if total_steps is not None:  # in the stage, not in a runner's checks before it
-        _note_unused_settings(cfg["scheduler"]["type"], p, y)
+        _note_unused_settings(cfg, p, y)
     return cfg
 
 
@@ -187,10 +187,10 @@ def build_ds_config(path: str, train, world_size: int, total_steps: int | None, 
 SETS_ITS_OWN_LR = ("OneCycle", "LRRangeTest")
 
 
-def _note_unused_settings(scheduler: str, path: Path, section: str) -> None:
-    """Say which of the stage's settings a scheduler of the user's makes meaningless: the
+def _note_unused_settings(cfg: dict, path: Path, section: str) -> None:
+    """Say which of the stage's settings the scheduler of ``cfg`` makes meaningless: the
     learning rate where it sets its own, warmup_ratio where it has no warmup."""
-    cls = scheduler_class({"scheduler": {"type": scheduler}})
+    scheduler, cls = cfg["scheduler"]["type"], scheduler_class(cfg)
     unused = ["learning_rate"] if scheduler in SETS_ITS_OWN_LR else []
     if cls is not None and "warmup_num_steps" not in inspect.signature(cls).parameters:
         unused.append("warmup_ratio")
