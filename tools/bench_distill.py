@@ -318,6 +318,8 @@ def main() -> None:
     precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     tokenizer = load_tokenizer(resolve_model(a.tokenizer, "--tokenizer"), "--tokenizer")
     dynamic, fixed = load_batches(a, tokenizer)
+    if device.type == "cuda":  # in page-locked host memory, as crild's training loop hands batches over
+        dynamic, fixed = ([{k: v.pin_memory() for k, v in b.items()} for b in batches] for batches in (dynamic, fixed))
     peak = max(matmul_peak(torch.bfloat16 if precision == "bf16" else torch.float32, device, n, seconds=1.0)
                for n in ((2048, 4096, 8192) if device.type == "cuda" else (1024, 2048)))
     lengths = [b["input_ids"].shape[1] for b in dynamic]

@@ -71,15 +71,16 @@ class Consistency:
             for e, p in zip(self.ema.parameters(), student.parameters()):
                 e.mul_(self.ema_decay).add_(p.detach().to(e.dtype), alpha=1.0 - self.ema_decay)
 
-    def value(self, mixed_caps: dict, inputs: dict, view: MixedView) -> torch.Tensor:
-        """D between the student's mixed-view captures and the stop-gradient clean target."""
+    def value(self, mixed_caps: dict, inputs: dict, view: MixedView, padded=None) -> torch.Tensor:
+        """D between the student's mixed-view captures and the stop-gradient clean target;
+        ``padded``: whether the clean batch has padding, as the host knows it."""
         model = self.target.model
         training = model.training
         if self.without_dropout:
             model.eval()
         try:
             with torch.no_grad():
-                _, clean = self.target.run(inputs)  # the clean pass, own masks
+                _, clean = self.target.run(inputs, padded=padded)  # the clean pass, own masks
         finally:
             model.train(training)
         return consistency_distance(mixed_caps[self.layer], clean[self.layer], view, inputs["attention_mask"],

@@ -9,6 +9,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from pipeline.models.attention_masks import has_padding
 from pipeline.models.families import embedding_module
 
 
@@ -29,12 +30,16 @@ class MixedView:
     lam: float
     partner: torch.Tensor  # (batch,) index of each example's partner
     mask: torch.Tensor  # (batch, seq) union of each example's and its partner's attention masks
+    padded: Optional[bool] = None  # whether the union masks anything, from the host's copy (None: unknown)
 
 
-def mixed_view(seed: int, micro_step: int, alpha: float, mask: torch.Tensor) -> MixedView:
-    """This step's mixup draw for a batch with attention ``mask``."""
+def mixed_view(seed: int, micro_step: int, alpha: float, mask: torch.Tensor,
+               host_mask: Optional[torch.Tensor] = None) -> MixedView:
+    """This step's mixup draw for a batch with attention ``mask``; ``host_mask``, the same
+    mask in host memory, tells whether the union has padding without asking the device."""
     partner = partner_index(mask.shape[0], mask.device)
-    return MixedView(draw_lambda(seed, micro_step, alpha), partner, mask | mask[partner])
+    padded = None if host_mask is None else has_padding(host_mask | host_mask[partner_index(len(host_mask), "cpu")])
+    return MixedView(draw_lambda(seed, micro_step, alpha), partner, mask | mask[partner], padded)
 
 
 class EmbeddingMixer:

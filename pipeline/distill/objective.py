@@ -22,6 +22,7 @@ from pipeline.distill.presets import Phase
 from pipeline.distill.student import DistillModule
 from pipeline.distill.terms import TERMS, TermInputs, state_scalars
 from pipeline.evaluation.predict import model_inputs
+from pipeline.models.attention_masks import has_padding
 from pipeline.outputs.atomic import write_json
 from pipeline.runtime.distributed import is_main_process, mean_across_ranks
 
@@ -78,10 +79,10 @@ class DistillObjective:
         if (tag_dir / TERM_STATE).is_file():
             self.term_state = json.loads((tag_dir / TERM_STATE).read_text())
 
-    def _teacher_logits(self, view_inputs: dict, view, batch: dict, rows: int):
+    def _teacher_logits(self, view_inputs: dict, view, padded, batch: dict, rows: int):
         if self.need_teacher_forward:
             with torch.no_grad():
-                logits, caps = self.teacher.run(view_inputs, view)
+                logits, caps = self.teacher.run(view_inputs, view, padded)
             self.teacher_forwards += rows
             return logits, caps
         if self.need_teacher_logits:
@@ -93,11 +94,13 @@ class DistillObjective:
             self.consistency.update_ema(engine, self.module.student)
         inputs = model_inputs(batch, self.device)
         mask = inputs["attention_mask"]
-        view = mixed_view(self.seed, micro_step, self.alpha, mask) if self.phase.mixup else None
+        padded = has_padding(batch["attention_mask"])  # the host's copy: no synchronisation
+        view = mixed_view(self.seed, micro_step, self.alpha, mask, batch["attention_mask"]) if self.phase.mixup else None
         view_inputs = dict(inputs, attention_mask=view.mask if view is not None else mask)
+        view_padded = view.padded if view is not None else padded
 
-        teacher_logits, teacher_caps = self._teacher_logits(view_inputs, view, batch, int(mask.shape[0]))
-        student_logits, student_caps = self.student.run(view_inputs, view)
+        teacher_logits, teacher_caps = self._teacher_logits(view_inputs, view, view_padded, batch, int(mask.shape[0]))
+        student_logits, student_caps = self.student.run(view_inputs, view, view_padded)
         x = TermInputs(teacher_logits=teacher_logits, student_logits=student_logits, teacher_caps=teacher_caps,
                        student_caps=student_caps, mask=view_inputs["attention_mask"],
                        labels=batch["labels"].to(self.device, non_blocking=True), pairs=self.layout.pairs,
@@ -119,7 +122,7 @@ class DistillObjective:
         components.update({k: torch.tensor(v) for k, v in state_scalars(self.term_state, self.layout.pairs).items()})
         if self.consistency is not None:
             w = self.consistency.weight_at(micro_step)
-            cons = self.consistency.value(student_caps, inputs, view)
+            cons = self.consistency.value(student_caps, inputs, view, padded)
             components["consistency"] = cons.detach()
             components["consistency_weighted"] = w * cons.detach()
             components["consistency_weight"] = torch.tensor(w)

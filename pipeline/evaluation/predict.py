@@ -10,6 +10,7 @@ from pipeline.data.batching import Collator, eval_shards, fetch
 from pipeline.data.sources import UNLABELLED
 from pipeline.data.tasks import TaskSpec
 from pipeline.evaluation.metrics import compute_metrics
+from pipeline.models.attention_masks import has_padding, ready_inputs
 from pipeline.models.families import family_of
 from pipeline.runtime.distributed import DistInfo
 
@@ -18,10 +19,13 @@ MODEL_INPUTS_NO_TYPES = ("input_ids", "attention_mask")
 
 
 def model_inputs(batch: dict, device: torch.device, model=None) -> dict:
-    """The batch's model inputs on ``device``; token types only for a ``model`` whose
-    family takes them (DistilBERT and ModernBERT do not)."""
+    """The batch's model inputs on ``device``. With a ``model``: ready for its forward, token
+    types only where its family takes them (DistilBERT and ModernBERT do not) and its attention
+    masks built from the host's copy (:mod:`pipeline.models.attention_masks`); without, the 2D
+    attention mask as it is."""
     keys = MODEL_INPUTS if model is None or family_of(model).token_types else MODEL_INPUTS_NO_TYPES
-    return {k: batch[k].to(device, non_blocking=True) for k in keys}
+    inputs = {k: batch[k].to(device, non_blocking=True) for k in keys}
+    return inputs if model is None else ready_inputs(model, inputs, has_padding(batch["attention_mask"]))
 
 
 @torch.no_grad()

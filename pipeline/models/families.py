@@ -4,7 +4,9 @@ output) and the Q/K/V projections are, whether Q/K/V come from one fused project
 in three) and get a rotary embedding inside the attention, whether the model takes token
 types, how many positions are reserved, the attention kernel crild loads it with, and
 whether its attention is exactly softmax(QK^T / sqrt(d)) (then attention-map terms transfer
-the real attention; otherwise they transfer that part of it).
+the real attention; otherwise they transfer that part of it), and which attention masks its
+forward takes ready-made (so that transformers need not ask the device whether a batch has
+padding).
 
 Adding a family is one entry here plus a tiny model in ``tests/helpers.py``; the family
 tests then run every capture and preset on it.
@@ -33,6 +35,7 @@ class EncoderFamily:
     exact_attention: bool = True  # attention = softmax(QK^T / sqrt(d)) with no other score terms
     truncate_also: tuple = field(default=())  # per-layer config lists cut with num_hidden_layers
     ffn_key: str = "intermediate_size"  # the config key of the feed-forward width
+    masks: tuple = ("full",)  # the attention masks its forward takes (pipeline/models/attention_masks.py); () for its own
 
     def __post_init__(self):
         if self.rotary and not self.fused:  # the capture rotates Q and K where it splits the fused output
@@ -59,10 +62,11 @@ FAMILIES: dict[str, EncoderFamily] = {f.name: f for f in [
     # disentangled attention: content-to-position terms join QK^T; no SDPA kernel in transformers
     EncoderFamily("deberta-v2", ("deberta-v2",), layers="encoder.layer", embeddings="embeddings",
                   query="attention.self.query_proj", key="attention.self.key_proj",
-                  value="attention.self.value_proj", attention="eager", exact_attention=False),
+                  value="attention.self.value_proj", attention="eager", exact_attention=False, masks=()),
     # one fused Wqkv; rotary positions applied to Q and K inside the attention; no token types
     EncoderFamily("modernbert", ("modernbert",), layers="layers", embeddings="embeddings", query="attn.Wqkv",
-                  fused=True, rotary="attn", token_types=False, truncate_also=("layer_types",)),
+                  fused=True, rotary="attn", token_types=False, truncate_also=("layer_types",),
+                  masks=("full", "sliding")),
     # relative position bias joins QK^T
     EncoderFamily("mpnet", ("mpnet",), layers="encoder.layer", embeddings="embeddings", query="attention.attn.q",
                   key="attention.attn.k", value="attention.attn.v", token_types=False, reserved_positions=2,

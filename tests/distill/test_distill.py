@@ -74,7 +74,8 @@ def test_mixed_view_uses_union_mask_and_mixed_embeddings(tiny_bert):
     obj(FakeEngine(), b, micro_step=5)
     h.remove()
     m = b["attention_mask"]
-    assert torch.equal(masks[0], m | m.flip(0))  # union with the reversed partner
+    union = (m | m.flip(0)).bool()  # with the reversed partner; built as transformers' 4D SDPA mask
+    assert masks[0].shape == (3, 1, 7, 7) and torch.equal(masks[0][:, 0], union[:, None, :].expand(3, 7, 7))
     lam = draw_lambda(3, 5, 1.0)
     with torch.no_grad():
         clean = teacher.bert.embeddings(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"])
@@ -340,9 +341,9 @@ def test_consistency_target_without_dropout_is_the_eval_pass(tiny_bert):
         module.train()
         seen = []
 
-        def spy(inputs, view=None, run=obj.consistency.target.run, seen=seen, student=module.student):
+        def spy(inputs, view=None, padded=None, run=obj.consistency.target.run, seen=seen, student=module.student):
             seen.append(student.training)
-            return run(inputs, view)
+            return run(inputs, view, padded)
 
         obj.consistency.target.run = spy
         obj(FakeEngine(), batch(), micro_step=5)
