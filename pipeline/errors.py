@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import errno
 import functools
+import hashlib
 import os
 import re
 import shutil
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -109,9 +112,58 @@ def one_line(message: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in message)
 
 
+SAID_DIR = "crild-said"  # under the temporary folder: which lines the ranks of a launch have printed
+SAID_TTL_S = 600  # a launch's marks are removed after this long
+OTHERS_WAIT_S = 0.3  # ranks other than 0 wait this long, so that a line every rank has is rank 0's
+
+
+def _launch_key() -> str:
+    """What the ranks of one launch on this host share: their parent process (the deepspeed
+    launcher's, torchrun's agent, srun's slurmstepd), by pid and start time."""
+    parent = os.getppid()
+    try:  # the start time makes a reused pid another key
+        start = Path(f"/proc/{parent}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        start = "0"
+    return f"{parent}-{start}"
+
+
+def first_to_say(line: str) -> bool:
+    """Whether this rank is the first of its launch on this host to print ``line``. An error
+    every rank meets (a model folder missing) was printed once per rank: eight GPUs, eight
+    equal lines. Each distinct line is now claimed once, by an exclusively created file; rank 0
+    claims first (the others wait OTHERS_WAIT_S), so a line all ranks share is its own. When
+    the claim cannot be made (no writable temporary folder) the line is printed."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) < 2:
+        return True
+    if _rank() != 0:
+        time.sleep(OTHERS_WAIT_S)
+    root = Path(tempfile.gettempdir()) / f"{SAID_DIR}-{os.getuid()}"
+    folder = root / _launch_key()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in root.iterdir():
+            if old != folder and time.time() - old.stat().st_mtime > SAID_TTL_S:
+                shutil.rmtree(old, ignore_errors=True)
+        os.close(os.open(folder / hashlib.sha256(line.encode()).hexdigest()[:32], os.O_CREAT | os.O_EXCL | os.O_WRONLY,
+                         0o600))
+    except FileExistsError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _say(what: str, text: str = "") -> None:
+    """``crild: error: text`` on stderr (``crild: error [rank 3]: text`` from another rank than
+    0), unless another rank of this launch on this host has said the same."""
+    if first_to_say(f"{what}: {text}"):
+        tag = "" if _rank() == 0 else f" [rank {_rank()}]"
+        print(f"crild: {what}{tag}" + (f": {text}" if text else ""), file=sys.stderr, flush=True)
+
+
 def _print_error(message: str) -> None:
-    prefix = "crild: error: " if _rank() == 0 else f"crild: error [rank {_rank()}]: "
-    print(prefix + one_line(message), file=sys.stderr, flush=True)
+    _say("error", one_line(message))
 
 
 # What a rank's collective raises when another rank is gone: gloo's and NCCL's words for a
@@ -168,7 +220,7 @@ def cli_entry(fn):
             _print_error(str(err))
             sys.exit(EXIT_USER_ERROR)
         except KeyboardInterrupt:
-            print("crild: interrupted", file=sys.stderr, flush=True)
+            _say("interrupted")
             sys.exit(130)
         except Exception as err:
             message = out_of_space(err)
