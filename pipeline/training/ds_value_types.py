@@ -289,14 +289,49 @@ def _built(make: Callable, where: str, cls: type, path: Path):
         raise UserError(f"{path}: {where}: {cls.__name__} rejects them ({reason})") from None
 
 
+DTYPE_KEYS = ("grad_accum_dtype", "param_dtype", "buffer_dtype")  # data_types keys DeepSpeed reads as a type
+
+
+def _check_data_types(cfg: dict, path: Path, stage: int) -> None:
+    """``data_types``: names DeepSpeed's DtypeEnum knows (a ValueError at engine build
+    otherwise), a parameter type that is the training precision's (an assertion), and at
+    ZeRO-0 a gradient accumulation type that is too (a NotImplementedError: only the ZeRO
+    optimizers accumulate in another type, bf16 with fp32 from ZeRO-1)."""
+    from deepspeed.runtime.config import DtypeEnum
+
+    types = cfg.get("data_types") or {}
+    model = "fp16" if (cfg.get("fp16") or {}).get("enabled") is True else \
+        "bf16" if (cfg.get("bf16") or {}).get("enabled") is True else "fp32"
+    names = [k for k in DtypeEnum._value2member_map_ if isinstance(k, str) and "." not in k]
+    for key in DTYPE_KEYS:
+        value = types.get(key)
+        if value is None:
+            continue
+        try:
+            kind = DtypeEnum(value).name
+        except (ValueError, TypeError):
+            raise UserError(f"{path}: data_types.{key}: {json.dumps(value)} is not a type DeepSpeed knows; expected "
+                            f"one of {', '.join(names)}") from None
+        if key == "param_dtype" and kind != model:
+            raise UserError(f"{path}: data_types.param_dtype: {json.dumps(value)}, and the training precision is "
+                            f"{model} (fp16.enabled / bf16.enabled); DeepSpeed keeps parameters in that type: leave the "
+                            f"key out or make them agree")
+        if key == "grad_accum_dtype" and kind != model and stage == 0:
+            raise UserError(f"{path}: data_types.grad_accum_dtype: {json.dumps(value)} with ZeRO-0, and the training "
+                            f"precision is {model}; DeepSpeed accumulates gradients in another type than the "
+                            f"parameters' only with ZeRO-1 or above: set zero_optimization.stage to 1, or leave the "
+                            f"key out")
+
+
 def check_combinations(cfg: dict, path: Path) -> None:
     """Settings DeepSpeed accepts together and then ignores or fails on: an offload the ZeRO
-    stage does not do, and an optimizer DeepSpeed's ZeRO calls untested, which fails at
-    engine build unless allowed."""
+    stage does not do, data types the precision does not allow, and an optimizer DeepSpeed's
+    ZeRO calls untested, which fails at engine build unless allowed."""
     zero = cfg.get("zero_optimization") or {}
     stage = zero.get("stage", 0)
     if not isinstance(stage, int):
         return  # DeepSpeed's own check names it
+    _check_data_types(cfg, path, stage)
     for key in ("offload_optimizer", "offload_param"):
         device = (zero.get(key) or {}).get("device", "none")
         if device in (None, "none"):

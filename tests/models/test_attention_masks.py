@@ -116,9 +116,10 @@ def phase_objectives(folder, preset: str):
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_a_distillation_step_reads_nothing_back_from_the_device(family_models, model_type):
-    """Every phase of every preset: teacher and student forwards (mixup view, captures),
-    the consistency target, every term and the backward pass."""
-    for preset in PRESETS:
+    """Every phase of every preset on BERT, CR-ILD's on every family (the families differ in
+    their masks and captures, not in the terms): teacher and student forwards (mixup view,
+    captures), the consistency target, every term and the backward pass."""
+    for preset in PRESETS if model_type == "bert" else ["cr-ild"]:
         for name, objective, terms in phase_objectives(family_models[model_type], preset):
             batch = padded_batch()
             if terms & HOST_SOLVED:

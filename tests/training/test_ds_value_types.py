@@ -98,6 +98,11 @@ def test_every_section_in_the_table_is_one_deepspeed_or_crild_cannot_take_as_a_n
      "zero_optimization.offload_param.nvme_path: NVMe offload needs the folder on the NVMe drive to write to"),
     ({"zero_optimization": {"stage": 2}, "optimizer": {"type": "SGD", "params": {}}},
      "optimizer.type: SGD (SGD) is not one DeepSpeed's ZeRO supports"),
+    ({"data_types": {"grad_accum_dtype": "float64"}},
+     'data_types.grad_accum_dtype: "float64" is not a type DeepSpeed knows; expected one of fp16, float16, half, '),
+    ({"bf16": {"enabled": True}, "data_types": {"grad_accum_dtype": "fp32"}},
+     'data_types.grad_accum_dtype: "fp32" with ZeRO-0, and the training precision is bf16; DeepSpeed accumulates '),
+    ({"data_types": {"param_dtype": "bf16"}}, 'data_types.param_dtype: "bf16", and the training precision is fp32'),
     ({"zero_optimisation": {"stage": 3}}, "unknown key 'zero_optimisation'; did you mean 'zero_optimization'?"),
     ({"gradient_clippping": 1.0}, "unknown key 'gradient_clippping'; did you mean 'gradient_clipping'?"),
     ({"optimizer": {"type": "AdamW", "param": {"lr": 1e-4}}}, "unknown key 'optimizer.param'; did you mean 'params'?"),
@@ -113,6 +118,12 @@ def test_a_value_deepspeed_would_fail_on_later_is_named_now(tmp_path, edit, mess
         built(tmp_path, {**SHIPPED, **edit})
     assert str(err.value).startswith(f"{tmp_path / 'ds.json'}: ") and message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_data_types_deepspeed_takes_pass(tmp_path):
+    bf16 = {"bf16": {"enabled": True}, "data_types": {"grad_accum_dtype": "fp32", "param_dtype": "bfloat16"}}
+    assert built(tmp_path, {**SHIPPED, **bf16, "zero_optimization": {"stage": 1}})["data_types"] == bf16["data_types"]
+    built(tmp_path, {**SHIPPED, "data_types": {"grad_accum_dtype": "float32"}})  # the model's own type at ZeRO-0
 
 
 # DeepSpeed's documented top-level keys (deepspeed.ai/docs/config-json), the ones crild's
