@@ -105,11 +105,17 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0") or 0)
 
 
+def shown(text: str) -> str:
+    """``text`` from a file, as a message quotes it: control and separator characters (a
+    header's "\\r\\n", a U+2028) shown escaped, so that the message stays one line and says
+    what the file holds."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def one_line(message: str) -> str:
     """``message`` on one line: newlines become spaces, other control and separator
     characters (a key named "\\r", a U+2028 in a file name) are shown escaped."""
-    message = message.replace("\n", " ")
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in message)
+    return shown(message.replace("\n", " "))
 
 
 SAID_DIR = "crild-said"  # under the temporary folder: which lines the ranks of a launch have printed

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 from pipeline.data.tasks import GlueFile, TaskSpec
-from pipeline.errors import UserError
+from pipeline.errors import UserError, shown
 from pipeline.runtime import environment, hub
 from pipeline.schema.paths import read_utf8
 
@@ -170,7 +170,7 @@ def read_glue_tsv(path: Path, gf: GlueFile, spec: TaskSpec) -> Examples:
             if name is None:
                 continue
             if name not in header:
-                raise UserError(f"{path}: missing column '{name}' (header has: {', '.join(header)})")
+                raise UserError(f"{path}: missing column '{name}' (header has: {_names(header)})")
             cols[key] = header.index(name)
     else:
         cols = {k: getattr(gf, k) for k in ("text_a", "text_b", "label") if getattr(gf, k) is not None}
@@ -228,16 +228,22 @@ def _no_repeated_columns(header: list[str], path: Path, line: int) -> None:
     seen = set()
     for name in header:
         if name in seen and name.strip():
-            raise UserError(f"{path}:{line}: column '{name}' appears twice in the header; expected each "
+            raise UserError(f"{path}:{line}: column '{shown(name)}' appears twice in the header; expected each "
                             f"column once")
         seen.add(name)
+
+
+def _names(columns) -> str:
+    """The column names a file has, as an error lists them (a header cut short can hold a
+    line break)."""
+    return ", ".join(shown(str(c)) for c in columns)
 
 
 def _text(rec: dict, col: str, path: Path, n: int) -> str:
     """A text field: a string (or a number, read as its digits); a missing or null field, or a
     list, object or boolean, is refused rather than written out as Python's repr."""
     if col not in rec:
-        raise UserError(f"{path}:{n}: missing column '{col}' (has: {', '.join(rec)})")
+        raise UserError(f"{path}:{n}: missing column '{col}' (has: {_names(rec)})")
     value = rec[col]
     if value is None:
         raise UserError(f"{path}:{n}: column '{col}' is null; expected text")
@@ -257,7 +263,7 @@ def read_table(path: Path, spec: TaskSpec, task_cfg: TaskConfig, need_label: boo
         raise UserError(f"{path}: no examples (empty dataset)")
     has_label = cl in records[0][1]
     if need_label and not has_label:
-        raise UserError(f"{path}: missing column '{cl}' (has: {', '.join(records[0][1])})")
+        raise UserError(f"{path}: missing column '{cl}' (has: {_names(records[0][1])})")
     a, b, lab, lines = [], [] if cb else None, [] if has_label else None, []
     for n, rec in records:
         a.append(_text(rec, ca, path, n))

@@ -82,6 +82,15 @@ def test_tsv_missing_column_names_file_and_column(tmp_path):
     assert "train.tsv" in str(err.value) and "missing column 'sentence2'" in str(err.value)
 
 
+def test_a_header_that_swallowed_a_line_break_is_shown_escaped_on_one_line(tmp_path):
+    """A stray quote before the header makes its one cell run into the next line: the
+    columns it has are listed as the file holds them (hypothesis found this one)."""
+    (tmp_path / "train.csv").write_bytes(b'"sentence,label\r\n",x\r\nfine,fresh\r\n')
+    with pytest.raises(UserError) as err:
+        load_split(TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path)), TASKS["rotten_tomatoes"], "train")
+    assert "\n" not in str(err.value) and str(err.value).endswith("missing column 'label' (has: sentence,label\\r\\n, x)")
+
+
 def test_label_outside_label_set_names_line_and_value(tmp_path):
     (tmp_path / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\ta\tb\tmaybe\n")
     with pytest.raises(UserError) as err:
