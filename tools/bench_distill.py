@@ -157,6 +157,12 @@ def write_profile(step, batches, device, path: str) -> None:
 # --------------------------------------------------------------------------- (a) crild
 
 
+# the DeepSpeed config of crild's rows: at bf16, ZeRO-1's BF16_Optimizer (2 host reads per
+# optimizer step) rather than ZeRO-0's unfused one (one per parameter tensor;
+# tools/count_host_syncs.py)
+ENGINE_CONFIGS = {"bf16": "ds_configs/zero1_bf16.json", "fp32": "ds_configs/zero0_fp32.json"}
+
+
 def bench_crild(a, teacher, student, batches, device, precision: str, consistency: bool = True,
                 compiled: bool = False, profile: str | None = None):
     from pipeline.config import TrainConfig, from_dict
@@ -176,7 +182,7 @@ def bench_crild(a, teacher, student, batches, device, precision: str, consistenc
         compile_layers(teacher)
     module = DistillModule(student, [], teacher.config.hidden_size)
     train = TrainConfig(batch_size=a.batch_size, learning_rate=1e-4)
-    ds_cfg = build_ds_config(f"ds_configs/zero0_{precision}.json", train, 1, 1000, "bench", "bench")
+    ds_cfg = build_ds_config(ENGINE_CONFIGS[precision], train, 1, 1000, "bench", "bench")
     engine = build_engine(module, 0.01, ds_cfg)
     if precision == "bf16":
         teacher.to(torch.bfloat16)

@@ -40,7 +40,7 @@ def dist():
     return init_distributed()
 
 
-@pytest.mark.parametrize("ds_config", ["zero0_bf16.json", "zero2_bf16.json", "zero3_bf16.json"])
+@pytest.mark.parametrize("ds_config", ["zero0_bf16.json", "zero1_bf16.json", "zero2_bf16.json", "zero3_bf16.json"])
 def test_bf16_engine_steps_at_every_zero_stage(dist, tiny_bert, ds_config):
     from helpers import REPO
 

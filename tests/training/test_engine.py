@@ -57,6 +57,25 @@ def test_one_rank_at_zero0_skips_the_all_reduce_and_trains_the_same(dist, tiny_b
     assert all(torch.equal(skipped[k], reduced[k]) for k in skipped)
 
 
+def test_bf16_at_zero1_steps_with_deepspeeds_bf16_optimizer(dist, tiny_bert):
+    """zero1_bf16.json: bf16 weights, fp32 gradients accumulated and stepped by DeepSpeed's
+    BF16_Optimizer, which reads 2 values on the host per step where ZeRO-0's unfused
+    optimizer reads one per parameter tensor (tools/count_host_syncs.py)."""
+    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+
+    from pipeline.training.ds_config import build_ds_config
+    from pipeline.training.engine import build_engine
+
+    model = build_classifier(str(tiny_bert), TASKS["rotten_tomatoes"], "student")
+    ds_cfg = build_ds_config(str(REPO / "ds_configs" / "zero1_bf16.json"), TrainConfig(batch_size=4), 1, 10, "test",
+                             "teacher")
+    engine = build_engine(model, 0.01, ds_cfg)
+    assert isinstance(engine.optimizer, BF16_Optimizer)
+    assert next(engine.module.parameters()).dtype == torch.bfloat16
+    _, _, after = trained(tiny_bert, None, "zero1_bf16.json")
+    assert all(v.dtype == torch.bfloat16 for k, v in after.items() if v.is_floating_point())
+
+
 @pytest.mark.parametrize("minimal, shipped", [({"zero_optimization": {"stage": 0}}, "zero0_fp32.json"),
                                               ({"zero_optimization": {"stage": 2}, "bf16": {"enabled": True}},
                                                "zero2_bf16.json")])
