@@ -7,7 +7,9 @@ TorchDispatchMode) in one optimizer step at BERT-base shapes, apart for crild's 
 and student forwards, terms, consistency target), DeepSpeed's backward and DeepSpeed's
 optimizer step, under each shipped DeepSpeed config, and names where they come from. The
 counts follow from code paths and the number of parameters, not from the device, so a CPU
-shows what a GPU run will do (the GPU check's profile counts them there too).
+shows what a GPU run will do. What a kernel reads inside itself is not seen here (a CPU
+kernel may read a scalar that its CUDA counterpart keeps on the device): the GPU check's
+profile counts every synchronisation there.
 
     python tools/count_host_syncs.py --json reports/bench/host_syncs_cpu.json
 """
