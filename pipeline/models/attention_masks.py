@@ -15,6 +15,7 @@ keeps it.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Optional
 
@@ -37,7 +38,10 @@ def has_padding(mask: torch.Tensor) -> Optional[bool]:
     return None if mask.device.type != "cpu" else not bool(mask.all())
 
 
+@functools.lru_cache(maxsize=None)
 def _builder(kind: str):
+    """transformers' function that builds masks of ``kind`` without asking about padding
+    first, or None where this transformers has none (looked up once: this runs per forward)."""
     fn = getattr(masking_utils, BUILDERS[kind], None) if masking_utils is not None else None
     if fn is None or "allow_is_bidirectional_skip" not in inspect.signature(fn).parameters:
         return None
