@@ -37,13 +37,15 @@ class DistillObjective:
                  layout: LayerLayout, device: torch.device, total_micro_steps: int,
                  teacher_logits: Optional[torch.Tensor] = None):
         """``teacher_logits``: the teacher's logits on every training row (the KD cache); the
-        teacher then runs only where a term reads its layers."""
+        teacher then runs only where a term reads its layers. The cache is moved to ``device``
+        once (a few MB even for augmented data): a step then only indexes it there, where a
+        copy of its rows from host memory each step would wait for the device."""
         d = cfg.stages.distill
         self.phase, self.module, self.layout = phase, module, layout
         self.temperature, self.alpha, self.seed = d.temperature, d.mixup.alpha, cfg.seed
         self.regression = task_spec(cfg.task).regression
         self.device = device
-        self.cached_logits = teacher_logits
+        self.cached_logits = teacher_logits.to(device) if teacher_logits is not None else None
         terms = [TERMS[name] for name in phase.terms]
         kinds = set().union(*(t.kinds for t in terms)) if terms else set()
         student_layers = {s for s, _ in layout.pairs} if kinds else set()
@@ -86,7 +88,7 @@ class DistillObjective:
             self.teacher_forwards += rows
             return logits, caps
         if self.need_teacher_logits:
-            return self.cached_logits[batch["index"]].to(self.device), {}
+            return self.cached_logits[batch["index"].to(self.device, non_blocking=True)], {}
         return None, {}
 
     def __call__(self, engine, batch: dict, micro_step: int):

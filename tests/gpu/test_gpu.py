@@ -139,31 +139,35 @@ def test_cr_ild_loss_on_the_gpu_equals_the_cpu_loss_in_fp32(tiny_bert):
 
 @needs_cuda
 def test_a_cr_ild_step_makes_no_host_synchronisation(tiny_bert):
-    """The distillation step's forwards (mixup view, captures, consistency target), its terms
-    and its backward pass never wait for the GPU: CUDA's sync debug mode raises on any call
-    that would. tests/models/test_attention_masks.py checks the same on the meta device."""
+    """Both CR-ILD phases never wait for the GPU: the ILD step's forwards (mixup view,
+    captures, consistency target), the KD step on the teacher's cached logits, their terms and
+    backward passes. CUDA's sync debug mode raises on any call that would wait (a read of a
+    device value, a blocking copy). tests/models/test_attention_masks.py checks the reads on
+    the meta device."""
     from pipeline.distill.layers import layer_layout
     from pipeline.distill.objective import DistillObjective
     from pipeline.distill.presets import resolve_phases
     from pipeline.distill.student import DistillModule
 
     cfg = from_dict({"seed": 3, "stages": {"distill": {"preset": "cr-ild"}}})
-    phase = resolve_phases(cfg.stages.distill)[0]
-    teacher = build_classifier(str(tiny_bert), SPEC, "teacher").to(DEVICE).eval().requires_grad_(False)
-    student = build_classifier(str(tiny_bert), SPEC, "student", num_layers=2).to(DEVICE)
-    layout = layer_layout(cfg.stages.distill, phase, student.config, teacher.config)
-    objective = DistillObjective(cfg, phase, DistillModule(student, [], 32).to(DEVICE), teacher, layout, DEVICE, 10)
-    engine = type("E", (), {"global_steps": 0})()
     host = {k: v.pin_memory() for k, v in batch(torch.device("cpu")).items()}  # as fetch() gives it
-    objective(engine, host, 4)[0].backward()  # warm-up: kernels picked, workspaces allocated
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        total, _ = objective(engine, host, 5)
-        total.backward()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    assert torch.isfinite(total)
+    engine = type("E", (), {"global_steps": 0})()
+    for phase in resolve_phases(cfg.stages.distill):  # ild, then kd on cached logits
+        teacher = build_classifier(str(tiny_bert), SPEC, "teacher").to(DEVICE).eval().requires_grad_(False)
+        student = build_classifier(str(tiny_bert), SPEC, "student", num_layers=2).to(DEVICE)
+        layout = layer_layout(cfg.stages.distill, phase, student.config, teacher.config)
+        cache = torch.randn(len(host["index"]), 2) if phase.name == "kd" else None
+        objective = DistillObjective(cfg, phase, DistillModule(student, [], 32).to(DEVICE), teacher, layout, DEVICE,
+                                     10, teacher_logits=cache)
+        objective(engine, host, 4)[0].backward()  # warm-up: kernels picked, workspaces allocated
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            total, _ = objective(engine, host, 5)
+            total.backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert torch.isfinite(total), phase.name
 
 
 def test_teacher_logits_are_computed_once(dist, tiny_bert, tmp_path):
