@@ -111,3 +111,20 @@ def test_nothing_imports_stage_scripts_cli_launcher_or_study_from_below():
             if allowed is not None and layer(module) not in allowed:
                 wrong.append(f"{module} imports {dep}")
     assert not wrong, wrong
+
+
+HEAVY = ("transformers", "datasets", "sklearn", "scipy", "torch._dynamo", "deepspeed", "onnxruntime")
+
+
+def test_the_command_line_imports_no_model_data_or_metric_library_before_it_needs_one():
+    """``crild`` answers ``--help``, a bad configuration or a run with nothing left to do
+    without the libraries that take seconds to import (each is imported where it is used):
+    importing the command line, the launcher and the study pulls in none of them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pipeline.cli, pipeline.launch.local, pipeline.launch.preflight, pipeline.study.command\n"
+            f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == [], f"imported at start: {proc.stdout.strip()}"

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-
-import datasets
+from typing import TYPE_CHECKING
 
 from pipeline.data.sources import Examples, crild_home
 from pipeline.outputs.atomic import renamed_into_place
+
+if TYPE_CHECKING:  # imported where a dataset is built or read: it costs half a second to import
+    import datasets
 
 TOKENIZE_BATCH = 2048
 
@@ -45,6 +47,8 @@ def cache_key(ex: Examples, tokenizer, max_length: int) -> str:
 
 
 def _tokenize(ex: Examples, tokenizer, max_length: int) -> datasets.Dataset:
+    import datasets
+
     cols = {"input_ids": [], "token_type_ids": [], "length": []}
     for start in range(0, len(ex), TOKENIZE_BATCH):
         a = ex.text_a[start:start + TOKENIZE_BATCH]
@@ -62,6 +66,8 @@ def _tokenize(ex: Examples, tokenizer, max_length: int) -> datasets.Dataset:
 def tokenize_cached(ex: Examples, tokenizer, max_length: int, cache_dir: Path | None = None) -> datasets.Dataset:
     """The tokenized dataset for ``ex``; built once and reused by every later stage and run.
     Written under a temporary name and renamed, so a killed run never leaves half a cache."""
+    import datasets
+
     cache_dir = Path(cache_dir or crild_home() / "tokenized")
     final = cache_dir / cache_key(ex, tokenizer, max_length)
     if (final / "dataset_info.json").is_file():

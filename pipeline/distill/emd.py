@@ -23,12 +23,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-from scipy.optimize import linprog
 
 
 def transport(w_s: np.ndarray, w_t: np.ndarray, cost: np.ndarray) -> np.ndarray:
     """The (n_s, n_t) optimal transport plan between weights ``w_s`` and ``w_t`` (each
     summing to 1) under ``cost``: min sum F*cost with F >= 0, F 1 = w_s, F^T 1 = w_t."""
+    from scipy.optimize import linprog  # here, not at import: a quarter second every importer would pay
+
     n_s, n_t = cost.shape
     rows = np.kron(np.eye(n_s), np.ones((1, n_t)))  # sum_j F[i, j]
     cols = np.kron(np.ones((1, n_s)), np.eye(n_t))  # sum_i F[i, j]

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import f1_score, matthews_corrcoef
+
+# scikit-learn and scipy.stats are imported where a metric is computed: they cost half a second,
+# which every process importing this module (the CLI's checks among them) would pay
 
 MetricFn = Callable[[np.ndarray, np.ndarray], dict]
 
@@ -16,20 +17,28 @@ def accuracy(preds: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def accuracy_f1(preds: np.ndarray, labels: np.ndarray) -> dict:
+    from sklearn.metrics import f1_score
+
     return {**accuracy(preds, labels), "f1": float(f1_score(labels, preds, zero_division=0))}
 
 
 def macro_f1(preds: np.ndarray, labels: np.ndarray) -> dict:
     """F1 averaged over the classes, each counting alike: for several classes of unequal
     size, where accuracy rewards predicting the largest."""
+    from sklearn.metrics import f1_score
+
     return {"macro_f1": float(f1_score(labels, preds, average="macro", zero_division=0)), **accuracy(preds, labels)}
 
 
 def matthews(preds: np.ndarray, labels: np.ndarray) -> dict:
+    from sklearn.metrics import matthews_corrcoef
+
     return {"matthews_corr": float(matthews_corrcoef(labels, preds))}
 
 
 def pearson_spearman(preds: np.ndarray, labels: np.ndarray) -> dict:
+    from scipy.stats import pearsonr, spearmanr
+
     if np.std(preds) == 0 or np.std(labels) == 0:  # constant predictions: correlation undefined
         return {"pearson": 0.0, "spearman": 0.0}
     return {"pearson": float(pearsonr(preds, labels)[0]), "spearman": float(spearmanr(preds, labels)[0])}

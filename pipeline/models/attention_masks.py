@@ -23,11 +23,6 @@ import torch
 
 from pipeline.models.families import family_of
 
-try:  # transformers 4.53+
-    from transformers import masking_utils
-except ImportError:  # older: the model builds its masks as before
-    masking_utils = None
-
 BUILDERS = {"full": "create_bidirectional_mask", "sliding": "create_bidirectional_sliding_window_mask"}
 LAYER_TYPES = {"full": "full_attention", "sliding": "sliding_attention"}  # the keys of a mask mapping
 
@@ -42,7 +37,11 @@ def has_padding(mask: torch.Tensor) -> Optional[bool]:
 def _builder(kind: str):
     """transformers' function that builds masks of ``kind`` without asking about padding
     first, or None where this transformers has none (looked up once: this runs per forward)."""
-    fn = getattr(masking_utils, BUILDERS[kind], None) if masking_utils is not None else None
+    try:  # transformers 4.53+; imported here, not with this module, as it brings in torch._dynamo (a second)
+        from transformers import masking_utils
+    except ImportError:  # older: the model builds its masks as before
+        return None
+    fn = getattr(masking_utils, BUILDERS[kind], None)
     if fn is None or "allow_is_bidirectional_skip" not in inspect.signature(fn).parameters:
         return None
     return fn
