@@ -3,6 +3,7 @@ settings; explicit values that contradict the stage's settings are errors."""
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import json
 from pathlib import Path
@@ -19,6 +20,7 @@ from pipeline.training.ds_value_types import (
     check_combinations,
     check_runs_here,
     check_value_types,
+    ignored_keys,
     scheduler_class,
     suggestion,
 )
@@ -154,6 +156,7 @@ def build_ds_config(path: str, train, world_size: int, total_steps: int | None, 
     checked against this machine's GPU)."""
     p, cfg = load_ds_json(path, source)
     check_value_types(cfg, p, stage)
+    ignored = ignored_keys(cfg)
     cfg = default_sections(copy.deepcopy(cfg))
     y = f"stages.{stage}"
     _fill_batch(cfg, train, world_size, p, y)
@@ -180,7 +183,16 @@ def build_ds_config(path: str, train, world_size: int, total_steps: int | None, 
     check_with_deepspeed(cfg, p)
     if total_steps is not None:  # in the stage, not in a runner's checks before it
         _note_unused_settings(cfg, p, y)
+        if ignored:
+            _note_once(f"note: {p}: DeepSpeed does not know {', '.join(map(repr, ignored))} and ignores "
+                       f"{'it' if len(ignored) == 1 else 'them'} (start a key of your own with '_')")
     return cfg
+
+
+@functools.lru_cache(maxsize=None)
+def _note_once(message: str) -> None:
+    """``note`` once per process: a stage of two phases builds its config twice."""
+    note(message)
 
 
 # DeepSpeed schedulers that set the learning rate from their own params (cycle_min_lr, ...)

@@ -133,6 +133,14 @@ def check_key_names(cfg: dict, path: Path) -> None:
                 raise UserError(f"{path}: unknown key '{section}.{key}'; {suggestion(key, keys)}")
 
 
+def ignored_keys(cfg: dict) -> list:
+    """Top-level keys of ``cfg`` DeepSpeed does not know and so ignores without a word, beyond
+    the near misses :func:`check_key_names` refuses (``"gradient_acc_steps"``); a key that
+    starts with ``_`` is taken for one of the user's own (``"_comment"``)."""
+    known = deepspeed_key_names()
+    return [k for k in cfg if k not in known and not str(k).startswith("_")]
+
+
 def suggestion(key: str, names) -> str:
     """``did you mean 'x'?``, or the names there are."""
     near = difflib.get_close_matches(str(key), list(names), n=1, cutoff=0.6)

@@ -148,6 +148,24 @@ def test_no_documented_or_shipped_key_is_taken_for_a_misspelling_and_a_key_of_on
     built(tmp_path, {**SHIPPED, "_comment": "ZeRO-0 for CPU runs"})
 
 
+def test_a_key_deepspeed_would_ignore_without_a_word_is_noted_once_in_the_stage(tmp_path, capsys):
+    """A key too far from any of DeepSpeed's to be refused as a misspelling (``gradient_acc_steps``
+    for ``gradient_accumulation_steps``) is still ignored by DeepSpeed: the stage says so, once
+    however often it builds the config; the checks before a run, a key of one's own (``_...``)
+    and the shipped configs say nothing."""
+    cfg = {**SHIPPED, "gradient_acc_steps": 4, "_comment": "mine", "zero_optimization": {"stage": 0}}
+    built(tmp_path, cfg, total_steps=None)
+    assert "gradient_acc_steps" not in capsys.readouterr().err
+    built(tmp_path, cfg)
+    built(tmp_path, cfg)
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"crild: note: {tmp_path / 'ds.json'}: DeepSpeed does not know 'gradient_acc_steps' and ignores it "
+                   f"(start a key of your own with '_')"], err
+    for shipped in (REPO / "ds_configs").glob("*.json"):
+        built(tmp_path, json.loads(shipped.read_text()))
+    assert "does not know" not in capsys.readouterr().err
+
+
 def test_what_the_training_machine_lacks_is_refused_there_and_left_to_it_elsewhere(
         tmp_path, monkeypatch):
     """FusedLamb has no CPU implementation (DeepSpeed fails at engine build), and DeepSpeed's
