@@ -26,7 +26,14 @@ from pipeline.distill.teacher import needs_teacher, tokenize_alike
 from pipeline.errors import UserError
 from pipeline.export.runtime import onnxruntime
 from pipeline.models.compiling import check_compilable
-from pipeline.models.loading import OFFLINE_MODELS, check_weights, encoder_config, load_tokenizer, resolve_model
+from pipeline.models.loading import (
+    OFFLINE_MODELS,
+    check_max_length,
+    check_weights,
+    encoder_config,
+    load_tokenizer,
+    resolve_model,
+)
 from pipeline.outputs.manifest import is_complete, recorded_fingerprint
 from pipeline.stages import check_output_folder, stage_fingerprints
 from pipeline.training.ds_config import build_ds_config
@@ -79,12 +86,13 @@ def _check_distillation(cfg: RunConfig, names) -> None:
     name, random_init, where = teacher
     if random_init is None:
         _whole_weights(cfg, name, where)
+    teacher_config = encoder_config(name, where, random_init=random_init)
+    check_max_length(teacher_config, cfg.task.max_length, where)  # the teacher reads every batch
     backbone = resolve_model(s.backbone, "student.backbone", need_weights=False)
     teacher_path = resolve_model(name, where, need_weights=False)
     if not tokenize_alike(d, phases, load_tokenizer(teacher_path, where), load_tokenizer(backbone, "student.backbone"),
                           name, s.backbone):
         return  # a teacher that tokenizes differently serves prediction-layer terms only
-    teacher_config = encoder_config(name, where, random_init=random_init)
     for phase in phases:
         layer_layout(d, phase, student_config, teacher_config)
 
@@ -98,14 +106,21 @@ def _check_student(cfg: RunConfig, names):
         return None
     if s.init != "random":
         _whole_weights(cfg, s.backbone, "student.backbone")
-    return _student_config(cfg)
+    config = _student_config(cfg)
+    check_max_length(config, cfg.task.max_length, "student")
+    return config
 
 
 def _whole_weights(cfg: RunConfig, name: str, where: str) -> None:
     """A model folder's (or offline alias's) safetensors headers, where a stage will read its
     weights: a truncated copy is one line now. Hub names are left to the hub's download."""
-    if (Path(name).expanduser().is_dir() or name in OFFLINE_MODELS) and not _written_later(cfg, name):
+    if _here(cfg, name):
         check_weights(resolve_model(name, where), where)
+
+
+def _here(cfg: RunConfig, name: str) -> bool:
+    """A model folder (or offline alias) there now, not one a stage writes or the hub downloads."""
+    return (Path(name).expanduser().is_dir() or name in OFFLINE_MODELS) and not _written_later(cfg, name)
 
 
 def _student_config(cfg: RunConfig):
@@ -130,15 +145,21 @@ def _check_augment(cfg: RunConfig, names) -> None:
 
 
 def _check_teacher(cfg: RunConfig, names) -> None:
-    if cfg.teacher.random_init is None:
-        _whole_weights(cfg, cfg.teacher.model, "teacher.model")
+    t = cfg.teacher
+    if t.random_init is None:
+        _whole_weights(cfg, t.model, "teacher.model")
+    if _here(cfg, t.model):
+        check_max_length(encoder_config(t.model, "teacher", random_init=t.random_init), cfg.task.max_length, "teacher")
 
 
 def _check_listed_models(stage: str):
     """The check of a stage that reads the model folders ``stages.<stage>.models`` lists."""
     def check(cfg: RunConfig, names) -> None:
         for i, model in enumerate(getattr(cfg.stages, stage).models):
-            _whole_weights(cfg, model, f"stages.{stage}.models[{i}]")
+            where = f"stages.{stage}.models[{i}]"
+            _whole_weights(cfg, model, where)
+            if _here(cfg, model):
+                check_max_length(encoder_config(model, where), cfg.task.max_length, model)
     return check
 
 

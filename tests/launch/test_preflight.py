@@ -78,6 +78,30 @@ def test_late_distillation_mistakes_are_refused_before_the_teacher_trains(tmp_pa
         assert line.startswith(f"crild: error: {message}") and line.endswith(SUFFIX), line
 
 
+def test_a_max_length_beyond_the_teachers_or_students_positions_is_refused_before_the_first_stage(
+        tmp_path, tiny_bert, sentiment_dir, capsys):
+    """The stage that builds the model found it: for the student or a model to score, after the
+    teacher had trained."""
+    short = tmp_path / "short-positions"
+    shutil.copytree(tiny_bert, short)
+    config = json.loads((short / "config.json").read_text())
+    (short / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 16}))
+    student = {"init": "random", "backbone": str(short),
+               "random_init": {"num_layers": 1, "hidden_size": 32, "num_heads": 4, "intermediate_size": 64}}
+    cases = [({"task": {"max_length": 100}}, "task.max_length: 100 exceeds teacher's 64 position embeddings "
+                                             "(the teacher stage's; checked before the first stage runs)"),
+             ({"student": student}, "task.max_length: 32 exceeds student's 16 position embeddings" + SUFFIX)]
+    for top, message in cases:
+        raw = chain(tmp_path, tiny_bert, sentiment_dir, {})
+        raw.update(student=top.get("student", raw["student"]))
+        raw["task"].update(top.get("task", {}))
+        assert refusal(tmp_path, raw, capsys) == f"crild: error: {message}"
+    raw = chain(tmp_path, tiny_bert, sentiment_dir, {})
+    raw["pipeline"], raw["stages"]["evaluate"] = ["teacher", "evaluate"], {"models": [str(short)]}
+    assert refusal(tmp_path, raw, capsys) == (f"crild: error: task.max_length: 32 exceeds {short}'s 16 position "
+                                              f"embeddings (the evaluate stage's; checked before the first stage runs)")
+
+
 def test_a_late_student_augmentation_or_export_mistake_is_refused_before_the_teacher_trains(
         tmp_path, tiny_bert, sentiment_dir, monkeypatch, capsys):
     import sys
