@@ -9,12 +9,12 @@ import signal
 import sys
 
 from pipeline.errors import UserError, cli_entry
-from pipeline.stage_cli import parse_with_overrides
+from pipeline.stage_cli import OneLineParser, parse_with_overrides
 from pipeline.stages import STAGES, in_running_order
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="crild", description="Compress encoder models by CR-ILD distillation.")
+    parser = OneLineParser(prog="crild", description="Compress encoder models by CR-ILD distillation.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run the configured stages in order, skipping complete ones")

@@ -16,9 +16,18 @@ from pipeline.runtime.distributed import shutdown_distributed
 from pipeline.stages import STAGES, check_output_folder
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's parser, its usage errors one line as crild's other errors are: what is wrong
+    and where the usage is, not the usage itself printed above it. Subcommands' parsers are
+    of the same class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def stage_argparser(name: str) -> argparse.ArgumentParser:
     """The parser of stage ``name``'s script; ``--stage`` picks among the stages it runs."""
-    parser = argparse.ArgumentParser(description=STAGES[name].help)
+    parser = OneLineParser(description=STAGES[name].help)
     parser.add_argument("--config", required=True, help="run configuration (YAML)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="override configuration values, e.g. stages.teacher.epochs=1")
@@ -37,10 +46,19 @@ def parse_with_overrides(parser: argparse.ArgumentParser, argv: Optional[list[st
     args, extra = parser.parse_known_args(argv)
     stray = [a for a in extra if a.startswith("-") or "=" not in a or getattr(args, "overrides", None) is None]
     if stray:
-        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+        _subcommand_parser(parser, args).error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
     return args
+
+
+def _subcommand_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the subcommand ``args`` chose (``crild run``), whose help the error points
+    to; ``parser`` itself where it has none."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(getattr(args, action.dest, None), parser)
+    return parser
 
 
 def run_stage(run: Callable[[RunConfig], int], name: str, config: str, overrides: list[str]) -> int:

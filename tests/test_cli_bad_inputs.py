@@ -393,5 +393,5 @@ def test_a_missing_config_argument_names_only_the_config(command, capsys):
     with pytest.raises(SystemExit) as exc:
         main([command])
     assert exc.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1] == f"crild {command}: error: the following arguments are " \
-                                                       f"required: config"
+    assert capsys.readouterr().err == f"crild {command}: error: the following arguments are required: config; " \
+                                      f"see crild {command} --help\n"

@@ -1,5 +1,6 @@
 """Overrides may follow options, as users write them, on the crild command and the stage
-scripts alike; anything else left over stays argparse's usage error."""
+scripts alike; anything else left over stays argparse's usage error, in one line that names
+the subcommand's help, as every other error is one line."""
 import pytest
 
 from pipeline.cli import _parser
@@ -21,4 +22,22 @@ def test_what_is_not_an_override_is_a_usage_error(argv, stray, capsys):
     with pytest.raises(SystemExit) as done:
         parse_with_overrides(_parser(), argv)
     assert done.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == f"crild: error: unrecognized arguments: {stray}"
+    sub = f"crild {argv[0]}"
+    assert capsys.readouterr().err == f"{sub}: error: unrecognized arguments: {stray}; see {sub} --help\n"
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "crild: error: the following arguments are required: COMMAND; see crild --help"),
+    (["run"], "crild run: error: the following arguments are required: config; see crild run --help"),
+    (["bogus"], "crild: error: argument COMMAND: invalid choice: 'bogus'"),
+    (["status", "x.yaml", "--verfy"], "crild status: error: unrecognized arguments: --verfy; see crild status --help"),
+])
+def test_a_usage_error_is_one_line_naming_the_help_to_read(argv, message, capsys):
+    with pytest.raises(SystemExit) as done:
+        parse_with_overrides(_parser(), argv)
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.count("\n") == 1 and err.startswith(message), err
+    with pytest.raises(SystemExit):
+        parse_with_overrides(stage_argparser("teacher"), ["x.yaml"])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ": error: the following arguments are required: --config; see " in err, err

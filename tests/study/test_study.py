@@ -613,7 +613,7 @@ def test_study_counts_out_of_range_are_usage_errors(argv, message, capsys):
 
     with pytest.raises(SystemExit) as exc:
         main(["study", *argv])
-    assert exc.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == f"crild study: error: {message}"
+    assert exc.value.code == 2 and capsys.readouterr().err == f"crild study: error: {message}; see crild study --help\n"
 
 
 def test_a_run_configuration_and_a_study_file_given_for_each_other_say_so(tmp_path, capsys):
