@@ -20,6 +20,8 @@ from pathlib import Path
 
 from pipeline.config import RunConfig, stage_config
 from pipeline.data.augment import check_vectors
+from pipeline.data.sources import resolve_source
+from pipeline.data.tasks import task_spec
 from pipeline.distill.layers import layer_layout
 from pipeline.distill.presets import resolve_phases
 from pipeline.distill.teacher import needs_teacher, tokenize_alike
@@ -56,6 +58,11 @@ def check_stages(cfg: RunConfig, names, world_size: int, device_checks: bool = T
     stages that will run: a complete stage before them is skipped, and is not judged by
     this machine); ``device_checks`` False where this machine is not the kind that trains
     (``crild submit`` on a login node)."""
+    if names:  # every stage reads the task's data: where it is (a folder, prepared) is known now
+        try:
+            resolve_source(cfg.task, task_spec(cfg.task))
+        except UserError as err:
+            raise UserError(f"{err} (checked before the first stage runs)") from None
     for name in names:
         stage_cfg = stage_config(cfg, name)
         try:
@@ -114,13 +121,19 @@ def _check_student(cfg: RunConfig, names):
 def _whole_weights(cfg: RunConfig, name: str, where: str) -> None:
     """A model folder's (or offline alias's) safetensors headers, where a stage will read its
     weights: a truncated copy is one line now. Hub names are left to the hub's download."""
-    if _here(cfg, name):
+    if _here(cfg, name, where):
         check_weights(resolve_model(name, where), where)
 
 
-def _here(cfg: RunConfig, name: str) -> bool:
-    """A model folder (or offline alias) there now, not one a stage writes or the hub downloads."""
-    return (Path(name).expanduser().is_dir() or name in OFFLINE_MODELS) and not _written_later(cfg, name)
+def _here(cfg: RunConfig, name: str, where: str) -> bool:
+    """A model folder (or offline alias) there now, not one a stage writes or the hub downloads;
+    a file given for a model folder is refused as the stage would refuse it."""
+    if _written_later(cfg, name):
+        return False
+    path = Path(name).expanduser()
+    if path.exists() and not path.is_dir():
+        resolve_model(name, where, need_weights=False)  # raises: a file, not a model folder
+    return path.is_dir() or name in OFFLINE_MODELS
 
 
 def _student_config(cfg: RunConfig):
@@ -148,7 +161,7 @@ def _check_teacher(cfg: RunConfig, names) -> None:
     t = cfg.teacher
     if t.random_init is None:
         _whole_weights(cfg, t.model, "teacher.model")
-    if _here(cfg, t.model):
+    if _here(cfg, t.model, "teacher.model"):
         check_max_length(encoder_config(t.model, "teacher", random_init=t.random_init), cfg.task.max_length, "teacher")
 
 
@@ -158,7 +171,7 @@ def _check_listed_models(stage: str):
         for i, model in enumerate(getattr(cfg.stages, stage).models):
             where = f"stages.{stage}.models[{i}]"
             _whole_weights(cfg, model, where)
-            if _here(cfg, model):
+            if _here(cfg, model, where):
                 check_max_length(encoder_config(model, where), cfg.task.max_length, model)
     return check
 

@@ -102,6 +102,23 @@ def test_a_max_length_beyond_the_teachers_or_students_positions_is_refused_befor
                                               f"embeddings (the evaluate stage's; checked before the first stage runs)")
 
 
+def test_a_file_given_for_a_folder_is_refused_before_the_first_stage(tmp_path, tiny_bert, sentiment_dir, capsys):
+    """A model or data folder given as a file (a model's config.json, a data file) passed the
+    existence check; the stage that read it found it, the evaluation after the teacher had trained."""
+    config = str(tiny_bert / "config.json")
+    train = str(sentiment_dir / "train.jsonl")
+    raw = chain(tmp_path, tiny_bert, sentiment_dir, {})
+    raw["pipeline"], raw["stages"]["evaluate"] = ["teacher", "evaluate"], {"models": [config]}
+    assert refusal(tmp_path, raw, capsys) == (
+        f"crild: error: stages.evaluate.models[0]: '{config}' is a file; expected a model folder (config.json and "
+        f"weights) (the evaluate stage's; checked before the first stage runs)")
+    raw = chain(tmp_path, tiny_bert, sentiment_dir, {})
+    raw["task"]["data_dir"] = train
+    line = refusal(tmp_path, raw, capsys)
+    assert line.startswith(f"crild: error: task.data_dir: '{train}' is a file; expected the folder that holds the "
+                           f"split files") and line.endswith("(checked before the first stage runs)"), line
+
+
 def test_a_late_student_augmentation_or_export_mistake_is_refused_before_the_teacher_trains(
         tmp_path, tiny_bert, sentiment_dir, monkeypatch, capsys):
     import sys
