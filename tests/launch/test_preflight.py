@@ -102,9 +102,11 @@ def test_a_max_length_beyond_the_teachers_or_students_positions_is_refused_befor
                                               f"embeddings (the evaluate stage's; checked before the first stage runs)")
 
 
-def test_a_file_given_for_a_folder_is_refused_before_the_first_stage(tmp_path, tiny_bert, sentiment_dir, capsys):
+def test_a_file_given_for_a_folder_is_refused_before_the_first_stage(tmp_path, tiny_bert, sentiment_dir, capsys,
+                                                                      monkeypatch):
     """A model or data folder given as a file (a model's config.json, a data file) passed the
-    existence check; the stage that read it found it, the evaluation after the teacher had trained."""
+    existence check; the stage that read it found it, the evaluation after the teacher had trained.
+    Offline data not prepared is named then too."""
     config = str(tiny_bert / "config.json")
     train = str(sentiment_dir / "train.jsonl")
     raw = chain(tmp_path, tiny_bert, sentiment_dir, {})
@@ -117,6 +119,12 @@ def test_a_file_given_for_a_folder_is_refused_before_the_first_stage(tmp_path, t
     line = refusal(tmp_path, raw, capsys)
     assert line.startswith(f"crild: error: task.data_dir: '{train}' is a file; expected the folder that holds the "
                            f"split files") and line.endswith("(checked before the first stage runs)"), line
+    raw["task"].pop("data_dir")  # the offline Rotten Tomatoes, in a crild home that has not prepared it
+    monkeypatch.setenv("CRILD_HOME", str(tmp_path / "fresh-home"))
+    assert refusal(tmp_path, raw, capsys) == (
+        f"crild: error: {tmp_path / 'fresh-home' / 'data' / 'rotten_tomatoes'}: offline data for task "
+        f"'rotten_tomatoes' is not prepared; run `crild prepare-data` (tools/setup.sh does) (checked before the first "
+        f"stage runs)")
 
 
 def test_a_late_student_augmentation_or_export_mistake_is_refused_before_the_teacher_trains(
