@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", default=[], metavar="section.key=value")
     p.add_argument("--explain", action="store_true", help="print every key with its type, default and help")
 
-    from pipeline.study.command import add_arguments
+    from pipeline.study.arguments import add_arguments
 
     p = sub.add_parser("study", help="run (or collect) a comparison study and write its report")
     add_arguments(p)
@@ -98,12 +98,12 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.config import load_config
 
     if args.command == "run":
-        from pipeline.launch.local import run_pipeline
-
         for stage in args.only or []:
             if stage not in STAGES:
                 raise UserError(f"--only {stage}: unknown stage (known: {', '.join(STAGES)})")
         cfg = load_config(args.config, args.overrides)
+        from pipeline.launch.local import run_pipeline  # torch: after the configuration's checks
+
         only = in_running_order(args.only) if args.only else None
         sys.exit(run_pipeline(cfg, args.config, args.overrides, force=args.force, only=only))
     if args.command == "status":
@@ -112,9 +112,9 @@ def main(argv: list[str] | None = None) -> None:
         print("\n".join(status_lines(load_config(args.config, args.overrides), verify=args.verify)))
         return
     if args.command == "submit":
-        from pipeline.launch.submit import submit
-
         cfg = load_config(args.config, args.overrides)
+        from pipeline.launch.submit import submit  # torch: after the configuration's checks
+
         sys.exit(submit(cfg, args.config, args.overrides, wait=not args.no_wait, extra_sbatch=args.sbatch_arg))
     from pipeline.stage_cli import run_stage
 

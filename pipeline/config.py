@@ -507,7 +507,7 @@ def launched_digest(cfg: RunConfig) -> str:
     setting, and the text of each DeepSpeed config it names): ``crild run`` and ``crild
     submit`` hand it to their stages, which refuse to start when the file now says something
     else (see ``check_launched``)."""
-    from pipeline.training.ds_config import read_ds_text
+    from pipeline.training.ds_files import read_ds_text
 
     ds = {key: read_ds_text(path, cfg.source)[1] for key, path in deepspeed_config_paths(cfg).items()}
     return config_hash({"settings": to_dict(cfg), "deepspeed": ds})

@@ -31,7 +31,8 @@ from pipeline.runtime.distributed import barrier, init_distributed, seed_everyth
 from pipeline.runtime.progress import log
 from pipeline.stage_cli import stage_main
 from pipeline.stages import stage_fingerprint
-from pipeline.training.ds_config import load_ds_json, precision_dtype
+from pipeline.training.ds_config import precision_dtype
+from pipeline.training.ds_files import load_ds_json
 
 STAGE = "evaluate"
 

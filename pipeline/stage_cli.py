@@ -12,7 +12,6 @@ from typing import Callable, Optional
 from pipeline.config import RunConfig, check_launched, load_config, stage_config
 from pipeline.errors import cli_entry, watch
 from pipeline.outputs.lock import run_lock
-from pipeline.runtime.distributed import shutdown_distributed
 from pipeline.stages import STAGES, check_output_folder
 
 
@@ -73,8 +72,9 @@ def run_stage(run: Callable[[RunConfig], int], name: str, config: str, overrides
         with run_lock(cfg.output_dir):
             check_output_folder(cfg, name)
             return run(cfg)
-    finally:
-        shutdown_distributed()
+    finally:  # a stage that set up process groups imported this module; no other has any to tear down
+        if (distributed := sys.modules.get("pipeline.runtime.distributed")) is not None:
+            distributed.shutdown_distributed()
 
 
 def stage_main(run: Callable[[RunConfig], int], name: str, argv: Optional[list[str]] = None) -> None:

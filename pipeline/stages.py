@@ -20,7 +20,7 @@ from pipeline.outputs.input_digest import input_digests
 from pipeline.outputs.manifest import recorded_fingerprint
 from pipeline.schema.hashing import config_hash, output_settings, settings_dict
 from pipeline.schema.types import paths_in
-from pipeline.training.ds_config import read_ds_text
+from pipeline.training.ds_files import read_ds_text
 
 DISTILL_PHASES = ("ild_supplementary", "ild", "kd")  # the sections of stages.distill that train
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
 from helpers import REPO
 
 PACKAGE = REPO / "pipeline"
@@ -128,3 +129,26 @@ def test_the_command_line_imports_no_model_data_or_metric_library_before_it_need
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == [], f"imported at start: {proc.stdout.strip()}"
+
+
+@pytest.mark.parametrize("argv", [
+    ["--help"], ["teacher", "--help"], ["study", "--help"],
+    ["run", "{bad}"], ["config", "{bad}"], ["run", "{bad}", "--only", "nonsense"], ["submit", "{bad}"],
+])
+def test_help_and_configuration_errors_answer_without_torch(tmp_path, argv):
+    """Help and a configuration's mistakes are answered before torch is imported (a second
+    on every call): the term registry, the output checks and the DeepSpeed file reader that
+    the configuration needs load no torch, and the launcher is imported after the checks."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: sst2\nseed: not-a-number\n")
+    argv = [a.format(bad=bad) for a in argv]
+    code = ("import sys\nfrom pipeline.cli import main\n"
+            f"try:\n    main({argv!r})\nexcept SystemExit as exit:\n    code = exit.code\n"
+            "print(code, 'torch' in sys.modules, file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    code, torch_loaded = proc.stderr.split("\n")[-2].split()
+    assert code == ("0" if "--help" in argv else "2"), proc.stderr
+    assert torch_loaded == "False", f"crild {' '.join(argv)} imported torch"

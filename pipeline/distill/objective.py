@@ -20,7 +20,8 @@ from pipeline.distill.layers import LayerLayout
 from pipeline.distill.mixup import mixed_view
 from pipeline.distill.presets import Phase
 from pipeline.distill.student import DistillModule
-from pipeline.distill.terms import TERMS, TermInputs, state_scalars
+from pipeline.distill.term_math import TermInputs, state_scalars
+from pipeline.distill.terms import TERMS
 from pipeline.evaluation.predict import model_inputs
 from pipeline.models.attention_masks import has_padding
 from pipeline.outputs.atomic import write_json
@@ -47,6 +48,7 @@ class DistillObjective:
         self.device = device
         self.cached_logits = teacher_logits.to(device) if teacher_logits is not None else None
         terms = [TERMS[name] for name in phase.terms]
+        self.term_fns = {t.name: t.fn for t in terms}
         kinds = set().union(*(t.kinds for t in terms)) if terms else set()
         student_layers = {s for s, _ in layout.pairs} if kinds else set()
         student_kinds = set(kinds)
@@ -114,7 +116,7 @@ class DistillObjective:
         total = torch.zeros((), device=self.device)
         components: dict = {}
         for name, weight in self.phase.terms.items():
-            parts = TERMS[name].fn(x)
+            parts = self.term_fns[name](x)
             value = sum(parts.values())
             if len(parts) > 1:
                 components.update({f"{name}/{k}": v.detach() for k, v in parts.items()})

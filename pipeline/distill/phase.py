@@ -28,8 +28,9 @@ from pipeline.models.loading import save_model
 from pipeline.outputs.atomic import atomic_output, write_json
 from pipeline.outputs.integrity import problems
 from pipeline.outputs.manifest import is_complete, recorded_fingerprint
-from pipeline.runtime.distributed import DistInfo, barrier, decided_by_main, main_rank_first, seed_everything
+from pipeline.runtime.distributed import DistInfo, barrier, main_rank_first, seed_everything
 from pipeline.runtime.progress import log
+from pipeline.runtime.rank_zero import decided_by_main
 from pipeline.schema.hashing import settings_dict
 from pipeline.training.checkpointing import Checkpoints, resume, trajectory_keys
 from pipeline.training.ds_config import build_ds_config, precision_dtype

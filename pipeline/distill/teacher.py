@@ -22,7 +22,8 @@ from pipeline.outputs.atomic import renamed_into_place, verified
 from pipeline.outputs.manifest import is_complete
 from pipeline.outputs.trust import VERIFIED, trust_note
 from pipeline.runtime.distributed import DistInfo, barrier
-from pipeline.training.ds_config import fill_zero_buckets, load_ds_json, zero_stage
+from pipeline.training.ds_config import fill_zero_buckets, zero_stage
+from pipeline.training.ds_files import load_ds_json
 
 
 def needs_teacher(distill_cfg, phases) -> bool:

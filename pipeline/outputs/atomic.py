@@ -14,8 +14,8 @@ from pipeline.errors import UserError
 from pipeline.outputs.integrity import HASHES, problems, write_hashes
 from pipeline.outputs.manifest import MANIFEST, RESOLVED_CONFIG, is_complete, read_manifest
 from pipeline.outputs.ownership import FOREIGN, NEW, OURS, folder
-from pipeline.runtime.distributed import decided_by_main
 from pipeline.runtime.faults import crash_point
+from pipeline.runtime.rank_zero import decided_by_main
 from pipeline.schema.hashing import dump_yaml
 
 # what atomic_output writes into every output folder itself (in place: never link these in)

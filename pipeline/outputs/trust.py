@@ -10,7 +10,7 @@ from typing import Optional
 
 from pipeline.errors import UserError
 from pipeline.outputs.integrity import HASHES, problems
-from pipeline.runtime.distributed import decided_by_main
+from pipeline.runtime.rank_zero import decided_by_main
 
 VERIFIED = "verified against its content hashes"
 UNVERIFIED = "no content hashes (not written by crild): loaded as it is, not verified"

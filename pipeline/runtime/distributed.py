@@ -10,12 +10,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
 
-from pipeline.errors import UserError
 from pipeline.runtime import environment
 from pipeline.runtime.build_locks import check_build_locks, op_builds
 from pipeline.runtime.cuda_arch import prepare_arch_list
@@ -274,25 +273,6 @@ def any_rank(flag: bool) -> bool:
     handle, tensor = pending
     handle.wait()
     return tensor.item() > 0
-
-
-def decided_by_main(fn: Callable[[], T]) -> T:
-    """``fn()`` run on rank 0 only (e.g. hashing a large folder), its answer given to every
-    rank; a UserError there is raised on every rank. Collective: never call it inside
-    ``main_rank_first``."""
-    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
-        return fn()
-    answer = [None]
-    if torch.distributed.get_rank() == 0:
-        try:
-            answer = [("ok", fn())]
-        except UserError as err:
-            answer = [("error", str(err))]
-    torch.distributed.broadcast_object_list(answer, src=0)
-    kind, value = answer[0]
-    if kind == "error":
-        raise UserError(value)
-    return value
 
 
 @contextmanager

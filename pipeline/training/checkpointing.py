@@ -13,9 +13,10 @@ import torch
 from pipeline.errors import UserError, free_bytes, size_text
 from pipeline.outputs.integrity import HASHES, problems, write_hashes
 from pipeline.outputs.ownership import FILE, FOREIGN, LINK, folder
-from pipeline.runtime.distributed import DistInfo, barrier, decided_by_main
+from pipeline.runtime.distributed import DistInfo, barrier
 from pipeline.runtime.faults import crash_point
 from pipeline.runtime.progress import log
+from pipeline.runtime.rank_zero import decided_by_main
 from pipeline.schema.hashing import config_hash, output_settings, settings_dict
 
 TAG_PREFIX = "step"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-import json
 from pathlib import Path
 
 import torch
@@ -13,7 +12,7 @@ import torch
 from pipeline.errors import UserError
 from pipeline.runtime.deepspeed_noise import import_deepspeed
 from pipeline.runtime.progress import note
-from pipeline.schema.paths import read_utf8, resolve_path
+from pipeline.training.ds_files import load_ds_json
 from pipeline.training.ds_value_types import (
     AUTO,
     check_by_building,
@@ -24,26 +23,6 @@ from pipeline.training.ds_value_types import (
     scheduler_class,
     suggestion,
 )
-
-
-def read_ds_text(path: str, source: str) -> tuple[Path, str]:
-    """A DeepSpeed config file's path and text (UTF-8), or one line saying what is wrong."""
-    p = resolve_path(path, "deepspeed_config", source)
-    if not p.is_file():
-        raise UserError(f"{source}: deepspeed_config: '{path}' is not a file")
-    return p, read_utf8(p)
-
-
-def load_ds_json(path: str, source: str) -> tuple[Path, dict]:
-    p, text = read_ds_text(path, source)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise UserError(f"{p}: not valid JSON (line {err.lineno}: {err.msg})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{p}: expected a JSON object")
-    return p, data
-
 
 _DS_SECTIONS = {"DeepSpeedZeroConfig": "zero_optimization", "DeepSpeedBF16Config": "bf16",
                 "DeepSpeedFP16Config": "fp16", "DeepSpeedZeroOffloadOptimizerConfig": "zero_optimization.offload_optimizer",

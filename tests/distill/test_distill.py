@@ -173,6 +173,20 @@ def test_only_changed_presets_and_terms_change_fingerprints(monkeypatch):
     assert after["cr-ild"] == before["cr-ild"]
 
 
+def test_every_registered_term_has_its_function_and_every_function_a_term():
+    """The registry names each term's function in term_math by the term's name: a renamed
+    function, or one added without its entry, would fail only when a preset first used it."""
+    import inspect
+
+    from pipeline.distill import term_math
+
+    functions = {name for name, fn in vars(term_math).items()
+                 if inspect.isfunction(fn) and fn.__module__ == term_math.__name__ and not name.startswith("_")
+                 and list(inspect.signature(fn).parameters) == ["x"]}
+    assert functions == set(TERMS)
+    assert all(callable(term.fn) for term in TERMS.values())
+
+
 def test_presets_resolve_to_the_papers_phases():
     def plans(preset, **kw):
         return [(p.name, p.terms, p.mixup, p.consistency) for p in

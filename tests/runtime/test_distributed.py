@@ -9,7 +9,8 @@ import torch.multiprocessing as mp
 from helpers import crild_env
 
 from pipeline.errors import UserError
-from pipeline.runtime.distributed import decided_by_main, free_port
+from pipeline.runtime.distributed import free_port
+from pipeline.runtime.rank_zero import decided_by_main
 
 
 def _worker(rank: int, port: int, out: dict) -> None:

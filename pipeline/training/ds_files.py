@@ -1,0 +1,29 @@
+"""Reading a DeepSpeed JSON file: its path resolved, its text or its JSON object, or one
+line saying what is wrong. No torch or DeepSpeed here: the configuration checks and the
+stage fingerprints read these files before any engine exists."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.errors import UserError
+from pipeline.schema.paths import read_utf8, resolve_path
+
+
+def read_ds_text(path: str, source: str) -> tuple[Path, str]:
+    """A DeepSpeed config file's path and text (UTF-8), or one line saying what is wrong."""
+    p = resolve_path(path, "deepspeed_config", source)
+    if not p.is_file():
+        raise UserError(f"{source}: deepspeed_config: '{path}' is not a file")
+    return p, read_utf8(p)
+
+
+def load_ds_json(path: str, source: str) -> tuple[Path, dict]:
+    p, text = read_ds_text(path, source)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{p}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{p}: expected a JSON object")
+    return p, data
