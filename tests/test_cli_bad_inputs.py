@@ -322,6 +322,48 @@ def reading_cases(tmp: Path, tiny_bert: Path, data: Path):
     ]
 
 
+def shape_cases(tmp: Path, tiny_bert: Path, data: Path):
+    """Text whose shape, not its values, is the mistake: YAML aliases that stand for billions
+    of values (a few hundred bytes that would take minutes and gigabytes to copy), an alias
+    inside itself, nesting past the limit or past Python's recursion (in a YAML file, an
+    override, a DeepSpeed JSON or a JSONL record), a configuration that is a pipe, and a
+    long value where one number belongs (the message must stay one short line)."""
+    import os
+
+    cfg = lambda name, **e: str(write(tmp / f"{name}.yaml", case_config(tmp / name, tiny_bert, data, **e)))  # noqa
+    lines = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefg", "bcdefgh")]
+    bomb = _text(tmp / "bomb.yaml", "\n".join(lines) + "\n")
+    deep = _text(tmp / "deep.yaml", "seed: " + "[" * 20000 + "]" * 20000 + "\n")
+    nested = _text(tmp / "nested.yaml", "seed: " + "[" * 99 + "]" * 99 + "\n")
+    ds_deep = _text(tmp / "ds_deep.json", '{"zero_optimization": ' + "[" * 100000 + "]" * 100000 + "}")
+    records = _folder(tmp / "deep-record", {"train.jsonl": b'{"sentence": ' + b"[" * 100000 + b"]" * 100000
+                                            + b', "label": "fresh"}\n', "dev.jsonl": b'{"sentence": "a", "label": "fresh"}\n'})
+    pipe = tmp / "pipe.yaml"
+    if not pipe.exists():
+        os.mkfifo(pipe)
+    return [
+        ("YAML aliases that expand past the limit", ["config", str(bomb)],
+         ["bomb.yaml: its aliases (*name) expand to more than 100,000 values"]),
+        ("YAML nested past Python's recursion", ["config", str(deep)],
+         ["deep.yaml: nested too deeply to read; expected at most 64 levels"]),
+        ("YAML nested past the limit", ["config", str(nested)],
+         ["nested.yaml: nested more than 64 levels deep; expected at most 64 levels"]),
+        ("an override nested past Python's recursion", ["config", cfg("y1"), "seed=" + "[" * 5000 + "]" * 5000],
+         ["override 'seed=...': nested too deeply to read"]),
+        ("an override whose alias holds itself", ["config", cfg("y2"), "pipeline=&a [*a]"],
+         ["override 'pipeline=...': an alias (*name) refers to a list or mapping that holds it"]),
+        ("DeepSpeed JSON nested past Python's recursion", ["teacher", cfg("y3", deepspeed_config=str(ds_deep))],
+         ["ds_deep.json: nested too deeply to read"]),
+        ("JSONL record nested past Python's recursion", ["teacher", cfg("y4", task__data_dir=str(records))],
+         ["deep-record/train.jsonl:1: nested too deeply to read"]),
+        ("config file that is a pipe", ["config", str(pipe)],
+         ["pipe.yaml: not a regular file (a pipe or a device); expected a config file (YAML)"]),
+        ("a long list where a number belongs", ["config", cfg("y5", seed=list(range(1000)))],
+         ["seed: expected an integer, got [0, 1, 2, 3, ...] (list)"]),
+    ]
+
+
 def foreign_checkpoints(tmp: Path, cfg) -> str:
     """A run folder whose checkpoints/teacher holds a file of the user's (the stage must not
     write among it, nor remove it)."""
@@ -354,7 +396,8 @@ def _text(path: Path, text: str) -> Path:
 
 def all_cases(tmp: Path, tiny_bert: Path, data: Path):
     return cases(tmp, tiny_bert, data) + more_cases(tmp, tiny_bert, data) + list_cases(tmp, tiny_bert, data) \
-        + backbone_cases(tmp, tiny_bert, data) + reading_cases(tmp, tiny_bert, data)
+        + backbone_cases(tmp, tiny_bert, data) + reading_cases(tmp, tiny_bert, data) \
+        + shape_cases(tmp, tiny_bert, data)
 
 
 def test_catalogue_has_every_case_documented(tmp_path, tiny_bert, sentiment_dir):
@@ -365,7 +408,7 @@ def test_catalogue_has_every_case_documented(tmp_path, tiny_bert, sentiment_dir)
         assert f"| {name} |" in doc, name
 
 
-CASE_COUNT = 88
+CASE_COUNT = 97
 
 
 @pytest.mark.parametrize("index", range(CASE_COUNT))
@@ -381,7 +424,7 @@ def test_bad_input_gives_one_line_and_exit_2(index, tmp_path, tiny_bert, sentime
     for fragment in fragments:
         assert fragment in err[0], (name, fragment, err[0])
     for out in (tmp_path / p for p in ("d1", "m1", "s1", "p1", "v1", "f1", "f3", "m5", "m6", "m7", "s7", "l4", "l9",
-                                       "l12", "l15", "l17", "b1", "b2", "b3", "f5")):
+                                       "l12", "l15", "l17", "b1", "b2", "b3", "f5", "y3", "y4")):
         for stage in ("teacher", "student", "eval", "augmented", "export"):
             assert not is_complete(out / "run" / stage)
         assert not (out / "run" / "student.phases").exists()  # refused before any phase trained

@@ -17,6 +17,7 @@ import numpy as np
 from pipeline.data.tasks import GlueFile, TaskSpec
 from pipeline.errors import UserError, shown
 from pipeline.runtime import environment, hub
+from pipeline.schema.nesting import too_deep
 from pipeline.schema.paths import read_utf8
 
 if TYPE_CHECKING:
@@ -205,6 +206,8 @@ def _read_records(path: Path) -> list[tuple[int, dict]]:
                 rec = json.loads(line)
             except json.JSONDecodeError as err:
                 raise UserError(f"{path}:{n}: not valid JSON ({err.msg})") from None
+            except RecursionError:
+                raise too_deep(f"{path}:{n}") from None
             if not isinstance(rec, dict):
                 raise UserError(f"{path}:{n}: expected a JSON object per line")
             out.append((n, rec))

@@ -261,7 +261,7 @@ def check_weights(path: str, where: str) -> None:
     if index.is_file():
         try:
             shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError) as err:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
             raise UserError(f"{where}: '{index}' is not a weight index ({one_error(err)})") from None
     else:
         shards = ["model.safetensors"]

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from pipeline.errors import UserError
 from pipeline.schema.messages import error_line
+from pipeline.schema.nesting import check_shape, too_deep
 from pipeline.schema.paths import read_utf8
 
 M = TypeVar("M", bound=BaseModel)
@@ -52,7 +53,8 @@ def read_yaml(path: str | os.PathLike, what: str = "config file") -> dict:
     if path.is_dir():
         raise UserError(f"{path}: is a folder; expected a {what} (YAML)")
     if not path.is_file():
-        raise UserError(f"{path}: {what} not found")
+        raise UserError(f"{path}: not a regular file (a pipe or a device); expected a {what} (YAML)"
+                        if path.exists() else f"{path}: {what} not found")
     text, loader = read_utf8(path), None
     try:
         loader = _UniqueKeyLoader(text)  # checks the characters already
@@ -64,10 +66,13 @@ def read_yaml(path: str | os.PathLike, what: str = "config file") -> dict:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise UserError(f"{path}:{where} is not valid YAML ({getattr(err, 'problem', err)})") from None
+    except RecursionError:
+        raise too_deep(str(path)) from None
     finally:
         if loader is not None:
             loader.dispose()
     raw = {} if raw is None else raw
+    check_shape(raw, str(path))
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     return raw
@@ -78,10 +83,14 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text or text.startswith("="):
         raise UserError(f"override '{text}': expected section.key=value")
     key, _, value = text.partition("=")
+    where = f"override '{key.strip()}=...'"
     try:
         parsed = yaml.safe_load(value) if value != "" else ""
     except yaml.YAMLError:
         parsed = value
+    except RecursionError:
+        raise too_deep(where) from None
+    check_shape(parsed, where)
     return key.strip(), parsed
 
 

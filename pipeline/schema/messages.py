@@ -4,6 +4,7 @@ misspelt key or choice the nearest valid one."""
 from __future__ import annotations
 
 import difflib
+import reprlib
 import types
 import typing
 from dataclasses import dataclass
@@ -101,10 +102,21 @@ def _choices_text(choices) -> str:
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
 
 
+def _short_repr() -> reprlib.Repr:
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxdict, r.maxstring, r.maxother = 2, 4, 4, 80, 80
+    return r
+
+
+_SHORT = _short_repr()
+
+
 def _given(value, with_type: bool = True) -> str:
+    """The value as given, cut to a few dozen characters: a message stays one short line
+    whatever was put where a number or a name belongs."""
     if value is None:
         return "null"
-    return f"{value!r} ({type(value).__name__})" if with_type else f"{value!r}"
+    return f"{_SHORT.repr(value)} ({type(value).__name__})" if with_type else _SHORT.repr(value)
 
 
 def describe(err: dict, model: type) -> str:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.schema.nesting import check_shape, too_deep
 from pipeline.schema.paths import read_utf8, resolve_path
 
 
@@ -24,6 +25,9 @@ def load_ds_json(path: str, source: str) -> tuple[Path, dict]:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise UserError(f"{p}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    except RecursionError:
+        raise too_deep(str(p)) from None
+    check_shape(data, str(p))
     if not isinstance(data, dict):
         raise UserError(f"{p}: expected a JSON object")
     return p, data
