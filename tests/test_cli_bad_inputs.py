@@ -339,6 +339,16 @@ def shape_cases(tmp: Path, tiny_bert: Path, data: Path):
     ds_deep = _text(tmp / "ds_deep.json", '{"zero_optimization": ' + "[" * 100000 + "]" * 100000 + "}")
     records = _folder(tmp / "deep-record", {"train.jsonl": b'{"sentence": ' + b"[" * 100000 + b"]" * 100000
                                             + b', "label": "fresh"}\n', "dev.jsonl": b'{"sentence": "a", "label": "fresh"}\n'})
+    def edited(name: str, **values) -> str:
+        """A copy of the tiny backbone whose config.json was edited by hand."""
+        folder = tmp / name
+        shutil.copytree(tiny_bert, folder, dirs_exist_ok=True)
+        config = json.loads((tiny_bert / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, **values}))
+        return str(folder)
+
+    broken_tokenizer = edited("bad-tokenizer")
+    Path(broken_tokenizer, "tokenizer.json").write_text('{"version": "1.0", "model": 5}')
     pipe = tmp / "pipe.yaml"
     if not pipe.exists():
         os.mkfifo(pipe)
@@ -361,6 +371,18 @@ def shape_cases(tmp: Path, tiny_bert: Path, data: Path):
          ["pipe.yaml: not a regular file (a pipe or a device); expected a config file (YAML)"]),
         ("a long list where a number belongs", ["config", cfg("y5", seed=list(range(1000)))],
          ["seed: expected an integer, got [0, 1, 2, 3, ...] (list)"]),
+        ("model config value of the wrong type", ["teacher", cfg("y6", teacher={"model": edited("cfg-type", hidden_size="big")})],
+         ["cannot load a model config from '", "cfg-type' (", "Validation error for field 'hidden_size'"]),
+        ("model config with a negative layer count", ["run", cfg("y7", teacher={"model": edited("cfg-layers", num_hidden_layers=-3)})],
+         ["teacher: ", "cfg-layers/config.json: num_hidden_layers: expected a positive integer, got -3"]),
+        ("model config whose architectures are not a list", ["run", cfg("y8", teacher={"model": edited("cfg-arch", architectures=7)})],
+         ["cfg-arch/config.json: architectures: expected a list of class names, got 7"]),
+        ("tokenizer.json that is not a tokenizer", ["teacher", cfg("y10", teacher={"model": broken_tokenizer})],
+         ["teacher.model: cannot load a tokenizer from '", "bad-tokenizer' ("]),
+        ("model config whose hidden size its heads do not divide", ["run", cfg("y9", teacher={"model": edited(
+            "cfg-heads", hidden_size=33)})],
+         ["teacher: transformers cannot build a model from ", "cfg-heads/config.json (ValueError: The hidden size (33) "
+          "is not a multiple of the number of attention heads"]),
     ]
 
 
@@ -408,7 +430,7 @@ def test_catalogue_has_every_case_documented(tmp_path, tiny_bert, sentiment_dir)
         assert f"| {name} |" in doc, name
 
 
-CASE_COUNT = 97
+CASE_COUNT = 102
 
 
 @pytest.mark.parametrize("index", range(CASE_COUNT))
@@ -424,7 +446,7 @@ def test_bad_input_gives_one_line_and_exit_2(index, tmp_path, tiny_bert, sentime
     for fragment in fragments:
         assert fragment in err[0], (name, fragment, err[0])
     for out in (tmp_path / p for p in ("d1", "m1", "s1", "p1", "v1", "f1", "f3", "m5", "m6", "m7", "s7", "l4", "l9",
-                                       "l12", "l15", "l17", "b1", "b2", "b3", "f5", "y3", "y4")):
+                                       "l12", "l15", "l17", "b1", "b2", "b3", "f5", "y3", "y4", "y6", "y7", "y8", "y9", "y10")):
         for stage in ("teacher", "student", "eval", "augmented", "export"):
             assert not is_complete(out / "run" / stage)
         assert not (out / "run" / "student.phases").exists()  # refused before any phase trained

@@ -104,6 +104,16 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spm.model", "se
                    "tokenizer.model")
 
 
+def _reason(err: BaseException) -> str:
+    """Why transformers could not read a model folder's file, in one line: an OSError's first
+    line (the rest is advice about the hub); anything else with its type (a KeyError's text
+    is only the key) and every line (a validation error's field is on its second)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if isinstance(err, OSError) and lines:
+        return lines[0][:300]
+    return " ".join([f"{type(err).__name__}:", *lines])[:300] if lines else type(err).__name__
+
+
 def load_tokenizer(path: str, where: str):
     from transformers import AutoTokenizer
 
@@ -112,8 +122,10 @@ def load_tokenizer(path: str, where: str):
                         f"there)")
     try:
         tok = AutoTokenizer.from_pretrained(path, use_fast=True)
-    except (OSError, ValueError) as err:
-        raise UserError(f"{where}: cannot load a tokenizer from '{path}' ({str(err).splitlines()[0]})") from None
+    except Exception as err:  # noqa: BLE001 - its files (tokenizer.json, config.json) are the user's
+        if (Path(path) / "config.json").is_file():
+            _load_config(path, where)  # a config.json that cannot be read is the cause: named as such
+        raise UserError(f"{where}: cannot load a tokenizer from '{path}' ({_reason(err)})") from None
     if not tok.is_fast:
         raise UserError(f"{where}: '{path}' has no fast tokenizer (tokenizer.json or vocab.txt)")
     return tok
@@ -126,13 +138,54 @@ def _label_kwargs(spec: TaskSpec) -> dict:
             "id2label": dict(enumerate(spec.labels)), "label2id": {label: i for i, label in enumerate(spec.labels)}}
 
 
+# config values every family's code divides, counts or indexes by
+_POSITIVE_COUNTS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings")
+
+
 def _load_config(path: str, where: str, **kwargs):
+    """The model config.json of ``path``, or one line naming what is wrong with it. Whatever
+    transformers raises while reading the file (not JSON, nested past recursion, a value of
+    the wrong type, a mapping given as a list) is the file's mistake."""
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as err:
-        raise UserError(f"{where}: cannot load a model config from '{path}' ({str(err).splitlines()[0]})") from None
+        config = AutoConfig.from_pretrained(path, **kwargs)
+    except Exception as err:  # noqa: BLE001 - any failure to read a user's file is that file's fault
+        raise UserError(f"{where}: cannot load a model config from '{path}' ({_reason(err)})") from None
+    _check_config_values(config, path, where)
+    return config
+
+
+def _check_config_values(config, path: str, where: str) -> None:
+    """Values transformers reads without checking, whose mistakes would surface as a
+    traceback deep in a stage: the architectures list and the counts every family uses."""
+    architectures = getattr(config, "architectures", None)
+    if architectures is not None and not (isinstance(architectures, list)
+                                          and all(isinstance(a, str) for a in architectures)):
+        raise UserError(f"{where}: {Path(path) / 'config.json'}: architectures: expected a list of class names, "
+                        f"got {repr(architectures)[:60]}")
+    for key in _POSITIVE_COUNTS:
+        value = getattr(config, key, None)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UserError(f"{where}: {Path(path) / 'config.json'}: {key}: expected a positive integer, "
+                            f"got {repr(value)[:60]}")
+
+
+def check_buildable(config, path: str, where: str) -> None:
+    """Build the model ``config`` describes on the meta device (no memory, no weights), so
+    that what a model's constructor refuses (a hidden size its heads do not divide, a
+    layer type it does not know) is said before a run's first stage, not by the stage.
+    Not inside ``deepspeed.zero.Init``, whose partitioning cannot copy meta tensors."""
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        with torch.device("meta"):
+            AutoModelForSequenceClassification.from_config(config, attn_implementation=family_of(config, where).attention)
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the constructor's objection to the user's config
+        raise UserError(f"{where}: transformers cannot build a model from {Path(path) / 'config.json'} "
+                        f"({one_error(err)[:300]})") from None
 
 
 def build_classifier(name: str, spec: TaskSpec, where: str, *, num_layers: Optional[int] = None,
@@ -166,9 +219,11 @@ def build_classifier(name: str, spec: TaskSpec, where: str, *, num_layers: Optio
 def encoder_config(name: str, where: str, *, num_layers: Optional[int] = None,
                    random_init: Optional[RandomInit] = None):
     """The config of the encoder ``build_classifier`` would build from these settings, its
-    checks made, without reading its weights: what a run checks its layer maps against
-    before its first stage."""
-    return _encoder(name, where, num_layers, random_init, {})[3]
+    checks made (built on the meta device too), without reading its weights: what a run
+    checks its layer maps against before its first stage."""
+    path, _, _, config = _encoder(name, where, num_layers, random_init, {})
+    check_buildable(config, path, where)
+    return config
 
 
 def _encoder(name: str, where: str, num_layers: Optional[int], random_init: Optional[RandomInit],
@@ -242,6 +297,8 @@ def load_pretrained(cls, path: str, where: str, **kwargs):
                                    **kwargs)
     except (OSError, SafetensorError) as err:
         raise UserError(f"{where}: cannot load the model in '{path}' ({str(err).splitlines()[0]})") from None
+    except ValueError as err:  # the constructor's objection to config.json (the preflight says it earlier)
+        raise UserError(f"{where}: cannot load the model in '{path}' ({one_error(err)})") from None
     except RuntimeError as err:
         if "mismatch" not in str(err):
             raise
