@@ -101,8 +101,16 @@ def one_error(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
+def launch_number(name: str, default: int) -> int:
+    """A launcher's variable (RANK, WORLD_SIZE) as this module and the progress lines read
+    it: the default unless it is a whole number. They must never fail themselves; a bad value
+    is refused, in one line, where the process group is set up."""
+    text = os.environ.get(name, "").strip()
+    return int(text) if text.isascii() and text.isdigit() else default
+
+
 def _rank() -> int:
-    return int(os.environ.get("RANK", "0") or 0)
+    return launch_number("RANK", 0)
 
 
 def shown(text: str) -> str:
@@ -140,7 +148,7 @@ def first_to_say(line: str) -> bool:
     equal lines. Each distinct line is now claimed once, by an exclusively created file; rank 0
     claims first (the others wait OTHERS_WAIT_S), so a line all ranks share is its own. When
     the claim cannot be made (no writable temporary folder) the line is printed."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) < 2:
+    if launch_number("WORLD_SIZE", 1) < 2:
         return True
     if _rank() != 0:
         time.sleep(OTHERS_WAIT_S)
@@ -186,10 +194,14 @@ def lost_peer(err: BaseException) -> Optional[str]:
     or was killed) or hangs, or None. Every surviving rank printed a traceback of the
     collective instead (gloo's or NCCL's, 60 lines a rank), and the one message that says
     what happened, the failed rank's own, was lost among them. Only with several ranks."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) < 2:
+    if launch_number("WORLD_SIZE", 1) < 2:
         return None
     for link in _chain(err):
         text = str(link).lower()
+        if "waiting for clients" in text:  # the rendezvous: some rank never arrived
+            return (f"the ranks did not all meet ({_short(link)}): a rank of WORLD_SIZE={os.environ.get('WORLD_SIZE')} "
+                    f"did not start, failed first, or cannot reach MASTER_ADDR:MASTER_PORT; its own message, if it "
+                    f"printed one, is among these lines")
         gone = type(link).__name__ in PEER_GONE_TYPES or any(t in text for t in PEER_GONE_TEXTS)
         timeout = any(t in text for t in PEER_TIMEOUT_TEXTS) and any(t in text for t in COLLECTIVE_TEXTS)
         if not gone and not (isinstance(link, RuntimeError) and timeout):

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, launch_number
 
 LOCK_FILE = ".crild.lock"
 HELD_FILE = ".crild.held"  # the lock where the file system has no flock
@@ -266,7 +266,7 @@ def held_by_ancestor(output_dir: str | Path) -> bool:
 
 
 def _is_main_rank() -> bool:
-    return int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0) == 0
+    return launch_number("RANK", launch_number("SLURM_PROCID", 0)) == 0
 
 
 @contextmanager

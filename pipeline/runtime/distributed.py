@@ -15,6 +15,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from pipeline.errors import UserError
 from pipeline.runtime import environment
 from pipeline.runtime.build_locks import check_build_locks, op_builds
 from pipeline.runtime.cuda_arch import prepare_arch_list
@@ -84,6 +85,7 @@ def init_distributed() -> DistInfo:
         # parent process that still holds it
         os.environ["MASTER_PORT"] = str(free_port())
     os.environ.setdefault("MASTER_PORT", "29500")
+    _check_launcher_variables()
     set_threads()
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # chosen anyway; this only silences a warning
@@ -99,7 +101,7 @@ def init_distributed() -> DistInfo:
         # a rank that hangs (not dies) makes the others' next collective fail after this long
         timeout = timedelta(seconds=environment.seconds("CRILD_COLLECTIVE_TIMEOUT_S", 600))
         check_build_locks()  # DeepSpeed builds its ops from here on; a stale lock would hang it
-        with op_builds(), without_build_notes():
+        with op_builds(), without_build_notes(), _said_if_waiting(timeout):
             deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False, timeout=timeout)
         atexit.unregister(shutdown_distributed)  # once, however often a process re-initialises
         atexit.register(shutdown_distributed)
@@ -112,6 +114,42 @@ def init_distributed() -> DistInfo:
     if not cuda:
         release_shm_buffer(info)
     return info
+
+
+def _check_launcher_variables() -> None:
+    """The variables a launcher sets, or a shell left behind: each in its range, so that a
+    stray value is one line naming it, not a traceback inside torch, nor a rank that waits
+    for a world it is not part of."""
+    world = environment.count("WORLD_SIZE")
+    environment.index("RANK", below=world)
+    environment.index("LOCAL_RANK", below=world)
+    environment.port("MASTER_PORT")
+    if not os.environ["MASTER_ADDR"].strip():
+        raise UserError("MASTER_ADDR: expected a host name or address, got ''")
+
+
+WAIT_NOTE_S = 20.0  # a rendezvous this slow is waiting for ranks, not for the network
+
+
+@contextmanager
+def _said_if_waiting(timeout: timedelta):
+    """Say which ranks the process group waits for when its rendezvous takes longer than
+    ``WAIT_NOTE_S``: a WORLD_SIZE left in the environment (or a rank that did not start)
+    would otherwise keep the stage silent until the timeout."""
+    import threading
+
+    world, rank = os.environ["WORLD_SIZE"], os.environ["RANK"]
+    where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    timer = threading.Timer(WAIT_NOTE_S, lambda: print(
+        f"crild: rank {rank} is waiting for the other ranks of WORLD_SIZE={world} at {where} (for up to "
+        f"{timeout.total_seconds():.0f} s, CRILD_COLLECTIVE_TIMEOUT_S); if no other rank was meant to start, "
+        f"unset WORLD_SIZE, RANK and LOCAL_RANK", file=sys.stderr, flush=True))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def shutdown_distributed() -> None:

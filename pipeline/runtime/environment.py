@@ -38,6 +38,28 @@ def count(name: str, first_of_list: bool = False) -> int | None:
     return int(head)
 
 
+def index(name: str, below: int | None = None) -> int | None:
+    """A whole number >= 0 (and < ``below`` when given), or None when unset or empty: a
+    rank."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    if not re.fullmatch(r"[0-9]+", text) or (below is not None and int(text) >= below):
+        bound = f" and < {below}" if below is not None else ""
+        raise UserError(f"{name}: expected a whole number >= 0{bound}, got {text!r}")
+    return int(text)
+
+
+def port(name: str) -> int | None:
+    """A TCP port (1-65535), or None when unset or empty."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    if not re.fullmatch(r"[0-9]+", text) or not 1 <= int(text) <= 65535:
+        raise UserError(f"{name}: expected a TCP port (1-65535), got {text!r}")
+    return int(text)
+
+
 def folder(name: str, default: Path) -> Path:
     """A folder crild may create (it need not exist yet); a file there is refused. ``~`` is
     expanded and a relative path made absolute here, so every stage of a run (and every

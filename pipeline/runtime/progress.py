@@ -7,6 +7,8 @@ import time
 
 from tqdm.auto import tqdm
 
+from pipeline.errors import launch_number
+
 
 def log(dist, message: str) -> None:
     """``crild: message`` on stderr, from rank 0 only."""
@@ -17,11 +19,9 @@ def log(dist, message: str) -> None:
 def note(message: str) -> None:
     """``log`` where no rank information is at hand (model loading): rank 0 of the process
     group, or of the launcher's RANK before there is one."""
-    import os
-
     import torch.distributed as td
 
-    rank = td.get_rank() if td.is_available() and td.is_initialized() else int(os.environ.get("RANK", "0") or 0)
+    rank = td.get_rank() if td.is_available() and td.is_initialized() else launch_number("RANK", 0)
     if rank == 0:
         print(f"crild: {message}", file=sys.stderr, flush=True)
 

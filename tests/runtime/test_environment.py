@@ -108,3 +108,82 @@ def test_thread_and_rank_counts_that_do_not_parse_stop_a_stage_in_one_line(tmp_p
                               capture_output=True, text=True)
         assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == (
             f"crild: error: {name}: expected a whole number >= 1, got {value!r}")
+
+
+@pytest.mark.parametrize("name, value, extra, message", [
+    ("WORLD_SIZE", "abc", {}, "WORLD_SIZE: expected a whole number >= 1, got 'abc'"),
+    ("RANK", "5", {}, "RANK: expected a whole number >= 0 and < 1, got '5'"),
+    ("LOCAL_RANK", "-1", {}, "LOCAL_RANK: expected a whole number >= 0 and < 1, got '-1'"),
+    ("MASTER_PORT", "70000", {"WORLD_SIZE": "2"}, "MASTER_PORT: expected a TCP port (1-65535), got '70000'"),
+    ("MASTER_ADDR", " ", {"WORLD_SIZE": "2"}, "MASTER_ADDR: expected a host name or address, got ''"),
+])
+def test_launcher_variables_out_of_range_stop_a_stage_in_one_line(tmp_path, tiny_bert, sentiment_dir, name, value,
+                                                                  extra, message):
+    """A launcher's variables left in a shell, or mistyped: torch would raise from int(), or
+    rank 5 of a world of 1 would wait for a process group it cannot join; and the error
+    printer itself, which reads RANK and WORLD_SIZE, must not fail on them."""
+    import subprocess
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(tiny_run_config(tmp_path, tiny_bert, sentiment_dir)))
+    env = {**crild_env(), name: value, **extra}
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "teacher", str(path)], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("crild: error"), done.stderr[-2000:]
+    assert lines[0].endswith(f": {message}")
+
+
+@given(st.text(max_size=8))
+def test_ranks_and_ports_are_numbers_in_range_or_one_line(text):
+    import os
+
+    if "\x00" in text:
+        return
+    os.environ["CRILD_TEST_VAR"] = text
+    try:
+        for read, bound in ((lambda: environment.index("CRILD_TEST_VAR", below=4), range(0, 4)),
+                            (lambda: environment.port("CRILD_TEST_VAR"), range(1, 65536))):
+            try:
+                n = read()
+            except UserError as err:
+                assert str(err).startswith("CRILD_TEST_VAR: expected ") and str(err).endswith(f"got {text.strip()!r}")
+            else:
+                assert n is None and not text.strip() or n in bound and int(text.strip()) == n
+    finally:
+        del os.environ["CRILD_TEST_VAR"]
+
+
+@given(st.text(max_size=8))
+def test_the_error_printer_reads_any_rank_text(text):
+    """launch_number never raises: it runs while an error about that very variable is printed."""
+    import os
+
+    from pipeline.errors import launch_number
+
+    if "\x00" in text:
+        return
+    os.environ["CRILD_TEST_VAR"] = text
+    try:
+        n = launch_number("CRILD_TEST_VAR", 7)
+        assert n == (int(text.strip()) if text.strip().isascii() and text.strip().isdigit() else 7)
+    finally:
+        del os.environ["CRILD_TEST_VAR"]
+
+
+def test_a_rank_waiting_for_ranks_that_never_come_says_so_then_fails_in_one_line():
+    """WORLD_SIZE=2 with one process: the rank says what it waits for once the rendezvous is
+    slow, then the timeout is one line that says the ranks did not all meet."""
+    import subprocess
+
+    from pipeline.runtime.distributed import free_port
+
+    code = ("from pipeline.errors import cli_entry\nfrom pipeline.runtime import distributed\n"
+            "distributed.WAIT_NOTE_S = 0.5\ncli_entry(distributed.init_distributed)()\n")
+    env = {**crild_env(), "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port()), "CRILD_COLLECTIVE_TIMEOUT_S": "3"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    lines = [line for line in done.stderr.splitlines() if line.startswith("crild")]
+    assert lines[0].startswith("crild: rank 0 is waiting for the other ranks of WORLD_SIZE=2 at 127.0.0.1:"), lines
+    assert lines[-1].startswith("crild: error: the ranks did not all meet ("), lines
+    assert done.returncode != 0 and len(lines) == 2
