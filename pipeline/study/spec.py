@@ -37,7 +37,31 @@ from pipeline.schema.messages import field_error, suggest
 from pipeline.schema.paths import resolve_path
 from pipeline.schema.types import Float, PathText, PositiveInt, Seed, Strict, listing, one_of
 
-Overrides = Optional[dict[str, Any]]  # dotted key -> value, as on the command line
+# what the study sets for each cell itself: an override of one would make cells share a run
+# folder, or run another seed, task or method than their label says, without a word
+CELL_KEYS = {"output_dir": "the study's output_dir and the cell's task, setting and seed", "seed": "the study's seeds",
+             "task.name": "the study's tasks", "stages.distill.preset": "the study's methods",
+             "stages.distill.output": "the cell's method"}
+
+
+def _dotted_keys(mapping: dict, prefix: str = ""):
+    """Every key an override sets, a section given as a mapping included (``task: {name: x}``
+    sets task.name)."""
+    for key, value in mapping.items():
+        yield f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _dotted_keys(value, f"{prefix}{key}.")
+
+
+def _not_set_per_cell(value: Optional[dict]) -> Optional[dict]:
+    for key in _dotted_keys(value or {}):
+        if key in CELL_KEYS:
+            raise field_error(f"'{key}' is set for each cell from {CELL_KEYS[key]}; a study's overrides cannot "
+                              f"change it")
+    return value
+
+
+Overrides = Annotated[Optional[dict[str, Any]], AfterValidator(_not_set_per_cell)]  # dotted key -> value
 
 
 TEACHER = "teacher"  # each seed's teacher: its record file and its row in the report

@@ -254,7 +254,20 @@ def test_study_file_errors_name_the_key(tmp_path):
                             ({"eval_splits": ["dev", "dev"]}, "eval_splits: 'dev' is listed twice"),
                             ({"flatness": {"scales": []}}, "flatness.scales: expected at least one scale"),
                             ({"variants": {"v": {"preset": "kd", "settings": []}}},
-                             "variants.v.settings: expected at least one setting, got an empty list")]:
+                             "variants.v.settings: expected at least one setting, got an empty list"),
+                            # what the study sets per cell: an override would make cells share a run
+                            # folder, or run another seed, task or method than their label says
+                            ({"settings": {"s": {"seed": 3}}}, "settings.s: 'seed' is set for each cell from the "
+                                                               "study's seeds; a study's overrides cannot change it"),
+                            ({"settings": {"s": {"output_dir": "x"}}}, "settings.s: 'output_dir' is set for each cell"),
+                            ({"tasks": {"rotten_tomatoes": {"task": {"name": "snli"}}}},
+                             "tasks.rotten_tomatoes: 'task.name' is set for each cell from the study's tasks"),
+                            ({"variants": {"v": {"preset": "kd", "overrides": {"stages.distill.preset": "pkd"}}}},
+                             "variants.v.overrides: 'stages.distill.preset' is set for each cell from the study's "
+                             "methods"),
+                            ({"variants": {"v": {"preset": "kd", "tasks": {"rotten_tomatoes": {
+                                "stages": {"distill": {"output": "x"}}}}}}},
+                             "variants.v.tasks.rotten_tomatoes: 'stages.distill.output' is set for each cell")]:
         path = tmp_path / "study.yaml"
         path.write_text(yaml.safe_dump({**base, **extra}))
         with pytest.raises(UserError) as err:
