@@ -128,22 +128,26 @@ def _check_launcher_variables() -> None:
         raise UserError("MASTER_ADDR: expected a host name or address, got ''")
 
 
-WAIT_NOTE_S = 20.0  # a rendezvous this slow is waiting for ranks, not for the network
+WAIT_NOTE_S = 60.0  # ranks started together meet in seconds; DeepSpeed's first op build can take a minute
 
 
 @contextmanager
 def _said_if_waiting(timeout: timedelta):
-    """Say which ranks the process group waits for when its rendezvous takes longer than
+    """With several ranks, say what the process group waits for when it has not formed after
     ``WAIT_NOTE_S``: a WORLD_SIZE left in the environment (or a rank that did not start)
     would otherwise keep the stage silent until the timeout."""
     import threading
 
     world, rank = os.environ["WORLD_SIZE"], os.environ["RANK"]
+    if world == "1":
+        yield
+        return
     where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
     timer = threading.Timer(WAIT_NOTE_S, lambda: print(
-        f"crild: rank {rank} is waiting for the other ranks of WORLD_SIZE={world} at {where} (for up to "
-        f"{timeout.total_seconds():.0f} s, CRILD_COLLECTIVE_TIMEOUT_S); if no other rank was meant to start, "
-        f"unset WORLD_SIZE, RANK and LOCAL_RANK", file=sys.stderr, flush=True))
+        f"crild: rank {rank}: the process group of WORLD_SIZE={world} at {where} has not formed after "
+        f"{WAIT_NOTE_S:.0f} s; it waits for every rank, up to {timeout.total_seconds():.0f} s "
+        f"(CRILD_COLLECTIVE_TIMEOUT_S); if no other rank was meant to start, unset WORLD_SIZE, RANK and LOCAL_RANK",
+        file=sys.stderr, flush=True))
     timer.daemon = True
     timer.start()
     try:
