@@ -370,6 +370,26 @@ def available_eval_splits(task_cfg: TaskConfig, spec: TaskSpec, where: str = "ta
     return list(spec.dev_splits)
 
 
+def checked_eval_splits(task_cfg: TaskConfig, spec: TaskSpec, splits: Optional[list[str]], source: str) -> list[str]:
+    """The held-out splits to score: ``splits`` (None: the first the task's data has), each
+    one a split the data has, or one line naming it and the splits there are (a hub user's
+    ``validation`` is pointed to crild's ``dev``). ``source``: the configuration file."""
+    available = available_eval_splits(task_cfg, spec)
+    if not available:
+        folder = resolve_source(task_cfg, spec)[1]
+        raise UserError(f"{folder}: no held-out split for task {spec.name}: expected dev.jsonl, dev.csv or "
+                        f"dev.tsv (or test.*) beside the training file")
+    if splits is None:
+        return available[:1]
+    for split in splits:
+        if split not in available:
+            crild_name = re.sub(r"^(validation|valid|val)(?=_|$)", "dev", split)
+            hint = f"; crild calls the hub's '{split}' split '{crild_name}'" if crild_name in available else ""
+            raise UserError(f"{source}: split '{split}' is not available for task {spec.name} "
+                            f"(available: {', '.join(available) or 'none'}){hint}")
+    return list(splits)
+
+
 def load_split(task_cfg: TaskConfig, spec: TaskSpec, split: str, where: str = "task") -> Examples:
     """One split's examples; ``where`` is the configuration key of ``task_cfg`` (for messages)."""
     source, data_dir = resolve_source(task_cfg, spec, where)

@@ -2,7 +2,6 @@
 settings) and evaluation splits with their labels, and the collator that pads them."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -10,7 +9,7 @@ import datasets
 import numpy as np
 
 from pipeline.data.batching import Collator
-from pipeline.data.sources import Examples, available_eval_splits, load_split, resolve_source
+from pipeline.data.sources import Examples, checked_eval_splits, load_split, resolve_source
 from pipeline.data.stress import apply_settings
 from pipeline.data.tasks import TaskSpec, task_spec
 from pipeline.data.tokenized import tokenize_cached
@@ -59,19 +58,7 @@ def _load_task_data(cfg, tokenizer, eval_splits, with_train) -> TaskData:
     if with_train:
         train_ex = apply_settings(load_split(cfg.task, spec, "train"), cfg.task, spec, cfg.seed)
         train_ds = tokenize_cached(train_ex, tokenizer, cfg.task.max_length)
-    available = available_eval_splits(cfg.task, spec)
-    if not available:
-        folder = resolve_source(cfg.task, spec)[1]
-        raise UserError(f"{folder}: no held-out split for task {spec.name}: expected dev.jsonl, dev.csv or "
-                        f"dev.tsv (or test.*) beside the training file")
-    if eval_splits is None:
-        eval_splits = available[:1]
-    for split in eval_splits:
-        if split not in available:
-            crild_name = re.sub(r"^(validation|valid|val)(?=_|$)", "dev", split)
-            hint = f"; crild calls the hub's '{split}' split '{crild_name}'" if crild_name in available else ""
-            raise UserError(f"{cfg.source}: split '{split}' is not available for task {spec.name} "
-                            f"(available: {', '.join(available) or 'none'}){hint}")
+    eval_splits = checked_eval_splits(cfg.task, spec, eval_splits, cfg.source)
     evals, labels, examples = {}, {}, {}
     notes = list(train_ex.notes) if with_train else []
     for split in eval_splits:

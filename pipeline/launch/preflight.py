@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pipeline.config import RunConfig, stage_config
 from pipeline.data.augment import check_vectors
-from pipeline.data.sources import resolve_source
+from pipeline.data.sources import checked_eval_splits, resolve_source
 from pipeline.data.tasks import task_spec
 from pipeline.distill.layers import layer_layout
 from pipeline.distill.presets import resolve_phases
@@ -176,14 +176,21 @@ def _check_listed_models(stage: str):
     return check
 
 
+def _check_evaluate(cfg: RunConfig, names) -> None:
+    checked_eval_splits(cfg.task, task_spec(cfg.task), cfg.stages.evaluate.splits, cfg.source)
+    _check_listed_models("evaluate")(cfg, names)
+
+
 def _check_export(cfg: RunConfig, names) -> None:
     onnxruntime()
+    split = cfg.stages.export.split
+    checked_eval_splits(cfg.task, task_spec(cfg.task), [split] if split else None, cfg.source)
     _check_listed_models("export")(cfg, names)
 
 
 # stage -> its checks beyond the DeepSpeed configs: (its configuration, the stages that run)
 STAGE_CHECKS = {"teacher": _check_teacher, "augment": _check_augment, "distill": _check_distillation,
-                "baseline": _check_student, "evaluate": _check_listed_models("evaluate"), "export": _check_export}
+                "baseline": _check_student, "evaluate": _check_evaluate, "export": _check_export}
 
 
 def _written_later(cfg: RunConfig, name: str) -> bool:

@@ -168,6 +168,23 @@ def test_a_late_student_augmentation_or_export_mistake_is_refused_before_the_tea
                     "(tools/setup.sh does) (the export stage's; checked before the first stage runs)")
 
 
+def test_a_held_out_split_the_data_lacks_is_refused_before_the_teacher_trains(tmp_path, tiny_bert, sentiment_dir,
+                                                                              capsys):
+    """stages.evaluate.splits and stages.export.split name splits of the task's data; a
+    hub user's 'validation' (crild's 'dev') was refused only after the teacher had trained."""
+    raw = chain(tmp_path, tiny_bert, sentiment_dir, {})
+    source = tmp_path / "run.yaml"
+    line = refusal(tmp_path, {**raw, "pipeline": ["teacher", "evaluate"],
+                              "stages": {**raw["stages"], "evaluate": {"splits": ["dev", "validation"]}}}, capsys)
+    assert line == (f"crild: error: {source}: split 'validation' is not available for task rotten_tomatoes "
+                    f"(available: dev, test); crild calls the hub's 'validation' split 'dev' (the evaluate stage's; "
+                    f"checked before the first stage runs)")
+    line = refusal(tmp_path, {**raw, "pipeline": ["teacher", "export"],
+                              "stages": {**raw["stages"], "export": {"split": "tst"}}}, capsys)
+    assert line == (f"crild: error: {source}: split 'tst' is not available for task rotten_tomatoes (available: dev, "
+                    f"test) (the export stage's; checked before the first stage runs)")
+
+
 def test_a_truncated_weights_file_any_stage_reads_is_refused_before_the_first_stage(tmp_path, tiny_bert,
                                                                                    sentiment_dir, capsys):
     """A copy or download cut short, for every key naming a model whose weights a stage
