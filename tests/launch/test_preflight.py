@@ -114,6 +114,11 @@ def test_a_file_given_for_a_folder_is_refused_before_the_first_stage(tmp_path, t
     assert refusal(tmp_path, raw, capsys) == (
         f"crild: error: stages.evaluate.models[0]: '{config}' is a file; expected a model folder (config.json and "
         f"weights) (the evaluate stage's; checked before the first stage runs)")
+    for key, section in (("teacher.model", "teacher"), ("student.backbone", "student")):
+        raw = chain(tmp_path, tiny_bert, sentiment_dir, {})
+        raw[section] = {**raw[section], key.split(".")[1]: config}
+        line = refusal(tmp_path, raw, capsys)
+        assert line.startswith(f"crild: error: {key}: '{config}' is a file; expected a model folder"), line
     raw = chain(tmp_path, tiny_bert, sentiment_dir, {})
     raw["task"]["data_dir"] = train
     line = refusal(tmp_path, raw, capsys)
