@@ -1,6 +1,8 @@
 """crild's environment variables: a value that does not parse is one line naming the
 variable, whether a stage reads it or the runner does."""
+import os
 import sys
+from contextlib import contextmanager
 
 import pytest
 import yaml
@@ -78,21 +80,27 @@ def test_counts_parse(monkeypatch, text, first, value):
     assert environment.count("OMP_NUM_THREADS", first_of_list=first) == value
 
 
-@given(st.text(max_size=8))
-def test_any_count_text_is_a_positive_number_or_one_line(text):
-    import os
+VARIABLE_TEXT = st.text(alphabet=st.characters(blacklist_characters="\x00"), max_size=8)  # what a shell can hold
 
-    if "\x00" in text:
-        return
-    os.environ["LOCAL_WORLD_SIZE"] = text
+
+@contextmanager
+def variable(name: str, text: str):
+    os.environ[name] = text
     try:
-        n = environment.count("LOCAL_WORLD_SIZE")
-    except UserError as err:
-        assert str(err) == f"LOCAL_WORLD_SIZE: expected a whole number >= 1, got {text.strip()!r}"
-    else:
-        assert n is None and not text.strip() or n >= 1 and int(text.strip()) == n
+        yield
     finally:
-        del os.environ["LOCAL_WORLD_SIZE"]
+        del os.environ[name]
+
+
+@given(VARIABLE_TEXT)
+def test_any_count_text_is_a_positive_number_or_one_line(text):
+    with variable("LOCAL_WORLD_SIZE", text):
+        try:
+            n = environment.count("LOCAL_WORLD_SIZE")
+        except UserError as err:
+            assert str(err) == f"LOCAL_WORLD_SIZE: expected a whole number >= 1, got {text.strip()!r}"
+        else:
+            assert n is None and not text.strip() or n >= 1 and int(text.strip()) == n
 
 
 def test_thread_and_rank_counts_that_do_not_parse_stop_a_stage_in_one_line(tmp_path, tiny_bert, sentiment_dir):
@@ -134,14 +142,9 @@ def test_launcher_variables_out_of_range_stop_a_stage_in_one_line(tmp_path, tiny
     assert lines[0].endswith(f": {message}")
 
 
-@given(st.text(max_size=8))
+@given(VARIABLE_TEXT)
 def test_ranks_and_ports_are_numbers_in_range_or_one_line(text):
-    import os
-
-    if "\x00" in text:
-        return
-    os.environ["CRILD_TEST_VAR"] = text
-    try:
+    with variable("CRILD_TEST_VAR", text):
         for read, bound in ((lambda: environment.index("CRILD_TEST_VAR", below=4), range(0, 4)),
                             (lambda: environment.port("CRILD_TEST_VAR"), range(1, 65536))):
             try:
@@ -150,25 +153,16 @@ def test_ranks_and_ports_are_numbers_in_range_or_one_line(text):
                 assert str(err).startswith("CRILD_TEST_VAR: expected ") and str(err).endswith(f"got {text.strip()!r}")
             else:
                 assert n is None and not text.strip() or n in bound and int(text.strip()) == n
-    finally:
-        del os.environ["CRILD_TEST_VAR"]
 
 
-@given(st.text(max_size=8))
+@given(VARIABLE_TEXT)
 def test_the_error_printer_reads_any_rank_text(text):
     """launch_number never raises: it runs while an error about that very variable is printed."""
-    import os
-
     from pipeline.errors import launch_number
 
-    if "\x00" in text:
-        return
-    os.environ["CRILD_TEST_VAR"] = text
-    try:
+    with variable("CRILD_TEST_VAR", text):
         n = launch_number("CRILD_TEST_VAR", 7)
-        assert n == (int(text.strip()) if text.strip().isascii() and text.strip().isdigit() else 7)
-    finally:
-        del os.environ["CRILD_TEST_VAR"]
+    assert n == (int(text.strip()) if text.strip().isascii() and text.strip().isdigit() else 7)
 
 
 def test_one_rank_says_nothing_of_waiting_however_slow_its_start(monkeypatch, capsys):
