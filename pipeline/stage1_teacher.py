@@ -30,7 +30,8 @@ from pipeline.runtime.progress import log
 from pipeline.schema.hashing import settings_dict
 from pipeline.stage_cli import stage_main
 from pipeline.stages import stage_fingerprint
-from pipeline.training.checkpointing import Checkpoints, claim_checkpoints, remove_checkpoints, resume, trajectory_keys
+from pipeline.training.checkpoint_folders import claim_checkpoints, remove_checkpoints
+from pipeline.training.checkpointing import Checkpoints, resume, trajectory_keys
 from pipeline.training.ds_config import build_ds_config, zero_stage
 from pipeline.training.engine import build_engine, consolidated_state_dict
 from pipeline.training.scalars import Scalars, start_afresh

@@ -35,7 +35,7 @@ from pipeline.runtime.distributed import barrier, init_distributed, seed_everyth
 from pipeline.runtime.progress import log
 from pipeline.stage_cli import stage_main
 from pipeline.stages import stage_fingerprints
-from pipeline.training.checkpointing import claim_checkpoints, has_checkpoints, remove_checkpoints
+from pipeline.training.checkpoint_folders import claim_checkpoints, has_checkpoints, remove_checkpoints
 from pipeline.training.stop import StopRequest
 
 PHASE_ONLY_FILES = (*BOOKKEEPING_FILES, "train_results.json")  # the final student writes its own

@@ -131,24 +131,38 @@ def test_the_command_line_imports_no_model_data_or_metric_library_before_it_need
     assert proc.stdout.split() == [], f"imported at start: {proc.stdout.strip()}"
 
 
+def test_the_runner_loads_torch_only_for_a_stage_that_runs():
+    """``crild run`` with every stage complete, and ``crild status``, need neither torch nor
+    the start-up checks: the launcher imports them when a stage is about to run."""
+    import subprocess
+    import sys
+
+    code = "import sys, pipeline.launch.local, pipeline.launch.status\nprint('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "False", proc.stderr[-2000:]
+
+
 @pytest.mark.parametrize("argv", [
     ["--help"], ["teacher", "--help"], ["study", "--help"],
     ["run", "{bad}"], ["config", "{bad}"], ["run", "{bad}", "--only", "nonsense"], ["submit", "{bad}"],
+    ["status", "{good}"],
 ])
 def test_help_and_configuration_errors_answer_without_torch(tmp_path, argv):
-    """Help and a configuration's mistakes are answered before torch is imported (a second
-    on every call): the term registry, the output checks and the DeepSpeed file reader that
-    the configuration needs load no torch, and the launcher is imported after the checks."""
+    """Help, a configuration's mistakes and a run's status are answered before torch is
+    imported (a second on every call): the term registry, the output checks, the DeepSpeed
+    file reader and the checkpoint folders that these read load no torch."""
     import subprocess
     import sys
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("task: sst2\nseed: not-a-number\n")
-    argv = [a.format(bad=bad) for a in argv]
-    code = ("import sys\nfrom pipeline.cli import main\n"
+    good = tmp_path / "good.yaml"
+    good.write_text(f"output_dir: {tmp_path / 'run'}\n")
+    argv = [a.format(bad=bad, good=good) for a in argv]
+    code = ("import sys\nfrom pipeline.cli import main\ncode = 0\n"
             f"try:\n    main({argv!r})\nexcept SystemExit as exit:\n    code = exit.code\n"
             "print(code, 'torch' in sys.modules, file=sys.stderr)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     code, torch_loaded = proc.stderr.split("\n")[-2].split()
-    assert code == ("0" if "--help" in argv else "2"), proc.stderr
+    assert code == ("2" if str(bad) in argv else "0"), proc.stderr
     assert torch_loaded == "False", f"crild {' '.join(argv)} imported torch"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipeline.errors import UserError
 from pipeline.launch.slurm import in_slurm_allocation
-from pipeline.runtime.distributed import free_port
+from pipeline.runtime.ports import free_port
 from pipeline.stages import STAGES
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent

@@ -7,19 +7,16 @@ import signal
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 from pipeline.config import LAUNCHED_ENV, RunConfig, check_launched, launched_digest, load_config, stage_config
 from pipeline.errors import EXIT_PREEMPTED, UserError
 from pipeline.launch.command import check_local_ranks, stage_command
-from pipeline.launch.preflight import check_stages
 from pipeline.launch.signals import StageRunner
 from pipeline.launch.slurm import in_slurm_allocation, requeue_self, slurm_rendezvous
 from pipeline.outputs.integrity import problems
 from pipeline.outputs.lock import run_lock
 from pipeline.outputs.manifest import is_complete, recorded_fingerprint
 from pipeline.stages import STAGES, missing_inputs, stage_fingerprints
-from pipeline.training.checkpointing import archive_stale, remove_checkpoints
+from pipeline.training.checkpoint_folders import archive_stale, remove_checkpoints
 
 
 def stage_is_done(cfg: RunConfig, name: str, known_intact: Optional[set] = None) -> bool:
@@ -140,12 +137,17 @@ def _run_stages(cfg: RunConfig, config_path: str, overrides: list[str], force: b
     check_local_ranks(cfg)
     check_inputs(cfg, only or cfg.pipeline)
     intact: set = set()
-    check_stages(cfg, stages_to_run(cfg, only or cfg.pipeline, force, intact),
-                 world_size=int(os.environ["SLURM_NTASKS"]) if in_slurm_allocation() else cfg.num_ranks)
-    runner = StageRunner(cfg.output_dir)
     env = {**os.environ, LAUNCHED_ENV: launched_digest(cfg)}  # the stages check they read this configuration
-    if not torch.cuda.is_available():  # the stages run here: DeepSpeed's launchers need not guess the accelerator
-        env.setdefault("DS_ACCELERATOR", "cpu")
+    if to_run := stages_to_run(cfg, only or cfg.pipeline, force, intact):
+        # the start-up checks and the libraries they load (torch, transformers), only for a stage that runs
+        import torch
+
+        from pipeline.launch.preflight import check_stages
+
+        check_stages(cfg, to_run, world_size=int(os.environ["SLURM_NTASKS"]) if in_slurm_allocation() else cfg.num_ranks)
+        if not torch.cuda.is_available():  # the stages run here: DeepSpeed's launchers need not guess the accelerator
+            env.setdefault("DS_ACCELERATOR", "cpu")
+    runner = StageRunner(cfg.output_dir)
     if in_slurm_allocation():
         env.update(slurm_rendezvous())
     redo = force  # once a stage runs, every later stage runs too: its inputs are changing

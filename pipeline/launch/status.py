@@ -15,7 +15,7 @@ from pipeline.outputs.integrity import problems
 from pipeline.outputs.lock import holder
 from pipeline.outputs.manifest import is_complete, recorded_fingerprint
 from pipeline.stages import STAGES, check_output_folder, stage_fingerprints
-from pipeline.training.checkpointing import STALE_SUFFIX, TAG_PREFIX, ranks_that_wrote
+from pipeline.training.checkpoint_folders import STALE_SUFFIX, TAG_PREFIX, ranks_that_wrote
 
 
 def _latest_step(folder: Path) -> str | None:

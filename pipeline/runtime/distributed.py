@@ -20,6 +20,7 @@ from pipeline.runtime import environment
 from pipeline.runtime.build_locks import check_build_locks, op_builds
 from pipeline.runtime.cuda_arch import prepare_arch_list
 from pipeline.runtime.deepspeed_noise import import_deepspeed, without_build_notes
+from pipeline.runtime.ports import free_port
 from pipeline.runtime.progress import note
 
 T = TypeVar("T")
@@ -35,12 +36,6 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _from_slurm() -> None:

@@ -184,7 +184,7 @@ def test_a_checkpoint_folder_crild_did_not_make_is_never_removed_or_moved(tmp_pa
     """The stage refuses to write among a user's files (the catalogue runs it through crild);
     the runner's clean-up and stale-checkpoint archive leave such a folder as it is, and
     remove or move crild's own."""
-    from pipeline.training.checkpointing import (
+    from pipeline.training.checkpoint_folders import (
         FINGERPRINT_FILE,
         archive_stale,
         claim_checkpoints,

@@ -306,7 +306,7 @@ def test_runner_clears_checkpoints_a_finished_stage_left_behind(tmp_path, tiny_b
     """A stage killed after publishing its output but before removing its checkpoints leaves
     them behind; the next `crild run` skips the stage and removes them."""
     from pipeline.launch.local import run_pipeline
-    from pipeline.training.checkpointing import claim_checkpoints
+    from pipeline.training.checkpoint_folders import claim_checkpoints
 
     raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=1)
     raw["pipeline"] = ["teacher"]
