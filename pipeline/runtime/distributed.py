@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import torch
@@ -22,8 +21,6 @@ from pipeline.runtime.cuda_arch import prepare_arch_list
 from pipeline.runtime.deepspeed_noise import import_deepspeed, without_build_notes
 from pipeline.runtime.ports import free_port
 from pipeline.runtime.progress import note
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
