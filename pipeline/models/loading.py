@@ -171,6 +171,9 @@ def _check_config_values(config, path: str, where: str) -> None:
                             f"got {repr(value)[:60]}")
 
 
+_BUILT: set[str] = set()  # configs check_buildable has built in this process (a preflight meets each twice)
+
+
 def check_buildable(config, path: str, where: str) -> None:
     """Build the model ``config`` describes on the meta device (no memory, no weights), so
     that what a model's constructor refuses (a hidden size its heads do not divide, a
@@ -178,6 +181,9 @@ def check_buildable(config, path: str, where: str) -> None:
     Not inside ``deepspeed.zero.Init``, whose partitioning cannot copy meta tensors."""
     from transformers import AutoModelForSequenceClassification
 
+    key = config.to_json_string()
+    if key in _BUILT:
+        return
     try:
         with torch.device("meta"):
             AutoModelForSequenceClassification.from_config(config, attn_implementation=family_of(config, where).attention)
@@ -186,6 +192,7 @@ def check_buildable(config, path: str, where: str) -> None:
     except Exception as err:  # noqa: BLE001 - the constructor's objection to the user's config
         raise UserError(f"{where}: transformers cannot build a model from {Path(path) / 'config.json'} "
                         f"({one_error(err)[:300]})") from None
+    _BUILT.add(key)
 
 
 def build_classifier(name: str, spec: TaskSpec, where: str, *, num_layers: Optional[int] = None,

@@ -130,8 +130,8 @@ def _said_if_waiting(timeout: timedelta):
     would otherwise keep the stage silent until the timeout."""
     import threading
 
-    world, rank = os.environ["WORLD_SIZE"], os.environ["RANK"]
-    if world == "1":
+    world, rank = environment.count("WORLD_SIZE"), os.environ["RANK"]
+    if world == 1:
         yield
         return
     where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"

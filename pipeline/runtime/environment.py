@@ -25,39 +25,35 @@ def seconds(name: str, default: float) -> float:
     return value
 
 
-def count(name: str, first_of_list: bool = False) -> int | None:
-    """A positive whole number, or None when unset or empty. ``first_of_list``: the variable
-    may hold a comma-separated list whose first entry counts (OpenMP's nested
-    OMP_NUM_THREADS=8,2)."""
+def _whole(name: str, low: int, high: int | None, expected: str, first_of_list: bool = False) -> int | None:
+    """A whole number in [low, high] (no upper bound: None), or None when unset or empty; any
+    other text is one line saying ``expected``."""
     text = os.environ.get(name, "").strip()
     if not text:
         return None
     head = text.split(",")[0].strip() if first_of_list else text
-    if not re.fullmatch(r"[0-9]+", head) or int(head) < 1:
-        raise UserError(f"{name}: expected a whole number >= 1, got {text!r}")
+    if not re.fullmatch(r"[0-9]+", head) or int(head) < low or (high is not None and int(head) > high):
+        raise UserError(f"{name}: expected {expected}, got {text!r}")
     return int(head)
+
+
+def count(name: str, first_of_list: bool = False) -> int | None:
+    """A positive whole number, or None when unset or empty. ``first_of_list``: the variable
+    may hold a comma-separated list whose first entry counts (OpenMP's nested
+    OMP_NUM_THREADS=8,2)."""
+    return _whole(name, 1, None, "a whole number >= 1", first_of_list)
 
 
 def index(name: str, below: int | None = None) -> int | None:
     """A whole number >= 0 (and < ``below`` when given), or None when unset or empty: a
     rank."""
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return None
-    if not re.fullmatch(r"[0-9]+", text) or (below is not None and int(text) >= below):
-        bound = f" and < {below}" if below is not None else ""
-        raise UserError(f"{name}: expected a whole number >= 0{bound}, got {text!r}")
-    return int(text)
+    bound = f" and < {below}" if below is not None else ""
+    return _whole(name, 0, None if below is None else below - 1, f"a whole number >= 0{bound}")
 
 
 def port(name: str) -> int | None:
     """A TCP port (1-65535), or None when unset or empty."""
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return None
-    if not re.fullmatch(r"[0-9]+", text) or not 1 <= int(text) <= 65535:
-        raise UserError(f"{name}: expected a TCP port (1-65535), got {text!r}")
-    return int(text)
+    return _whole(name, 1, 65535, "a TCP port (1-65535)")
 
 
 def folder(name: str, default: Path) -> Path:
