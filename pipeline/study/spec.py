@@ -67,11 +67,19 @@ Overrides = Annotated[Optional[dict[str, Any]], AfterValidator(_not_set_per_cell
 TEACHER = "teacher"  # each seed's teacher: its record file and its row in the report
 
 
+def _plain_name(value: str) -> str:
+    """A name that becomes one folder or file name under output_dir and report_dir: no path
+    separators, no '.' or '..', nothing hidden."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", value):
+        raise field_error(f"expected a plain name (letters, digits, '_', '-', '+', '.'), got {value!r}: it names "
+                          f"a folder of the study's cells and records")
+    return value
+
+
 def _variant_name(value: str) -> str:
     """A variant names a student folder (``student_<name>``) and record files: a plain name,
     not a preset's, nor the teacher's."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", value):
-        raise field_error(f"expected a plain name (letters, digits, '_', '-', '+', '.'), got {value!r}")
+    _plain_name(value)
     if value in PRESETS:
         raise field_error(f"'{value}' is a preset; a variant needs a name of its own")
     if value == TEACHER:
@@ -136,7 +144,8 @@ class StudySpec(Strict):
     variants: dict[Annotated[str, AfterValidator(_variant_name)], Variant] = Field(
         default_factory=dict, description="name -> a preset with overrides, usable in methods")
     tasks: dict[TaskLabel, Overrides] = Field(description="task -> overrides")
-    settings: dict[str, Overrides] = Field(description="setting -> overrides")
+    settings: dict[Annotated[str, AfterValidator(_plain_name)], Overrides] = Field(
+        description="setting -> overrides (a setting names its cells' folders)")
     title: str = Field("Distillation methods compared in the paper's overfitting settings",
                        description="the report's title")
     findings: Optional[list[FindingSpec]] = Field(

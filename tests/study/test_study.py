@@ -239,6 +239,11 @@ def test_study_file_errors_name_the_key(tmp_path):
                             ({"variants": {"teacher": {"preset": "kd"}}}, "'teacher' names each seed's teacher "
                                                                            "record; a variant needs a name"),
                             ({"variants": {"a/b": {"preset": "kd"}}}, "expected a plain name"),
+                            # a setting names the cells' folders: one with a path in it ran cells
+                            # outside output_dir and wrote records outside report_dir
+                            ({"settings": {"../../x": {}}}, "settings: expected a plain name (letters, digits"),
+                            ({"settings": {"few/1000": {}}}, "got 'few/1000': it names a folder of the study's"),
+                            ({"settings": {".": {}}}, "settings: expected a plain name"),
                             ({"variants": {"v": {"preset": "kdd"}}}, "variants.v.preset: unknown preset 'kdd'"),
                             ({"variants": {"v": {"preset": "kd", "settings": ["t"]}}},
                              "variants.v.settings: unknown setting 't'"),
