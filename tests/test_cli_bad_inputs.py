@@ -326,8 +326,10 @@ def shape_cases(tmp: Path, tiny_bert: Path, data: Path):
     """Text whose shape, not its values, is the mistake: YAML aliases that stand for billions
     of values (a few hundred bytes that would take minutes and gigabytes to copy), an alias
     inside itself, nesting past the limit or past Python's recursion (in a YAML file, an
-    override, a DeepSpeed JSON or a JSONL record), a configuration that is a pipe, and a
-    long value where one number belongs (the message must stay one short line)."""
+    override, a DeepSpeed JSON or a JSONL record), a configuration that is a pipe, a
+    long value where one number belongs (the message must stay one short line), a path that
+    is not UTF-8 (a file name's byte, or YAML's escape of half a UTF-16 pair, which TensorBoard
+    failed on mid-stage), and model folders edited by hand."""
     import os
 
     cfg = lambda name, **e: str(write(tmp / f"{name}.yaml", case_config(tmp / name, tiny_bert, data, **e)))  # noqa
@@ -383,6 +385,10 @@ def shape_cases(tmp: Path, tiny_bert: Path, data: Path):
             "cfg-heads", hidden_size=33)})],
          ["teacher: transformers cannot build a model from ", "cfg-heads/config.json (ValueError: The hidden size (33) "
           "is not a multiple of the number of attention heads"]),
+        ("a path with a byte that is not UTF-8", ["run", cfg("y11"), "output_dir=" + os.fsdecode(bytes(tmp / "y11") + b"\xff")],
+         ["y11.yaml: output_dir: expected a file or folder path in UTF-8, got '", "the byte 0xff is not UTF-8"]),
+        ("a path with half a UTF-16 pair", ["teacher", cfg("y12", task__data_dir=str(data) + "\ud800")],
+         ["y12.yaml: task.data_dir: expected a file or folder path in UTF-8", "'\\ud800' is half of a UTF-16 pair"]),
     ]
 
 
@@ -430,7 +436,7 @@ def test_catalogue_has_every_case_documented(tmp_path, tiny_bert, sentiment_dir)
         assert f"| {name} |" in doc, name
 
 
-CASE_COUNT = 102
+CASE_COUNT = 104
 
 
 @pytest.mark.parametrize("index", range(CASE_COUNT))
@@ -446,7 +452,8 @@ def test_bad_input_gives_one_line_and_exit_2(index, tmp_path, tiny_bert, sentime
     for fragment in fragments:
         assert fragment in err[0], (name, fragment, err[0])
     for out in (tmp_path / p for p in ("d1", "m1", "s1", "p1", "v1", "f1", "f3", "m5", "m6", "m7", "s7", "l4", "l9",
-                                       "l12", "l15", "l17", "b1", "b2", "b3", "f5", "y3", "y4", "y6", "y7", "y8", "y9", "y10")):
+                                       "l12", "l15", "l17", "b1", "b2", "b3", "f5", "y3", "y4", "y6", "y7", "y8", "y9", "y10",
+                                       "y12")):
         for stage in ("teacher", "student", "eval", "augmented", "export"):
             assert not is_complete(out / "run" / stage)
         assert not (out / "run" / "student.phases").exists()  # refused before any phase trained

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Optional
 
 from pipeline.errors import UserError, launch_number
+from pipeline.schema.paths import not_utf8
 
 LOCK_FILE = ".crild.lock"
 HELD_FILE = ".crild.held"  # the lock where the file system has no flock
@@ -44,6 +45,9 @@ def _prepare(output_dir: Path) -> None:
     """output_dir exists (created if need be) and is a writable folder, or one line."""
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"output_dir: '{output_dir}' is a file, not a folder")
+    problem = not_utf8(os.path.abspath(output_dir))
+    if problem:
+        raise UserError(f"output_dir: {os.path.abspath(output_dir)!r} is not a UTF-8 path: {problem}")
     where = output_dir.resolve()
     try:
         home = Path.home().resolve()

@@ -4,10 +4,26 @@ one as UTF-8 text with any problem said in one line."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 from pipeline.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def not_utf8(path: str) -> Optional[str]:
+    """Why ``path`` cannot be written as UTF-8 text, or None. crild's logs, manifests, YAML
+    and TensorBoard files record paths as UTF-8: a file name's byte that is not UTF-8 (which
+    Python keeps as a surrogate escape) or a lone surrogate (YAML's "\\uD800") would fail in
+    the middle of a stage."""
+    try:
+        path.encode("utf-8")
+        return None
+    except UnicodeEncodeError as err:
+        char = ord(path[err.start])
+        if 0xDC80 <= char <= 0xDCFF:
+            return f"the byte {char - 0xDC00:#04x} is not UTF-8; crild records its paths as UTF-8 text"
+        return f"{path[err.start]!r} is half of a UTF-16 pair, which no file name holds"
 
 
 def read_utf8(path: Path) -> str:

@@ -14,6 +14,7 @@ from typing import Annotated, get_args, get_origin
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from pipeline.schema.messages import Expect, field_error, suggest
+from pipeline.schema.paths import not_utf8
 
 
 class Strict(BaseModel):
@@ -82,7 +83,11 @@ def _path(value: str) -> str:
                           f"be unset, for its default)")
     if "\x00" in value:
         raise field_error(f"expected a file or folder path, got {value!r}, which holds a NUL character")
+    problem = not_utf8(value)
+    if problem:
+        raise field_error(f"expected a file or folder path in UTF-8, got {value!r}: {problem}")
     return os.path.expanduser(value)
+
 
 
 PathText = Annotated[str, AfterValidator(_path), PATH]

@@ -54,6 +54,22 @@ def test_the_file_systems_root_or_the_home_folder_is_not_an_output_dir(monkeypat
     assert (tmp_path / "runs" / "x").is_dir()
 
 
+def test_an_output_dir_under_a_working_directory_that_is_not_utf8_is_refused_before_it_is_made(monkeypatch, tmp_path):
+    """TensorBoard, manifests and logs record output_dir as UTF-8 text: a relative output_dir
+    under a folder whose name has a byte that is not UTF-8 failed in the middle of the stage."""
+    import os
+
+    from pipeline.outputs.lock import _prepare
+
+    cwd = Path(os.fsdecode(bytes(tmp_path) + b"/cw\xfe"))
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    with pytest.raises(UserError, match=r"output_dir: '.*/cw\\udcfe/runs' is not a UTF-8 path: the byte 0xfe is "
+                                        r"not UTF-8"):
+        _prepare(Path("runs"))
+    assert list(cwd.iterdir()) == []
+
+
 def test_the_baseline_output_is_not_the_students_when_both_run():
     with pytest.raises(UserError, match="'student_finetuned' is the baseline stage's output"):
         from_dict({"pipeline": ["teacher", "distill", "baseline"],
