@@ -253,7 +253,13 @@ def _text(rec: dict, col: str, path: Path, n: int) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         kind = {list: "an array", dict: "an object", bool: "a boolean"}.get(type(value), type(value).__name__)
         raise UserError(f"{path}:{n}: column '{col}' is {kind}; expected text")
-    return str(value)
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:  # only a JSON escape such as "\ud83d" makes one; a tokenizer fails on it
+        raise UserError(f"{path}:{n}: column '{col}' holds {text[err.start]!r}, half of a UTF-16 pair without its "
+                        f"other half (text cut inside an emoji, say); expected whole characters") from None
+    return text
 
 
 def read_table(path: Path, spec: TaskSpec, task_cfg: TaskConfig, need_label: bool) -> Examples:

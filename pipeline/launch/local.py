@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from pipeline.config import LAUNCHED_ENV, RunConfig, check_launched, launched_digest, load_config, stage_config
-from pipeline.errors import EXIT_PREEMPTED, UserError
+from pipeline.errors import EXIT_PREEMPTED, EXIT_USER_ERROR, UserError
 from pipeline.launch.command import check_local_ranks, stage_command
 from pipeline.launch.signals import StageRunner
 from pipeline.launch.slurm import in_slurm_allocation, requeue_self, slurm_rendezvous
@@ -166,6 +166,8 @@ def _run_stages(cfg: RunConfig, config_path: str, overrides: list[str], force: b
         code = runner.run(cmd, env)
         if code == EXIT_PREEMPTED or (runner.stopping and code != 0):
             return _stopped(name)
+        if code == EXIT_USER_ERROR:  # the stage's own line said what was wrong: a second would only repeat it
+            raise SystemExit(EXIT_USER_ERROR)
         if code != 0:
             where = f" (Slurm job {os.environ['SLURM_JOB_ID']} on {os.environ.get('SLURM_JOB_NODELIST', '?')}; srun " \
                     f"names the failed task's node above)" if in_slurm_allocation() else ""

@@ -210,6 +210,18 @@ def test_text_that_is_not_text_is_refused(tmp_path, value, what):
     assert str(err.value) == f"{tmp_path / 'train.jsonl'}:2: column 'sentence' {what}; expected text"
 
 
+def test_half_a_utf16_pair_is_refused_with_its_line(tmp_path):
+    """JSON can escape half of a UTF-16 pair ("\\ud83d", text cut inside an emoji); the
+    tokenizer failed on it with a TypeError in the middle of the stage."""
+    rows = [{"sentence": "ok", "label": "fresh"}, {"sentence": "ok \U0001F600", "label": "fresh"},
+            {"sentence": "cut \ud83d", "label": "rotten"}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(UserError) as err:
+        load_split(TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path)), TASKS["rotten_tomatoes"], "train")
+    assert str(err.value) == (f"{tmp_path / 'train.jsonl'}:3: column 'sentence' holds '\\ud83d', half of a UTF-16 pair "
+                              f"without its other half (text cut inside an emoji, say); expected whole characters")
+
+
 def test_a_held_out_split_made_of_training_examples_is_noted(tmp_path, tiny_bert, sentiment_dir):
     """A dev file copied from the training file scores memorisation: the stage says so, and
     says nothing for the few repeats real corpora have (under 1%)."""
