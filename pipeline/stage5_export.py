@@ -22,7 +22,9 @@ if __package__ in (None, ""):  # run as a script: import the package, not this f
 import torch
 
 from pipeline.config import RunConfig
+from pipeline.data.sources import export_split
 from pipeline.data.task_data import load_task_data
+from pipeline.data.tasks import task_spec
 from pipeline.errors import UserError
 from pipeline.evaluation.models import load_eval_model, run_models
 from pipeline.evaluation.predict import classifier_forward, predict_logits, split_metrics
@@ -51,7 +53,7 @@ def export_one(cfg: RunConfig, name: str, path: str, out: Path, dist: DistInfo, 
     export_cfg = cfg.stages.export
     folder = Path(resolve_model(path, "stages.export.models"))
     tokenizer = load_tokenizer(str(folder), "stages.export.models")
-    data = load_task_data(cfg, tokenizer, eval_splits=[_split(cfg, tokenizer)], with_train=False)
+    data = load_task_data(cfg, tokenizer, eval_splits=[export_split(cfg.task, task_spec(cfg.task), cfg.stages.export.split)], with_train=False)
     split, ds = next(iter(data.eval.items()))
     labels, metric = data.eval_labels[split], data.spec.main_metric
     # the reference runs where the exports run, on the CPU in fp32: a GPU reference would differ
@@ -85,17 +87,6 @@ def export_one(cfg: RunConfig, name: str, path: str, out: Path, dist: DistInfo, 
     log(dist, f"{STAGE}: {name}: ONNX matches PyTorch on {split} (largest logit difference {fp32.max_logit_diff:.2g}, "
               f"same prediction on {fp32.agreement:.2%})")
     return rows, candidates, (split, metric)
-
-
-def _split(cfg: RunConfig, tokenizer) -> str:
-    """stages.export.split, else test if the task has it, else its first held-out split."""
-    if cfg.stages.export.split:
-        return cfg.stages.export.split
-    from pipeline.data.sources import available_eval_splits
-    from pipeline.data.tasks import task_spec
-
-    available = available_eval_splits(cfg.task, task_spec(cfg.task))
-    return "test" if "test" in available else (available[0] if available else "dev")
 
 
 def oversubscribed_note(threads: int, cores: int) -> str | None:

@@ -376,6 +376,15 @@ def available_eval_splits(task_cfg: TaskConfig, spec: TaskSpec, where: str = "ta
     return list(spec.dev_splits)
 
 
+def export_split(task_cfg: TaskConfig, spec: TaskSpec, configured: Optional[str]) -> str:
+    """The split the export is checked on: ``configured``, else test where the task has it,
+    else its first held-out split."""
+    if configured:
+        return configured
+    available = available_eval_splits(task_cfg, spec)
+    return "test" if "test" in available else (available[0] if available else "dev")
+
+
 def checked_eval_splits(task_cfg: TaskConfig, spec: TaskSpec, splits: Optional[list[str]], source: str) -> list[str]:
     """The held-out splits to score: ``splits`` (None: the first the task's data has), each
     one a split the data has, or one line naming it and the splits there are (a hub user's

@@ -8,10 +8,12 @@ run's world size (batch sizes, ZeRO stage, what DeepSpeed itself rejects, ``on_n
 and ``compile`` against ZeRO-3); the student's shape; for distillation, the teacher's and
 student's tokenizers and layer maps; for augmentation, the word vectors (a .npy header and
 its word count, a text file's first lines) and the masked LM's vocabulary against the
-student's; for export, ONNX Runtime. Models are judged from their configs and tokenizers,
-and the weights a stage will read from the headers of their safetensors files (a truncated
-copy), not from the tensors. What depends on the data (a stage shorter than its gradient
-accumulation) or on the tensors of a model's weights is left to the stage. A teacher or student
+student's; for export, ONNX Runtime; the data files a later stage reads and the first does
+not (a supplementary task's, the test split), read through as that stage's reader reads
+them. Models are judged from their configs and tokenizers, and the weights a stage will
+read from the headers of their safetensors files (a truncated copy), not from the tensors.
+What depends on the tokenized data (a stage shorter than its gradient accumulation) or on
+the tensors of a model's weights is left to the stage. A teacher or student
 that an earlier stage of the run writes is taken from the settings that stage trains it
 from."""
 from __future__ import annotations
@@ -20,7 +22,8 @@ from pathlib import Path
 
 from pipeline.config import RunConfig, stage_config
 from pipeline.data.augment import check_vectors
-from pipeline.data.sources import checked_eval_splits, resolve_source
+from pipeline.data.sources import available_eval_splits, checked_eval_splits, export_split, load_split, resolve_source
+from pipeline.data.stress import apply_settings
 from pipeline.data.tasks import task_spec
 from pipeline.distill.layers import layer_layout
 from pipeline.distill.presets import resolve_phases
@@ -77,6 +80,46 @@ def check_stages(cfg: RunConfig, names, world_size: int, device_checks: bool = T
                 STAGE_CHECKS[name](stage_cfg, names)
         except UserError as err:
             raise UserError(f"{err} (the {name} stage's; checked before the first stage runs)") from None
+    _check_data_read_later(cfg, list(names))
+
+
+def _splits_read(cfg: RunConfig, name: str) -> list[tuple[str, object, str]]:
+    """(configuration key of a task, its TaskConfig, split) for each split stage ``name`` reads."""
+    task, spec = cfg.task, task_spec(cfg.task)
+    if name == "augment":
+        return [("task", task, "train")]
+    if name == "evaluate":
+        return [("task", task, split) for split in cfg.stages.evaluate.splits or available_eval_splits(task, spec)]
+    if name == "export":
+        return [("task", task, export_split(task, spec, cfg.stages.export.split))]
+    reads = [("task", task, "train")] + [("task", task, split) for split in available_eval_splits(task, spec)[:1]]
+    if name == "distill":
+        reads += [(f"stages.distill.supplementary[{i}].task", sup.task, "train")
+                  for i, sup in enumerate(cfg.stages.distill.supplementary)]
+    return reads
+
+
+def _check_data_read_later(cfg: RunConfig, names: list[str]) -> None:
+    """Each data file a later stage reads and the first stage does not (a supplementary
+    task's, the test split evaluation scores), read through now: a record the reader refuses
+    is one line before the first stage, not after the hours of the stages before the one that
+    reads it. The first stage's own files are read by that stage as it starts; hub datasets
+    are not files a user writes, and are left to the stage."""
+    seen = {(key, split) for key, _, split in _splits_read(stage_config(cfg, names[0]), names[0])} if names else set()
+    for name in names[1:]:
+        for key, task, split in _splits_read(stage_config(cfg, name), name):
+            if (key, split) in seen:
+                continue
+            seen.add((key, split))
+            spec = task_spec(task)
+            try:
+                if resolve_source(task, spec, key)[0] == "hub":
+                    continue
+                examples = load_split(task, spec, split, key)
+                if split == "train" and key != "task":  # a supplement is drawn after its own settings
+                    apply_settings(examples, task, spec, cfg.seed, key)
+            except UserError as err:
+                raise UserError(f"{err} (the {name} stage reads it; checked before the first stage runs)") from None
 
 
 def _check_distillation(cfg: RunConfig, names) -> None:

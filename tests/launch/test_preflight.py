@@ -190,6 +190,35 @@ def test_a_held_out_split_the_data_lacks_is_refused_before_the_teacher_trains(tm
                     f"test) (the export stage's; checked before the first stage runs)")
 
 
+def test_data_a_later_stage_reads_is_read_through_before_the_teacher_trains(tmp_path, tiny_bert, sentiment_dir,
+                                                                           capsys):
+    """The test split only evaluation scores, and a supplementary task's files only
+    distillation reads: a record the reader refuses, or a folder without the split, was
+    found after the teacher had trained."""
+    data = shutil.copytree(sentiment_dir, tmp_path / "data")
+    with open(data / "test.jsonl", "a") as f:
+        f.write('{"sentence": "fine", "label": "meh"}\n')
+    line = sum(1 for _ in open(data / "test.jsonl"))
+    raw = chain(tmp_path, tiny_bert, data, {})
+    assert refusal(tmp_path, {**raw, "pipeline": ["teacher", "evaluate"]}, capsys) == (
+        f"crild: error: {data / 'test.jsonl'}:{line}: label 'meh' is not one of rotten, fresh, or their ids 0-1 (task "
+        f"rotten_tomatoes) (the evaluate stage reads it; checked before the first stage runs)")
+    assert refusal(tmp_path, {**raw, "pipeline": ["teacher", "export"]}, capsys).startswith(
+        f"crild: error: {data / 'test.jsonl'}:{line}: label 'meh'")  # export is checked on test
+    (empty := tmp_path / "empty").mkdir()
+    for supplement, expected in (
+            ({"name": "rotten_tomatoes", "data_dir": str(empty)},
+             f"{empty}: no train.jsonl, train.csv or train.tsv for task rotten_tomatoes"),
+            ({"name": "rotten_tomatoes", "data_dir": str(sentiment_dir), "few_sample": 1000},
+             "stages.distill.supplementary[0].task.few_sample: 1000 examples asked for, and the training set has 96")):
+        distill = {"phases": ["ild_supplementary", "ild"], "supplementary": [{"task": supplement}]}
+        assert refusal(tmp_path, chain(tmp_path, tiny_bert, sentiment_dir, distill), capsys).startswith(
+            f"crild: error: {expected}")
+    # the first stage's own files are left to it, as it reads them at once (no second read)
+    check_stages(from_dict({**raw, "pipeline": ["evaluate"], "stages": {"evaluate": {"models": [str(tiny_bert)]}}}),
+                 ["evaluate"], 1)
+
+
 def test_a_truncated_weights_file_any_stage_reads_is_refused_before_the_first_stage(tmp_path, tiny_bert,
                                                                                    sentiment_dir, capsys):
     """A copy or download cut short, for every key naming a model whose weights a stage
