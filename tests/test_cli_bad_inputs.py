@@ -434,6 +434,7 @@ def test_catalogue_has_every_case_documented(tmp_path, tiny_bert, sentiment_dir)
     assert len(names) == CASE_COUNT >= 25 and len(set(names)) == len(names)
     for name in names:
         assert f"| {name} |" in doc, name
+    assert f"lists {CASE_COUNT} cases" in " ".join((REPO / "README.md").read_text().split())  # the README's count
 
 
 CASE_COUNT = 104
