@@ -9,7 +9,8 @@ import signal
 import sys
 
 from pipeline.errors import UserError, cli_entry
-from pipeline.stage_cli import OneLineParser, parse_with_overrides
+from pipeline.schema.arguments import OneLineParser
+from pipeline.stage_cli import parse_with_overrides
 from pipeline.stages import STAGES, in_running_order
 
 

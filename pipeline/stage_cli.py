@@ -12,16 +12,8 @@ from typing import Callable, Optional
 from pipeline.config import RunConfig, check_launched, load_config, stage_config
 from pipeline.errors import cli_entry, watch
 from pipeline.outputs.lock import run_lock
+from pipeline.schema.arguments import OneLineParser
 from pipeline.stages import STAGES, check_output_folder
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse's parser, its usage errors one line as crild's other errors are: what is wrong
-    and where the usage is, not the usage itself printed above it. Subcommands' parsers are
-    of the same class."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
 def stage_argparser(name: str) -> argparse.ArgumentParser:

@@ -41,3 +41,35 @@ def test_a_usage_error_is_one_line_naming_the_help_to_read(argv, message, capsys
         parse_with_overrides(stage_argparser("teacher"), ["x.yaml"])
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and ": error: the following arguments are required: --config; see " in err, err
+
+
+def tool_main(name: str):
+    """``main`` of ``tools/<name>.py``, loaded as a module (its ``__main__`` block not run)."""
+    import runpy
+
+    from helpers import REPO
+
+    return runpy.run_path(str(REPO / "tools" / f"{name}.py"), run_name=f"tools_{name}")["main"]
+
+
+@pytest.mark.parametrize("tool, argv, message", [
+    ("bench_distill", ["--heads", "5"], "--heads 5 does not divide --hidden 768; expected a head count that divides"),
+    ("bench_distill", ["--steps", "0"], "argument --steps: expected an integer >= 1, got '0'"),
+    ("bench_distill", ["--max-length", "2"], "argument --max-length: expected an integer >= 3, got '2'"),
+    ("bench_memory", ["--hidden", "100"], "--heads 12 does not divide --hidden 100"),
+    ("bench_memory", ["--ranks", "0"], "argument --ranks: expected an integer >= 1, got '0'"),
+    ("bench_augment", ["--copies", "-1"], "argument --copies: expected an integer >= 1, got '-1'"),
+    ("bench_families", ["--steps", "many"], "argument --steps: expected an integer >= 1, got 'many'"),
+    ("count_host_syncs", ["--lengths", "16", "0"], "argument --lengths: expected an integer >= 3, got '0'"),
+    ("demo_seeds", ["--seeds", "-1"], "argument --seeds: expected an integer >= 0, got '-1'"),
+    ("predicted_classes", [], "the following arguments are required: --group")])
+def test_a_tools_bad_argument_is_one_line_before_any_work(tool, argv, message, capsys, monkeypatch):
+    """The benchmarks and tools take the command line's checks too: a head count that does not
+    divide the hidden size, or a count of 0, ended in a traceback once the models were built
+    (or a division by zero after the run)."""
+    monkeypatch.setattr("sys.argv", [f"{tool}.py", *argv])
+    with pytest.raises(SystemExit) as done:
+        tool_main(tool)()
+    assert done.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"{tool}.py: error: {message}") and line.endswith(f"; see {tool}.py --help"), line

@@ -16,7 +16,6 @@ the word vectors are the real GloVe 6B 50d.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -28,12 +27,14 @@ import torch  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sentences", type=int, default=80)
-    parser.add_argument("--layers", type=int, default=1)
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--copies", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
+    from pipeline.schema.arguments import OneLineParser, at_least
+
+    parser = OneLineParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sentences", type=at_least(1), default=80)
+    parser.add_argument("--layers", type=at_least(1), default=1)
+    parser.add_argument("--hidden", type=at_least(1), default=64)
+    parser.add_argument("--copies", type=at_least(1), default=20)
+    parser.add_argument("--seed", type=at_least(0), default=0)
     args = parser.parse_args()
 
     from transformers import BertConfig, BertForMaskedLM

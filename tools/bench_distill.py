@@ -26,7 +26,6 @@ fraction of it. Models are random BERTs of the shape given (default: BERT-base l
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -302,20 +301,23 @@ VARIANTS = ["crild", "crild-fixed", "reference", "textbrewer", "crild-l-ild", "t
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--hidden", type=int, default=768)
-    p.add_argument("--heads", type=int, default=12)
-    p.add_argument("--ffn", type=int, default=3072)
-    p.add_argument("--teacher-layers", type=int, default=4)
-    p.add_argument("--student-layers", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--steps", type=int, default=8, help="batches per variant, each run twice (warm-up, timed)")
+    from pipeline.schema.arguments import OneLineParser, at_least, heads_divide
+
+    p = OneLineParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--hidden", type=at_least(1), default=768)
+    p.add_argument("--heads", type=at_least(1), default=12)
+    p.add_argument("--ffn", type=at_least(1), default=3072)
+    p.add_argument("--teacher-layers", type=at_least(1), default=4)
+    p.add_argument("--student-layers", type=at_least(1), default=2)
+    p.add_argument("--batch-size", type=at_least(1), default=32)
+    p.add_argument("--max-length", type=at_least(3), default=128)
+    p.add_argument("--steps", type=at_least(1), default=8, help="batches per variant, each run twice (warm-up, timed)")
     p.add_argument("--only", action="append", choices=VARIANTS)
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--profile", help="write torch.profiler's tables of crild's step here")
     p.add_argument("--tokenizer", default="all-MiniLM-L6-v2", help="a model folder or offline alias")
     a = p.parse_args()
+    heads_divide(p, a.hidden, a.heads)
 
     from pipeline.models.loading import load_tokenizer, quiet_libraries, resolve_model
 

@@ -5,7 +5,6 @@ family, so that no family is pathologically slow: 4-layer teacher, 2-layer stude
 
     python tools/bench_families.py [--json reports/bench/bench_families_cpu.json]
 """
-import argparse
 import json
 import statistics
 import sys
@@ -19,8 +18,10 @@ sys.path.insert(0, str(REPO / "tests"))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=60)
+    from pipeline.schema.arguments import OneLineParser, at_least
+
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=at_least(1), default=60)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 

@@ -148,14 +148,16 @@ def save_teacher(folder: Path, layers: int, hidden: int, heads: int, base: str =
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--student-layers", type=int, default=6)
-    p.add_argument("--teacher-layers", type=int, default=12)
-    p.add_argument("--hidden", type=int, default=768)
-    p.add_argument("--heads", type=int, default=12)
+    from pipeline.schema.arguments import OneLineParser, at_least, heads_divide
+
+    p = OneLineParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--student-layers", type=at_least(1), default=6)
+    p.add_argument("--teacher-layers", type=at_least(1), default=12)
+    p.add_argument("--hidden", type=at_least(1), default=768)
+    p.add_argument("--heads", type=at_least(1), default=12)
     p.add_argument("--only", action="append", choices=list(CONFIGS))
     p.add_argument("--json")
-    p.add_argument("--ranks", type=int, default=2, help="ranks per configuration (1 on a single GPU)")
+    p.add_argument("--ranks", type=at_least(1), default=2, help="ranks per configuration (1 on a single GPU)")
     p.add_argument("--base", default="all-MiniLM-L6-v2", help="model folder or alias giving vocabulary and tokenizer")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ds", help=argparse.SUPPRESS)
@@ -164,6 +166,7 @@ def main() -> None:
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
+    heads_divide(p, args.hidden, args.heads)
     if args.worker:
         worker(args)
         return

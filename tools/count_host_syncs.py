@@ -103,16 +103,19 @@ def count(name: str, a) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--hidden", type=int, default=768)
-    p.add_argument("--heads", type=int, default=12)
-    p.add_argument("--teacher-layers", type=int, default=12)
-    p.add_argument("--student-layers", type=int, default=6)
-    p.add_argument("--vocab", type=int, default=30522)
-    p.add_argument("--lengths", type=int, nargs="+", default=[16, 11, 7, 16], help="the batch's sentence lengths")
+    from pipeline.schema.arguments import OneLineParser, at_least, heads_divide
+
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hidden", type=at_least(1), default=768)
+    p.add_argument("--heads", type=at_least(1), default=12)
+    p.add_argument("--teacher-layers", type=at_least(1), default=12)
+    p.add_argument("--student-layers", type=at_least(1), default=6)
+    p.add_argument("--vocab", type=at_least(8), default=30522)
+    p.add_argument("--lengths", type=at_least(3), nargs="+", default=[16, 11, 7, 16], help="the batch's sentence lengths")
     p.add_argument("--only", action="append", choices=CONFIGS)
     p.add_argument("--json", help="also write the results here")
     a = p.parse_args()
+    heads_divide(p, a.hidden, a.heads)
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from pipeline.models.loading import quiet_libraries
     from pipeline.runtime.distributed import init_distributed

@@ -13,7 +13,6 @@ result.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
@@ -88,8 +87,10 @@ def summarise(rows: list[dict], out: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    from pipeline.schema.arguments import OneLineParser, at_least
+
+    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=at_least(0), nargs="+", default=[42, 43, 44])
     parser.add_argument("--collect-only", action="store_true", help="run nothing; summarise the runs made")
     parser.add_argument("--out", default="reports/demo", help="where the summary goes")
     args = parser.parse_args()

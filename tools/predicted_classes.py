@@ -15,7 +15,6 @@ models that predict one class, teachers too).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -51,12 +50,13 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.evaluation.results import one_class_predicted
     from pipeline.models.loading import quiet_libraries
     from pipeline.outputs.atomic import replace_text
+    from pipeline.schema.arguments import OneLineParser
     from pipeline.study.cells import cell_config
     from pipeline.study.records import predicted_classes_path, weights_digest
     from pipeline.study.scoring import score_folder
     from pipeline.study.spec import load_study
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", default="jobs/studies/offline.yaml", help="study file (YAML)")
     parser.add_argument("--group", required=True, metavar="TASK/SETTING", help="e.g. rotten_tomatoes/imbalance-10")
     args = parser.parse_args(argv)

@@ -201,14 +201,14 @@ def record_cell(spec: StudySpec, cell: Cell, teacher: bool = False) -> dict:
 def main(argv: Optional[list] = None) -> int:
     """``python -m pipeline.study.records STUDY LABEL``: record one complete cell (and its
     seed's teacher, if that has no record yet); what tools/report.py runs after each cell."""
-    import argparse
 
     from pipeline.errors import UserError
     from pipeline.models.loading import quiet_libraries
+    from pipeline.schema.arguments import OneLineParser
     from pipeline.study.cells import cells
     from pipeline.study.spec import load_study
 
-    parser = argparse.ArgumentParser(description=main.__doc__.split(";")[0])
+    parser = OneLineParser(description=main.__doc__.split(";")[0])
     parser.add_argument("study")
     parser.add_argument("label", help="task/setting/seed<N>/method")
     args = parser.parse_args(argv)
