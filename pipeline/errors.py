@@ -142,18 +142,30 @@ def _launch_key() -> str:
     return f"{parent}-{start}"
 
 
+def _said_folder() -> Path:
+    """Where the ranks of this launch record the lines they have printed: this host's
+    temporary folder, under a key of their parent process; for a Slurm step over several
+    nodes, whose ranks share neither, the run's output_dir (on the file system the nodes
+    share, as its checkpoints need), under the job and step (each node printed the line
+    once before)."""
+    job, step = os.environ.get("SLURM_JOB_ID", ""), os.environ.get("SLURM_STEP_ID", "")
+    if _watched and job and step and launch_number("SLURM_STEP_NUM_NODES", 1) > 1:
+        return _watched[0] / f".{SAID_DIR}" / f"slurm-{job}.{step}"
+    return Path(tempfile.gettempdir()) / f"{SAID_DIR}-{os.getuid()}" / _launch_key()
+
+
 def first_to_say(line: str) -> bool:
-    """Whether this rank is the first of its launch on this host to print ``line``. An error
-    every rank meets (a model folder missing) was printed once per rank: eight GPUs, eight
-    equal lines. Each distinct line is now claimed once, by an exclusively created file; rank 0
-    claims first (the others wait OTHERS_WAIT_S), so a line all ranks share is its own. When
-    the claim cannot be made (no writable temporary folder) the line is printed."""
+    """Whether this rank is the first of its launch to print ``line``. An error every rank
+    meets (a model folder missing) was printed once per rank: eight GPUs, eight equal lines.
+    Each distinct line is now claimed once, by an exclusively created file; rank 0 claims
+    first (the others wait OTHERS_WAIT_S), so a line all ranks share is its own. When the
+    claim cannot be made (no writable folder) the line is printed."""
     if launch_number("WORLD_SIZE", 1) < 2:
         return True
     if _rank() != 0:
         time.sleep(OTHERS_WAIT_S)
-    root = Path(tempfile.gettempdir()) / f"{SAID_DIR}-{os.getuid()}"
-    folder = root / _launch_key()
+    folder = _said_folder()
+    root = folder.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for old in root.iterdir():

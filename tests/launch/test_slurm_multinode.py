@@ -22,6 +22,7 @@ from test_slurm import (
     state,
     submit,
     submitted,
+    wait,
 )
 
 PREFIX, SUBNET, PORT = "crildt", "10.213.9", "6837"  # beside the single-node cluster CI starts
@@ -164,3 +165,21 @@ def test_submit_gives_each_stage_its_node_count(tmp_path, tiny_bert, sentiment_d
     distill = (logs / f"distill-{jobs['distill']}.out").read_text()
     assert "crild: 2 ranks on 1 node(s)" in teacher, teacher[-2000:]
     assert f"crild: 2 ranks on 2 node(s): {PREFIX}-n1 [0], {PREFIX}-n2 [1]" in distill, distill[-2000:]
+
+
+def test_a_mistake_both_nodes_meet_is_one_line_in_the_jobs_log(tmp_path, tiny_bert, sentiment_dir, two_nodes):
+    """Each node's rank meets the same bad record; the ranks of one host claimed a line once,
+    so each node printed it: a line per node. The step's ranks now claim it through
+    output_dir, which the nodes share."""
+    data = shutil.copytree(sentiment_dir, tmp_path / "data")
+    with open(data / "train.jsonl", "a") as f:
+        f.write('{"sentence": "cut \\ud83d", "label": "fresh"}\n')
+    line = sum(1 for _ in open(data / "train.jsonl"))
+    config = chain_config(tmp_path, tiny_bert, data, "bad_record", stages=("teacher",))
+    log = tmp_path / "bad_record.log"
+    assert wait(sbatch_tiny(config, log, two_nodes, *TWO_NODES), two_nodes) == "FAILED"
+    text = log.read_text()
+    said = [printed for printed in text.splitlines() if printed.startswith("crild: error")]
+    assert said == [f"crild: error: {data / 'train.jsonl'}:{line}: column 'sentence' holds '\\ud83d', half of a "
+                    f"UTF-16 pair without its other half (text cut inside an emoji, say); expected whole "
+                    f"characters"], text[-3000:]

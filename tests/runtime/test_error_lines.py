@@ -40,6 +40,28 @@ def test_a_line_is_said_once_per_launch(launch):
     assert errors.first_to_say("error: model folder missing")
 
 
+def test_a_slurm_step_over_several_nodes_says_a_line_once_through_output_dir(launch, monkeypatch, tmp_path):
+    """The ranks of a two-node step have two parents and (on a real cluster) two temporary
+    folders: each node printed the line once. They share output_dir's file system."""
+    out = tmp_path / "run"
+    monkeypatch.setattr(errors, "_watched", [out])
+    monkeypatch.setenv("SLURM_JOB_ID", "17")
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    monkeypatch.setenv("SLURM_STEP_NUM_NODES", "2")
+    launch(0, key="node1-slurmstepd")
+    assert errors.first_to_say("error: bad record")
+    launch(1, key="node2-slurmstepd")
+    assert not errors.first_to_say("error: bad record")  # the other node's rank: said already
+    assert (out / f".{errors.SAID_DIR}" / "slurm-17.0").is_dir()
+    monkeypatch.setenv("SLURM_STEP_ID", "1")  # the next step (stage) says it again
+    assert errors.first_to_say("error: bad record")
+    monkeypatch.setenv("SLURM_STEP_ID", "2")  # a step on one node keeps to the host's temporary folder
+    monkeypatch.setenv("SLURM_STEP_NUM_NODES", "1")
+    assert errors.first_to_say("error: bad record")
+    assert (tmp_path / f"{errors.SAID_DIR}-{os.getuid()}" / "node2-slurmstepd").is_dir()
+    assert not (out / f".{errors.SAID_DIR}" / "slurm-17.2").exists()
+
+
 def test_one_rank_alone_always_says_it(launch, monkeypatch):
     launch(0)
     monkeypatch.setenv("WORLD_SIZE", "1")
