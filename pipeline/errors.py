@@ -192,6 +192,23 @@ def _print_error(message: str) -> None:
     _say("error", one_line(message))
 
 
+ERROR_NOTE_ENV = "CRILD_ERROR_NOTE"  # crild run names a file here for each stage it launches
+
+
+def _note_user_error() -> None:
+    """Leave the file ``crild run`` named (ERROR_NOTE_ENV) for the stage: the stage ended on
+    a mistake of the user's, said in its one line. The launcher's exit code cannot say so:
+    srun and the deepspeed launcher end the other ranks when one exits, and report the
+    signal they sent them."""
+    note = os.environ.get(ERROR_NOTE_ENV)
+    if note:
+        try:
+            Path(note).parent.mkdir(parents=True, exist_ok=True)
+            Path(note).touch()
+        except OSError:
+            pass
+
+
 # What a rank's collective raises when another rank is gone: gloo's and NCCL's words for a
 # peer whose connection closed, and torch's store errors during the rendezvous
 PEER_GONE_TYPES = ("DistNetworkError", "DistStoreError")  # not DistBackendError: NCCL's own faults raise it too
@@ -248,6 +265,7 @@ def cli_entry(fn):
             return fn(*args, **kwargs)
         except UserError as err:
             _print_error(str(err))
+            _note_user_error()
             sys.exit(EXIT_USER_ERROR)
         except KeyboardInterrupt:
             _say("interrupted")
@@ -256,6 +274,7 @@ def cli_entry(fn):
             message = out_of_space(err)
             if message is not None:
                 _print_error(message)
+                _note_user_error()
                 sys.exit(EXIT_USER_ERROR)
             message = lost_peer(err)
             if message is None:

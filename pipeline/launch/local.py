@@ -3,12 +3,13 @@ output is complete for the same configuration and inputs."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from pathlib import Path
 from typing import Optional
 
 from pipeline.config import LAUNCHED_ENV, RunConfig, check_launched, launched_digest, load_config, stage_config
-from pipeline.errors import EXIT_PREEMPTED, EXIT_USER_ERROR, UserError
+from pipeline.errors import ERROR_NOTE_ENV, EXIT_PREEMPTED, EXIT_USER_ERROR, SAID_DIR, UserError
 from pipeline.launch.command import check_local_ranks, stage_command
 from pipeline.launch.signals import StageRunner
 from pipeline.launch.slurm import in_slurm_allocation, requeue_self, slurm_rendezvous
@@ -103,6 +104,22 @@ def run_pipeline(cfg: RunConfig, config_path: str, overrides: list[str], force: 
         return _run_stages(cfg, config_path, overrides, force, only, lock)
 
 
+def _take(note: Path) -> bool:
+    """Whether a rank of the stage left ``note`` (it ended on a user error it said in one
+    line). The note goes, with the lines the stage's Slurm steps claimed beside it (a step
+    over several nodes claims them there: pipeline/errors.py), and their folder when empty."""
+    said = note.exists()
+    note.unlink(missing_ok=True)
+    if job := os.environ.get("SLURM_JOB_ID"):
+        for step in note.parent.glob(f"slurm-{job}.*"):
+            shutil.rmtree(step, ignore_errors=True)
+    try:
+        note.parent.rmdir()
+    except OSError:  # another run's note is there, or no folder at all
+        pass
+    return said
+
+
 def ended_by(code: int) -> Optional[signal.Signals]:
     """The signal a stage's exit code says ended it, or None: a process's own (negative),
     the shell's and srun's 128 + n, and the deepspeed launcher's, which exits with its rank's
@@ -163,11 +180,14 @@ def _run_stages(cfg: RunConfig, config_path: str, overrides: list[str], force: b
         print(f"crild: {name}: running {' '.join(cmd)}", flush=True)
         if lock is not None:
             lock.set_stage(name)
-        code = runner.run(cmd, env)
+        note = Path(cfg.output_dir) / f".{SAID_DIR}" / f"user-error-{os.getpid()}-{name}"
+        note.unlink(missing_ok=True)
+        code = runner.run(cmd, {**env, ERROR_NOTE_ENV: str(note)})
+        said = _take(note)
         if code == EXIT_PREEMPTED or (runner.stopping and code != 0):
             return _stopped(name)
-        if code == EXIT_USER_ERROR:  # the stage's own line said what was wrong: a second would only repeat it
-            raise SystemExit(EXIT_USER_ERROR)
+        if code != 0 and (said or code == EXIT_USER_ERROR):
+            raise SystemExit(EXIT_USER_ERROR)  # the stage's own line said what was wrong: a second would repeat it
         if code != 0:
             where = f" (Slurm job {os.environ['SLURM_JOB_ID']} on {os.environ.get('SLURM_JOB_NODELIST', '?')}; srun " \
                     f"names the failed task's node above)" if in_slurm_allocation() else ""

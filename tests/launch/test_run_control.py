@@ -77,9 +77,11 @@ def test_second_run_is_refused_at_once_then_sigint_checkpoints_and_nothing_outli
     assert " on 1 rank(s))" in status.stdout  # a resume needs as many ranks as wrote the checkpoint
 
 
-def test_a_mistake_a_stage_finds_is_the_runs_one_line(tmp_path, tiny_bert, sentiment_dir):
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_a_mistake_a_stage_finds_is_the_runs_one_line(tmp_path, tiny_bert, sentiment_dir, ranks):
     """A stage's user error is already one line: crild run exits 2 with it alone, without a
-    second line that the stage failed."""
+    second line that the stage failed (with two ranks, whatever code the launcher reports
+    for the rank it ended)."""
     import shutil
 
     data = shutil.copytree(sentiment_dir, tmp_path / "data")
@@ -87,16 +89,17 @@ def test_a_mistake_a_stage_finds_is_the_runs_one_line(tmp_path, tiny_bert, senti
         f.write('{"sentence": "cut \\ud83d", "label": "fresh"}\n')
     line = sum(1 for _ in open(data / "train.jsonl"))
     raw = tiny_run_config(tmp_path, tiny_bert, data)
-    raw["pipeline"] = ["teacher"]
+    raw.update(pipeline=["teacher"], num_ranks=ranks)
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(raw))
     done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(config)], cwd=REPO, env=crild_env(),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr
-    assert done.stderr.strip().splitlines() == [f"crild: error: {data / 'train.jsonl'}:{line}: column 'sentence' holds "
+    assert "Traceback" not in done.stderr
+    assert [line for line in done.stderr.splitlines() if line.startswith("crild: error")] == [f"crild: error: {data / 'train.jsonl'}:{line}: column 'sentence' holds "
                                                 f"'\\ud83d', half of a UTF-16 pair without its other half (text cut "
                                                 f"inside an emoji, say); expected whole characters"]
-    assert not is_complete(tmp_path / "run" / "teacher")
+    assert not is_complete(tmp_path / "run" / "teacher") and not (tmp_path / "run" / ".crild-said").exists()
 
 
 def test_a_killed_runner_takes_its_stage_with_it_and_leaves_no_stale_lock(tmp_path, tiny_bert, sentiment_dir):

@@ -183,3 +183,6 @@ def test_a_mistake_both_nodes_meet_is_one_line_in_the_jobs_log(tmp_path, tiny_be
     assert said == [f"crild: error: {data / 'train.jsonl'}:{line}: column 'sentence' holds '\\ud83d', half of a "
                     f"UTF-16 pair without its other half (text cut inside an emoji, say); expected whole "
                     f"characters"], text[-3000:]
+    # srun ended the other node's rank with SIGTERM and reported that: the stage's note, not
+    # the exit code, tells crild run it ended on the line above; the notes are then removed
+    assert "exit code 143" not in text and not (tmp_path / "bad_record" / ".crild-said").exists()
