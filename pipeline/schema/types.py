@@ -89,7 +89,6 @@ def _path(value: str) -> str:
     return os.path.expanduser(value)
 
 
-
 PathText = Annotated[str, AfterValidator(_path), PATH]
 
 
