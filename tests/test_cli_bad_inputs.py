@@ -437,6 +437,17 @@ def test_catalogue_has_every_case_documented(tmp_path, tiny_bert, sentiment_dir)
     assert f"lists {CASE_COUNT} cases" in " ".join((REPO / "README.md").read_text().split())  # the README's count
 
 
+def test_every_test_the_catalogue_names_exists():
+    """The cases tested beside their code are named by file and test: a renamed or removed
+    test would leave the document pointing at nothing."""
+    import re
+
+    named = re.findall(r"(tests/[\w/]+\.py)::(\w+)", (REPO / "docs" / "bad-inputs.md").read_text())
+    assert len(named) >= 30
+    for path, test in named:
+        assert f"def {test}(" in (REPO / path).read_text(), (path, test)
+
+
 CASE_COUNT = 104
 
 
