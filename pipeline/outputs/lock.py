@@ -41,6 +41,19 @@ def lock_path(output_dir: str | Path) -> Path:
     return Path(output_dir) / LOCK_FILE
 
 
+def shared_folder(path: Path) -> Optional[str]:
+    """"the file system's root" or "your home folder" where ``path`` is one of them (folders
+    whose other contents a run's folders would spread among), else None."""
+    where = Path(path).resolve()
+    try:
+        home = Path.home().resolve()
+    except (RuntimeError, KeyError):  # no HOME and no password entry: no home folder to mistake
+        home = None
+    if where == Path(where.anchor):
+        return "the file system's root"
+    return "your home folder" if where == home else None
+
+
 def _prepare(output_dir: Path) -> None:
     """output_dir exists (created if need be) and is a writable folder, or one line."""
     if output_dir.exists() and not output_dir.is_dir():
@@ -48,13 +61,8 @@ def _prepare(output_dir: Path) -> None:
     problem = not_utf8(os.path.abspath(output_dir))
     if problem:
         raise UserError(f"output_dir: {os.path.abspath(output_dir)!r} is not a UTF-8 path: {problem}")
-    where = output_dir.resolve()
-    try:
-        home = Path.home().resolve()
-    except (RuntimeError, KeyError):  # no HOME and no password entry: no home folder to mistake
-        home = None
-    if where in (Path(where.anchor), home):
-        what = "the file system's root" if where == Path(where.anchor) else "your home folder"
+    what = shared_folder(output_dir)
+    if what:
         raise UserError(f"output_dir: '{output_dir}' is {what}; crild writes its stage folders (teacher, eval, "
                         f"checkpoints, tensorboard, ...) directly in output_dir: give the run a folder of its own "
                         f"(runs/NAME)")

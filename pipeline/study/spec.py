@@ -31,6 +31,7 @@ from pydantic import AfterValidator, Field, PrivateAttr, field_validator, model_
 from pipeline.config import TaskLabel
 from pipeline.distill.presets import PRESETS
 from pipeline.errors import UserError
+from pipeline.outputs.lock import shared_folder
 from pipeline.outputs.ownership import FILE, FOREIGN, folder
 from pipeline.schema.loading import read_yaml, validate
 from pipeline.schema.messages import field_error, suggest
@@ -227,7 +228,7 @@ def load_study(path: str) -> StudySpec:
     spec.base = str(resolve_path(spec.base, "base", str(path)))
     spec._source = str(path)
     _check_base_pipeline(spec)
-    _check_report_dir(spec)
+    _check_folders(spec)
     return spec
 
 
@@ -238,10 +239,16 @@ def _holds_a_report(path: Path) -> bool:
         return False
 
 
-def _check_report_dir(spec: StudySpec) -> None:
-    """The report writes README.md, index.html, summary.json and plots into ``report_dir``,
-    replacing files of those names: a folder is accepted when it is new or empty, holds only
-    the records of cells run so far, or holds a report crild wrote (its summary.json)."""
+def _check_folders(spec: StudySpec) -> None:
+    """``output_dir`` is not a folder shared with everything else (cells go to
+    ``<output_dir>/<task>/...``). The report writes README.md, index.html, summary.json and
+    plots into ``report_dir``, replacing files of those names: a folder is accepted when it is
+    new or empty, holds only the records of cells run so far, or holds a report crild wrote
+    (its summary.json)."""
+    what = shared_folder(Path(spec.output_dir))
+    if what:
+        raise UserError(f"{spec.source}: output_dir: '{spec.output_dir}' is {what}; the study makes a folder per task "
+                        f"there (<output_dir>/<task>/<setting>/seed<N>): give it a folder of its own (runs/NAME)")
     out = Path(spec.report_dir)
     found = folder(out.resolve(), _holds_a_report, ignore=frozenset({"records"}))  # a link to a folder is fine here
     if found.state == FILE:

@@ -287,7 +287,7 @@ def test_study_file_errors_name_the_key(tmp_path):
                               f"evaluate]; every cell trains a student, so expected 'distill' in it")
 
 
-def test_a_report_dir_of_other_files_is_refused_before_anything_runs(tmp_path):
+def test_a_report_dir_of_other_files_or_an_output_dir_at_the_root_is_refused_before_anything_runs(tmp_path):
     """``report_dir: .`` would have replaced the project's README.md with the report."""
     import json
 
@@ -300,11 +300,16 @@ def test_a_report_dir_of_other_files_is_refused_before_anything_runs(tmp_path):
     (mine / "README.md").write_text("my project")
     path = tmp_path / "study.yaml"
 
-    def study(report_dir):
-        path.write_text(yaml.safe_dump({"base": str(tmp_path / "base.yaml"), "output_dir": "o", "report_dir":
+    def study(report_dir, output_dir="o"):
+        path.write_text(yaml.safe_dump({"base": str(tmp_path / "base.yaml"), "output_dir": output_dir, "report_dir":
                                         str(report_dir), "seeds": [1], "methods": ["kd"],
                                         "tasks": {"rotten_tomatoes": {}}, "settings": {"s": {}}}))
         return load_study(str(path))
+
+    # cells go to <output_dir>/<task>/...: at the root they made folders among the system's
+    with pytest.raises(UserError, match="output_dir: '/' is the file system's root; the study makes a folder per "
+                                        "task there"):
+        study(tmp_path / "report", output_dir="/")
 
     with pytest.raises(UserError) as err:
         study(mine)
