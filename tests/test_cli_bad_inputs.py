@@ -389,6 +389,14 @@ def shape_cases(tmp: Path, tiny_bert: Path, data: Path):
          ["y11.yaml: output_dir: expected a file or folder path in UTF-8, got '", "the byte 0xff is not UTF-8"]),
         ("a path with half a UTF-16 pair", ["teacher", cfg("y12", task__data_dir=str(data) + "\ud800")],
          ["y12.yaml: task.data_dir: expected a file or folder path in UTF-8", "'\\ud800' is half of a UTF-16 pair"]),
+        # JSON keeps the last of two values of a key without a word; YAML files refuse it
+        ("a JSONL record that names a column twice", ["teacher", cfg("y13", task__data_dir=str(_folder(
+            tmp / "twice-json", {"train.jsonl": b'{"sentence": "a", "label": "fresh", "sentence": "b"}\n',
+                                 "dev.jsonl": b'{"sentence": "a", "label": "fresh"}\n'})))],
+         ["twice-json/train.jsonl:1: key 'sentence' appears twice in the record; expected each column once"]),
+        ("a DeepSpeed key given twice", ["teacher", cfg("y14", deepspeed_config=str(_text(
+            tmp / "ds_twice.json", '{"zero_optimization": {"stage": 0}, "zero_optimization": {"stage": 3}}')))],
+         ["ds_twice.json: key 'zero_optimization' appears twice in one object; a key may appear once per section"]),
     ]
 
 
@@ -448,7 +456,7 @@ def test_every_test_the_catalogue_names_exists():
         assert f"def {test}(" in (REPO / path).read_text(), (path, test)
 
 
-CASE_COUNT = 104
+CASE_COUNT = 106
 
 
 @pytest.mark.parametrize("index", range(CASE_COUNT))
@@ -465,7 +473,7 @@ def test_bad_input_gives_one_line_and_exit_2(index, tmp_path, tiny_bert, sentime
         assert fragment in err[0], (name, fragment, err[0])
     for out in (tmp_path / p for p in ("d1", "m1", "s1", "p1", "v1", "f1", "f3", "m5", "m6", "m7", "s7", "l4", "l9",
                                        "l12", "l15", "l17", "b1", "b2", "b3", "f5", "y3", "y4", "y6", "y7", "y8", "y9", "y10",
-                                       "y12")):
+                                       "y12", "y13", "y14")):
         for stage in ("teacher", "student", "eval", "augmented", "export"):
             assert not is_complete(out / "run" / stage)
         assert not (out / "run" / "student.phases").exists()  # refused before any phase trained

@@ -17,6 +17,7 @@ import numpy as np
 from pipeline.data.tasks import GlueFile, TaskSpec
 from pipeline.errors import UserError, shown
 from pipeline.runtime import environment, hub
+from pipeline.schema.json_objects import marked_object
 from pipeline.schema.nesting import too_deep
 from pipeline.schema.paths import read_utf8
 
@@ -203,13 +204,16 @@ def _read_records(path: Path) -> list[tuple[int, dict]]:
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
+                rec = json.loads(line, object_pairs_hook=marked_object)
             except json.JSONDecodeError as err:
                 raise UserError(f"{path}:{n}: not valid JSON ({err.msg})") from None
             except RecursionError:
                 raise too_deep(f"{path}:{n}") from None
             if not isinstance(rec, dict):
                 raise UserError(f"{path}:{n}: expected a JSON object per line")
+            if rec.repeated is not None:  # json keeps the last value, as a CSV reader keeps one of two columns
+                raise UserError(f"{path}:{n}: key '{shown(rec.repeated)}' appears twice in the record; expected each "
+                                f"column once")
             out.append((n, rec))
         return out
     rows = [(n, row) for n, row in _csv_rows(path, text, "\t" if path.suffix == ".tsv" else ",")
@@ -251,7 +255,8 @@ def _text(rec: dict, col: str, path: Path, n: int) -> str:
     if value is None:
         raise UserError(f"{path}:{n}: column '{col}' is null; expected text")
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        kind = {list: "an array", dict: "an object", bool: "a boolean"}.get(type(value), type(value).__name__)
+        kind = next((name for kind, name in ((bool, "a boolean"), (list, "an array"), (dict, "an object"))
+                     if isinstance(value, kind)), type(value).__name__)
         raise UserError(f"{path}:{n}: column '{col}' is {kind}; expected text")
     text = str(value)
     try:

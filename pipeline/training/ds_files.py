@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.schema.json_objects import RepeatedKey, unique_object
 from pipeline.schema.nesting import check_shape, too_deep
 from pipeline.schema.paths import read_utf8, resolve_path
 
@@ -22,9 +23,12 @@ def read_ds_text(path: str, source: str) -> tuple[Path, str]:
 def load_ds_json(path: str, source: str) -> tuple[Path, dict]:
     p, text = read_ds_text(path, source)
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=unique_object)
     except json.JSONDecodeError as err:
         raise UserError(f"{p}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    except RepeatedKey as err:  # DeepSpeed would take the last without a word
+        raise UserError(f"{p}: key '{err.key}' appears twice in one object; a key may appear once per "
+                        f"section") from None
     except RecursionError:
         raise too_deep(str(p)) from None
     check_shape(data, str(p))
