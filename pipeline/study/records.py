@@ -201,7 +201,6 @@ def record_cell(spec: StudySpec, cell: Cell, teacher: bool = False) -> dict:
 def main(argv: Optional[list] = None) -> int:
     """``python -m pipeline.study.records STUDY LABEL``: record one complete cell (and its
     seed's teacher, if that has no record yet); what tools/report.py runs after each cell."""
-
     from pipeline.errors import UserError
     from pipeline.models.loading import quiet_libraries
     from pipeline.schema.arguments import OneLineParser
