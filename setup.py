@@ -16,6 +16,7 @@ setup(
         "transformers>=4.45",
         "accelerate>=0.30",  # transformers' DeepSpeed integration (ZeRO-3 teachers)
         "datasets>=2.19",
+        "pyarrow>=12",  # Parquet splits and vocabularies (datasets needs it too)
         "sentencepiece",
         "tensorboard",
         "pyyaml",

@@ -13,7 +13,7 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import AfterValidator, Field, PrivateAttr, ValidationInfo, create_model, model_validator
 
-from pipeline.data.tasks import MAIN_METRIC, TASKS, task_spec
+from pipeline.data.tasks import MAIN_METRIC, TASKS, table_files, task_spec
 from pipeline.distill.presets import PHASES, PRESETS, resolve_phases
 from pipeline.distill.terms import TERMS
 from pipeline.errors import UserError
@@ -135,8 +135,8 @@ def _check_own_task(task: TaskConfig) -> None:
     if task.labels is not None and len(task.labels) < 2:
         raise field_error(f"expected at least 2 label names, got {len(task.labels)}", "labels")
     if task.source not in ("auto", "files") or task.data_dir is None:
-        raise field_error(f"task {task.name} is a task of your own: it reads train, dev and test files (.jsonl, "
-                          f".csv or .tsv) from task.data_dir; set data_dir (and source auto or files)",
+        raise field_error(f"task {task.name} is a task of your own: it reads train, dev and test files "
+                          f"({table_files('')}) from task.data_dir; set data_dir (and source auto or files)",
                           "data_dir" if task.data_dir is None else "source")
     metric = task.metric
     if metric is not None and (metric == "pearson_spearman") != task.regression:

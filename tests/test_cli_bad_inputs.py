@@ -5,6 +5,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from helpers import REPO, tiny_run_config, write_tiny_classifier
@@ -397,6 +399,20 @@ def shape_cases(tmp: Path, tiny_bert: Path, data: Path):
         ("a DeepSpeed key given twice", ["teacher", cfg("y14", deepspeed_config=str(_text(
             tmp / "ds_twice.json", '{"zero_optimization": {"stage": 0}, "zero_optimization": {"stage": 3}}')))],
          ["ds_twice.json: key 'zero_optimization' appears twice in one object; a key may appear once per section"]),
+        ("a Parquet text column of binary data", ["teacher", cfg("y15", task__data_dir=str(_folder(
+            tmp / "binary-parquet", {"train.parquet": _parquet(sentence=pa.array([b"good"], pa.binary()),
+                                                               label=["fresh"]),
+                                     "dev.jsonl": b'{"sentence": "a", "label": "fresh"}\n'})))],
+         ["binary-parquet/train.parquet: row 1: column 'sentence' is binary data; expected text"]),
+        ("a file named .parquet that is not Parquet", ["teacher", cfg("y16", task__data_dir=str(_folder(
+            tmp / "csv-parquet", {"train.parquet": b"sentence,label\ngood,fresh\n",
+                                  "dev.jsonl": b'{"sentence": "a", "label": "fresh"}\n'})))],
+         ["csv-parquet/train.parquet: not a Parquet file crild can read (Parquet magic bytes not found"]),
+        ("a split saved as train.json", ["teacher", cfg("y17", task__data_dir=str(_folder(
+            tmp / "json-suffix", {"train.json": b'{"sentence": "a", "label": "fresh"}\n',
+                                  "dev.jsonl": b'{"sentence": "a", "label": "fresh"}\n'})))],
+         ["json-suffix: no train.jsonl, train.csv, train.tsv or train.parquet for task rotten_tomatoes (found "
+          "train.json: crild reads one .jsonl, .csv, .tsv or .parquet file per split)"]),
     ]
 
 
@@ -423,6 +439,12 @@ def _folder(path: Path, files: dict) -> Path:
     for name, data in files.items():
         (path / name).write_bytes(data)
     return path
+
+
+def _parquet(**columns) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table(columns), sink)
+    return sink.getvalue().to_pybytes()
 
 
 def _text(path: Path, text: str) -> Path:
@@ -456,7 +478,7 @@ def test_every_test_the_catalogue_names_exists():
         assert f"def {test}(" in (REPO / path).read_text(), (path, test)
 
 
-CASE_COUNT = 106
+CASE_COUNT = 109
 
 
 @pytest.mark.parametrize("index", range(CASE_COUNT))
@@ -473,7 +495,7 @@ def test_bad_input_gives_one_line_and_exit_2(index, tmp_path, tiny_bert, sentime
         assert fragment in err[0], (name, fragment, err[0])
     for out in (tmp_path / p for p in ("d1", "m1", "s1", "p1", "v1", "f1", "f3", "m5", "m6", "m7", "s7", "l4", "l9",
                                        "l12", "l15", "l17", "b1", "b2", "b3", "f5", "y3", "y4", "y6", "y7", "y8", "y9", "y10",
-                                       "y12", "y13", "y14")):
+                                       "y12", "y13", "y14", "y15", "y16", "y17")):
         for stage in ("teacher", "student", "eval", "augmented", "export"):
             assert not is_complete(out / "run" / stage)
         assert not (out / "run" / "student.phases").exists()  # refused before any phase trained

@@ -28,6 +28,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from pipeline.data.parquet import column_values, read_parquet
 from pipeline.errors import UserError
 from pipeline.schema.paths import read_utf8
 
@@ -158,14 +159,14 @@ def _npy_matrix(path: Path) -> np.ndarray:
 def _npy_words(vocab: Optional[str], path: str, where: str) -> list[str]:
     """The words of a .npy matrix: a .parquet file's first column, or one word per line."""
     if _vocab_file(vocab, path, where).suffix == ".parquet":
-        return [str(w) for w in _parquet(vocab, lambda pq: pq.read_table(vocab).column(0).to_pylist())]
+        return [str(w) for w in read_parquet(Path(vocab), lambda file: column_values(file.read(), 0, vocab))]
     return read_utf8(Path(vocab)).splitlines()
 
 
 def _npy_word_count(vocab: Optional[str], path: str, where: str) -> int:
     """How many words ``_npy_words`` would give, from a Parquet file's metadata alone."""
     if _vocab_file(vocab, path, where).suffix == ".parquet":
-        return _parquet(vocab, lambda pq: pq.read_metadata(vocab).num_rows)
+        return read_parquet(Path(vocab), lambda file: file.metadata.num_rows)
     return len(_npy_words(vocab, path, where))
 
 
@@ -173,17 +174,6 @@ def _vocab_file(vocab: Optional[str], path: str, where: str) -> Path:
     if vocab is None or not Path(vocab).is_file():
         raise UserError(f"{where}.vocab: the words of '{path}' are needed (a .parquet or .txt file)")
     return Path(vocab)
-
-
-def _parquet(vocab: str, read):
-    """``read(pyarrow.parquet)``, or one line when ``vocab`` is not a readable Parquet file."""
-    import pyarrow
-    import pyarrow.parquet as pq
-
-    try:
-        return read(pq)
-    except (OSError, pyarrow.ArrowException) as err:
-        raise UserError(f"{vocab}: not a readable Parquet file ({str(err).splitlines()[0][:120]})") from None
 
 
 def _one_word_per_row(count: int, matrix: np.ndarray, path: str, where: str) -> None:

@@ -1,5 +1,5 @@
-"""Read a task's raw examples from a GLUE directory, local CSV/JSONL files, the prepared
-offline data, or the hub (``datasets.load_dataset``)."""
+"""Read a task's raw examples from a GLUE directory, local JSONL, CSV, TSV or Parquet files,
+the prepared offline data, or the hub (``datasets.load_dataset``)."""
 from __future__ import annotations
 
 import csv
@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from pipeline.data.tasks import GlueFile, TaskSpec
+from pipeline.data.parquet import column_values, read_parquet
+from pipeline.data.tasks import TABLE_SUFFIXES, GlueFile, TaskSpec, table_files
 from pipeline.errors import UserError, shown
 from pipeline.runtime import environment, hub
 from pipeline.schema.json_objects import marked_object
@@ -57,6 +58,12 @@ class Examples:
         return Examples([self.text_a[i] for i in idx],
                         None if self.text_b is None else [self.text_b[i] for i in idx],
                         self.labels[idx].copy(), self.source, self.ids[idx].copy(), list(self.notes))
+
+
+def _at(path, n: int) -> str:
+    """Where record ``n`` of ``path`` is, as a message names it: its line in a text file, its
+    row in a Parquet file, which has no lines."""
+    return f"{path}: row {n}" if str(path).endswith(".parquet") else f"{path}:{n}"
 
 
 def crild_home() -> Path:
@@ -117,7 +124,7 @@ def _make(rows_a, rows_b, raw_labels, spec, path, line_numbers) -> Examples:
     if raw_labels is None:
         labels = np.full(len(rows_a), UNLABELLED, dtype=np.int64)
     else:
-        labels = np.array([_label_index(v, spec, f"{path}:{n}") for v, n in zip(raw_labels, line_numbers)],
+        labels = np.array([_label_index(v, spec, _at(path, n)) for v, n in zip(raw_labels, line_numbers)],
                           dtype=np.float32 if spec.regression else np.int64)
     notes = [numbering_note(raw_labels, spec, path), empty_text_note(rows_a, rows_b, path, line_numbers)]
     return Examples(rows_a, rows_b, labels, str(path), notes=[n for n in notes if n])
@@ -131,8 +138,9 @@ def empty_text_note(rows_a, rows_b, path, line_numbers) -> Optional[str]:
              if not a.strip() or (b is not None and not b.strip())]
     if not empty:
         return None
-    return (f"note: {path}: {len(empty)} of {len(rows_a)} examples have an empty text field (the first on line "
-            f"{empty[0]}); their input is the special tokens alone")
+    first = f"in row {empty[0]}" if str(path).endswith(".parquet") else f"on line {empty[0]}"
+    return (f"note: {path}: {len(empty)} of {len(rows_a)} examples have an empty text field (the first {first}); "
+            f"their input is the special tokens alone")
 
 
 # --------------------------------------------------------------------------- text files
@@ -165,7 +173,7 @@ def read_glue_tsv(path: Path, gf: GlueFile, spec: TaskSpec) -> Examples:
         if not rows:
             raise UserError(f"{path}: no examples (empty dataset)")
         header, numbered = rows[0], numbered[1:]
-        _no_repeated_columns(header, path, line=1)
+        _no_repeated_columns(header, f"{path}:1", "in the header")
         cols = {}
         for key in ("text_a", "text_b", "label"):
             name = getattr(gf, key)
@@ -192,11 +200,14 @@ def read_glue_tsv(path: Path, gf: GlueFile, spec: TaskSpec) -> Examples:
     return _make(a, b, lab, spec, path, lines)
 
 
-# --------------------------------------------------------------------------- CSV / JSONL
+# --------------------------------------------------------------------------- JSONL / CSV / TSV / Parquet
 
 
 def _read_records(path: Path) -> list[tuple[int, dict]]:
-    """(line, record) of a JSONL, CSV or TSV file with named columns."""
+    """(line, record) of a JSONL, CSV or TSV file with named columns; (row, record) of a
+    Parquet file."""
+    if path.suffix == ".parquet":
+        return _parquet_records(path)
     text = read_utf8(path)
     if path.suffix == ".jsonl":
         out = []
@@ -221,7 +232,7 @@ def _read_records(path: Path) -> list[tuple[int, dict]]:
     if not rows:
         return []
     (_, header), body = rows[0], rows[1:]
-    _no_repeated_columns(header, path, rows[0][0])
+    _no_repeated_columns(header, f"{path}:{rows[0][0]}", "in the header")
     out = []
     for n, row in body:
         if len(row) != len(header):
@@ -230,13 +241,23 @@ def _read_records(path: Path) -> list[tuple[int, dict]]:
     return out
 
 
-def _no_repeated_columns(header: list[str], path: Path, line: int) -> None:
-    """A header that names a column twice: a reader would keep one of them without a word."""
+def _parquet_records(path: Path) -> list[tuple[int, dict]]:
+    """(row, record) of a Parquet file, rows counted from 1. Values are pyarrow's Python
+    values, so a list, struct or binary column meets the same checks as a JSON array."""
+    table = read_parquet(path, lambda file: file.read())
+    _no_repeated_columns(table.column_names, str(path), "in the file's schema")
+    columns = [column_values(table, i, path) for i in range(table.num_columns)]
+    names = table.column_names
+    return [(n, dict(zip(names, values))) for n, values in enumerate(zip(*columns), start=1)]
+
+
+def _no_repeated_columns(header: list[str], where: str, place: str) -> None:
+    """A header (or a Parquet schema) that names a column twice: a reader would keep one of
+    them without a word."""
     seen = set()
     for name in header:
         if name in seen and name.strip():
-            raise UserError(f"{path}:{line}: column '{shown(name)}' appears twice in the header; expected each "
-                            f"column once")
+            raise UserError(f"{where}: column '{shown(name)}' appears twice {place}; expected each column once")
         seen.add(name)
 
 
@@ -250,19 +271,19 @@ def _text(rec: dict, col: str, path: Path, n: int) -> str:
     """A text field: a string (or a number, read as its digits); a missing or null field, or a
     list, object or boolean, is refused rather than written out as Python's repr."""
     if col not in rec:
-        raise UserError(f"{path}:{n}: missing column '{col}' (has: {_names(rec)})")
+        raise UserError(f"{_at(path, n)}: missing column '{col}' (has: {_names(rec)})")
     value = rec[col]
     if value is None:
-        raise UserError(f"{path}:{n}: column '{col}' is null; expected text")
+        raise UserError(f"{_at(path, n)}: column '{col}' is null; expected text")
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        kind = next((name for kind, name in ((bool, "a boolean"), (list, "an array"), (dict, "an object"))
-                     if isinstance(value, kind)), type(value).__name__)
-        raise UserError(f"{path}:{n}: column '{col}' is {kind}; expected text")
+        kinds = ((bool, "a boolean"), (list, "an array"), (dict, "an object"), (bytes, "binary data"))
+        kind = next((name for kind, name in kinds if isinstance(value, kind)), type(value).__name__)
+        raise UserError(f"{_at(path, n)}: column '{col}' is {kind}; expected text")
     text = str(value)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as err:  # only a JSON escape such as "\ud83d" makes one; a tokenizer fails on it
-        raise UserError(f"{path}:{n}: column '{col}' holds {text[err.start]!r}, half of a UTF-16 pair without its "
+        raise UserError(f"{_at(path, n)}: column '{col}' holds {text[err.start]!r}, half of a UTF-16 pair without its "
                         f"other half (text cut inside an emoji, say); expected whole characters") from None
     return text
 
@@ -285,7 +306,7 @@ def read_table(path: Path, spec: TaskSpec, task_cfg: TaskConfig, need_label: boo
             b.append(_text(rec, cb, path, n))
         if has_label:
             if rec.get(cl) is None or rec.get(cl) == "":
-                raise UserError(f"{path}:{n}: missing value for label column '{cl}'")
+                raise UserError(f"{_at(path, n)}: missing value for label column '{cl}'")
             lab.append(rec[cl])
         lines.append(n)
     return _make(a, b, lab, spec, path, lines)
@@ -294,7 +315,7 @@ def read_table(path: Path, spec: TaskSpec, task_cfg: TaskConfig, need_label: boo
 def _find_table(directory: Path, split: str) -> Optional[Path]:
     """The one file of ``split`` in ``directory``: two of them (a train.csv beside a newer
     train.jsonl) would leave which one trains to an order the user never chose."""
-    found = [p for p in (directory / f"{split}{ext}" for ext in (".jsonl", ".csv", ".tsv")) if p.is_file()]
+    found = [p for p in (directory / f"{split}{ext}" for ext in TABLE_SUFFIXES) if p.is_file()]
     if len(found) > 1:
         raise UserError(f"{directory}: {' and '.join(p.name for p in found)} are both the {split} split; crild "
                         f"reads one file per split: remove or rename the others")
@@ -358,7 +379,7 @@ def resolve_source(task_cfg: TaskConfig, spec: TaskSpec, where: str = "task") ->
             raise UserError(f"{where}.data_dir: required when {where}.source is '{source}'")
         if data_dir.exists() and not data_dir.is_dir():
             raise UserError(f"{where}.data_dir: '{data_dir}' is a file; expected the folder that holds the split "
-                            f"files (train, dev, test as .jsonl, .csv or .tsv), e.g. '{data_dir.parent}'")
+                            f"files (train, dev, test as {table_files('')}), e.g. '{data_dir.parent}'")
         if not data_dir.is_dir():
             raise UserError(f"{where}.data_dir: directory '{data_dir}' does not exist")
     if source == "glue" and not spec.glue_files:
@@ -397,8 +418,8 @@ def checked_eval_splits(task_cfg: TaskConfig, spec: TaskSpec, splits: Optional[l
     available = available_eval_splits(task_cfg, spec)
     if not available:
         folder = resolve_source(task_cfg, spec)[1]
-        raise UserError(f"{folder}: no held-out split for task {spec.name}: expected dev.jsonl, dev.csv or "
-                        f"dev.tsv (or test.*) beside the training file")
+        raise UserError(f"{folder}: no held-out split for task {spec.name}: expected {table_files('dev')} (or "
+                        f"test.*) beside the training file{_unread(folder, ('dev', 'test'))}")
     if splits is None:
         return available[:1]
     for split in splits:
@@ -408,6 +429,19 @@ def checked_eval_splits(task_cfg: TaskConfig, spec: TaskSpec, splits: Optional[l
             raise UserError(f"{source}: split '{split}' is not available for task {spec.name} "
                             f"(available: {', '.join(available) or 'none'}){hint}")
     return list(splits)
+
+
+def _unread(folder: Optional[Path], splits: tuple) -> str:
+    """What ``folder`` holds under the names of ``splits`` that crild does not read
+    (``train.json``, ``train.jsonl.gz``, a folder ``train.parquet/`` of parts), named so that a
+    user sees why the split is missing."""
+    if folder is None or not folder.is_dir():
+        return ""
+    others = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() for split in splits
+                    if p.name.startswith(f"{split}.") and _find_table(folder, split) != p)
+    if not others:
+        return ""
+    return f" (found {', '.join(shown(n) for n in others[:4])}: crild reads one {table_files('')} file per split)"
 
 
 def load_split(task_cfg: TaskConfig, spec: TaskSpec, split: str, where: str = "task") -> Examples:
@@ -422,6 +456,6 @@ def load_split(task_cfg: TaskConfig, spec: TaskSpec, split: str, where: str = "t
     if source == "files":
         path = _find_table(data_dir, split)
         if path is None:
-            raise UserError(f"{data_dir}: no {split}.jsonl, {split}.csv or {split}.tsv for task {spec.name}")
+            raise UserError(f"{data_dir}: no {table_files(split)} for task {spec.name}{_unread(data_dir, (split,))}")
         return read_table(path, spec, task_cfg, need_label)
     return read_hub(spec, split)

@@ -5,6 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+# a split of a folder of source files: one file with named columns, by any of these suffixes
+TABLE_SUFFIXES = (".jsonl", ".csv", ".tsv", ".parquet")
+
+
+def table_files(split: str) -> str:
+    """The file names a split may have, as messages list them (``split`` '': the suffixes)."""
+    names = [f"{split}{suffix}" for suffix in TABLE_SUFFIXES]
+    return f"{', '.join(names[:-1])} or {names[-1]}"
+
 
 @dataclass(frozen=True)
 class GlueFile:

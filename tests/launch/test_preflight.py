@@ -208,7 +208,7 @@ def test_data_a_later_stage_reads_is_read_through_before_the_teacher_trains(tmp_
     (empty := tmp_path / "empty").mkdir()
     for supplement, expected in (
             ({"name": "rotten_tomatoes", "data_dir": str(empty)},
-             f"{empty}: no train.jsonl, train.csv or train.tsv for task rotten_tomatoes"),
+             f"{empty}: no train.jsonl, train.csv, train.tsv or train.parquet for task rotten_tomatoes"),
             ({"name": "rotten_tomatoes", "data_dir": str(sentiment_dir), "few_sample": 1000},
              "stages.distill.supplementary[0].task.few_sample: 1000 examples asked for, and the training set has 96")):
         distill = {"phases": ["ild_supplementary", "ild"], "supplementary": [{"task": supplement}]}

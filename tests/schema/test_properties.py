@@ -7,6 +7,8 @@ import json
 import math
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from helpers import REPO, tiny_run_config
@@ -114,9 +116,14 @@ def test_arbitrary_bytes_as_a_configuration_are_one_line(tmp_path, capsys, data)
 texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
 rows_strategy = st.lists(st.tuples(texts, st.sampled_from(["fresh", "rotten"])), min_size=1, max_size=8)
 SPEC = TASKS["rotten_tomatoes"]
+FORMATS = ["csv", "tsv", "jsonl", "parquet"]
 
 
 def _write(folder: Path, fmt: str, rows, bom: bool, header: tuple = ("sentence", "label")) -> Path:
+    path = folder / f"train.{fmt}"
+    if fmt == "parquet":  # binary: no byte-order mark
+        pq.write_table(pa.table({header[0]: [t for t, _ in rows], header[1]: [y for _, y in rows]}), path)
+        return path
     if fmt == "jsonl":
         text = "".join(json.dumps({header[0]: t, header[1]: y}, ensure_ascii=False) + "\n" for t, y in rows)
     else:
@@ -125,13 +132,12 @@ def _write(folder: Path, fmt: str, rows, bom: bool, header: tuple = ("sentence",
         writer.writerow(header)
         writer.writerows(rows)
         text = buf.getvalue()
-    path = folder / f"train.{fmt}"
     path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode("utf-8"))
     return path
 
 
 @SETTINGS
-@given(rows=rows_strategy, fmt=st.sampled_from(["csv", "tsv", "jsonl"]), bom=st.booleans())
+@given(rows=rows_strategy, fmt=st.sampled_from(FORMATS), bom=st.booleans())
 def test_well_formed_files_read_back_exactly(tmp_path_factory, rows, fmt, bom):
     folder = tmp_path_factory.mktemp("data")
     _write(folder, fmt, rows, bom)
@@ -142,13 +148,14 @@ def test_well_formed_files_read_back_exactly(tmp_path_factory, rows, fmt, bom):
 
 
 @SETTINGS
-@given(rows=rows_strategy, fmt=st.sampled_from(["csv", "tsv", "jsonl"]), cut=st.integers(0, 400),
+@given(rows=rows_strategy, fmt=st.sampled_from(FORMATS), cut=st.integers(0, 400),
        junk=st.binary(max_size=20), encoding=st.sampled_from(["utf-8", "latin-1", "utf-16", "cp1252"]))
 def test_damaged_files_are_read_or_one_line(tmp_path_factory, rows, fmt, cut, junk, encoding):
     folder = tmp_path_factory.mktemp("data")
     path = _write(folder, fmt, rows, False)
-    text = path.read_bytes().decode("utf-8")
-    data = text.encode(encoding, errors="replace")
+    data = path.read_bytes()
+    if fmt != "parquet":
+        data = data.decode("utf-8").encode(encoding, errors="replace")
     path.write_bytes(data[:cut] + junk + data[cut:])
     try:
         ex = load_split(TaskConfig(data_dir=str(folder)), SPEC, "train")
