@@ -1,6 +1,6 @@
 """A transformers sequence classifier as an ONNX folder: ``model.onnx`` with dynamic batch
-and sequence axes (inputs input_ids, attention_mask and, where the family takes them,
-token_type_ids; output logits), the tokenizer and config.json beside it.
+and sequence axes (inputs input_ids, attention_mask and, where the family takes them and the
+tokenizer gives them, token_type_ids; output logits), the tokenizer and config.json beside it.
 
 torch.onnx.export's TorchScript exporter is used: Optimum's exporter (optimum-onnx 0.1)
 requires transformers < 4.58 and does not install next to crild's transformers 5, and the
@@ -22,8 +22,13 @@ COPIED = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tok
           "vocab.json", "merges.txt", "spm.model", "sentencepiece.bpe.model")
 
 
-def input_names(model) -> list[str]:
-    return ["input_ids", "attention_mask"] + (["token_type_ids"] if family_of(model).token_types else [])
+def input_names(model, tokenizer) -> list[str]:
+    """The graph's inputs: what the folder's tokenizer gives when called as it is, so that a
+    server feeds ``tokenizer(texts)`` to the session unchanged. RoBERTa's and XLM-R's
+    tokenizers give no token types, and their models then use type 0, which is what crild
+    trained them with; the parity check on the held-out split confirms it for each export."""
+    types = family_of(model).token_types and "token_type_ids" in tokenizer.model_input_names
+    return ["input_ids", "attention_mask"] + (["token_type_ids"] if types else [])
 
 
 class _Logits(torch.nn.Module):
@@ -42,7 +47,7 @@ def export_classifier(model, tokenizer, source: Path, out: Path, opset: int) -> 
     tokenizer and config files. Exporting changes state inside a transformers model (its
     eager outputs after a TorchScript trace differ slightly): pass a model used for nothing
     else."""
-    names = input_names(model)
+    names = input_names(model, tokenizer)
     example = tokenizer(["a short example .", "a longer example sentence for the trace ."], padding=True,
                         return_tensors="pt", return_token_type_ids=True)
     out.mkdir(parents=True, exist_ok=True)

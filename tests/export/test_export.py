@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers import REPO, tiny_run_config, write_tiny_classifier
+from helpers import FAMILY_TOKENIZERS, REPO, tiny_run_config, write_tiny_classifier
 
 from pipeline import stage1_teacher, stage3_distill
 from pipeline.cli import main
@@ -89,16 +89,25 @@ def test_export_matches_pytorch_and_loads_as_it_is(trained, capsys):
         assert logits.shape == (2, 2) and np.isfinite(logits).all()
 
 
-def test_a_family_without_token_types_exports(tmp_path, family_models, sentiment_dir, capsys):
-    for model_type in ("distilbert", "modernbert"):
-        raw = tiny_run_config(tmp_path / model_type, family_models[model_type], sentiment_dir)
-        raw["pipeline"] = ["export"]
-        classifier = write_tiny_classifier(family_models[model_type], tmp_path / f"{model_type}-classifier")
-        raw["stages"]["export"] = {"models": [str(classifier)], "quantize": False, "benchmark": {"enabled": False}}
-        code, err = run_cli(["export", str(write(tmp_path / f"{model_type}.yaml", raw))], capsys)
-        assert code == 0, err
-        parity = json.loads((tmp_path / model_type / "run" / "export" / "results.json").read_text())["models"][1]
-        assert parity["runtime"] == "onnx" and parity["parity"]["max_logit_diff"] <= 1e-4
+@pytest.mark.parametrize("model_type", sorted(FAMILY_TOKENIZERS))
+def test_every_family_exports_and_matches_pytorch(tmp_path, family_models, sentiment_dir, capsys, model_type):
+    """Each supported family, the INT8 copy included, through the exporter, then served by ONNX
+    Runtime and its tokenizer alone (families without token types, DeBERTa's relative
+    attention and MPNet's position bias among them)."""
+    raw = tiny_run_config(tmp_path, family_models[model_type], sentiment_dir)
+    raw["pipeline"] = ["export"]
+    classifier = write_tiny_classifier(family_models[model_type], tmp_path / "student")
+    raw["stages"]["export"] = {"models": [str(classifier)], "benchmark": {"enabled": False}}
+    code, err = run_cli(["export", str(write(tmp_path / "export.yaml", raw))], capsys)
+    assert code == 0, err
+    out = tmp_path / "run" / "export"
+    rows = {r["runtime"]: r for r in json.loads((out / "results.json").read_text())["models"]}
+    assert set(rows) == {"pytorch", "onnx", "onnx-int8"}
+    assert rows["onnx"]["parity"]["max_logit_diff"] <= 1e-6 and rows["onnx"]["parity"]["agreement"] == 1.0
+    assert rows["onnx"]["score"] == rows["pytorch"]["score"]
+    for name in ("student", "student-int8"):
+        logits = classify(out / name, ["a good film .", "an awful movie"])
+        assert logits.shape == (2, 2) and np.isfinite(logits).all()
 
 
 def test_a_tolerance_that_fails_is_one_line_and_writes_nothing(trained, tmp_path, capsys):
