@@ -243,6 +243,18 @@ def write_tiny_family(folder: Path, model_type: str, num_layers: int = 4, hidden
     return folder
 
 
+def write_tiny_mlm(folder: Path, encoder: Path, seed: int = 0) -> Path:
+    """A random masked LM (``*ForMaskedLM``) of ``encoder``'s family, shape and tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
+
+    if not folder.exists():
+        torch.manual_seed(seed)
+        AutoModelForMaskedLM.from_config(AutoConfig.from_pretrained(str(encoder))).save_pretrained(str(folder))
+        AutoTokenizer.from_pretrained(str(encoder)).save_pretrained(str(folder))
+    return folder
+
+
 def write_vectors(path: Path, dims: int = 8) -> Path:
     """GloVe-format vectors of the tiny vocabulary's words (and two that split into pieces)."""
     import numpy as np

@@ -19,6 +19,7 @@ example depends on nothing else, so any sharding gives the same merged result.
 """
 from __future__ import annotations
 
+import bisect
 import importlib.util
 import itertools
 from dataclasses import dataclass
@@ -228,17 +229,24 @@ def _text_rows(lines, path: Path) -> tuple[list[str], list[np.ndarray]]:
 
 
 class MaskedLM:
-    """A masked LM folder (e.g. BertForMaskedLM) and its tokenizer."""
+    """A masked LM folder (``*ForMaskedLM`` of any supported family) and its tokenizer. Its
+    candidates for a word are the top-M tokens at the word's masked position that are whole
+    words, taken as words: TinyBERT drops WordPiece's ``##`` pieces, and the same rule for
+    every tokenizer also drops byte-level BPE's and SentencePiece's pieces that do not start
+    a word, special tokens and BERT's ``[unused]`` ones, any of which would otherwise be
+    written into the augmented text."""
 
     def __init__(self, folder: str, device: torch.device, where: str = "stages.augment.masked_lm"):
         from transformers import AutoModelForMaskedLM
 
-        from pipeline.models.loading import load_pretrained, load_tokenizer, resolve_model
+        from pipeline.models.families import family_of
+        from pipeline.models.loading import load_pretrained, load_tokenizer, position_limit, resolve_model
 
         path = resolve_model(folder, where)
         self.tokenizer = load_tokenizer(path, where)
         model, info = load_pretrained(AutoModelForMaskedLM, path, where, output_loading_info=True)
-        missing = [k for k in info.get("missing_keys", []) if "decoder" in k or "predictions" in k or "lm_head" in k]
+        family = family_of(model, where)
+        missing = [k for k in info.get("missing_keys", []) if not k.startswith(f"{model.base_model_prefix}.")]
         if missing:
             raise UserError(f"{where}: '{folder}' has no masked-LM head (missing {missing[0]}); "
                             f"a plain encoder cannot propose words")
@@ -248,31 +256,57 @@ class MaskedLM:
         self.model = model.to(device).eval()
         self.device = device
         self.encoder = getattr(model, model.base_model_prefix)
-        self.head = getattr(model, "cls", None) or model.lm_head
-        self.mask_id = self.tokenizer.mask_token_id
-        vocab = self.tokenizer.convert_ids_to_tokens(list(range(model.config.vocab_size)))
-        self.subword = [str(t).startswith("##") for t in vocab]
-        self.vocab = vocab
-        self._wordpiece = self.tokenizer.backend_tokenizer.model  # words arrive normalised and split
-        self._pieces: dict[str, list[int]] = {}
+        self.head = torch.nn.Sequential(*(getattr(model, name) for name in family.mlm_head))
+        self.token_types = family.token_types
+        self.max_tokens = position_limit(model.config, where)
+        self.words = self._whole_words(model.config.vocab_size)
 
-    def pieces(self, word: str) -> list[int]:
-        ids = self._pieces.get(word)
-        if ids is None:
-            ids = self._pieces[word] = [t.id for t in self._wordpiece.tokenize(word)]
-        return ids
+    def _whole_words(self, vocab_size: int) -> list[Optional[str]]:
+        """For each id, the word it stands for where the tokenizer makes exactly that token of
+        the word in mid-sentence (' ' + word), else None."""
+        tok = self.tokenizer
+        forms = [tok.convert_tokens_to_string([t]).strip() if t is not None else ""
+                 for t in tok.convert_ids_to_tokens(list(range(vocab_size)))]
+        special = set(tok.all_special_ids)
+        ids = tok([" " + f for f in forms], add_special_tokens=False)["input_ids"]
+        return [f if f and i not in special and made == [i] else None for i, (f, made) in enumerate(zip(forms, ids))]
+
+    def inputs(self, words: list[str]) -> tuple[list[int], Optional[list[int]], dict[int, int]]:
+        """TinyBERT's masked-LM input: the sentence twice, as a pair in the tokenizer's own
+        format (``[CLS] s [SEP] s [SEP]``, ``<s> s </s></s> s </s>``; the word is masked in the
+        first copy only), cut to the model's positions. Returns the ids, the token types where
+        the model takes them, and the position of each word that is one token of the first
+        copy. The text starts with a space, so that the first word, like the others, is in
+        its mid-sentence form."""
+        text = " " + " ".join(words)
+        enc = self.tokenizer(text, text, return_offsets_mapping=True, return_token_type_ids=self.token_types,
+                             truncation="longest_first", max_length=self.max_tokens)
+        spans, at = [], 1
+        for w in words:
+            spans.append((at, at + len(w)))
+            at += len(w) + 1
+        starts = [a for a, _ in spans]
+        tokens: dict[int, list[tuple[int, int, int]]] = {}
+        for j, (seq, (a, b)) in enumerate(zip(enc.sequence_ids(), enc["offset_mapping"])):
+            if seq == 0 and b > a:
+                tokens.setdefault(bisect.bisect_right(starts, a) - 1, []).append((j, a, b))
+        single = {i: found[0][0] for i, found in tokens.items()
+                  if len(found) == 1 and found[0][1] <= spans[i][0] and found[0][2] >= spans[i][1]}
+        return enc["input_ids"], enc.get("token_type_ids"), single
 
     def _candidates(self, logits: torch.Tensor, m: int) -> list[list[str]]:
-        """Top-M tokens per row, sub-words dropped afterwards (as TinyBERT does)."""
+        """Top-M tokens per row, those that are not whole words dropped afterwards (as TinyBERT
+        drops sub-words)."""
         top = torch.topk(logits.float(), m, dim=-1).indices
-        return [[self.vocab[i] for i in row if not self.subword[i]] for row in top.tolist()]
+        return [[self.words[i] for i in row if self.words[i] is not None] for row in top.tolist()]
 
     @torch.inference_mode()
-    def predict_one(self, ids: list[int], segments: list[int], position: int, m: int) -> list[str]:
+    def predict_one(self, ids: list[int], segments: Optional[list[int]], position: int, m: int) -> list[str]:
         """The original structure: one sentence, full predictions at every position."""
         x = torch.tensor([ids], device=self.device)
-        x[0, position] = self.mask_id
-        logits = self.model(input_ids=x, token_type_ids=torch.tensor([segments], device=self.device)).logits
+        x[0, position] = self.tokenizer.mask_token_id
+        types = {} if segments is None else {"token_type_ids": torch.tensor([segments], device=self.device)}
+        logits = self.model(input_ids=x, **types).logits
         return self._candidates(logits[0, position:position + 1], m)[0]
 
     @torch.inference_mode()
@@ -288,10 +322,11 @@ class MaskedLM:
             for start in range(0, len(group), batch_size):
                 chunk = group[start:start + batch_size]
                 x = torch.tensor([requests[i][0] for i in chunk], device=self.device)
-                seg = torch.tensor([requests[i][1] for i in chunk], device=self.device)
                 pos = torch.tensor([requests[i][2] for i in chunk], device=self.device)
-                x[torch.arange(len(chunk)), pos] = self.mask_id
-                hidden = self.encoder(input_ids=x, token_type_ids=seg).last_hidden_state
+                x[torch.arange(len(chunk)), pos] = self.tokenizer.mask_token_id
+                types = {} if requests[chunk[0]][1] is None else {
+                    "token_type_ids": torch.tensor([requests[i][1] for i in chunk], device=self.device)}
+                hidden = self.encoder(input_ids=x, **types).last_hidden_state
                 logits = self.head(hidden[torch.arange(len(chunk)), pos])
                 for i, cands in zip(chunk, self._candidates(logits, m)):
                     out[i] = cands
@@ -342,21 +377,6 @@ class _Augmenter:
     def __init__(self, tokenizer, vectors: WordVectors, mlm: Optional[MaskedLM], params: AugmentParams, seed: int):
         self.tokenizer, self.vectors, self.mlm, self.params, self.seed = tokenizer, vectors, mlm, params, seed
 
-    def _mlm_ids(self, words: list[str]) -> tuple[list[int], list[int], dict[int, int]]:
-        """TinyBERT's masked-LM input, ``[CLS] sentence [SEP] sentence [SEP]`` (the word is
-        masked in the first copy only), its segment ids, and the position of each
-        single-piece word."""
-        tok = self.mlm.tokenizer
-        pieces, single = [], {}
-        for i, w in enumerate(words):
-            p = self.mlm.pieces(w)
-            if len(p) == 1:
-                single[i] = 1 + len(pieces)
-            pieces.extend(p)
-        ids = [tok.cls_token_id] + pieces + [tok.sep_token_id] + pieces + [tok.sep_token_id]
-        segments = [0] * (len(pieces) + 1) + [1] * (len(pieces) + 2)
-        return ids, segments, single
-
     def _sides(self, text_a: list[str], text_b: Optional[list[str]]):
         return [("a", text_a)] + ([("b", text_b)] if text_b is not None else [])
 
@@ -398,7 +418,7 @@ class OriginalAugmenter(_Augmenter):
             per_example = []
             for words in texts:
                 cand = {}
-                ids, segments, single = self._mlm_ids(words) if self.mlm is not None else ([], [], {})
+                ids, segments, single = self.mlm.inputs(words) if self.mlm is not None else ([], None, {})
                 for i, w in enumerate(words):
                     if not is_candidate(w):
                         continue
@@ -426,7 +446,7 @@ class BatchedAugmenter(_Augmenter):
         for side, texts in self._sides(text_a, text_b):
             plan[side] = []
             for words in texts:
-                ids, segments, single = self._mlm_ids(words) if self.mlm is not None else ([], [], {})
+                ids, segments, single = self.mlm.inputs(words) if self.mlm is not None else ([], None, {})
                 slots = {}
                 for i, w in enumerate(words):
                     if not is_candidate(w):

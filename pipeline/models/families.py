@@ -2,7 +2,8 @@
 entry per family says where the layers, the embedding module (the mixup view mixes its
 output) and the Q/K/V projections are, whether Q/K/V come from one fused projection (split
 in three) and get a rotary embedding inside the attention, whether the model takes token
-types, how many positions are reserved, the attention kernel crild loads it with, and
+types, how many positions are reserved, the attention kernel crild loads it with, where
+its masked LM's head is (augmentation runs it at the masked positions only), and
 whether its attention is exactly softmax(QK^T / sqrt(d)) (then attention-map terms transfer
 the real attention; otherwise they transfer that part of it), and which attention masks its
 forward takes ready-made (so that transformers need not ask the device whether a batch has
@@ -36,6 +37,7 @@ class EncoderFamily:
     truncate_also: tuple = field(default=())  # per-layer config lists cut with num_hidden_layers
     ffn_key: str = "intermediate_size"  # the config key of the feed-forward width
     masks: tuple = ("full",)  # the attention masks its forward takes (pipeline/models/attention_masks.py); () for its own
+    mlm_head: tuple = ("cls",)  # its masked LM's head: modules of *ForMaskedLM applied in turn to the encoder's output
 
     def __post_init__(self):
         if self.rotary and not self.fused:  # the capture rotates Q and K where it splits the fused output
@@ -53,12 +55,12 @@ _BERT = dict(layers="encoder.layer", embeddings="embeddings", query="attention.s
 
 FAMILIES: dict[str, EncoderFamily] = {f.name: f for f in [
     EncoderFamily("bert", ("bert",), **_BERT),
-    EncoderFamily("roberta", ("roberta", "camembert"), **_BERT, reserved_positions=2),
-    EncoderFamily("xlm-roberta", ("xlm-roberta",), **_BERT, reserved_positions=2),
-    EncoderFamily("electra", ("electra",), **_BERT),
+    EncoderFamily("roberta", ("roberta", "camembert"), **_BERT, reserved_positions=2, mlm_head=("lm_head",)),
+    EncoderFamily("xlm-roberta", ("xlm-roberta",), **_BERT, reserved_positions=2, mlm_head=("lm_head",)),
+    EncoderFamily("electra", ("electra",), **_BERT, mlm_head=("generator_predictions", "generator_lm_head")),
     EncoderFamily("distilbert", ("distilbert",), layers="transformer.layer", embeddings="embeddings",
                   query="attention.q_lin", key="attention.k_lin", value="attention.v_lin", token_types=False,
-                  ffn_key="hidden_dim"),
+                  ffn_key="hidden_dim", mlm_head=("vocab_transform", "activation", "vocab_layer_norm", "vocab_projector")),
     # disentangled attention: content-to-position terms join QK^T; no SDPA kernel in transformers
     EncoderFamily("deberta-v2", ("deberta-v2",), layers="encoder.layer", embeddings="embeddings",
                   query="attention.self.query_proj", key="attention.self.key_proj",
@@ -66,11 +68,11 @@ FAMILIES: dict[str, EncoderFamily] = {f.name: f for f in [
     # one fused Wqkv; rotary positions applied to Q and K inside the attention; no token types
     EncoderFamily("modernbert", ("modernbert",), layers="layers", embeddings="embeddings", query="attn.Wqkv",
                   fused=True, rotary="attn", token_types=False, truncate_also=("layer_types",),
-                  masks=("full", "sliding")),
+                  masks=("full", "sliding"), mlm_head=("head", "decoder")),
     # relative position bias joins QK^T
     EncoderFamily("mpnet", ("mpnet",), layers="encoder.layer", embeddings="embeddings", query="attention.attn.q",
                   key="attention.attn.k", value="attention.attn.v", token_types=False, reserved_positions=2,
-                  attention="eager", exact_attention=False),
+                  attention="eager", exact_attention=False, mlm_head=("lm_head",)),
 ]}
 _BY_MODEL_TYPE = {t: f for f in FAMILIES.values() for t in f.model_types}
 

@@ -341,10 +341,15 @@ def check_weights(path: str, where: str) -> None:
             raise UserError(f"{where}: cannot load the model in '{path}' ({str(err).splitlines()[0]})") from None
 
 
-def check_max_length(config, max_length: Optional[int], where: str) -> None:
+def position_limit(config, where: str) -> Optional[int]:
+    """How many tokens the model takes: its position embeddings, less those reserved (RoBERTa's
+    positions start after the padding index); None where it has no limit of that kind."""
     limit = getattr(config, "max_position_embeddings", None)
-    if limit:
-        limit -= family_of(config, where).reserved_positions  # RoBERTa's positions start after the padding index
+    return limit - family_of(config, where).reserved_positions if limit else None
+
+
+def check_max_length(config, max_length: Optional[int], where: str) -> None:
+    limit = position_limit(config, where)
     if max_length is not None and limit is not None and max_length > limit:
         raise UserError(f"task.max_length: {max_length} exceeds {where}'s {limit} position embeddings")
 

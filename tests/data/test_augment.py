@@ -1,4 +1,5 @@
-"""Augmentation with a tiny random BertForMaskedLM and a small vector file the tests write."""
+"""Augmentation with tiny random masked LMs (BERT's, and one of every family) and a small vector
+file the tests write."""
 import json
 import shutil
 from pathlib import Path
@@ -6,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import FILLER, NEGATIVE, POSITIVE, VOCAB, tiny_run_config
+from helpers import FAMILY_TOKENIZERS, FILLER, NEGATIVE, POSITIVE, VOCAB, tiny_run_config, write_tiny_mlm
 
 from pipeline import stage2_augment
 from pipeline.config import from_dict
@@ -204,9 +205,76 @@ def test_tokenizer_vocabulary_mismatch(tmp_path, tiny_bert, tiny_mlm, vectors_fi
         MaskedLM(str(bad), torch.device("cpu"))
 
 
-def test_plain_encoder_is_not_a_masked_lm(tiny_bert):
+@pytest.mark.parametrize("model_type", sorted(FAMILY_TOKENIZERS))
+def test_plain_encoder_is_not_a_masked_lm(family_models, model_type):
     with pytest.raises(UserError, match="no masked-LM head"):
-        MaskedLM(str(tiny_bert), torch.device("cpu"))
+        MaskedLM(str(family_models[model_type]), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILY_TOKENIZERS))
+def test_a_masked_lm_of_every_family_proposes_whole_words(tmp_path, family_models, vectors_file, model_type):
+    """The head crild runs at the masked positions is the model's own (same logits); the
+    candidates are words that the tokenizer makes one token of, never a piece or a special
+    token; and the batched structure gives what the original gives. Before, DistilBERT's,
+    ELECTRA's and ModernBERT's masked LMs failed with an AttributeError, RoBERTa's and the
+    SentencePiece families' split words without their word-start mark (most never reached the
+    masked LM), and MPNet's proposed [SEP] and [PAD] as words."""
+    from transformers import AutoTokenizer
+
+    folder = family_models[model_type]
+    mlm = MaskedLM(str(write_tiny_mlm(tmp_path / "mlm", folder)), torch.device("cpu"))
+    words = "the film was good and the story was moving .".split()
+    ids, types, single = mlm.inputs(words)
+    x = torch.tensor([ids])
+    kw = {} if types is None else {"token_type_ids": torch.tensor([types])}
+    with torch.no_grad():
+        torch.testing.assert_close(mlm.head(mlm.encoder(input_ids=x, **kw).last_hidden_state),
+                                   mlm.model(input_ids=x, **kw).logits)
+    tok = mlm.tokenizer
+    for i, position in single.items():  # the token at a one-token word's position is that word
+        assert tok.convert_tokens_to_string([tok.convert_ids_to_tokens(ids[position])]).strip() == words[i]
+    everything = mlm._candidates(torch.randn(4, len(mlm.words)), len(mlm.words))
+    assert everything[0] and all(sorted(row) == sorted(everything[0]) for row in everything)
+    for word in everything[0]:
+        made = tok(" " + word, add_special_tokens=False)["input_ids"]
+        assert len(made) == 1 and made[0] not in tok.all_special_ids, (word, made)
+    student = AutoTokenizer.from_pretrained(str(folder))
+    params = AugmentParams(copies=6, replace_prob=0.4, candidates=5)
+    vectors = load_vectors(str(vectors_file), None)
+    batched = BatchedAugmenter(student, vectors, mlm, params, 0, batch_size=3).augment(SENTS_A, SENTS_B, np.arange(4))
+    assert batched == OriginalAugmenter(student, vectors, mlm, params, 0).augment(SENTS_A, SENTS_B, np.arange(4))
+
+
+def test_special_and_unused_tokens_are_never_candidates(tmp_path, tiny_bert, tiny_mlm, vectors_file):
+    """A masked LM whose top predictions are [SEP], [PAD], a '##' piece and an [unused] token:
+    written into the text, '[SEP]' would be read back as the separator itself."""
+    from transformers import AutoModelForMaskedLM, BertTokenizerFast
+
+    folder = tmp_path / "special-mlm"
+    shutil.copytree(tiny_mlm, folder)
+    vocab = VOCAB[:-2] + ["##ing", "[unused0]"]  # in place of two words: the model's vocabulary size stays
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(str(folder))
+    model = AutoModelForMaskedLM.from_pretrained(str(folder))
+    favoured = [vocab.index(t) for t in ("[SEP]", "[PAD]", "[MASK]", "[unused0]", "##ing")]
+    with torch.no_grad():
+        model.cls.predictions.bias[favoured] += 1000.0
+    model.save_pretrained(str(folder))
+    mlm = MaskedLM(str(folder), torch.device("cpu"))
+    ids, segments, single = mlm.inputs(["a", "good", "film"])
+    top = mlm.predict_many([(ids, segments, single[1])], m=len(favoured) + 3, batch_size=1)[0]
+    assert top and not {"[SEP]", "[PAD]", "[MASK]", "[unused0]", "##ing", "ing"} & set(top)
+    assert all(w.isalpha() or w in ".," for w in top)
+
+
+def test_a_sentence_longer_than_the_masked_lms_positions(tiny_bert, tiny_mlm, vectors_file):
+    """TinyBERT's input holds the sentence twice: past half the masked LM's positions it was an
+    IndexError in the position embeddings. The words past the cut get word-vector neighbours."""
+    batched, original = augmenters(tiny_bert, tiny_mlm, vectors_file)
+    words = ("good film " * 30).split()  # 60 words, 123 tokens with the pair's special tokens; 64 positions
+    ids, _, single = batched.mlm.inputs(words)
+    assert len(ids) == 64 and 0 in single and 59 not in single
+    cands = batched.candidates([words], None)["a"][0]
+    assert cands == original.candidates([words], None)["a"][0] and set(cands) == set(range(60))
 
 
 def test_kd_phase_trains_on_augmented_data_with_stored_teacher_logits(tmp_path, tiny_bert, sentiment_dir,

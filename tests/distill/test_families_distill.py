@@ -1,5 +1,5 @@
 """Every stage and every preset on every encoder family (tiny random models of each, real
-tokenizers): teacher fine-tuning, TinyBERT augmentation, all distillation presets, evaluation
+tokenizers): teacher fine-tuning, TinyBERT augmentation (with a masked LM of the family), all distillation presets, evaluation
 and an exact resume; every output loads in plain transformers as it is. Then a teacher and a
 student of different families that tokenize alike, and a student with its own tokenizer
 (prediction-layer KD only; a preset that needs aligned tokens is refused in one line)."""
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import FAMILY_TOKENIZERS, tiny_run_config, write_tiny_family, write_vectors
+from helpers import FAMILY_TOKENIZERS, tiny_run_config, write_tiny_family, write_tiny_mlm, write_vectors
 from safetensors.torch import load_file
 
 from pipeline import stage1_teacher, stage2_augment, stage3_distill, stage4_evaluate
@@ -27,7 +27,8 @@ def family_config(tmp_path: Path, teacher: Path, data: Path, student: Path | Non
     raw["task"]["few_sample"] = 32
     raw["student"] = {"init": "truncated", "backbone": str(student or teacher), "num_layers": 2}
     raw["stages"]["augment"] = {"copies": 3, "num_shards": 2, "candidates": 3,
-                                "vectors": {"path": str(write_vectors(tmp_path / "vectors.txt"))}}
+                                "vectors": {"path": str(write_vectors(tmp_path / "vectors.txt"))},
+                                "masked_lm": str(write_tiny_mlm(tmp_path / "mlm", student or teacher))}
     raw["stages"]["distill"] = {"ild": SHORT, "kd": SHORT, **distill}
     return raw
 
