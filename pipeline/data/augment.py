@@ -228,6 +228,18 @@ def _text_rows(lines, path: Path) -> tuple[list[str], list[np.ndarray]]:
 # --------------------------------------------------------------------------- masked LM
 
 
+def require_mlm_head(weight_names: set[str], config, folder: str, where: str) -> None:
+    """A masked LM's weights hold its family's head. A plain encoder given instead would load
+    with a random head, which proposes noise; the stage's loader says so too, and this check
+    says it before a run's first stage, from the weight names alone."""
+    from pipeline.models.families import family_of
+
+    head = family_of(config, where).mlm_head[0]
+    if not any(name.split(".", 1)[0] == head for name in weight_names):
+        raise UserError(f"{where}: '{folder}' has no masked-LM head (no {head}.* weights); a plain encoder cannot "
+                        f"propose words")
+
+
 class MaskedLM:
     """A masked LM folder (``*ForMaskedLM`` of any supported family) and its tokenizer. Its
     candidates for a word are the top-M tokens at the word's masked position that are whole

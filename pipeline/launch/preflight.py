@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import RunConfig, stage_config
-from pipeline.data.augment import check_vectors
+from pipeline.data.augment import check_vectors, require_mlm_head
 from pipeline.data.sources import available_eval_splits, checked_eval_splits, export_split, load_split, resolve_source
 from pipeline.data.stress import apply_settings
 from pipeline.data.tasks import task_spec
@@ -193,7 +193,9 @@ def _check_augment(cfg: RunConfig, names) -> None:
     if not a.masked_lm or _written_later(cfg, s.backbone) or _written_later(cfg, a.masked_lm):
         return
     where = "stages.augment.masked_lm"
-    _whole_weights(cfg, a.masked_lm, where)
+    if _here(cfg, a.masked_lm, where):
+        names = check_weights(resolve_model(a.masked_lm, where), where)
+        require_mlm_head(names, encoder_config(a.masked_lm, where), a.masked_lm, where)
     mlm = load_tokenizer(resolve_model(a.masked_lm, where, need_weights=False), where)
     student = load_tokenizer(resolve_model(s.backbone, "student.backbone", need_weights=False), "student.backbone")
     if mlm.get_vocab() != student.get_vocab():

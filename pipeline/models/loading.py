@@ -313,11 +313,12 @@ def load_pretrained(cls, path: str, where: str, **kwargs):
             from None
 
 
-def check_weights(path: str, where: str) -> None:
+def check_weights(path: str, where: str) -> set[str]:
     """The safetensors files of the model folder ``path`` are whole: every shard its index
     names is there, and each file's header parses and covers the file (safetensors' own
     check, which maps the file and reads no tensor). A copy or download cut short is then
-    named before a run's first stage, not when the stage that reads the model starts."""
+    named before a run's first stage, not when the stage that reads the model starts.
+    Returns the names of the tensors the files hold."""
     from safetensors import SafetensorError, safe_open
 
     folder = Path(path)
@@ -329,16 +330,18 @@ def check_weights(path: str, where: str) -> None:
             raise UserError(f"{where}: '{index}' is not a weight index ({one_error(err)})") from None
     else:
         shards = ["model.safetensors"]
+    names: set[str] = set()
     for shard in shards:
         file = folder / shard
         if not file.is_file():
             raise UserError(f"{where}: model folder '{path}' has no {shard}"
                             + (f" (named in {index.name})" if index.is_file() else ""))
         try:
-            with safe_open(str(file), "pt"):
-                pass
+            with safe_open(str(file), "pt") as weights:
+                names.update(weights.keys())
         except (OSError, SafetensorError) as err:
             raise UserError(f"{where}: cannot load the model in '{path}' ({str(err).splitlines()[0]})") from None
+    return names
 
 
 def position_limit(config, where: str) -> Optional[int]:

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import yaml
-from helpers import REPO, tiny_run_config
+from helpers import REPO, tiny_run_config, write_tiny_mlm
 
 from pipeline import stage1_teacher
 from pipeline.cli import main
@@ -136,8 +136,7 @@ def test_a_late_student_augmentation_or_export_mistake_is_refused_before_the_tea
         tmp_path, tiny_bert, sentiment_dir, monkeypatch, capsys):
     import sys
 
-    other_vocab = tmp_path / "other-vocab"
-    shutil.copytree(tiny_bert, other_vocab)
+    other_vocab = write_tiny_mlm(tmp_path / "other-vocab", tiny_bert)
     from transformers import BertTokenizerFast
     BertTokenizerFast(vocab={w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "x"])}
                       ).save_pretrained(str(other_vocab))
@@ -146,7 +145,10 @@ def test_a_late_student_augmentation_or_export_mistake_is_refused_before_the_tea
               "student.num_layers: 9 is not between 1 and the backbone's 4 layers (the baseline stage's; "),
              (["teacher", "augment"], {"stages": {**raw["stages"], "augment": {"masked_lm": str(other_vocab)}}},
               f"stages.augment.masked_lm: '{other_vocab}' has a different vocabulary from student.backbone "
-              f"'{tiny_bert}' (the augment stage's; ")]
+              f"'{tiny_bert}' (the augment stage's; "),
+             (["teacher", "augment"], {"stages": {**raw["stages"], "augment": {"masked_lm": str(tiny_bert)}}},
+              f"stages.augment.masked_lm: '{tiny_bert}' has no masked-LM head (no cls.* weights); a plain encoder "
+              f"cannot propose words (the augment stage's; ")]
     # word vectors: a text file whose first lines are not GloVe's, a .npy of pickled objects,
     # a .npy with fewer words than rows (Parquet metadata), all read without the vectors
     import numpy as np
