@@ -412,7 +412,7 @@ def shape_cases(tmp: Path, tiny_bert: Path, data: Path):
             tmp / "json-suffix", {"train.json": b'{"sentence": "a", "label": "fresh"}\n',
                                   "dev.jsonl": b'{"sentence": "a", "label": "fresh"}\n'})))],
          ["json-suffix: no train.jsonl, train.csv, train.tsv or train.parquet for task rotten_tomatoes (found "
-          "train.json: crild reads one .jsonl, .csv, .tsv or .parquet file per split)"]),
+          "train.json: crild reads one .jsonl, .csv, .tsv or .parquet file per split, named train, dev or test)"]),
     ]
 
 

@@ -312,6 +312,10 @@ def read_table(path: Path, spec: TaskSpec, task_cfg: TaskConfig, need_label: boo
     return _make(a, b, lab, spec, path, lines)
 
 
+# what the hub and other tools call crild's splits, named where crild finds only those
+HUB_SPLIT_NAMES = {"dev": ("validation", "valid", "val")}
+
+
 def _find_table(directory: Path, split: str) -> Optional[Path]:
     """The one file of ``split`` in ``directory``: two of them (a train.csv beside a newer
     train.jsonl) would leave which one trains to an order the user never chose."""
@@ -424,7 +428,7 @@ def checked_eval_splits(task_cfg: TaskConfig, spec: TaskSpec, splits: Optional[l
         return available[:1]
     for split in splits:
         if split not in available:
-            crild_name = re.sub(r"^(validation|valid|val)(?=_|$)", "dev", split)
+            crild_name = re.sub(rf"^({'|'.join(HUB_SPLIT_NAMES['dev'])})(?=_|$)", "dev", split)
             hint = f"; crild calls the hub's '{split}' split '{crild_name}'" if crild_name in available else ""
             raise UserError(f"{source}: split '{split}' is not available for task {spec.name} "
                             f"(available: {', '.join(available) or 'none'}){hint}")
@@ -432,16 +436,21 @@ def checked_eval_splits(task_cfg: TaskConfig, spec: TaskSpec, splits: Optional[l
 
 
 def _unread(folder: Optional[Path], splits: tuple) -> str:
-    """What ``folder`` holds under the names of ``splits`` that crild does not read
-    (``train.json``, ``train.jsonl.gz``, a folder ``train.parquet/`` of parts), named so that a
-    user sees why the split is missing."""
+    """What ``folder`` holds under the names of ``splits`` that crild does not read, named so
+    that a user sees why the split is missing: ``train.json``, ``train.jsonl.gz``, a Spark
+    folder ``train.parquet/``, the hub's shards ``train-00000-of-00002.parquet`` and its
+    ``validation`` split for ``dev``."""
     if folder is None or not folder.is_dir():
         return ""
+    names = {split: (split, *HUB_SPLIT_NAMES.get(split, ())) for split in splits}
     others = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() for split in splits
-                    if p.name.startswith(f"{split}.") and _find_table(folder, split) != p)
+                    if p.name.startswith(tuple(f"{n}{sep}" for n in names[split] for sep in ".-"))
+                    and _find_table(folder, split) != p)
     if not others:
         return ""
-    return f" (found {', '.join(shown(n) for n in others[:4])}: crild reads one {table_files('')} file per split)"
+    shown_names = ", ".join(shown(n) for n in others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")
+    return (f" (found {shown_names}: crild reads one {table_files('')} file per split, named train, dev or "
+            f"test)")
 
 
 def load_split(task_cfg: TaskConfig, spec: TaskSpec, split: str, where: str = "task") -> Examples:

@@ -1,5 +1,7 @@
 """Parquet splits: read as the same examples as JSON Lines, and every way a Parquet file can
 be wrong is one line naming the file and the row."""
+import re
+
 import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -115,20 +117,39 @@ def test_a_parquet_file_beside_another_file_of_its_split_is_refused(tmp_path):
         load_split(TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path)), RT, "train")
 
 
-@pytest.mark.parametrize("name,shown_as", [("train.json", "train.json"), ("train.jsonl.gz", "train.jsonl.gz"),
-                                           ("train.parquet", "train.parquet/")])
-def test_a_split_in_a_form_crild_does_not_read_is_named(tmp_path, name, shown_as):
-    """``Dataset.to_json('train.json')`` writes JSON Lines under another suffix, and Spark
-    writes a folder of parts: the error names what is there, not only what is missing."""
+@pytest.mark.parametrize("names,shown_as", [(["train.json"], "train.json"), (["train.jsonl.gz"], "train.jsonl.gz"),
+                                            (["train.parquet/"], "train.parquet/"),
+                                            (["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"],
+                                             "train-00000-of-00002.parquet, train-00001-of-00002.parquet")])
+def test_a_split_in_a_form_crild_does_not_read_is_named(tmp_path, names, shown_as):
+    """``Dataset.to_json('train.json')`` writes JSON Lines under another suffix, Spark writes a
+    folder of parts, and a hub snapshot holds shards: the error names what is there, not only
+    what is missing."""
     (tmp_path / "dev.jsonl").write_text('{"sentence": "ok", "label": "fresh"}\n')
-    if name.endswith(".parquet"):
-        (tmp_path / name).mkdir()
-    else:
-        (tmp_path / name).write_text('{"sentence": "ok", "label": "fresh"}\n')
+    for name in names:
+        if name.endswith("/"):
+            (tmp_path / name).mkdir()
+        else:
+            (tmp_path / name).write_text('{"sentence": "ok", "label": "fresh"}\n')
     with pytest.raises(UserError, match=rf"no train\.jsonl, train\.csv, train\.tsv or train\.parquet for task "
-                                        rf"rotten_tomatoes \(found {shown_as.replace('.', r'[.]')}: crild reads one "
-                                        rf"\.jsonl, \.csv, \.tsv or \.parquet file per split\)$"):
+                                        rf"rotten_tomatoes \(found {re.escape(shown_as)}: crild reads one "
+                                        rf"\.jsonl, \.csv, \.tsv or \.parquet file per split, named train, dev or test\)$"):
         load_split(TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path)), RT, "train")
+
+
+def test_the_hubs_validation_split_is_named_where_dev_is_missing(tmp_path):
+    from pipeline.data.sources import checked_eval_splits
+
+    pq.write_table(_table(sentence=["ok"], label=["fresh"]), tmp_path / "train.parquet")
+    pq.write_table(_table(sentence=["ok"], label=["fresh"]), tmp_path / "validation.parquet")
+    with pytest.raises(UserError, match=r"no held-out split for task rotten_tomatoes: expected dev\.jsonl, dev\.csv, "
+                                        r"dev\.tsv or dev\.parquet \(or test\.\*\) beside the training file \(found "
+                                        r"validation\.parquet: crild reads one .* file per split, named train, dev or "
+                                        r"test\)$"):
+        checked_eval_splits(TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path)), RT, None, "run.yaml")
+    (tmp_path / "validation.parquet").rename(tmp_path / "dev.parquet")
+    assert checked_eval_splits(TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path)), RT, None, "run.yaml") \
+        == ["dev"]
 
 
 def test_a_schema_name_that_is_not_utf8_is_one_line(tmp_path):
