@@ -37,8 +37,8 @@ from pipeline.data.batching import Collator
 from pipeline.data.sources import load_split
 from pipeline.data.stress import apply_settings
 from pipeline.data.tasks import task_spec
-from pipeline.data.tokenized import tokenize_cached
-from pipeline.distill.teacher import cached_teacher_logits, teacher_fingerprint, teacher_folder
+from pipeline.data.tokenized import tokenize_cached, tokenizer_fingerprint
+from pipeline.distill.teacher import cached_teacher_logits, kd_teacher_dtype, teacher_fingerprint, teacher_folder
 from pipeline.errors import EXIT_PREEMPTED, UserError
 from pipeline.evaluation.predict import classifier_forward
 from pipeline.models.loading import build_classifier, load_tokenizer, quiet_libraries, resolve_model
@@ -61,15 +61,22 @@ STAGE = "augment"
 
 
 def store_teacher_logits(cfg: RunConfig, dist: DistInfo, tokenizer) -> None:
-    """The teacher's logits on the augmented set, where the KD phase looks for them."""
+    """The teacher's logits on the augmented set, as the KD phase would compute them and where
+    it looks for them: in the teacher's own tokens where it tokenizes otherwise than the
+    student (``tokenizer``), and in the precision the teacher will run in there, which names
+    the cache (the KD phase would otherwise not find them, and run the teacher again)."""
     spec = task_spec(cfg.task)
+    distill = cfg.stages.distill
     folder, _ = teacher_folder(cfg)
+    teacher_tokenizer = load_tokenizer(str(folder), "stages.distill.teacher_model")
+    if tokenizer_fingerprint(teacher_tokenizer) != tokenizer_fingerprint(tokenizer):
+        tokenizer = teacher_tokenizer
+    dtype = kd_teacher_dtype(cfg)
     ex = augmented_examples(verified_augmented(Path(cfg.output_dir) / MERGED))
     ds = tokenize_cached(ex, tokenizer, cfg.task.max_length)
-    teacher = build_classifier(str(folder), spec, "teacher", trained=True).to(dist.device).eval()
+    teacher = build_classifier(str(folder), spec, "teacher", trained=True).to(dist.device, dtype).eval()
     cached_teacher_logits(classifier_forward(teacher, dist.device), teacher_fingerprint(folder), ds,
-                          Collator(tokenizer.pad_token_id, spec.regression), cfg.stages.distill.kd.eval_batch_size,
-                          dist)
+                          Collator(tokenizer.pad_token_id, spec.regression), distill.kd.eval_batch_size, dist, dtype)
     log(dist, f"{STAGE}: teacher logits stored for {len(ds)} augmented examples")
 
 

@@ -22,7 +22,7 @@ from pipeline.outputs.atomic import renamed_into_place, verified
 from pipeline.outputs.manifest import is_complete
 from pipeline.outputs.trust import VERIFIED, trust_note
 from pipeline.runtime.distributed import DistInfo, barrier
-from pipeline.training.ds_config import fill_zero_buckets, zero_stage
+from pipeline.training.ds_config import fill_zero_buckets, precision_dtype, zero_stage
 from pipeline.training.ds_files import load_ds_json
 
 
@@ -105,14 +105,11 @@ class FrozenTeacher:
         return engine.module.eval().requires_grad_(False)
 
     def set_dtype(self, engine_dtype: torch.dtype, setting: str = "auto") -> None:
-        """Run in ``stages.distill.teacher_precision`` (auto: bf16 on a GPU that has it, else
-        the student engine's precision); a partitioned teacher keeps its DeepSpeed config's."""
+        """Run in ``teacher_dtype(setting, engine_dtype)``; a partitioned teacher keeps its
+        DeepSpeed config's."""
         if self.partitioned:
             return
-        if setting == "bf16" or (setting == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
-            self.dtype = torch.bfloat16
-        else:
-            self.dtype = torch.float32 if setting == "fp32" else engine_dtype
+        self.dtype = teacher_dtype(setting, engine_dtype)
         self.model.to(self.dtype)
 
 
@@ -124,6 +121,28 @@ class FrozenTeacher:
         if not self.compiled:
             compile_layers(self.model)
             self.compiled = True
+
+
+def teacher_dtype(setting: str, engine_dtype: torch.dtype) -> torch.dtype:
+    """The precision the teacher runs in: ``stages.distill.teacher_precision``, where auto is
+    bf16 on a GPU that has it, else the student engine's precision. Its cached logits are
+    named by it, so whatever computes them ahead (the augment stage) uses it too."""
+    if setting == "bf16" or (setting == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float32 if setting == "fp32" else engine_dtype
+
+
+def kd_teacher_dtype(cfg) -> torch.dtype:
+    """The precision of the KD phase's teacher (``FrozenTeacher`` as the phase sets it), from
+    the configuration alone: what the augment stage stores the teacher's logits in, ahead of
+    that phase. A partitioned teacher keeps its DeepSpeed config's precision, and its logits
+    are named as fp32 ones."""
+    distill = cfg.stages.distill
+    if distill.teacher_deepspeed_config is not None \
+            and zero_stage(load_ds_json(distill.teacher_deepspeed_config, cfg.source)[1]) == 3:
+        return torch.float32
+    _, kd_ds = load_ds_json(distill.kd.deepspeed_config or cfg.deepspeed_config, cfg.source)
+    return teacher_dtype(distill.teacher_precision, precision_dtype(kd_ds))
 
 
 def teacher_fingerprint(folder: str | Path) -> str:

@@ -277,8 +277,11 @@ def test_a_sentence_longer_than_the_masked_lms_positions(tiny_bert, tiny_mlm, ve
     assert cands == original.candidates([words], None)["a"][0] and set(cands) == set(range(60))
 
 
+@pytest.mark.parametrize("precision", ["auto", "bf16"])
 def test_kd_phase_trains_on_augmented_data_with_stored_teacher_logits(tmp_path, tiny_bert, sentiment_dir,
-                                                                      vectors_file, monkeypatch):
+                                                                      vectors_file, monkeypatch, precision):
+    """The KD phase finds the logits stage 2 stored, in the precision its teacher runs in (bf16
+    on a GPU by default): stored in fp32, they were computed again there."""
     monkeypatch.setenv("CRILD_HOME", str(tmp_path / "home"))  # its own caches: it counts the stored logits
     from pipeline import stage1_teacher, stage3_distill
     from pipeline.data.sources import crild_home
@@ -287,12 +290,13 @@ def test_kd_phase_trains_on_augmented_data_with_stored_teacher_logits(tmp_path, 
     raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=1)
     raw["stages"]["augment"] = {"copies": 3, "candidates": 5, "vectors": {"path": str(vectors_file)},
                                 "teacher_logits": True}
-    raw["stages"]["distill"] = {"preset": "kd", "augmented_phases": ["kd"],
+    raw["stages"]["distill"] = {"preset": "kd", "augmented_phases": ["kd"], "teacher_precision": precision,
                                 "kd": {"epochs": 2, "batch_size": 8, "checkpoint_every": 50}}
     cfg = from_dict(raw)
     assert stage1_teacher.run(cfg, stop=StopRequest(install_handlers=False)) == 0
     assert stage2_augment.run(cfg) == 0
     (stored,) = (crild_home() / "tokenized").glob("*/teacher_logits-*.safetensors")
+    assert stored.name.endswith("-bfloat16.safetensors") == (precision == "bf16")
     before = stored.stat().st_mtime_ns
     assert stage3_distill.run(cfg, stop=StopRequest(install_handlers=False)) == 0
     kd = json.loads((Path(cfg.output_dir) / "student" / "train_results.json").read_text())["phases"]["kd"]

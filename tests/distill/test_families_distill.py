@@ -116,6 +116,28 @@ def test_a_student_with_its_own_tokenizer_learns_from_logits_only(tmp_path, fami
     assert not is_complete(Path(cfg.output_dir) / "student_lild")
 
 
+def test_logits_stored_on_augmented_data_are_in_a_teachers_own_tokens(tmp_path, family_models, sentiment_dir,
+                                                                      monkeypatch):
+    """The augment stage stores a teacher's logits in its own tokens when it tokenizes otherwise
+    than the student, as the KD phase reads them: it ran the BERT teacher on the RoBERTa
+    student's token ids (an IndexError here, 400 ids for 59 embeddings; in general logits of
+    the wrong text, which the KD phase then did not find)."""
+    monkeypatch.setenv("CRILD_HOME", str(tmp_path / "home"))  # its own caches: it counts the stored logits
+    from pipeline.data.sources import crild_home
+
+    raw = family_config(tmp_path, family_models["bert"], sentiment_dir, student=family_models["roberta"], preset="kd",
+                        augmented_phases=["kd"])
+    raw["stages"]["augment"].update(teacher_logits=True, masked_lm=None)
+    cfg = from_dict(raw)
+    assert stage1_teacher.run(cfg, stop=no_stop()) == 0
+    assert stage2_augment.run(cfg) == 0
+    (stored,) = (crild_home() / "tokenized").glob("*/teacher_logits-*.safetensors")
+    assert stage3_distill.run(cfg, stop=no_stop()) == 0
+    kd = json.loads((Path(cfg.output_dir) / "student" / "train_results.json").read_text())["phases"]["kd"]
+    assert kd["teacher_forwards"] == 0 and kd["examples"] > 32
+    assert list((crild_home() / "tokenized").glob("*/teacher_logits-*.safetensors")) == [stored]
+
+
 def test_same_tokenizer_is_decided_from_the_tokenizers_not_names(tmp_path, family_models):
     """Two folders with different names and the same tokenizer tokenize alike; the same
     vocabulary with another normalisation does not."""
