@@ -337,3 +337,23 @@ def test_sigkill_after_a_shard_then_rerun_gives_the_same_data(tmp_path, tiny_ber
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "this worker has 2 to do" in proc.stderr
     assert rows(out) == rows(reference)
+
+
+def test_a_vocabulary_padded_past_the_tokenizer_proposes_no_padding_rows(tmp_path, tiny_bert, vectors_file):
+    """Checkpoints often pad the embedding matrix past the tokenizer (to a multiple of 8):
+    those rows name no token, and are never candidates."""
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    folder = tmp_path / "padded-mlm"
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(vocab_size=len(VOCAB) + 5, hidden_size=32, num_hidden_layers=1,
+                                       num_attention_heads=4, intermediate_size=64, max_position_embeddings=64))
+    with torch.no_grad():
+        model.cls.predictions.bias[len(VOCAB):] += 1000.0  # the padding rows come first
+    model.save_pretrained(str(folder))
+    AutoTokenizer.from_pretrained(str(tiny_bert)).save_pretrained(str(folder))
+    mlm = MaskedLM(str(folder), torch.device("cpu"))
+    assert mlm.words[len(VOCAB):] == [None] * 5
+    ids, segments, single = mlm.inputs(["a", "good", "film"])
+    top = mlm.predict_many([(ids, segments, single[1])], m=8, batch_size=1)[0]
+    assert top and all(w in VOCAB for w in top)
