@@ -436,16 +436,15 @@ def checked_eval_splits(task_cfg: TaskConfig, spec: TaskSpec, splits: Optional[l
 
 
 def _unread(folder: Optional[Path], splits: tuple) -> str:
-    """What ``folder`` holds under the names of ``splits`` that crild does not read, named so
-    that a user sees why the split is missing: ``train.json``, ``train.jsonl.gz``, a Spark
+    """What ``folder`` holds under the names of ``splits``, which have no file crild reads,
+    named so that a user sees why the split is missing: ``train.json``, ``train.jsonl.gz``, a Spark
     folder ``train.parquet/``, the hub's shards ``train-00000-of-00002.parquet`` and its
     ``validation`` split for ``dev``."""
     if folder is None or not folder.is_dir():
         return ""
-    names = {split: (split, *HUB_SPLIT_NAMES.get(split, ())) for split in splits}
-    others = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() for split in splits
-                    if p.name.startswith(tuple(f"{n}{sep}" for n in names[split] for sep in ".-"))
-                    and _find_table(folder, split) != p)
+    prefixes = tuple(f"{name}{sep}" for split in splits for name in (split, *HUB_SPLIT_NAMES.get(split, ()))
+                     for sep in ".-")
+    others = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if p.name.startswith(prefixes))
     if not others:
         return ""
     shown_names = ", ".join(shown(n) for n in others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")
