@@ -229,15 +229,22 @@ def _text_rows(lines, path: Path) -> tuple[list[str], list[np.ndarray]]:
 
 
 def require_mlm_head(weight_names: set[str], config, folder: str, where: str) -> None:
-    """A masked LM's weights hold its family's head. A plain encoder given instead would load
-    with a random head, which proposes noise; the stage's loader says so too, and this check
-    says it before a run's first stage, from the weight names alone."""
+    """A masked LM's weights hold a head. A plain encoder given instead would load with a
+    random head, which proposes noise; the stage's loader says so too, and this check says it
+    before a run's first stage, from the weight names and the model built on the meta
+    device (whatever the family calls its head: ``cls``, ``lm_head``, DeBERTa's
+    ``lm_predictions``)."""
+    from transformers import AutoModelForMaskedLM
+
     from pipeline.models.families import family_of
 
-    head = family_of(config, where).mlm_head[0]
-    if not any(name.split(".", 1)[0] == head for name in weight_names):
-        raise UserError(f"{where}: '{folder}' has no masked-LM head (no {head}.* weights); a plain encoder cannot "
-                        f"propose words")
+    family_of(config, where)
+    with torch.device("meta"):
+        model = AutoModelForMaskedLM.from_config(config)
+    head = [k for k in model.state_dict() if not k.startswith(f"{model.base_model_prefix}.")]
+    if head and not weight_names.intersection(head):
+        raise UserError(f"{where}: '{folder}' has no masked-LM head (no {head[0].split('.')[0]}.* weights); a plain "
+                        f"encoder cannot propose words")
 
 
 class MaskedLM:
@@ -268,7 +275,10 @@ class MaskedLM:
         self.model = model.to(device).eval()
         self.device = device
         self.encoder = getattr(model, model.base_model_prefix)
-        self.head = torch.nn.Sequential(*(getattr(model, name) for name in family.mlm_head))
+        # the head alone, run at the masked positions only; None where the model's head is not the
+        # registry's (DeBERTa's non-legacy one also takes the embeddings): its own forward then
+        self.head = torch.nn.Sequential(*(getattr(model, name) for name in family.mlm_head)) \
+            if all(hasattr(model, name) for name in family.mlm_head) else None
         self.token_types = family.token_types
         self.max_tokens = position_limit(model.config, where)
         self.words = self._whole_words(model.config.vocab_size)
@@ -297,11 +307,11 @@ class MaskedLM:
         for w in words:
             spans.append((at, at + len(w)))
             at += len(w) + 1
-        starts = [a for a, _ in spans]
+        starts = [a - 1 for a, _ in spans]  # each word with the space before it, which a token may hold ('▁')
         tokens: dict[int, list[tuple[int, int, int]]] = {}
         for j, (seq, (a, b)) in enumerate(zip(enc.sequence_ids(), enc["offset_mapping"])):
-            if seq == 0 and b > a:
-                tokens.setdefault(bisect.bisect_right(starts, a) - 1, []).append((j, a, b))
+            if seq == 0 and b > a:  # the word of the token's last character
+                tokens.setdefault(bisect.bisect_right(starts, b - 1) - 1, []).append((j, a, b))
         single = {i: found[0][0] for i, found in tokens.items()
                   if len(found) == 1 and found[0][1] <= spans[i][0] and found[0][2] >= spans[i][1]}
         return enc["input_ids"], enc.get("token_type_ids"), single
@@ -338,8 +348,11 @@ class MaskedLM:
                 x[torch.arange(len(chunk)), pos] = self.tokenizer.mask_token_id
                 types = {} if requests[chunk[0]][1] is None else {
                     "token_type_ids": torch.tensor([requests[i][1] for i in chunk], device=self.device)}
-                hidden = self.encoder(input_ids=x, **types).last_hidden_state
-                logits = self.head(hidden[torch.arange(len(chunk)), pos])
+                rows = torch.arange(len(chunk))
+                if self.head is None:
+                    logits = self.model(input_ids=x, **types).logits[rows, pos]
+                else:
+                    logits = self.head(self.encoder(input_ids=x, **types).last_hidden_state[rows, pos])
                 for i, cands in zip(chunk, self._candidates(logits, m)):
                     out[i] = cands
         return out

@@ -37,7 +37,9 @@ class EncoderFamily:
     truncate_also: tuple = field(default=())  # per-layer config lists cut with num_hidden_layers
     ffn_key: str = "intermediate_size"  # the config key of the feed-forward width
     masks: tuple = ("full",)  # the attention masks its forward takes (pipeline/models/attention_masks.py); () for its own
-    mlm_head: tuple = ("cls",)  # its masked LM's head: modules of *ForMaskedLM applied in turn to the encoder's output
+    # its masked LM's head: modules of *ForMaskedLM applied in turn to the encoder's output (a masked LM
+    # without them, DeBERTa's with legacy: false, runs its own forward instead)
+    mlm_head: tuple = ("cls",)
 
     def __post_init__(self):
         if self.rotary and not self.fused:  # the capture rotates Q and K where it splits the fused output

@@ -17,6 +17,7 @@ from pipeline.data.augment import (
     MaskedLM,
     OriginalAugmenter,
     load_vectors,
+    require_mlm_head,
     sample_copies,
 )
 from pipeline.errors import UserError
@@ -243,6 +244,47 @@ def test_a_masked_lm_of_every_family_proposes_whole_words(tmp_path, family_model
     vectors = load_vectors(str(vectors_file), None)
     batched = BatchedAugmenter(student, vectors, mlm, params, 0, batch_size=3).augment(SENTS_A, SENTS_B, np.arange(4))
     assert batched == OriginalAugmenter(student, vectors, mlm, params, 0).augment(SENTS_A, SENTS_B, np.arange(4))
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILY_TOKENIZERS))
+def test_a_plain_encoder_is_told_from_a_masked_lm_by_its_weight_names(tmp_path, family_models, model_type):
+    """The check a run makes before its first stage, without loading the weights."""
+    from pipeline.models.loading import check_weights, encoder_config
+
+    encoder = family_models[model_type]
+    mlm = write_tiny_mlm(tmp_path / "mlm", encoder)
+    require_mlm_head(check_weights(str(mlm), "m"), encoder_config(str(mlm), "m"), str(mlm), "m")
+    with pytest.raises(UserError, match=r"m: '.*' has no masked-LM head \(no \w+\.\* weights\); a plain encoder"):
+        require_mlm_head(check_weights(str(encoder), "m"), encoder_config(str(encoder), "m"), str(encoder), "m")
+
+
+def test_a_masked_lm_whose_head_the_registry_does_not_name_runs_its_own_forward(tmp_path, family_models,
+                                                                              vectors_file):
+    """DeBERTa-v2's masked LM with ``legacy: false`` keeps its head in ``lm_predictions``, which
+    also takes the word embeddings: the batched structure then takes the model's own logits at
+    the masked positions, and gives what the original gives."""
+    from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
+
+    from pipeline.models.loading import check_weights, encoder_config
+
+    encoder = family_models["deberta-v2"]
+    folder = tmp_path / "deberta-mlm"
+    config = AutoConfig.from_pretrained(str(encoder))
+    config.legacy = False
+    torch.manual_seed(0)
+    AutoModelForMaskedLM.from_config(config).save_pretrained(str(folder))
+    AutoTokenizer.from_pretrained(str(encoder)).save_pretrained(str(folder))
+    require_mlm_head(check_weights(str(folder), "m"), encoder_config(str(folder), "m"), str(folder), "m")
+    mlm = MaskedLM(str(folder), torch.device("cpu"))
+    assert mlm.head is None
+    student = AutoTokenizer.from_pretrained(str(encoder))
+    params = AugmentParams(copies=6, replace_prob=0.4, candidates=5)
+    vectors = load_vectors(str(vectors_file), None)
+    texts = ["a good movi , a dull story", "ca pl st movi ."]  # the tiny vocabulary's whole words: movi, ca, pl, st
+    batched = BatchedAugmenter(student, vectors, mlm, params, 0, batch_size=3)
+    assert batched.candidates([t.split() for t in texts], None)["a"] \
+        == OriginalAugmenter(student, vectors, mlm, params, 0).candidates([t.split() for t in texts], None)["a"]
+    assert all(mlm.inputs(t.split())[2] for t in texts)  # some words reach the masked LM
 
 
 def test_special_and_unused_tokens_are_never_candidates(tmp_path, tiny_bert, tiny_mlm, vectors_file):
