@@ -68,8 +68,15 @@ def _label_name(value: str) -> str:
     return value
 
 
+def _hub_name(value: str) -> str:
+    if not value.strip():
+        raise field_error("expected a name from the dataset, got an empty string")
+    return value
+
+
 TaskLabel = Annotated[str, AfterValidator(_task_label), Expect("a task name")]
 LabelName = Annotated[str, AfterValidator(_label_name), Expect("a label name")]
+HubName = Annotated[str, AfterValidator(_hub_name), Expect("a name")]
 
 
 class ColumnMap(Strict):
@@ -78,6 +85,15 @@ class ColumnMap(Strict):
     text_a: Optional[str] = Field(None, description="column of the first text (default: the task's)")
     text_b: Optional[str] = Field(None, description="column of the second text of a pair task")
     label: Optional[str] = Field(None, description="column of the label")
+
+
+class HubSplits(Strict):
+    """Which split of a hub dataset each of crild's splits is (a task of your own read from
+    the hub); null: the task has no such split."""
+
+    train: HubName = Field("train", description="the split the models train on")
+    dev: Optional[HubName] = Field("validation", description="the held-out split scored during training")
+    test: Optional[HubName] = Field("test", description="the held-out split scored at the end")
 
 
 class TaskConfig(Strict):
@@ -96,6 +112,12 @@ class TaskConfig(Strict):
         "auto", description="auto: data_dir given -> GLUE TSVs or CSV/JSONL files found there; offline task -> "
                             "the prepared offline data; otherwise the hub through datasets.load_dataset")
     data_dir: Optional[PathText] = Field(None, description="folder of the task's files")
+    hub: Optional[PathText] = Field(
+        None, description="a task of your own: a Hugging Face hub dataset (owner/name), or a local copy of one (a "
+                          "folder), read through datasets.load_dataset")
+    hub_config: Optional[HubName] = Field(None, description="the hub dataset's configuration (subset), where it has "
+                                                            "several")
+    hub_splits: HubSplits = Field(default_factory=HubSplits)
     columns: ColumnMap = Field(default_factory=ColumnMap)
     max_length: PositiveInt = Field(128, description="tokens per example after truncation")
     few_sample: Optional[PositiveInt] = Field(
@@ -114,12 +136,44 @@ class TaskConfig(Strict):
         return self
 
 
+def _check_task_source(task: TaskConfig) -> None:
+    """Where a task's data comes from: a built-in task knows; a task of one's own reads a
+    folder of files (``data_dir``) or a dataset through ``datasets.load_dataset`` (``hub``),
+    one of the two, and the ``hub_*`` keys only with ``hub``."""
+    hub_keys = [k for k, unset in (("hub_config", None), ("hub_splits", HubSplits())) if getattr(task, k) != unset]
+    if task.hub is None and hub_keys:
+        raise field_error(f"{hub_keys[0]} is for a task read from a hub dataset; set task.hub too", hub_keys[0])
+    if task.name in TASKS:
+        if task.hub is not None:
+            spec = TASKS[task.name]
+            reads = (f"reads {'/'.join(spec.hub)} from the hub" if spec.hub else
+                     "reads its prepared offline data" if spec.offline else "reads its own files")
+            raise field_error(f"task {task.name} is built in and {reads}; task.hub is for a task of your own (a name "
+                              f"crild does not know)", "hub")
+        return
+    if task.labels is None and not task.regression:
+        return  # an unknown name: _check_own_task says so
+    if task.hub is not None:
+        if task.data_dir is not None:
+            raise field_error(f"task {task.name} reads the hub dataset {task.hub}; expected data_dir or hub, not both",
+                              "data_dir")
+        if task.source not in ("auto", "hub"):
+            raise field_error(f"task {task.name} reads the hub dataset {task.hub}; expected source auto or hub, got "
+                              f"{task.source!r}", "source")
+    elif task.source not in ("auto", "files") or task.data_dir is None:
+        raise field_error(f"task {task.name} is a task of your own: it reads train, dev and test files "
+                          f"({table_files('')}) from task.data_dir, or a dataset (task.hub: a hub name or a local "
+                          f"copy); set data_dir (and source auto or files) or hub",
+                          "data_dir" if task.data_dir is None else "source")
+
+
 def _check_own_task(task: TaskConfig) -> None:
     """A built-in task takes its labels, metric and pairing from the registry; a name crild
     does not know is a task of the user's own, which needs its labels (or regression) and a
     folder of files, and a metric that fits it."""
     own = {"labels": task.labels is not None, "regression": task.regression, "pair": task.pair is not None,
            "metric": task.metric is not None}
+    _check_task_source(task)
     if task.name in TASKS:
         given = [key for key, set_ in own.items() if set_]
         if given:
@@ -134,10 +188,6 @@ def _check_own_task(task: TaskConfig) -> None:
                           "labels")
     if task.labels is not None and len(task.labels) < 2:
         raise field_error(f"expected at least 2 label names, got {len(task.labels)}", "labels")
-    if task.source not in ("auto", "files") or task.data_dir is None:
-        raise field_error(f"task {task.name} is a task of your own: it reads train, dev and test files "
-                          f"({table_files('')}) from task.data_dir; set data_dir (and source auto or files)",
-                          "data_dir" if task.data_dir is None else "source")
     metric = task.metric
     if metric is not None and (metric == "pearson_spearman") != task.regression:
         raise field_error(f"metric {metric} is for {'classification' if task.regression else 'a regression'}; a "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,5 +39,10 @@ def family_models(tmp_path_factory) -> dict:
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch):
-    """Tokenized caches go to a per-session folder, not the user's."""
+    """Tokenized caches go to a per-session folder, not the user's; so do the datasets library's
+    (a local copy of a hub dataset is read through it)."""
     monkeypatch.setenv("CRILD_HOME", str(tmp_path_factory.getbasetemp() / "crild_home"))
+    datasets_cache = tmp_path_factory.getbasetemp() / "hf_datasets"
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(datasets_cache))
+    if "datasets" in sys.modules:  # it read the variable when imported
+        monkeypatch.setattr(sys.modules["datasets"].config, "HF_DATASETS_CACHE", datasets_cache)

@@ -71,6 +71,25 @@ def write_tone_task(folder: Path, sizes=(("train", 96), ("dev", 30), ("test", 30
     return folder
 
 
+def write_hub_copy(folder: Path, splits: dict, features=None) -> Path:
+    """A local copy of a hub dataset as ``hf download --repo-type dataset`` leaves one: each
+    split (name -> rows) a Parquet shard under ``data/``, named as the hub names shards, its
+    features (a class label's names) in the files' metadata."""
+    import datasets
+
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    for split, rows in splits.items():
+        datasets.Dataset.from_list(rows, features=features).to_parquet(
+            str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    return folder
+
+
+def tone_rows(folder: Path, split: str) -> list[dict]:
+    """The rows of ``write_tone_task``'s split ``split``, as dicts (columns review, tone)."""
+    with open(folder / f"{split}.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 def tiny_run_config(tmp_path: Path, tiny_bert: Path, data_dir: Path, **stage) -> dict:
     """A raw run configuration for the tiny model and data (dict, before validation)."""
     train = {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "checkpoint_every": 4, "log_every": 2,

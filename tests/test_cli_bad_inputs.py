@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from helpers import REPO, tiny_run_config, write_tiny_classifier
+from helpers import REPO, tiny_run_config, write_hub_copy, write_tiny_classifier
 
 from pipeline.cli import main
 from pipeline.outputs.manifest import is_complete
@@ -413,7 +413,27 @@ def shape_cases(tmp: Path, tiny_bert: Path, data: Path):
                                   "dev.jsonl": b'{"sentence": "a", "label": "fresh"}\n'})))],
          ["json-suffix: no train.jsonl, train.csv, train.tsv or train.parquet for task rotten_tomatoes (found "
           "train.json: crild reads one .jsonl, .csv, .tsv or .parquet file per split, named train, dev or test)"]),
+        ("a hub dataset whose classes the task names otherwise", ["teacher", cfg("y18", task=_hub_task(
+            tmp / "hub-renamed", ["neg", "pos"]))],
+         ["hub-renamed:train: column 'label' holds the classes neg, pos, and task.labels lists negative, positive; "
+          "expected those names (in any order: crild maps the classes by name)"]),
+        ("a hub dataset without the split the task names", ["teacher", cfg("y19", task=_hub_task(
+            tmp / "hub-no-split", ["negative", "positive"], hub_splits={"train": "training"}))],
+         ["hub-no-split has no split 'training' (has: train, validation); set task.hub_splits.train to the split "
+          "crild's train split is"]),
     ]
+
+
+def _hub_task(folder: Path, names: list, **task) -> dict:
+    """A task of one's own (labels negative, positive) from a local copy of a hub dataset whose
+    label column is a class label of ``names``."""
+    import datasets
+
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)})
+    rows = [{"text": "a fine film", "label": 1}, {"text": "a dull film", "label": 0}]
+    write_hub_copy(folder, {"train": rows, "validation": rows}, features)
+    return {"name": "reviews", "labels": ["negative", "positive"], "hub": str(folder), "columns": {"text_a": "text"},
+            "max_length": 32, **task}
 
 
 def foreign_checkpoints(tmp: Path, cfg) -> str:
@@ -478,7 +498,7 @@ def test_every_test_the_catalogue_names_exists():
         assert f"def {test}(" in (REPO / path).read_text(), (path, test)
 
 
-CASE_COUNT = 109
+CASE_COUNT = 111
 
 
 @pytest.mark.parametrize("index", range(CASE_COUNT))
@@ -495,7 +515,7 @@ def test_bad_input_gives_one_line_and_exit_2(index, tmp_path, tiny_bert, sentime
         assert fragment in err[0], (name, fragment, err[0])
     for out in (tmp_path / p for p in ("d1", "m1", "s1", "p1", "v1", "f1", "f3", "m5", "m6", "m7", "s7", "l4", "l9",
                                        "l12", "l15", "l17", "b1", "b2", "b3", "f5", "y3", "y4", "y6", "y7", "y8", "y9", "y10",
-                                       "y12", "y13", "y14", "y15", "y16", "y17")):
+                                       "y12", "y13", "y14", "y15", "y16", "y17", "y18", "y19")):
         for stage in ("teacher", "student", "eval", "augmented", "export"):
             assert not is_complete(out / "run" / stage)
         assert not (out / "run" / "student.phases").exists()  # refused before any phase trained

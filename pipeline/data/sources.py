@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
+from pipeline.data.hub_data import hub_name, is_own_hub, load_hub_split, split_names
 from pipeline.data.parquet import column_values, read_parquet
 from pipeline.data.tasks import TABLE_SUFFIXES, GlueFile, TaskSpec, table_files
 from pipeline.errors import UserError, shown
-from pipeline.runtime import environment, hub
+from pipeline.runtime import environment
 from pipeline.schema.json_objects import marked_object
 from pipeline.schema.nesting import too_deep
 from pipeline.schema.paths import read_utf8
@@ -60,10 +61,15 @@ class Examples:
                         self.labels[idx].copy(), self.source, self.ids[idx].copy(), list(self.notes))
 
 
+def _by_row(path) -> bool:
+    """Whether records of ``path`` are counted in rows (a Parquet file, a hub dataset), not lines."""
+    return not str(path).endswith((".jsonl", ".csv", ".tsv"))
+
+
 def _at(path, n: int) -> str:
     """Where record ``n`` of ``path`` is, as a message names it: its line in a text file, its
-    row in a Parquet file, which has no lines."""
-    return f"{path}: row {n}" if str(path).endswith(".parquet") else f"{path}:{n}"
+    row in a Parquet file or a hub dataset, which have no lines."""
+    return f"{path}: row {n}" if _by_row(path) else f"{path}:{n}"
 
 
 def crild_home() -> Path:
@@ -138,7 +144,7 @@ def empty_text_note(rows_a, rows_b, path, line_numbers) -> Optional[str]:
              if not a.strip() or (b is not None and not b.strip())]
     if not empty:
         return None
-    first = f"in row {empty[0]}" if str(path).endswith(".parquet") else f"on line {empty[0]}"
+    first = f"in row {empty[0]}" if _by_row(path) else f"on line {empty[0]}"
     return (f"note: {path}: {len(empty)} of {len(rows_a)} examples have an empty text field (the first {first}); "
             f"their input is the special tokens alone")
 
@@ -290,10 +296,15 @@ def _text(rec: dict, col: str, path: Path, n: int) -> str:
 
 def read_table(path: Path, spec: TaskSpec, task_cfg: TaskConfig, need_label: bool) -> Examples:
     ca, cb, cl = spec.canonical_columns
-    ca = task_cfg.columns.text_a or ca
-    cb = (task_cfg.columns.text_b or cb) if spec.pair else None
-    cl = task_cfg.columns.label or cl
-    records = _read_records(path)
+    columns = (task_cfg.columns.text_a or ca, (task_cfg.columns.text_b or cb) if spec.pair else None,
+               task_cfg.columns.label or cl)
+    return _from_records(_read_records(path), path, columns, spec, need_label)
+
+
+def _from_records(records: list[tuple[int, dict]], path, columns: tuple, spec: TaskSpec, need_label: bool) -> Examples:
+    """The examples of ``records`` ((line or row, record)), from the columns (text_a, text_b
+    or None, label) they name."""
+    ca, cb, cl = columns
     if not records:
         raise UserError(f"{path}: no examples (empty dataset)")
     has_label = cl in records[0][1]
@@ -329,31 +340,49 @@ def _find_table(directory: Path, split: str) -> Optional[Path]:
 # --------------------------------------------------------------------------- hub
 
 
-def read_hub(spec: TaskSpec, split: str) -> Examples:
-    import datasets
-
+def read_hub(spec: TaskSpec, split: str, need_label: bool, where: str = "task") -> Examples:
+    """A split of the task's dataset through ``datasets.load_dataset``, read as the records of
+    a file are (so its text and labels meet the same checks), rows counted from 1."""
     if spec.hub is None:
         raise UserError(f"task {spec.name} has no hub dataset; set task.data_dir")
-    unreachable = None if hub.offline_by_user() else hub.unreachable()  # probed once per process
-    if unreachable:
-        hub.go_offline()  # the datasets cache may hold it
-    try:
-        ds = datasets.load_dataset(*spec.hub, split=spec.hub_splits[split])
-    except Exception as err:  # network or hub errors
-        why = (f"it is not in the datasets cache, and the hub ({hub.endpoint()}) cannot be reached from here "
-               f"({unreachable})" if unreachable else
-               "it is not in the datasets cache, and HF_HUB_OFFLINE is set" if hub.offline_by_user() else
-               type(err).__name__)
-        raise UserError(f"could not load {spec.hub[0]}/{spec.hub[1]} from the hub ({why}); set task.data_dir to a "
-                        f"GLUE-format directory") from None
-    ca, cb = spec.hub_columns
-    names = getattr(ds.features.get("label"), "names", None)
-    raw = ds["label"]
-    if names and spec.labels and all(n in spec.labels for n in names):
-        raw = [names[i] if i >= 0 else None for i in raw]
-    labelled = all(v is not None and v != -1 for v in raw)
-    return _make(list(ds[ca]), list(ds[cb]) if cb else None, raw if labelled else None, spec,
-                 f"{spec.hub[0]}/{spec.hub[1]}:{split}", range(len(raw)))
+    ds = load_hub_split(spec, split, where)
+    source = f"{hub_name(spec)}:{spec.hub_splits[split]}"
+    ca, cb, cl = spec.hub_columns
+    have = list(ds.column_names)
+    for key, col in (("text_a", ca), ("text_b", cb)) + ((("label", cl),) if need_label else ()):
+        if col is not None and col not in have:
+            raise UserError(f"{source}: no column '{col}' (has: {_names(have)}); name the dataset's column in "
+                            f"{where}.columns.{key}")
+    labels = _hub_labels(ds.features[cl], list(ds[cl]), spec, source, where, need_label) if cl in have else None
+    values = {col: list(ds[col]) for col in (ca, cb) if col is not None}
+    if labels is not None:
+        values[cl] = labels
+    names = list(values)
+    records = [(n, dict(zip(names, row))) for n, row in enumerate(zip(*values.values()), start=1)]
+    return _from_records(records, source, (ca, cb, cl), spec, need_label)
+
+
+def _hub_labels(feature, raw: list, spec: TaskSpec, source: str, where: str, need_label: bool) -> Optional[list]:
+    """The label column's values as the records carry them: a class label's ids as its names
+    where they are the task's label names (in any order), ids in the task's numbering for a
+    built-in task that writes its labels as digits; None for a split of -1s alone, the hub's
+    unlabelled split (a GLUE test set). A task of one's own whose label names are not the
+    dataset's is one line: mapping ids by position would name every class as chance has it."""
+    names = getattr(feature, "names", None)  # a ClassLabel's
+    if names is None:
+        return raw
+    if all(v == -1 for v in raw):
+        if need_label:
+            raise UserError(f"{source}: every label is -1, the hub's mark of an unlabelled split; crild trains on a "
+                            f"labelled one ({where}.hub_splits.train)")
+        return None
+    if spec.labels is not None and set(names) == set(spec.labels):
+        return [names[v] if v >= 0 else None for v in raw]
+    if not spec.glue_files:  # a task of one's own
+        wanted = f"{where}.labels lists {', '.join(spec.labels)}" if spec.labels else f"task {spec.name} is a regression"
+        raise UserError(f"{source}: column '{spec.hub_columns[2]}' holds the classes {', '.join(names)}, and {wanted}; "
+                        f"expected those names (in any order: crild maps the classes by name)")
+    return [v if v >= 0 else None for v in raw]
 
 
 # --------------------------------------------------------------------------- entry points
@@ -389,7 +418,7 @@ def resolve_source(task_cfg: TaskConfig, spec: TaskSpec, where: str = "task") ->
     if source == "glue" and not spec.glue_files:
         raise UserError(f"{where}.source: task {spec.name} has no GLUE file layout; use 'files'")
     named = [k for k in ("text_a", "text_b", "label") if getattr(task_cfg.columns, k) is not None]
-    if named and source != "files":
+    if named and source != "files" and not (source == "hub" and is_own_hub(spec)):
         reads = f"GLUE's TSV layout in {data_dir}" if source == "glue" else "the hub dataset"
         raise UserError(f"{where}.columns.{named[0]}: column names apply to CSV, JSONL and TSV files with a header "
                         f"(source files), and this task reads {reads}; remove columns or set {where}.source: files")
@@ -403,6 +432,9 @@ def available_eval_splits(task_cfg: TaskConfig, spec: TaskSpec, where: str = "ta
     if source == "files":
         names = spec.dev_splits if spec.glue_files else ("dev", "test")
         return [s for s in names if _find_table(data_dir, s) is not None]
+    if is_own_hub(spec):
+        have = split_names(spec, where)
+        return [s for s in spec.dev_splits if spec.hub_splits[s] in have]
     return list(spec.dev_splits)
 
 
@@ -420,6 +452,11 @@ def checked_eval_splits(task_cfg: TaskConfig, spec: TaskSpec, splits: Optional[l
     one a split the data has, or one line naming it and the splits there are (a hub user's
     ``validation`` is pointed to crild's ``dev``). ``source``: the configuration file."""
     available = available_eval_splits(task_cfg, spec)
+    if not available and is_own_hub(spec):
+        mapped = ", ".join(f"{k} to '{v}'" for k, v in spec.hub_splits.items() if k != "train") or "none"
+        raise UserError(f"{hub_name(spec)}: no held-out split for task {spec.name}: task.hub_splits maps {mapped}, "
+                        f"and the dataset has {', '.join(split_names(spec))}; set task.hub_splits.dev (or test) to one "
+                        f"of them")
     if not available:
         folder = resolve_source(task_cfg, spec)[1]
         raise UserError(f"{folder}: no held-out split for task {spec.name}: expected {table_files('dev')} (or "
@@ -466,4 +503,4 @@ def load_split(task_cfg: TaskConfig, spec: TaskSpec, split: str, where: str = "t
         if path is None:
             raise UserError(f"{data_dir}: no {table_files(split)} for task {spec.name}{_unread(data_dir, (split,))}")
         return read_table(path, spec, task_cfg, need_label)
-    return read_hub(spec, split)
+    return read_hub(spec, split, need_label, where)

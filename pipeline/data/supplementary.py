@@ -20,7 +20,7 @@ from pipeline.errors import UserError
 
 def _same_file(cfg, sup_task) -> bool:
     """The supplementary dataset reads the target task's own training file."""
-    if sup_task.name != cfg.task.name:
+    if (sup_task.name, sup_task.hub, sup_task.hub_config) != (cfg.task.name, cfg.task.hub, cfg.task.hub_config):
         return False
     spec = task_spec(sup_task)
     return resolve_source(sup_task, spec) == resolve_source(cfg.task, spec)

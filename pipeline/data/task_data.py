@@ -9,6 +9,7 @@ import datasets
 import numpy as np
 
 from pipeline.data.batching import Collator
+from pipeline.data.hub_data import is_own_hub
 from pipeline.data.sources import Examples, checked_eval_splits, load_split, resolve_source
 from pipeline.data.stress import apply_settings
 from pipeline.data.tasks import TaskSpec, task_spec
@@ -90,7 +91,7 @@ def held_out_overlap(cfg, data: TaskData) -> list[str]:
 
 def _training_texts(cfg, spec) -> set:
     try:
-        if resolve_source(cfg.task, spec)[0] == "hub":
+        if resolve_source(cfg.task, spec)[0] == "hub" and not is_own_hub(spec):  # GLUE: a download to say it
             return set()
         return set(example_texts(apply_settings(load_split(cfg.task, spec, "train"), cfg.task, spec, cfg.seed)))
     except UserError:

@@ -2,7 +2,7 @@
 the spec of a task of the user's own (its labels, metric and columns from ``task``)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 # a split of a folder of source files: one file with named columns, by any of these suffixes
@@ -35,9 +35,9 @@ class TaskSpec:
     main_metric: str  # the number used for model selection and summaries
     pair: bool
     glue_files: dict = field(default_factory=dict)  # split -> GlueFile
-    hub: Optional[tuple[str, str]] = None  # (dataset, config) for datasets.load_dataset
+    hub: Optional[tuple[str, Optional[str]]] = None  # (dataset, config) for datasets.load_dataset
     hub_splits: dict = field(default_factory=dict)  # our split -> hub split
-    hub_columns: tuple = ()  # (text_a, text_b or None) column names in the hub dataset
+    hub_columns: tuple = ()  # (text_a, text_b or None, label) column names in the hub dataset
     offline: bool = False  # prepared by `crild prepare-data` from installed packages
     inputs_only: bool = False  # unlabelled text for supplementary ILD, never a task to train on
     # what labels written as numbers (0, 1, ...) mean in data files, where that differs from the
@@ -80,7 +80,7 @@ _HUB_COLUMNS = {"cola": ("sentence", None), "sst2": ("sentence", None), "qqp": (
 def _glue(name, labels, metric, main, pair, files, hub_splits=None, **kw) -> TaskSpec:
     hub_splits = hub_splits or {"train": "train", "dev": "validation", "test": "test"}
     return TaskSpec(name, labels, metric, main, pair, files, ("nyu-mll/glue", name), hub_splits,
-                    _HUB_COLUMNS.get(name, ("sentence1", "sentence2")), **kw)
+                    (*_HUB_COLUMNS.get(name, ("sentence1", "sentence2")), "label"), **kw)
 
 
 _NLI = ("entailment", "not_entailment")
@@ -149,9 +149,17 @@ MAIN_METRIC = {"accuracy": "accuracy", "accuracy_f1": "f1", "macro_f1": "macro_f
 def task_spec(task) -> TaskSpec:
     """The spec of a task configuration (``pipeline.config.TaskConfig``): a built-in task's,
     or that of a task of the user's own, which reads its train/dev/test files from
-    ``task.data_dir`` and has the labels, metric and pairing ``task`` gives it."""
+    ``task.data_dir`` or the hub dataset ``task.hub`` and has the labels, metric, pairing and
+    columns ``task`` gives it."""
     if task.name in TASKS:
         return TASKS[task.name]
     metric = task.metric or ("pearson_spearman" if task.regression else "accuracy")
-    return TaskSpec(task.name, None if task.regression else tuple(task.labels), metric, MAIN_METRIC[metric],
+    spec = TaskSpec(task.name, None if task.regression else tuple(task.labels), metric, MAIN_METRIC[metric],
                     bool(task.pair))
+    if task.hub is None:
+        return spec
+    a, b, label = spec.canonical_columns
+    splits = {split: name for split, name in task.hub_splits.model_dump().items() if name is not None}
+    return replace(spec, hub=(task.hub, task.hub_config), hub_splits=splits,
+                   hub_columns=(task.columns.text_a or a, (task.columns.text_b or b) if spec.pair else None,
+                                task.columns.label or label))

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pipeline.config import RunConfig, stage_config
 from pipeline.data.augment import check_vectors, require_mlm_head
+from pipeline.data.hub_data import is_own_hub
 from pipeline.data.sources import available_eval_splits, checked_eval_splits, export_split, load_split, resolve_source
 from pipeline.data.stress import apply_settings
 from pipeline.data.tasks import task_spec
@@ -37,6 +38,7 @@ from pipeline.models.loading import (
     check_weights,
     encoder_config,
     load_tokenizer,
+    quiet_libraries,
     resolve_model,
 )
 from pipeline.outputs.manifest import is_complete, recorded_fingerprint
@@ -61,6 +63,7 @@ def check_stages(cfg: RunConfig, names, world_size: int, device_checks: bool = T
     stages that will run: a complete stage before them is skipped, and is not judged by
     this machine); ``device_checks`` False where this machine is not the kind that trains
     (``crild submit`` on a login node)."""
+    quiet_libraries()  # the readers below (datasets, transformers) would print progress bars
     if names:  # every stage reads the task's data: where it is (a folder, prepared) is known now
         try:
             resolve_source(cfg.task, task_spec(cfg.task))
@@ -103,8 +106,10 @@ def _check_data_read_later(cfg: RunConfig, names: list[str]) -> None:
     """Each data file a later stage reads and the first stage does not (a supplementary
     task's, the test split evaluation scores), read through now: a record the reader refuses
     is one line before the first stage, not after the hours of the stages before the one that
-    reads it. The first stage's own files are read by that stage as it starts; hub datasets
-    are not files a user writes, and are left to the stage."""
+    reads it. The first stage's own files are read by that stage as it starts. GLUE's hub
+    datasets are not files a user writes, and are left to the stage; a task's own hub dataset
+    is read now (on a login node, ``crild submit`` puts it in the datasets cache that a compute
+    node without network reads)."""
     seen = {(key, split) for key, _, split in _splits_read(stage_config(cfg, names[0]), names[0])} if names else set()
     for name in names[1:]:
         for key, task, split in _splits_read(stage_config(cfg, name), name):
@@ -113,7 +118,7 @@ def _check_data_read_later(cfg: RunConfig, names: list[str]) -> None:
             seen.add((key, split))
             spec = task_spec(task)
             try:
-                if resolve_source(task, spec, key)[0] == "hub":
+                if resolve_source(task, spec, key)[0] == "hub" and not is_own_hub(spec):
                     continue
                 examples = load_split(task, spec, split, key)
                 if split == "train" and key != "task":  # a supplement is drawn after its own settings

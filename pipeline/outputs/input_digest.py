@@ -5,8 +5,10 @@ otherwise leave the old output looking complete and current.
 
 A file's digest is its content's SHA-256, remembered under ``$CRILD_HOME/digests`` by path,
 size, modification time and inode, so an unchanged file costs one ``stat``. A folder's is
-the digest of its top-level files (model and data folders keep what crild reads there), or,
-for a complete folder crild wrote, of its recorded content hashes (no file read twice). A
+the digest of its top-level files (model and data folders keep what crild reads there), of
+all its files for a local copy of a hub dataset (which keeps them in data/ or a folder per
+configuration), or, for a complete folder crild wrote, of its recorded content hashes (no file
+read twice). Names that start with a dot (``hf download``'s .cache) are left out. A
 value that names nothing on disk (an offline alias, a hub name) has none: its name, in the
 settings, is all there is."""
 from __future__ import annotations
@@ -44,8 +46,9 @@ def file_digest(path: Path) -> str:
     return digest
 
 
-def path_digest(path: str | Path) -> str | None:
-    """The digest of a file or folder, or None when ``path`` names nothing on disk."""
+def path_digest(path: str | Path, recursive: bool = False) -> str | None:
+    """The digest of a file or folder (with ``recursive``, of the files in its subfolders
+    too), or None when ``path`` names nothing on disk."""
     path = Path(path)
     if path.is_file():
         return file_digest(path)
@@ -53,13 +56,14 @@ def path_digest(path: str | Path) -> str | None:
         return None
     if is_complete(path) and (path / HASHES).is_file():
         return "crild:" + file_digest(path / HASHES)
-    lines = [f"{f.name}\t{file_digest(f)}" for f in sorted(path.iterdir())
-             if f.is_file() and not f.name.startswith(".")]
+    files = path.rglob("*") if recursive else path.iterdir()
+    lines = [f"{f.relative_to(path).as_posix()}\t{file_digest(f)}" for f in sorted(files)
+             if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts)]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def input_digests(paths: dict[str, str]) -> dict[str, str]:
     """key -> digest for each of ``paths`` (configuration key -> value) that names a file or
-    folder."""
-    digests = {key: path_digest(value) for key, value in paths.items()}
+    folder; a hub dataset's copy (``task.hub``) by all its files."""
+    digests = {key: path_digest(value, recursive=key.endswith(".hub")) for key, value in paths.items()}
     return {key: digest for key, digest in digests.items() if digest is not None}
