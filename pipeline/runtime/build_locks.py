@@ -1,5 +1,5 @@
-"""Stale build locks: a process killed while DeepSpeed compiles one of its ops (the CPU
-shared-memory allreduce at start-up, FusedAdam on a GPU) leaves torch's build lock behind,
+"""Stale build locks: a process killed while DeepSpeed compiles one of its ops (FusedAdam on a
+GPU, its own Adam on a CPU where a DeepSpeed config asks for it) leaves torch's build lock behind,
 and every later build of that op waits on it for ever, silently, inside DeepSpeed. This
 finds such a lock before DeepSpeed starts and names it in one line.
 
@@ -96,20 +96,35 @@ def check_build_locks(root: Path | None = None, proc: Path = PROC, recheck_s: fl
 
 @contextmanager
 def op_builds():
-    """A block in which DeepSpeed may build an op (the CPU shared-memory allreduce when ranks
-    start, FusedAdam when an engine is built): a build folder it cannot make or write there
+    """A block in which DeepSpeed may build an op (its Adam when an engine is built; a
+    communication op when ranks start, in a version that builds one): a build folder it cannot make or write there
     (a read-only home on a compute node, a TORCH_EXTENSIONS_DIR that names a file) is one
     line, not torch's traceback."""
     try:
         yield
-    except OSError as err:
+    except Exception as err:
         root = extensions_root()
-        failed = Path(err.filename) if err.filename else None
-        if failed is None or not (failed == root or root in failed.parents):
+        cause = _os_error_under(err, root)
+        if cause is None:
             raise
-        raise UserError(f"{failed}: DeepSpeed builds its ops under {root} and cannot write there "
-                        f"({err.strerror or type(err).__name__}); set TORCH_EXTENSIONS_DIR to a writable "
+        raise UserError(f"{cause.filename}: DeepSpeed builds its ops under {root} and cannot write there "
+                        f"({cause.strerror or type(cause).__name__}); set TORCH_EXTENSIONS_DIR to a writable "
                         f"folder") from None
+
+
+def _os_error_under(err: BaseException, root: Path) -> OSError | None:
+    """The OSError on a path under ``root`` that ``err`` is or was raised from: DeepSpeed
+    wraps a failed build in its own error (ZeRO-Offload's "DeepSpeedCPUAdam requires the
+    cpu_adam op, which failed to build/load")."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.filename:
+            failed = Path(err.filename)
+            if failed == root or root in failed.parents:
+                return err
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def _still_stale(lock: Path, proc: Path, recheck_s: float, confirm_s: float) -> bool:

@@ -89,6 +89,8 @@ def init_distributed() -> DistInfo:
         torch.cuda.set_device(local_rank)
         if arch_note := prepare_arch_list():  # before DeepSpeed compiles an op (FusedAdam on first use)
             note(arch_note)
+    if not cuda:
+        _leave_shm_allreduce_unbuilt()
     if not torch.distributed.is_initialized():
         # a rank that hangs (not dies) makes the others' next collective fail after this long
         timeout = timedelta(seconds=environment.seconds("CRILD_COLLECTIVE_TIMEOUT_S", 600))
@@ -103,9 +105,31 @@ def init_distributed() -> DistInfo:
     if _CONTROL is None and info.world_size > 1:  # collective: every rank makes it, in the same order
         _CONTROL = torch.distributed.new_group(backend="gloo")
         _say_where(info)
-    if not cuda:
+    if not cuda and _shm_allreduce_built():
         release_shm_buffer(info)
     return info
+
+
+def _leave_shm_allreduce_unbuilt() -> None:
+    """DeepSpeed's CPU backend compiles a shared-memory allreduce when the process group
+    starts (a C++ compiler and 20-60 s on a machine's first run) and gives each rank of a
+    one-machine run a 66 MB buffer in /dev/shm. Only its inference kernels use it
+    (``inference_all_reduce``, which falls back to the process group without it); training
+    reduces through torch.distributed. So crild does not build it: a CPU run needs no
+    compiler with the shipped DeepSpeed configs, and leaves nothing in /dev/shm."""
+    import importlib
+
+    backend = importlib.import_module("deepspeed.comm.torch")  # the attribute deepspeed.comm.torch is torch itself
+    if hasattr(backend, "build_shm_op"):
+        backend.build_shm_op = lambda: None
+
+
+def _shm_allreduce_built() -> bool:
+    """Whether DeepSpeed built its shared-memory allreduce all the same (a version that builds
+    it elsewhere): then its buffers are released below."""
+    from deepspeed.comm import comm
+
+    return getattr(comm.cdb, "shm_comm_op", None) is not None
 
 
 def _check_launcher_variables() -> None:
@@ -205,9 +229,9 @@ def shm_buffer_name(rank: int) -> str:
 
 
 def release_shm_buffer(info: DistInfo) -> None:
-    """DeepSpeed on CPU, when every rank is local (the launcher sets LOCAL_SIZE), gives each
-    rank a 66 MB buffer in /dev/shm and never removes it, so every multi-rank CPU run would
-    keep that much RAM until reboot. Once every rank has
+    """DeepSpeed's shared-memory allreduce, where it is built, gives each rank of a one-machine
+    run (the launcher sets LOCAL_SIZE) a 66 MB buffer in /dev/shm and never removes it, so
+    every multi-rank CPU run would keep that much RAM until reboot. Once every rank has
     mapped every peer's buffer (the barrier; DeepSpeed maps them while initialising) the
     names can go: the mappings stay valid, and a rank killed later leaves nothing behind."""
     if info.world_size > 1:

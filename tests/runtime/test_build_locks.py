@@ -1,9 +1,11 @@
 """A build lock left by an interrupted DeepSpeed op build is named in one line instead of
 hanging every later run; a lock that a live process holds is waited for."""
+import json
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -137,16 +139,46 @@ def test_a_stage_with_a_stale_lock_stops_in_one_line(tmp_path, tiny_bert, sentim
     assert not (tmp_path / "run" / "teacher").exists()
 
 
-def test_a_build_folder_deepspeed_cannot_write_is_one_line(tmp_path, tiny_bert, sentiment_dir):
-    """TORCH_EXTENSIONS_DIR naming a file (or a read-only home on a compute node): DeepSpeed's
-    start-up build of its CPU shared-memory op fails in os.makedirs; crild names the folder."""
+def _builds(config_name: str) -> bool:
+    """Whether a shipped DeepSpeed config has DeepSpeed compile an op on a CPU: ZeRO-Offload's
+    DeepSpeedCPUAdam; the others take torch's Adam."""
+    return "offload_optimizer" in (REPO / "ds_configs" / config_name).read_text()
+
+
+SHIPPED = sorted(p.name for p in (REPO / "ds_configs").glob("*.json"))
+
+
+def _teacher_with_unwritable_build_folder(tmp_path, tiny_bert, sentiment_dir, ds_config: Path):
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump(tiny_run_config(tmp_path, tiny_bert, sentiment_dir)))
+    config.write_text(yaml.safe_dump({**tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=1),
+                                      "deepspeed_config": str(ds_config)}))
     (tmp_path / "a-file").write_text("")
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "teacher", str(config)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", "teacher", str(config)], capture_output=True,
                           text=True, timeout=300, cwd=REPO, env=crild_env(TORCH_EXTENSIONS_DIR=str(tmp_path / "a-file")))
+
+
+@pytest.mark.parametrize("ds_config, op", [("deepspeed-adamw", "fused_adam")] + [
+    (name, "cpu_adam") for name in SHIPPED if _builds(name)])
+def test_a_build_folder_deepspeed_cannot_write_is_one_line(tmp_path, tiny_bert, sentiment_dir, ds_config, op):
+    """TORCH_EXTENSIONS_DIR naming a file (or a read-only home on a compute node): DeepSpeed's
+    build of its own AdamW (a config without torch_adam), or of ZeRO-Offload's CPU Adam (which
+    DeepSpeed reports as its own RuntimeError), fails in os.makedirs; crild names the folder."""
+    path = REPO / "ds_configs" / ds_config
+    if ds_config == "deepspeed-adamw":
+        path = tmp_path / "deepspeed_adamw.json"
+        path.write_text(json.dumps({"optimizer": {"type": "AdamW", "params": {}}, "zero_optimization": {"stage": 0}}))
+    proc = _teacher_with_unwritable_build_folder(tmp_path, tiny_bert, sentiment_dir, path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1] == (
-        f"crild: error: {tmp_path}/a-file/deepspeed_shm_comm: DeepSpeed builds its ops under {tmp_path}/a-file and "
+        f"crild: error: {tmp_path}/a-file/{op}: DeepSpeed builds its ops under {tmp_path}/a-file and "
         f"cannot write there (Not a directory); set TORCH_EXTENSIONS_DIR to a writable folder")
     assert not (tmp_path / "run" / "teacher").exists()
+
+
+@pytest.mark.parametrize("ds_config", [name for name in SHIPPED if not _builds(name)])
+def test_a_cpu_run_on_the_shipped_configs_builds_nothing(tmp_path, tiny_bert, sentiment_dir, ds_config):
+    """Their Adam is torch's, and DeepSpeed's shared-memory allreduce is left unbuilt: a CPU
+    run needs no compiler, so a build folder it cannot even make does not matter."""
+    proc = _teacher_with_unwritable_build_folder(tmp_path, tiny_bert, sentiment_dir, REPO / "ds_configs" / ds_config)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "run" / "teacher" / "model.safetensors").is_file()

@@ -47,32 +47,37 @@ def test_decided_by_main_runs_once_and_tells_every_rank():
         assert error == "teacher failed its integrity check: model.safetensors"  # raised on every rank
 
 
-def _launched_rank(rank: int, port: int, out: dict) -> None:
+def _launched_rank(rank: int, port: int, extensions: str, out: dict) -> None:
     # the environment the deepspeed launcher gives a rank on one machine (LOCAL_SIZE included)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE="2", LOCAL_SIZE="2", LOCAL_WORLD_SIZE="2")
+                      WORLD_SIZE="2", LOCAL_SIZE="2", LOCAL_WORLD_SIZE="2", TORCH_EXTENSIONS_DIR=extensions)
     import deepspeed.comm
 
     from pipeline.runtime.distributed import SHM_DIR, init_distributed, shm_buffer_name
 
     info = init_distributed()
-    torch.distributed.barrier()  # every rank has released its buffer's name
-    left = sorted(p.name for p in SHM_DIR.glob(shm_buffer_name(0)[:-1] + "*"))
+    torch.distributed.barrier()  # every rank has started its backend
+    made = sorted(p.name for p in SHM_DIR.glob(shm_buffer_name(0)[:-1] + "*"))
     t = torch.full((4,), float(rank + 1))
-    deepspeed.comm.inference_all_reduce(t)  # the shared-memory path still works on the mappings
-    out[rank] = (info.world_size, left, t.tolist())
+    deepspeed.comm.inference_all_reduce(t)  # DeepSpeed's inference allreduce falls back to the process group
+    out[rank] = (info.world_size, deepspeed.comm.comm.cdb.shm_comm_op is not None, made, t.tolist())
     torch.distributed.destroy_process_group()
 
 
-def test_deepspeed_cpu_shared_memory_buffers_do_not_outlive_the_run():
+def test_deepspeed_cpu_shared_memory_allreduce_is_not_built(tmp_path):
+    """DeepSpeed's CPU backend would compile its shared-memory allreduce when ranks start (a
+    compiler, and 20-60 s on a machine's first run) and leave a 66 MB buffer per rank in
+    /dev/shm; only its inference kernels use it. Two ranks as the launcher starts them on one
+    machine: nothing built, no buffer, and the collectives work."""
     port = free_port()
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_launched_rank, args=(port, out), nprocs=2, join=True)
+        mp.spawn(_launched_rank, args=(port, str(tmp_path / "extensions"), out), nprocs=2, join=True)
         result = dict(out)
     for rank in (0, 1):
-        world, left, reduced = result[rank]
-        assert world == 2 and left == [] and reduced == [3.0] * 4
+        world, built, made, reduced = result[rank]
+        assert world == 2 and not built and made == [] and reduced == [3.0] * 4
+    assert not (tmp_path / "extensions" / "deepspeed_shm_comm").exists()
     from pipeline.runtime.distributed import SHM_DIR
 
     assert not list(SHM_DIR.glob(f"deepspeed_allreduce_buffer_*_127.0.0.1_{port}_*"))
