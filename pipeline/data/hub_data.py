@@ -40,7 +40,7 @@ def _local(dataset: str, where: str) -> Optional[Path]:
 
 
 def _call(spec, where: str, what):
-    """``what(dataset, config, ...)``, from the cache alone where the hub cannot be reached;
+    """``what(dataset, config)``, from the cache alone where the hub cannot be reached;
     any failure is one line naming the dataset and why."""
     dataset, config = spec.hub
     local = _local(dataset, where)
@@ -60,10 +60,12 @@ def _call(spec, where: str, what):
         else:
             first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
             why = f"{type(err).__name__}: {first}" if first else type(err).__name__
-        fix = ("set task.data_dir to a GLUE-format directory" if spec.glue_files else
-               "check task.hub and task.hub_config, or give task.data_dir a folder of train, dev and test files")
-        raise UserError(f"could not load {hub_name(spec)} {'from ' + str(local) if local else 'from the hub'} "
-                        f"({why}); {fix}") from None
+        fix = (f"set {where}.data_dir to a GLUE-format directory" if spec.glue_files else
+               f"check {where}.hub and {where}.hub_config, or give {where}.data_dir a folder of train, dev and test "
+               f"files")
+        named = (f"the dataset in {local}" + (f" (configuration {config})" if config else "") if local else
+                 f"{hub_name(spec)} from the hub")
+        raise UserError(f"could not load {named} ({why}); {fix}") from None
 
 
 _SPLITS: dict = {}  # (dataset, config) -> its split names, asked once per process

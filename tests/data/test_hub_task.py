@@ -122,7 +122,7 @@ def _bad_cases(tmp, tone_hub):
         (hub_task(tmp / "nowhere"), f"task.hub: folder '{tmp / 'nowhere'}' does not exist"),
         (hub_task(tmp / "a-file"), f"task.hub: '{tmp / 'a-file'}' is a file; expected a hub dataset name (owner/name) "
                                    f"or the folder of a local copy of one"),
-        (hub_task(tmp), f"could not load {tmp} from {tmp} ("),  # a folder of no dataset: datasets' own words follow
+        (hub_task(tmp), f"could not load the dataset in {tmp} ("),  # a folder of no dataset: datasets' words follow
         # the configuration alone
         ({"name": "sst2", "hub": str(tone_hub)}, "task.hub: task sst2 is built in and reads nyu-mll/glue/sst2 from "
                                                  "the hub; task.hub is for a task of your own"),
