@@ -109,8 +109,9 @@ class TaskConfig(Strict):
         None, description="a task of your own: accuracy, macro_f1, accuracy_f1 (two labels), matthews, or "
                           "pearson_spearman (regression); null: accuracy, or pearson_spearman for a regression")
     source: Literal["auto", "offline", "glue", "files", "hub"] = Field(
-        "auto", description="auto: data_dir given -> GLUE TSVs or CSV/JSONL files found there; offline task -> "
-                            "the prepared offline data; otherwise the hub through datasets.load_dataset")
+        "auto", description="auto: data_dir given -> GLUE TSVs or the split files found there; offline task -> "
+                            "the prepared offline data; otherwise the hub through datasets.load_dataset (a task of "
+                            "your own: the dataset task.hub names)")
     data_dir: Optional[PathText] = Field(None, description="folder of the task's files")
     hub: Optional[PathText] = Field(
         None, description="a task of your own: a Hugging Face hub dataset (owner/name), or a local copy of one (a "
