@@ -166,6 +166,28 @@ def test_damaged_files_are_read_or_one_line(tmp_path_factory, rows, fmt, cut, ju
     assert len(ex) >= 1 and set(ex.labels.tolist()) <= {0, 1}
 
 
+@settings(SETTINGS, max_examples=25)  # a dataset written and loaded through datasets each: slower than a file
+@given(rows=rows_strategy, by_id=st.booleans())
+def test_a_hub_datasets_rows_read_back_exactly(tmp_path_factory, rows, by_id):
+    """A local copy of a hub dataset, its label a class label numbered otherwise than the
+    task lists its labels (or plain names): read as its rows, the labels by name."""
+    import datasets
+    from helpers import write_hub_copy
+
+    from pipeline.data.tasks import task_spec
+
+    names = ["fresh", "rotten"]  # the task lists rotten, fresh
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=names) if by_id else datasets.Value("string")})
+    folder = write_hub_copy(tmp_path_factory.mktemp("hub"), {"train": [
+        {"text": t, "label": names.index(y) if by_id else y} for t, y in rows]}, features)
+    task = TaskConfig(name="reviews", labels=["rotten", "fresh"], hub=str(folder), columns={"text_a": "text"},
+                      hub_splits={"dev": None, "test": None})
+    ex = load_split(task, task_spec(task), "train")
+    assert ex.text_a == [t for t, _ in rows]
+    assert ex.labels.tolist() == [["rotten", "fresh"].index(y) for _, y in rows]
+
+
 def test_properties_run_on_the_real_readers():
     """Guard: the generated data goes through the same entry point every stage uses."""
     assert load_split.__module__ == "pipeline.data.sources" and REPO.is_dir()
