@@ -170,8 +170,8 @@ def _check_task_source(task: TaskConfig) -> None:
 
 def _check_own_task(task: TaskConfig) -> None:
     """A built-in task takes its labels, metric and pairing from the registry; a name crild
-    does not know is a task of the user's own, which needs its labels (or regression) and a
-    folder of files, and a metric that fits it."""
+    does not know is a task of the user's own, which needs its labels (or regression), a
+    folder of files or a hub dataset, and a metric that fits it."""
     own = {"labels": task.labels is not None, "regression": task.regression, "pair": task.pair is not None,
            "metric": task.metric is not None}
     _check_task_source(task)

@@ -108,8 +108,7 @@ def _check_data_read_later(cfg: RunConfig, names: list[str]) -> None:
     is one line before the first stage, not after the hours of the stages before the one that
     reads it. The first stage's own files are read by that stage as it starts. GLUE's hub
     datasets are not files a user writes, and are left to the stage; a task's own hub dataset
-    is read now (on a login node, ``crild submit`` puts it in the datasets cache that a compute
-    node without network reads)."""
+    is read now, as its files would be."""
     seen = {(key, split) for key, _, split in _splits_read(stage_config(cfg, names[0]), names[0])} if names else set()
     for name in names[1:]:
         for key, task, split in _splits_read(stage_config(cfg, name), name):

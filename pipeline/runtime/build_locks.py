@@ -97,9 +97,9 @@ def check_build_locks(root: Path | None = None, proc: Path = PROC, recheck_s: fl
 @contextmanager
 def op_builds():
     """A block in which DeepSpeed may build an op (its Adam when an engine is built; a
-    communication op when ranks start, in a version that builds one): a build folder it cannot make or write there
-    (a read-only home on a compute node, a TORCH_EXTENSIONS_DIR that names a file) is one
-    line, not torch's traceback."""
+    communication op when ranks start, in a version that builds one): a build folder it
+    cannot make or write there (a read-only home on a compute node, a TORCH_EXTENSIONS_DIR
+    that names a file) is one line, not torch's traceback nor DeepSpeed's error around it."""
     try:
         yield
     except Exception as err:
