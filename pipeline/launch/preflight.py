@@ -107,10 +107,13 @@ def _check_data_read_later(cfg: RunConfig, names: list[str]) -> None:
     task's, the test split evaluation scores), read through now: a record the reader refuses
     is one line before the first stage, not after the hours of the stages before the one that
     reads it. The first stage's own files are read by that stage as it starts. GLUE's hub
-    datasets are not files a user writes, and are left to the stage; a task's own hub dataset
-    is read now, as its files would be."""
-    seen = {(key, split) for key, _, split in _splits_read(stage_config(cfg, names[0]), names[0])} if names else set()
-    for name in names[1:]:
+    datasets are not files a user writes, and are left to the stage. A task's own hub dataset
+    is read now, the first stage's splits too: ``crild submit`` runs this on a login node,
+    which has the network that a compute node may lack, and datasets keeps what it loads."""
+    first = names[0] if names else None
+    seen = {(key, split) for key, task, split in _splits_read(stage_config(cfg, first), first)
+            if not is_own_hub(task_spec(task))} if names else set()
+    for name in names:
         for key, task, split in _splits_read(stage_config(cfg, name), name):
             if (key, split) in seen:
                 continue
