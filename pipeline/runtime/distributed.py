@@ -112,7 +112,7 @@ def init_distributed() -> DistInfo:
 
 def _leave_shm_allreduce_unbuilt() -> None:
     """DeepSpeed's CPU backend compiles a shared-memory allreduce when the process group
-    starts (a C++ compiler and 20-60 s on a machine's first run) and gives each rank of a
+    starts (a C++ compiler, and tens of seconds on a machine's first run) and gives each rank of a
     one-machine run a 66 MB buffer in /dev/shm. Only its inference kernels use it
     (``inference_all_reduce``, which falls back to the process group without it); training
     reduces through torch.distributed. So crild does not build it: a CPU run needs no

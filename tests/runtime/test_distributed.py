@@ -66,7 +66,7 @@ def _launched_rank(rank: int, port: int, extensions: str, out: dict) -> None:
 
 def test_deepspeed_cpu_shared_memory_allreduce_is_not_built(tmp_path):
     """DeepSpeed's CPU backend would compile its shared-memory allreduce when ranks start (a
-    compiler, and 20-60 s on a machine's first run) and leave a 66 MB buffer per rank in
+    compiler, and tens of seconds on a machine's first run) and leave a 66 MB buffer per rank in
     /dev/shm; only its inference kernels use it. Two ranks as the launcher starts them on one
     machine: nothing built, no buffer, and the collectives work."""
     port = free_port()
