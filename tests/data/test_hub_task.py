@@ -165,24 +165,34 @@ def test_a_task_from_a_hub_dataset_trains_and_scores_under_its_label_names(tone_
     assert set(scores) == {"dev", "test"} and all(0 <= s["accuracy"] <= 1 for s in scores.values())
 
 
-def test_a_later_stages_split_of_a_hub_dataset_is_read_before_the_first_stage(tmp_path, tiny_bert, capfd):
-    """The test split evaluation scores holds a label the task does not have: one line before
-    the teacher trains, as for a file."""
-    good = [{"review": "a", "tone": "neutral"}, {"review": "b", "tone": "positive"}]
-    hub = write_hub_copy(tmp_path / "hub", {"train": good * 8, "validation": good, "test": good + [
-        {"review": "c", "tone": "meh"}]})
+MEH = {"review": "c", "tone": "meh"}
+GOOD = [{"review": "a", "tone": "neutral"}, {"review": "b", "tone": "positive"}]
+
+
+@pytest.mark.parametrize("pipeline, splits, stage, where", [
+    # the test split evaluation scores: one line before the teacher trains, as for a file
+    (["teacher", "evaluate"], {"train": GOOD * 8, "validation": GOOD, "test": GOOD + [MEH]}, "evaluate", "test: row 3"),
+    # the first stage's own split: a file is left to that stage, which reads it at once; a hub
+    # dataset is read by `crild run` and `crild submit` first, which on a login node is where the
+    # hub can be reached
+    (["teacher"], {"train": GOOD * 8 + [MEH], "validation": GOOD}, "teacher", "train: row 17"),
+])
+def test_a_hub_datasets_splits_are_read_before_the_first_stage(tmp_path, tiny_bert, capfd, pipeline, splits, stage,
+                                                              where):
+    hub = write_hub_copy(tmp_path / "hub", splits)
     raw = tiny_run_config(tmp_path, tiny_bert, tmp_path, epochs=1)
     raw["task"] = {**hub_task(hub), "max_length": 32}
-    raw["pipeline"] = ["teacher", "evaluate"]
-    raw["stages"]["evaluate"] = {"splits": ["dev", "test"]}
+    raw["pipeline"] = pipeline
+    if "evaluate" in pipeline:
+        raw["stages"]["evaluate"] = {"splits": ["dev", "test"]}
     (path := tmp_path / "run.yaml").write_text(yaml.safe_dump(raw))
     capfd.readouterr()  # what writing the dataset printed
     with pytest.raises(SystemExit) as done:
         main(["run", str(path)])
     err = capfd.readouterr().err.strip().splitlines()
     assert done.value.code == 2 and err == [
-        f"crild: error: {hub}:test: row 3: label 'meh' is not one of negative, neutral, positive, or their ids 0-2 "
-        f"(task tone) (the evaluate stage reads it; checked before the first stage runs)"]
+        f"crild: error: {hub}:{where}: label 'meh' is not one of negative, neutral, positive, or their ids 0-2 "
+        f"(task tone) (the {stage} stage reads it; checked before the first stage runs)"]
     assert not (tmp_path / "run" / "teacher").exists()
 
 
@@ -219,23 +229,3 @@ def test_an_edited_shard_of_a_local_copy_changes_what_the_stages_read(tone_files
     assert fingerprint() == before
     write_hub_copy(hub, {"train": rows[1:]}, class_label())
     assert fingerprint() != before
-
-
-def test_the_first_stages_split_of_a_hub_dataset_is_read_before_it_starts(tmp_path, tiny_bert, capfd):
-    """A file of the first stage is left to that stage, which reads it at once; a hub dataset
-    is read by `crild run` and `crild submit` first, which on a login node is where the hub
-    can be reached."""
-    good = [{"review": "a", "tone": "neutral"}, {"review": "b", "tone": "positive"}]
-    hub = write_hub_copy(tmp_path / "hub", {"train": good * 8 + [{"review": "c", "tone": "meh"}], "validation": good})
-    raw = tiny_run_config(tmp_path, tiny_bert, tmp_path, epochs=1)
-    raw["task"] = {**hub_task(hub), "max_length": 32}
-    raw["pipeline"] = ["teacher"]
-    (path := tmp_path / "run.yaml").write_text(yaml.safe_dump(raw))
-    capfd.readouterr()  # what writing the dataset printed
-    with pytest.raises(SystemExit) as done:
-        main(["run", str(path)])
-    err = capfd.readouterr().err.strip().splitlines()
-    assert done.value.code == 2 and err == [
-        f"crild: error: {hub}:train: row 17: label 'meh' is not one of negative, neutral, positive, or their ids 0-2 "
-        f"(task tone) (the teacher stage reads it; checked before the first stage runs)"]
-    assert not (tmp_path / "run" / "teacher").exists()
