@@ -77,6 +77,19 @@ def _hub_name(value: str) -> str:
 TaskLabel = Annotated[str, AfterValidator(_task_label), Expect("a task name")]
 LabelName = Annotated[str, AfterValidator(_label_name), Expect("a label name")]
 HubName = Annotated[str, AfterValidator(_hub_name), Expect("a name")]
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def _commit(value: str) -> str:
+    """A dataset revision pinned by its commit: a branch or tag can move, so only the commit
+    names the same data tomorrow, and only it can be found in the datasets cache offline."""
+    if not _COMMIT.fullmatch(value):
+        raise field_error(f"expected the full commit hash of a revision of the dataset (40 hex digits, as the "
+                          f"hub's history lists), got {value!r}: a branch or tag can move")
+    return value
+
+
+CommitHash = Annotated[str, AfterValidator(_commit), Expect("a commit hash")]
 
 
 class ColumnMap(Strict):
@@ -118,6 +131,9 @@ class TaskConfig(Strict):
                           "folder), read through datasets.load_dataset")
     hub_config: Optional[HubName] = Field(None, description="the hub dataset's configuration (subset), where it has "
                                                             "several")
+    hub_revision: Optional[CommitHash] = Field(
+        None, description="the hub dataset's commit to read (40 hex digits), also from the datasets cache where "
+                          "the hub cannot be reached; null: its newest, or offline the newest cached")
     hub_splits: HubSplits = Field(default_factory=HubSplits)
     columns: ColumnMap = Field(default_factory=ColumnMap)
     max_length: PositiveInt = Field(128, description="tokens per example after truncation")
@@ -141,7 +157,8 @@ def _check_task_source(task: TaskConfig) -> None:
     """Where a task's data comes from: a built-in task knows; a task of one's own reads a
     folder of files (``data_dir``) or a dataset through ``datasets.load_dataset`` (``hub``),
     one of the two, and the ``hub_*`` keys only with ``hub``."""
-    hub_keys = [k for k, unset in (("hub_config", None), ("hub_splits", HubSplits())) if getattr(task, k) != unset]
+    hub_keys = [k for k, unset in (("hub_config", None), ("hub_revision", None), ("hub_splits", HubSplits()))
+                if getattr(task, k) != unset]
     if task.hub is None and hub_keys:
         raise field_error(f"{hub_keys[0]} is for a task read from a hub dataset; set task.hub too", hub_keys[0])
     if task.name in TASKS:

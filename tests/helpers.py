@@ -84,6 +84,34 @@ def write_hub_copy(folder: Path, splits: dict, features=None) -> Path:
     return folder
 
 
+def cache_hub_dataset(cache: Path, repo: str, commit: str, splits: dict, features=None,
+                      config: str = "default") -> Path:
+    """What ``datasets.load_dataset(repo)`` leaves in the datasets cache ``cache`` after
+    reading commit ``commit`` of a hub dataset of Parquet files, on a machine that reaches the
+    hub: each split (name -> rows) as Arrow under ``owner___name/config/0.0.0/commit``. The
+    rows go through datasets' own Parquet builder; only the folder it is filed under is the
+    hub's (a local builder files it by the hash of its data files)."""
+    import shutil
+    import tempfile
+
+    import datasets
+    from datasets.packaged_modules.parquet.parquet import Parquet
+
+    owner, name = repo.split("/")
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = write_hub_copy(Path(tmp) / "copy", splits, features) / "data"
+        builder = Parquet(cache_dir=str(Path(tmp) / "built"), dataset_name=name, hash=commit,
+                          data_files={s: str(shards / f"{s}-00000-of-00001.parquet") for s in splits})
+        builder.download_and_prepare()
+        built = Path(builder.cache_dir)
+        info = json.loads((built / datasets.config.DATASET_INFO_FILENAME).read_text())
+        (built / datasets.config.DATASET_INFO_FILENAME).write_text(json.dumps({**info, "config_name": config}))
+        target = cache / f"{owner}___{name}" / config / built.parent.name / commit
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(built, target)
+    return target
+
+
 def tone_rows(folder: Path, split: str) -> list[dict]:
     """The rows of ``write_tone_task``'s split ``split``, as dicts (columns review, tone)."""
     with open(folder / f"{split}.csv", newline="") as fh:

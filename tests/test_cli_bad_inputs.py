@@ -421,6 +421,10 @@ def shape_cases(tmp: Path, tiny_bert: Path, data: Path):
             tmp / "hub-no-split", ["negative", "positive"], hub_splits={"train": "training"}))],
          ["hub-no-split has no split 'training' (has: train, validation); set task.hub_splits.train to the split "
           "crild's train split is"]),
+        ("a hub dataset's revision given as a branch", ["config", cfg("y20", task={
+            "name": "tone", "labels": ["negative", "positive"], "hub": "someone/tones", "hub_revision": "main"})],
+         ["task.hub_revision: expected the full commit hash of a revision of the dataset (40 hex digits, as the hub's "
+          "history lists), got 'main': a branch or tag can move"]),
     ]
 
 
@@ -498,7 +502,7 @@ def test_every_test_the_catalogue_names_exists():
         assert f"def {test}(" in (REPO / path).read_text(), (path, test)
 
 
-CASE_COUNT = 111
+CASE_COUNT = 112
 
 
 @pytest.mark.parametrize("index", range(CASE_COUNT))

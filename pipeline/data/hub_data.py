@@ -2,8 +2,8 @@
 task of the user's own given as a hub name (``owner/name``) or a local copy of one (a folder
 ``hf download --repo-type dataset`` wrote, or any folder of data files ``load_dataset``
 reads). A hub name on a machine that cannot reach the hub loads from the datasets cache at
-once, without the retries first; anything ``load_dataset`` refuses is one line naming the
-dataset."""
+once, without the retries first: the commit ``task.hub_revision`` pins where there is one,
+else the newest cached. Anything ``load_dataset`` refuses is one line naming the dataset."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,9 +19,11 @@ def is_own_hub(spec) -> bool:
 
 
 def hub_name(spec) -> str:
-    """The dataset as messages name it: ``owner/name``, with ``/config`` where it has one."""
+    """The dataset as messages name it: ``owner/name``, with ``/config`` where it has one and
+    ``@commit`` where one is pinned."""
     dataset, config = spec.hub
-    return f"{dataset}/{config}" if config else dataset
+    revision = spec.hub_revision
+    return f"{dataset}{f'/{config}' if config else ''}{f'@{revision[:12]}' if revision else ''}"
 
 
 def _local(dataset: str, where: str) -> Optional[Path]:
@@ -39,24 +41,35 @@ def _local(dataset: str, where: str) -> Optional[Path]:
     return None
 
 
-def _call(spec, where: str, what):
-    """``what(dataset, config)``, from the cache alone where the hub cannot be reached;
-    any failure is one line naming the dataset and why."""
+def _offline_reason(unreachable: Optional[str]) -> str:
+    return (f"the hub ({hub.endpoint()}) cannot be reached from here ({unreachable})" if unreachable else
+            "HF_HUB_OFFLINE is set")
+
+
+def _call(spec, where: str, online, pinned):
+    """``online(dataset, config, revision)``, from the cache alone where the hub cannot be
+    reached; there, a pinned revision is ``pinned(builder)`` with datasets' reader of that
+    commit's copy in its cache (``load_dataset`` offline reads the newest cached commit,
+    whatever revision it is asked for). Any failure is one line naming the dataset and why."""
     dataset, config = spec.hub
+    revision = spec.hub_revision
     local = _local(dataset, where)
+    if local is not None and revision is not None:
+        raise UserError(f"{where}.hub_revision: '{dataset}' is a local copy, read as it is; a revision is for a hub "
+                        f"dataset name (owner/name)")
     unreachable = None if local is not None or hub.offline_by_user() else hub.unreachable()  # probed once per process
     if unreachable:
         hub.go_offline()  # the datasets cache may hold it
+    offline = local is None and (unreachable or hub.offline_by_user())
     try:
-        return what(str(local or dataset), config)
+        if offline and revision is not None:
+            return pinned(_cached_commit(spec, where, _offline_reason(unreachable)))
+        return online(str(local or dataset), config, revision)
     except UserError:
         raise
     except Exception as err:  # network, hub or reader errors, as datasets words them
-        if local is None and unreachable:
-            why = (f"it is not in the datasets cache, and the hub ({hub.endpoint()}) cannot be reached from here "
-                   f"({unreachable})")
-        elif local is None and hub.offline_by_user():
-            why = "it is not in the datasets cache, and HF_HUB_OFFLINE is set"
+        if offline:
+            why = f"it is not in the datasets cache, and {_offline_reason(unreachable)}"
         else:
             first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
             why = f"{type(err).__name__}: {first}" if first else type(err).__name__
@@ -68,16 +81,46 @@ def _call(spec, where: str, what):
         raise UserError(f"could not load {named} ({why}); {fix}") from None
 
 
-_SPLITS: dict = {}  # (dataset, config) -> its split names, asked once per process
+def _cached_commit(spec, where: str, offline: str):
+    """datasets' reader (its ``Cache`` builder) of the copy of commit ``spec.hub_revision``
+    that an earlier ``load_dataset`` left in the datasets cache, under
+    ``owner___name/config/version/commit``; one line where there is none, or several
+    configurations and no ``hub_config`` to choose."""
+    import datasets.config
+    from datasets.naming import camelcase_to_snakecase
+    from datasets.packaged_modules.cache.cache import Cache
+
+    dataset, config = spec.hub
+    revision = spec.hub_revision
+    parts = dataset.split("/")
+    name = camelcase_to_snakecase(parts[-1])
+    root = Path(datasets.config.HF_DATASETS_CACHE) / "___".join([*parts[:-1], name])
+    found = sorted(p for p in root.glob(f"{config or '*'}/*/{revision}") if p.is_dir())
+    if not found:
+        held = sorted({p.name[:12] for p in root.glob(f"{config or '*'}/*/*") if p.is_dir() and "." not in p.name})
+        holds = f"; it holds {', '.join(held)}" if held else ""
+        raise UserError(f"{hub_name(spec)} is not in the datasets cache ({root}{holds}), and {offline}; load it once "
+                        f"where the hub can be reached, or set {where}.hub_revision to a cached commit")
+    configs = sorted({p.parts[-3] for p in found})
+    if len(configs) > 1:
+        raise UserError(f"{hub_name(spec)} has {len(configs)} configurations in the datasets cache "
+                        f"({', '.join(configs)}); set {where}.hub_config to one")
+    config_dir, version = found[0].parts[-3:-1]
+    return Cache(dataset_name=name, repo_id=dataset, config_name=config_dir, version=version, hash=revision)
+
+
+_SPLITS: dict = {}  # (dataset, config, revision) -> its split names, asked once per process
 
 
 def split_names(spec, where: str = "task") -> tuple[str, ...]:
     """The splits the dataset has (a hub name asks the hub, once per process)."""
     import datasets
 
-    if spec.hub not in _SPLITS:
-        _SPLITS[spec.hub] = tuple(_call(spec, where, lambda d, c: datasets.get_dataset_split_names(d, c)))
-    return _SPLITS[spec.hub]
+    key = (*spec.hub, spec.hub_revision)
+    if key not in _SPLITS:
+        _SPLITS[key] = tuple(_call(spec, where, lambda d, c, r: datasets.get_dataset_split_names(d, c, revision=r),
+                                   lambda cached: list(cached.info.splits)))
+    return _SPLITS[key]
 
 
 def load_hub_split(spec, split: str, where: str = "task"):
@@ -88,11 +131,11 @@ def load_hub_split(spec, split: str, where: str = "task"):
     name = spec.hub_splits.get(split)
     if name is None:
         raise UserError(f"task {spec.name} has no split '{split}' (has: {', '.join(spec.hub_splits)})")
-    if spec.glue_files:  # built in: the splits are known
-        return _call(spec, where, lambda d, c: datasets.load_dataset(d, c, split=name))
-    have = split_names(spec, where)
-    if name not in have:
-        none = "" if split == "train" else ", or null for none"
-        raise UserError(f"{hub_name(spec)} has no split '{name}' (has: {', '.join(have)}); set "
-                        f"{where}.hub_splits.{split} to the split crild's {split} split is{none}")
-    return _call(spec, where, lambda d, c: datasets.load_dataset(d, c, split=name))
+    if not spec.glue_files:  # a task of one's own: the split must be one the dataset has
+        have = split_names(spec, where)
+        if name not in have:
+            none = "" if split == "train" else ", or null for none"
+            raise UserError(f"{hub_name(spec)} has no split '{name}' (has: {', '.join(have)}); set "
+                            f"{where}.hub_splits.{split} to the split crild's {split} split is{none}")
+    return _call(spec, where, lambda d, c, r: datasets.load_dataset(d, c, split=name, revision=r),
+                 lambda cached: cached.as_dataset(split=name))

@@ -20,7 +20,8 @@ from pipeline.errors import UserError
 
 def _same_file(cfg, sup_task) -> bool:
     """The supplementary dataset reads the target task's own training file."""
-    if (sup_task.name, sup_task.hub, sup_task.hub_config) != (cfg.task.name, cfg.task.hub, cfg.task.hub_config):
+    source = ("name", "hub", "hub_config", "hub_revision")
+    if [getattr(sup_task, k) for k in source] != [getattr(cfg.task, k) for k in source]:
         return False
     spec = task_spec(sup_task)
     return resolve_source(sup_task, spec) == resolve_source(cfg.task, spec)

@@ -36,6 +36,7 @@ class TaskSpec:
     pair: bool
     glue_files: dict = field(default_factory=dict)  # split -> GlueFile
     hub: Optional[tuple[str, Optional[str]]] = None  # (dataset, config) for datasets.load_dataset
+    hub_revision: Optional[str] = None  # a task of one's own: the hub dataset's pinned commit
     hub_splits: dict = field(default_factory=dict)  # our split -> hub split
     hub_columns: tuple = ()  # (text_a, text_b or None, label) column names in the hub dataset
     offline: bool = False  # prepared by `crild prepare-data` from installed packages
@@ -160,6 +161,6 @@ def task_spec(task) -> TaskSpec:
         return spec
     a, b, label = spec.canonical_columns
     splits = {split: name for split, name in task.hub_splits.model_dump().items() if name is not None}
-    return replace(spec, hub=(task.hub, task.hub_config), hub_splits=splits,
+    return replace(spec, hub=(task.hub, task.hub_config), hub_revision=task.hub_revision, hub_splits=splits,
                    hub_columns=(task.columns.text_a or a, (task.columns.text_b or b) if spec.pair else None,
                                 task.columns.label or label))

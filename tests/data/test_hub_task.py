@@ -4,12 +4,22 @@ dataset`` leaves (Parquet shards under data/, a class label's names in their met
 reads as the same task's files do, through every stage's reader; and each way it can be wrong
 is one line."""
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 import yaml
-from helpers import REPO, TONES, crild_env, tiny_run_config, tone_rows, write_hub_copy, write_tone_task
+from helpers import (
+    REPO,
+    TONES,
+    cache_hub_dataset,
+    crild_env,
+    tiny_run_config,
+    tone_rows,
+    write_hub_copy,
+    write_tone_task,
+)
 
 from pipeline.cli import main
 from pipeline.config import from_dict
@@ -18,6 +28,7 @@ from pipeline.data.tasks import task_spec
 from pipeline.errors import UserError
 
 # the dataset numbers its classes in another order than the task lists them: crild maps by name
+COMMIT_OLD, COMMIT_NEW = "a" * 40, "b" * 40  # two commits of a hub dataset
 DATASET_ORDER = ["positive", "negative", "neutral"]
 
 
@@ -135,10 +146,18 @@ def _bad_cases(tmp, tone_hub):
         (hub_task(tone_hub, hub_splits={"validation": "dev"}), "unknown key 'task.hub_splits.validation'; valid "
                                                                "keys: train, dev, test"),
         (hub_task(tone_hub, hub_config=""), "task.hub_config: expected a name from the dataset, got an empty string"),
+        # a pinned revision: only a commit stays put, and only a hub name has commits
+        (hub_task("someone/tones", hub_revision="main"), "task.hub_revision: expected the full commit hash of a "
+                                                         "revision of the dataset (40 hex digits, as the hub's history "
+                                                         "lists), got 'main': a branch or tag can move"),
+        ({**files_task(tmp), "hub_revision": COMMIT_OLD}, "task.hub_revision: hub_revision is for a task read from a "
+                                                          "hub dataset; set task.hub too"),
+        (hub_task(tone_hub, hub_revision=COMMIT_OLD), f"task.hub_revision: '{tone_hub}' is a local copy, read as it "
+                                                      f"is; a revision is for a hub dataset name (owner/name)"),
     ]
 
 
-CASES = 16
+CASES = 19
 
 
 @pytest.mark.parametrize("index", range(CASES))
@@ -229,3 +248,86 @@ def test_an_edited_shard_of_a_local_copy_changes_what_the_stages_read(tone_files
     assert fingerprint() == before
     write_hub_copy(hub, {"train": rows[1:]}, class_label())
     assert fingerprint() != before
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """A machine told not to use the hub (HF_HUB_OFFLINE), with a datasets cache of its own."""
+    import datasets.config
+    from huggingface_hub import constants
+
+    from pipeline.data import hub_data
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
+    monkeypatch.setattr(hub_data, "_SPLITS", {})  # the split names of another test's cache
+    return tmp_path / "datasets"
+
+
+def test_offline_a_pinned_commit_is_read_from_the_datasets_cache_and_not_the_newest_there(offline, tone_files):
+    """load_dataset offline reads the newest commit it cached, whatever revision it is asked
+    for; a pin reads its own, splits and rows."""
+    rows = as_ids(tone_rows(tone_files, "train"))
+    cache_hub_dataset(offline, "someone/tones", COMMIT_OLD, {"train": rows[:8], "validation": rows[8:12]},
+                      class_label())
+    old = offline / "someone___tones" / "default" / "0.0.0" / COMMIT_OLD
+    os.utime(old, (1, 1))  # cached first
+    cache_hub_dataset(offline, "someone/tones", COMMIT_NEW, {"train": rows[:6]}, class_label())
+    pinned = read(hub_task("someone/tones", hub_revision=COMMIT_OLD))
+    assert pinned.text_a == [r["review"] for r in tone_rows(tone_files, "train")[:8]]
+    assert read(hub_task("someone/tones", hub_revision=COMMIT_OLD), "dev").text_a == [
+        r["review"] for r in tone_rows(tone_files, "train")[8:12]]
+    assert read(hub_task("someone/tones")).text_a == pinned.text_a[:6]  # unpinned: the newest cached
+    assert read(hub_task("someone/tones", hub_revision=COMMIT_NEW)).text_a == pinned.text_a[:6]
+    cfg = from_dict({"task": hub_task("someone/tones", hub_revision=COMMIT_NEW)})
+    assert available_eval_splits(cfg.task, task_spec(cfg.task)) == []  # that commit has no held-out split
+
+
+def test_offline_a_pinned_commit_the_cache_cannot_give_is_one_line(offline, tone_files):
+    rows = as_ids(tone_rows(tone_files, "train"))[:4]
+    cache_hub_dataset(offline, "someone/tones", COMMIT_NEW, {"train": rows}, class_label())
+    missing = "1" * 40
+    with pytest.raises(UserError) as err:
+        read(hub_task("someone/tones", hub_revision=missing))
+    assert str(err.value) == (
+        f"someone/tones@111111111111 is not in the datasets cache ({offline / 'someone___tones'}; it holds "
+        f"bbbbbbbbbbbb), and HF_HUB_OFFLINE is set; load it once where the hub can be reached, or set "
+        f"task.hub_revision to a cached commit")
+    # two configurations of that commit, and no hub_config to choose between them
+    cache_hub_dataset(offline, "someone/tones", COMMIT_NEW, {"train": rows}, class_label(), config="other")
+    with pytest.raises(UserError) as err:
+        read(hub_task("someone/tones", hub_revision=COMMIT_NEW))
+    assert str(err.value) == ("someone/tones@bbbbbbbbbbbb has 2 configurations in the datasets cache (default, "
+                              "other); set task.hub_config to one")
+    assert read(hub_task("someone/tones", hub_revision=COMMIT_NEW, hub_config="other")).text_a == [
+        r["review"] for r in tone_rows(tone_files, "train")[:4]]
+
+
+def test_a_hub_name_trains_from_the_datasets_cache_where_the_hub_cannot_be_reached(tmp_path, tiny_bert, tone_files):
+    """A compute node without network: the commit the login node read is in the (shared)
+    datasets cache, and the run trains on it, without retrying the hub first."""
+    rows = {ours: as_ids(tone_rows(tone_files, ours)) for ours in ("train", "dev")}
+    cache = tmp_path / "datasets"
+    cache_hub_dataset(cache, "someone/tones", COMMIT_OLD, {"train": rows["train"], "validation": rows["dev"]},
+                      class_label())
+    raw = tiny_run_config(tmp_path, tiny_bert, tmp_path, epochs=1)
+    raw["task"] = {**hub_task("someone/tones", hub_revision=COMMIT_OLD), "max_length": 32}
+    raw["pipeline"] = ["teacher", "evaluate"]
+    (path := tmp_path / "run.yaml").write_text(yaml.safe_dump(raw))
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(path)], cwd=REPO, text=True,
+                          capture_output=True, timeout=600,
+                          env=crild_env(HF_ENDPOINT="http://127.0.0.1:9", HF_DATASETS_CACHE=str(cache)))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Retrying" not in done.stderr
+    scores = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())["models"]["teacher"]["splits"]
+    assert set(scores) == {"dev"} and 0 <= scores["dev"]["accuracy"] <= 1
+
+
+def test_another_pinned_commit_makes_the_stages_run_again(tmp_path, tiny_bert):
+    from pipeline.stages import stage_fingerprint
+
+    raw = tiny_run_config(tmp_path, tiny_bert, tmp_path)
+    prints = {rev: stage_fingerprint(from_dict({**raw, "task": hub_task("someone/tones", hub_revision=rev)}),
+                                     "teacher") for rev in (None, COMMIT_OLD, COMMIT_NEW)}
+    assert len(set(prints.values())) == 3

@@ -166,6 +166,20 @@ def test_damaged_files_are_read_or_one_line(tmp_path_factory, rows, fmt, cut, ju
     assert len(ex) >= 1 and set(ex.labels.tolist()) <= {0, 1}
 
 
+@SETTINGS
+@given(revision=st.text(alphabet="0123456789abcdefABCDEFghz-_/ ", max_size=44)
+       | st.text(alphabet="0123456789abcdef", min_size=40, max_size=40))
+def test_a_hub_revision_is_a_full_commit_hash_or_one_line(revision):
+    """Only 40 lowercase hex digits pin a dataset; anything else (a branch, a short hash, a
+    hash in capitals, which the cache's folders never are) is one line naming the key."""
+    task = {"name": "tones", "labels": ["a", "b"], "hub": "someone/tones", "hub_revision": revision}
+    is_commit = len(revision) == 40 and all(c in "0123456789abcdef" for c in revision)
+    try:
+        assert from_dict({"task": task}).task.hub_revision == revision and is_commit
+    except UserError as err:
+        assert not is_commit and "\n" not in str(err) and "task.hub_revision: expected the full commit hash" in str(err)
+
+
 @settings(SETTINGS, max_examples=25)  # a dataset written and loaded through datasets each: slower than a file
 @given(rows=rows_strategy, by_id=st.booleans())
 def test_a_hub_datasets_rows_read_back_exactly(tmp_path_factory, rows, by_id):
