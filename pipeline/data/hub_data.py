@@ -109,6 +109,16 @@ def _cached_commit(spec, where: str, offline: str):
     return Cache(dataset_name=name, repo_id=dataset, config_name=config_dir, version=version, hash=revision)
 
 
+def unpinned_commit(spec, ds) -> Optional[str]:
+    """The commit of the dataset that ``ds``, read from a hub name without a pin, holds (datasets
+    files a hub dataset's copy in its cache under the commit's hash), so the run can say what
+    to pin; None for a pinned commit, a local copy or a built-in task."""
+    if spec.hub_revision is not None or spec.glue_files or Path(spec.hub[0]).expanduser().is_dir():
+        return None
+    commit = Path(ds.cache_files[0]["filename"]).parent.name if ds.cache_files else ""
+    return commit if len(commit) == 40 and all(c in "0123456789abcdef" for c in commit) else None
+
+
 _SPLITS: dict = {}  # (dataset, config, revision) -> its split names, asked once per process
 
 

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from pipeline.data.hub_data import hub_name, is_own_hub, load_hub_split, split_names
+from pipeline.data.hub_data import hub_name, is_own_hub, load_hub_split, split_names, unpinned_commit
 from pipeline.data.parquet import column_values, read_parquet
 from pipeline.data.tasks import TABLE_SUFFIXES, GlueFile, TaskSpec, table_files
 from pipeline.errors import UserError, shown
-from pipeline.runtime import environment
+from pipeline.runtime import environment, hub
 from pipeline.schema.json_objects import marked_object
 from pipeline.schema.nesting import too_deep
 from pipeline.schema.paths import read_utf8
@@ -359,7 +359,13 @@ def read_hub(spec: TaskSpec, split: str, need_label: bool, where: str = "task") 
         values[cl] = labels
     names = list(values)
     records = [(n, dict(zip(names, row))) for n, row in enumerate(zip(*values.values()), start=1)]
-    return _from_records(records, source, (ca, cb, cl), spec, need_label)
+    examples = _from_records(records, source, (ca, cb, cl), spec, need_label)
+    commit = unpinned_commit(spec, ds)
+    if commit:
+        newest = "the newest in the datasets cache" if hub.offline() else "its newest"
+        examples.notes.append(f"note: {hub_name(spec)} is read at commit {commit} ({newest}); {where}.hub_revision: "
+                              f"{commit} keeps every run on it")
+    return examples
 
 
 def _hub_labels(feature, raw: list, spec: TaskSpec, source: str, where: str, need_label: bool) -> Optional[list]:

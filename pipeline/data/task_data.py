@@ -71,7 +71,7 @@ def _load_task_data(cfg, tokenizer, eval_splits, with_train) -> TaskData:
         evals[split] = tokenize_cached(ex, tokenizer, cfg.task.max_length)
         labels[split] = ex.labels
         examples[split] = ex
-        notes += ex.notes
+        notes += [note for note in ex.notes if note not in notes]  # a dataset's note, once for all its splits
     if with_train:
         train_texts = set(example_texts(train_ex))
         notes += [overlap_note(train_texts, ex, split) for split, ex in examples.items()]

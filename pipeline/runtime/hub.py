@@ -28,6 +28,13 @@ def offline_by_user() -> bool:
     return constants.is_offline_mode() and not _went_offline
 
 
+def offline() -> bool:
+    """The hub is not used in this process: by the user's word, or because it cannot be reached."""
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode()
+
+
 def first_hop(url: str) -> tuple[str, int, str]:
     """(host, port, what it is) of the first connection a request to ``url`` makes: the
     proxy that HTTPS_PROXY and friends name for it (unless NO_PROXY exempts its host), or

@@ -278,8 +278,12 @@ def test_offline_a_pinned_commit_is_read_from_the_datasets_cache_and_not_the_new
     assert pinned.text_a == [r["review"] for r in tone_rows(tone_files, "train")[:8]]
     assert read(hub_task("someone/tones", hub_revision=COMMIT_OLD), "dev").text_a == [
         r["review"] for r in tone_rows(tone_files, "train")[8:12]]
-    assert read(hub_task("someone/tones")).text_a == pinned.text_a[:6]  # unpinned: the newest cached
+    newest = read(hub_task("someone/tones"))  # unpinned: the newest cached, and the run says which, to pin it
+    assert newest.text_a == pinned.text_a[:6] and newest.notes == [
+        f"note: someone/tones is read at commit {COMMIT_NEW} (the newest in the datasets cache); task.hub_revision: "
+        f"{COMMIT_NEW} keeps every run on it"]
     assert read(hub_task("someone/tones", hub_revision=COMMIT_NEW)).text_a == pinned.text_a[:6]
+    assert pinned.notes == []
     cfg = from_dict({"task": hub_task("someone/tones", hub_revision=COMMIT_NEW)})
     assert available_eval_splits(cfg.task, task_spec(cfg.task)) == []  # that commit has no held-out split
 
