@@ -36,9 +36,9 @@ class TaskSpec:
     pair: bool
     glue_files: dict = field(default_factory=dict)  # split -> GlueFile
     hub: Optional[tuple[str, Optional[str]]] = None  # (dataset, config) for datasets.load_dataset
-    hub_revision: Optional[str] = None  # a task of one's own: the hub dataset's pinned commit
     hub_splits: dict = field(default_factory=dict)  # our split -> hub split
     hub_columns: tuple = ()  # (text_a, text_b or None, label) column names in the hub dataset
+    hub_revision: Optional[str] = None  # a task of one's own: the hub dataset's pinned commit
     offline: bool = False  # prepared by `crild prepare-data` from installed packages
     inputs_only: bool = False  # unlabelled text for supplementary ILD, never a task to train on
     # what labels written as numbers (0, 1, ...) mean in data files, where that differs from the
@@ -80,8 +80,8 @@ _HUB_COLUMNS = {"cola": ("sentence", None), "sst2": ("sentence", None), "qqp": (
 
 def _glue(name, labels, metric, main, pair, files, hub_splits=None, **kw) -> TaskSpec:
     hub_splits = hub_splits or {"train": "train", "dev": "validation", "test": "test"}
-    return TaskSpec(name, labels, metric, main, pair, files, ("nyu-mll/glue", name), hub_splits,
-                    (*_HUB_COLUMNS.get(name, ("sentence1", "sentence2")), "label"), **kw)
+    return TaskSpec(name, labels, metric, main, pair, files, hub=("nyu-mll/glue", name), hub_splits=hub_splits,
+                    hub_columns=(*_HUB_COLUMNS.get(name, ("sentence1", "sentence2")), "label"), **kw)
 
 
 _NLI = ("entailment", "not_entailment")

@@ -362,3 +362,17 @@ def test_a_data_dir_that_is_a_file_points_at_its_folder(tmp_path):
     with pytest.raises(UserError, match=rf"task.data_dir: '{tmp_path}/train.csv' is a file; expected the folder .* "
                                         rf"e.g. '{tmp_path}'"):
         load_split(cfg, TASKS["rotten_tomatoes"], "train")
+
+
+def test_the_built_in_hub_tasks_name_their_dataset_splits_and_columns():
+    """Each GLUE task's hub dataset, split map and columns, each in its own field: a field
+    given to another's slot reads a split map as a pinned commit, and fails only where the
+    hub is read."""
+    hub_tasks = {name: spec for name, spec in TASKS.items() if spec.hub is not None}
+    assert sorted(hub_tasks) == sorted(GLUE_FIXTURES)
+    for name, spec in hub_tasks.items():
+        assert spec.hub == ("nyu-mll/glue", name) and spec.hub_revision is None
+        assert spec.hub_splits["train"] == "train" and set(spec.hub_splits) == set(spec.glue_files)
+        assert all(isinstance(split, str) for split in spec.hub_splits.values())
+        a, b, label = spec.hub_columns
+        assert isinstance(a, str) and (b is not None) == spec.pair and label == "label"
