@@ -13,6 +13,7 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import AfterValidator, Field, PrivateAttr, ValidationInfo, create_model, model_validator
 
+from pipeline.data.hub_data import COMMIT
 from pipeline.data.tasks import MAIN_METRIC, TASKS, table_files, task_spec
 from pipeline.distill.presets import PHASES, PRESETS, resolve_phases
 from pipeline.distill.terms import TERMS
@@ -77,13 +78,12 @@ def _hub_name(value: str) -> str:
 TaskLabel = Annotated[str, AfterValidator(_task_label), Expect("a task name")]
 LabelName = Annotated[str, AfterValidator(_label_name), Expect("a label name")]
 HubName = Annotated[str, AfterValidator(_hub_name), Expect("a name")]
-_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 def _commit(value: str) -> str:
     """A dataset revision pinned by its commit: a branch or tag can move, so only the commit
     names the same data tomorrow, and only it can be found in the datasets cache offline."""
-    if not _COMMIT.fullmatch(value):
+    if not COMMIT.fullmatch(value):
         raise field_error(f"expected the full commit hash of a revision of the dataset (40 hex digits, as the "
                           f"hub's history lists), got {value!r}: a branch or tag can move")
     return value
