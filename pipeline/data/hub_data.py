@@ -116,7 +116,7 @@ def unpinned_commit(spec, ds) -> Optional[str]:
     """The commit of the dataset that ``ds``, read from a hub name without a pin, holds (datasets
     files a hub dataset's copy in its cache under the commit's hash), so the run can say what
     to pin; None for a pinned commit, a local copy or a built-in task."""
-    if spec.hub_revision is not None or spec.glue_files or Path(spec.hub[0]).expanduser().is_dir():
+    if spec.hub_revision is not None or spec.glue_files or _local(spec.hub[0], "task") is not None:
         return None
     commit = Path(ds.cache_files[0]["filename"]).parent.name if ds.cache_files else ""
     return commit if COMMIT.fullmatch(commit) else None
