@@ -13,11 +13,11 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import AfterValidator, Field, PrivateAttr, ValidationInfo, create_model, model_validator
 
-from pipeline.data.hub_data import COMMIT
 from pipeline.data.tasks import MAIN_METRIC, TASKS, table_files, task_spec
 from pipeline.distill.presets import PHASES, PRESETS, resolve_phases
 from pipeline.distill.terms import TERMS
 from pipeline.errors import UserError
+from pipeline.runtime import hub
 from pipeline.schema.hashing import BOOKKEEPING, config_hash, to_dict
 from pipeline.schema.loading import read_yaml, validate
 from pipeline.schema.messages import Expect, field_error, suggest
@@ -83,7 +83,7 @@ HubName = Annotated[str, AfterValidator(_hub_name), Expect("a name")]
 def _commit(value: str) -> str:
     """A dataset revision pinned by its commit: a branch or tag can move, so only the commit
     names the same data tomorrow, and only it can be found in the datasets cache offline."""
-    if not COMMIT.fullmatch(value):
+    if not hub.COMMIT.fullmatch(value):
         raise field_error(f"expected the full commit hash of a revision of the dataset (40 hex digits, as the "
                           f"hub's history lists), got {value!r}: a branch or tag can move")
     return value

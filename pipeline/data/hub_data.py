@@ -6,14 +6,11 @@ once, without the retries first: the commit ``task.hub_revision`` pins where the
 else the newest cached. Anything ``load_dataset`` refuses is one line naming the dataset."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Optional
 
 from pipeline.errors import UserError
 from pipeline.runtime import hub
-
-COMMIT = re.compile(r"[0-9a-f]{40}")  # a dataset commit's hash, as the hub and the datasets cache write it
 
 
 def is_own_hub(spec) -> bool:
@@ -119,7 +116,7 @@ def unpinned_commit(spec, ds) -> Optional[str]:
     if spec.hub_revision is not None or spec.glue_files or _local(spec.hub[0], "task") is not None:
         return None
     commit = Path(ds.cache_files[0]["filename"]).parent.name if ds.cache_files else ""
-    return commit if COMMIT.fullmatch(commit) else None
+    return commit if hub.COMMIT.fullmatch(commit) else None
 
 
 _SPLITS: dict = {}  # (dataset, config, revision) -> its split names, asked once per process

@@ -5,11 +5,14 @@ offline (what the caches hold still loads) and says what is missing in one line.
 from __future__ import annotations
 
 import functools
+import re
 import socket
 import sys
 import urllib.parse
 import urllib.request
 from typing import Optional
+
+COMMIT = re.compile(r"[0-9a-f]{40}")  # a commit's hash, as the hub and its caches (models', datasets') write it
 
 
 def endpoint() -> str:
