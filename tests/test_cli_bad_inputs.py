@@ -425,6 +425,9 @@ def shape_cases(tmp: Path, tiny_bert: Path, data: Path):
             "name": "tone", "labels": ["negative", "positive"], "hub": "someone/tones", "hub_revision": "main"})],
          ["task.hub_revision: expected the full commit hash of a revision of the dataset (40 hex digits, as the hub's "
           "history lists), got 'main': a branch or tag can move"]),
+        ("a hub model pinned to a branch", ["teacher", cfg("y21", teacher={"model": "someone/encoder@main"})],
+         ["teacher.model: 'someone/encoder@main': expected a full commit hash after '@' (40 lowercase hex digits, as "
+          "the hub's history lists), got 'main': a branch or tag can move"]),
     ]
 
 
@@ -502,7 +505,7 @@ def test_every_test_the_catalogue_names_exists():
         assert f"def {test}(" in (REPO / path).read_text(), (path, test)
 
 
-CASE_COUNT = 112
+CASE_COUNT = 113
 
 
 @pytest.mark.parametrize("index", range(CASE_COUNT))
@@ -519,7 +522,7 @@ def test_bad_input_gives_one_line_and_exit_2(index, tmp_path, tiny_bert, sentime
         assert fragment in err[0], (name, fragment, err[0])
     for out in (tmp_path / p for p in ("d1", "m1", "s1", "p1", "v1", "f1", "f3", "m5", "m6", "m7", "s7", "l4", "l9",
                                        "l12", "l15", "l17", "b1", "b2", "b3", "f5", "y3", "y4", "y6", "y7", "y8", "y9", "y10",
-                                       "y12", "y13", "y14", "y15", "y16", "y17", "y18", "y19")):
+                                       "y12", "y13", "y14", "y15", "y16", "y17", "y18", "y19", "y21")):
         for stage in ("teacher", "student", "eval", "augmented", "export"):
             assert not is_complete(out / "run" / stage)
         assert not (out / "run" / "student.phases").exists()  # refused before any phase trained

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from pipeline.errors import UserError
+from pipeline.models.hub_models import split_pin
 from pipeline.models.label_order import align_outputs
 from pipeline.models.loading import check_max_length, load_pretrained, require_trained, resolve_model
 from pipeline.outputs.atomic import verified
@@ -50,8 +51,18 @@ def model_names(configured: list[str], folders: list[str], where: str) -> list[s
         if path in real[:i]:
             raise UserError(f"{where}: '{configured[real.index(path)]}' and '{configured[i]}' are the same folder; "
                             f"expected each model folder once")
-    paths = [Path(os.path.abspath(os.path.expanduser(str(m)))) for m in configured]
+    paths = [Path(os.path.abspath(os.path.expanduser(_without_pin(str(m))))) for m in configured]
     return distinct_labels([path.parts[1:] or ("root",) for path in paths])
+
+
+def _without_pin(name: str) -> str:
+    """A hub name without its ``@<commit>`` (reported as the model's name); anything else as it is."""
+    if Path(name).expanduser().exists():
+        return name
+    try:
+        return split_pin(name)[0]
+    except ValueError:
+        return name
 
 
 def distinct_labels(parts: list[tuple[str, ...]]) -> list[str]:

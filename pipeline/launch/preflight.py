@@ -33,7 +33,6 @@ from pipeline.errors import UserError
 from pipeline.export.runtime import onnxruntime
 from pipeline.models.compiling import check_compilable
 from pipeline.models.loading import (
-    OFFLINE_MODELS,
     check_max_length,
     check_weights,
     encoder_config,
@@ -169,21 +168,23 @@ def _check_student(cfg: RunConfig, names):
 
 
 def _whole_weights(cfg: RunConfig, name: str, where: str) -> None:
-    """A model folder's (or offline alias's) safetensors headers, where a stage will read its
-    weights: a truncated copy is one line now. Hub names are left to the hub's download."""
+    """The safetensors headers of a model a stage will read the weights of (a hub name's
+    downloaded first): a truncated copy is one line now."""
     if _here(cfg, name, where):
         check_weights(resolve_model(name, where), where)
 
 
 def _here(cfg: RunConfig, name: str, where: str) -> bool:
-    """A model folder (or offline alias) there now, not one a stage writes or the hub downloads;
-    a file given for a model folder is refused as the stage would refuse it."""
+    """A model a stage will read as it is now, not one an earlier stage writes: a folder, an
+    offline alias or a hub name. A hub name is downloaded now, so that ``crild submit``, on a
+    login node that can reach the hub, fills the cache that compute nodes without network
+    read. A file given for a model folder is refused as the stage would refuse it."""
     if _written_later(cfg, name):
         return False
     path = Path(name).expanduser()
     if path.exists() and not path.is_dir():
         resolve_model(name, where, need_weights=False)  # raises: a file, not a model folder
-    return path.is_dir() or name in OFFLINE_MODELS
+    return True
 
 
 def _student_config(cfg: RunConfig):

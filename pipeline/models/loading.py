@@ -13,6 +13,7 @@ import torch
 
 from pipeline.errors import UserError, one_error
 from pipeline.models.families import family_of
+from pipeline.models.hub_models import snapshot
 from pipeline.models.label_order import align_outputs, head_loaded
 
 if TYPE_CHECKING:
@@ -26,6 +27,12 @@ OFFLINE_MODELS = {
 }
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+WEIGHT_PATTERNS = (*WEIGHT_FILES, "model-*-of-*.safetensors")  # with an index's shards, as the hub names them
+# a folder holds a tokenizer when it has one of these (transformers 5 otherwise makes an empty
+# one, every word an unknown token, without a word)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spm.model", "sentencepiece.bpe.model",
+                   "tokenizer.model")
+TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "merges.txt")
 PICKLE_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5")
 
 
@@ -34,16 +41,19 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     import datasets
+    import huggingface_hub.utils
     import transformers
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     datasets.disable_progress_bars()
+    huggingface_hub.utils.disable_progress_bars()  # a hub name's download (it read the variable when imported)
     datasets.logging.set_verbosity_error()
 
 
 def resolve_model(name: str, where: str, need_weights: bool = True) -> str:
-    """A local folder for ``name`` (folder path or offline alias), or the hub name itself."""
+    """A local folder for ``name``: the folder itself, an offline alias's folder, or a hub
+    name's folder in the Hugging Face cache (``pipeline/models/hub_models.py``)."""
     p = Path(name).expanduser()
     if p.is_dir():
         if not (p / "config.json").is_file():
@@ -64,44 +74,15 @@ def resolve_model(name: str, where: str, need_weights: bool = True) -> str:
         raise UserError(f"{where}: '{name}' is a file; expected a model folder (config.json and weights)")
     if p.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
         raise UserError(f"{where}: model folder '{name}' does not exist")
-    return _hub_model(name, where)
+    return _hub_model(name, where, need_weights)
 
 
-def _hub_model(name: str, where: str) -> str:
-    """``name`` as a Hugging Face hub name, from the cache or downloaded. Where the hub cannot
-    be reached (a compute node without network), a cached model is loaded offline, and one
-    not in the cache is one line at once rather than a minute of retries."""
-    from huggingface_hub import constants, try_to_load_from_cache
-    from huggingface_hub.errors import HFValidationError
-
-    from pipeline.runtime import hub
-
-    try:
-        cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
-    except HFValidationError:
-        raise UserError(f"{where}: '{name}' is not a model folder, an offline alias ({', '.join(OFFLINE_MODELS)}) "
-                        f"or a hub name") from None
-    if hub.offline_by_user():
-        if cached:
-            return name
-        raise UserError(f"{where}: '{name}' is not a model folder, an offline alias or in the Hugging Face cache "
-                        f"({constants.HF_HUB_CACHE}), and HF_HUB_OFFLINE is set; download it where there is network "
-                        f"(hf download {name}) or give its folder")
-    unreachable = hub.unreachable()
-    if unreachable is None:
-        return name
-    if cached:
-        hub.go_offline()
-        return name
-    raise UserError(f"{where}: '{name}' is not a model folder, an offline alias or in the Hugging Face cache "
-                    f"({constants.HF_HUB_CACHE}), and the hub ({hub.endpoint()}) cannot be reached from here "
-                    f"({unreachable}); download it where there is network (hf download {name}) or give its folder")
-
-
-# a folder holds a tokenizer when it has one of these (transformers 5 otherwise makes an empty
-# one, every word an unknown token, without a word)
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spm.model", "sentencepiece.bpe.model",
-                   "tokenizer.model")
+def _hub_model(name: str, where: str, need_weights: bool) -> str:
+    """The hub cache's folder of the hub name ``name`` (``owner/name`` or ``owner/name@<commit>``),
+    with the files a stage reads: config, tokenizer and, with ``need_weights``, safetensors."""
+    patterns = ("config.json", *TOKENIZER_FILES, *TOKENIZER_SIDE_FILES) + (WEIGHT_PATTERNS if need_weights else ())
+    kinds = f"a model folder, an offline alias ({', '.join(OFFLINE_MODELS)})"
+    return str(resolve_model(str(snapshot(name, where, patterns, kinds)), where, need_weights))
 
 
 def _reason(err: BaseException) -> str:
