@@ -51,18 +51,25 @@ def model_names(configured: list[str], folders: list[str], where: str) -> list[s
         if path in real[:i]:
             raise UserError(f"{where}: '{configured[real.index(path)]}' and '{configured[i]}' are the same folder; "
                             f"expected each model folder once")
-    paths = [Path(os.path.abspath(os.path.expanduser(_without_pin(str(m))))) for m in configured]
+    pins = [_pin(str(m)) for m in configured]
+    repeated = [repo for repo, _ in pins if repo is not None]
+    written = [str(m) if repo is None else repo if repeated.count(repo) == 1 else f"{repo}@{commit[:12]}"
+               for m, (repo, commit) in zip(configured, pins)]
+    paths = [Path(os.path.abspath(os.path.expanduser(m))) for m in written]
     return distinct_labels([path.parts[1:] or ("root",) for path in paths])
 
 
-def _without_pin(name: str) -> str:
-    """A hub name without its ``@<commit>`` (reported as the model's name); anything else as it is."""
+def _pin(name: str) -> tuple:
+    """(hub name, commit) of a pinned hub name, which is reported by its hub name (with the
+    commit's first digits where two commits of one model are compared); (None, None) for
+    anything else."""
     if Path(name).expanduser().exists():
-        return name
+        return None, None
     try:
-        return split_pin(name)[0]
+        repo, commit = split_pin(name)
     except ValueError:
-        return name
+        return None, None
+    return (repo, commit) if commit else (None, None)
 
 
 def distinct_labels(parts: list[tuple[str, ...]]) -> list[str]:

@@ -39,3 +39,14 @@ def test_distinct_paths_get_distinct_labels(parts):
     for path, label in zip(parts, labels):  # the path's trailing folders, numbered only if they all clash
         tails = {"-".join(path[-d:]) for d in range(1, len(path) + 1)}
         assert label in tails or (label.rsplit("-", 1)[0] in tails and label.rsplit("-", 1)[1].isdigit())
+
+
+def test_a_pinned_hub_name_is_reported_by_its_name_and_two_commits_of_it_by_theirs(tmp_path):
+    """The folders differ (each commit's snapshot); the labels say which model, and which
+    commit only where one model is given at two."""
+    old, new = "0123456789abcdef0123456789abcdef01234567", "89abcdef0123456789abcdef0123456789abcdef"
+    folders = [str(tmp_path / name) for name in ("s1", "s2", "s3")]
+    assert model_names([f"me/tiny@{old}", "me/other", str(tmp_path / "student")], folders, "w") == \
+        ["tiny", "other", "student"]
+    assert model_names([f"me/tiny@{old}", f"me/tiny@{new}", "me/other"], folders, "w") == \
+        ["tiny@0123456789ab", "tiny@89abcdef0123", "other"]
