@@ -74,6 +74,18 @@ def _from_cache(name: str, repo: str, commit: Optional[str], where: str, why: st
                     f"{shown}, {lacks}, and {why}; {advice}, or pin a cached commit ({repo}@{held[-1]})")
 
 
+@functools.cache
+def _hub_main(repo: str) -> str:
+    """The commit the hub's ``main`` of ``repo`` is at, asked once per process: every read of
+    the name in a process (a preflight reads it several times) gets the same commit, and the
+    later ones ask the hub nothing (a commit's files are found in the cache). Asked by
+    downloading main's config.json, which also records the commit as the cache's ``main``
+    (refs/main), which reads without the hub use."""
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo, allow_patterns=["config.json"])).name
+
+
 def _download(name: str, repo: str, commit: Optional[str], where: str, patterns: tuple[str, ...]) -> Path:
     """The snapshot folder of ``commit`` (None: the hub's ``main``) with the files matching
     ``patterns``, downloaded where the cache lacks them."""
@@ -81,7 +93,7 @@ def _download(name: str, repo: str, commit: Optional[str], where: str, patterns:
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
-        return Path(snapshot_download(repo, revision=commit, allow_patterns=list(patterns)))
+        return Path(snapshot_download(repo, revision=commit or _hub_main(repo), allow_patterns=list(patterns)))
     except RevisionNotFoundError:
         raise UserError(f"{where}: '{name}': the hub ({hub.endpoint()}) has no commit {commit} of {repo}") from None
     except RepositoryNotFoundError:  # gated models too

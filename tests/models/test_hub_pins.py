@@ -51,7 +51,10 @@ def hub_at(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hub, "_went_offline", False)
 
+    from pipeline.models.hub_models import _hub_main
+
     def point(endpoint: str) -> None:
+        _hub_main.cache_clear()  # the commit main was at, on another hub
         monkeypatch.setattr(constants, "ENDPOINT", endpoint)  # both read HF_ENDPOINT when imported
         monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
         hub.unreachable.cache_clear()
@@ -60,6 +63,7 @@ def hub_at(tmp_path, monkeypatch):
 
     yield point
     hub.unreachable.cache_clear()
+    _hub_main.cache_clear()
 
 
 def same_weights(folder, source) -> bool:
@@ -72,10 +76,13 @@ def test_a_pinned_commit_is_read_though_main_has_moved_online_and_offline(histor
         hub_at(endpoint)
         main = resolve_model(REPO_ID, "teacher.model")
         pinned = resolve_model(f"{REPO_ID}@{OLD}", "student.backbone")
+        asked = list(requests)
+        assert resolve_model(REPO_ID, "teacher.model") == main  # read again in this process: the same commit,
+        assert requests == asked  # from the cache, and the hub is not asked again
     assert Path(main).name == NEW and same_weights(main, history[REPO_ID][1][1])
     assert Path(pinned).name == OLD and same_weights(pinned, history[REPO_ID][0][1])
-    assert f"GET /api/models/{REPO_ID}/revision/main" in requests  # main is asked for; the pin is not
-    assert not any(r.endswith(f"/revision/{OLD}") for r in requests)
+    assert requests.count(f"GET /api/models/{REPO_ID}/revision/main") == 1  # main is asked for, once
+    assert not any(r.endswith(f"/revision/{OLD}") for r in requests)  # the pin is not
     assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("crild:")] == [
         f"crild: note: teacher.model: {REPO_ID} is read at commit {NEW} (the hub's main); write it as "
         f"{REPO_ID}@{NEW} to keep every run on this commit"]
