@@ -80,7 +80,7 @@ def _hub_main(repo: str) -> str:
     the name in a process (a preflight reads it several times) gets the same commit, and the
     later ones ask the hub nothing (a commit's files are found in the cache). Asked by
     downloading main's config.json, which also records the commit as the cache's ``main``
-    (refs/main), which reads without the hub use."""
+    (refs/main): what a later read without the hub takes for main."""
     from huggingface_hub import snapshot_download
 
     return Path(snapshot_download(repo, allow_patterns=["config.json"])).name
