@@ -20,6 +20,8 @@ def _files(folder: Path) -> dict[str, Path]:
 class _Handler(BaseHTTPRequestHandler):
     repos: dict[str, list[tuple[str, Path]]]  # repo -> [(commit, folder)], the last one is main
     requests: list[str]
+    main_moves: bool  # main is the first commit, then the next each time it is asked
+    asked_main: dict[str, int]
 
     def log_message(self, *args) -> None:  # quiet
         pass
@@ -28,6 +30,9 @@ class _Handler(BaseHTTPRequestHandler):
         commits = self.repos.get(repo)
         if commits is None:
             return None, "RepoNotFound"
+        if revision == "main" and self.main_moves:
+            asked = self.asked_main[repo] = self.asked_main.get(repo, -1) + 1
+            return commits[min(asked, len(commits) - 1)], None
         if revision == "main":
             return commits[-1], None
         found = [c for c in commits if c[0] == revision]
@@ -89,11 +94,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def fake_hub(repos: dict[str, list[tuple[str, Path]]]):
+def fake_hub(repos: dict[str, list[tuple[str, Path]]], main_moves: bool = False):
     """(endpoint URL, the list of requests it answers) while it runs; ``repos`` maps each
-    repo to its (commit, folder) history, oldest first, the last being ``main``."""
+    repo to its (commit, folder) history, oldest first, the last being ``main``, or, with
+    ``main_moves`` (a hub others push to while a run goes on), main is the oldest when first
+    asked and one commit later each time it is asked again."""
     requests: list[str] = []
-    handler = type("Handler", (_Handler,), {"repos": repos, "requests": requests})
+    handler = type("Handler", (_Handler,), {"repos": repos, "requests": requests, "main_moves": main_moves,
+                                            "asked_main": {}})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -8,6 +8,7 @@ where its log is.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from pipeline.config import LAUNCHED_ENV, RunConfig, launched_digest
 from pipeline.errors import UserError
 from pipeline.launch.local import check_inputs, stage_is_done, stages_to_run
 from pipeline.launch.preflight import check_stages
+from pipeline.models.hub_models import commits_read
 from pipeline.schema.paths import REPO_ROOT
 from pipeline.stages import STAGES
 
@@ -25,9 +27,9 @@ FINAL_OK = {"COMPLETED"}
 FINAL_BAD = {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 
 
-def _run(cmd: list[str]) -> str:
+def _run(cmd: list[str], env: dict | None = None) -> str:
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     except FileNotFoundError:
         raise UserError(f"'{cmd[0]}' not found: Slurm's client commands are needed for crild submit") from None
     if proc.returncode != 0:
@@ -51,6 +53,8 @@ def submit(cfg: RunConfig, config_path: str, overrides: list[str], wait: bool = 
     # this may be a login node without GPUs: fp16 and bf16 are the job's to judge
     check_stages(cfg, stages_to_run(cfg, cfg.pipeline, known_intact=intact), cfg.num_ranks, device_checks=False)
     launched = launched_digest(cfg)  # a job that starts after the file is edited refuses to run
+    # --export=ALL: every job, and each requeue of it, reads the hub models at the commits read here
+    env = {**os.environ, **commits_read()}
     log_dir = Path(cfg.output_dir).resolve() / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     jobs: list[tuple[str, str, Path]] = []
@@ -70,7 +74,7 @@ def submit(cfg: RunConfig, config_path: str, overrides: list[str], wait: bool = 
         if previous:
             cmd.append(f"--dependency=afterok:{previous}")
         cmd += [str(STAGE_SCRIPT), str(Path(config_path).resolve()), name, *overrides]
-        job = _run(cmd).split(";")[0]
+        job = _run(cmd, env).split(";")[0]
         log_path = log_dir / f"{name}-{job}.out"
         print(f"crild: {name}: submitted job {job} (log {log_path})", flush=True)
         jobs.append((name, job, log_path))

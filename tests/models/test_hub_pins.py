@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from pipeline.errors import UserError
-from pipeline.models.hub_models import split_pin
+from pipeline.models.hub_models import COMMITS_ENV, commits_read, split_pin
 from pipeline.models.loading import resolve_model
 from pipeline.runtime import hub
 
@@ -51,7 +51,12 @@ def hub_at(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hub, "_went_offline", False)
 
-    from pipeline.models.hub_models import _hub_main
+    from pipeline.models import hub_models
+    from pipeline.models.hub_models import _hub_main, _inherited
+
+    monkeypatch.delenv(hub_models.COMMITS_ENV, raising=False)
+    monkeypatch.setattr(hub_models, "_read", {})
+    _inherited.cache_clear()
 
     def point(endpoint: str) -> None:
         _hub_main.cache_clear()  # the commit main was at, on another hub
@@ -64,6 +69,7 @@ def hub_at(tmp_path, monkeypatch):
     yield point
     hub.unreachable.cache_clear()
     _hub_main.cache_clear()
+    _inherited.cache_clear()
 
 
 def same_weights(folder, source) -> bool:
@@ -91,6 +97,46 @@ def test_a_pinned_commit_is_read_though_main_has_moved_online_and_offline(histor
     assert resolve_model(f"{REPO_ID}@{OLD}", "student.backbone") == pinned
     assert resolve_model(REPO_ID, "stages.evaluate.models") == main
     assert "(main in the Hugging Face cache)" in capsys.readouterr().err
+
+
+def test_a_launched_process_reads_the_commit_its_launcher_read_though_main_moved(history, hub_at, monkeypatch,
+                                                                                  capsys):
+    """What a stage of ``crild run`` sees: the commit the run's checks read is handed down,
+    read again without asking the hub for main, and not said again."""
+    with fake_hub(history) as (endpoint, requests):
+        hub_at(endpoint)
+        resolve_model(f"{REPO_ID}@{OLD}", "student.backbone")  # a pin is not handed down: the stage has it
+        assert commits_read() == {}
+        main = resolve_model(REPO_ID, "teacher.model")
+        assert commits_read() == {COMMITS_ENV: f"{REPO_ID}@{NEW}"}
+        capsys.readouterr()
+
+        # a process of its own, launched by one that read main when it was the older commit
+        from pipeline.models import hub_models
+
+        monkeypatch.setenv(COMMITS_ENV, f"{REPO_ID}@{OLD}")
+        monkeypatch.setattr(hub_models, "_read", {})
+        hub_models._inherited.cache_clear()
+        hub_models._hub_main.cache_clear()
+        asked = len(requests)
+        assert Path(resolve_model(REPO_ID, "teacher.model")).name == OLD != Path(main).name
+        assert not any("/revision/main" in r for r in requests[asked:])
+        assert "is read at commit" not in capsys.readouterr().err
+        assert commits_read() == {COMMITS_ENV: f"{REPO_ID}@{OLD}"}  # and handed on as it came
+
+    hub_at(UNREACHABLE)  # a requeued job on a node without network: the handed-down commit, from the cache
+    assert Path(resolve_model(REPO_ID, "teacher.model")).name == OLD
+
+
+@pytest.mark.parametrize("value", ["crild-test/tiny-bert", f"crild-test/tiny-bert@{OLD[:12]}", "@" + OLD])
+def test_a_malformed_list_of_handed_down_commits_is_one_line(value, hub_at, monkeypatch):
+    from pipeline.models.hub_models import _inherited
+
+    monkeypatch.setenv(COMMITS_ENV, f"other/model@{NEW} {value}")
+    _inherited.cache_clear()
+    assert one_line(lambda: resolve_model(REPO_ID, "teacher.model")) == (
+        f"{COMMITS_ENV}: expected owner/name@<commit> items separated by spaces (crild run sets it for the stages "
+        f"it launches), got {value!r}; unset it")
 
 
 def test_a_name_read_without_weights_downloads_none(history, hub_at):
@@ -225,3 +271,25 @@ def test_a_pinned_hub_classifier_exports_whole_and_again_offline(tmp_path, tiny_
     done = export(UNREACHABLE)
     assert done.returncode == 0 and "Retrying" not in done.stderr, done.stderr[-3000:]
     assert (out / "tiny-cls" / "config.json").is_file()
+
+
+def test_every_stage_of_a_run_reads_the_commit_the_run_started_with(tmp_path, tiny_bert, sentiment_dir):
+    """A hub others push to during the run: ``crild run`` reads main once, before its first
+    stage, says which commit in one note, and its stages read that commit, not a later main."""
+    classifier = write_tiny_classifier(tiny_bert, tmp_path / "classifier")
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir)
+    raw["pipeline"] = ["export"]
+    raw["stages"]["export"] = {"models": ["crild-test/tiny-cls"], "benchmark": {"enabled": False}}
+    config = tmp_path / "export.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    cache = tmp_path / "hub-cache"
+    history = {"crild-test/tiny-cls": [(OLD, classifier), (NEW, newer_copy(classifier, tmp_path / "newer"))]}
+    with fake_hub(history, main_moves=True) as (endpoint, requests):
+        done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(config)], cwd=REPO, text=True,
+                              capture_output=True, timeout=600,
+                              env={**crild_env(), "HF_HUB_CACHE": str(cache), "HF_ENDPOINT": endpoint})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert requests.count("GET /api/models/crild-test/tiny-cls/revision/main") == 1
+    assert sorted(p.name for p in (cache / "models--crild-test--tiny-cls" / "snapshots").iterdir()) == [OLD]
+    assert (done.stdout + done.stderr).count(f"is read at commit {OLD}") == 1
+    assert (Path(raw["output_dir"]) / "export" / "tiny-cls" / "config.json").is_file()
