@@ -6,11 +6,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import threading
 import urllib.parse
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+OLD, NEW = "0123456789abcdef0123456789abcdef01234567", "89abcdef0123456789abcdef0123456789abcdef"  # two commits
+
+
+def newer_copy(model: Path, folder: Path) -> Path:
+    """``model`` with other weights: a later commit of the same model."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(model, folder)
+    weights = load_file(folder / "model.safetensors")
+    save_file({k: v + 1 if v.is_floating_point() else v for k, v in weights.items()}, folder / "model.safetensors",
+              metadata={"format": "pt"})
+    return folder
 
 
 def _files(folder: Path) -> dict[str, Path]:

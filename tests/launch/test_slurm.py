@@ -1,6 +1,6 @@
 """The Slurm path on a real single-node cluster (tools/local_slurm.sh): the tiny chain with a
 2-task allocation, preemption with requeue and exact resume, and `crild submit` with a
-failing stage."""
+failing stage and with a hub model whose main moves between submission and the job."""
 import os
 import subprocess
 import sys
@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO, tiny_run_config
+from fake_hub import NEW, OLD, fake_hub, newer_copy
+from helpers import REPO, tiny_run_config, write_tiny_classifier
 
 from pipeline.outputs.manifest import is_complete
 
-pytestmark = [pytest.mark.slow,
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm-1n"),  # one pytest worker uses this cluster
               pytest.mark.skipif(os.environ.get("CRILD_SKIP_SLURM") == "1", reason="CRILD_SKIP_SLURM=1")]
 
 
@@ -129,13 +130,20 @@ def submitted(proc) -> dict:
 
 
 def test_submit_chains_jobs_and_reports_the_failed_stage(tmp_path, tiny_bert, sentiment_dir, slurm_env):
-    # 1. a chain that completes: teacher, then evaluation after it (afterok)
+    # 1. a chain that completes: teacher, then evaluation after it (afterok), then the export of
+    # a model named on a hub that others push to: main moves each time it is asked, and the job
+    # (started later, maybe requeued) must read the commit `crild submit` read, and say nothing
     # a % in the run folder, which sbatch would read as a pattern (%x: the job's name) in --output
     good = chain_config(tmp_path, tiny_bert, sentiment_dir, "submit%x")
     raw = yaml.safe_load(good.read_text())
     raw["pipeline"] = ["teacher", "evaluate", "export"]
+    raw["stages"]["export"] = {"models": ["crild-test/tiny-cls"]}
     good.write_text(yaml.safe_dump(raw))
-    proc = submit(good, slurm_env)
+    classifier = write_tiny_classifier(tiny_bert, tmp_path / "classifier")
+    history = {"crild-test/tiny-cls": [(OLD, classifier), (NEW, newer_copy(classifier, tmp_path / "newer"))]}
+    cache = tmp_path / "hub-cache"
+    with fake_hub(history, main_moves=True) as (endpoint, requests):
+        proc = submit(good, {**slurm_env, "HF_HUB_CACHE": str(cache), "HF_ENDPOINT": endpoint})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     jobs = submitted(proc)
     assert list(jobs) == ["teacher", "evaluate", "export"]
@@ -144,6 +152,11 @@ def test_submit_chains_jobs_and_reports_the_failed_stage(tmp_path, tiny_bert, se
     assert (tmp_path / "submit%x" / "eval" / "results.json").is_file()
     assert is_complete(tmp_path / "submit%x" / "export")
     assert [job_field(jobs[name], "NumTasks", slurm_env) for name in jobs] == ["2", "2", "1"]  # export: one task
+    assert requests.count("GET /api/models/crild-test/tiny-cls/revision/main") == 1  # by crild submit alone
+    assert sorted(p.name for p in (cache / "models--crild-test--tiny-cls" / "snapshots").iterdir()) == [OLD]
+    assert f"is read at commit {OLD}" in proc.stdout + proc.stderr
+    export_log = (tmp_path / "submit%x" / "logs" / f"export-{jobs['export']}.out").read_text()
+    assert "is read at commit" not in export_log and "tiny-cls" in export_log
 
     # 2. the same run with a distillation stage made to fail: the teacher is complete and not
     # resubmitted, distill fails, evaluation (after it) is cancelled, the failure is named. (What

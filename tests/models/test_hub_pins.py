@@ -12,29 +12,19 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from fake_hub import fake_hub
+from fake_hub import NEW, OLD, fake_hub, newer_copy
 from helpers import REPO, crild_env, tiny_run_config, write_tiny_classifier
 from hypothesis import given
 from hypothesis import strategies as st
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from pipeline.errors import UserError
 from pipeline.models.hub_models import COMMITS_ENV, commits_read, split_pin
 from pipeline.models.loading import resolve_model
 from pipeline.runtime import hub
 
-OLD, NEW = "0123456789abcdef0123456789abcdef01234567", "89abcdef0123456789abcdef0123456789abcdef"
 REPO_ID = "crild-test/tiny-bert"
 UNREACHABLE = "http://127.0.0.1:9"  # port 9 refuses connections
-
-
-def newer_copy(tiny_bert: Path, folder: Path) -> Path:
-    """``tiny_bert`` with other weights: a later commit of the same model."""
-    shutil.copytree(tiny_bert, folder)
-    weights = load_file(folder / "model.safetensors")
-    save_file({k: v + 1 if v.is_floating_point() else v for k, v in weights.items()}, folder / "model.safetensors",
-              metadata={"format": "pt"})
-    return folder
 
 
 @pytest.fixture
