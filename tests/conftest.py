@@ -12,6 +12,8 @@ from helpers import FAMILY_TOKENIZERS, write_sentiment_task, write_tiny_bert, wr
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if not torch.cuda.is_available():  # on a GPU machine DeepSpeed must pick CUDA, as the NCCL group does
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # pytest-xdist workers share the CPUs, not each take them all
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
 @pytest.fixture(scope="session")
