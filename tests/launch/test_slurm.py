@@ -14,7 +14,7 @@ from helpers import REPO, tiny_run_config, write_tiny_classifier
 
 from pipeline.outputs.manifest import is_complete
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm-1n"),  # one pytest worker uses this cluster
+pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(os.environ.get("CRILD_SKIP_SLURM") == "1", reason="CRILD_SKIP_SLURM=1")]
 
 

@@ -39,7 +39,7 @@ def _namespaces_work() -> bool:
     return ok
 
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm-2n"),  # one pytest worker uses this cluster
+pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(os.environ.get("CRILD_SKIP_SLURM") == "1", reason="CRILD_SKIP_SLURM=1"),
               pytest.mark.skipif(not _namespaces_work(), reason="needs root and network namespaces")]
 
