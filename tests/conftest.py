@@ -16,6 +16,16 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # pytest-xdist workers share the 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
+def pytest_collection_modifyitems(items):
+    """Files with the most slow tests first, each file's tests in their order: pytest-xdist
+    (``--dist loadfile``) hands whole files to workers in this order, and a long file handed
+    out last would be the suite's tail, with the other workers idle."""
+    slow: dict = {}
+    for item in items:
+        slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
+    items.sort(key=lambda item: -slow[item.path])  # stable: the order within a file is kept
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     return write_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
