@@ -30,6 +30,9 @@ def slurm_env():
     return env
 
 
+TRAINING = ("teacher", "distill")  # the stages a run compared by its student needs
+
+
 def chain_config(tmp_path: Path, tiny_bert, data_dir, name: str, stages=("teacher", "distill", "evaluate"),
                  **distill) -> Path:
     small = {"batch_size": 8, "learning_rate": 1e-3, "log_every": 2, "checkpoint_every": 1000}
@@ -111,7 +114,7 @@ def preempted_during_ild(job: str, log: Path, env) -> str:
 
 def test_preemption_checkpoints_requeues_and_ends_identical(uninterrupted, tiny_bert, sentiment_dir, slurm_env):
     tmp, plain, _ = uninterrupted
-    config = chain_config(tmp, tiny_bert, sentiment_dir, "preempted")
+    config = chain_config(tmp, tiny_bert, sentiment_dir, "preempted", stages=TRAINING)  # the student is compared
     log = tmp / "preempted.log"
     preempted_during_ild(sbatch_tiny(config, log, slurm_env), log, slurm_env)
     a = (plain / "student" / "model.safetensors").read_bytes()
