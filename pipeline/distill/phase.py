@@ -17,7 +17,7 @@ from pipeline.data.tokenized import tokenize_cached
 from pipeline.distill.layers import LayerLayout, layer_layout
 from pipeline.distill.objective import DistillObjective
 from pipeline.distill.presets import Phase
-from pipeline.distill.student import DistillModule, build_student
+from pipeline.distill.student import DistillModule, build_student, size_note
 from pipeline.distill.teacher import FrozenTeacher, cached_teacher_logits, teacher_fingerprint
 from pipeline.distill.terms import TERMS
 from pipeline.errors import EXIT_PREEMPTED
@@ -141,6 +141,8 @@ def train_phase(run: DistillRun, phase: Phase, index: int, previous: Optional[Pa
     train_cfg = getattr(cfg.stages.distill, phase.name)
     seed_everything(cfg.seed + index)
     module, layout = _module(run, phase, previous)
+    size = size_note(module.student, run.teacher.model if run.teacher else None) if previous is None else None
+    run.notes += [size] if size else []  # said of the student as student.* builds it, before its first phase
     ds = phase_dataset(run, phase)
     schedule = make_schedule(len(ds), train_cfg, dist.world_size, f"stages.distill.{phase.name}")
     ds_cfg = build_ds_config(train_cfg.deepspeed_config or cfg.deepspeed_config, train_cfg, dist.world_size,

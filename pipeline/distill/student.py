@@ -46,3 +46,23 @@ def build_student(cfg, spec, previous: Optional[Path]):
     if s.init == "random":
         return build_classifier(s.backbone, spec, "student", random_init=s.random_init, **kwargs)
     return build_classifier(s.backbone, spec, "student", **kwargs)
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    """Parameters of ``model``, whole even where ZeRO-3 has partitioned them (``ds_numel``)."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+
+
+def size_note(student: torch.nn.Module, teacher: Optional[torch.nn.Module]) -> Optional[str]:
+    """A note when the student is not smaller than its teacher (a swapped pair of models, or a
+    ``random_init`` shape larger than meant): distillation runs as asked, and says so once."""
+    if teacher is None:
+        return None
+    s, t = parameter_count(student), parameter_count(teacher)
+    if s < t:
+        return None
+    layers = f"{student.config.num_hidden_layers} against {teacher.config.num_hidden_layers} layers"
+    return (f"note: the student has {s / 1e6:.2f}M parameters, {s / t:.2f}x its teacher's {t / 1e6:.2f}M ({layers}, "
+            f"hidden {student.config.hidden_size} against {teacher.config.hidden_size}); a student is meant to be "
+            f"smaller (student.init, student.num_layers, student.random_init)")
+

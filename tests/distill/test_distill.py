@@ -10,13 +10,13 @@ import torch
 from helpers import tiny_run_config
 
 from pipeline import stage1_teacher, stage3_distill
-from pipeline.config import from_dict
+from pipeline.config import RandomInit, from_dict
 from pipeline.data.tasks import TASKS
 from pipeline.distill.layers import LayerLayout, layer_pairs
 from pipeline.distill.mixup import draw_lambda, partner_index
 from pipeline.distill.objective import DistillObjective
 from pipeline.distill.presets import PRESETS, resolve_phases, revisions
-from pipeline.distill.student import DistillModule
+from pipeline.distill.student import DistillModule, size_note
 from pipeline.distill.terms import TERMS
 from pipeline.errors import UserError
 from pipeline.models.loading import build_classifier
@@ -363,3 +363,28 @@ def test_consistency_target_without_dropout_is_the_eval_pass(tiny_bert):
         obj(FakeEngine(), batch(), micro_step=5)
         # the student's own mixed pass (training mode), then the clean target pass
         assert seen == [True, expected] and module.student.training
+
+
+def test_a_student_not_smaller_than_its_teacher_is_noted(tiny_bert):
+    teacher = build_classifier(str(tiny_bert), SPEC, "teacher")
+    assert size_note(build_classifier(str(tiny_bert), SPEC, "student", num_layers=3), teacher) is None
+    assert size_note(teacher, None) is None  # no teacher (the fine-tuned baseline): nothing to compare
+    wider = build_classifier(str(tiny_bert), SPEC, "student", random_init=RandomInit(
+        num_layers=2, hidden_size=64, num_heads=4, intermediate_size=128))
+    note = size_note(wider, teacher)
+    assert note.startswith("note: the student has ") and "(2 against 4 layers, hidden 64 against 32)" in note
+    ratio = sum(p.numel() for p in wider.parameters()) / sum(p.numel() for p in teacher.parameters())
+    assert f", {ratio:.2f}x its teacher's " in note and ratio > 1
+
+
+def test_the_distill_stage_says_once_that_its_student_is_as_large_as_its_teacher(tmp_path, tiny_bert, tiny_teacher,
+                                                                                sentiment_dir, capsys):
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir)
+    raw["student"] = {"init": "folder", "backbone": str(tiny_bert)}  # all 4 layers: the teacher's shape
+    small = {"epochs": 1, "batch_size": 16, "learning_rate": 1e-3, "checkpoint_every": 50}
+    raw["stages"]["distill"] = {"preset": "tinybert", "teacher_model": str(tiny_teacher), "ild": small, "kd": small}
+    assert stage3_distill.run(from_dict(raw), stop=StopRequest(install_handlers=False)) == 0
+    said = capsys.readouterr()
+    assert (said.out + said.err).count("note: the student has ") == 1, said.out[-2000:]
+    assert "1.00x its teacher's" in said.out + said.err
+
