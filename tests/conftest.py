@@ -58,3 +58,17 @@ def isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_CACHE", str(datasets_cache))
     if "datasets" in sys.modules:  # it read the variable when imported
         monkeypatch.setattr(sys.modules["datasets"].config, "HF_DATASETS_CACHE", datasets_cache)
+
+
+@pytest.fixture(autouse=True)
+def no_handed_down_commits(monkeypatch):
+    """Each test starts as a command the user typed: no hub commits handed down to it, and
+    none recorded by an earlier test's reads in this process to hand on."""
+    from pipeline.runtime import hub
+
+    for env in hub.COMMITS_ENV.values():
+        monkeypatch.delenv(env, raising=False)
+    monkeypatch.setattr(hub, "_read", {kind: {} for kind in hub.COMMITS_ENV})
+    hub.handed_down.cache_clear()
+    yield
+    hub.handed_down.cache_clear()

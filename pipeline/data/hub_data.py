@@ -3,7 +3,11 @@ task of the user's own given as a hub name (``owner/name``) or a local copy of o
 ``hf download --repo-type dataset`` wrote, or any folder of data files ``load_dataset``
 reads). A hub name on a machine that cannot reach the hub loads from the datasets cache at
 once, without the retries first: the commit ``task.hub_revision`` pins where there is one,
-else the newest cached. Anything ``load_dataset`` refuses is one line naming the dataset."""
+else the newest cached. A hub name without a pin reads the commit the command that launched
+this process read it at (``crild run`` and ``crild submit`` read every such dataset before
+the first stage and hand the commits down, ``pipeline.runtime.hub``), so every stage of a
+run reads the same rows though the dataset's main moves. Anything ``load_dataset`` refuses
+is one line naming the dataset."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,11 +22,19 @@ def is_own_hub(spec) -> bool:
     return spec.hub is not None and not spec.glue_files
 
 
+def read_revision(spec, where: str = "task") -> Optional[str]:
+    """The commit a hub name is read at: ``hub_revision``, else the one handed down by the
+    command that launched this process; None (main) for neither, a local copy or GLUE."""
+    if spec.hub_revision is not None or spec.glue_files or _local(spec.hub[0], where) is not None:
+        return spec.hub_revision
+    return hub.handed_down("dataset").get(spec.hub[0])
+
+
 def hub_name(spec) -> str:
     """The dataset as messages name it: ``owner/name``, with ``/config`` where it has one and
-    ``@commit`` where one is pinned."""
+    ``@commit`` where it is read at a given one."""
     dataset, config = spec.hub
-    revision = spec.hub_revision
+    revision = read_revision(spec)
     return f"{dataset}{f'/{config}' if config else ''}{f'@{revision[:12]}' if revision else ''}"
 
 
@@ -52,7 +64,7 @@ def _call(spec, where: str, online, pinned):
     commit's copy in its cache (``load_dataset`` offline reads the newest cached commit,
     whatever revision it is asked for). Any failure is one line naming the dataset and why."""
     dataset, config = spec.hub
-    revision = spec.hub_revision
+    revision = read_revision(spec, where)
     local = _local(dataset, where)
     if local is not None and revision is not None:
         raise UserError(f"{where}.hub_revision: '{dataset}' is a local copy, read as it is; a revision is for a hub "
@@ -82,7 +94,7 @@ def _call(spec, where: str, online, pinned):
 
 
 def _cached_commit(spec, where: str, offline: str):
-    """datasets' reader (its ``Cache`` builder) of the copy of commit ``spec.hub_revision``
+    """datasets' reader (its ``Cache`` builder) of the copy of the commit the dataset is read at
     that an earlier ``load_dataset`` left in the datasets cache, under
     ``owner___name/config/version/commit``; one line where there is none, or several
     configurations and no ``hub_config`` to choose."""
@@ -91,7 +103,7 @@ def _cached_commit(spec, where: str, offline: str):
     from datasets.packaged_modules.cache.cache import Cache
 
     dataset, config = spec.hub
-    revision = spec.hub_revision
+    revision = read_revision(spec)
     parts = dataset.split("/")
     name = camelcase_to_snakecase(parts[-1])
     root = Path(datasets.config.HF_DATASETS_CACHE) / "___".join([*parts[:-1], name])
@@ -112,8 +124,9 @@ def _cached_commit(spec, where: str, offline: str):
 def unpinned_commit(spec, ds) -> Optional[str]:
     """The commit of the dataset that ``ds``, read from a hub name without a pin, holds (datasets
     files a hub dataset's copy in its cache under the commit's hash), so the run can say what
-    to pin; None for a pinned commit, a local copy or a built-in task."""
-    if spec.hub_revision is not None or spec.glue_files or _local(spec.hub[0], "task") is not None:
+    to pin and hand it down; None for a pinned or handed-down commit, a local copy or a
+    built-in task."""
+    if read_revision(spec) is not None or spec.glue_files or _local(spec.hub[0], "task") is not None:
         return None
     commit = Path(ds.cache_files[0]["filename"]).parent.name if ds.cache_files else ""
     return commit if hub.COMMIT.fullmatch(commit) else None
@@ -126,7 +139,7 @@ def split_names(spec, where: str = "task") -> tuple[str, ...]:
     """The splits the dataset has (a hub name asks the hub, once per process)."""
     import datasets
 
-    key = (*spec.hub, spec.hub_revision)
+    key = (*spec.hub, read_revision(spec, where))
     if key not in _SPLITS:
         _SPLITS[key] = tuple(_call(spec, where, lambda d, c, r: datasets.get_dataset_split_names(d, c, revision=r),
                                    lambda cached: list(cached.info.splits)))

@@ -42,6 +42,7 @@ class Examples:
     source: str = ""
     ids: np.ndarray = field(default=None)  # position in the original file
     notes: list = field(default_factory=list)  # what a stage should say about how the file was read
+    commit_note: Optional[str] = None  # of those, the commit an unpinned hub dataset was read at
 
     def __post_init__(self):
         if self.ids is None:
@@ -362,9 +363,11 @@ def read_hub(spec: TaskSpec, split: str, need_label: bool, where: str = "task") 
     examples = _from_records(records, source, (ca, cb, cl), spec, need_label)
     commit = unpinned_commit(spec, ds)
     if commit:
+        hub.read_at("dataset", spec.hub[0], commit)  # the stages this process launches read it too
         newest = "the newest in the datasets cache" if hub.offline() else "its newest"
-        examples.notes.append(f"note: {hub_name(spec)} is read at commit {commit} ({newest}); {where}.hub_revision: "
-                              f"{commit} keeps every run on it")
+        examples.commit_note = (f"note: {hub_name(spec)} is read at commit {commit} ({newest}); {where}.hub_revision: "
+                                f"{commit} keeps every run on it")
+        examples.notes.append(examples.commit_note)
     return examples
 
 

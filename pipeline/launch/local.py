@@ -160,10 +160,10 @@ def _run_stages(cfg: RunConfig, config_path: str, overrides: list[str], force: b
         import torch
 
         from pipeline.launch.preflight import check_stages
-        from pipeline.models.hub_models import commits_read
+        from pipeline.runtime.hub import commits_read
 
         check_stages(cfg, to_run, world_size=int(os.environ["SLURM_NTASKS"]) if in_slurm_allocation() else cfg.num_ranks)
-        env.update(commits_read())  # each stage reads the hub models at the commits the checks read
+        env.update(commits_read())  # each stage reads hub models and datasets at the commits the checks read
         if not torch.cuda.is_available():  # the stages run here: DeepSpeed's launchers need not guess the accelerator
             env.setdefault("DS_ACCELERATOR", "cpu")
     runner = StageRunner(cfg.output_dir)

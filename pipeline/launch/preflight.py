@@ -41,6 +41,7 @@ from pipeline.models.loading import (
     resolve_model,
 )
 from pipeline.outputs.manifest import is_complete, recorded_fingerprint
+from pipeline.runtime.progress import note
 from pipeline.stages import check_output_folder, stage_fingerprints
 from pipeline.training.ds_config import build_ds_config
 
@@ -108,8 +109,10 @@ def _check_data_read_later(cfg: RunConfig, names: list[str]) -> None:
     reads it. The first stage's own files are read by that stage as it starts. GLUE's hub
     datasets are not files a user writes, and are left to the stage. A task's own hub dataset
     is read now, the first stage's splits too: ``crild submit`` runs this on a login node,
-    which has the network that a compute node may lack, and datasets keeps what it loads."""
-    first = names[0] if names else None
+    which has the network that a compute node may lack, and datasets keeps what it loads;
+    the commit a hub name without a pin is read at is said here, once, and handed down to
+    the stages, which read it too."""
+    first, said = (names[0] if names else None), set()
     seen = {(key, split) for key, task, split in _splits_read(stage_config(cfg, first), first)
             if not is_own_hub(task_spec(task))} if names else set()
     for name in names:
@@ -122,6 +125,9 @@ def _check_data_read_later(cfg: RunConfig, names: list[str]) -> None:
                 if resolve_source(task, spec, key)[0] == "hub" and not is_own_hub(spec):
                     continue
                 examples = load_split(task, spec, split, key)
+                if examples.commit_note and examples.commit_note not in said:
+                    said.add(examples.commit_note)
+                    note(examples.commit_note)
                 if split == "train" and key != "task":  # a supplement is drawn after its own settings
                     apply_settings(examples, task, spec, cfg.seed, key)
             except UserError as err:

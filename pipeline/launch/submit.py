@@ -18,7 +18,7 @@ from pipeline.config import LAUNCHED_ENV, RunConfig, launched_digest
 from pipeline.errors import UserError
 from pipeline.launch.local import check_inputs, stage_is_done, stages_to_run
 from pipeline.launch.preflight import check_stages
-from pipeline.models.hub_models import commits_read
+from pipeline.runtime.hub import commits_read
 from pipeline.schema.paths import REPO_ROOT
 from pipeline.stages import STAGES
 
@@ -53,7 +53,7 @@ def submit(cfg: RunConfig, config_path: str, overrides: list[str], wait: bool = 
     # this may be a login node without GPUs: fp16 and bf16 are the job's to judge
     check_stages(cfg, stages_to_run(cfg, cfg.pipeline, known_intact=intact), cfg.num_ranks, device_checks=False)
     launched = launched_digest(cfg)  # a job that starts after the file is edited refuses to run
-    # --export=ALL: every job, and each requeue of it, reads the hub models at the commits read here
+    # --export=ALL: every job, and each requeue of it, reads hub models and datasets at the commits read here
     env = {**os.environ, **commits_read()}
     log_dir = Path(cfg.output_dir).resolve() / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)

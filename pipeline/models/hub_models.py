@@ -17,7 +17,6 @@ which commit is said once, by the command the user ran."""
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -38,35 +37,7 @@ def split_pin(name: str) -> tuple[str, Optional[str]]:
     return repo, revision
 
 
-COMMITS_ENV = "CRILD_HUB_COMMITS"  # "owner/name@<commit> ...": the commits a launching command read
-
-_read: dict[str, str] = {}  # hub name -> the commit an unpinned name was read at in this process
-
-
-@functools.cache
-def _inherited() -> dict[str, str]:
-    """The commits the command that launched this process read unpinned hub names at."""
-    from huggingface_hub.utils import validate_repo_id
-
-    pins: dict[str, str] = {}
-    for item in os.environ.get(COMMITS_ENV, "").split():
-        try:
-            repo, commit = split_pin(item)
-            validate_repo_id(repo)  # its HFValidationError is a ValueError
-        except ValueError:
-            commit = None
-        if commit is None:
-            raise UserError(f"{COMMITS_ENV}: expected owner/name@<commit> items separated by spaces (crild run sets "
-                            f"it for the stages it launches), got {item!r}; unset it")
-        pins[repo] = commit
-    return pins
-
-
-def commits_read() -> dict[str, str]:
-    """The environment entry that hands a launched process the commits this one read unpinned
-    hub names at (those it was handed too); empty where it read none."""
-    pins = {**_inherited(), **_read}
-    return {COMMITS_ENV: " ".join(f"{repo}@{commit}" for repo, commit in sorted(pins.items()))} if pins else {}
+COMMITS_ENV = hub.COMMITS_ENV["model"]  # "owner/name@<commit> ...": the commits a launching command read
 
 
 def _storage(repo: str) -> Path:
@@ -167,7 +138,7 @@ def snapshot(name: str, where: str, patterns: tuple[str, ...], kinds: str) -> Pa
     except HFValidationError:
         raise UserError(f"{where}: '{name}' is not {kinds} or a hub name") from None
     if commit is None:  # the commit the command that launched this process read, and named
-        commit = _inherited().get(repo)
+        commit = hub.handed_down("model").get(repo)
     if hub.offline_by_user():
         folder = _from_cache(name, repo, commit, where, "HF_HUB_OFFLINE is set")
         source = "main in the Hugging Face cache"
@@ -182,6 +153,6 @@ def snapshot(name: str, where: str, patterns: tuple[str, ...], kinds: str) -> Pa
             hub.go_offline()
             source = "main in the Hugging Face cache"
     if commit is None:
-        _read[repo] = folder.name
+        hub.read_at("model", repo, folder.name)
         _note_commit(where, name, folder.name, source)
     return folder

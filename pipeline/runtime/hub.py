@@ -1,10 +1,16 @@
 """The Hugging Face hub seen from a machine that may not reach it (a compute node without
 network). transformers and datasets retry an unreachable hub, with back-off, before they
 fail; one TCP connection to ``HF_ENDPOINT`` tells at once. Where it fails, crild goes
-offline (what the caches hold still loads) and says what is missing in one line."""
+offline (what the caches hold still loads) and says what is missing in one line.
+
+Also the commits handed down to launched processes: a hub name read without a pin reads
+``main``, which can move, so a command that launches stages (``crild run``, ``crild submit``,
+``crild study``) hands them the commit each unpinned model and dataset was read at, and
+every stage, and a requeued Slurm job hours later, reads that commit."""
 from __future__ import annotations
 
 import functools
+import os
 import re
 import socket
 import sys
@@ -13,6 +19,48 @@ import urllib.request
 from typing import Optional
 
 COMMIT = re.compile(r"[0-9a-f]{40}")  # a commit's hash, as the hub and its caches (models', datasets') write it
+# kind -> the variable that hands launched processes "owner/name@<commit> ..." of that kind of repo
+COMMITS_ENV = {"model": "CRILD_HUB_COMMITS", "dataset": "CRILD_HUB_DATASET_COMMITS"}
+_read: dict[str, dict[str, str]] = {kind: {} for kind in COMMITS_ENV}  # unpinned names read in this process
+
+
+@functools.cache
+def handed_down(kind: str) -> dict[str, str]:
+    """hub name -> commit: what the command that launched this process read unpinned names of
+    this kind (model, dataset) at; a malformed list is one line naming its variable."""
+    from huggingface_hub.utils import validate_repo_id
+
+    from pipeline.errors import UserError
+
+    env, pins = COMMITS_ENV[kind], {}
+    for item in os.environ.get(env, "").split():
+        repo, _, commit = item.partition("@")
+        try:
+            validate_repo_id(repo)  # its HFValidationError is a ValueError
+            valid = COMMIT.fullmatch(commit) is not None
+        except ValueError:
+            valid = False
+        if not valid:
+            raise UserError(f"{env}: expected owner/name@<commit> items separated by spaces (crild run sets it for "
+                            f"the stages it launches), got {item!r}; unset it")
+        pins[repo] = commit
+    return pins
+
+
+def read_at(kind: str, repo: str, commit: str) -> None:
+    """Record that this process read the unpinned hub name ``repo`` at ``commit``."""
+    _read[kind][repo] = commit
+
+
+def commits_read() -> dict[str, str]:
+    """The environment entries that hand a launched process the commits this one read
+    unpinned hub names at (and those it was handed); empty where it read none."""
+    out = {}
+    for kind, env in COMMITS_ENV.items():
+        pins = {**handed_down(kind), **_read[kind]}
+        if pins:
+            out[env] = " ".join(f"{repo}@{commit}" for repo, commit in sorted(pins.items()))
+    return out
 
 
 def endpoint() -> str:

@@ -9,15 +9,15 @@ import sys
 import time
 from typing import Callable, Iterator, Optional
 
-from pipeline.models.hub_models import commits_read
+from pipeline.runtime.hub import commits_read
 from pipeline.study.cells import Cell
 from pipeline.study.spec import StudySpec
 
 
 def _start(cell: Cell, cmd: list[str], threads: Optional[int]) -> subprocess.Popen:
     """``cmd`` in the background, its output appended to ``<run_dir>/logs/<method>.log``;
-    ``threads`` sets OMP_NUM_THREADS unless it is set. Every cell reads the hub models at the
-    commits the study's checks read."""
+    ``threads`` sets OMP_NUM_THREADS unless it is set. Every cell reads the hub models and datasets
+    at the commits the study's checks read."""
     log_dir = cell.run_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **commits_read()}

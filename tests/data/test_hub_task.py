@@ -23,6 +23,7 @@ from helpers import (
 
 from pipeline.cli import main
 from pipeline.config import from_dict
+from pipeline.data import hub_data
 from pipeline.data.sources import available_eval_splits, checked_eval_splits, load_split
 from pipeline.data.tasks import task_spec
 from pipeline.errors import UserError
@@ -308,22 +309,68 @@ def test_offline_a_pinned_commit_the_cache_cannot_give_is_one_line(offline, tone
         r["review"] for r in tone_rows(tone_files, "train")[:4]]
 
 
-def test_a_hub_name_trains_from_the_datasets_cache_where_the_hub_cannot_be_reached(tmp_path, tiny_bert, tone_files):
-    """A compute node without network: the commit the login node read is in the (shared)
-    datasets cache, and the run trains on it, without retrying the hub first."""
+def two_commits(cache, tone_files, old_splits=("train", "validation"), new_splits=("train",)):
+    """someone/tones at two commits in the datasets cache, the newer cached last: the old
+    one's rows are the first 8 of each split, the new one's the first 6 of train."""
     rows = {ours: as_ids(tone_rows(tone_files, ours)) for ours in ("train", "dev")}
+    cached = {"train": rows["train"], "validation": rows["dev"]}
+    cache_hub_dataset(cache, "someone/tones", COMMIT_OLD, {s: cached[s][:8] for s in old_splits}, class_label())
+    os.utime(cache / "someone___tones" / "default" / "0.0.0" / COMMIT_OLD, (1, 1))
+    cache_hub_dataset(cache, "someone/tones", COMMIT_NEW, {s: cached[s][:6] for s in new_splits}, class_label())
+
+
+def test_a_launched_process_reads_the_dataset_commit_its_launcher_read(offline, tone_files, monkeypatch):
+    """What a stage of ``crild run`` (or a job of ``crild submit``) sees: the commit its
+    launcher read an unpinned hub dataset at, though a newer one is there, and no note."""
+    from pipeline.runtime import hub
+
+    two_commits(offline, tone_files)
+    train = [r["review"] for r in tone_rows(tone_files, "train")]
+    assert read(hub_task("someone/tones")).text_a == train[:6]  # the launcher: the newest, recorded
+    assert hub.commits_read() == {"CRILD_HUB_DATASET_COMMITS": f"someone/tones@{COMMIT_NEW}"}
+
+    monkeypatch.setenv("CRILD_HUB_DATASET_COMMITS", f"other/set@{COMMIT_NEW} someone/tones@{COMMIT_OLD}")
+    monkeypatch.setattr(hub, "_read", {kind: {} for kind in hub.COMMITS_ENV})  # a process of its own
+    hub.handed_down.cache_clear()
+    monkeypatch.setattr(hub_data, "_SPLITS", {})
+    got = read(hub_task("someone/tones"))
+    assert got.text_a == train[:8] and got.notes == []  # the launcher said which commit
+    assert read(hub_task("someone/tones"), "dev").text_a == [r["review"] for r in tone_rows(tone_files, "dev")[:8]]
+    assert hub.commits_read() == {"CRILD_HUB_DATASET_COMMITS": f"other/set@{COMMIT_NEW} someone/tones@{COMMIT_OLD}"}
+    # a pin in the configuration is read as it is, whatever was handed down
+    assert read(hub_task("someone/tones", hub_revision=COMMIT_NEW)).text_a == train[:6]
+
+
+def test_the_checks_before_the_first_stage_say_the_dataset_commit_once_and_hand_it_down(offline, tone_files, capsys):
+    from pipeline.launch.preflight import _check_data_read_later
+    from pipeline.runtime import hub
+
+    two_commits(offline, tone_files, new_splits=("train", "validation"))
+    cfg = from_dict({"task": {**hub_task("someone/tones"), "max_length": 32}, "pipeline": ["teacher", "evaluate"]})
+    _check_data_read_later(cfg, cfg.pipeline)  # train and dev, read for both stages
+    assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("crild:")] == [
+        f"crild: note: someone/tones is read at commit {COMMIT_NEW} (the newest in the datasets cache); "
+        f"task.hub_revision: {COMMIT_NEW} keeps every run on it"]
+    assert hub.commits_read() == {"CRILD_HUB_DATASET_COMMITS": f"someone/tones@{COMMIT_NEW}"}
+
+
+def test_a_hub_name_trains_from_the_datasets_cache_where_the_hub_cannot_be_reached(tmp_path, tiny_bert, tone_files):
+    """A Slurm job on a compute node without network: the commit ``crild submit`` read on the
+    login node (handed down, not pinned) is in the (shared) datasets cache beside a newer one,
+    and every stage reads it, without retrying the hub first."""
     cache = tmp_path / "datasets"
-    cache_hub_dataset(cache, "someone/tones", COMMIT_OLD, {"train": rows["train"], "validation": rows["dev"]},
-                      class_label())
+    two_commits(cache, tone_files)  # only the older commit has a dev split ('validation')
     raw = tiny_run_config(tmp_path, tiny_bert, tmp_path, epochs=1)
-    raw["task"] = {**hub_task("someone/tones", hub_revision=COMMIT_OLD), "max_length": 32}
+    raw["task"] = {**hub_task("someone/tones"), "max_length": 32}
     raw["pipeline"] = ["teacher", "evaluate"]
     (path := tmp_path / "run.yaml").write_text(yaml.safe_dump(raw))
     done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(path)], cwd=REPO, text=True,
                           capture_output=True, timeout=600,
-                          env=crild_env(HF_ENDPOINT="http://127.0.0.1:9", HF_DATASETS_CACHE=str(cache)))
+                          env=crild_env(HF_ENDPOINT="http://127.0.0.1:9", HF_DATASETS_CACHE=str(cache),
+                                        CRILD_HUB_DATASET_COMMITS=f"someone/tones@{COMMIT_OLD}"))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "Retrying" not in done.stderr
+    assert "Retrying" not in done.stderr and "is read at commit" not in done.stdout + done.stderr
+    assert json.loads((tmp_path / "run" / "teacher" / "train_results.json").read_text())["train_examples"] == 8
     scores = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())["models"]["teacher"]["splits"]
     assert set(scores) == {"dev"} and 0 <= scores["dev"]["accuracy"] <= 1
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from pipeline.errors import UserError
-from pipeline.models.hub_models import COMMITS_ENV, commits_read, split_pin
+from pipeline.models.hub_models import COMMITS_ENV, split_pin
 from pipeline.models.loading import resolve_model
 from pipeline.runtime import hub
 
@@ -41,12 +41,7 @@ def hub_at(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hub, "_went_offline", False)
 
-    from pipeline.models import hub_models
-    from pipeline.models.hub_models import _hub_main, _inherited
-
-    monkeypatch.delenv(hub_models.COMMITS_ENV, raising=False)
-    monkeypatch.setattr(hub_models, "_read", {})
-    _inherited.cache_clear()
+    from pipeline.models.hub_models import _hub_main  # (no commits handed down: conftest's no_handed_down_commits)
 
     def point(endpoint: str) -> None:
         _hub_main.cache_clear()  # the commit main was at, on another hub
@@ -59,7 +54,6 @@ def hub_at(tmp_path, monkeypatch):
     yield point
     hub.unreachable.cache_clear()
     _hub_main.cache_clear()
-    _inherited.cache_clear()
 
 
 def same_weights(folder, source) -> bool:
@@ -96,23 +90,23 @@ def test_a_launched_process_reads_the_commit_its_launcher_read_though_main_moved
     with fake_hub(history) as (endpoint, requests):
         hub_at(endpoint)
         resolve_model(f"{REPO_ID}@{OLD}", "student.backbone")  # a pin is not handed down: the stage has it
-        assert commits_read() == {}
+        assert hub.commits_read() == {}
         main = resolve_model(REPO_ID, "teacher.model")
-        assert commits_read() == {COMMITS_ENV: f"{REPO_ID}@{NEW}"}
+        assert hub.commits_read() == {COMMITS_ENV: f"{REPO_ID}@{NEW}"}
         capsys.readouterr()
 
         # a process of its own, launched by one that read main when it was the older commit
         from pipeline.models import hub_models
 
         monkeypatch.setenv(COMMITS_ENV, f"{REPO_ID}@{OLD}")
-        monkeypatch.setattr(hub_models, "_read", {})
-        hub_models._inherited.cache_clear()
+        monkeypatch.setattr(hub, "_read", {kind: {} for kind in hub.COMMITS_ENV})
+        hub.handed_down.cache_clear()
         hub_models._hub_main.cache_clear()
         asked = len(requests)
         assert Path(resolve_model(REPO_ID, "teacher.model")).name == OLD != Path(main).name
         assert not any("/revision/main" in r for r in requests[asked:])
         assert "is read at commit" not in capsys.readouterr().err
-        assert commits_read() == {COMMITS_ENV: f"{REPO_ID}@{OLD}"}  # and handed on as it came
+        assert hub.commits_read() == {COMMITS_ENV: f"{REPO_ID}@{OLD}"}  # and handed on as it came
 
     hub_at(UNREACHABLE)  # a requeued job on a node without network: the handed-down commit, from the cache
     assert Path(resolve_model(REPO_ID, "teacher.model")).name == OLD
@@ -120,10 +114,8 @@ def test_a_launched_process_reads_the_commit_its_launcher_read_though_main_moved
 
 @pytest.mark.parametrize("value", ["crild-test/tiny-bert", f"crild-test/tiny-bert@{OLD[:12]}", "@" + OLD])
 def test_a_malformed_list_of_handed_down_commits_is_one_line(value, hub_at, monkeypatch):
-    from pipeline.models.hub_models import _inherited
-
     monkeypatch.setenv(COMMITS_ENV, f"other/model@{NEW} {value}")
-    _inherited.cache_clear()
+    hub.handed_down.cache_clear()
     assert one_line(lambda: resolve_model(REPO_ID, "teacher.model")) == (
         f"{COMMITS_ENV}: expected owner/name@<commit> items separated by spaces (crild run sets it for the stages "
         f"it launches), got {value!r}; unset it")
