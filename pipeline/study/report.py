@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -48,6 +49,23 @@ def _check_line(check: Check, split: str, metric: str) -> str:
             f"{check.worse} {check.mean_worse * 100:.2f} ({unit}, x100; paired difference {check.diff * 100:+.2f}, "
             f"standard error {se}, {len(check.diffs)} seeds)")
 
+
+
+DATE = re.compile(r" on \d{4}-\d{2}-\d{2}; ")  # in the header's "Written by ... on <date>; <machine>" line
+
+
+def dated_as_before(path: Path, text: str) -> str:
+    """``text`` with the date of the report already at ``path`` where nothing else differs:
+    a study rerun or collected again with nothing new leaves its committed report as it was,
+    not a diff of one date."""
+    try:
+        before = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return text
+    old = DATE.search(before)
+    if old and DATE.sub(old.group(0), text, count=1) == before:
+        return before
+    return text
 
 
 def write_report(spec: StudySpec, records: dict, teachers: dict, missing: list[str], failed: list[str],
@@ -94,7 +112,7 @@ def write_report(spec: StudySpec, records: dict, teachers: dict, missing: list[s
                                                    for sw in spec.sweeps}
                              for (task, setting), groups in records.items()}
     replace_text(out / "summary.json", json.dumps(summary, indent=1))
-    markdown_text = "\n".join(lines) + "\n"
+    markdown_text = dated_as_before(out / "README.md", "\n".join(lines) + "\n")
     replace_text(out / "README.md", markdown_text)
     replace_text(out / "index.html", render_html(markdown_text, title=lines[0].lstrip("# ")))
     return out / "README.md"

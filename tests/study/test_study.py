@@ -43,6 +43,17 @@ def test_read_scalars_keeps_the_later_write_of_a_repeated_step(tmp_path):
     assert read_scalars(tmp_path)["kd/train/loss"] == [(1, 1.0), (2, 5.0), (3, 3.0)]
 
 
+def test_a_report_written_again_with_nothing_new_keeps_its_date(tmp_path):
+    from pipeline.study.report import dated_as_before
+
+    readme = tmp_path / "README.md"
+    header = "# Title\n\nWritten by `crild study --study s.yaml` on {}; x86_64, 2 cores.\n\n| kd | 2 | {} |\n"
+    assert dated_as_before(readme, header.format("2026-12-02", "80.1")) == header.format("2026-12-02", "80.1")  # none yet
+    readme.write_text(header.format("2026-11-29", "80.1"))
+    assert dated_as_before(readme, header.format("2026-12-02", "80.1")) == header.format("2026-11-29", "80.1")
+    assert dated_as_before(readme, header.format("2026-12-02", "80.2")) == header.format("2026-12-02", "80.2")
+
+
 @pytest.mark.slow
 def test_study_runs_resumes_and_reports(tmp_path, tiny_bert, sentiment_dir):
     raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=6, learning_rate=3e-3)
