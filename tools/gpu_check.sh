@@ -29,6 +29,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
 LIMIT_MIB=60
+CARRY_MIB=64  # what the device tool carries to the GPU machine: the working tree and the bundle
 # what the GPU machine lacks (see ../shared/docs/environment.md), pinned to this venv's versions
 WHEELS=(datasets dill multiprocess hjson pydantic pydantic_core annotated_types typing_inspection msgpack py-cpuinfo
         einops xxhash fsspec)
@@ -74,6 +75,13 @@ PY
   bytes=$(du -sb "$bundle" | cut -f1)
   echo "gpu_check: bundle $bundle: $(ls "$bundle"/wheels | wc -l) wheels, $((bytes / 1048576)) MiB (limit $LIMIT_MIB)"
   [ "$bytes" -le $((LIMIT_MIB * 1048576)) ] || { echo "gpu_check: bundle over $LIMIT_MIB MiB" >&2; exit 1; }
+  # the device tool carries the working tree (tracked and untracked, not ignored files) and the bundle: 64 MiB in all
+  local tree
+  tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+  echo "gpu_check: working tree $((tree / 1048576)) MiB, with the bundle $(((tree + bytes) / 1048576)) MiB" \
+       "(limit $CARRY_MIB)"
+  [ $((tree + bytes)) -le $((CARRY_MIB * 1048576)) ] || { echo "gpu_check: tree and bundle over $CARRY_MIB MiB" >&2
+                                                           exit 1; }
 }
 
 timed() {  # timed NAME SECONDS LOG COMMAND...: run, record exit code and seconds in the summary
