@@ -65,4 +65,3 @@ def size_note(student: torch.nn.Module, teacher: Optional[torch.nn.Module]) -> O
     return (f"note: the student has {s / 1e6:.2f}M parameters, {s / t:.2f}x its teacher's {t / 1e6:.2f}M ({layers}, "
             f"hidden {student.config.hidden_size} against {teacher.config.hidden_size}); a student is meant to be "
             f"smaller (student.init, student.num_layers, student.random_init)")
-
