@@ -21,7 +21,9 @@
 #        the model copy unless asked), checks its size, and runs the GPU tests that can run on a CPU.
 #   bash tools/gpu_check.sh --rehearse OUT              all of --run on this machine's CPU, with this venv's
 #        Python and small benchmark shapes (a few minutes): proves the script itself before GPU time is
-#        spent on it (the first GPU run lost its memory benchmark to a launcher the CPU never ran).
+#        spent on it (the first GPU run lost its memory benchmark to a launcher the CPU never ran). It runs
+#        with the GPU machine's transformers and huggingface_hub (GPU_MACHINE_PINS, from the package
+#        registry) in place of this venv's, so crild is proven on the versions it will meet there.
 #
 # The device tool runs --run with the bundle carried beside the working tree:
 #   run(command="bash tools/gpu_check.sh --run gpu_bundle $OUT", carry=["gpu_bundle"], timeout_s=540)
@@ -34,6 +36,8 @@ CARRY_MIB=64  # what the device tool carries to the GPU machine: the working tre
 WHEELS=(datasets dill multiprocess hjson pydantic pydantic_core annotated_types typing_inspection msgpack py-cpuinfo
         einops xxhash fsspec)
 BUILT=(textbrewer)  # published as source only: built here into a pure-Python wheel
+# the GPU machine's own versions where they differ from this venv's (../shared/docs/environment.md)
+GPU_MACHINE_PINS=("transformers==5.17.0" "huggingface_hub>=1.5,<2")  # the second with its dependencies (httpx)
 
 prepare() {  # prepare BUNDLE WITH_MODEL
   local bundle=$1 with_model=$2 py=.venv/bin/python
@@ -105,7 +109,7 @@ run() {  # run BUNDLE OUT; GPU_CHECK_PYTHON (default python3) and GPU_CHECK_SMAL
     shapes=(--hidden 64 --heads 4 --teacher-layers 2 --student-layers 1) steps=2
     small=(task.few_sample=200 task.max_eval_examples=100)
   fi
-  export PYTHONPATH="$site:$REPO" PATH="$site/bin:$PATH" CRILD_HOME="$WORK/home" OMP_NUM_THREADS=8
+  export PYTHONPATH="$site:${GPU_CHECK_PATH:+$GPU_CHECK_PATH:}$REPO" PATH="$site/bin:$PATH" CRILD_HOME="$WORK/home" OMP_NUM_THREADS=8
   mkdir -p "$CRILD_HOME/data" && cp -r "$bundle/data/rotten_tomatoes" "$CRILD_HOME/data/"
   { nvidia-smi; echo "TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST-unset}"; } >"$WORK/nvidia-smi.txt" 2>&1 || true
   timed gpu-tests 240 "$WORK/gpu-tests.log" "$py" -m pytest tests/gpu -q -p no:cacheprovider -rs \
@@ -130,8 +134,10 @@ run() {  # run BUNDLE OUT; GPU_CHECK_PYTHON (default python3) and GPU_CHECK_SMAL
 import json, platform, sys
 import torch
 steps = [json.loads(line) for line in open(sys.argv[1])]
+import datasets, deepspeed, huggingface_hub, transformers
 info = {"python": platform.python_version(), "torch": torch.__version__,
-        "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+        "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        **{m.__name__: m.__version__ for m in (transformers, huggingface_hub, datasets, deepspeed)}}
 json.dump({"machine": info, "steps": steps, "passed": all(s["exit"] == 0 for s in steps)}, open(sys.argv[2], "w"),
           indent=1)
 PY
@@ -151,7 +157,11 @@ case "${1:-}" in
     [ $# -eq 2 ] || { echo "usage: $0 --rehearse OUT" >&2; exit 2; }
     bundle=$(mktemp -d /tmp/crild-gpu-bundle.XXXX)
     prepare "$bundle" 1
-    GPU_CHECK_PYTHON=$(pwd)/.venv/bin/python GPU_CHECK_SMALL=1 GPU_CHECK_WHEELS=-py3-none-any.whl run "$bundle" "$2"
+    .venv/bin/python -m pip install -q --no-deps --target "$bundle/gpu-machine" "${GPU_MACHINE_PINS[0]}"
+    .venv/bin/python -m pip install -q --target "$bundle/gpu-machine" "${GPU_MACHINE_PINS[1]}" 2>&1 \
+        | grep -v "dependency conflicts\|requires\|already exists" || true
+    GPU_CHECK_PYTHON=$(pwd)/.venv/bin/python GPU_CHECK_SMALL=1 GPU_CHECK_WHEELS=-py3-none-any.whl \
+        GPU_CHECK_PATH="$bundle/gpu-machine" run "$bundle" "$2"
     rm -rf "$bundle"
     python3 -c "import json, sys; s = json.load(open(sys.argv[1])); sys.exit(0 if s['passed'] else 1)" \
         "$2/summary.json" ;;
