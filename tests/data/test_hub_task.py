@@ -257,8 +257,6 @@ def offline(monkeypatch, tmp_path):
     import datasets.config
     from huggingface_hub import constants
 
-    from pipeline.data import hub_data
-
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
