@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 
 from pipeline.models.loading import build_classifier
+from pipeline.training.checkpointing import full_numel
 
 
 class DistillModule(torch.nn.Module):
@@ -48,17 +49,12 @@ def build_student(cfg, spec, previous: Optional[Path]):
     return build_classifier(s.backbone, spec, "student", **kwargs)
 
 
-def parameter_count(model: torch.nn.Module) -> int:
-    """Parameters of ``model``, whole even where ZeRO-3 has partitioned them (``ds_numel``)."""
-    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
-
-
 def size_note(student: torch.nn.Module, teacher: Optional[torch.nn.Module]) -> Optional[str]:
     """A note when the student is not smaller than its teacher (a swapped pair of models, or a
     ``random_init`` shape larger than meant): distillation runs as asked, and says so once."""
     if teacher is None:
         return None
-    s, t = parameter_count(student), parameter_count(teacher)
+    s, t = full_numel(student.parameters()), full_numel(teacher.parameters())  # whole under ZeRO-3 too
     if s < t:
         return None
     layers = f"{student.config.num_hidden_layers} against {teacher.config.num_hidden_layers} layers"

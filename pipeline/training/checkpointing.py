@@ -85,7 +85,7 @@ class Checkpoints:
         """Before the first step: refuse to train when the file system of the checkpoints
         cannot hold the next checkpoint of ``engine`` and the output model (fp32) beside
         what is there (rank 0 checks; collective)."""
-        need = checkpoint_bytes(engine) + 4 * _numel(output.parameters())
+        need = checkpoint_bytes(engine) + 4 * full_numel(output.parameters())
 
         def check() -> None:
             free = free_bytes(self.root)
@@ -161,7 +161,7 @@ class Checkpoints:
                             f"{written} (num_ranks: {written}), or move {self.root} away to start over")
 
 
-def _numel(params, trainable_only: bool = False) -> int:
+def full_numel(params, trainable_only: bool = False) -> int:
     """Elements of ``params`` (their full size under ZeRO-3, which partitions them)."""
     return sum(getattr(p, "ds_numel", p.numel()) for p in params if p.requires_grad or not trainable_only)
 
@@ -172,7 +172,7 @@ def checkpoint_bytes(engine) -> int:
     bf16 and ZeRO, adds 4 bytes more a parameter)."""
     params = list(engine.module.parameters())
     weights = sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in params)
-    return weights + 8 * _numel(params, trainable_only=True)
+    return weights + 8 * full_numel(params, trainable_only=True)
 
 
 def trajectory_keys(cfg, section: str, extra: dict) -> tuple[str, ...]:
