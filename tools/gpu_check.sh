@@ -134,10 +134,15 @@ run() {  # run BUNDLE OUT; GPU_CHECK_PYTHON (default python3) and GPU_CHECK_SMAL
 import json, platform, sys
 import torch
 steps = [json.loads(line) for line in open(sys.argv[1])]
-import datasets, deepspeed, huggingface_hub, transformers
+from importlib import metadata
+def version(name):  # read from the installed metadata: a library that fails to import still leaves a summary
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 info = {"python": platform.python_version(), "torch": torch.__version__,
         "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        **{m.__name__: m.__version__ for m in (transformers, huggingface_hub, datasets, deepspeed)}}
+        **{name: version(name) for name in ("transformers", "huggingface_hub", "datasets", "deepspeed")}}
 json.dump({"machine": info, "steps": steps, "passed": all(s["exit"] == 0 for s in steps)}, open(sys.argv[2], "w"),
           indent=1)
 PY

@@ -50,7 +50,6 @@ def _check_line(check: Check, split: str, metric: str) -> str:
             f"standard error {se}, {len(check.diffs)} seeds)")
 
 
-
 DATE = re.compile(r" on \d{4}-\d{2}-\d{2}; ")  # in the header's "Written by ... on <date>; <machine>" line
 
 
