@@ -95,6 +95,19 @@ def out_of_space(err: BaseException) -> Optional[str]:
             f"complete checkpoint")
 
 
+def clipped(text: str, limit: int = 300) -> str:
+    """A library's message ``text`` in at most ``limit`` characters: whole sentences where the
+    first ones fit, else whole words, with "..." where words were cut, so that the line quoted
+    never ends mid-word ("pip install --u")."""
+    if len(text) <= limit:
+        return text
+    head = text[:limit + 1]
+    end = max(head.rfind(". "), head.rfind("; "))
+    if end >= limit // 3:
+        return head[:end + 1].rstrip(";")
+    return head[:limit - 4].rsplit(" ", 1)[0] + " ..."
+
+
 def one_error(err: BaseException) -> str:
     """``Type: message`` of ``err``, its first line only."""
     text = str(err).strip().splitlines()

@@ -377,6 +377,11 @@ def shape_cases(tmp: Path, tiny_bert: Path, data: Path):
          ["seed: expected an integer, got [0, 1, 2, 3, ...] (list)"]),
         ("model config value of the wrong type", ["teacher", cfg("y6", teacher={"model": edited("cfg-type", hidden_size="big")})],
          ["cannot load a model config from '", "cfg-type' (", "Validation error for field 'hidden_size'"]),
+        # transformers' advice on this runs past the 300 characters quoted: whole sentences are kept
+        ("model config of a model type transformers does not know", ["teacher", cfg("y22", teacher={
+            "model": edited("cfg-model-type", model_type="bertt")})],
+         ["cfg-model-type' (ValueError: The checkpoint you are trying to load has model type `bertt` but Transformers "
+          "does not recognize this architecture.", "your version of Transformers is out of date.)"]),
         ("model config with a negative layer count", ["run", cfg("y7", teacher={"model": edited("cfg-layers", num_hidden_layers=-3)})],
          ["teacher: ", "cfg-layers/config.json: num_hidden_layers: expected a positive integer, got -3"]),
         ("model config whose architectures are not a list", ["run", cfg("y8", teacher={"model": edited("cfg-arch", architectures=7)})],
@@ -505,7 +510,7 @@ def test_every_test_the_catalogue_names_exists():
         assert f"def {test}(" in (REPO / path).read_text(), (path, test)
 
 
-CASE_COUNT = 113
+CASE_COUNT = 114
 
 
 @pytest.mark.parametrize("index", range(CASE_COUNT))
@@ -522,7 +527,7 @@ def test_bad_input_gives_one_line_and_exit_2(index, tmp_path, tiny_bert, sentime
         assert fragment in err[0], (name, fragment, err[0])
     for out in (tmp_path / p for p in ("d1", "m1", "s1", "p1", "v1", "f1", "f3", "m5", "m6", "m7", "s7", "l4", "l9",
                                        "l12", "l15", "l17", "b1", "b2", "b3", "f5", "y3", "y4", "y6", "y7", "y8", "y9", "y10",
-                                       "y12", "y13", "y14", "y15", "y16", "y17", "y18", "y19", "y21")):
+                                       "y12", "y13", "y14", "y15", "y16", "y17", "y18", "y19", "y21", "y22")):
         for stage in ("teacher", "student", "eval", "augmented", "export"):
             assert not is_complete(out / "run" / stage)
         assert not (out / "run" / "student.phases").exists()  # refused before any phase trained

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from pipeline.data.parquet import column_values, read_parquet
-from pipeline.errors import UserError
+from pipeline.errors import UserError, clipped
 from pipeline.schema.paths import read_utf8
 
 # TinyBERT's stop-word list (NLTK's English list plus a few punctuation marks).
@@ -149,7 +149,7 @@ def _npy_matrix(path: Path) -> np.ndarray:
     except (ValueError, OSError, EOFError) as err:
         objects = any(text in str(err) for text in ("pickle", "Python objects"))
         why = "it holds pickled objects, which crild does not load" if objects else \
-            str(err).splitlines()[0][:120]
+            clipped(str(err).splitlines()[0], 120)
         raise UserError(f"{path}: not a NumPy .npy matrix of numbers ({why}); save one with numpy.save") from None
     if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.number):
         raise UserError(f"{path}: expected a 2-D matrix of numbers (a row per word), got shape {matrix.shape} "

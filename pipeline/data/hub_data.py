@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, clipped
 from pipeline.runtime import hub
 
 
@@ -83,7 +83,7 @@ def _call(spec, where: str, online, pinned):
         if offline:
             why = f"it is not in the datasets cache, and {_offline_reason(unreachable)}"
         else:
-            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+            first = clipped(str(err).strip().splitlines()[0], 200) if str(err).strip() else ""
             why = f"{type(err).__name__}: {first}" if first else type(err).__name__
         fix = (f"set {where}.data_dir to a GLUE-format directory" if spec.glue_files else
                f"check {where}.hub and {where}.hub_config, or give {where}.data_dir a folder of train, dev and test "

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from pipeline.errors import UserError, shown
+from pipeline.errors import UserError, clipped, shown
 
 T = TypeVar("T")
 
@@ -24,7 +24,7 @@ def read_parquet(path: Path, read: Callable[["pyarrow.parquet.ParquetFile"], T])
         raise UserError(f"{path}: not a Parquet file crild can read (a name in its schema is not UTF-8: byte "
                         f"{err.object[err.start]:#04x})") from None
     except (OSError, EOFError, pyarrow.ArrowException) as err:
-        why = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+        why = clipped(str(err).splitlines()[0], 120) if str(err) else type(err).__name__
         raise UserError(f"{path}: not a Parquet file crild can read ({why})") from None
 
 

@@ -20,7 +20,7 @@ import functools
 from pathlib import Path
 from typing import Optional
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, clipped
 from pipeline.runtime import hub
 from pipeline.runtime.progress import note
 
@@ -110,7 +110,7 @@ def _download(name: str, repo: str, commit: Optional[str], where: str, patterns:
                         f"({hub.endpoint()}) that this machine may read (a private or gated model needs a token: "
                         f"hf auth login)") from None
     except (HfHubHTTPError, OSError) as err:
-        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        reason = clipped(str(err).strip().splitlines()[0]) if str(err).strip() else type(err).__name__
         raise UserError(f"{where}: could not download '{name}' from the hub ({hub.endpoint()}): {reason}") from None
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from pipeline.errors import UserError, one_error
+from pipeline.errors import UserError, clipped, one_error
 from pipeline.models.families import family_of
 from pipeline.models.hub_models import snapshot
 from pipeline.models.label_order import align_outputs, head_loaded
@@ -91,8 +91,8 @@ def _reason(err: BaseException) -> str:
     is only the key) and every line (a validation error's field is on its second)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     if isinstance(err, OSError) and lines:
-        return lines[0][:300]
-    return " ".join([f"{type(err).__name__}:", *lines])[:300] if lines else type(err).__name__
+        return clipped(lines[0])
+    return clipped(" ".join([f"{type(err).__name__}:", *lines])) if lines else type(err).__name__
 
 
 def load_tokenizer(path: str, where: str):
@@ -172,7 +172,7 @@ def check_buildable(config, path: str, where: str) -> None:
         raise
     except Exception as err:  # noqa: BLE001 - the constructor's objection to the user's config
         raise UserError(f"{where}: transformers cannot build a model from {Path(path) / 'config.json'} "
-                        f"({one_error(err)[:300]})") from None
+                        f"({clipped(one_error(err))})") from None
     _BUILT.add(key)
 
 

@@ -9,6 +9,8 @@ import time
 import pytest
 import yaml
 from helpers import REPO, crild_env, tiny_run_config
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipeline import errors
 from pipeline.runtime.distributed import free_port
@@ -107,3 +109,29 @@ def test_an_error_of_every_rank_is_one_line_under_the_launcher(tmp_path, tiny_be
     said = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("crild: error")]
     assert proc.returncode != 0 and said == [f"crild: error: teacher.model: model folder '{tmp_path}/no-such-model' "
                                              f"does not exist"], proc.stderr[-3000:]
+
+
+@given(st.text(alphabet=st.sampled_from("ab .;-`"), max_size=500), st.integers(20, 400))
+def test_a_clipped_message_fits_and_never_ends_mid_word(text, limit):
+    """A library's message quoted in a line is cut at a sentence end, else at a word, with
+    "..." marking words cut; what is kept is the message's own start."""
+    out = errors.clipped(text, limit)
+    assert len(out) <= limit
+    if len(text) <= limit:
+        assert out == text
+        return
+    kept = out.removesuffix(" ...")
+    assert text.startswith(kept)
+    if out.endswith(" ..."):
+        assert text[len(kept)] == " " or " " not in text[:limit - 4]
+    else:
+        assert kept.endswith(".") and text[len(kept)] == " "
+
+
+def test_transformers_advice_is_cut_after_a_whole_sentence():
+    advice = ("The checkpoint you are trying to load has model type `bertt` but Transformers does not recognize "
+              "this architecture. This could be because of an issue with the checkpoint, or because your version "
+              "of Transformers is out of date. You can update Transformers with the command `pip install "
+              "--upgrade transformers`.")
+    assert errors.clipped(advice).endswith("your version of Transformers is out of date.")
+    assert errors.clipped("x" * 500) == "x" * 296 + " ..."
