@@ -155,16 +155,26 @@ def empty_text_note(rows_a, rows_b, path, line_numbers) -> Optional[str]:
 
 def _csv_rows(path: Path, text: str, delimiter: str, quoting: int = csv.QUOTE_MINIMAL) -> list[tuple[int, list[str]]]:
     """(physical line where the record starts, fields) of every record: a quoted field may
-    span lines, so record numbers are not line numbers."""
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
-    rows, line = [], 1
-    try:
-        for row in reader:
-            rows.append((line, row))
-            line = reader.line_num + 1
-    except csv.Error as err:
-        kind = "TSV" if delimiter == "\t" else "CSV"
-        raise UserError(f"{path}:{reader.line_num}: not valid {kind} ({err})") from None
+    span lines, so record numbers are not line numbers. A quote never closed is refused: the
+    csv module would read the rest of the file into that one field, and the error would then
+    be a count of fields. Other lapses from strict CSV (``"ab"c``) are read as spreadsheets and
+    pandas read them."""
+    kind = "TSV" if delimiter == "\t" else "CSV"
+    rows: list[tuple[int, list[str]]] = []
+    for strict in (True, False):
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting, strict=strict)
+        rows, line = [], 1
+        try:
+            for row in reader:
+                rows.append((line, row))
+                line = reader.line_num + 1
+            return rows
+        except csv.Error as err:
+            if strict and str(err) == "unexpected end of data":
+                raise UserError(f"{path}:{line}: a quote (\") opened in this record is never closed; expected a "
+                                f"closing quote before the end of the file (line {reader.line_num})") from None
+            if not strict:
+                raise UserError(f"{path}:{reader.line_num}: not valid {kind} ({err})") from None
     return rows
 
 

@@ -91,6 +91,23 @@ def test_a_header_that_swallowed_a_line_break_is_shown_escaped_on_one_line(tmp_p
     assert "\n" not in str(err.value) and str(err.value).endswith("missing column 'label' (has: sentence,label\\r\\n, x)")
 
 
+@pytest.mark.parametrize("name, sep", [("train.csv", ","), ("train.tsv", "\t")])
+def test_a_quote_never_closed_is_refused_at_the_record_that_opened_it(tmp_path, name, sep):
+    """Python's csv module reads the rest of the file into the open quote's field without a
+    word: the records after it would silently vanish (or the error would be a field count)."""
+    (tmp_path / name).write_text(f"sentence{sep}label\ngood{sep}fresh\n\"bad{sep}rotten\nfine{sep}fresh\nok{sep}fresh\n")
+    with pytest.raises(UserError) as err:
+        load_split(TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path)), TASKS["rotten_tomatoes"], "train")
+    assert str(err.value) == (f"{tmp_path / name}:3: a quote (\") opened in this record is never closed; expected a "
+                              f"closing quote before the end of the file (line 5)")
+
+
+def test_quoted_fields_over_lines_and_a_quote_inside_a_field_are_read_as_spreadsheets_write_them(tmp_path):
+    (tmp_path / "train.csv").write_text('sentence,label\n"two\nlines",fresh\n"ab"c,rotten\nsaid "hi",fresh\n')
+    examples = load_split(TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path)), TASKS["rotten_tomatoes"], "train")
+    assert examples.text_a == ["two\nlines", "abc", 'said "hi"']
+
+
 def test_label_outside_label_set_names_line_and_value(tmp_path):
     (tmp_path / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\ta\tb\tmaybe\n")
     with pytest.raises(UserError) as err:
