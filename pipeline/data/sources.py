@@ -17,9 +17,10 @@ import numpy as np
 from pipeline.data.hub_data import hub_name, is_own_hub, load_hub_split, split_names, unpinned_commit
 from pipeline.data.parquet import column_values, read_parquet
 from pipeline.data.tasks import TABLE_SUFFIXES, GlueFile, TaskSpec, table_files
-from pipeline.errors import UserError, shown
+from pipeline.errors import UserError, clipped, shown
 from pipeline.runtime import environment, hub
 from pipeline.schema.json_objects import marked_object
+from pipeline.schema.messages import suggest
 from pipeline.schema.nesting import too_deep
 from pipeline.schema.paths import read_utf8
 
@@ -84,6 +85,17 @@ def offline_data_dir() -> Path:
 # --------------------------------------------------------------------------- labels
 
 
+def _as_written(value) -> str:
+    """A label value as its file writes it: text quoted, anything else as JSON (``true``,
+    ``NaN``, ``["bug"]``, not Python's ``True``, ``nan``, ``['bug']``)."""
+    if isinstance(value, str):
+        return clipped(repr(value), 80)
+    try:
+        return clipped(json.dumps(value, ensure_ascii=False), 80)
+    except (TypeError, ValueError):  # a Parquet cell numpy holds
+        return clipped(repr(value), 80)
+
+
 def _label_index(value, spec: TaskSpec, where: str):
     if spec.regression:
         try:
@@ -91,7 +103,7 @@ def _label_index(value, spec: TaskSpec, where: str):
         except (TypeError, ValueError):
             score = math.nan
         if not math.isfinite(score):
-            raise UserError(f"{where}: label {value!r} is not a finite number (task {spec.name} is a regression)")
+            raise UserError(f"{where}: label {_as_written(value)} is not a finite number (task {spec.name} is a regression)")
         return score
     text = str(value).strip()
     if text in spec.labels and not isinstance(value, bool):
@@ -100,7 +112,9 @@ def _label_index(value, spec: TaskSpec, where: str):
     if k is not None and k < len(spec.labels):
         return spec.labels.index(spec.numbering[k])
     numbers = f", or their ids 0-{len(spec.labels) - 1}" if spec.named_labels else ""
-    raise UserError(f"{where}: label {value!r} is not one of {', '.join(spec.labels)}{numbers} (task {spec.name})")
+    near = suggest(text, spec.labels, cutoff=0.75) if isinstance(value, str) else ""
+    raise UserError(f"{where}: label {_as_written(value)} is not one of {', '.join(spec.labels)}{numbers} (task "
+                    f"{spec.name}){near}")
 
 
 def _label_id(value) -> Optional[int]:

@@ -115,6 +115,22 @@ def test_label_outside_label_set_names_line_and_value(tmp_path):
     assert "train.tsv:3" in str(err.value) and "'maybe'" in str(err.value) and "not_entailment" in str(err.value)
 
 
+@pytest.mark.parametrize("written, said", [
+    ('"Fresh"', "label 'Fresh' is not one of rotten, fresh, or their ids 0-1 (task rotten_tomatoes); did you mean "
+                "'fresh'?"),
+    ('"meh"', "label 'meh' is not one of rotten, fresh, or their ids 0-1 (task rotten_tomatoes)"),
+    ("true", "label true is not one of"), ("NaN", "label NaN is not one of"), ('["fresh"]', 'label ["fresh"] is not'),
+    (str(list(range(100))), "label [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, ... is not"),
+])
+def test_a_label_outside_the_set_is_quoted_as_the_file_writes_it(tmp_path, written, said):
+    """JSON's true, NaN and lists as JSON writes them, not as Python prints them; a long one cut;
+    a name that differs from one of the labels by case or a letter gets a suggestion."""
+    (tmp_path / "train.jsonl").write_text(f'{{"sentence": "a", "label": "fresh"}}\n{{"sentence": "b", "label": {written}}}\n')
+    with pytest.raises(UserError) as err:
+        load_split(TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path)), TASKS["rotten_tomatoes"], "train")
+    assert str(err.value).startswith(f"{tmp_path / 'train.jsonl'}:2: {said}")
+
+
 def test_empty_dataset_is_an_error(tmp_path):
     (tmp_path / "train.jsonl").write_text("")
     with pytest.raises(UserError, match="no examples"):
