@@ -151,6 +151,11 @@ def more_cases(tmp: Path, tiny_bert: Path, data: Path):
 
         build_classifier(str(tiny_bert), TASKS["snli"], "teacher").save_pretrained(str(three_labels))
         shutil.copy(tiny_bert / "vocab.txt", three_labels / "vocab.txt")
+    misfit = tmp / "misfit"  # a three-class head under a config.json edited to two classes
+    shutil.copytree(three_labels, misfit, dirs_exist_ok=True)
+    config = json.loads((three_labels / "config.json").read_text())
+    (misfit / "config.json").write_text(json.dumps({**config, "id2label": {"0": "rotten", "1": "fresh"},
+                                                    "label2id": {"rotten": 0, "fresh": 1}}))
     duplicate = _text(tmp / "duplicate.yaml", "seed: 1\nstages:\n  teacher: {epochs: 1}\nseed: 2\n")
     deeper = {"init": "random", "backbone": str(tiny_bert),
               "random_init": {"num_layers": 6, "hidden_size": 32, "num_heads": 4, "intermediate_size": 64}}
@@ -206,6 +211,14 @@ def more_cases(tmp: Path, tiny_bert: Path, data: Path):
         ("teacher with another label count", ["teacher", cfg("m6", teacher={"model": str(three_labels)})],
          ["three-labels' is a classifier with 3 output(s) (entailment, neutral, contradiction); task rotten_tomatoes "
           "needs 2"]),
+        # transformers 5 says only that some tensor does not fit, and logs a table crild hides
+        ("weights that do not fit their config.json", ["teacher", cfg("m8", teacher={"model": str(misfit)})],
+         ["teacher: the weights in '", "misfit' do not fit its config.json (classifier.bias is [3] where "
+          "config.json makes it [2]; classifier.weight is [3, 32] where config.json makes it [2, 32])"]),
+        ("evaluating a classifier of another label count", ["evaluate", cfg("m9", stages__evaluate={
+            "models": [str(three_labels)]})],
+         ["stages.evaluate.models: '", "three-labels' is a classifier with 3 output(s) (entailment, neutral, "
+          "contradiction); task rotten_tomatoes needs 2"]),
         ("student deeper than its teacher under a uniform map", ["distill", cfg("m7", student=deeper, stages__distill={
             "teacher_model": _teacher(tmp, tiny_bert), "preset": "tinybert"})],
          ["stages.distill.layer_map: uniform maps the student's 6 layers", "the teacher has 4"]),
@@ -510,7 +523,7 @@ def test_every_test_the_catalogue_names_exists():
         assert f"def {test}(" in (REPO / path).read_text(), (path, test)
 
 
-CASE_COUNT = 114
+CASE_COUNT = 116
 
 
 @pytest.mark.parametrize("index", range(CASE_COUNT))
@@ -525,7 +538,7 @@ def test_bad_input_gives_one_line_and_exit_2(index, tmp_path, tiny_bert, sentime
     assert "Traceback" not in err[0]
     for fragment in fragments:
         assert fragment in err[0], (name, fragment, err[0])
-    for out in (tmp_path / p for p in ("d1", "m1", "s1", "p1", "v1", "f1", "f3", "m5", "m6", "m7", "s7", "l4", "l9",
+    for out in (tmp_path / p for p in ("d1", "m1", "s1", "p1", "v1", "f1", "f3", "m5", "m6", "m7", "m8", "m9", "s7", "l4", "l9",
                                        "l12", "l15", "l17", "b1", "b2", "b3", "f5", "y3", "y4", "y6", "y7", "y8", "y9", "y10",
                                        "y12", "y13", "y14", "y15", "y16", "y17", "y18", "y19", "y21", "y22")):
         for stage in ("teacher", "student", "eval", "augmented", "export"):

@@ -11,7 +11,14 @@ import torch
 from pipeline.errors import UserError
 from pipeline.models.hub_models import split_pin
 from pipeline.models.label_order import align_outputs
-from pipeline.models.loading import check_max_length, load_pretrained, require_trained, resolve_model
+from pipeline.models.loading import (
+    check_labels,
+    check_max_length,
+    load_config,
+    load_pretrained,
+    require_trained,
+    resolve_model,
+)
 from pipeline.outputs.atomic import verified
 from pipeline.outputs.manifest import MANIFEST, is_complete
 from pipeline.outputs.trust import trust_note
@@ -97,11 +104,10 @@ def load_eval_model(path: str, spec, dtype: torch.dtype, device: torch.device, m
     from transformers import AutoModelForSequenceClassification
 
     folder = resolve_model(path, where)
-    model, info = load_pretrained(AutoModelForSequenceClassification, folder, where, dtype=dtype,
+    config = load_config(folder, where)
+    check_labels(config, spec, path, where)  # before the weights, which would not fit another head
+    model, info = load_pretrained(AutoModelForSequenceClassification, folder, where, config=config, dtype=dtype,
                                   output_loading_info=True)
-    if model.config.num_labels != spec.num_labels:
-        raise UserError(f"{path}: model has {model.config.num_labels} output(s), task {spec.name} needs "
-                        f"{spec.num_labels}")
     require_trained(info, folder, where, spec)
     align_outputs(model, model.config, spec, path, where)
     check_max_length(model.config, max_length, path)

@@ -105,7 +105,7 @@ def load_tokenizer(path: str, where: str):
         tok = AutoTokenizer.from_pretrained(path, use_fast=True)
     except Exception as err:  # noqa: BLE001 - its files (tokenizer.json, config.json) are the user's
         if (Path(path) / "config.json").is_file():
-            _load_config(path, where)  # a config.json that cannot be read is the cause: named as such
+            load_config(path, where)  # a config.json that cannot be read is the cause: named as such
         raise UserError(f"{where}: cannot load a tokenizer from '{path}' ({_reason(err)})") from None
     if not tok.is_fast:
         raise UserError(f"{where}: '{path}' has no fast tokenizer (tokenizer.json or vocab.txt)")
@@ -123,7 +123,7 @@ def _label_kwargs(spec: TaskSpec) -> dict:
 _POSITIVE_COUNTS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings")
 
 
-def _load_config(path: str, where: str, **kwargs):
+def load_config(path: str, where: str, **kwargs):
     """The model config.json of ``path``, or one line naming what is wrong with it. Whatever
     transformers raises while reading the file (not JSON, nested past recursion, a value of
     the wrong type, a mapping given as a list) is the file's mistake."""
@@ -220,7 +220,7 @@ def _encoder(name: str, where: str, num_layers: Optional[int], random_init: Opti
     from transformers import AutoConfig
 
     path = resolve_model(name, where, need_weights=random_init is None)
-    base = _load_config(path, where)
+    base = load_config(path, where)
     family = family_of(base, where)
     if random_init is not None:
         if random_init.hidden_size % random_init.num_heads:
@@ -229,7 +229,7 @@ def _encoder(name: str, where: str, num_layers: Optional[int], random_init: Opti
         config = AutoConfig.for_model(base.model_type, **_random_shape(base, family, random_init), **label_kwargs)
         config._attn_implementation = family.attention
         return path, base, family, config
-    config = _load_config(path, where, **label_kwargs)
+    config = load_config(path, where, **label_kwargs)
     if num_layers is not None:
         if not 1 <= num_layers <= config.num_hidden_layers:
             raise UserError(f"{where}.num_layers: {num_layers} is not between 1 and the backbone's "
@@ -279,7 +279,7 @@ def load_pretrained(cls, path: str, where: str, **kwargs):
     line naming it."""
     from safetensors import SafetensorError
 
-    config = kwargs.get("config") or _load_config(path, where)
+    config = kwargs.get("config") or load_config(path, where)
     try:
         return cls.from_pretrained(path, attn_implementation=family_of(config, where).attention, use_safetensors=True,
                                    **kwargs)
@@ -290,8 +290,8 @@ def load_pretrained(cls, path: str, where: str, **kwargs):
     except RuntimeError as err:
         if "mismatch" not in str(err):
             raise
-        raise UserError(f"{where}: the weights in '{path}' do not fit its config.json ({str(err).splitlines()[0]})") \
-            from None
+        raise UserError(f"{where}: the weights in '{path}' do not fit its config.json "
+                        f"({_misfits(cls, path, config, where)})") from None
 
 
 def check_weights(path: str, where: str) -> set[str]:
@@ -300,6 +300,12 @@ def check_weights(path: str, where: str) -> set[str]:
     check, which maps the file and reads no tensor). A copy or download cut short is then
     named before a run's first stage, not when the stage that reads the model starts.
     Returns the names of the tensors the files hold."""
+    return set(weight_shapes(path, where))
+
+
+def weight_shapes(path: str, where: str) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor the safetensors files of ``path`` hold, read from their
+    headers (see ``check_weights``)."""
     from safetensors import SafetensorError, safe_open
 
     folder = Path(path)
@@ -311,7 +317,7 @@ def check_weights(path: str, where: str) -> set[str]:
             raise UserError(f"{where}: '{index}' is not a weight index ({one_error(err)})") from None
     else:
         shards = ["model.safetensors"]
-    names: set[str] = set()
+    shapes: dict[str, tuple[int, ...]] = {}
     for shard in shards:
         file = folder / shard
         if not file.is_file():
@@ -319,10 +325,28 @@ def check_weights(path: str, where: str) -> set[str]:
                             + (f" (named in {index.name})" if index.is_file() else ""))
         try:
             with safe_open(str(file), "pt") as weights:
-                names.update(weights.keys())
+                shapes.update({name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()})
         except (OSError, SafetensorError) as err:
             raise UserError(f"{where}: cannot load the model in '{path}' ({str(err).splitlines()[0]})") from None
-    return names
+    return shapes
+
+
+def _misfits(cls, path: str, config, where: str) -> str:
+    """Which tensors of the folder's weights have another shape than ``config`` gives them
+    (transformers 5 says only that some do, and logs its table): ``name [ckpt] where config.json
+    makes [model]``, the first two and a count."""
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in cls.from_config(config).state_dict().items()}
+    prefix = getattr(cls, "base_model_prefix", "") or getattr(config, "model_type", "")
+    misfits = []
+    for name, shape in sorted(weight_shapes(path, where).items()):
+        for key in (name, f"{prefix}.{name}", name.removeprefix(f"{prefix}.")):
+            if key in expected:
+                if expected[key] != shape:
+                    misfits.append(f"{name} is {list(shape)} where config.json makes it {list(expected[key])}")
+                break
+    more = f" and {len(misfits) - 2} more" if len(misfits) > 2 else ""
+    return "; ".join(misfits[:2]) + more if misfits else "a tensor's shape differs from what config.json gives it"
 
 
 def position_limit(config, where: str) -> Optional[int]:
