@@ -5,13 +5,14 @@ students to INT8, and time everything against the teacher.
     crild export jobs/demo.yaml
 
 Output: ``<output_dir>/export`` with one folder per model (``model.onnx``, tokenizer,
-config.json) that ONNX Runtime loads as it is, ``<model>-int8`` folders, ``summary.json``
-(parity, accuracy and size of each) and ``latency.json`` / ``latency.md`` (the table the
-demo ends with). An export outside ``stages.export.tolerance`` fails, writing nothing.
+config.json, and README.md, its model card) that ONNX Runtime loads as it is, ``<model>-int8``
+folders, ``results.json`` (parity, score, size and timings of each) and ``latency.md`` (the
+table the demo ends with). An export outside ``stages.export.tolerance`` fails, writing nothing.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -29,7 +30,8 @@ from pipeline.errors import UserError
 from pipeline.evaluation.models import load_eval_model, run_models
 from pipeline.evaluation.predict import classifier_forward, predict_logits, split_metrics
 from pipeline.export.latency import Candidate, measure, table
-from pipeline.export.onnx_export import ONNX_FILE, export_classifier
+from pipeline.export.model_card import CARD, ExportedModel, model_card
+from pipeline.export.onnx_export import ONNX_FILE, export_classifier, input_names
 from pipeline.export.parity import check, parity
 from pipeline.export.quantize import quantize_folder
 from pipeline.export.runtime import onnx_forward, onnxruntime, session
@@ -48,8 +50,9 @@ def _size_mb(folder: Path, names: tuple) -> float:
     return sum((folder / n).stat().st_size for n in names if (folder / n).is_file()) / 2**20
 
 
-def export_one(cfg: RunConfig, name: str, path: str, out: Path, dist: DistInfo, threads: int) -> tuple[list, list]:
-    """Export one model (and its INT8 copy) into ``out``; (result rows, timing candidates)."""
+def export_one(cfg: RunConfig, name: str, path: str, out: Path, dist: DistInfo, threads: int) -> tuple:
+    """Export one model (and its INT8 copy) into ``out``; (result rows, timing candidates,
+    (split, metric), the exported folders)."""
     export_cfg = cfg.stages.export
     folder = Path(resolve_model(path, "stages.export.models"))
     tokenizer = load_tokenizer(str(folder), "stages.export.models")
@@ -62,6 +65,9 @@ def export_one(cfg: RunConfig, name: str, path: str, out: Path, dist: DistInfo, 
                                 "stages.export.models")
     # a copy to trace: tracing changes state inside a transformers model
     export_classifier(copy.deepcopy(reference).cpu(), tokenizer, folder, out / name, export_cfg.opset)
+    facts = ExportedModel(name, folder, reference.config, sum(p.numel() for p in reference.parameters()),
+                          input_names(reference, tokenizer), int8=False)
+    exported = [facts]
     torch_forward = classifier_forward(reference, CPU)
     batch_size = cfg.stages.evaluate.batch_size
     torch_logits = predict_logits(torch_forward, ds, data.collate, batch_size, dist)
@@ -84,9 +90,10 @@ def export_one(cfg: RunConfig, name: str, path: str, out: Path, dist: DistInfo, 
                      "size_mb": _size_mb(out / f"{name}-int8", (ONNX_FILE,)),
                      "parity": parity(split, torch_logits, int8_logits, data.spec.regression).as_dict()})
         candidates.append(Candidate(name, "onnx-int8", int8_fwd, ds, data.collate))
+        exported.append(dataclasses.replace(facts, int8=True))
     log(dist, f"{STAGE}: {name}: ONNX matches PyTorch on {split} (largest logit difference {fp32.max_logit_diff:.2g}, "
               f"same prediction on {fp32.agreement:.2%})")
-    return rows, candidates, (split, metric)
+    return rows, candidates, (split, metric), exported
 
 
 def oversubscribed_note(threads: int, cores: int) -> str | None:
@@ -114,11 +121,12 @@ def run(cfg: RunConfig) -> int:
         notes.append(oversubscribed_note(threads, len(os.sched_getaffinity(0))))
     out = Path(cfg.output_dir)
     with atomic_output(out / STAGE, cfg, STAGE, stage_fingerprint(cfg, STAGE)) as tmp:
-        rows, candidates = [], []
+        rows, candidates, exported = [], [], []
         for name, path in models.items():
-            model_rows, model_candidates, timing_data = export_one(cfg, name, path, tmp, dist, threads)
+            model_rows, model_candidates, timing_data, model_folders = export_one(cfg, name, path, tmp, dist, threads)
             rows += model_rows
             candidates += model_candidates
+            exported += model_folders
         for note in filter(None, notes):
             log(dist, note)
         split, metric = timing_data
@@ -130,6 +138,12 @@ def run(cfg: RunConfig) -> int:
                 row.update(timings[f"{row['model']} ({row['runtime']})"])
             (tmp / "latency.md").write_text(table(rows, cfg.task.name, metric, threads))
         write_json(tmp / "results.json", result)
+        by_runtime = {(row["model"], row["runtime"]): row for row in rows}
+        for model in exported:
+            row = by_runtime[(model.model, "onnx-int8" if model.int8 else "onnx")]
+            card = model_card(model, row, by_runtime[(model.model, "pytorch")], task_spec(cfg.task), split, metric,
+                              threads)
+            (tmp / model.folder / CARD).write_text(card, encoding="utf-8")
     if export_cfg.benchmark.enabled:
         print((out / STAGE / "latency.md").read_text(), end="", flush=True)
     barrier()

@@ -87,6 +87,36 @@ def test_export_matches_pytorch_and_loads_as_it_is(trained, capsys):
     for name in ("teacher", "student", "student-int8"):  # ONNX Runtime and the tokenizer, nothing else
         logits = classify(out / name, ["a good film .", "an awful movie"])
         assert logits.shape == (2, 2) and np.isfinite(logits).all()
+    made = {"teacher": "Fine-tuned by crild from `tiny-bert` on rotten_tomatoes (96 training examples).",
+            "student": "Distilled by crild from a teacher fine-tuned from `tiny-bert` by preset `kd` (phases kd), on "
+                       "rotten_tomatoes."}
+    for name, (model, runtime) in {"teacher": ("teacher", "onnx"), "student": ("student", "onnx"),
+                                   "student-int8": ("student", "onnx-int8")}.items():
+        card = check_card(out / name, capsys)
+        assert made[model] in card.text and f"# {name}: rotten_tomatoes, single texts" in card.text
+        assert ("int8" in card.data.tags) == (runtime == "onnx-int8")
+        row = rows[(model, runtime)]
+        assert (f"| {row['score']:.4f} | {rows[(model, 'pytorch')]['score']:.4f} | "
+                f"{row['parity']['max_logit_diff']:.2g} | {row['parity']['agreement']:.2%} |") in card.text
+        assert f"| {row['batch1_p50_ms']:.2f} ms | {row['batch1_p95_ms']:.2f} ms |" in card.text
+        assert str(Path(trained["output_dir"]).parent) not in card.text  # local paths by their last name only
+
+
+def check_card(folder: Path, capsys):
+    """The model card of an exported folder: a hub card (its YAML header read by huggingface_hub)
+    whose serving code runs as written, from the folder, and answers with a label name."""
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.pipeline_tag == "text-classification" and {"onnx", "crild"} <= set(card.data.tags)
+    start = card.text.index("```python\n") + len("```python\n")
+    code = card.text[start:card.text.index("\n```", start)]
+    assert 'folder = "."' in code
+    capsys.readouterr()
+    exec(compile(code.replace('folder = "."', f'folder = "{folder}"'), str(folder / "README.md"), "exec"), {})
+    config = json.loads((folder / "config.json").read_text())
+    assert capsys.readouterr().out.strip() in config["id2label"].values()
+    return card
 
 
 @pytest.mark.parametrize("model_type", sorted(FAMILY_TOKENIZERS))
@@ -108,6 +138,7 @@ def test_every_family_exports_and_matches_pytorch(tmp_path, family_models, senti
     for name in ("student", "student-int8"):
         logits = classify(out / name, ["a good film .", "an awful movie"])
         assert logits.shape == (2, 2) and np.isfinite(logits).all()
+        assert "A model folder crild did not train" in check_card(out / name, capsys).text
 
 
 def test_a_tolerance_that_fails_is_one_line_and_writes_nothing(trained, tmp_path, capsys):
@@ -163,6 +194,37 @@ def test_the_readme_serving_snippet_runs_as_written(trained, capsys):
     capsys.readouterr()
     exec(compile(code.replace("runs/demo/export/student-int8", str(out)), "README.md", "exec"), {})
     assert capsys.readouterr().out.strip() in ("fresh", "rotten")
+
+
+def test_the_readme_serving_snippet_is_the_model_cards(trained):
+    """One piece of code serves an export, in the README and in every exported folder's card."""
+    from pipeline.export.model_card import serving_code
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Serving the student"):]
+    start = section.index("```python\n") + len("```python\n")
+    assert section[start:section.index("```", start)] == serving_code("runs/demo/export/student-int8", False, False)
+
+
+@pytest.mark.parametrize("pair, regression", [(True, False), (True, True), (False, True)])
+def test_the_cards_serving_code_for_pairs_and_scores_runs(trained, capsys, pair, regression):
+    """A pair task's code gives the tokenizer both texts, a regression's prints its score (run
+    here on the exported classifier, which takes pairs and gives logits alike)."""
+    from pipeline.export.model_card import serving_code
+
+    out = Path(trained["output_dir"]) / "export" / "student"
+    if not out.is_dir():
+        assert run_cli(["export", str(write(Path(trained["output_dir"]).parent / "export.yaml", trained))],
+                       capsys)[0] == 0
+    code = serving_code(str(out), pair, regression)
+    assert ("], [" in code) == pair
+    capsys.readouterr()
+    exec(compile(code, "card", "exec"), {})
+    printed = capsys.readouterr().out.strip()
+    if regression:
+        assert np.isfinite(float(printed))
+    else:
+        assert printed in ("rotten", "fresh")
 
 
 def test_export_started_on_several_ranks_is_one_line(trained, tmp_path):
