@@ -14,8 +14,8 @@ from pipeline.models.label_order import align_outputs
 from pipeline.models.loading import (
     check_labels,
     check_max_length,
-    load_config,
     load_pretrained,
+    read_model_config,
     require_trained,
     resolve_model,
 )
@@ -104,7 +104,7 @@ def load_eval_model(path: str, spec, dtype: torch.dtype, device: torch.device, m
     from transformers import AutoModelForSequenceClassification
 
     folder = resolve_model(path, where)
-    config = load_config(folder, where)
+    config = read_model_config(folder, where)
     check_labels(config, spec, path, where)  # before the weights, which would not fit another head
     model, info = load_pretrained(AutoModelForSequenceClassification, folder, where, config=config, dtype=dtype,
                                   output_loading_info=True)

@@ -18,6 +18,7 @@ from typing import Optional
 import yaml
 
 from pipeline import __version__
+from pipeline.distill.presets import PRESETS
 from pipeline.models.loading import position_limit
 from pipeline.outputs.manifest import RESOLVED_CONFIG, read_manifest
 
@@ -84,26 +85,25 @@ def provenance(source: Path) -> str:
     manifest = read_manifest(source) or {}
     cfg = _read(source / RESOLVED_CONFIG, yaml.safe_load) or {}
     results = _read(source / "train_results.json", json.loads) or {}
-    stage = manifest.get("stage")
     task = (cfg.get("task") or {}).get("name", "its task")
     teacher = (cfg.get("teacher") or {}).get("model")
-    examples = results.get("train_examples")
-    on = f" on {task}" + (f" ({examples:,} training examples)" if isinstance(examples, int) else "")
-    if stage == "teacher" and teacher:
+    distill = (cfg.get("stages") or {}).get("distill") or {}
+    preset = results.get("preset") or distill.get("preset")
+    phases = results.get("phases") or {}
+    examples = results.get("train_examples") or sum(p.get("examples", 0) for p in phases.values() if isinstance(p, dict))
+    on = f" on {task}" + (f" ({examples:,} training examples)" if isinstance(examples, int) and examples else "")
+    if manifest.get("stage") == "teacher" and teacher:
         return f"Fine-tuned by crild from `{_shown_name(teacher)}`{on}."
-    if stage == "distill":
-        distill = (cfg.get("stages") or {}).get("distill") or {}
-        given = distill.get("teacher_model")
-        source_teacher = f"`{_shown_name(given)}`" if given else \
-            (f"a teacher fine-tuned from `{_shown_name(teacher)}`" if teacher else "its run's teacher")
-        phases = ", ".join(results.get("phases") or {})
-        preset = results.get("preset") or distill.get("preset")
-        how = f" by preset `{preset}`" + (f" (phases {phases})" if phases else "") if preset else ""
-        return f"Distilled by crild from {source_teacher}{how}, on {task}."
-    if stage == "baseline":
-        return f"Fine-tuned by crild without a teacher{on}: the no-teacher baseline its distilled student is " \
-               f"compared with."
-    return "A model folder crild did not train; crild exported it and checked the export against it."
+    if manifest.get("stage") != "distill":
+        return "A model folder crild did not train; crild exported it and checked the export against it."
+    if preset in PRESETS and not PRESETS[preset].needs_teacher:  # the baseline, written as the distill stage
+        return f"Fine-tuned by crild without a teacher{on}: the no-teacher baseline that a distilled student of " \
+               f"its shape is compared with."
+    given = distill.get("teacher_model")
+    source_teacher = f"`{_shown_name(given)}`" if given else \
+        (f"a teacher fine-tuned from `{_shown_name(teacher)}`" if teacher else "its run's teacher")
+    how = f" by preset `{preset}`" + (f" (phases {', '.join(phases)})" if phases else "") if preset else ""
+    return f"Distilled by crild from {source_teacher}{how}, on {task}."
 
 
 def _count(n, noun: str) -> str:

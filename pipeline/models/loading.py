@@ -105,7 +105,7 @@ def load_tokenizer(path: str, where: str):
         tok = AutoTokenizer.from_pretrained(path, use_fast=True)
     except Exception as err:  # noqa: BLE001 - its files (tokenizer.json, config.json) are the user's
         if (Path(path) / "config.json").is_file():
-            load_config(path, where)  # a config.json that cannot be read is the cause: named as such
+            read_model_config(path, where)  # a config.json that cannot be read is the cause: named as such
         raise UserError(f"{where}: cannot load a tokenizer from '{path}' ({_reason(err)})") from None
     if not tok.is_fast:
         raise UserError(f"{where}: '{path}' has no fast tokenizer (tokenizer.json or vocab.txt)")
@@ -123,7 +123,7 @@ def _label_kwargs(spec: TaskSpec) -> dict:
 _POSITIVE_COUNTS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings")
 
 
-def load_config(path: str, where: str, **kwargs):
+def read_model_config(path: str, where: str, **kwargs):
     """The model config.json of ``path``, or one line naming what is wrong with it. Whatever
     transformers raises while reading the file (not JSON, nested past recursion, a value of
     the wrong type, a mapping given as a list) is the file's mistake."""
@@ -220,7 +220,7 @@ def _encoder(name: str, where: str, num_layers: Optional[int], random_init: Opti
     from transformers import AutoConfig
 
     path = resolve_model(name, where, need_weights=random_init is None)
-    base = load_config(path, where)
+    base = read_model_config(path, where)
     family = family_of(base, where)
     if random_init is not None:
         if random_init.hidden_size % random_init.num_heads:
@@ -229,7 +229,7 @@ def _encoder(name: str, where: str, num_layers: Optional[int], random_init: Opti
         config = AutoConfig.for_model(base.model_type, **_random_shape(base, family, random_init), **label_kwargs)
         config._attn_implementation = family.attention
         return path, base, family, config
-    config = load_config(path, where, **label_kwargs)
+    config = read_model_config(path, where, **label_kwargs)
     if num_layers is not None:
         if not 1 <= num_layers <= config.num_hidden_layers:
             raise UserError(f"{where}.num_layers: {num_layers} is not between 1 and the backbone's "
@@ -279,7 +279,7 @@ def load_pretrained(cls, path: str, where: str, **kwargs):
     line naming it."""
     from safetensors import SafetensorError
 
-    config = kwargs.get("config") or load_config(path, where)
+    config = kwargs.get("config") or read_model_config(path, where)
     try:
         return cls.from_pretrained(path, attn_implementation=family_of(config, where).attention, use_safetensors=True,
                                    **kwargs)

@@ -15,7 +15,7 @@ from helpers import FAMILY_TOKENIZERS, REPO, tiny_run_config, write_tiny_classif
 
 from pipeline import stage1_teacher, stage3_distill
 from pipeline.cli import main
-from pipeline.config import from_dict
+from pipeline.config import from_dict, stage_config
 from pipeline.outputs.manifest import is_complete
 from pipeline.training.stop import StopRequest
 
@@ -194,6 +194,18 @@ def test_the_readme_serving_snippet_runs_as_written(trained, capsys):
     capsys.readouterr()
     exec(compile(code.replace("runs/demo/export/student-int8", str(out)), "README.md", "exec"), {})
     assert capsys.readouterr().out.strip() in ("fresh", "rotten")
+
+
+def test_the_baseline_card_says_it_was_trained_without_a_teacher(trained, tmp_path):
+    """The baseline's folder is written as the distill stage's, by a preset without a teacher:
+    its card must not say it was distilled."""
+    from pipeline.export.model_card import provenance
+
+    cfg = from_dict({**trained, "output_dir": str(tmp_path / "run")})
+    assert stage3_distill.run(stage_config(cfg, "baseline"), stop=StopRequest(install_handlers=False)) == 0
+    assert provenance(tmp_path / "run" / "student_finetuned") == (
+        "Fine-tuned by crild without a teacher on rotten_tomatoes (96 training examples): the no-teacher baseline "
+        "that a distilled student of its shape is compared with.")
 
 
 def test_the_readme_serving_snippet_is_the_model_cards(trained):
