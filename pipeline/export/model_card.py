@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 import yaml
+from huggingface_hub import ModelCardData
 
 from pipeline import __version__
 from pipeline.distill.presets import PRESETS
@@ -80,6 +81,11 @@ def _read(path: Path, reader) -> Optional[dict]:
     return value if isinstance(value, dict) else None
 
 
+def distilled(source: Path) -> bool:
+    """Whether crild distilled the model in ``source`` from a teacher."""
+    return provenance(source).startswith("Distilled")
+
+
 def provenance(source: Path) -> str:
     """How crild made the model in ``source``, from the files it wrote beside the weights."""
     manifest = read_manifest(source) or {}
@@ -119,10 +125,9 @@ def model_card(model: ExportedModel, row: dict, torch_row: dict, spec, split: st
     """The card of one exported folder: ``row`` is its results.json row, ``torch_row`` the
     PyTorch row of the model it was exported from; ``spec`` the task."""
     config = model.config
-    from huggingface_hub import ModelCardData
-
-    header = ModelCardData(pipeline_tag="text-classification",
-                           tags=["onnx", "knowledge-distillation", "crild"] + (["int8"] if model.int8 else []))
+    tags = ["onnx", "crild"] + (["knowledge-distillation"] if distilled(model.source) else []) + \
+        (["int8"] if model.int8 else [])
+    header = ModelCardData(pipeline_tag="text-classification", tags=tags)
     runtime = "ONNX Runtime, INT8 (dynamic quantization)" if model.int8 else "ONNX Runtime, fp32"
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", None)
     width = getattr(config, "hidden_size", None) or getattr(config, "dim", None)
@@ -141,7 +146,8 @@ def model_card(model: ExportedModel, row: dict, torch_row: dict, spec, split: st
     if not spec.regression:
         lines.append(f"| labels | {', '.join(f'{i}: {name}' for i, name in enumerate(spec.labels))} |")
     parity = row.get("parity") or {}
-    lines += ["", f"## Scores on {split} ({parity.get('examples', 'n/a')} examples)", "",
+    examples = parity.get("examples")
+    lines += ["", f"## Scores on {split} ({f'{examples:,}' if isinstance(examples, int) else 'n/a'} examples)", "",
               f"| {metric} in ONNX Runtime | {metric} in PyTorch (fp32) | largest logit difference | same prediction |",
               "|---|---|---|---|",
               f"| {_number(row.get('score'))} | {_number(torch_row.get('score'))} | "

@@ -95,6 +95,7 @@ def test_export_matches_pytorch_and_loads_as_it_is(trained, capsys):
         card = check_card(out / name, capsys)
         assert made[model] in card.text and f"# {name}: rotten_tomatoes, single texts" in card.text
         assert ("int8" in card.data.tags) == (runtime == "onnx-int8")
+        assert ("knowledge-distillation" in card.data.tags) == (model == "student")
         row = rows[(model, runtime)]
         assert (f"| {row['score']:.4f} | {rows[(model, 'pytorch')]['score']:.4f} | "
                 f"{row['parity']['max_logit_diff']:.2g} | {row['parity']['agreement']:.2%} |") in card.text
