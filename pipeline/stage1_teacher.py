@@ -21,13 +21,15 @@ from pipeline.distill.losses import task_loss
 from pipeline.errors import EXIT_PREEMPTED
 from pipeline.evaluation.periodic import dev_evaluator, evaluations
 from pipeline.evaluation.predict import model_inputs
+from pipeline.export.model_card import CARD, trained_card
+from pipeline.export.provenance import TRAIN_RESULTS
 from pipeline.models.compiling import compile_layers
 from pipeline.models.loading import build_classifier, load_tokenizer, quiet_libraries, resolve_model, save_model
 from pipeline.outputs.atomic import atomic_output, write_json
 from pipeline.outputs.trust import trust_note
 from pipeline.runtime.distributed import barrier, init_distributed, seed_everything, set_tf32
 from pipeline.runtime.progress import log
-from pipeline.schema.hashing import settings_dict
+from pipeline.schema.hashing import settings_dict, to_dict
 from pipeline.stage_cli import stage_main
 from pipeline.stages import stage_fingerprint
 from pipeline.training.checkpoint_folders import claim_checkpoints, remove_checkpoints
@@ -93,9 +95,10 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
     if dist.is_main:
         with atomic_output(out / STAGE, cfg, STAGE, fingerprint) as tmp:
             save_model(model, tokenizer, tmp, state_dict)
-            write_json(tmp / "train_results.json", {
-                "train_examples": len(data.train), "optimizer_steps": schedule.total_optimizer_steps,
-                **evaluations(result)})
+            results = {"train_examples": len(data.train), "optimizer_steps": schedule.total_optimizer_steps,
+                       **evaluations(result)}
+            write_json(tmp / TRAIN_RESULTS, results)
+            (tmp / CARD).write_text(trained_card(tmp, STAGE, STAGE, to_dict(cfg), results, data.spec), encoding="utf-8")
         log(dist, f"{STAGE}: saved {out / STAGE}")
     barrier()
     remove_checkpoints(out / "checkpoints" / STAGE, dist.is_main)

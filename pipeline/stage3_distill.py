@@ -28,11 +28,14 @@ from pipeline.distill.phase import STAGE, DistillRun, phase_done, train_phase
 from pipeline.distill.presets import resolve_phases
 from pipeline.distill.teacher import FrozenTeacher, needs_teacher, teacher_folder, tokenize_alike
 from pipeline.distill.terms import TERMS
+from pipeline.export.model_card import CARD, trained_card
+from pipeline.export.provenance import TRAIN_RESULTS
 from pipeline.models.loading import load_tokenizer, quiet_libraries, resolve_model
 from pipeline.outputs.atomic import BOOKKEEPING_FILES, atomic_output, link_or_copy, write_json
 from pipeline.outputs.trust import trust_note
 from pipeline.runtime.distributed import barrier, init_distributed, seed_everything, set_tf32
 from pipeline.runtime.progress import log
+from pipeline.schema.hashing import to_dict
 from pipeline.stage_cli import stage_main
 from pipeline.stages import stage_fingerprints
 from pipeline.training.checkpoint_folders import claim_checkpoints, has_checkpoints, remove_checkpoints
@@ -66,10 +69,12 @@ def publish_student(run: DistillRun, phases, last: Path) -> None:
         for path in last.iterdir():
             if path.is_file() and path.name not in PHASE_ONLY_FILES:
                 link_or_copy(path, tmp / path.name)
-        write_json(tmp / "train_results.json", {
-            "preset": distill_cfg.preset,
-            "phases": {p.name: json.loads((run.phase_folder(p.name) / "train_results.json").read_text())
-                       for p in phases}})
+        results = {"preset": distill_cfg.preset,
+                   "phases": {p.name: json.loads((run.phase_folder(p.name) / TRAIN_RESULTS).read_text())
+                              for p in phases}}
+        write_json(tmp / TRAIN_RESULTS, results)
+        (tmp / CARD).write_text(trained_card(tmp, distill_cfg.output, STAGE, to_dict(run.cfg), results,
+                                             run.data.spec), encoding="utf-8")
 
 
 def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:

@@ -1,27 +1,24 @@
-"""The README.md of an exported folder (its model card): what the model is, how crild made
-it, how it scored and how fast it ran where it was exported, and the lines that serve it.
+"""Model cards (README.md) for the folders crild hands over: each exported ONNX folder's
+(what the model is, how crild made it, how it scored and how fast it ran where it was
+exported, the lines that serve it with ONNX Runtime) and each trained model folder's (the same
+facts for the PyTorch weights, its dev scores, the lines that classify with transformers).
 The Hugging Face hub shows the file as the model's page and reads its YAML header; anyone
-handed the folder alone learns from it what it classifies and how to call it.
-
-Everything in it comes from the export itself (results.json's row of the folder) and from the
-files crild wrote beside the weights it exported (manifest, resolved configuration, training
-results); a folder crild did not train is said to be one. Local paths are shown by their last
-name only: a card is meant to be published.
+handed the folder alone learns from it what it classifies and how to call it. Every figure
+comes from the export's results or the stage's training results; how the model was made,
+from ``provenance.py``.
 """
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import yaml
 from huggingface_hub import ModelCardData
 
 from pipeline import __version__
-from pipeline.distill.presets import PRESETS
-from pipeline.models.loading import position_limit
-from pipeline.outputs.manifest import RESOLVED_CONFIG, read_manifest
+from pipeline.export.provenance import distilled, made_by, provenance
+from pipeline.models.loading import OFFLINE_MODELS, position_limit, read_model_config, weight_shapes
 
 CARD = "README.md"
 
@@ -67,51 +64,6 @@ class ExportedModel:
         return f"{self.model}-int8" if self.int8 else self.model
 
 
-def _shown_name(value) -> str:
-    """A model as the card names it: a hub name as it is, a local folder by its last name."""
-    text = str(value)
-    return Path(text).name if text.startswith(("/", "./", "../", "~")) or Path(text).exists() else text
-
-
-def _read(path: Path, reader) -> Optional[dict]:
-    try:
-        value = reader(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def distilled(source: Path) -> bool:
-    """Whether crild distilled the model in ``source`` from a teacher."""
-    return provenance(source).startswith("Distilled")
-
-
-def provenance(source: Path) -> str:
-    """How crild made the model in ``source``, from the files it wrote beside the weights."""
-    manifest = read_manifest(source) or {}
-    cfg = _read(source / RESOLVED_CONFIG, yaml.safe_load) or {}
-    results = _read(source / "train_results.json", json.loads) or {}
-    task = (cfg.get("task") or {}).get("name", "its task")
-    teacher = (cfg.get("teacher") or {}).get("model")
-    distill = (cfg.get("stages") or {}).get("distill") or {}
-    preset = results.get("preset") or distill.get("preset")
-    phases = results.get("phases") or {}
-    examples = results.get("train_examples") or sum(p.get("examples", 0) for p in phases.values() if isinstance(p, dict))
-    on = f" on {task}" + (f" ({examples:,} training examples)" if isinstance(examples, int) and examples else "")
-    if manifest.get("stage") == "teacher" and teacher:
-        return f"Fine-tuned by crild from `{_shown_name(teacher)}`{on}."
-    if manifest.get("stage") != "distill":
-        return "A model folder crild did not train; crild exported it and checked the export against it."
-    if preset in PRESETS and not PRESETS[preset].needs_teacher:  # the baseline, written as the distill stage
-        return f"Fine-tuned by crild without a teacher{on}: the no-teacher baseline that a distilled student of " \
-               f"its shape is compared with."
-    given = distill.get("teacher_model")
-    source_teacher = f"`{_shown_name(given)}`" if given else \
-        (f"a teacher fine-tuned from `{_shown_name(teacher)}`" if teacher else "its run's teacher")
-    how = f" by preset `{preset}`" + (f" (phases {', '.join(phases)})" if phases else "") if preset else ""
-    return f"Distilled by crild from {source_teacher}{how}, on {task}."
-
-
 def _count(n, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
@@ -120,31 +72,43 @@ def _number(value, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _model_rows(config, parameters: int, spec) -> list[str]:
+    """Table rows both cards give: encoder, parameters, output, labels."""
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", None)
+    width = getattr(config, "hidden_size", None) or getattr(config, "dim", None)
+    rows = [f"| encoder | {config.model_type}, {_count(layers, 'layer')}, width {width} |",
+            f"| parameters | {parameters / 1e6:.1f}M |",
+            f"| output | logits ({'one score' if spec.regression else f'{spec.num_labels} classes'}) |"]
+    if not spec.regression:
+        rows.append(f"| labels | {', '.join(f'{i}: {name}' for i, name in enumerate(spec.labels))} |")
+    return rows
+
+
+def _title(folder: str, spec) -> str:
+    task = spec.name + (" (a regression)" if spec.regression else "")
+    return f"# {folder}: {task}, {'sentence pairs' if spec.pair else 'single texts'}"
+
+
 def model_card(model: ExportedModel, row: dict, torch_row: dict, spec, split: str, metric: str,
                threads: int) -> str:
     """The card of one exported folder: ``row`` is its results.json row, ``torch_row`` the
     PyTorch row of the model it was exported from; ``spec`` the task."""
     config = model.config
-    tags = ["onnx", "crild"] + (["knowledge-distillation"] if distilled(model.source) else []) + \
+    made = provenance(model.source)
+    tags = ["onnx", "crild"] + (["knowledge-distillation"] if distilled(made) else []) + \
         (["int8"] if model.int8 else [])
     header = ModelCardData(pipeline_tag="text-classification", tags=tags)
     runtime = "ONNX Runtime, INT8 (dynamic quantization)" if model.int8 else "ONNX Runtime, fp32"
-    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", None)
-    width = getattr(config, "hidden_size", None) or getattr(config, "dim", None)
-    task = spec.name + (" (a regression)" if spec.regression else "")
     limit = position_limit(config, "stages.export.models")
     lines = ["---", header.to_yaml(), "---", "",
-             f"# {model.folder}: {task}, {'sentence pairs' if spec.pair else 'single texts'}", "",
-             f"{provenance(model.source)} Exported to ONNX by crild {__version__} for {runtime}.", "",
+             _title(model.folder, spec), "",
+             f"{made} Exported to ONNX by crild {__version__} for {runtime}.", "",
              "| | |", "|---|---|",
-             f"| encoder | {config.model_type}, {_count(layers, 'layer')}, width {width} |",
-             f"| parameters | {model.parameters / 1e6:.1f}M |",
+             *_model_rows(config, model.parameters, spec)[:2],
              f"| file size | {row['size_mb']:.1f} MB |",
              f"| inputs | {', '.join(model.inputs)} (int64, batch x sequence"
              + (f", at most {limit} tokens" if limit else "") + ") |",
-             f"| output | logits ({'one score' if spec.regression else f'{spec.num_labels} classes'}) |"]
-    if not spec.regression:
-        lines.append(f"| labels | {', '.join(f'{i}: {name}' for i, name in enumerate(spec.labels))} |")
+             *_model_rows(config, model.parameters, spec)[2:]]
     parity = row.get("parity") or {}
     examples = parity.get("examples")
     lines += ["", f"## Scores on {split} ({f'{examples:,}' if isinstance(examples, int) else 'n/a'} examples)", "",
@@ -159,4 +123,62 @@ def model_card(model: ExportedModel, row: dict, torch_row: dict, spec, split: st
                   f"{row['batch32_examples_per_s']:,.0f} examples/s |"]
     lines += ["", "## Use", "", "With ONNX Runtime and the tokenizer in this folder (nothing of crild or PyTorch):",
               "", "```python", serving_code(".", spec.pair, spec.regression).rstrip("\n"), "```", ""]
+    return "\n".join(lines)
+
+
+# the lines that classify with a model folder crild trained, through transformers' pipeline
+_PIPELINE = '''from transformers import pipeline
+
+classifier = pipeline("text-classification", model="{folder}")
+print(classifier({example}{extra}))
+'''
+
+
+def pipeline_code(folder: str, pair: bool, regression: bool) -> str:
+    """Python that classifies one example with the model ``folder`` through transformers."""
+    example = '{"text": "A gripping, beautifully acted film.", "text_pair": "The film is worth seeing."}' if pair \
+        else '"A gripping, beautifully acted film."'
+    return _PIPELINE.format(folder=folder, example=example, extra=', function_to_apply="none"' if regression else "")
+
+
+def hub_id(name: str) -> Optional[str]:
+    """The hub repository a model setting names (an offline alias by its hub name), or None
+    for a local folder: what a card's ``base_model`` may say."""
+    if name in OFFLINE_MODELS:
+        return next((key for key, value in OFFLINE_MODELS.items() if "/" in key and value == OFFLINE_MODELS[name]),
+                    None)
+    if name.startswith(("/", ".", "~")) or Path(name).exists() or name.count("/") != 1:
+        return None
+    return name.partition("@")[0]
+
+
+def trained_card(folder: Path, name: str, stage: str, cfg: dict, results: dict, spec) -> str:
+    """The card of the model folder ``name`` that a training stage is writing in ``folder``
+    (its config and weights already there), from the run's resolved configuration ``cfg`` and
+    the stage's training results."""
+    config = read_model_config(str(folder), "model card")
+    parameters = sum(math.prod(shape) for shape in weight_shapes(str(folder), "model card").values())
+    made = made_by(stage, cfg, results)
+    teacher = (cfg.get("teacher") or {}).get("model")
+    base = hub_id(str(teacher)) if made.startswith("Fine-tuned by crild from") and stage == "teacher" else None
+    header = ModelCardData(library_name="transformers", pipeline_tag="text-classification", base_model=base,
+                           tags=["crild"] + (["knowledge-distillation"] if distilled(made) else []))
+    task = cfg.get("task") or {}
+    lines = ["---", header.to_yaml(), "---", "", _title(name, spec), "",
+             f"{made} Saved by crild {__version__}.", "", "| | |", "|---|---|",
+             *_model_rows(config, parameters, spec), f"| trained on | at most {task.get('max_length')} tokens |"]
+    phases = results.get("phases") or {}
+    last = (results.get("last") or (list(phases.values())[-1].get("last") if phases else None)) or {}
+    dev = {key.split("/", 1)[1]: value for key, value in last.items() if key.startswith("dev/")}
+    if dev:
+        capped = task.get("max_eval_examples")
+        lines += ["", f"## Dev scores at the end of training (step {last.get('step')})", "",
+                  "| metric | value |", "|---|---|", *(f"| {key} | {value:.4f} |" for key, value in dev.items())]
+        if capped:
+            lines += ["", f"On at most {capped:,} dev examples (task.max_eval_examples)."]
+    lines += ["", "## Use", "", "With transformers:", "", "```python",
+              pipeline_code(".", spec.pair, spec.regression).rstrip("\n"), "```", "",
+              "crild's own files sit beside the model: `config.resolved.yaml` (the run's configuration, with its "
+              "local paths), `train_results.json`, `content_hashes.json` and `crild_stage.json`; leave out the first "
+              "when the paths are private. `crild export` makes ONNX and INT8 copies with their own cards.", ""]
     return "\n".join(lines)

@@ -197,16 +197,53 @@ def test_the_readme_serving_snippet_runs_as_written(trained, capsys):
     assert capsys.readouterr().out.strip() in ("fresh", "rotten")
 
 
+def test_every_trained_folder_has_a_card_whose_code_runs(trained, capsys):
+    """The teacher and student folders, as the training stages write them, carry a card for
+    the hub (transformers' header, how crild made them, their dev scores) whose code classifies
+    through transformers' pipeline from the folder."""
+    from huggingface_hub import ModelCard
+
+    out = Path(trained["output_dir"])
+    results = {name: json.loads((out / name / "train_results.json").read_text()) for name in ("teacher", "student")}
+    made = {"teacher": "Fine-tuned by crild from `tiny-bert` on rotten_tomatoes (96 training examples). Saved by crild",
+            "student": "Distilled by crild from a teacher fine-tuned from `tiny-bert` by preset `kd` (phases kd), on "
+                       "rotten_tomatoes. Saved by crild"}
+    last = {"teacher": results["teacher"]["last"], "student": results["student"]["phases"]["kd"]["last"]}
+    for name in ("teacher", "student"):
+        card = ModelCard.load(out / name / "README.md")
+        assert card.data.library_name == "transformers" and card.data.base_model is None  # a local folder
+        assert ("knowledge-distillation" in card.data.tags) == (name == "student")
+        assert made[name] in card.text and f"# {name}: rotten_tomatoes, single texts" in card.text
+        assert f"| accuracy | {last[name]['dev/accuracy']:.4f} |" in card.text
+        assert str(out.parent) not in card.text.split("## Use")[0]
+        start = card.text.index("```python\n") + len("```python\n")
+        code = card.text[start:card.text.index("\n```", start)]
+        capsys.readouterr()
+        exec(compile(code.replace('model="."', f'model="{out / name}"'), "README.md", "exec"), {})
+        assert re.search(r"'label': '(rotten|fresh)'", capsys.readouterr().out)
+
+
+def test_a_card_names_a_hub_model_as_its_base_and_a_folder_not_at_all(tmp_path):
+    from pipeline.export.model_card import hub_id
+
+    assert hub_id("all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
+    assert hub_id("microsoft/deberta-v3-base@" + "a" * 40) == "microsoft/deberta-v3-base"
+    (tmp_path / "teacher").mkdir()
+    assert hub_id(str(tmp_path / "teacher")) is None and hub_id("./teacher") is None and hub_id("bert") is None
+
+
 def test_the_baseline_card_says_it_was_trained_without_a_teacher(trained, tmp_path):
     """The baseline's folder is written as the distill stage's, by a preset without a teacher:
     its card must not say it was distilled."""
-    from pipeline.export.model_card import provenance
+    from pipeline.export.provenance import provenance
 
     cfg = from_dict({**trained, "output_dir": str(tmp_path / "run")})
     assert stage3_distill.run(stage_config(cfg, "baseline"), stop=StopRequest(install_handlers=False)) == 0
     assert provenance(tmp_path / "run" / "student_finetuned") == (
         "Fine-tuned by crild without a teacher on rotten_tomatoes (96 training examples): the no-teacher baseline "
         "that a distilled student of its shape is compared with.")
+    card = (tmp_path / "run" / "student_finetuned" / "README.md").read_text()
+    assert "# student_finetuned: rotten_tomatoes" in card and "knowledge-distillation" not in card
 
 
 def test_the_readme_serving_snippet_is_the_model_cards(trained):
