@@ -44,10 +44,13 @@ class _Logits(torch.nn.Module):
 
 def export_classifier(model, tokenizer, source: Path, out: Path, opset: int) -> None:
     """Write ``model`` (eval mode, fp32, CPU) into ``out`` as ONNX, with ``source``'s
-    tokenizer and config files. Exporting changes state inside a transformers model (its
-    eager outputs after a TorchScript trace differ slightly): pass a model used for nothing
-    else."""
+    tokenizer and config files. The model is traced with transformers' eager attention: its
+    graph is the pattern ONNX Runtime fuses into one attention operator (``fusion.py``); SDPA's
+    traced decomposition is not. Exporting changes state inside a transformers model (its
+    attention kernel, and its eager outputs after a TorchScript trace differ slightly): pass
+    a model used for nothing else."""
     names = input_names(model, tokenizer)
+    model.set_attn_implementation("eager")
     example = tokenizer(["a short example .", "a longer example sentence for the trace ."], padding=True,
                         return_tensors="pt", return_token_type_ids=True)
     out.mkdir(parents=True, exist_ok=True)
