@@ -312,9 +312,6 @@ class ExportConfig(Strict):
         default_factory=list, description="model folders to export; empty: the run's teacher and students")
     opset: Annotated[int, Field(ge=14, le=21), Expect("an ONNX opset in [14, 21]")] = Field(
         17, description="ONNX opset of the export")
-    optimize: bool = Field(True, description="fuse attention, layer norms and GELU into ONNX Runtime's operators "
-                                             "(faster; the graph then runs in ONNX Runtime only; false: standard "
-                                             "ONNX operators)")
     quantize: bool = Field(True, description="also an INT8 copy (ONNX Runtime dynamic quantization) of every "
                                              "model but the teacher")
     split: Optional[str] = Field(None, description="held-out split for parity, accuracy and timing (default: test "

@@ -29,7 +29,6 @@ from pipeline.data.tasks import task_spec
 from pipeline.errors import UserError
 from pipeline.evaluation.models import load_eval_model, run_models
 from pipeline.evaluation.predict import classifier_forward, predict_logits, split_metrics
-from pipeline.export.fusion import FusionFailed, fuse_graph
 from pipeline.export.latency import Candidate, measure, table
 from pipeline.export.model_card import CARD, ExportedModel, model_card
 from pipeline.export.onnx_export import ONNX_FILE, export_classifier, input_names
@@ -66,9 +65,8 @@ def export_one(cfg: RunConfig, name: str, path: str, out: Path, dist: DistInfo, 
                                 "stages.export.models")
     # a copy to trace: tracing changes state inside a transformers model
     export_classifier(copy.deepcopy(reference).cpu(), tokenizer, folder, out / name, export_cfg.opset)
-    fused = fuse(name, out / name / ONNX_FILE, reference.config, dist) if export_cfg.optimize else {}
     facts = ExportedModel(name, folder, reference.config, sum(p.numel() for p in reference.parameters()),
-                          input_names(reference, tokenizer), int8=False, fused=fused)
+                          input_names(reference, tokenizer), int8=False)
     exported = [facts]
     torch_forward = classifier_forward(reference, CPU)
     batch_size = cfg.stages.evaluate.batch_size
@@ -80,8 +78,7 @@ def export_one(cfg: RunConfig, name: str, path: str, out: Path, dist: DistInfo, 
     score = split_metrics(data.spec, torch_logits, labels).get(metric)
     rows = [{"model": name, "runtime": "pytorch", "score": score, "size_mb": _size_mb(folder, ("model.safetensors",))},
             {"model": name, "runtime": "onnx", "score": split_metrics(data.spec, onnx_logits, labels).get(metric),
-             "size_mb": _size_mb(out / name, (ONNX_FILE, ONNX_FILE + ".data")), "parity": fp32.as_dict(),
-             "fused_operators": fused}]
+             "size_mb": _size_mb(out / name, (ONNX_FILE, ONNX_FILE + ".data")), "parity": fp32.as_dict()}]
     candidates = [Candidate(name, "pytorch", torch_forward, ds, data.collate),
                   Candidate(name, "onnx", onnx_fwd, ds, data.collate)]
     if export_cfg.quantize and name != "teacher":
@@ -94,22 +91,9 @@ def export_one(cfg: RunConfig, name: str, path: str, out: Path, dist: DistInfo, 
                      "parity": parity(split, torch_logits, int8_logits, data.spec.regression).as_dict()})
         candidates.append(Candidate(name, "onnx-int8", int8_fwd, ds, data.collate))
         exported.append(dataclasses.replace(facts, int8=True))
-    how = f"; ONNX Runtime fused {', '.join(f'{n} {op}' for op, n in fused.items())}" if fused else ""
     log(dist, f"{STAGE}: {name}: ONNX matches PyTorch on {split} (largest logit difference {fp32.max_logit_diff:.2g}, "
-              f"same prediction on {fp32.agreement:.2%}{how})")
+              f"same prediction on {fp32.agreement:.2%})")
     return rows, candidates, (split, metric), exported
-
-
-def fuse(name: str, model_file: Path, config, dist: DistInfo) -> dict:
-    """ONNX Runtime's fusions on one exported graph (``fusion.py``); a graph the optimizer
-    cannot rewrite stays as exported, with a note."""
-    try:
-        fused = fuse_graph(model_file, config)
-    except FusionFailed as err:
-        log(dist, f"note: {STAGE}: {name}: ONNX Runtime's optimizer could not fuse its graph ({err}); it is exported "
-                  f"with standard ONNX operators")
-        return {}
-    return fused
 
 
 def oversubscribed_note(threads: int, cores: int) -> str | None:

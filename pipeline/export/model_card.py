@@ -10,7 +10,7 @@ from ``provenance.py``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -57,7 +57,6 @@ class ExportedModel:
     parameters: int
     inputs: list[str]  # the ONNX graph's inputs
     int8: bool
-    fused: dict = field(default_factory=dict)  # ONNX Runtime operators fused into the graph, by kind
 
     @property
     def folder(self) -> str:
@@ -100,8 +99,6 @@ def model_card(model: ExportedModel, row: dict, torch_row: dict, spec, split: st
         (["int8"] if model.int8 else [])
     header = ModelCardData(pipeline_tag="text-classification", tags=tags)
     runtime = "ONNX Runtime, INT8 (dynamic quantization)" if model.int8 else "ONNX Runtime, fp32"
-    if model.fused:
-        runtime += f", with ONNX Runtime's fused operators ({', '.join(model.fused)}): it runs in ONNX Runtime only"
     limit = position_limit(config, "stages.export.models")
     lines = ["---", header.to_yaml(), "---", "",
              _title(model.folder, spec), "",

@@ -44,11 +44,12 @@ class _Logits(torch.nn.Module):
 
 def export_classifier(model, tokenizer, source: Path, out: Path, opset: int) -> None:
     """Write ``model`` (eval mode, fp32, CPU) into ``out`` as ONNX, with ``source``'s
-    tokenizer and config files. The model is traced with transformers' eager attention: its
-    graph is the pattern ONNX Runtime fuses into one attention operator (``fusion.py``); SDPA's
-    traced decomposition is not. Exporting changes state inside a transformers model (its
-    attention kernel, and its eager outputs after a TorchScript trace differ slightly): pass
-    a model used for nothing else."""
+    tokenizer and config files. The model is traced with transformers' eager attention:
+    SDPA's traced decomposition adds shape arithmetic and a NaN guard to every layer (a quarter
+    more nodes), and its graphs of the demo's models gave 5-13% less throughput at batch 32 in
+    ONNX Runtime (reports/demo/export_attention.md). Exporting changes state
+    inside a transformers model (its attention kernel, and its eager outputs after a
+    TorchScript trace differ slightly): pass a model used for nothing else."""
     names = input_names(model, tokenizer)
     model.set_attn_implementation("eager")
     example = tokenizer(["a short example .", "a longer example sentence for the trace ."], padding=True,

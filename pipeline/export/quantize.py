@@ -1,12 +1,9 @@
 """INT8 dynamic quantization with ONNX Runtime: weights stored as int8, activations
-quantized on the fly (a fused attention operator as a whole); the folder keeps its tokenizer
-and config."""
+quantized on the fly; the folder keeps its tokenizer and config."""
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-
-from onnx import TensorProto
 
 from pipeline.export.onnx_export import ONNX_FILE
 from pipeline.export.runtime import onnxruntime
@@ -19,10 +16,7 @@ def quantize_folder(source: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     prepared = out / "prepared.onnx"  # shapes inferred and the graph optimised first, as ONNX Runtime advises
     quant_pre_process(str(source / ONNX_FILE), str(prepared), skip_symbolic_shape=True)
-    # ONNX's shape inference does not type the outputs of ONNX Runtime's fused operators
-    # (fusion.py); those tensors are float
-    quantize_dynamic(str(prepared), str(out / ONNX_FILE), weight_type=QuantType.QInt8,
-                     extra_options={"DefaultTensorType": TensorProto.FLOAT})
+    quantize_dynamic(str(prepared), str(out / ONNX_FILE), weight_type=QuantType.QInt8)
     prepared.unlink()
     for path in source.iterdir():
         if path.is_file() and not path.name.startswith(ONNX_FILE):

@@ -16,7 +16,6 @@ from helpers import FAMILY_TOKENIZERS, REPO, tiny_run_config, write_tiny_classif
 from pipeline import stage1_teacher, stage3_distill
 from pipeline.cli import main
 from pipeline.config import from_dict, stage_config
-from pipeline.models.families import FAMILIES
 from pipeline.outputs.manifest import is_complete
 from pipeline.training.stop import StopRequest
 
@@ -137,62 +136,17 @@ def test_every_family_exports_and_matches_pytorch(tmp_path, family_models, senti
     assert set(rows) == {"pytorch", "onnx", "onnx-int8"}
     assert rows["onnx"]["parity"]["max_logit_diff"] <= 1e-6 and rows["onnx"]["parity"]["agreement"] == 1.0
     assert rows["onnx"]["score"] == rows["pytorch"]["score"]
-    # every family gets the layer-norm fusions; the attention of the families whose attention is
-    # softmax(QK^T / sqrt(d)) with no rotary embedding becomes one operator, INT8 in the INT8 copy
-    family = FAMILIES[model_type]
-    fuses_attention = family.exact_attention and not family.rotary
-    assert rows["onnx"]["fused_operators"].get("SkipLayerNormalization", 0) >= 4
-    assert ("Attention" in rows["onnx"]["fused_operators"]) == fuses_attention
-    assert ("Attention" in graph_ops(out / "student")) == fuses_attention
-    assert ("QAttention" in graph_ops(out / "student-int8")) == fuses_attention
+    assert "IsNaN" not in graph_ops(out / "student")  # traced from eager attention, not SDPA's decomposition
     for name in ("student", "student-int8"):
         logits = classify(out / name, ["a good film .", "an awful movie"])
         assert logits.shape == (2, 2) and np.isfinite(logits).all()
-        card = check_card(out / name, capsys).text
-        assert "A model folder crild did not train" in card and "runs in ONNX Runtime only" in card
+        assert "A model folder crild did not train" in check_card(out / name, capsys).text
 
 
 def graph_ops(folder: Path) -> set[str]:
     import onnx
 
     return {node.op_type for node in onnx.load(str(folder / "model.onnx"), load_external_data=False).graph.node}
-
-
-def test_optimize_off_keeps_standard_onnx_operators(trained, tmp_path, capsys):
-    """``optimize: false``: a graph any ONNX runtime can run (only ONNX's own operators, none
-    of ONNX Runtime's), equal to PyTorch all the same, and a card that does not restrict it."""
-    import onnx
-
-    raw = json.loads(json.dumps(trained))
-    raw["output_dir"] = str(tmp_path / "run")
-    raw["stages"]["export"] = {"models": [str(Path(trained["output_dir"]) / "student")], "optimize": False,
-                               "benchmark": {"enabled": False}}
-    code, err = run_cli(["export", str(write(tmp_path / "plain.yaml", raw))], capsys)
-    assert code == 0, err
-    out = tmp_path / "run" / "export"
-    row = next(r for r in json.loads((out / "results.json").read_text())["models"] if r["runtime"] == "onnx")
-    assert row["fused_operators"] == {} and row["parity"]["agreement"] == 1.0
-    for name in ("student", "student-int8"):
-        graph = onnx.load(str(out / name / "model.onnx")).graph
-        assert {node.domain for node in graph.node} <= {"", "ai.onnx"}
-        assert "runs in ONNX Runtime only" not in (out / name / "README.md").read_text()
-    assert "Attention" not in graph_ops(out / "student")
-
-
-def test_a_graph_the_optimizer_cannot_read_is_left_as_it_was(tmp_path, tiny_bert):
-    """``fuse_graph`` on a file ONNX Runtime's optimizer cannot load: FusionFailed, with the
-    optimizer's message in one line, and the file untouched (the stage then exports the graph
-    unfused, with a note)."""
-    from transformers import AutoConfig
-
-    from pipeline.export.fusion import FusionFailed, fuse_graph
-
-    damaged = tmp_path / "model.onnx"
-    damaged.write_bytes(b"not an onnx graph")
-    with pytest.raises(FusionFailed) as caught:
-        fuse_graph(damaged, AutoConfig.from_pretrained(str(tiny_bert)))
-    assert "\n" not in str(caught.value) and str(caught.value)
-    assert damaged.read_bytes() == b"not an onnx graph"
 
 
 def test_a_tolerance_that_fails_is_one_line_and_writes_nothing(trained, tmp_path, capsys):
