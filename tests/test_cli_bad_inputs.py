@@ -69,6 +69,9 @@ def cases(tmp: Path, tiny_bert: Path, data: Path):
         ("config path is a folder", ["run", str(tmp)], [f"{tmp}: is a folder; expected a config file (YAML)"]),
         ("invalid YAML", ["config", str(_text(tmp / "broken.yaml", "a: [1\n"))], ["broken.yaml", "not valid YAML"]),
         ("bad override", ["config", cfg("k4"), "seed"], ["override 'seed'", "section.key=value"]),
+        # the value is the command line's, not the file's: the line names the override
+        ("override of the wrong type", ["config", cfg("k4b"), "stages.teacher.epochs=many"],
+         ["crild: error: override 'stages.teacher.epochs=...': stages.teacher.epochs: expected an integer, got 'many'"]),
         ("unknown task", ["config", cfg("k5", task__name="sst3")], ["unknown task 'sst3'", "did you mean 'sst2'"]),
         ("task of one's own with a metric that does not fit", ["config", cfg(
             "k5b", task={"name": "tone", "labels": ["a", "b", "c"], "metric": "accuracy_f1", "data_dir": str(data)})],
@@ -406,7 +409,7 @@ def shape_cases(tmp: Path, tiny_bert: Path, data: Path):
          ["teacher: transformers cannot build a model from ", "cfg-heads/config.json (ValueError: The hidden size (33) "
           "is not a multiple of the number of attention heads"]),
         ("a path with a byte that is not UTF-8", ["run", cfg("y11"), "output_dir=" + os.fsdecode(bytes(tmp / "y11") + b"\xff")],
-         ["y11.yaml: output_dir: expected a file or folder path in UTF-8, got '", "the byte 0xff is not UTF-8"]),
+         ["crild: error: override 'output_dir=...': output_dir: expected a file or folder path in UTF-8, got '", "the byte 0xff is not UTF-8"]),
         ("a path with half a UTF-16 pair", ["teacher", cfg("y12", task__data_dir=str(data) + "\ud800")],
          ["y12.yaml: task.data_dir: expected a file or folder path in UTF-8", "'\\ud800' is half of a UTF-16 pair"]),
         # JSON keeps the last of two values of a key without a word; YAML files refuse it
@@ -523,7 +526,7 @@ def test_every_test_the_catalogue_names_exists():
         assert f"def {test}(" in (REPO / path).read_text(), (path, test)
 
 
-CASE_COUNT = 116
+CASE_COUNT = 117
 
 
 @pytest.mark.parametrize("index", range(CASE_COUNT))

@@ -80,6 +80,27 @@ def test_overrides_are_typed_and_validated(tmp_path):
         load_config(p, ["stages.teacher.epochs"])
 
 
+@pytest.mark.parametrize("in_file, overrides, blamed", [
+    ({"stages": {"teacher": {"epochs": "two"}}}, ["seed=3"], "file"),  # another key overridden
+    ({"stages": {"teacher": {"epochs": "two"}}}, ["stages.teacher.epochs=2"], None),  # the override replaces it
+    ({}, ["stages.teacher.epochs=two"], "stages.teacher.epochs"),
+    ({}, ["stages.teacher={epochs: two}"], "stages.teacher"),  # a section above the key
+    ({}, ["stages.teacher.epochs=two", "stages.teacher.epochs=three"], "stages.teacher.epochs"),
+    ({"stages": {"teacher": {"epochs": 2}}}, ["stages.teacher.batch_size=1", "stages.teacher.colour=red"],
+     "stages.teacher.colour"),
+])
+def test_an_error_is_placed_where_its_value_came_from(tmp_path, in_file, overrides, blamed):
+    """A bad value set on the command line is the override's, not the file's (which does not
+    hold it); a bad value in the file is the file's, whatever else is overridden."""
+    p = write(tmp_path, in_file)
+    if blamed is None:
+        assert load_config(p, overrides).stages.teacher.epochs == 2
+        return
+    with pytest.raises(UserError) as err:
+        load_config(p, overrides)
+    assert str(err.value).startswith(f"{p}: " if blamed == "file" else f"override '{blamed}=...': "), str(err.value)
+
+
 def test_unknown_task_suggests_nearest():
     with pytest.raises(UserError, match="unknown task 'sst-3'.*did you mean 'sst2'"):
         from_dict({"task": {"name": "sst-3"}})

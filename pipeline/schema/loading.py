@@ -119,4 +119,4 @@ def validate(model: type[M], raw: dict, source: str, overrides: list[str] | None
     try:
         return model.model_validate(raw, context=context)
     except ValidationError as err:
-        raise UserError(error_line(err, model, source)) from None
+        raise UserError(error_line(err, model, source, overrides)) from None
