@@ -33,7 +33,11 @@ def _run(cmd: list[str], env: dict | None = None) -> str:
     except FileNotFoundError:
         raise UserError(f"'{cmd[0]}' not found: Slurm's client commands are needed for crild submit") from None
     if proc.returncode != 0:
-        raise UserError(f"{' '.join(cmd[:2])} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr else ''}")
+        said = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit code {proc.returncode}"
+        # Slurm's clients find the cluster through slurm.conf; with none found they name no file
+        hint = ("; point SLURM_CONF at the cluster's slurm.conf (tools/local_slurm.sh start prints the local "
+                "test cluster's)") if "configuration" in said.lower() and not os.environ.get("SLURM_CONF") else ""
+        raise UserError(f"{' '.join(cmd[:2])} failed: {said}{hint}")
     return proc.stdout.strip()
 
 

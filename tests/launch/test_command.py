@@ -1,4 +1,8 @@
 """How crild run launches a stage, and the ranks a machine can hold."""
+import os
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 import yaml
@@ -97,6 +101,18 @@ def test_submit_checks_the_inputs_before_any_job_is_queued(tmp_path, tiny_bert, 
     assert not (tmp_path / "run" / "logs").exists()
 
 
+@pytest.mark.skipif(shutil.which("sbatch") is None or Path("/etc/slurm/slurm.conf").exists(),
+                    reason="needs Slurm's sbatch and no cluster configured for this machine")
+def test_submit_with_no_cluster_configured_says_where_to_point(tmp_path, tiny_bert, sentiment_dir, monkeypatch):
+    """sbatch with no slurm.conf to find fails without naming one; crild's line says what to set."""
+    from pipeline.launch.submit import submit
+
+    monkeypatch.delenv("SLURM_CONF", raising=False)
+    with pytest.raises(UserError, match=r"^sbatch --parsable failed: sbatch: .*configuration.*; point SLURM_CONF "
+                                        r"at the cluster's slurm.conf \(tools/local_slurm.sh start prints"):
+        submit(from_dict(tiny_run_config(tmp_path, tiny_bert, sentiment_dir)), str(tmp_path / "run.yaml"), [])
+
+
 def test_export_runs_as_one_process_whatever_num_ranks_and_the_allocation_say(tmp_path, tiny_bert, sentiment_dir,
                                                                                  monkeypatch):
     """A run that trains on every rank also exports in the same chain: export is launched as
@@ -123,3 +139,24 @@ def test_export_runs_as_one_process_whatever_num_ranks_and_the_allocation_say(tm
     with pytest.raises(UserError, match=r"slurm\.stage_nodes\.export: 2 nodes for stage 'export', which runs as one "
                                         r"process; expected 1"):
         from_dict({**raw, "slurm": {"stage_nodes": {"export": 2}}})
+
+
+@pytest.mark.parametrize("script, args, suggested", [
+    ("crild_large.sbatch", [], "crild run jobs/crild_large.yaml"),
+    ("crild_tiny.sbatch", ["mine.yaml"], "crild run mine.yaml"),
+    ("crild_stage.sbatch", ["mine.yaml", "teacher"], "crild run mine.yaml --only teacher"),
+    ("crild_stage.sbatch", [], "usage: sbatch crild_stage.sbatch CONFIG.yaml STAGE"),
+])
+def test_a_job_script_run_outside_slurm_says_so_in_one_line(script, args, suggested, tmp_path):
+    """``bash jobs/X.sbatch``, as a user trying the job on a laptop might: one line that says
+    how to submit it or run the same thing here (it was bash's 'SLURM_JOB_ID: unbound
+    variable'), exit code 2, and nothing started."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    proc = subprocess.run(["bash", str(REPO / "jobs" / script), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == "", (proc.stdout, proc.stderr)
+    line, = proc.stderr.splitlines()
+    assert line.startswith((f"{script}: ", f"usage: sbatch {script} ")) and suggested in line, line
+    assert list(tmp_path.iterdir()) == []
