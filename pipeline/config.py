@@ -316,6 +316,10 @@ class ExportConfig(Strict):
                                              "model but the teacher")
     split: Optional[str] = Field(None, description="held-out split for parity, accuracy and timing (default: test "
                                                    "if the task has one, else its first)")
+    int8_max_drop: Optional[NonNegativeFloat] = Field(
+        0.01, description="largest drop of the task's main metric an INT8 copy may show against its fp32 model on "
+                          "the split (0.01: one point of accuracy); one that drops more is scored and timed but not "
+                          "kept (null: always kept)")
     tolerance: ExportTolerance = Field(default_factory=ExportTolerance)
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
 

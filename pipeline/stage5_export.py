@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from pipeline.evaluation.predict import classifier_forward, predict_logits, spli
 from pipeline.export.latency import Candidate, measure, table
 from pipeline.export.model_card import CARD, ExportedModel, model_card
 from pipeline.export.onnx_export import ONNX_FILE, export_classifier, input_names
-from pipeline.export.parity import check, parity
+from pipeline.export.parity import check, int8_shortfall, parity
 from pipeline.export.quantize import quantize_folder
 from pipeline.export.runtime import onnx_forward, onnxruntime, session
 from pipeline.models.loading import load_tokenizer, quiet_libraries, resolve_model
@@ -85,12 +86,18 @@ def export_one(cfg: RunConfig, name: str, path: str, out: Path, dist: DistInfo, 
         quantize_folder(out / name, out / f"{name}-int8")
         int8_fwd = onnx_forward(session(out / f"{name}-int8" / ONNX_FILE, threads))
         int8_logits = predict_logits(int8_fwd, ds, data.collate, batch_size, dist)
-        rows.append({"model": name, "runtime": "onnx-int8",
-                     "score": split_metrics(data.spec, int8_logits, labels).get(metric),
+        int8_score = split_metrics(data.spec, int8_logits, labels).get(metric)
+        shortfall = int8_shortfall(name, score, int8_score, metric, split, export_cfg.int8_max_drop)
+        rows.append({"model": name, "runtime": "onnx-int8", "score": int8_score,
                      "size_mb": _size_mb(out / f"{name}-int8", (ONNX_FILE,)),
-                     "parity": parity(split, torch_logits, int8_logits, data.spec.regression).as_dict()})
+                     "parity": parity(split, torch_logits, int8_logits, data.spec.regression).as_dict(),
+                     "kept": shortfall is None})
         candidates.append(Candidate(name, "onnx-int8", int8_fwd, ds, data.collate))
-        exported.append(dataclasses.replace(facts, int8=True))
+        if shortfall:  # scored and timed (the table shows what was given up), then removed from the staging folder
+            log(dist, shortfall)
+            shutil.rmtree(out / f"{name}-int8")
+        else:
+            exported.append(dataclasses.replace(facts, int8=True))
     log(dist, f"{STAGE}: {name}: ONNX matches PyTorch on {split} (largest logit difference {fp32.max_logit_diff:.2g}, "
               f"same prediction on {fp32.agreement:.2%})")
     return rows, candidates, (split, metric), exported
@@ -136,7 +143,7 @@ def run(cfg: RunConfig) -> int:
             timings = measure(candidates, bench.batch1_examples, bench.batch32_batches, bench.warmup, cfg.seed)
             for row in rows:
                 row.update(timings[f"{row['model']} ({row['runtime']})"])
-            (tmp / "latency.md").write_text(table(rows, cfg.task.name, metric, threads))
+            (tmp / "latency.md").write_text(table(rows, cfg.task.name, split, metric, threads))
         write_json(tmp / "results.json", result)
         by_runtime = {(row["model"], row["runtime"]): row for row in rows}
         for model in exported:

@@ -61,17 +61,18 @@ def measure(candidates: list[Candidate], batch1_examples: int, batch32_batches: 
             for c in candidates}
 
 
-def table(rows: list[dict], task: str, metric: str, threads: int) -> str:
+def table(rows: list[dict], task: str, split: str, metric: str, threads: int) -> str:
     """The deployment table in Markdown: accuracy, size, latency and throughput, with the
-    ratios to the teacher in PyTorch."""
+    ratios to the teacher in PyTorch; an INT8 copy that was not kept is marked so."""
     base = next((r for r in rows if r["model"] == "teacher" and r["runtime"] == "pytorch"), rows[0])
-    head = (f"| model | runtime | test {metric} | size (MB) | size vs teacher | batch-1 p50 (ms) | p95 (ms) "
+    head = (f"| model | runtime | {split} {metric} | size (MB) | size vs teacher | batch-1 p50 (ms) | p95 (ms) "
             f"| batch-1 speed-up | batch-32 (examples/s) | throughput vs teacher |")
     lines = [f"Deployment on {task}, {threads} thread(s), ratios to the teacher in PyTorch:", "", head,
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         score = "–" if r.get("score") is None else f"{r['score']:.4f}"
-        lines.append(f"| {r['model']} | {r['runtime']} | {score} | {r['size_mb']:.1f} | "
+        runtime = r["runtime"] + (" (not kept)" if r.get("kept") is False else "")
+        lines.append(f"| {r['model']} | {runtime} | {score} | {r['size_mb']:.1f} | "
                      f"{r['size_mb'] / base['size_mb']:.2f}x | {r['batch1_p50_ms']:.2f} | {r['batch1_p95_ms']:.2f} | "
                      f"{base['batch1_p50_ms'] / r['batch1_p50_ms']:.2f}x | {r['batch32_examples_per_s']:.0f} | "
                      f"{r['batch32_examples_per_s'] / base['batch32_examples_per_s']:.2f}x |")

@@ -35,3 +35,18 @@ def check(name: str, result: Parity, max_logit_diff: float, min_agreement: float
                         f"{result.split} ({result.examples} examples): largest logit difference "
                         f"{result.max_logit_diff:.3g} (allowed {max_logit_diff:.3g}), same prediction on "
                         f"{result.agreement:.2%} (required {min_agreement:.2%}); nothing was written")
+
+
+def int8_shortfall(name: str, fp32_score, int8_score, metric: str, split: str, max_drop) -> str | None:
+    """Why the INT8 copy of ``name`` is not kept (its ``metric`` on ``split`` more than
+    ``max_drop`` below the fp32 model's), or None. Dynamic quantization suits most encoders
+    and ruins a few; the copy is judged by the score a user would deploy it for, and a split
+    without labels (no scores) cannot judge it."""
+    if max_drop is None or not all(isinstance(s, (int, float)) for s in (fp32_score, int8_score)):
+        return None
+    drop = fp32_score - int8_score
+    if drop <= max_drop + 1e-12:
+        return None
+    return (f"note: export: {name}-int8 was not kept: its {metric} on {split} is {int8_score:.4f}, {drop:.4f} below "
+            f"the fp32 model's {fp32_score:.4f} (stages.export.int8_max_drop is {max_drop:g}); serve {name}, or set "
+            f"int8_max_drop higher (null: always keep) to keep it")

@@ -5,13 +5,14 @@ export) is one line and leaves nothing that looks complete; the README's serving
 runs as written."""
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from helpers import FAMILY_TOKENIZERS, REPO, tiny_run_config, write_tiny_classifier
+from helpers import FAMILY_TOKENIZERS, REPO, tiny_run_config, write_sentiment_task, write_tiny_classifier
 
 from pipeline import stage1_teacher, stage3_distill
 from pipeline.cli import main
@@ -312,3 +313,66 @@ def test_more_benchmark_threads_than_cores_is_noted():
     assert oversubscribed_note(1000, 2) == (
         "note: stages.export.benchmark.threads is 1000, and this process may use 2 core(s): the timings are of an "
         "oversubscribed machine; set it to at most 2, or leave it unset")
+
+
+def write_outlier_classifier(tiny_bert: Path, folder: Path, tmp: Path) -> Path:
+    """A rotten_tomatoes classifier that calls every sentence rotten in fp32 and that dynamic
+    quantization turns into one that calls every sentence fresh: its last layer outputs a
+    constant 1e5 in one feature that no weight reads, and 5 in another that the head reads.
+    Dynamic quantization gives each activation tensor one scale, set by its largest value, and
+    at 1e5 / 255 the 5 rounds to zero: activation outliers are how INT8 ruins real encoders."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    trained = write_tiny_classifier(tiny_bert, tmp / "outlier-source")
+    model = AutoModelForSequenceClassification.from_pretrained(str(trained))
+    outlier, read, pooled = 0, 1, 0
+    with torch.no_grad():
+        norm = model.bert.encoder.layer[-1].output.LayerNorm
+        norm.weight[[outlier, read]] = 0.0
+        norm.bias[outlier], norm.bias[read] = 1e5, 5.0
+        model.bert.pooler.dense.weight.zero_()
+        model.bert.pooler.dense.bias.zero_()
+        model.bert.pooler.dense.weight[pooled, read] = 1.0  # pooled = tanh(5) in fp32, tanh(0) in INT8
+        model.classifier.weight.zero_()
+        model.classifier.weight[0, pooled] = 1.0  # rotten: 1.0 in fp32, 0 in INT8
+        model.classifier.bias.copy_(torch.tensor([0.0, 0.1]))  # fresh: 0.1
+    model.save_pretrained(str(folder))
+    for path in trained.iterdir():
+        if path.name.startswith(("tokenizer", "vocab", "special_tokens")):
+            shutil.copy2(path, folder / path.name)
+    return folder
+
+
+def test_an_int8_copy_that_loses_the_task_is_scored_and_timed_but_not_kept(tmp_path, tiny_bert, capsys):
+    """An INT8 copy more than stages.export.int8_max_drop below its fp32 model on the split is
+    reported (results.json, the table, a note that says what to serve instead) and not left
+    where a deployment would pick it up; the fp32 export is kept with its card."""
+    data = write_sentiment_task(tmp_path / "data")
+    with open(data / "test.jsonl", "w") as fh:  # every test sentence rotten: the fp32 model is right on all
+        for i in range(16):
+            fh.write(json.dumps({"sentence": f"a dull film number {i} .", "label": "rotten"}) + "\n")
+    model = write_outlier_classifier(tiny_bert, tmp_path / "outlier", tmp_path)
+    raw = tiny_run_config(tmp_path, tiny_bert, data)
+    raw["pipeline"] = ["export"]
+    raw["stages"]["export"] = {"models": [str(model)], "benchmark": SMALL_BENCH}
+    code, err = run_cli(["export", str(write(tmp_path / "export.yaml", raw))], capsys)
+    assert code == 0, err
+    out = tmp_path / "run" / "export"
+    rows = {r["runtime"]: r for r in json.loads((out / "results.json").read_text())["models"]}
+    assert rows["pytorch"]["score"] == rows["onnx"]["score"] == 1.0
+    assert rows["onnx-int8"]["score"] == 0.0 and rows["onnx-int8"]["kept"] is False
+    assert "batch1_p50_ms" in rows["onnx-int8"]  # timed all the same: the table shows what was given up
+    assert not (out / "outlier-int8").exists() and (out / "outlier" / "README.md").is_file()
+    assert "| outlier | onnx-int8 (not kept) | 0.0000 |" in (out / "latency.md").read_text()
+    assert ("crild: note: export: outlier-int8 was not kept: its accuracy on test is 0.0000, 1.0000 below the fp32 "
+            "model's 1.0000 (stages.export.int8_max_drop is 0.01); serve outlier, or set int8_max_drop higher "
+            "(null: always keep) to keep it") in err
+
+    raw["output_dir"] = str(tmp_path / "kept")  # null: the copy is kept whatever it scores
+    raw["stages"]["export"]["int8_max_drop"] = None
+    code, err = run_cli(["export", str(write(tmp_path / "keep.yaml", raw))], capsys)
+    assert code == 0, err
+    row = next(r for r in json.loads((tmp_path / "kept/export/results.json").read_text())["models"]
+               if r["runtime"] == "onnx-int8")
+    assert row["kept"] is True and row["score"] == 0.0 and (tmp_path / "kept/export/outlier-int8/model.onnx").is_file()
