@@ -376,3 +376,9 @@ def test_an_int8_copy_that_loses_the_task_is_scored_and_timed_but_not_kept(tmp_p
     row = next(r for r in json.loads((tmp_path / "kept/export/results.json").read_text())["models"]
                if r["runtime"] == "onnx-int8")
     assert row["kept"] is True and row["score"] == 0.0 and (tmp_path / "kept/export/outlier-int8/model.onnx").is_file()
+
+    raw["output_dir"] = str(tmp_path / "on-dev")  # the table names the split its scores are from
+    raw["stages"]["export"]["split"] = "dev"
+    code, err = run_cli(["export", str(write(tmp_path / "dev.yaml", raw))], capsys)
+    assert code == 0, err
+    assert "| model | runtime | dev accuracy |" in (tmp_path / "on-dev/export/latency.md").read_text()
