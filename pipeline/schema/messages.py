@@ -155,12 +155,13 @@ def describe(err: dict, model: type) -> str:
 def error_line(err: ValidationError, model: type, source: str, overrides: list[str] | None = None) -> str:
     """The first problem (unknown keys before anything else) of a validation error, placed
     in the command-line override that set the key (or a section above it) when one did: the
-    file does not hold the value it would otherwise be blamed for."""
+    file does not hold the value it would otherwise be blamed for. A problem of a whole
+    section (two of its keys at odds) stays the file's even when an override set one of them."""
     errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
     where = ".".join(str(part) for part in errors[0]["loc"])
     for text in reversed(overrides or []):  # the last override of a key is the one that holds
         key = text.partition("=")[0].strip()
-        if where == key or where.startswith(key + ".") or key.startswith(where + "."):
+        if where == key or where.startswith(key + "."):
             source = f"override '{key}=...'"
             break
     return f"{source}: {describe(errors[0], model)}"
