@@ -32,7 +32,7 @@ from pipeline.evaluation.models import load_eval_model, run_models
 from pipeline.evaluation.predict import classifier_forward, predict_logits, split_metrics
 from pipeline.export.latency import Candidate, measure, table
 from pipeline.export.model_card import CARD, ExportedModel, model_card
-from pipeline.export.onnx_export import ONNX_FILE, export_classifier, input_names
+from pipeline.export.onnx_export import DATA_SUFFIX, ONNX_FILE, export_classifier, input_names
 from pipeline.export.parity import check, int8_shortfall, parity
 from pipeline.export.quantize import quantize_folder
 from pipeline.export.runtime import onnx_forward, onnxruntime, session
@@ -44,6 +44,7 @@ from pipeline.stage_cli import stage_main
 from pipeline.stages import stage_fingerprint
 
 STAGE = "export"
+ONNX_FILES = (ONNX_FILE, ONNX_FILE + DATA_SUFFIX)  # the graph and, over 2 GiB, its weights
 CPU = torch.device("cpu")  # deployment here is ONNX Runtime's CPU provider: everything is compared and timed there
 
 
@@ -79,7 +80,7 @@ def export_one(cfg: RunConfig, name: str, path: str, out: Path, dist: DistInfo, 
     score = split_metrics(data.spec, torch_logits, labels).get(metric)
     rows = [{"model": name, "runtime": "pytorch", "score": score, "size_mb": _size_mb(folder, ("model.safetensors",))},
             {"model": name, "runtime": "onnx", "score": split_metrics(data.spec, onnx_logits, labels).get(metric),
-             "size_mb": _size_mb(out / name, (ONNX_FILE, ONNX_FILE + ".data")), "parity": fp32.as_dict()}]
+             "size_mb": _size_mb(out / name, ONNX_FILES), "parity": fp32.as_dict()}]
     candidates = [Candidate(name, "pytorch", torch_forward, ds, data.collate),
                   Candidate(name, "onnx", onnx_fwd, ds, data.collate)]
     if export_cfg.quantize and name != "teacher":
@@ -89,7 +90,7 @@ def export_one(cfg: RunConfig, name: str, path: str, out: Path, dist: DistInfo, 
         int8_score = split_metrics(data.spec, int8_logits, labels).get(metric)
         shortfall = int8_shortfall(name, score, int8_score, metric, split, export_cfg.int8_max_drop)
         rows.append({"model": name, "runtime": "onnx-int8", "score": int8_score,
-                     "size_mb": _size_mb(out / f"{name}-int8", (ONNX_FILE,)),
+                     "size_mb": _size_mb(out / f"{name}-int8", ONNX_FILES),
                      "parity": parity(split, torch_logits, int8_logits, data.spec.regression).as_dict(),
                      "kept": shortfall is None})
         candidates.append(Candidate(name, "onnx-int8", int8_fwd, ds, data.collate))

@@ -18,6 +18,7 @@ from pipeline.errors import UserError
 from pipeline.models.families import family_of
 
 ONNX_FILE = "model.onnx"
+DATA_SUFFIX = ".data"  # model.onnx.data: the weights of a graph over protobuf's 2 GiB, beside it
 COPIED = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
           "vocab.json", "merges.txt", "spm.model", "sentencepiece.bpe.model")
 
@@ -65,7 +66,36 @@ def export_classifier(model, tokenizer, source: Path, out: Path, opset: int) -> 
     except (RuntimeError, torch.onnx.errors.OnnxExporterError) as err:  # an architecture the exporter cannot trace
         raise UserError(f"stages.export: '{source}' ({model.config.model_type}) does not export to ONNX "
                         f"({str(err).splitlines()[0]})") from None
+    gather_external_data(out / ONNX_FILE)
     for name in COPIED:
         if (Path(source) / name).is_file():
             shutil.copy2(Path(source) / name, out / name)
     tokenizer.save_pretrained(str(out))
+
+
+def external_data_files(model_file: Path) -> set[str]:
+    """The files beside ``model_file`` that hold its weights (none for a graph under 2 GiB)."""
+    import onnx
+
+    graph = onnx.load(str(model_file), load_external_data=False).graph
+    return {entry.value for tensor in graph.initializer if tensor.data_location == onnx.TensorProto.EXTERNAL
+            for entry in tensor.external_data if entry.key == "location"}
+
+
+def gather_external_data(model_file: Path) -> None:
+    """A graph over protobuf's 2 GiB (an XLM-R-large teacher) is written by the exporter with
+    every weight in a file of its own beside it, hundreds of them, which a copy of the folder
+    can lose one of; they become one file, ``model.onnx.data``, which ONNX Runtime reads from
+    beside ``model.onnx`` by itself."""
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
+    files = external_data_files(model_file)
+    if not files:
+        return
+    model = onnx.load(str(model_file), load_external_data=False)
+    load_external_data_for_model(model, str(model_file.parent))
+    onnx.save_model(model, str(model_file), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=model_file.name + DATA_SUFFIX)
+    for name in files - {model_file.name + DATA_SUFFIX}:
+        (model_file.parent / name).unlink()

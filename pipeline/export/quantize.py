@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from pipeline.export.onnx_export import ONNX_FILE
+from pipeline.export.onnx_export import DATA_SUFFIX, ONNX_FILE
 from pipeline.export.runtime import onnxruntime
 
 
@@ -15,9 +15,13 @@ def quantize_folder(source: Path, out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     prepared = out / "prepared.onnx"  # shapes inferred and the graph optimised first, as ONNX Runtime advises
-    quant_pre_process(str(source / ONNX_FILE), str(prepared), skip_symbolic_shape=True)
-    quantize_dynamic(str(prepared), str(out / ONNX_FILE), weight_type=QuantType.QInt8)
-    prepared.unlink()
+    # a graph over protobuf's 2 GiB keeps its weights in model.onnx.data; so do its prepared and INT8 copies
+    large = (source / (ONNX_FILE + DATA_SUFFIX)).exists()
+    quant_pre_process(str(source / ONNX_FILE), str(prepared), skip_symbolic_shape=True, save_as_external_data=large,
+                      all_tensors_to_one_file=True, external_data_location=prepared.name + DATA_SUFFIX)
+    quantize_dynamic(str(prepared), str(out / ONNX_FILE), weight_type=QuantType.QInt8, use_external_data_format=large)
+    for temporary in (prepared, out / (prepared.name + DATA_SUFFIX)):
+        temporary.unlink(missing_ok=True)
     for path in source.iterdir():
         if path.is_file() and not path.name.startswith(ONNX_FILE):
             shutil.copy2(path, out / path.name)

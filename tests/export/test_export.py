@@ -382,3 +382,41 @@ def test_an_int8_copy_that_loses_the_task_is_scored_and_timed_but_not_kept(tmp_p
     code, err = run_cli(["export", str(write(tmp_path / "dev.yaml", raw))], capsys)
     assert code == 0, err
     assert "| model | runtime | dev accuracy |" in (tmp_path / "on-dev/export/latency.md").read_text()
+
+
+def test_weights_in_files_of_their_own_are_gathered_into_one_and_quantized_from_there(tmp_path, tiny_bert):
+    """Over protobuf's 2 GiB the exporter writes each weight in a file of its own beside
+    model.onnx (hundreds for a 2.2 GB BERT, where this was checked once through the stage; its
+    INT8 copy then failed with a traceback). The export gathers them into model.onnx.data, and
+    quantization reads and writes that layout. The tiny model is saved the exporter's way
+    here: the same layout at a size the suite can afford."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from pipeline.export.onnx_export import ONNX_FILE, export_classifier, external_data_files, gather_external_data
+    from pipeline.export.quantize import quantize_folder
+    from pipeline.models.loading import load_tokenizer
+
+    source = write_tiny_classifier(tiny_bert, tmp_path / "classifier")
+    model = AutoModelForSequenceClassification.from_pretrained(str(source)).eval()
+    export_classifier(model, load_tokenizer(str(source), "x"), source, tmp_path / "plain", 17)
+    split = tmp_path / "split"
+    shutil.copytree(tmp_path / "plain", split)
+    onnx.save_model(onnx.load(str(split / ONNX_FILE)), str(split / ONNX_FILE), save_as_external_data=True,
+                    all_tensors_to_one_file=False, size_threshold=0)
+    assert len(external_data_files(split / ONNX_FILE)) > 20
+
+    gather_external_data(split / ONNX_FILE)
+    assert external_data_files(split / ONNX_FILE) == {"model.onnx.data"}
+    assert {p.name for p in split.iterdir()} == {p.name for p in (tmp_path / "plain").iterdir()} | {"model.onnx.data"}
+    texts = ["a good film .", "an awful movie that never ends"]
+    torch.testing.assert_close(torch.from_numpy(classify(split, texts)), torch.from_numpy(classify(tmp_path / "plain", texts)))
+
+    quantize_folder(split, tmp_path / "int8")
+    quantize_folder(tmp_path / "plain", tmp_path / "int8-plain")
+    assert not list((tmp_path / "int8").glob("prepared*"))
+    assert external_data_files(tmp_path / "int8" / ONNX_FILE)  # the copy of a large graph keeps its weights beside it
+    ort.InferenceSession(str(tmp_path / "int8" / ONNX_FILE), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(classify(tmp_path / "int8", texts), classify(tmp_path / "int8-plain", texts))
