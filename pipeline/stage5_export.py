@@ -36,7 +36,7 @@ from pipeline.export.onnx_export import DATA_SUFFIX, ONNX_FILE, export_classifie
 from pipeline.export.parity import check, int8_shortfall, parity
 from pipeline.export.quantize import quantize_folder
 from pipeline.export.runtime import onnx_forward, onnxruntime, session
-from pipeline.models.loading import load_tokenizer, quiet_libraries, resolve_model
+from pipeline.models.loading import WEIGHT_PATTERNS, load_tokenizer, quiet_libraries, resolve_model
 from pipeline.outputs.atomic import atomic_output, write_json
 from pipeline.runtime.distributed import DistInfo, barrier, init_distributed, seed_everything
 from pipeline.runtime.progress import log
@@ -48,8 +48,9 @@ ONNX_FILES = (ONNX_FILE, ONNX_FILE + DATA_SUFFIX)  # the graph and, over 2 GiB, 
 CPU = torch.device("cpu")  # deployment here is ONNX Runtime's CPU provider: everything is compared and timed there
 
 
-def _size_mb(folder: Path, names: tuple) -> float:
-    return sum((folder / n).stat().st_size for n in names if (folder / n).is_file()) / 2**20
+def _size_mb(folder: Path, patterns: tuple) -> float:
+    files = {path for pattern in patterns for path in folder.glob(pattern) if path.is_file()}
+    return sum(path.stat().st_size for path in files) / 2**20
 
 
 def export_one(cfg: RunConfig, name: str, path: str, out: Path, dist: DistInfo, threads: int) -> tuple:
@@ -78,7 +79,7 @@ def export_one(cfg: RunConfig, name: str, path: str, out: Path, dist: DistInfo, 
     fp32 = parity(split, torch_logits, onnx_logits, data.spec.regression)
     check(name, fp32, export_cfg.tolerance.max_logit_diff, export_cfg.tolerance.min_agreement)
     score = split_metrics(data.spec, torch_logits, labels).get(metric)
-    rows = [{"model": name, "runtime": "pytorch", "score": score, "size_mb": _size_mb(folder, ("model.safetensors",))},
+    rows = [{"model": name, "runtime": "pytorch", "score": score, "size_mb": _size_mb(folder, WEIGHT_PATTERNS)},
             {"model": name, "runtime": "onnx", "score": split_metrics(data.spec, onnx_logits, labels).get(metric),
              "size_mb": _size_mb(out / name, ONNX_FILES), "parity": fp32.as_dict()}]
     candidates = [Candidate(name, "pytorch", torch_forward, ds, data.collate),

@@ -420,3 +420,29 @@ def test_weights_in_files_of_their_own_are_gathered_into_one_and_quantized_from_
     assert external_data_files(tmp_path / "int8" / ONNX_FILE)  # the copy of a large graph keeps its weights beside it
     ort.InferenceSession(str(tmp_path / "int8" / ONNX_FILE), providers=["CPUExecutionProvider"])
     np.testing.assert_array_equal(classify(tmp_path / "int8", texts), classify(tmp_path / "int8-plain", texts))
+
+
+def test_a_sharded_checkpoint_is_sized_by_all_its_shards(tmp_path, tiny_bert, sentiment_dir, capsys):
+    """A model saved in shards (a large or older hub checkpoint) is sized by every shard in the
+    table and results.json; it counted as 0 MB, and as the table's first row it divided the
+    others' sizes by zero."""
+    from transformers import AutoModelForSequenceClassification
+
+    whole = write_tiny_classifier(tiny_bert, tmp_path / "whole")
+    sharded = tmp_path / "sharded"
+    AutoModelForSequenceClassification.from_pretrained(str(whole)).save_pretrained(str(sharded), max_shard_size="20KB")
+    for path in whole.iterdir():
+        if path.name.startswith(("tokenizer", "vocab", "special_tokens")):
+            shutil.copy2(path, sharded / path.name)
+    shards = list(sharded.glob("model-*-of-*.safetensors"))
+    assert len(shards) > 1 and not (sharded / "model.safetensors").exists()
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir)
+    raw["pipeline"] = ["export"]
+    raw["stages"]["export"] = {"models": [str(sharded)], "benchmark": SMALL_BENCH}
+    code, err = run_cli(["export", str(write(tmp_path / "export.yaml", raw))], capsys)
+    assert code == 0, err
+    row = next(r for r in json.loads((tmp_path / "run/export/results.json").read_text())["models"]
+               if r["runtime"] == "pytorch")
+    files = shards + [sharded / "model.safetensors.index.json"]
+    assert row["size_mb"] == pytest.approx(sum(p.stat().st_size for p in files) / 2**20, rel=1e-9)
+    assert row["size_mb"] == pytest.approx((whole / "model.safetensors").stat().st_size / 2**20, rel=0.05)
