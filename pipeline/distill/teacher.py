@@ -17,7 +17,7 @@ from pipeline.distill.terms import TERMS
 from pipeline.errors import UserError
 from pipeline.evaluation.predict import predict_logits
 from pipeline.models.compiling import compile_layers
-from pipeline.models.loading import build_classifier, resolve_model
+from pipeline.models.loading import WEIGHT_PATTERNS, build_classifier, resolve_model
 from pipeline.outputs.atomic import renamed_into_place, verified
 from pipeline.outputs.manifest import is_complete
 from pipeline.outputs.trust import VERIFIED, trust_note
@@ -146,11 +146,12 @@ def kd_teacher_dtype(cfg) -> torch.dtype:
 
 
 def teacher_fingerprint(folder: str | Path) -> str:
-    """Content hash of a model folder's config and weights."""
+    """Content hash of a model folder's config and weights, every shard of a sharded
+    checkpoint included (its index alone is the same for two checkpoints of one shape)."""
     h = hashlib.sha256()
     folder = Path(folder)
-    for name in ("config.json", "model.safetensors", "model.safetensors.index.json"):
-        p = folder / name
+    weights = sorted({p for pattern in WEIGHT_PATTERNS for p in folder.glob(pattern) if p.is_file()})
+    for p in [folder / "config.json", *weights]:
         if p.is_file():
             with open(p, "rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 24), b""):

@@ -1,5 +1,6 @@
 """The distillation step: mixup view, consistency on/off, gradient flow, presets, the KD
 teacher-logit cache, and the full three-phase stage."""
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -388,3 +389,30 @@ def test_the_distill_stage_says_once_that_its_student_is_as_large_as_its_teacher
     assert (said.out + said.err).count("note: the student has ") == 1, said.out[-2000:]
     assert "1.00x its teacher's" in said.out + said.err
 
+
+
+def test_the_teacher_fingerprint_reads_every_shard(tmp_path, tiny_bert):
+    """The teacher-logit cache is keyed by the teacher's fingerprint. Two sharded checkpoints
+    of one shape have the same index file, so a fingerprint of config and index alone (as it
+    was) served one teacher's cached logits for the other; every shard's bytes count now, and a
+    whole checkpoint keeps the fingerprint it had."""
+    from transformers import AutoModelForSequenceClassification
+
+    from pipeline.distill.teacher import teacher_fingerprint
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=2)
+    folders = []
+    for i in range(2):
+        with torch.no_grad():
+            model.classifier.bias.fill_(float(i))  # another teacher of the same shape
+        folders.append(tmp_path / f"sharded{i}")
+        model.save_pretrained(str(folders[-1]), max_shard_size="20KB")
+    index = [(f / "model.safetensors.index.json").read_text() for f in folders]
+    assert len(list(folders[0].glob("model-*-of-*.safetensors"))) > 1 and index[0] == index[1]
+    assert teacher_fingerprint(folders[0]) != teacher_fingerprint(folders[1])
+    assert teacher_fingerprint(folders[0]) == teacher_fingerprint(folders[0])
+
+    whole = tmp_path / "whole"  # a whole checkpoint: config then weights, as before
+    model.save_pretrained(str(whole))
+    digest = hashlib.sha256((whole / "config.json").read_bytes() + (whole / "model.safetensors").read_bytes())
+    assert teacher_fingerprint(whole) == digest.hexdigest()[:16]
