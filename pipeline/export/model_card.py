@@ -100,15 +100,16 @@ def model_card(model: ExportedModel, row: dict, torch_row: dict, spec, split: st
     header = ModelCardData(pipeline_tag="text-classification", tags=tags)
     runtime = "ONNX Runtime, INT8 (dynamic quantization)" if model.int8 else "ONNX Runtime, fp32"
     limit = position_limit(config, "stages.export.models")
+    facts = _model_rows(config, model.parameters, spec)
     lines = ["---", header.to_yaml(), "---", "",
              _title(model.folder, spec), "",
              f"{made} Exported to ONNX by crild {__version__} for {runtime}.", "",
              "| | |", "|---|---|",
-             *_model_rows(config, model.parameters, spec)[:2],
+             *facts[:2],
              f"| file size | {row['size_mb']:.1f} MB |",
              f"| inputs | {', '.join(model.inputs)} (int64, batch x sequence"
              + (f", at most {limit} tokens" if limit else "") + ") |",
-             *_model_rows(config, model.parameters, spec)[2:]]
+             *facts[2:]]
     parity = row.get("parity") or {}
     examples = parity.get("examples")
     lines += ["", f"## Scores on {split} ({f'{examples:,}' if isinstance(examples, int) else 'n/a'} examples)", "",
