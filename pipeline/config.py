@@ -313,7 +313,7 @@ class ExportConfig(Strict):
     opset: Annotated[int, Field(ge=14, le=21), Expect("an ONNX opset in [14, 21]")] = Field(
         17, description="ONNX opset of the export")
     quantize: bool = Field(True, description="also an INT8 copy (ONNX Runtime dynamic quantization) of every "
-                                             "model but the teacher")
+                                             "model but a teacher (the run's, or one a crild teacher stage wrote)")
     split: Optional[str] = Field(None, description="held-out split for parity, accuracy and timing (default: test "
                                                    "if the task has one, else its first)")
     int8_max_drop: Optional[NonNegativeFloat] = Field(

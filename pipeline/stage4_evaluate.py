@@ -22,7 +22,7 @@ from pipeline.data.batching import fetch
 from pipeline.data.sources import available_eval_splits
 from pipeline.data.task_data import held_out_overlap, load_task_data
 from pipeline.data.tasks import task_spec
-from pipeline.evaluation.models import load_eval_model, run_models
+from pipeline.evaluation.models import load_eval_model, run_models, teachers
 from pipeline.evaluation.predict import classifier_forward, predict_logits, split_metrics
 from pipeline.evaluation.results import format_table, one_class_rows, predicted_counts, write_predictions
 from pipeline.models.loading import load_tokenizer, quiet_libraries, resolve_model
@@ -82,7 +82,8 @@ def run(cfg: RunConfig) -> int:
             for name, per_split in predictions.items():
                 for split, (logits, labels) in per_split.items():
                     write_predictions(tmp / "predictions" / name / f"{split}.tsv", logits, labels, data.spec)
-        print(format_table(cfg.task.name, results, data.spec, one_class), flush=True)
+        teacher = next(iter(teachers(cfg, models)), None)
+        print(format_table(cfg.task.name, results, data.spec, one_class, teacher), flush=True)
     barrier()
     return 0
 

@@ -28,7 +28,7 @@ from pipeline.data.sources import export_split
 from pipeline.data.task_data import load_task_data
 from pipeline.data.tasks import task_spec
 from pipeline.errors import UserError
-from pipeline.evaluation.models import load_eval_model, run_models
+from pipeline.evaluation.models import load_eval_model, run_models, teachers
 from pipeline.evaluation.predict import classifier_forward, predict_logits, split_metrics
 from pipeline.export.latency import Candidate, measure, table
 from pipeline.export.model_card import CARD, ExportedModel, model_card
@@ -53,9 +53,10 @@ def _size_mb(folder: Path, patterns: tuple) -> float:
     return sum(path.stat().st_size for path in files) / 2**20
 
 
-def export_one(cfg: RunConfig, name: str, path: str, out: Path, dist: DistInfo, threads: int) -> tuple:
-    """Export one model (and its INT8 copy) into ``out``; (result rows, timing candidates,
-    (split, metric), the exported folders)."""
+def export_one(cfg: RunConfig, name: str, path: str, out: Path, dist: DistInfo, threads: int,
+               quantize: bool) -> tuple:
+    """Export one model (and, with ``quantize``, its INT8 copy) into ``out``; (result rows,
+    timing candidates, (split, metric), the exported folders)."""
     export_cfg = cfg.stages.export
     folder = Path(resolve_model(path, "stages.export.models"))
     tokenizer = load_tokenizer(str(folder), "stages.export.models")
@@ -84,7 +85,7 @@ def export_one(cfg: RunConfig, name: str, path: str, out: Path, dist: DistInfo, 
              "size_mb": _size_mb(out / name, ONNX_FILES), "parity": fp32.as_dict()}]
     candidates = [Candidate(name, "pytorch", torch_forward, ds, data.collate),
                   Candidate(name, "onnx", onnx_fwd, ds, data.collate)]
-    if export_cfg.quantize and name != "teacher":
+    if quantize:
         quantize_folder(out / name, out / f"{name}-int8")
         int8_fwd = onnx_forward(session(out / f"{name}-int8" / ONNX_FILE, threads))
         int8_logits = predict_logits(int8_fwd, ds, data.collate, batch_size, dist)
@@ -126,26 +127,31 @@ def run(cfg: RunConfig) -> int:
     threads = export_cfg.benchmark.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
     models, notes = run_models(cfg, export_cfg.models, "stages.export.models")
+    teacher_names = teachers(cfg, models)
+    reference = teacher_names[0] if teacher_names else next(iter(models))
     if export_cfg.benchmark.enabled:
         notes.append(oversubscribed_note(threads, len(os.sched_getaffinity(0))))
     out = Path(cfg.output_dir)
     with atomic_output(out / STAGE, cfg, STAGE, stage_fingerprint(cfg, STAGE)) as tmp:
         rows, candidates, exported = [], [], []
         for name, path in models.items():
-            model_rows, model_candidates, timing_data, model_folders = export_one(cfg, name, path, tmp, dist, threads)
+            model_rows, model_candidates, timing_data, model_folders = export_one(
+                cfg, name, path, tmp, dist, threads, export_cfg.quantize and name not in teacher_names)
             rows += model_rows
             candidates += model_candidates
             exported += model_folders
         for note in filter(None, notes):
             log(dist, note)
         split, metric = timing_data
-        result = {"task": cfg.task.name, "split": split, "metric": metric, "threads": threads, "models": rows}
+        result = {"task": cfg.task.name, "split": split, "metric": metric, "threads": threads,
+                  "reference": reference, "reference_is_teacher": bool(teacher_names), "models": rows}
         if export_cfg.benchmark.enabled:
             bench = export_cfg.benchmark
             timings = measure(candidates, bench.batch1_examples, bench.batch32_batches, bench.warmup, cfg.seed)
             for row in rows:
                 row.update(timings[f"{row['model']} ({row['runtime']})"])
-            (tmp / "latency.md").write_text(table(rows, cfg.task.name, split, metric, threads))
+            (tmp / "latency.md").write_text(table(rows, cfg.task.name, split, metric, threads, reference,
+                                                     bool(teacher_names)))
         write_json(tmp / "results.json", result)
         by_runtime = {(row["model"], row["runtime"]): row for row in rows}
         for model in exported:

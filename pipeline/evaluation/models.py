@@ -20,7 +20,7 @@ from pipeline.models.loading import (
     resolve_model,
 )
 from pipeline.outputs.atomic import verified
-from pipeline.outputs.manifest import MANIFEST, is_complete
+from pipeline.outputs.manifest import MANIFEST, is_complete, read_manifest
 from pipeline.outputs.trust import trust_note
 
 PRODUCED_MODELS = ("teacher", "student", "student_finetuned")  # folders a run writes, scored by default
@@ -45,6 +45,27 @@ def run_models(cfg, configured: list[str], where: str) -> tuple[dict[str, str], 
              f"read): left out; name it in {where} to include it"
              for name in PRODUCED_MODELS if (out / name).is_dir() and name not in found]
     return found, notes
+
+
+def teachers(cfg, models: dict[str, str]) -> list[str]:
+    """The names among ``models`` (name -> folder as configured) that are teachers: the run's
+    own (the folder its distillation reads: ``stages.distill.teacher_model``, or
+    ``<output_dir>/teacher``) or one that a crild teacher stage wrote (its manifest says so),
+    in order. Sizes and speeds are read against the first, and export makes an INT8 copy of
+    none: a teacher is what distillation compresses, not what is served. A name alone says
+    nothing: two runs' teachers are listed as ``run1-teacher`` and ``run2-teacher``."""
+    given = cfg.stages.distill.teacher_model
+    own = {Path(cfg.output_dir, "teacher").resolve()}
+    if given and Path(given).expanduser().exists():
+        own.add(Path(given).expanduser().resolve())
+    found = []
+    for name, path in models.items():
+        local = Path(path).expanduser()
+        folder = local.resolve() if local.exists() else None
+        written = (read_manifest(folder) or {}).get("stage") if folder is not None and folder.is_dir() else None
+        if path == given or folder in own or written == "teacher":
+            found.append(name)
+    return found
 
 
 def model_names(configured: list[str], folders: list[str], where: str) -> list[str]:

@@ -51,12 +51,14 @@ def one_class_rows(eval_labels: dict, spec: TaskSpec) -> dict:
     return rows
 
 
-def format_table(task: str, results: dict, spec: TaskSpec, one_class: dict | None = None) -> str:
-    """Score and size of every model, size also relative to the teacher. Speed is the export
-    stage's: measured there per example and per batch, in PyTorch and ONNX Runtime. With
+def format_table(task: str, results: dict, spec: TaskSpec, one_class: dict | None = None,
+                 teacher: str | None = None) -> str:
+    """Score and size of every model, size also relative to the model named ``teacher`` (see
+    ``pipeline.evaluation.models.teachers``; none: no ratio). Speed is the export stage's:
+    measured there per example and per batch, in PyTorch and ONNX Runtime. With
     ``one_class`` (see ``one_class_rows``), a reference row per split and a note for any
     model that predicts one class for every example of a split."""
-    teacher = results.get("teacher")
+    teacher = results.get(teacher) if teacher is not None else None
     rows = [("model", "split", spec.main_metric, "all metrics", "params", "size vs teacher")]
     for name, entry in results.items():
         for split, m in entry["splits"].items():

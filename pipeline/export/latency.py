@@ -61,13 +61,18 @@ def measure(candidates: list[Candidate], batch1_examples: int, batch32_batches: 
             for c in candidates}
 
 
-def table(rows: list[dict], task: str, split: str, metric: str, threads: int) -> str:
+def table(rows: list[dict], task: str, split: str, metric: str, threads: int, reference: str,
+          is_teacher: bool) -> str:
     """The deployment table in Markdown: accuracy, size, latency and throughput, with the
-    ratios to the teacher in PyTorch; an INT8 copy that was not kept is marked so."""
-    base = next((r for r in rows if r["model"] == "teacher" and r["runtime"] == "pytorch"), rows[0])
-    head = (f"| model | runtime | {split} {metric} | size (MB) | size vs teacher | batch-1 p50 (ms) | p95 (ms) "
-            f"| batch-1 speed-up | batch-32 (examples/s) | throughput vs teacher |")
-    lines = [f"Deployment on {task}, {threads} thread(s), ratios to the teacher in PyTorch:", "", head,
+    ratios to ``reference`` in PyTorch (the teacher, or with no teacher among the models the
+    first one, and the table says which); an INT8 copy that was not kept is marked so."""
+    base = next(r for r in rows if r["model"] == reference and r["runtime"] == "pytorch")
+    against = "teacher" if is_teacher else reference
+    said = ("the teacher" if reference == "teacher" else f"the teacher, {reference},") if is_teacher else \
+        f"{reference} (none of the models is a teacher)"
+    head = (f"| model | runtime | {split} {metric} | size (MB) | size vs {against} | batch-1 p50 (ms) | p95 (ms) "
+            f"| batch-1 speed-up | batch-32 (examples/s) | throughput vs {against} |")
+    lines = [f"Deployment on {task}, {threads} thread(s), ratios to {said} in PyTorch:", "", head,
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         score = "–" if r.get("score") is None else f"{r['score']:.4f}"

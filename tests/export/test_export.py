@@ -150,6 +150,66 @@ def graph_ops(folder: Path) -> set[str]:
     return {node.op_type for node in onnx.load(str(folder / "model.onnx"), load_external_data=False).graph.node}
 
 
+def test_ratios_are_to_the_teacher_by_its_role_not_its_folder_name(trained, tmp_path, capsys):
+    """Models from other folders keep their own names (``big_teacher``): the one a crild
+    teacher stage wrote is still the teacher, whatever it is called and wherever it is listed,
+    so the table reads every ratio against it and it gets no INT8 copy. With no teacher among
+    the models the ratios are to the first, and the table names it. (Before, the teacher was
+    the model named ``teacher``: here the student was the 1.00x row of a table that said
+    "ratios to the teacher", and the teacher got an INT8 copy.)"""
+    run = Path(trained["output_dir"])
+    teacher = shutil.copytree(run / "teacher", tmp_path / "elsewhere" / "big_teacher")
+    exports = {}
+    for label, models in {"with": [run / "student", teacher], "without": [run / "student"]}.items():
+        raw = json.loads(json.dumps(trained))
+        raw["output_dir"] = str(tmp_path / label)
+        raw["stages"]["export"]["models"] = [str(m) for m in models]
+        code, err = run_cli(["export", str(write(tmp_path / f"{label}.yaml", raw))], capsys)
+        assert code == 0, err
+        exports[label] = tmp_path / label / "export"
+    assert {p.name for p in exports["with"].iterdir() if p.is_dir()} == {"student", "student-int8", "big_teacher"}
+    lines = (exports["with"] / "latency.md").read_text().splitlines()
+    assert lines[0] == "Deployment on rotten_tomatoes, 1 thread(s), ratios to the teacher, big_teacher, in PyTorch:"
+    assert "| size vs teacher |" in lines[2]
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line.split("|")[5].strip() for line in lines[4:]}
+    assert rows[("big_teacher", "pytorch")] == "1.00x" and rows[("student", "pytorch")] != "1.00x"
+    results = json.loads((exports["with"] / "results.json").read_text())
+    assert (results["reference"], results["reference_is_teacher"]) == ("big_teacher", True)
+    raw["stages"]["evaluate"] = {"models": [str(run / "student"), str(teacher)], "splits": ["dev"]}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main(["evaluate", str(write(tmp_path / "evaluate.yaml", raw))])
+    assert done.value.code == 0
+    evaluated = json.loads((tmp_path / "without" / "eval" / "results.json").read_text())["models"]
+    size = evaluated["student"]["parameters"] / evaluated["big_teacher"]["parameters"]
+    table = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert [row[-1] for row in table if row[:2] in (["student", "dev"], ["big_teacher", "dev"])] == \
+        [f"{size:.2f}x", "1.00x"]  # the evaluation table's size column reads against it too
+    results = json.loads((exports["without"] / "results.json").read_text())
+    assert (results["reference"], results["reference_is_teacher"]) == ("student", False)
+    head = (exports["without"] / "latency.md").read_text().splitlines()
+    assert head[0] == ("Deployment on rotten_tomatoes, 1 thread(s), ratios to student (none of the models is a "
+                       "teacher) in PyTorch:") and "| size vs student |" in head[2]
+
+
+def test_the_teachers_among_models_are_found_by_role(trained, tmp_path):
+    """The run's own teacher folder, the folder its distillation reads (given by path or by
+    the same name), and a folder a crild teacher stage wrote are teachers; a student or a
+    folder crild did not write is not, whatever its name."""
+    from pipeline.evaluation.models import teachers
+
+    run = Path(trained["output_dir"])
+    named = shutil.copytree(run / "student", tmp_path / "teacher")  # a student in a folder called teacher
+    given = write_tiny_classifier(run / "teacher", tmp_path / "hub-like")  # no manifest: crild did not write it
+    cfg = from_dict({**json.loads(json.dumps(trained)), "output_dir": str(run)})
+    models = {"teacher": str(run / "teacher"), "student": str(run / "student"), "named": str(named),
+              "given": str(given), "moved": str(shutil.copytree(run / "teacher", tmp_path / "t2"))}
+    assert teachers(cfg, models) == ["teacher", "moved"]
+    raw = json.loads(json.dumps(trained))
+    raw["stages"]["distill"]["teacher_model"] = str(given)
+    assert teachers(from_dict(raw), models) == ["teacher", "given", "moved"]
+
+
 def test_a_tolerance_that_fails_is_one_line_and_writes_nothing(trained, tmp_path, capsys):
     raw = json.loads(json.dumps(trained))
     raw["output_dir"] = str(tmp_path / "run")
