@@ -30,7 +30,7 @@ from pipeline.outputs.atomic import atomic_output, write_json
 from pipeline.runtime.distributed import barrier, init_distributed, seed_everything, set_tf32
 from pipeline.runtime.progress import log
 from pipeline.stage_cli import stage_main
-from pipeline.stages import stage_fingerprint
+from pipeline.stages import produced_models, stage_fingerprint
 from pipeline.training.ds_config import precision_dtype
 from pipeline.training.ds_files import load_ds_json
 
@@ -69,7 +69,7 @@ def run(cfg: RunConfig) -> int:
     set_tf32(cfg.tf32)
     _, ds_cfg = load_ds_json(cfg.deepspeed_config, cfg.source)
     results, predictions = {}, {}
-    models, notes = run_models(cfg, cfg.stages.evaluate.models, "stages.evaluate.models")
+    models, notes = run_models(cfg, cfg.stages.evaluate.models, "stages.evaluate.models", produced_models(cfg))
     for name, path in models.items():
         results[name], predictions[name], data = evaluate_model(cfg, path, precision_dtype(ds_cfg), dist)
     # the data's notes (label ids read as names, held-out examples that are training examples) hold for every model

@@ -41,7 +41,7 @@ from pipeline.outputs.atomic import atomic_output, write_json
 from pipeline.runtime.distributed import DistInfo, barrier, init_distributed, seed_everything
 from pipeline.runtime.progress import log
 from pipeline.stage_cli import stage_main
-from pipeline.stages import stage_fingerprint
+from pipeline.stages import produced_models, stage_fingerprint
 
 STAGE = "export"
 ONNX_FILES = (ONNX_FILE, ONNX_FILE + DATA_SUFFIX)  # the graph and, over 2 GiB, its weights
@@ -126,7 +126,7 @@ def run(cfg: RunConfig) -> int:
     export_cfg = cfg.stages.export
     threads = export_cfg.benchmark.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
-    models, notes = run_models(cfg, export_cfg.models, "stages.export.models")
+    models, notes = run_models(cfg, export_cfg.models, "stages.export.models", produced_models(cfg))
     teacher_names = teachers(cfg, models)
     reference = teacher_names[0] if teacher_names else next(iter(models))
     if export_cfg.benchmark.enabled:

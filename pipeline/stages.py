@@ -86,9 +86,16 @@ def _distill_fingerprint(cfg, settings) -> str:
     return _with_inputs(key, _distill_inputs(cfg))
 
 
+def produced_models(cfg) -> tuple[str, ...]:
+    """The model folders a run writes under ``output_dir``: the teacher, the distilled student
+    (``stages.distill.output``) and the no-teacher baseline. Evaluation and export read these
+    by default, and are redone when one of them is rewritten."""
+    return tuple(dict.fromkeys(("teacher", cfg.stages.distill.output, BASELINE_OUTPUT)))
+
+
 def _upstream(cfg) -> dict:
     out = Path(cfg.output_dir)
-    return {name: recorded_fingerprint(out / name) for name in ("teacher", "student", BASELINE_OUTPUT)}
+    return {name: recorded_fingerprint(out / name) for name in produced_models(cfg)}
 
 
 def _evaluate_fingerprint(cfg, settings) -> str:

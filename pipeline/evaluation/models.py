@@ -23,18 +23,17 @@ from pipeline.outputs.atomic import verified
 from pipeline.outputs.manifest import MANIFEST, is_complete, read_manifest
 from pipeline.outputs.trust import trust_note
 
-PRODUCED_MODELS = ("teacher", "student", "student_finetuned")  # folders a run writes, scored by default
 
-
-def run_models(cfg, configured: list[str], where: str) -> tuple[dict[str, str], list[str]]:
+def run_models(cfg, configured: list[str], where: str, produced: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
     """name -> folder of the ``configured`` models (checked by the trust rule, with their
-    notes), or of every complete model the run produced (verified against their hashes)."""
+    notes), or of every complete one of ``produced``, the model folders the run writes under
+    its ``output_dir`` (``pipeline.stages.produced_models``), verified against their hashes."""
     if configured:
         folders = [resolve_model(m, where) for m in configured]
         notes = [trust_note(folder, where) for folder in folders]
         return dict(zip(model_names(configured, folders, where), map(str, configured))), [n for n in notes if n]
     out = Path(cfg.output_dir)
-    found = {name: str(verified(out / name, f"the run's {name}")) for name in PRODUCED_MODELS
+    found = {name: str(verified(out / name, f"the run's {name}")) for name in produced
              if is_complete(out / name)}
     if not found:
         raise UserError(f"{out}: no complete teacher or student to {where.split('.')[1]}; run the earlier stages "
@@ -43,7 +42,7 @@ def run_models(cfg, configured: list[str], where: str) -> tuple[dict[str, str], 
     # manifest is damaged or not crild's, and was left out without a word
     notes = [f"note: {out / name} is not a complete output of this run (its {MANIFEST} is missing or cannot be "
              f"read): left out; name it in {where} to include it"
-             for name in PRODUCED_MODELS if (out / name).is_dir() and name not in found]
+             for name in produced if (out / name).is_dir() and name not in found]
     return found, notes
 
 

@@ -14,7 +14,7 @@ from pipeline.config import from_dict
 from pipeline.errors import UserError
 from pipeline.outputs.atomic import atomic_output
 from pipeline.outputs.manifest import is_complete
-from pipeline.stages import RESERVED_FOLDERS, STAGES
+from pipeline.stages import RESERVED_FOLDERS, STAGES, produced_models
 
 
 def run_cli(argv, capsys) -> tuple[int, list[str]]:
@@ -147,10 +147,29 @@ def test_a_run_output_without_a_readable_manifest_is_named_not_left_out_silently
         (tmp / "model.safetensors").write_bytes(b"weights")
     (tmp_path / "teacher").mkdir()
     (tmp_path / "teacher" / "crild_stage.json").write_text("{")
-    found, notes = run_models(cfg, [], "stages.evaluate.models")
+    found, notes = run_models(cfg, [], "stages.evaluate.models", produced_models(cfg))
     assert list(found) == ["student"]
     assert notes == [f"note: {tmp_path / 'teacher'} is not a complete output of this run (its crild_stage.json is "
                      f"missing or cannot be read): left out; name it in stages.evaluate.models to include it"]
+
+
+def test_a_student_under_a_name_of_its_own_is_scored_and_exported_by_default(tmp_path):
+    """``stages.distill.output: student_kd`` names the run's student: evaluation and export read
+    it by default, and are redone when it is rewritten (before, they read a folder called
+    ``student`` only: the run scored and exported its teacher alone, without a word)."""
+    from pipeline.evaluation.models import run_models
+    from pipeline.stages import stage_fingerprint
+
+    cfg = from_dict({"output_dir": str(tmp_path), "stages": {"distill": {"output": "student_kd"}}})
+    assert produced_models(cfg) == ("teacher", "student_kd", "student_finetuned")
+    fingerprints = []
+    for version in ("first", "second"):
+        with atomic_output(tmp_path / "student_kd", cfg, "distill", version) as tmp:
+            (tmp / "model.safetensors").write_bytes(version.encode())
+        found, notes = run_models(cfg, [], "stages.evaluate.models", produced_models(cfg))
+        assert list(found) == ["student_kd"] and notes == []
+        fingerprints.append((stage_fingerprint(cfg, "evaluate"), stage_fingerprint(cfg, "export")))
+    assert fingerprints[0][0] != fingerprints[1][0] and fingerprints[0][1] != fingerprints[1][1]
 
 
 def test_a_temporary_folder_left_by_a_killed_writer_is_removed(tmp_path):
