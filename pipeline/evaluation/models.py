@@ -43,6 +43,11 @@ def run_models(cfg, configured: list[str], where: str, produced: tuple[str, ...]
     notes = [f"note: {out / name} is not a complete output of this run (its {MANIFEST} is missing or cannot be "
              f"read): left out; name it in {where} to include it"
              for name in produced if (out / name).is_dir() and name not in found]
+    given = cfg.stages.distill.teacher_model
+    if given:  # it may be a backbone (ILD-only phases), which cannot be scored: named, not added
+        notes.append(f"note: the student's teacher, stages.distill.teacher_model '{given}', is not among the models "
+                     f"a run {where.split('.')[1]}s by default; name it in {where} beside the run's models to compare "
+                     f"them")
     return found, notes
 
 

@@ -170,6 +170,12 @@ def test_a_student_under_a_name_of_its_own_is_scored_and_exported_by_default(tmp
         assert list(found) == ["student_kd"] and notes == []
         fingerprints.append((stage_fingerprint(cfg, "evaluate"), stage_fingerprint(cfg, "export")))
     assert fingerprints[0][0] != fingerprints[1][0] and fingerprints[0][1] != fingerprints[1][1]
+    # a teacher given by path is not the run's to score (it may be a backbone): a note names it
+    given = from_dict({"output_dir": str(tmp_path), "stages": {"distill": {"output": "student_kd",
+                                                                           "teacher_model": "/models/mine"}}})
+    assert run_models(given, [], "stages.export.models", produced_models(given))[1] == [
+        "note: the student's teacher, stages.distill.teacher_model '/models/mine', is not among the models a run "
+        "exports by default; name it in stages.export.models beside the run's models to compare them"]
 
 
 def test_a_temporary_folder_left_by_a_killed_writer_is_removed(tmp_path):
