@@ -41,7 +41,8 @@ def evaluate_model(cfg: RunConfig, path: str, dtype, dist):
     """(results entry, {split: (logits, labels)}, task data) of one model folder."""
     tokenizer = load_tokenizer(resolve_model(path, "stages.evaluate.models"), "stages.evaluate.models")
     splits = cfg.stages.evaluate.splits or available_eval_splits(cfg.task, task_spec(cfg.task))
-    data = load_task_data(cfg, tokenizer, eval_splits=list(splits), with_train=False)
+    data = load_task_data(cfg, tokenizer, eval_splits=list(splits), with_train=False,
+                          splits_key="stages.evaluate.splits")
     model = load_eval_model(path, data.spec, dtype, dist.device, cfg.task.max_length)
     forward = classifier_forward(model, dist.device)
     batch_size = cfg.stages.evaluate.batch_size

@@ -60,7 +60,8 @@ def export_one(cfg: RunConfig, name: str, path: str, out: Path, dist: DistInfo, 
     export_cfg = cfg.stages.export
     folder = Path(resolve_model(path, "stages.export.models"))
     tokenizer = load_tokenizer(str(folder), "stages.export.models")
-    data = load_task_data(cfg, tokenizer, eval_splits=[export_split(cfg.task, task_spec(cfg.task), cfg.stages.export.split)], with_train=False)
+    data = load_task_data(cfg, tokenizer, eval_splits=[export_split(cfg.task, task_spec(cfg.task), export_cfg.split)],
+                          with_train=False, splits_key="stages.export.split")
     split, ds = next(iter(data.eval.items()))
     labels, metric = data.eval_labels[split], data.spec.main_metric
     # the reference runs where the exports run, on the CPU in fp32: a GPU reference would differ

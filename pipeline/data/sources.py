@@ -480,10 +480,12 @@ def export_split(task_cfg: TaskConfig, spec: TaskSpec, configured: Optional[str]
     return "test" if "test" in available else (available[0] if available else "dev")
 
 
-def checked_eval_splits(task_cfg: TaskConfig, spec: TaskSpec, splits: Optional[list[str]], source: str) -> list[str]:
+def checked_eval_splits(task_cfg: TaskConfig, spec: TaskSpec, splits: Optional[list[str]], source: str,
+                        key: Optional[str] = None) -> list[str]:
     """The held-out splits to score: ``splits`` (None: the first the task's data has), each
     one a split the data has, or one line naming it and the splits there are (a hub user's
-    ``validation`` is pointed to crild's ``dev``). ``source``: the configuration file."""
+    ``validation`` is pointed to crild's ``dev``). ``source``: the configuration file;
+    ``key``: the setting that named ``splits``."""
     available = available_eval_splits(task_cfg, spec)
     if not available and is_own_hub(spec):
         mapped = ", ".join(f"{k} to '{v}'" for k, v in spec.hub_splits.items() if k != "train") or "none"
@@ -500,7 +502,8 @@ def checked_eval_splits(task_cfg: TaskConfig, spec: TaskSpec, splits: Optional[l
         if split not in available:
             crild_name = re.sub(rf"^({'|'.join(HUB_SPLIT_NAMES['dev'])})(?=_|$)", "dev", split)
             hint = f"; crild calls the hub's '{split}' split '{crild_name}'" if crild_name in available else ""
-            raise UserError(f"{source}: split '{split}' is not available for task {spec.name} "
+            named = f"{key}: '{split}'" if key else f"split '{split}'"
+            raise UserError(f"{source}: {named} is not a held-out split of task {spec.name} "
                             f"(available: {', '.join(available) or 'none'}){hint}")
     return list(splits)
 

@@ -35,11 +35,13 @@ class TaskData:
         return next(iter(self.eval))
 
 
-def load_task_data(cfg, tokenizer, eval_splits: Optional[list[str]] = None, with_train: bool = True) -> TaskData:
-    """Tokenized training split and evaluation splits (default: the first available).
-    Rank 0 tokenizes and caches; the other ranks then read the cache."""
+def load_task_data(cfg, tokenizer, eval_splits: Optional[list[str]] = None, with_train: bool = True,
+                   splits_key: Optional[str] = None) -> TaskData:
+    """Tokenized training split and evaluation splits (default: the first available;
+    ``splits_key``: the setting that named them, for an error). Rank 0 tokenizes and caches;
+    the other ranks then read the cache."""
     with main_rank_first():
-        return _load_task_data(cfg, tokenizer, eval_splits, with_train)
+        return _load_task_data(cfg, tokenizer, eval_splits, with_train, splits_key)
 
 
 def check_max_length(tokenizer, max_length: int, pair: bool, where: str = "task.max_length") -> None:
@@ -52,14 +54,14 @@ def check_max_length(tokenizer, max_length: int, pair: bool, where: str = "task.
                         f"tokens to {'a pair' if pair else 'a sentence'}; use at least {needed}")
 
 
-def _load_task_data(cfg, tokenizer, eval_splits, with_train) -> TaskData:
+def _load_task_data(cfg, tokenizer, eval_splits, with_train, splits_key) -> TaskData:
     spec = task_spec(cfg.task)
     check_max_length(tokenizer, cfg.task.max_length, spec.pair)
     train_ex, train_ds = None, None
     if with_train:
         train_ex = apply_settings(load_split(cfg.task, spec, "train"), cfg.task, spec, cfg.seed)
         train_ds = tokenize_cached(train_ex, tokenizer, cfg.task.max_length)
-    eval_splits = checked_eval_splits(cfg.task, spec, eval_splits, cfg.source)
+    eval_splits = checked_eval_splits(cfg.task, spec, eval_splits, cfg.source, splits_key)
     evals, labels, examples = {}, {}, {}
     notes = list(train_ex.notes) if with_train else []
     for split in eval_splits:

@@ -236,14 +236,15 @@ def _check_listed_models(stage: str):
 
 
 def _check_evaluate(cfg: RunConfig, names) -> None:
-    checked_eval_splits(cfg.task, task_spec(cfg.task), cfg.stages.evaluate.splits, cfg.source)
+    checked_eval_splits(cfg.task, task_spec(cfg.task), cfg.stages.evaluate.splits, cfg.source,
+                        "stages.evaluate.splits")
     _check_listed_models("evaluate")(cfg, names)
 
 
 def _check_export(cfg: RunConfig, names) -> None:
     onnxruntime()
     split = cfg.stages.export.split
-    checked_eval_splits(cfg.task, task_spec(cfg.task), [split] if split else None, cfg.source)
+    checked_eval_splits(cfg.task, task_spec(cfg.task), [split] if split else None, cfg.source, "stages.export.split")
     _check_listed_models("export")(cfg, names)
 
 

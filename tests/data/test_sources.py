@@ -346,8 +346,11 @@ def test_a_split_that_is_not_there_lists_those_that_are(tmp_path, tiny_bert, sen
     for split, hint in [("validation", "; crild calls the hub's 'validation' split 'dev'"), ("train2", "")]:
         with pytest.raises(UserError) as err:
             load_task_data(cfg, tokenizer, eval_splits=[split], with_train=False)
-        assert str(err.value).endswith(f"split '{split}' is not available for task rotten_tomatoes (available: "
+        assert str(err.value).endswith(f"split '{split}' is not a held-out split of task rotten_tomatoes (available: "
                                        f"dev, test){hint}")
+        with pytest.raises(UserError) as err:  # the stage's own check names its setting
+            load_task_data(cfg, tokenizer, eval_splits=[split], with_train=False, splits_key="stages.export.split")
+        assert f": stages.export.split: '{split}' is not a held-out split" in str(err.value)
 
 
 def test_empty_text_fields_are_noted_with_the_first_line(tmp_path):

@@ -183,13 +183,14 @@ def test_a_held_out_split_the_data_lacks_is_refused_before_the_teacher_trains(tm
     source = tmp_path / "run.yaml"
     line = refusal(tmp_path, {**raw, "pipeline": ["teacher", "evaluate"],
                               "stages": {**raw["stages"], "evaluate": {"splits": ["dev", "validation"]}}}, capsys)
-    assert line == (f"crild: error: {source}: split 'validation' is not available for task rotten_tomatoes "
+    assert line == (f"crild: error: {source}: stages.evaluate.splits: 'validation' is not a held-out split of task "
+                    f"rotten_tomatoes "
                     f"(available: dev, test); crild calls the hub's 'validation' split 'dev' (the evaluate stage's; "
                     f"checked before the first stage runs)")
     line = refusal(tmp_path, {**raw, "pipeline": ["teacher", "export"],
                               "stages": {**raw["stages"], "export": {"split": "tst"}}}, capsys)
-    assert line == (f"crild: error: {source}: split 'tst' is not available for task rotten_tomatoes (available: dev, "
-                    f"test) (the export stage's; checked before the first stage runs)")
+    assert line == (f"crild: error: {source}: stages.export.split: 'tst' is not a held-out split of task "
+                    f"rotten_tomatoes (available: dev, test) (the export stage's; checked before the first stage runs)")
 
 
 def test_data_a_later_stage_reads_is_read_through_before_the_teacher_trains(tmp_path, tiny_bert, sentiment_dir,
