@@ -88,6 +88,9 @@ def test_overrides_are_typed_and_validated(tmp_path):
     ({}, ["stages.teacher.epochs=two", "stages.teacher.epochs=three"], "stages.teacher.epochs"),
     ({"stages": {"teacher": {"epochs": 2}}}, ["stages.teacher.batch_size=1", "stages.teacher.colour=red"],
      "stages.teacher.colour"),
+    # a section whose keys are at odds, one from the file and one from an override: both named
+    ({"task": {"name": "sst2"}}, ["task.labels=[a,b]"], "file with task.labels"),
+    ({"task": {"name": "sst2"}, "stages": {"teacher": {"epochs": 2}}}, ["seed=3"], None),
 ])
 def test_an_error_is_placed_where_its_value_came_from(tmp_path, in_file, overrides, blamed):
     """A bad value set on the command line is the override's, not the file's (which does not
@@ -98,7 +101,8 @@ def test_an_error_is_placed_where_its_value_came_from(tmp_path, in_file, overrid
         return
     with pytest.raises(UserError) as err:
         load_config(p, overrides)
-    assert str(err.value).startswith(f"{p}: " if blamed == "file" else f"override '{blamed}=...': "), str(err.value)
+    start = {"file": f"{p}: ", "file with task.labels": f"{p} with override 'task.labels=...': task.labels: "}
+    assert str(err.value).startswith(start.get(blamed, f"override '{blamed}=...': ")), str(err.value)
 
 
 def test_unknown_task_suggests_nearest():

@@ -156,12 +156,15 @@ def error_line(err: ValidationError, model: type, source: str, overrides: list[s
     """The first problem (unknown keys before anything else) of a validation error, placed
     in the command-line override that set the key (or a section above it) when one did: the
     file does not hold the value it would otherwise be blamed for. A problem of a whole
-    section (two of its keys at odds) stays the file's even when an override set one of them."""
+    section (two of its keys at odds) is the file's and the override's together, when an
+    override set one of its keys."""
     errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
     where = ".".join(str(part) for part in errors[0]["loc"])
-    for text in reversed(overrides or []):  # the last override of a key is the one that holds
-        key = text.partition("=")[0].strip()
-        if where == key or where.startswith(key + "."):
-            source = f"override '{key}=...'"
-            break
+    keys = [text.partition("=")[0].strip() for text in reversed(overrides or [])]  # the last of a key holds
+    owner = next((key for key in keys if where == key or where.startswith(key + ".")), None)
+    inside = next((key for key in keys if key.startswith(where + ".")), None) if where else None
+    if owner is not None:
+        source = f"override '{owner}=...'"
+    elif inside is not None:
+        source = f"{source} with override '{inside}=...'"
     return f"{source}: {describe(errors[0], model)}"
