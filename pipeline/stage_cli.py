@@ -19,7 +19,7 @@ from pipeline.stages import STAGES, check_output_folder
 def stage_argparser(name: str) -> argparse.ArgumentParser:
     """The parser of stage ``name``'s script; ``--stage`` picks among the stages it runs."""
     parser = OneLineParser(description=STAGES[name].help)
-    parser.add_argument("--config", required=True, help="run configuration (YAML)")
+    parser.add_argument("--config", help="run configuration (YAML; required)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="override configuration values, e.g. stages.teacher.epochs=1")
     same_script = [s.name for s in STAGES.values() if s.script == STAGES[name].script]
@@ -75,7 +75,12 @@ def stage_main(run: Callable[[RunConfig], int], name: str, argv: Optional[list[s
 
     @cli_entry
     def main() -> None:
-        args = parse_with_overrides(stage_argparser(name), argv)
+        parser = stage_argparser(name)
+        args = parse_with_overrides(parser, argv)
+        if args.config is None:  # a file given without --config reads as an override: say what to type
+            given = next((o for o in args.overrides if "=" not in o), None)
+            parser.error("the following arguments are required: --config" +
+                         (f" (give the configuration as --config {given})" if given else ""))
         if args.local_rank is not None:
             os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
         sys.exit(run_stage(run, args.stage, args.config, args.overrides))

@@ -4,7 +4,7 @@ the subcommand's help, as every other error is one line."""
 import pytest
 
 from pipeline.cli import _parser
-from pipeline.stage_cli import parse_with_overrides, stage_argparser
+from pipeline.stage_cli import parse_with_overrides, stage_argparser, stage_main
 
 
 def test_overrides_after_options_keep_their_order():
@@ -37,10 +37,12 @@ def test_a_usage_error_is_one_line_naming_the_help_to_read(argv, message, capsys
         parse_with_overrides(_parser(), argv)
     err = capsys.readouterr().err
     assert done.value.code == 2 and err.count("\n") == 1 and err.startswith(message), err
-    with pytest.raises(SystemExit):
-        parse_with_overrides(stage_argparser("teacher"), ["x.yaml"])
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and ": error: the following arguments are required: --config; see " in err, err
+    for given, hint in (([], ""), (["x.yaml"], " (give the configuration as --config x.yaml)")):
+        with pytest.raises(SystemExit) as done:  # a stage script: the file given without --config is named
+            stage_main(lambda cfg: 0, "teacher", given)
+        err = capsys.readouterr().err
+        assert done.value.code == 2 and err.count("\n") == 1 and err.endswith(
+            f": error: the following arguments are required: --config{hint}; see {err.partition(':')[0]} --help\n"), err
 
 
 def tool_main(name: str):
