@@ -39,7 +39,7 @@ def score_folder(spec: StudySpec, cfg: RunConfig, folder: Path, probe: bool) -> 
         out.update(predicted=predicted, one_class=one_class_rows(data.eval_labels, data.spec))
     if probe:
         f = spec.flatness
-        ds = data.eval[f.split] if f.split in data.eval else next(iter(data.eval.values()))
+        ds = data.eval[f.split]  # one of eval_splits (the study file's schema)
         n = min(f.examples, len(ds))
         ds, labels = ds.select(range(n)), data.eval_labels[f.split][:n]
 

@@ -178,6 +178,13 @@ class StudySpec(Strict):
         return self
 
     @model_validator(mode="after")
+    def _flatness_on_a_scored_split(self):
+        if self.flatness.split not in self.eval_splits:  # the probe reads the split the scoring loaded
+            raise field_error(f"'{self.flatness.split}' is not one of eval_splits ({', '.join(self.eval_splits)}); "
+                              f"expected one of them", "flatness.split")
+        return self
+
+    @model_validator(mode="after")
     def _known_tasks(self):
         for task in self.score_max_examples:
             if task not in self.tasks:

@@ -267,6 +267,10 @@ def test_study_file_errors_name_the_key(tmp_path):
                             ({"settings": {}}, "settings: expected at least one setting, got none"),
                             ({"eval_splits": ["dev", "dev"]}, "eval_splits: 'dev' is listed twice"),
                             ({"flatness": {"scales": []}}, "flatness.scales: expected at least one scale"),
+                            # the probe reads a split the scoring loaded: another was a KeyError after training
+                            ({"flatness": {"split": "validation"}}, "flatness.split: 'validation' is not one of "
+                                                                    "eval_splits (dev, test); expected one of them"),
+                            ({"eval_splits": ["test"]}, "flatness.split: 'dev' is not one of eval_splits (test)"),
                             ({"variants": {"v": {"preset": "kd", "settings": []}}},
                              "variants.v.settings: expected at least one setting, got an empty list"),
                             # what the study sets per cell: an override would make cells share a run
