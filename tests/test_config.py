@@ -89,7 +89,10 @@ def test_overrides_are_typed_and_validated(tmp_path):
     ({"stages": {"teacher": {"epochs": 2}}}, ["stages.teacher.batch_size=1", "stages.teacher.colour=red"],
      "stages.teacher.colour"),
     # a section whose keys are at odds, one from the file and one from an override: both named
-    ({"task": {"name": "sst2"}}, ["task.labels=[a,b]"], "file with task.labels"),
+    ({"task": {"name": "sst2"}}, ["task.labels=[a,b]", "task.max_length=12"], "file with task.labels"),
+    # ... and only an override whose key the message names: another key of the section is not the cause
+    ({"stages": {"distill": {"supplementary": [{"task": {"name": "snli"}, "ratio": 1.0}]}}},
+     ["stages.distill.preset=kd", "stages.distill.output=x"], "file"),
     ({"task": {"name": "sst2"}, "stages": {"teacher": {"epochs": 2}}}, ["seed=3"], None),
 ])
 def test_an_error_is_placed_where_its_value_came_from(tmp_path, in_file, overrides, blamed):

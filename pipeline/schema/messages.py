@@ -4,6 +4,7 @@ misspelt key or choice the nearest valid one."""
 from __future__ import annotations
 
 import difflib
+import re
 import reprlib
 import types
 import typing
@@ -156,15 +157,18 @@ def error_line(err: ValidationError, model: type, source: str, overrides: list[s
     """The first problem (unknown keys before anything else) of a validation error, placed
     in the command-line override that set the key (or a section above it) when one did: the
     file does not hold the value it would otherwise be blamed for. A problem of a whole
-    section (two of its keys at odds) is the file's and the override's together, when an
-    override set one of its keys."""
+    section (two of its keys at odds) is the file's, and also the override's that set a key
+    of the section the message names."""
     errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
     where = ".".join(str(part) for part in errors[0]["loc"])
-    keys = [text.partition("=")[0].strip() for text in reversed(overrides or [])]  # the last of a key holds
+    text = describe(errors[0], model)
+    keys = [o.partition("=")[0].strip() for o in reversed(overrides or [])]  # the last of a key holds
     owner = next((key for key in keys if where == key or where.startswith(key + ".")), None)
-    inside = next((key for key in keys if key.startswith(where + ".")), None) if where else None
+    named = [key for key in dict.fromkeys(keys) if where and key.startswith(where + ".")
+             and re.search(rf"(?<![\w.]){re.escape(key.rpartition('.')[2])}(?!\w)", text)]
     if owner is not None:
         source = f"override '{owner}=...'"
-    elif inside is not None:
-        source = f"{source} with override '{inside}=...'"
-    return f"{source}: {describe(errors[0], model)}"
+    elif named:
+        quoted = ", ".join(f"'{key}=...'" for key in named)
+        source = f"{source} with override{'s' if len(named) > 1 else ''} {quoted}"
+    return f"{source}: {text}"

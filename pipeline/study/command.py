@@ -16,6 +16,7 @@ import time
 from collections import defaultdict
 from typing import Optional
 
+from pipeline.data.sources import checked_eval_splits
 from pipeline.data.tasks import task_spec
 from pipeline.errors import UserError
 from pipeline.launch.local import stages_to_run
@@ -64,7 +65,19 @@ def _plan(spec: StudySpec, args, all_cells: list[Cell]) -> tuple[list[Cell], lis
     if args.max_runs is not None:
         to_run = to_run[:args.max_runs]
     _check_cells(spec, args.study, to_run, intact)
+    _check_scored_splits(spec, args.study, [*unrecorded, *to_run])
     return unrecorded, to_run
+
+
+def _check_scored_splits(spec: StudySpec, study: str, to_score: list[Cell]) -> None:
+    """Each task to score has every split of ``eval_splits``: one it lacks was found when the
+    first cell had trained and came to be scored."""
+    seen = set()
+    for cell in to_score:
+        if cell.task not in seen:
+            seen.add(cell.task)
+            task = cell_config(spec, cell).task
+            checked_eval_splits(task, task_spec(task), list(spec.eval_splits), study, "eval_splits")
 
 
 def _check_cells(spec: StudySpec, study: str, to_run: list[Cell], intact: set) -> None:
