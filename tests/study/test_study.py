@@ -674,26 +674,22 @@ def test_a_method_that_cannot_work_is_refused_before_any_cell_runs(tmp_path, tin
     a setting that breaks one method is one line now, not a failed cell after the others."""
     from pipeline.cli import main
 
-    study = write_study(tmp_path, tiny_run_config(tmp_path, tiny_bert, sentiment_dir), seeds=[1, 2],
-                        methods=["cr-ild"], settings={"heads-5": {"stages.distill.relation_heads": 5}})
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as done:
-        main(["study", "--study", str(study)])
-    assert done.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines() == [
+    def refusal(**fields) -> tuple:
+        study = write_study(tmp_path, tiny_run_config(tmp_path, tiny_bert, sentiment_dir), **fields)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as done:
+            main(["study", "--study", str(study)])
+        assert done.value.code == 2 and not (tmp_path / "cells").exists()
+        return study, capsys.readouterr().err.strip().splitlines()
+
+    study, err = refusal(seeds=[1, 2], methods=["cr-ild"], settings={"heads-5": {"stages.distill.relation_heads": 5}})
+    assert err == [
         f"crild: error: {study}: cell rotten_tomatoes/heads-5/seed1/cr-ild: stages.distill.relation_heads: 5 relation "
         f"heads do not divide the teacher's hidden size 32 (the distill stage's; checked before the first stage runs)"]
-    assert not (tmp_path / "cells").exists()
     # a split the task's data lacks was found when the first cell had trained and came to be scored
-    study = write_study(tmp_path, tiny_run_config(tmp_path, tiny_bert, sentiment_dir), seeds=[1], methods=["kd"],
-                        settings={"s": {}}, eval_splits=["dev", "validation"])
-    with pytest.raises(SystemExit) as done:
-        main(["study", "--study", str(study)])
-    assert done.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines() == [
-        f"crild: error: {study}: eval_splits: 'validation' is not a held-out split of task rotten_tomatoes "
-        f"(available: dev, test); crild calls the hub's 'validation' split 'dev'"]
-    assert not (tmp_path / "cells").exists()
+    study, err = refusal(seeds=[1], methods=["kd"], settings={"s": {}}, eval_splits=["dev", "validation"])
+    assert err == [f"crild: error: {study}: eval_splits: 'validation' is not a held-out split of task rotten_tomatoes "
+                   f"(available: dev, test); crild calls the hub's 'validation' split 'dev'"]
 
 
 def test_a_study_compares_methods_on_a_task_of_ones_own_and_a_misspelled_task_names_the_study(tmp_path,
