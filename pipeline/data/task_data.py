@@ -69,6 +69,7 @@ def _load_task_data(cfg, tokenizer, eval_splits, with_train, splits_key) -> Task
         if cfg.task.max_eval_examples is not None and len(ex) > cfg.task.max_eval_examples:
             notes.append(f"note: {split} is scored on its first {cfg.task.max_eval_examples} of {len(ex)} examples "
                          f"(task.max_eval_examples)")
+            notes.append(capped_classes_note(ex, cfg.task.max_eval_examples, split, spec))
             ex = ex.select(range(cfg.task.max_eval_examples))
         evals[split] = tokenize_cached(ex, tokenizer, cfg.task.max_length)
         labels[split] = ex.labels
@@ -81,6 +82,21 @@ def _load_task_data(cfg, tokenizer, eval_splits, with_train, splits_key) -> Task
         notes.append(missing_classes_note(train_ex, spec, cfg.task))
     return TaskData(spec, train_ds, train_ex, evals, labels, Collator(tokenizer.pad_token_id, spec.regression),
                     [n for n in notes if n], examples)
+
+
+def capped_classes_note(ex, cap: int, split: str, spec) -> Optional[str]:
+    """A note when the first ``cap`` examples of a split lack classes the rest of it has: a
+    file sorted by label (the hub's IMDB test split, say) capped at its start is scored on
+    some classes alone, and every score of it says nothing of the others."""
+    if spec.regression or not ex.labelled:
+        return None
+    lacking = sorted(set(ex.labels[cap:].tolist()) - set(ex.labels[:cap].tolist()))
+    if not lacking:
+        return None
+    names = ", ".join(f"'{spec.labels[i]}'" for i in lacking)
+    return (f"note: the first {cap} {split} examples hold no example of {names}, which the other {len(ex) - cap} "
+            f"do (the file may be sorted by label): its scores are of the other classes alone; raise "
+            f"task.max_eval_examples, or shuffle the file")
 
 
 def held_out_overlap(cfg, data: TaskData) -> list[str]:

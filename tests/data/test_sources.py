@@ -1,5 +1,6 @@
 """Every GLUE task from a GLUE-format fixture directory, local CSV/JSONL files, bad data."""
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -378,6 +379,19 @@ def test_a_capped_held_out_split_says_so(tmp_path, tiny_bert, sentiment_dir):
                           with_train=False)
     assert len(data.eval["dev"]) == 5 and data.notes == [
         f"note: {split} is scored on its first 5 of 32 examples (task.max_eval_examples)" for split in ("dev", "test")]
+    # a split sorted by label, capped at its start, holds one class: its scores say nothing of the other
+    sorted_dir = tmp_path / "sorted"
+    shutil.copytree(sentiment_dir, sorted_dir)
+    rows = (sorted_dir / "dev.jsonl").read_text().splitlines()
+    (sorted_dir / "dev.jsonl").write_text("\n".join(sorted(rows, key=lambda r: json.loads(r)["label"])) + "\n")
+    raw["task"]["data_dir"] = str(sorted_dir)
+    for cap, lacking in ((5, ["rotten"]), (16, ["rotten"]), (17, [])):
+        raw["task"]["max_eval_examples"] = cap
+        notes = load_task_data(from_dict(raw), load_tokenizer(str(tiny_bert), "teacher.model"), eval_splits=["dev"],
+                               with_train=False).notes
+        assert notes[1:] == [f"note: the first {cap} dev examples hold no example of 'rotten', which the other "
+                             f"{32 - cap} do (the file may be sorted by label): its scores are of the other classes "
+                             f"alone; raise task.max_eval_examples, or shuffle the file" for _ in lacking]
 
 
 def test_two_files_for_one_split_are_refused_not_picked_by_extension(tmp_path):
