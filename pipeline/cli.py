@@ -117,8 +117,11 @@ def main(argv: list[str] | None = None) -> None:
         from pipeline.launch.submit import submit  # torch: after the configuration's checks
 
         sys.exit(submit(cfg, args.config, args.overrides, wait=not args.no_wait, extra_sbatch=args.sbatch_arg))
+    from pipeline.launch.local import stale_before
     from pipeline.stage_cli import run_stage
 
+    for note in stale_before(load_config(args.config, args.overrides), [args.command], f"crild {args.command}"):
+        print(note, flush=True)
     run = importlib.import_module(STAGES[args.command].module).run
     sys.exit(run_stage(run, args.command, args.config, args.overrides))
 

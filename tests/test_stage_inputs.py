@@ -86,3 +86,26 @@ def test_crild_run_redoes_a_stage_whose_data_changed(tmp_path, tiny_bert, sentim
     assert "stale" in crild("status")
     out = crild("run")
     assert "skipped" not in out and "teacher: saved" in out
+
+
+def test_one_stage_run_on_its_own_names_an_earlier_output_that_is_stale(tmp_path, tiny_bert, sentiment_dir):
+    """``crild run --only evaluate`` (or ``crild evaluate``) after a distillation setting
+    changed scores the student as it is: a note says it is stale, where crild run would redo
+    it first; a current output, a missing one and a stage after those run say nothing."""
+    from pipeline.launch.local import stale_before
+    from pipeline.outputs.atomic import atomic_output
+
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir)
+    raw["pipeline"] = ["teacher", "distill", "evaluate", "export"]
+    cfg = from_dict(raw)
+    for name, fingerprint in (("teacher", stage_fingerprint(cfg, "teacher")), ("student", "another configuration's")):
+        with atomic_output(tmp_path / "run" / name, cfg, "distill" if name == "student" else name, fingerprint) as tmp:
+            (tmp / "model.safetensors").write_bytes(b"weights")
+    student = tmp_path / "run" / "student"
+    expected = [f"crild: note: --only evaluate: distill's output {student} is stale (written for another configuration "
+                f"or other inputs) and is used as it is; crild run redoes distill first"]
+    assert stale_before(cfg, ["evaluate"], "--only evaluate") == expected
+    assert stale_before(cfg, ["evaluate", "export"], "--only evaluate") == expected
+    assert stale_before(cfg, ["distill"], "--only distill") == []  # the teacher is current
+    shutil.rmtree(student)
+    assert stale_before(cfg, ["evaluate"], "--only evaluate") == []  # missing: the stage says so itself

@@ -150,9 +150,30 @@ def check_inputs(cfg: RunConfig, names) -> None:
                             f"stage runs)")
 
 
+def stale_before(cfg: RunConfig, only: list[str], how: str) -> list[str]:
+    """Notes for a run of ``only`` stages (``how``: ``--only export``, ``crild export``): the
+    run's stages before the first of them whose outputs are complete but stale (written for
+    another configuration or other inputs). The stages run read them as they are, where
+    ``crild run`` would redo them first."""
+    order = list(STAGES)
+    first = min(order.index(name) for name in only)
+    notes = []
+    for name in cfg.pipeline:
+        if order.index(name) >= first:
+            continue
+        stage_cfg = stage_config(cfg, name)
+        folder = Path(cfg.output_dir) / STAGES[name].output(stage_cfg)
+        if is_complete(folder) and recorded_fingerprint(folder) not in stage_fingerprints(stage_cfg, name):
+            notes.append(f"crild: note: {how}: {name}'s output {folder} is stale (written for another "
+                         f"configuration or other inputs) and is used as it is; crild run redoes {name} first")
+    return notes
+
+
 def _run_stages(cfg: RunConfig, config_path: str, overrides: list[str], force: bool, only, lock) -> int:
     check_local_ranks(cfg)
     check_inputs(cfg, only or cfg.pipeline)
+    for note in stale_before(cfg, only, f"--only {' '.join(only)}") if only else ():
+        print(note, flush=True)
     intact: set = set()
     env = {**os.environ, LAUNCHED_ENV: launched_digest(cfg)}  # the stages check they read this configuration
     if to_run := stages_to_run(cfg, only or cfg.pipeline, force, intact):
