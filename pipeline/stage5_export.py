@@ -130,6 +130,11 @@ def run(cfg: RunConfig) -> int:
     models, notes = run_models(cfg, export_cfg.models, "stages.export.models", produced_models(cfg))
     teacher_names = teachers(cfg, models)
     reference = teacher_names[0] if teacher_names else next(iter(models))
+    quantized = [name for name in models if export_cfg.quantize and name not in teacher_names]
+    for name in quantized:  # each model's folder under export/ is its name: an INT8 copy's must not be another's
+        if f"{name}-int8" in models:
+            raise UserError(f"stages.export.models: the model named '{name}-int8' has the folder name of {name}'s "
+                            f"INT8 copy (export/{name}-int8); rename its folder, or set stages.export.quantize: false")
     if export_cfg.benchmark.enabled:
         notes.append(oversubscribed_note(threads, len(os.sched_getaffinity(0))))
     out = Path(cfg.output_dir)
@@ -137,7 +142,7 @@ def run(cfg: RunConfig) -> int:
         rows, candidates, exported = [], [], []
         for name, path in models.items():
             model_rows, model_candidates, timing_data, model_folders = export_one(
-                cfg, name, path, tmp, dist, threads, export_cfg.quantize and name not in teacher_names)
+                cfg, name, path, tmp, dist, threads, name in quantized)
             rows += model_rows
             candidates += model_candidates
             exported += model_folders

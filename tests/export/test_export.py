@@ -223,6 +223,21 @@ def test_a_tolerance_that_fails_is_one_line_and_writes_nothing(trained, tmp_path
     assert not (tmp_path / "run" / "export").exists() and not list((tmp_path / "run").glob(".export.tmp*"))
 
 
+def test_a_model_named_as_another_models_int8_copy_is_refused(trained, tmp_path, capsys):
+    """export/<name>-int8 is the INT8 copy of <name>: a listed model whose folder has that
+    name would share its folder with the copy, one export written over the other."""
+    raw = json.loads(json.dumps(trained))
+    raw["output_dir"] = str(tmp_path / "run")
+    clash = shutil.copytree(Path(trained["output_dir"]) / "student", tmp_path / "mine" / "student-int8")
+    raw["stages"]["export"]["models"] = [str(Path(trained["output_dir"]) / "student"), str(clash)]
+    code, err = run_cli(["export", str(write(tmp_path / "clash.yaml", raw))], capsys)
+    assert code == 2 and err == ["crild: error: stages.export.models: the model named 'student-int8' has the folder "
+                                 "name of student's INT8 copy (export/student-int8); rename its folder, or set "
+                                 "stages.export.quantize: false"], err
+    raw["stages"]["export"]["quantize"] = False
+    assert run_cli(["export", str(write(tmp_path / "clash.yaml", raw))], capsys)[0] == 0
+
+
 def test_missing_onnx_runtime_is_one_line(trained, tmp_path, monkeypatch, capsys):
     raw = json.loads(json.dumps(trained))
     raw["output_dir"] = str(tmp_path / "run")
