@@ -94,7 +94,7 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
     state_dict = consolidated_state_dict(engine, ds_cfg)
     if dist.is_main:
         with atomic_output(out / STAGE, cfg, STAGE, fingerprint) as tmp:
-            save_model(model, tokenizer, tmp, state_dict)
+            save_model(model, tokenizer, tmp, state_dict, cfg.task.max_length)
             results = {"train_examples": len(data.train), "optimizer_steps": schedule.total_optimizer_steps,
                        **evaluations(result)}
             write_json(tmp / TRAIN_RESULTS, results)

@@ -69,7 +69,8 @@ def export_one(cfg: RunConfig, name: str, path: str, out: Path, dist: DistInfo, 
     reference = load_eval_model(str(folder), data.spec, torch.float32, CPU, cfg.task.max_length,
                                 "stages.export.models")
     # a copy to trace: tracing changes state inside a transformers model
-    export_classifier(copy.deepcopy(reference).cpu(), tokenizer, folder, out / name, export_cfg.opset)
+    export_classifier(copy.deepcopy(reference).cpu(), tokenizer, folder, out / name, export_cfg.opset,
+                      cfg.task.max_length)
     facts = ExportedModel(name, folder, reference.config, sum(p.numel() for p in reference.parameters()),
                           input_names(reference, tokenizer), int8=False)
     exported = [facts]

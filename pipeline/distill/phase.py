@@ -186,7 +186,7 @@ def train_phase(run: DistillRun, phase: Phase, index: int, previous: Optional[Pa
     if dist.is_main:
         student_sd = {k[len("student."):]: v for k, v in full.items() if k.startswith("student.")}
         with atomic_output(run.phase_folder(phase.name), cfg, STAGE, run.fingerprint) as tmp:
-            save_model(module.student, run.tokenizer, tmp, student_sd)
+            save_model(module.student, run.tokenizer, tmp, student_sd, cfg.task.max_length)
             write_json(tmp / "train_results.json", {
                 "phase": phase.name, "terms": phase.terms, "mixup": phase.mixup, "consistency": phase.consistency,
                 "layer_pairs": layout.pairs, "examples": len(ds), "optimizer_steps": schedule.total_optimizer_steps,

@@ -32,7 +32,7 @@ from transformers import AutoTokenizer
 folder = "{folder}"
 tokenizer = AutoTokenizer.from_pretrained(folder)
 session = ort.InferenceSession(f"{{folder}}/model.onnx", providers=["CPUExecutionProvider"])
-enc = tokenizer({texts}, return_tensors="np")
+enc = tokenizer({texts}, truncation=True, return_tensors="np")
 logits = session.run(["logits"], {{i.name: enc[i.name].astype(np.int64) for i in session.get_inputs()}})[0]
 {answer}
 '''
@@ -131,7 +131,7 @@ def model_card(model: ExportedModel, row: dict, torch_row: dict, spec, split: st
 _PIPELINE = '''from transformers import pipeline
 
 classifier = pipeline("text-classification", model="{folder}")
-print(classifier({example}{extra}))
+print(classifier({example}, truncation=True{extra}))
 '''
 
 

@@ -16,6 +16,7 @@ import torch
 
 from pipeline.errors import UserError
 from pipeline.models.families import family_of
+from pipeline.models.loading import bounded_tokenizer
 
 ONNX_FILE = "model.onnx"
 DATA_SUFFIX = ".data"  # model.onnx.data: the weights of a graph over protobuf's 2 GiB, beside it
@@ -43,9 +44,10 @@ class _Logits(torch.nn.Module):
         return self.model(**dict(zip(self.names, tensors))).logits
 
 
-def export_classifier(model, tokenizer, source: Path, out: Path, opset: int) -> None:
+def export_classifier(model, tokenizer, source: Path, out: Path, opset: int, max_length: int | None = None) -> None:
     """Write ``model`` (eval mode, fp32, CPU) into ``out`` as ONNX, with ``source``'s
-    tokenizer and config files. The model is traced with transformers' eager attention:
+    tokenizer (cutting texts at ``max_length``, the length the export is scored at) and config
+    files. The model is traced with transformers' eager attention:
     SDPA's traced decomposition adds shape arithmetic and a NaN guard to every layer (a quarter
     more nodes), and its graphs of the demo's models gave 5-13% less throughput at batch 32 in
     ONNX Runtime (reports/demo/export_attention.md). Exporting changes state
@@ -70,7 +72,7 @@ def export_classifier(model, tokenizer, source: Path, out: Path, opset: int) -> 
     for name in COPIED:
         if (Path(source) / name).is_file():
             shutil.copy2(Path(source) / name, out / name)
-    tokenizer.save_pretrained(str(out))
+    bounded_tokenizer(tokenizer, model.config, max_length).save_pretrained(str(out))
 
 
 def external_data_files(model_file: Path) -> set[str]:

@@ -3,6 +3,7 @@ family (``pipeline/models/families.py``), with the family's fastest attention ke
 safetensors only; truncated (bottom-k layer) student initialisation."""
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import os
@@ -362,12 +363,30 @@ def check_max_length(config, max_length: Optional[int], where: str) -> None:
         raise UserError(f"task.max_length: {max_length} exceeds {where}'s {limit} position embeddings")
 
 
-def save_model(model, tokenizer, out_dir: Path, state_dict: Optional[dict] = None) -> None:
-    """A plain transformers folder: config, safetensors weights (fp32), tokenizer."""
+def bounded_tokenizer(tokenizer, config, max_length: Optional[int] = None):
+    """``tokenizer`` as a saved model folder should carry it: its ``model_max_length`` no more
+    than ``max_length`` (the length the model was trained and scored at, ``task.max_length``)
+    and the tokens the model takes (``position_limit``), so that ``truncation=True`` cuts a text
+    as crild's scores were computed, and never past the positions the model has. A longer limit
+    (the backbone's 512, or none set) let a long review through to positions the model has not
+    got (an index error inside PyTorch or ONNX Runtime), or scored texts longer than the model
+    was judged on."""
+    limits = [n for n in (position_limit(config, "model"), max_length) if n is not None]
+    if not limits or tokenizer.model_max_length <= min(limits):
+        return tokenizer
+    bounded = copy.deepcopy(tokenizer)
+    bounded.model_max_length = min(limits)
+    return bounded
+
+
+def save_model(model, tokenizer, out_dir: Path, state_dict: Optional[dict] = None,
+               max_length: Optional[int] = None) -> None:
+    """A plain transformers folder: config, safetensors weights (fp32), tokenizer (cutting texts
+    at ``max_length``, the length it was trained at, and the model's positions)."""
     if state_dict is None:
         state_dict = model.state_dict()
     state_dict = {k: v.detach().to(torch.float32).cpu().contiguous() if v.is_floating_point() else v.cpu()
                   for k, v in state_dict.items()}
     model.config.torch_dtype = "float32"
     model.save_pretrained(str(out_dir), state_dict=state_dict)
-    tokenizer.save_pretrained(str(out_dir))
+    bounded_tokenizer(tokenizer, model.config, max_length).save_pretrained(str(out_dir))

@@ -21,6 +21,10 @@ from pipeline.outputs.manifest import is_complete
 from pipeline.training.stop import StopRequest
 
 SMALL_BENCH = {"batch1_examples": 8, "batch32_batches": 1, "warmup": 1, "threads": 1}
+# the cards' example sentence, and one of more tokens than the tests' tiny models have positions
+# (64): the cards' code truncates it where the model can read it (before, an index error)
+EXAMPLE = "A gripping, beautifully acted film."
+LONG_TEXT = " ".join([EXAMPLE] * 40)
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +92,12 @@ def test_export_matches_pytorch_and_loads_as_it_is(trained, capsys):
     for name in ("teacher", "student", "student-int8"):  # ONNX Runtime and the tokenizer, nothing else
         logits = classify(out / name, ["a good film .", "an awful movie"])
         assert logits.shape == (2, 2) and np.isfinite(logits).all()
+    from transformers import AutoTokenizer
+
+    # truncation=True cuts a text where the scores were computed: at task.max_length (32 here, where the
+    # tiny models' tokenizer, MiniLM's, says 512 and the models have 64 positions)
+    for folder in (out / "teacher", out / "student-int8", out.parent / "teacher", out.parent / "student"):
+        assert AutoTokenizer.from_pretrained(str(folder)).model_max_length == trained["task"]["max_length"] == 32
     made = {"teacher": "Fine-tuned by crild from `tiny-bert` on rotten_tomatoes (96 training examples).",
             "student": "Distilled by crild from a teacher fine-tuned from `tiny-bert` by preset `kd` (phases kd), on "
                        "rotten_tomatoes."}
@@ -115,7 +125,8 @@ def check_card(folder: Path, capsys):
     code = card.text[start:card.text.index("\n```", start)]
     assert 'folder = "."' in code
     capsys.readouterr()
-    exec(compile(code.replace('folder = "."', f'folder = "{folder}"'), str(folder / "README.md"), "exec"), {})
+    code = code.replace('folder = "."', f'folder = "{folder}"').replace(EXAMPLE, LONG_TEXT)
+    exec(compile(code, str(folder / "README.md"), "exec"), {})
     config = json.loads((folder / "config.json").read_text())
     assert capsys.readouterr().out.strip() in config["id2label"].values()
     return card
@@ -276,7 +287,8 @@ def test_the_readme_serving_snippet_runs_as_written(trained, capsys):
         assert run_cli(["export", str(write(Path(trained["output_dir"]).parent / "export.yaml", trained))],
                        capsys)[0] == 0
     capsys.readouterr()
-    exec(compile(code.replace("runs/demo/export/student-int8", str(out)), "README.md", "exec"), {})
+    exec(compile(code.replace("runs/demo/export/student-int8", str(out)).replace(EXAMPLE, LONG_TEXT), "README.md",
+                 "exec"), {})
     assert capsys.readouterr().out.strip() in ("fresh", "rotten")
 
 
@@ -302,7 +314,8 @@ def test_every_trained_folder_has_a_card_whose_code_runs(trained, capsys):
         start = card.text.index("```python\n") + len("```python\n")
         code = card.text[start:card.text.index("\n```", start)]
         capsys.readouterr()
-        exec(compile(code.replace('model="."', f'model="{out / name}"'), "README.md", "exec"), {})
+        exec(compile(code.replace('model="."', f'model="{out / name}"').replace(EXAMPLE, LONG_TEXT), "README.md",
+                     "exec"), {})
         assert re.search(r"'label': '(rotten|fresh)'", capsys.readouterr().out)
 
 
