@@ -16,7 +16,7 @@ import torch
 
 from pipeline.errors import UserError
 from pipeline.models.families import family_of
-from pipeline.models.loading import bounded_tokenizer
+from pipeline.models.loading import save_tokenizer
 
 ONNX_FILE = "model.onnx"
 DATA_SUFFIX = ".data"  # model.onnx.data: the weights of a graph over protobuf's 2 GiB, beside it
@@ -72,7 +72,7 @@ def export_classifier(model, tokenizer, source: Path, out: Path, opset: int, max
     for name in COPIED:
         if (Path(source) / name).is_file():
             shutil.copy2(Path(source) / name, out / name)
-    bounded_tokenizer(tokenizer, model.config, max_length).save_pretrained(str(out))
+    save_tokenizer(tokenizer, model.config, out, max_length)
 
 
 def external_data_files(model_file: Path) -> set[str]:

@@ -3,7 +3,6 @@ family (``pipeline/models/families.py``), with the family's fastest attention ke
 safetensors only; truncated (bottom-k layer) student initialisation."""
 from __future__ import annotations
 
-import copy
 import importlib
 import json
 import os
@@ -363,20 +362,23 @@ def check_max_length(config, max_length: Optional[int], where: str) -> None:
         raise UserError(f"task.max_length: {max_length} exceeds {where}'s {limit} position embeddings")
 
 
-def bounded_tokenizer(tokenizer, config, max_length: Optional[int] = None):
-    """``tokenizer`` as a saved model folder should carry it: its ``model_max_length`` no more
-    than ``max_length`` (the length the model was trained and scored at, ``task.max_length``)
-    and the tokens the model takes (``position_limit``), so that ``truncation=True`` cuts a text
-    as crild's scores were computed, and never past the positions the model has. A longer limit
-    (the backbone's 512, or none set) let a long review through to positions the model has not
-    got (an index error inside PyTorch or ONNX Runtime), or scored texts longer than the model
-    was judged on."""
+def save_tokenizer(tokenizer, config, out_dir: Path, max_length: Optional[int] = None) -> None:
+    """``tokenizer`` into a model folder, its ``model_max_length`` no more than ``max_length``
+    (the length the model was trained and scored at, ``task.max_length``) and the tokens the
+    model takes (``position_limit``), so that ``truncation=True`` cuts a text as crild's scores
+    were computed, and never past the positions the model has. A longer limit (the backbone's
+    512, or none set) let a long review through to positions the model has not got (an index
+    error inside PyTorch or ONNX Runtime), or scored texts longer than the model was judged on.
+    The limit is written into the saved tokenizer_config.json: a copy of the tokenizer object
+    would not do, since copying a fast tokenizer rounds its Unigram scores (another
+    tokenizer, by crild's fingerprint)."""
+    tokenizer.save_pretrained(str(out_dir))
     limits = [n for n in (position_limit(config, "model"), max_length) if n is not None]
-    if not limits or tokenizer.model_max_length <= min(limits):
-        return tokenizer
-    bounded = copy.deepcopy(tokenizer)
-    bounded.model_max_length = min(limits)
-    return bounded
+    path = Path(out_dir) / "tokenizer_config.json"
+    if limits and tokenizer.model_max_length > min(limits) and path.is_file():
+        settings = json.loads(path.read_text())
+        settings["model_max_length"] = min(limits)
+        path.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
 
 
 def save_model(model, tokenizer, out_dir: Path, state_dict: Optional[dict] = None,
@@ -389,4 +391,4 @@ def save_model(model, tokenizer, out_dir: Path, state_dict: Optional[dict] = Non
                   for k, v in state_dict.items()}
     model.config.torch_dtype = "float32"
     model.save_pretrained(str(out_dir), state_dict=state_dict)
-    bounded_tokenizer(tokenizer, model.config, max_length).save_pretrained(str(out_dir))
+    save_tokenizer(tokenizer, model.config, out_dir, max_length)
