@@ -160,3 +160,17 @@ def test_a_job_script_run_outside_slurm_says_so_in_one_line(script, args, sugges
     line, = proc.stderr.splitlines()
     assert line.startswith((f"{script}: ", f"usage: sbatch {script} ")) and suggested in line, line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_log_folder_of_every_job_script_is_in_the_repository():
+    """Slurm does not make the folder of ``#SBATCH --output``: a job whose log folder is
+    missing (``logs/`` in a fresh clone) fails at once and writes no log at all."""
+    import re
+    import subprocess
+
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True)
+                  .stdout.splitlines())
+    folders = {str(Path(f).parent) for f in tracked}
+    for script in sorted((REPO / "jobs").glob("*.sbatch")):
+        for path in re.findall(r"^#SBATCH --(?:output|error)=(\S+)", script.read_text(), re.M):
+            assert str(Path(path).parent) in folders, (script.name, path)
