@@ -174,3 +174,24 @@ def test_the_log_folder_of_every_job_script_is_in_the_repository():
     for script in sorted((REPO / "jobs").glob("*.sbatch")):
         for path in re.findall(r"^#SBATCH --(?:output|error)=(\S+)", script.read_text(), re.M):
             assert str(Path(path).parent) in folders, (script.name, path)
+
+
+@pytest.mark.parametrize("script, args, python", [
+    ("crild_large.sbatch", [], None),  # its default, .venv/bin/python: relative to the folder it was submitted from
+    ("crild_tiny.sbatch", ["jobs/tiny.yaml"], "/nowhere/python"),
+    ("crild_stage.sbatch", ["jobs/tiny.yaml", "teacher"], "/nowhere/python"),
+])
+def test_a_job_submitted_from_elsewhere_says_where_to_submit_from(script, args, python, tmp_path):
+    """A job script submitted from outside the crild folder (or with a CRILD_PYTHON that has no
+    crild) ends in one line that says where to submit from, exit code 2, instead of bash's
+    'No such file or directory' or Python's 'No module named pipeline'."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "CRILD_PYTHON"))}
+    env.update({"SLURM_JOB_ID": "7", **({"CRILD_PYTHON": python} if python else {})})
+    proc = subprocess.run(["bash", str(REPO / "jobs" / script), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == "", (proc.stdout, proc.stderr)
+    line, = proc.stderr.splitlines()
+    assert line.startswith(f"{script}: ") and f"cannot run crild here ({tmp_path}); submit from the crild folder" \
+        in line, line
