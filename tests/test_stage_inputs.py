@@ -107,5 +107,8 @@ def test_one_stage_run_on_its_own_names_an_earlier_output_that_is_stale(tmp_path
     assert stale_before(cfg, ["evaluate"], "--only evaluate") == expected
     assert stale_before(cfg, ["evaluate", "export"], "--only evaluate") == expected
     assert stale_before(cfg, ["distill"], "--only distill") == []  # the teacher is current
+    gone = json.loads(json.dumps(raw))  # an input of the stale stage is gone: evaluation is not stopped for it
+    gone["stages"]["distill"] = {"kd": {"deepspeed_config": str(tmp_path / "gone.json")}}
+    assert stale_before(from_dict(gone), ["evaluate"], "--only evaluate") == []
     shutil.rmtree(student)
     assert stale_before(cfg, ["evaluate"], "--only evaluate") == []  # missing: the stage says so itself

@@ -163,7 +163,13 @@ def stale_before(cfg: RunConfig, only: list[str], how: str) -> list[str]:
             continue
         stage_cfg = stage_config(cfg, name)
         folder = Path(cfg.output_dir) / STAGES[name].output(stage_cfg)
-        if is_complete(folder) and recorded_fingerprint(folder) not in stage_fingerprints(stage_cfg, name):
+        if not is_complete(folder):
+            continue
+        try:
+            current = stage_fingerprints(stage_cfg, name)
+        except UserError:  # an input of that stage is gone (a DeepSpeed config, a data folder): not this run's concern
+            continue
+        if recorded_fingerprint(folder) not in current:
             notes.append(f"crild: note: {how}: {name}'s output {folder} is stale (written for another "
                          f"configuration or other inputs) and is used as it is; crild run redoes {name} first")
     return notes
