@@ -319,11 +319,18 @@ def _text(rec: dict, col: str, path: Path, n: int) -> str:
     return text
 
 
-def read_table(path: Path, spec: TaskSpec, task_cfg: TaskConfig, need_label: bool) -> Examples:
+def read_table(path: Path, spec: TaskSpec, task_cfg: TaskConfig, need_label: bool, where: str = "task") -> Examples:
     ca, cb, cl = spec.canonical_columns
     columns = (task_cfg.columns.text_a or ca, (task_cfg.columns.text_b or cb) if spec.pair else None,
                task_cfg.columns.label or cl)
-    return _from_records(_read_records(path), path, columns, spec, need_label)
+    records = _read_records(path)
+    if records:  # a file of other column names: say which setting names them (a later record is judged alone)
+        have = records[0][1]
+        for key, col in zip(("text_a", "text_b", "label"), columns):
+            if col is not None and col not in have and (key != "label" or need_label):
+                raise UserError(f"{path}: missing column '{col}' (has: {_names(have)}); name the file's column in "
+                                f"{where}.columns.{key}")
+    return _from_records(records, path, columns, spec, need_label)
 
 
 def _from_records(records: list[tuple[int, dict]], path, columns: tuple, spec: TaskSpec, need_label: bool) -> Examples:
@@ -538,5 +545,5 @@ def load_split(task_cfg: TaskConfig, spec: TaskSpec, split: str, where: str = "t
         path = _find_table(data_dir, split)
         if path is None:
             raise UserError(f"{data_dir}: no {table_files(split)} for task {spec.name}{_unread(data_dir, (split,))}")
-        return read_table(path, spec, task_cfg, need_label)
+        return read_table(path, spec, task_cfg, need_label, where)
     return read_hub(spec, split, need_label, where)

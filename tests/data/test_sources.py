@@ -89,7 +89,8 @@ def test_a_header_that_swallowed_a_line_break_is_shown_escaped_on_one_line(tmp_p
     (tmp_path / "train.csv").write_bytes(b'"sentence,label\r\n",x\r\nfine,fresh\r\n')
     with pytest.raises(UserError) as err:
         load_split(TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path)), TASKS["rotten_tomatoes"], "train")
-    assert "\n" not in str(err.value) and str(err.value).endswith("missing column 'label' (has: sentence,label\\r\\n, x)")
+    assert "\n" not in str(err.value) and str(err.value).endswith(
+        "missing column 'sentence' (has: sentence,label\\r\\n, x); name the file's column in task.columns.text_a")
 
 
 @pytest.mark.parametrize("name, sep", [("train.csv", ","), ("train.tsv", "\t")])
@@ -426,3 +427,22 @@ def test_the_built_in_hub_tasks_name_their_dataset_splits_and_columns():
         assert all(isinstance(split, str) for split in spec.hub_splits.values())
         a, b, label = spec.hub_columns
         assert isinstance(a, str) and (b is not None) == spec.pair and label == "label"
+
+
+def test_a_file_of_other_column_names_says_which_setting_names_them(tmp_path):
+    """A file whose columns are named otherwise than the task's (text, y): the line names the
+    missing column and the key of task.columns that maps it, for a supplementary task too."""
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"text": f"film {i}", "y": "fresh"}) + "\n"
+                                                  for i in range(3)))
+    spec = TASKS["rotten_tomatoes"]
+    for columns, where, missing, key in (
+            ({}, "task", "sentence", "text_a"),
+            ({"text_a": "text"}, "task", "label", "label"),
+            ({}, "stages.distill.supplementary[0].task", "sentence", "text_a")):
+        cfg = TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path), columns=ColumnMap(**columns))
+        with pytest.raises(UserError) as err:
+            load_split(cfg, spec, "train", where)
+        assert str(err.value) == (f"{tmp_path / 'train.jsonl'}: missing column '{missing}' (has: text, y); name the "
+                                  f"file's column in {where}.columns.{key}")
+    cfg = TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path), columns=ColumnMap(text_a="text", label="y"))
+    assert load_split(cfg, spec, "train").text_a == ["film 0", "film 1", "film 2"]
