@@ -62,6 +62,10 @@ def resolve_model(name: str, where: str, need_weights: bool = True) -> str:
             if any((p / f).is_file() for f in PICKLE_WEIGHT_FILES):
                 raise UserError(f"{where}: model folder '{name}' has only pickle/TF weights; crild loads "
                                 f"safetensors only (convert with save_pretrained(safe_serialization=True))")
+            if (p / "model.onnx").is_file():  # an export folder: a graph, with no weights PyTorch can load
+                raise UserError(f"{where}: '{name}' is an ONNX export (model.onnx), which crild does not load as a "
+                                f"model; give the model folder it was exported from (the export stage scores the ONNX "
+                                f"models themselves, in export/results.json)")
             raise UserError(f"{where}: model folder '{name}' has no weights (expected model.safetensors)")
         return str(p)
     if name in OFFLINE_MODELS:

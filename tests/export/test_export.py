@@ -276,16 +276,36 @@ def test_a_folder_without_a_tokenizer_is_one_line(trained, tmp_path, capsys):
     assert not is_complete(tmp_path / "run" / "export")
 
 
+def exported(trained, capsys) -> Path:
+    """The trained run's export folder, exported here unless an earlier test did."""
+    out = Path(trained["output_dir"]) / "export"
+    if not is_complete(out):
+        assert run_cli(["export", str(write(Path(trained["output_dir"]).parent / "export.yaml", trained))],
+                       capsys)[0] == 0
+    return out
+
+
+def test_an_export_folder_given_as_a_model_to_score_is_named_as_one(trained, tmp_path, capsys):
+    """An exported folder (model.onnx, no weights) where a model folder belongs, as a user
+    scoring their deployed model might give it: one line that says what it is and what to
+    give instead, not only that it has no weights."""
+    out = exported(trained, capsys) / "student"
+    raw = json.loads(json.dumps(trained))
+    raw["output_dir"] = str(tmp_path / "run")
+    raw["stages"]["evaluate"] = {"models": [str(out)]}
+    code, err = run_cli(["evaluate", str(write(tmp_path / "onnx.yaml", raw))], capsys)
+    assert code == 2 and err == [f"crild: error: stages.evaluate.models: '{out}' is an ONNX export (model.onnx), "
+                                 f"which crild does not load as a model; give the model folder it was exported from "
+                                 f"(the export stage scores the ONNX models themselves, in export/results.json)"], err
+
+
 def test_the_readme_serving_snippet_runs_as_written(trained, capsys):
     readme = (REPO / "README.md").read_text()
     section = readme[readme.index("## Serving the student"):]
     start = section.index("```python\n") + len("```python\n")
     code = section[start:section.index("\n```", start)]
     assert 8 <= len(code.strip().splitlines()) <= 12
-    out = Path(trained["output_dir"]) / "export" / "student-int8"
-    if not out.is_dir():  # the first test exported already when run in order
-        assert run_cli(["export", str(write(Path(trained["output_dir"]).parent / "export.yaml", trained))],
-                       capsys)[0] == 0
+    out = exported(trained, capsys) / "student-int8"
     capsys.readouterr()
     exec(compile(code.replace("runs/demo/export/student-int8", str(out)).replace(EXAMPLE, LONG_TEXT), "README.md",
                  "exec"), {})
