@@ -91,7 +91,8 @@ def test_crild_run_redoes_a_stage_whose_data_changed(tmp_path, tiny_bert, sentim
 def test_one_stage_run_on_its_own_names_an_earlier_output_that_is_stale(tmp_path, tiny_bert, sentiment_dir):
     """``crild run --only evaluate`` (or ``crild evaluate``) after a distillation setting
     changed scores the student as it is: a note says it is stale, where crild run would redo
-    it first; a current output, a missing one and a stage after those run say nothing."""
+    it first; a current output, a missing one, and one the stages run do not read say
+    nothing."""
     from pipeline.launch.local import stale_before
     from pipeline.outputs.atomic import atomic_output
 
@@ -107,6 +108,11 @@ def test_one_stage_run_on_its_own_names_an_earlier_output_that_is_stale(tmp_path
     assert stale_before(cfg, ["evaluate"], "--only evaluate") == expected
     assert stale_before(cfg, ["evaluate", "export"], "--only evaluate") == expected
     assert stale_before(cfg, ["distill"], "--only distill") == []  # the teacher is current
+    raw["pipeline"] = ["teacher", "distill", "baseline", "evaluate"]
+    assert stale_before(from_dict(raw), ["baseline"], "--only baseline") == []  # it reads no student
+    listed = json.loads(json.dumps(raw))
+    listed["stages"]["evaluate"] = {"models": [str(tmp_path / "elsewhere")]}
+    assert stale_before(from_dict(listed), ["evaluate"], "--only evaluate") == []  # it reads the models listed
     gone = json.loads(json.dumps(raw))  # an input of the stale stage is gone: evaluation is not stopped for it
     gone["stages"]["distill"] = {"kd": {"deepspeed_config": str(tmp_path / "gone.json")}}
     assert stale_before(from_dict(gone), ["evaluate"], "--only evaluate") == []

@@ -152,14 +152,13 @@ def check_inputs(cfg: RunConfig, names) -> None:
 
 def stale_before(cfg: RunConfig, only: list[str], how: str) -> list[str]:
     """Notes for a run of ``only`` stages (``how``: ``--only export``, ``crild export``): the
-    run's stages before the first of them whose outputs are complete but stale (written for
-    another configuration or other inputs). The stages run read them as they are, where
-    ``crild run`` would redo them first."""
-    order = list(STAGES)
-    first = min(order.index(name) for name in only)
+    run's stages whose outputs they read (``Stage.reads``) and that are complete but stale
+    (written for another configuration or other inputs). The stages run read them as they
+    are, where ``crild run`` would redo them first."""
+    read = {name for stage in only for name in STAGES[stage].reads(stage_config(cfg, stage))}
     notes = []
     for name in cfg.pipeline:
-        if order.index(name) >= first:
+        if name not in read or name in only:
             continue
         stage_cfg = stage_config(cfg, name)
         folder = Path(cfg.output_dir) / STAGES[name].output(stage_cfg)
