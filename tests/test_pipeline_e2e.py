@@ -62,4 +62,6 @@ def test_crild_run_two_ranks_all_stages_then_nothing_to_do(tmp_path, tiny_bert, 
     assert again.returncode == 0, again.stderr[-3000:]
     lines = [line for line in again.stdout.splitlines() if line.startswith("crild:")]
     assert lines == [f"crild: {s}: complete for this configuration, skipped"
-                     for s in ("teacher", "distill", "baseline", "evaluate")]
+                     for s in ("teacher", "distill", "baseline", "evaluate")] + [
+        f"crild: done: {out}: teacher/ student/ student_finetuned/ eval/; crild status {cfg_path} lists every stage"]
+    assert proc.stdout.splitlines()[-1] == lines[-1]  # the first run ends with it too
