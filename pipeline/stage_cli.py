@@ -18,11 +18,13 @@ from pipeline.stages import STAGES, check_output_folder
 
 def stage_argparser(name: str) -> argparse.ArgumentParser:
     """The parser of stage ``name``'s script; ``--stage`` picks among the stages it runs."""
-    parser = OneLineParser(description=STAGES[name].help)
-    parser.add_argument("--config", help="run configuration (YAML; required)")
+    same_script = [s.name for s in STAGES.values() if s.script == STAGES[name].script]
+    stage = f" [--stage {{{','.join(same_script)}}}]" if len(same_script) > 1 else ""
+    parser = OneLineParser(description=STAGES[name].help,  # --config is required, and checked after parsing
+                           usage=f"%(prog)s --config FILE{stage} [section.key=value ...]")
+    parser.add_argument("--config", metavar="FILE", help="run configuration (YAML; required)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="override configuration values, e.g. stages.teacher.epochs=1")
-    same_script = [s.name for s in STAGES.values() if s.script == STAGES[name].script]
     parser.add_argument("--stage", choices=same_script, default=name,
                         help=f"the stage to run (default: {name})" if len(same_script) > 1 else argparse.SUPPRESS)
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)

@@ -37,6 +37,9 @@ def test_a_usage_error_is_one_line_naming_the_help_to_read(argv, message, capsys
         parse_with_overrides(_parser(), argv)
     err = capsys.readouterr().err
     assert done.value.code == 2 and err.count("\n") == 1 and err.startswith(message), err
+    usage = stage_argparser("distill").format_usage()  # --config, checked after parsing, is shown as required
+    assert usage.startswith("usage: ") and " --config FILE [--stage {distill,baseline}] [section.key=value ...]" \
+        in usage, usage
     for given, hint in (([], ""), (["x.yaml"], " (give the configuration as --config x.yaml)")):
         with pytest.raises(SystemExit) as done:  # a stage script: the file given without --config is named
             stage_main(lambda cfg: 0, "teacher", given)
