@@ -34,7 +34,7 @@ from pipeline.export.latency import Candidate, measure, table
 from pipeline.export.model_card import CARD, ExportedModel, model_card
 from pipeline.export.onnx_export import DATA_SUFFIX, ONNX_FILE, export_classifier, input_names
 from pipeline.export.parity import check, int8_shortfall, parity
-from pipeline.export.quantize import quantize_folder
+from pipeline.export.quantize import INT8_SUFFIX, check_int8_names, quantize_folder
 from pipeline.export.runtime import onnx_forward, onnxruntime, session
 from pipeline.models.loading import WEIGHT_PATTERNS, load_tokenizer, quiet_libraries, resolve_model
 from pipeline.outputs.atomic import atomic_output, write_json
@@ -88,19 +88,19 @@ def export_one(cfg: RunConfig, name: str, path: str, out: Path, dist: DistInfo, 
     candidates = [Candidate(name, "pytorch", torch_forward, ds, data.collate),
                   Candidate(name, "onnx", onnx_fwd, ds, data.collate)]
     if quantize:
-        quantize_folder(out / name, out / f"{name}-int8")
-        int8_fwd = onnx_forward(session(out / f"{name}-int8" / ONNX_FILE, threads))
+        quantize_folder(out / name, out / f"{name}{INT8_SUFFIX}")
+        int8_fwd = onnx_forward(session(out / f"{name}{INT8_SUFFIX}" / ONNX_FILE, threads))
         int8_logits = predict_logits(int8_fwd, ds, data.collate, batch_size, dist)
         int8_score = split_metrics(data.spec, int8_logits, labels).get(metric)
         shortfall = int8_shortfall(name, score, int8_score, metric, split, export_cfg.int8_max_drop)
         rows.append({"model": name, "runtime": "onnx-int8", "score": int8_score,
-                     "size_mb": _size_mb(out / f"{name}-int8", ONNX_FILES),
+                     "size_mb": _size_mb(out / f"{name}{INT8_SUFFIX}", ONNX_FILES),
                      "parity": parity(split, torch_logits, int8_logits, data.spec.regression).as_dict(),
                      "kept": shortfall is None})
         candidates.append(Candidate(name, "onnx-int8", int8_fwd, ds, data.collate))
         if shortfall:  # scored and timed (the table shows what was given up), then removed from the staging folder
             log(dist, shortfall)
-            shutil.rmtree(out / f"{name}-int8")
+            shutil.rmtree(out / f"{name}{INT8_SUFFIX}")
         else:
             exported.append(dataclasses.replace(facts, int8=True))
     log(dist, f"{STAGE}: {name}: ONNX matches PyTorch on {split} (largest logit difference {fp32.max_logit_diff:.2g}, "
@@ -132,10 +132,7 @@ def run(cfg: RunConfig) -> int:
     teacher_names = teachers(cfg, models)
     reference = teacher_names[0] if teacher_names else next(iter(models))
     quantized = [name for name in models if export_cfg.quantize and name not in teacher_names]
-    for name in quantized:  # each model's folder under export/ is its name: an INT8 copy's must not be another's
-        if f"{name}-int8" in models:
-            raise UserError(f"stages.export.models: the model named '{name}-int8' has the folder name of {name}'s "
-                            f"INT8 copy (export/{name}-int8); rename its folder, or set stages.export.quantize: false")
+    check_int8_names(list(models), quantized)
     if export_cfg.benchmark.enabled:
         notes.append(oversubscribed_note(threads, len(os.sched_getaffinity(0))))
     out = Path(cfg.output_dir)

@@ -18,6 +18,7 @@ from huggingface_hub import ModelCardData
 
 from pipeline import __version__
 from pipeline.export.provenance import distilled, made_by, provenance
+from pipeline.export.quantize import INT8_SUFFIX
 from pipeline.models.loading import OFFLINE_MODELS, position_limit, read_model_config, weight_shapes
 
 CARD = "README.md"
@@ -61,7 +62,7 @@ class ExportedModel:
     @property
     def folder(self) -> str:
         """The folder's name under export/ (``student``, ``student-int8``)."""
-        return f"{self.model}-int8" if self.int8 else self.model
+        return f"{self.model}{INT8_SUFFIX}" if self.int8 else self.model
 
 
 def _count(n, noun: str) -> str:

@@ -5,8 +5,22 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from pipeline.errors import UserError
 from pipeline.export.onnx_export import DATA_SUFFIX, ONNX_FILE
 from pipeline.export.runtime import onnxruntime
+
+INT8_SUFFIX = "-int8"  # export/<name>-int8: the INT8 copy of export/<name>
+
+
+def check_int8_names(names: list[str], quantized: list[str]) -> None:
+    """Each model's folder under export/ is its name, and an INT8 copy's is its model's name
+    and ``-int8``: a listed model of that name would share its folder with the copy, one
+    export written over the other."""
+    for name in quantized:
+        if name + INT8_SUFFIX in names:
+            raise UserError(f"stages.export.models: the model named '{name}{INT8_SUFFIX}' has the folder name of "
+                            f"{name}'s INT8 copy (export/{name}{INT8_SUFFIX}); rename its folder, or set "
+                            f"stages.export.quantize: false")
 
 
 def quantize_folder(source: Path, out: Path) -> None:

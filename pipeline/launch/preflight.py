@@ -30,6 +30,8 @@ from pipeline.distill.layers import layer_layout
 from pipeline.distill.presets import resolve_phases
 from pipeline.distill.teacher import needs_teacher, tokenize_alike
 from pipeline.errors import UserError
+from pipeline.evaluation.models import model_names, teachers
+from pipeline.export.quantize import check_int8_names
 from pipeline.export.runtime import onnxruntime
 from pipeline.models.compiling import check_compilable
 from pipeline.models.loading import (
@@ -243,9 +245,14 @@ def _check_evaluate(cfg: RunConfig, names) -> None:
 
 def _check_export(cfg: RunConfig, names) -> None:
     onnxruntime()
-    split = cfg.stages.export.split
-    checked_eval_splits(cfg.task, task_spec(cfg.task), [split] if split else None, cfg.source, "stages.export.split")
+    export = cfg.stages.export
+    checked_eval_splits(cfg.task, task_spec(cfg.task), [export.split] if export.split else None, cfg.source,
+                        "stages.export.split")
     _check_listed_models("export")(cfg, names)
+    if export.models and export.quantize:  # the names the stage will give them (folders may come later)
+        listed = model_names(export.models, export.models, "stages.export.models")
+        teacher_names = teachers(cfg, dict(zip(listed, export.models)))
+        check_int8_names(listed, [name for name in listed if name not in teacher_names])
 
 
 # stage -> its checks beyond the DeepSpeed configs: (its configuration, the stages that run)

@@ -193,6 +193,20 @@ def test_a_held_out_split_the_data_lacks_is_refused_before_the_teacher_trains(tm
                     f"rotten_tomatoes (available: dev, test) (the export stage's; checked before the first stage runs)")
 
 
+def test_an_export_name_that_is_another_models_int8_copy_is_refused_before_the_teacher_trains(
+        tmp_path, tiny_bert, tiny_teacher, sentiment_dir, capsys):
+    """A model listed for export under the name of another's INT8 copy (student, student-int8)
+    is refused when the chain starts, not when export comes after the training."""
+    mine = shutil.copytree(tiny_teacher, tmp_path / "mine" / "student-int8")
+    raw = chain(tmp_path, tiny_bert, sentiment_dir, {})
+    raw["pipeline"] = ["teacher", "export"]
+    raw["stages"]["export"] = {"models": [str(tmp_path / "run" / "student"), str(mine)]}
+    assert refusal(tmp_path, raw, capsys) == (
+        "crild: error: stages.export.models: the model named 'student-int8' has the folder name of student's INT8 "
+        "copy (export/student-int8); rename its folder, or set stages.export.quantize: false (the export stage's; "
+        "checked before the first stage runs)")
+
+
 def test_data_a_later_stage_reads_is_read_through_before_the_teacher_trains(tmp_path, tiny_bert, sentiment_dir,
                                                                            capsys):
     """The test split only evaluation scores, and a supplementary task's files only
