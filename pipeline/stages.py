@@ -151,6 +151,7 @@ def _as_baseline(raw: dict) -> None:
 RESERVED_FOLDERS = ("teacher", "augmented", "augmented.shards", "eval", "export", "checkpoints", "tensorboard",
                     "logs")
 
+
 def _distill_reads(cfg) -> tuple[str, ...]:
     d = cfg.stages.distill
     return (*(() if d.teacher_model else ("teacher",)), *(("augment",) if d.augmented_phases else ()))
