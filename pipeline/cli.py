@@ -4,14 +4,40 @@ subcommands come from the stage registry (``pipeline/stages.py``)."""
 from __future__ import annotations
 
 import argparse
-import importlib
+import os
 import signal
 import sys
 
 from pipeline.errors import UserError, cli_entry
 from pipeline.schema.arguments import OneLineParser
-from pipeline.stage_cli import parse_with_overrides
+from pipeline.stage_cli import parse_with_overrides, subcommand_parser
 from pipeline.stages import STAGES, in_running_order
+
+
+def _add_config(parser: argparse.ArgumentParser, optional: str = "") -> None:
+    """The run configuration, as the first positional argument or, as the stage scripts take
+    it, ``--config FILE``: the same file either way (checked in :func:`_one_config`)."""
+    parser.add_argument("config", nargs="?", help=f"run configuration (YAML; or --config FILE){optional}")
+    parser.add_argument("--config", dest="config_option", metavar="FILE", help=argparse.SUPPRESS)
+    parser.set_defaults(config_required=not optional)
+    if not optional:  # argparse would show the positional as optional: [config]
+        parser.usage = "%(prog)s [options] config [section.key=value ...]"
+
+
+def _one_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``args.config`` from ``--config FILE`` or the positional file, given once; a
+    ``key=value`` in the file's place (no such file) is the first override."""
+    if not hasattr(args, "config_option"):
+        return
+    sub = subcommand_parser(parser, args)
+    if args.config is not None and "=" in args.config and not os.path.exists(args.config):
+        args.overrides, args.config = [args.config, *args.overrides], None  # argparse filled the file with an override
+    if args.config_option is not None:
+        if args.config is not None:
+            sub.error(f"the configuration is given twice ({args.config} and --config {args.config_option}); give it once")
+        args.config = args.config_option
+    if args.config is None and args.config_required:
+        sub.error("the following arguments are required: config")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -19,13 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run the configured stages in order, skipping complete ones")
-    p.add_argument("config", help="run configuration (YAML)")
+    _add_config(p)
     p.add_argument("overrides", nargs="*", default=[], metavar="section.key=value")
     p.add_argument("--force", action="store_true", help="redo stages even when their output is complete")
     p.add_argument("--only", action="append", metavar="STAGE", help="run only this stage (repeatable)")
 
     p = sub.add_parser("submit", help="submit one Slurm job per stage, chained with afterok dependencies")
-    p.add_argument("config", help="run configuration (YAML)")
+    _add_config(p)
     p.add_argument("overrides", nargs="*", default=[], metavar="section.key=value")
     p.add_argument("--no-wait", action="store_true", help="return after submitting instead of following the jobs")
     p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
@@ -33,16 +59,16 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, stage in STAGES.items():
         p = sub.add_parser(name, help=stage.help + " (in this process; use the deepspeed launcher for ranks)")
-        p.add_argument("config", help="run configuration (YAML)")
+        _add_config(p)
         p.add_argument("overrides", nargs="*", default=[], metavar="section.key=value")
 
     p = sub.add_parser("status", help="each stage of a run: complete, running, interrupted, stale or missing")
-    p.add_argument("config", help="run configuration (YAML)")
+    _add_config(p)
     p.add_argument("overrides", nargs="*", default=[], metavar="section.key=value")
     p.add_argument("--verify", action="store_true", help="also check complete outputs against their content hashes")
 
     p = sub.add_parser("config", help="validate a configuration and print it with every default filled in")
-    p.add_argument("config", nargs="?", help="run configuration (YAML); optional with --explain")
+    _add_config(p, "; optional with --explain")
     p.add_argument("overrides", nargs="*", default=[], metavar="section.key=value")
     p.add_argument("--explain", action="store_true", help="print every key with its type, default and help")
 
@@ -77,9 +103,18 @@ def _config(args) -> None:
     print(explain(RunConfig) if args.explain else dump_yaml(cfg), end="")
 
 
+def parse_command(argv: list[str] | None) -> argparse.Namespace:
+    """The ``crild`` command line: overrides anywhere after the subcommand, the run
+    configuration as a file or ``--config FILE``; a usage error is argparse's exit 2."""
+    parser = _parser()
+    args = parse_with_overrides(parser, argv)
+    _one_config(parser, args)
+    return args
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    args = parse_with_overrides(_parser(), argv)
+    args = parse_command(argv)
     if args.command == "prepare-data":
         from pipeline.data.offline import prepare_all
 
@@ -117,13 +152,9 @@ def main(argv: list[str] | None = None) -> None:
         from pipeline.launch.submit import submit  # torch: after the configuration's checks
 
         sys.exit(submit(cfg, args.config, args.overrides, wait=not args.no_wait, extra_sbatch=args.sbatch_arg))
-    from pipeline.launch.local import stale_before
     from pipeline.stage_cli import run_stage
 
-    for note in stale_before(load_config(args.config, args.overrides), [args.command], f"crild {args.command}"):
-        print(note, flush=True)
-    run = importlib.import_module(STAGES[args.command].module).run
-    sys.exit(run_stage(run, args.command, args.config, args.overrides))
+    sys.exit(run_stage(args.command, args.config, args.overrides, f"crild {args.command}"))
 
 
 if __name__ == "__main__":

@@ -5,15 +5,18 @@ A user error is one line and exit code 2."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Optional
 
-from pipeline.config import RunConfig, check_launched, load_config, stage_config
+from pipeline.config import LAUNCHED_ENV, RunConfig, check_launched, load_config, stage_config
 from pipeline.errors import cli_entry, watch
-from pipeline.outputs.lock import run_lock
+from pipeline.outputs.lock import is_main_rank, run_lock
 from pipeline.schema.arguments import OneLineParser
 from pipeline.stages import STAGES, check_output_folder
+from pipeline.stale_outputs import stale_before
 
 
 def stage_argparser(name: str) -> argparse.ArgumentParser:
@@ -39,13 +42,13 @@ def parse_with_overrides(parser: argparse.ArgumentParser, argv: Optional[list[st
     args, extra = parser.parse_known_args(argv)
     stray = [a for a in extra if a.startswith("-") or "=" not in a or getattr(args, "overrides", None) is None]
     if stray:
-        _subcommand_parser(parser, args).error(f"unrecognized arguments: {' '.join(stray)}")
+        subcommand_parser(parser, args).error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
     return args
 
 
-def _subcommand_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+def subcommand_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
     """The parser of the subcommand ``args`` chose (``crild run``), whose help the error points
     to; ``parser`` itself where it has none."""
     for action in parser._actions:
@@ -54,13 +57,22 @@ def _subcommand_parser(parser: argparse.ArgumentParser, args: argparse.Namespace
     return parser
 
 
-def run_stage(run: Callable[[RunConfig], int], name: str, config: str, overrides: list[str]) -> int:
-    """Run stage ``name`` in this process: ``run`` gets the stage's configuration, under the
-    run's lock, and every process group is torn down on any exit, an error's too (no gloo
-    thread may outlive the interpreter). The stage scripts and ``crild <stage>`` both call it."""
+def run_stage(name: str, config: str, overrides: list[str], how: str,
+              run: Optional[Callable[[RunConfig], int]] = None) -> int:
+    """Run stage ``name`` in this process: ``run`` (else the stage script's, imported once the
+    configuration is checked, so that a bad one is told before torch loads) gets the stage's
+    configuration, under the run's lock, and every process group is torn down on any exit, an
+    error's too (no gloo thread may outlive the interpreter). The stage scripts and ``crild
+    <stage>`` both call it. ``how`` names the command in the note on stale earlier outputs the
+    stage reads, given where the stage was started by hand (``crild run`` checks those itself)."""
     run_cfg = load_config(config, overrides)
     check_launched(run_cfg)
+    if LAUNCHED_ENV not in os.environ and is_main_rank():
+        for note in stale_before(run_cfg, [name], how):
+            print(note, flush=True)
     cfg = stage_config(run_cfg, name)
+    if run is None:
+        run = importlib.import_module(STAGES[name].module).run
     watch(cfg.output_dir)
     try:
         with run_lock(cfg.output_dir):
@@ -85,6 +97,6 @@ def stage_main(run: Callable[[RunConfig], int], name: str, argv: Optional[list[s
                          (f" (give the configuration as --config {given})" if given else ""))
         if args.local_rank is not None:
             os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-        sys.exit(run_stage(run, args.stage, args.config, args.overrides))
+        sys.exit(run_stage(args.stage, args.config, args.overrides, Path(sys.argv[0]).name, run))
 
     main()

@@ -3,16 +3,28 @@ scripts alike; anything else left over stays argparse's usage error, in one line
 the subcommand's help, as every other error is one line."""
 import pytest
 
-from pipeline.cli import _parser
+from pipeline.cli import parse_command
 from pipeline.stage_cli import parse_with_overrides, stage_argparser, stage_main
 
 
 def test_overrides_after_options_keep_their_order():
-    args = parse_with_overrides(_parser(), ["run", "x.yaml", "seed=1", "--only", "evaluate", "seed=2", "--force"])
+    args = parse_command(["run", "x.yaml", "seed=1", "--only", "evaluate", "seed=2", "--force"])
     assert (args.config, args.overrides, args.only, args.force) == ("x.yaml", ["seed=1", "seed=2"], ["evaluate"], True)
     args = parse_with_overrides(stage_argparser("distill"), ["--config", "x.yaml", "a.b=1", "--stage", "baseline",
                                                              "c.d=2"])
     assert (args.overrides, args.stage) == (["a.b=1", "c.d=2"], "baseline")
+
+
+@pytest.mark.parametrize("command", ["run", "submit", "status", "config", "evaluate", "baseline"])
+def test_the_configuration_is_the_first_argument_or_dash_dash_config_as_the_stage_scripts_take_it(command):
+    """``crild run --config x.yaml`` reads as ``crild run x.yaml``, as users of the stage
+    scripts (``--config FILE``) write it; a ``key=value`` before or after it is an override."""
+    plain = parse_command([command, "x.yaml", "seed=1", "task.name=sst2"])
+    for argv in ([command, "--config", "x.yaml", "seed=1", "task.name=sst2"],
+                 [command, "seed=1", "--config", "x.yaml", "task.name=sst2"],
+                 [command, "seed=1", "task.name=sst2", "--config=x.yaml"]):
+        args = parse_command(argv)
+        assert (args.config, args.overrides) == (plain.config, plain.overrides) == ("x.yaml", ["seed=1", "task.name=sst2"])
 
 
 @pytest.mark.parametrize("argv, stray", [(["run", "x.yaml", "--only", "evaluate", "teacher"], "teacher"),
@@ -20,7 +32,7 @@ def test_overrides_after_options_keep_their_order():
                                          (["study", "--collect-only", "seed=1"], "seed=1")])
 def test_what_is_not_an_override_is_a_usage_error(argv, stray, capsys):
     with pytest.raises(SystemExit) as done:
-        parse_with_overrides(_parser(), argv)
+        parse_command(argv)
     assert done.value.code == 2
     sub = f"crild {argv[0]}"
     assert capsys.readouterr().err == f"{sub}: error: unrecognized arguments: {stray}; see {sub} --help\n"
@@ -30,11 +42,14 @@ def test_what_is_not_an_override_is_a_usage_error(argv, stray, capsys):
     ([], "crild: error: the following arguments are required: COMMAND; see crild --help"),
     (["run"], "crild run: error: the following arguments are required: config; see crild run --help"),
     (["bogus"], "crild: error: argument COMMAND: invalid choice: 'bogus'"),
+    (["evaluate", "seed=1"], "crild evaluate: error: the following arguments are required: config; see crild evaluate"),
+    (["run", "a.yaml", "--config", "b.yaml"],
+     "crild run: error: the configuration is given twice (a.yaml and --config b.yaml); give it once; see crild run"),
     (["status", "x.yaml", "--verfy"], "crild status: error: unrecognized arguments: --verfy; see crild status --help"),
 ])
 def test_a_usage_error_is_one_line_naming_the_help_to_read(argv, message, capsys):
     with pytest.raises(SystemExit) as done:
-        parse_with_overrides(_parser(), argv)
+        parse_command(argv)
     err = capsys.readouterr().err
     assert done.value.code == 2 and err.count("\n") == 1 and err.startswith(message), err
     usage = stage_argparser("distill").format_usage()  # --config, checked after parsing, is shown as required

@@ -93,8 +93,8 @@ def test_one_stage_run_on_its_own_names_an_earlier_output_that_is_stale(tmp_path
     changed scores the student as it is: a note says it is stale, where crild run would redo
     it first; a current output, a missing one, and one the stages run do not read say
     nothing."""
-    from pipeline.launch.local import stale_before
     from pipeline.outputs.atomic import atomic_output
+    from pipeline.stale_outputs import stale_before
 
     raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir)
     raw["pipeline"] = ["teacher", "distill", "evaluate", "export"]
@@ -118,3 +118,33 @@ def test_one_stage_run_on_its_own_names_an_earlier_output_that_is_stale(tmp_path
     assert stale_before(from_dict(gone), ["evaluate"], "--only evaluate") == []
     shutil.rmtree(student)
     assert stale_before(cfg, ["evaluate"], "--only evaluate") == []  # missing: the stage says so itself
+
+
+def test_a_stage_started_by_hand_names_a_stale_output_it_reads(tmp_path, tiny_bert, sentiment_dir, monkeypatch, capsys):
+    """A stage script or ``crild <stage>`` started by hand gives the note that ``crild run
+    --only`` gives, naming the command, on rank 0 only; a stage that crild run started gives
+    none, since crild run checked before it (and would have redone the stale stage)."""
+    from pipeline.config import LAUNCHED_ENV, launched_digest
+    from pipeline.outputs.atomic import atomic_output
+    from pipeline.stage_cli import run_stage
+
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir)
+    raw["pipeline"] = ["teacher", "distill", "evaluate"]
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    cfg = from_dict(raw)
+    with atomic_output(tmp_path / "run" / "student", cfg, "distill", "another configuration's") as tmp:
+        (tmp / "model.safetensors").write_bytes(b"weights")
+    seen = []
+    for env, how in (({}, "stage4_evaluate.py"), ({"RANK": "1"}, "crild evaluate"),
+                     ({LAUNCHED_ENV: launched_digest(cfg)}, "stage4_evaluate.py")):
+        with monkeypatch.context() as patch:
+            for key, value in env.items():
+                patch.setenv(key, value)
+            assert run_stage("evaluate", str(config), [], how, run=lambda stage_cfg: seen.append(stage_cfg) or 0) == 0
+        seen.append(capsys.readouterr().out)
+    assert seen[1] == (f"crild: note: stage4_evaluate.py: distill's output {tmp_path / 'run' / 'student'} is stale "
+                       f"(written for another configuration or other inputs) and is used as it is; crild run redoes "
+                       f"distill first\n")
+    assert seen[3] == seen[5] == ""  # rank 1; started by crild run
+    assert all(stage_cfg.output_dir == str(tmp_path / "run") for stage_cfg in seen[::2])

@@ -17,6 +17,7 @@ from pipeline.outputs.integrity import problems
 from pipeline.outputs.lock import run_lock
 from pipeline.outputs.manifest import is_complete, recorded_fingerprint
 from pipeline.stages import STAGES, missing_inputs, stage_fingerprints
+from pipeline.stale_outputs import stale_before
 from pipeline.training.checkpoint_folders import archive_stale, remove_checkpoints
 
 
@@ -148,30 +149,6 @@ def check_inputs(cfg: RunConfig, names) -> None:
         for key, path in missing_inputs(stage_config(cfg, name), name):
             raise UserError(f"{key}: '{path}' does not exist (the {name} stage reads it; checked before the first "
                             f"stage runs)")
-
-
-def stale_before(cfg: RunConfig, only: list[str], how: str) -> list[str]:
-    """Notes for a run of ``only`` stages (``how``: ``--only export``, ``crild export``): the
-    run's stages whose outputs they read (``Stage.reads``) and that are complete but stale
-    (written for another configuration or other inputs). The stages run read them as they
-    are, where ``crild run`` would redo them first."""
-    read = {name for stage in only for name in STAGES[stage].reads(stage_config(cfg, stage))}
-    notes = []
-    for name in cfg.pipeline:
-        if name not in read or name in only:
-            continue
-        stage_cfg = stage_config(cfg, name)
-        folder = Path(cfg.output_dir) / STAGES[name].output(stage_cfg)
-        if not is_complete(folder):
-            continue
-        try:
-            current = stage_fingerprints(stage_cfg, name)
-        except UserError:  # an input of that stage is gone (a DeepSpeed config, a data folder): not this run's concern
-            continue
-        if recorded_fingerprint(folder) not in current:
-            notes.append(f"crild: note: {how}: {name}'s output {folder} is stale (written for another "
-                         f"configuration or other inputs) and is used as it is; crild run redoes {name} first")
-    return notes
 
 
 def _run_stages(cfg: RunConfig, config_path: str, overrides: list[str], force: bool, only, lock) -> int:

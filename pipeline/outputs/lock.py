@@ -277,7 +277,8 @@ def held_by_ancestor(output_dir: str | Path) -> bool:
     return os.environ.get(ENV) == str(Path(output_dir).resolve())
 
 
-def _is_main_rank() -> bool:
+def is_main_rank() -> bool:
+    """Rank 0 of a launch (RANK, else srun's SLURM_PROCID), or a process no launcher started."""
     return launch_number("RANK", launch_number("SLURM_PROCID", 0)) == 0
 
 
@@ -285,7 +286,7 @@ def _is_main_rank() -> bool:
 def run_lock(output_dir: str | Path):
     """Hold the lock for the block, unless an ancestor holds it; ranks other than 0 never
     take it (their rank 0 does)."""
-    if held_by_ancestor(output_dir) or not _is_main_rank():
+    if held_by_ancestor(output_dir) or not is_main_rank():
         yield None
         return
     lock = RunLock(output_dir).acquire()
