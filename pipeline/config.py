@@ -511,10 +511,17 @@ class RunConfig(Strict):
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
 
     _source: str = PrivateAttr("<config>")  # where the configuration came from, for error messages
+    _stage: Optional[str] = PrivateAttr(None)  # the stage this configuration is for (stage_config), if one
 
     @property
     def source(self) -> str:
         return self._source
+
+    @property
+    def stage(self) -> Optional[str]:
+        """The stage this is the configuration of (``stage_config``): stage3_distill.py runs both
+        distill and the baseline, and names the one it runs in what it prints."""
+        return self._stage
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo):
@@ -547,7 +554,7 @@ def from_dict(raw: dict, source: str = "<config>", overrides: list[str] | None =
               stage: str | None = None) -> RunConfig:
     """The run's configuration, or with ``stage`` that stage's (see ``stage_config``)."""
     cfg = validate(RunConfig, raw, source, overrides, context={"stage": stage} if stage else None)
-    cfg._source = source
+    cfg._source, cfg._stage = source, stage
     return cfg
 
 
@@ -604,6 +611,8 @@ def stage_config(cfg: RunConfig, name: str) -> RunConfig:
     scripts' ``--stage`` and ``crild <stage>`` all call it."""
     configure = STAGES[name].configure
     if configure is None:
+        cfg = cfg.model_copy()
+        cfg._stage = name
         return cfg
     raw = to_dict(cfg)
     configure(raw)

@@ -110,7 +110,7 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
         previous = folder
     if dist.is_main:
         publish_student(distill, phases, previous)
-        log(dist, f"{STAGE}: saved {distill.out / cfg.stages.distill.output}")
+        log(dist, f"{cfg.stage or STAGE}: saved {distill.out / cfg.stages.distill.output}")
     barrier()
     remove_checkpoints(distill.checkpoint_folder(), dist.is_main)
     return 0

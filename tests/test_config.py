@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import RunConfig, from_dict, load_config
+from pipeline.config import RunConfig, from_dict, load_config, stage_config
 from pipeline.errors import UserError
 from pipeline.schema.hashing import dump_yaml
+from pipeline.stages import STAGES
 
 
 def write(tmp_path: Path, data) -> Path:
@@ -256,3 +257,14 @@ def test_paths_starting_with_a_tilde_mean_the_home_folder(monkeypatch, tmp_path)
     assert cfg.stages.evaluate.models == [str(tmp_path / "a"), "b"]
     assert cfg.stages.distill.teacher_model == str(tmp_path / "t")
     assert from_dict({"teacher": {"model": "all-MiniLM-L6-v2"}}).teacher.model == "all-MiniLM-L6-v2"  # an alias
+
+
+def test_a_stage_configuration_knows_its_stage():
+    """``stage_config`` names the stage: stage3_distill.py runs distill and the baseline alike,
+    and says which one it ran; the run's own configuration names none."""
+    cfg = from_dict({"pipeline": ["teacher", "distill", "baseline", "evaluate"]})
+    assert cfg.stage is None
+    for name in STAGES:
+        stage_cfg = stage_config(cfg, name)
+        assert stage_cfg.stage == name and cfg.stage is None
+        assert stage_cfg.source == cfg.source

@@ -39,6 +39,8 @@ def test_crild_run_two_ranks_all_stages_then_nothing_to_do(tmp_path, tiny_bert, 
     # it guessed, an op "built successfully", a scheduler read "before it has started")
     table = proc.stdout.index("Evaluation on rotten_tomatoes")
     assert all(line.startswith("crild: ") for line in proc.stdout[:table].splitlines()), proc.stdout[:table]
+    said = proc.stdout + proc.stderr  # stage3_distill.py runs both, and says which one saved what
+    assert f"distill: saved {out / 'student'}\n" in said and f"baseline: saved {out / 'student_finetuned'}\n" in said
 
     tags = scalar_tags(out / "tensorboard" / "student")
     for phase in ("ild_supplementary", "ild"):
