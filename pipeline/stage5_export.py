@@ -36,7 +36,7 @@ from pipeline.export.onnx_export import DATA_SUFFIX, ONNX_FILE, export_classifie
 from pipeline.export.parity import check, int8_shortfall, parity
 from pipeline.export.quantize import INT8_SUFFIX, check_int8_names, quantize_folder
 from pipeline.export.runtime import onnx_forward, onnxruntime, session
-from pipeline.models.loading import WEIGHT_PATTERNS, load_tokenizer, quiet_libraries, resolve_model
+from pipeline.models.loading import WEIGHT_PATTERNS, load_tokenizer, quiet_libraries, resolve_model, saved_max_length
 from pipeline.outputs.atomic import atomic_output, write_json
 from pipeline.runtime.distributed import DistInfo, barrier, init_distributed, seed_everything
 from pipeline.runtime.progress import log
@@ -72,7 +72,7 @@ def export_one(cfg: RunConfig, name: str, path: str, out: Path, dist: DistInfo, 
     export_classifier(copy.deepcopy(reference).cpu(), tokenizer, folder, out / name, export_cfg.opset,
                       cfg.task.max_length)
     facts = ExportedModel(name, folder, reference.config, sum(p.numel() for p in reference.parameters()),
-                          input_names(reference, tokenizer), int8=False)
+                          input_names(reference, tokenizer), int8=False, cut_at=saved_max_length(out / name))
     exported = [facts]
     torch_forward = classifier_forward(reference, CPU)
     batch_size = cfg.stages.evaluate.batch_size

@@ -58,6 +58,7 @@ class ExportedModel:
     parameters: int
     inputs: list[str]  # the ONNX graph's inputs
     int8: bool
+    cut_at: Optional[int] = None  # the tokens its saved tokenizer cuts a text at (saved_max_length)
 
     @property
     def folder(self) -> str:
@@ -110,6 +111,8 @@ def model_card(model: ExportedModel, row: dict, torch_row: dict, spec, split: st
              f"| file size | {row['size_mb']:.1f} MB |",
              f"| inputs | {', '.join(model.inputs)} (int64, batch x sequence"
              + (f", at most {limit} tokens" if limit else "") + ") |",
+             *([f"| text length | the tokenizer here cuts a text at {model.cut_at} tokens (`truncation=True`), "
+                f"the length crild scored it at |"] if model.cut_at else []),
              *facts[2:]]
     parity = row.get("parity") or {}
     examples = parity.get("examples")

@@ -385,6 +385,17 @@ def save_tokenizer(tokenizer, config, out_dir: Path, max_length: Optional[int] =
         path.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
 
 
+def saved_max_length(folder: Path) -> Optional[int]:
+    """The tokens a saved tokenizer cuts a text at with ``truncation=True`` (its
+    tokenizer_config.json's ``model_max_length``), or None where it sets no real limit
+    (transformers writes a huge number for none)."""
+    try:
+        value = json.loads((Path(folder) / "tokenizer_config.json").read_text()).get("model_max_length")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and 0 < value < 10**9 else None
+
+
 def save_model(model, tokenizer, out_dir: Path, state_dict: Optional[dict] = None,
                max_length: Optional[int] = None) -> None:
     """A plain transformers folder: config, safetensors weights (fp32), tokenizer (cutting texts

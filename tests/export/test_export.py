@@ -112,6 +112,9 @@ def test_export_matches_pytorch_and_loads_as_it_is(trained, capsys):
                 f"{row['parity']['max_logit_diff']:.2g} | {row['parity']['agreement']:.2%} |") in card.text
         assert f"| {row['batch1_p50_ms']:.2f} ms | {row['batch1_p95_ms']:.2f} ms |" in card.text
         assert str(Path(trained["output_dir"]).parent) not in card.text  # local paths by their last name only
+        # the graph takes the model's 64 positions; the tokenizer beside it cuts at the 32 it was scored at
+        assert "(int64, batch x sequence, at most 64 tokens) |\n| text length | the tokenizer here cuts a text at 32 " \
+               "tokens (`truncation=True`), the length crild scored it at |" in card.text, card.text
 
 
 def check_card(folder: Path, capsys):
