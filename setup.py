@@ -2,6 +2,13 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
+# the DeepSpeed configs, run configurations and job scripts that crild's settings name by their
+# place in this repository (ds_configs/zero2_bf16.json, jobs/demo.yaml, jobs/crild_stage.sbatch):
+# shipped inside the package too, so that an installed copy (pip install ., a wheel) finds them
+# where a clone does (pipeline/schema/paths.py, bundled)
+BUNDLED = {"pipeline.bundled.ds_configs": "ds_configs", "pipeline.bundled.jobs": "jobs",
+           "pipeline.bundled.jobs.studies": "jobs/studies"}
+
 setup(
     name="crild",
     version="0.1.0",
@@ -9,7 +16,10 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["pipeline", "pipeline.*"]),
+    packages=find_packages(include=["pipeline", "pipeline.*"]) + list(BUNDLED),
+    package_dir=BUNDLED,
+    package_data={"pipeline.bundled.ds_configs": ["*.json"], "pipeline.bundled.jobs": ["*.yaml", "*.sbatch"],
+                  "pipeline.bundled.jobs.studies": ["*.yaml"]},
     install_requires=[
         "torch>=2.1",  # lower bound only: GPU users bring their own build
         "deepspeed>=0.14",

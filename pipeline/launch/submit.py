@@ -19,10 +19,10 @@ from pipeline.errors import UserError
 from pipeline.launch.local import check_inputs, stage_is_done, stages_to_run
 from pipeline.launch.preflight import check_stages
 from pipeline.runtime.hub import commits_read
-from pipeline.schema.paths import REPO_ROOT
+from pipeline.schema.paths import shipped
 from pipeline.stages import STAGES
 
-STAGE_SCRIPT = REPO_ROOT / "jobs" / "crild_stage.sbatch"
+STAGE_SCRIPT = shipped("jobs/crild_stage.sbatch")  # in a clone, or in an installed copy
 FINAL_OK = {"COMPLETED"}
 FINAL_BAD = {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 

@@ -9,6 +9,18 @@ from typing import Optional
 from pipeline.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+# where the files that ship with crild lie: a clone's ds_configs/ and jobs/, else an installed
+# copy's (setup.py puts them in the package, under pipeline/bundled/)
+SHIPPED_ROOTS = (REPO_ROOT, REPO_ROOT / "pipeline" / "bundled")
+
+
+def shipped(path: str) -> Optional[Path]:
+    """The file or folder that ships with crild at ``path`` (``ds_configs/zero2_bf16.json``,
+    ``jobs/crild_stage.sbatch``), in a clone or in an installed copy; None if there is none."""
+    for root in SHIPPED_ROOTS:
+        if (root / path).exists():
+            return root / path
+    return None
 
 
 def not_utf8(path: str) -> Optional[str]:
@@ -47,8 +59,8 @@ def resolve_path(path: str, what: str, source: str, must_exist: bool = True) -> 
         if must_exist and not p.exists():
             raise UserError(f"{source}: {what}: '{path}' does not exist")
         return p
-    bundled = REPO_ROOT / path
-    if bundled.exists():
+    bundled = shipped(path)
+    if bundled is not None:
         return bundled
     if must_exist:
         raise UserError(f"{source}: {what}: '{path}' does not exist")
