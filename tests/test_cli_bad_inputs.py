@@ -433,7 +433,7 @@ def shape_cases(tmp: Path, tiny_bert: Path, data: Path):
             tmp / "json-suffix", {"train.json": b'{"sentence": "a", "label": "fresh"}\n',
                                   "dev.jsonl": b'{"sentence": "a", "label": "fresh"}\n'})))],
          ["json-suffix: no train.jsonl, train.csv, train.tsv or train.parquet for task rotten_tomatoes (found "
-          "train.json: crild reads one .jsonl, .csv, .tsv or .parquet file per split, named train, dev or test)"]),
+          "train.json: crild reads one .jsonl, .csv, .tsv or .parquet file per split, named train, dev (or validation) or test)"]),
         ("a hub dataset whose classes the task names otherwise", ["teacher", cfg("y18", task=_hub_task(
             tmp / "hub-renamed", ["neg", "pos"]))],
          ["hub-renamed:train: column 'label' holds the classes neg, pos, and task.labels lists negative, positive; "

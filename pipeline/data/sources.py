@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
+from pipeline.data.columns import text_columns
 from pipeline.data.hub_data import hub_name, is_own_hub, load_hub_split, split_names, unpinned_commit
 from pipeline.data.parquet import column_values, read_parquet
-from pipeline.data.tasks import TABLE_SUFFIXES, GlueFile, TaskSpec, table_files
+from pipeline.data.tasks import TABLE_SUFFIXES, TASKS, GlueFile, TaskSpec, table_files
 from pipeline.errors import UserError, clipped, shown
 from pipeline.runtime import environment, hub
 from pipeline.schema.json_objects import marked_object
@@ -135,8 +136,10 @@ def numbering_note(raw_labels, spec: TaskSpec, path) -> Optional[str]:
     if not any(str(v).strip() not in spec.labels and _label_id(v) is not None for v in raw_labels):
         return None
     ids = ", ".join(f"{k}={name}" for k, name in enumerate(spec.numbering))
-    return (f"note: {path}: labels given as numbers, read as {ids} (the Hugging Face dataset's numbering for "
-            f"{spec.name}); write the label names in the file if it numbers them otherwise")
+    numbering = f"the Hugging Face dataset's numbering for {spec.name}" if spec.name in TASKS else \
+        "the order of the task's labels setting"
+    return (f"note: {path}: labels given as numbers, read as {ids} ({numbering}); write the label names in the file "
+            f"if it numbers them otherwise")
 
 
 def _make(rows_a, rows_b, raw_labels, spec, path, line_numbers) -> Examples:
@@ -324,13 +327,22 @@ def read_table(path: Path, spec: TaskSpec, task_cfg: TaskConfig, need_label: boo
     columns = (task_cfg.columns.text_a or ca, (task_cfg.columns.text_b or cb) if spec.pair else None,
                task_cfg.columns.label or cl)
     records = _read_records(path)
+    note = None
     if records:  # a file of other column names: say which setting names them (a later record is judged alone)
         have = records[0][1]
+        columns, note = text_columns(list(have), columns, _names_text(task_cfg), where)
         for key, col in zip(("text_a", "text_b", "label"), columns):
             if col is not None and col not in have and (key != "label" or need_label):
                 raise UserError(f"{path}: missing column '{col}' (has: {_names(have)}); name the file's column in "
                                 f"{where}.columns.{key}")
-    return _from_records(records, path, columns, spec, need_label)
+    examples = _from_records(records, path, columns, spec, need_label)
+    examples.notes += [note] if note else []
+    return examples
+
+
+def _names_text(task_cfg: TaskConfig) -> bool:
+    """Whether the configuration names a text column (``task.columns.text_a`` or ``text_b``)."""
+    return bool(task_cfg.columns.text_a or task_cfg.columns.text_b)
 
 
 def _from_records(records: list[tuple[int, dict]], path, columns: tuple, spec: TaskSpec, need_label: bool) -> Examples:
@@ -355,14 +367,17 @@ def _from_records(records: list[tuple[int, dict]], path, columns: tuple, spec: T
     return _make(a, b, lab, spec, path, lines)
 
 
-# what the hub and other tools call crild's splits, named where crild finds only those
+# what the hub and other tools call crild's splits: a folder's validation.jsonl (datasets'
+# to_json of a DatasetDict writes one) is its dev split
 HUB_SPLIT_NAMES = {"dev": ("validation", "valid", "val")}
 
 
 def _find_table(directory: Path, split: str) -> Optional[Path]:
-    """The one file of ``split`` in ``directory``: two of them (a train.csv beside a newer
-    train.jsonl) would leave which one trains to an order the user never chose."""
-    found = [p for p in (directory / f"{split}{ext}" for ext in TABLE_SUFFIXES) if p.is_file()]
+    """The one file of ``split`` in ``directory``, by crild's name or the hub's (dev:
+    ``validation``): two of them (a train.csv beside a newer train.jsonl, a dev.csv beside a
+    validation.csv) would leave which one is read to an order the user never chose."""
+    found = [p for name in (split, *HUB_SPLIT_NAMES.get(split, ())) for ext in TABLE_SUFFIXES
+             if (p := directory / f"{name}{ext}").is_file()]
     if len(found) > 1:
         raise UserError(f"{directory}: {' and '.join(p.name for p in found)} are both the {split} split; crild "
                         f"reads one file per split: remove or rename the others")
@@ -372,15 +387,16 @@ def _find_table(directory: Path, split: str) -> Optional[Path]:
 # --------------------------------------------------------------------------- hub
 
 
-def read_hub(spec: TaskSpec, split: str, need_label: bool, where: str = "task") -> Examples:
+def read_hub(spec: TaskSpec, split: str, need_label: bool, where: str = "task", user_named: bool = False) -> Examples:
     """A split of the task's dataset through ``datasets.load_dataset``, read as the records of
-    a file are (so its text and labels meet the same checks), rows counted from 1."""
+    a file are (so its text and labels meet the same checks), rows counted from 1;
+    ``user_named``: the configuration names its text columns."""
     if spec.hub is None:
         raise UserError(f"task {spec.name} has no hub dataset; set task.data_dir")
     ds = load_hub_split(spec, split, where)
     source = f"{hub_name(spec)}:{spec.hub_splits[split]}"
-    ca, cb, cl = spec.hub_columns
     have = list(ds.column_names)
+    (ca, cb, cl), note = text_columns(have, spec.hub_columns, user_named, where)
     for key, col in (("text_a", ca), ("text_b", cb)) + ((("label", cl),) if need_label else ()):
         if col is not None and col not in have:
             raise UserError(f"{source}: no column '{col}' (has: {_names(have)}); name the dataset's column in "
@@ -392,6 +408,7 @@ def read_hub(spec: TaskSpec, split: str, need_label: bool, where: str = "task") 
     names = list(values)
     records = [(n, dict(zip(names, row))) for n, row in enumerate(zip(*values.values()), start=1)]
     examples = _from_records(records, source, (ca, cb, cl), spec, need_label)
+    examples.notes += [note] if note else []
     commit = unpinned_commit(spec, ds)
     if commit:
         hub.read_at("dataset", spec.hub[0], commit)  # the stages this process launches read it too
@@ -502,7 +519,7 @@ def checked_eval_splits(task_cfg: TaskConfig, spec: TaskSpec, splits: Optional[l
     if not available:
         folder = resolve_source(task_cfg, spec)[1]
         raise UserError(f"{folder}: no held-out split for task {spec.name}: expected {table_files('dev')} (or "
-                        f"test.*) beside the training file{_unread(folder, ('dev', 'test'))}")
+                        f"validation.*, or test.*) beside the training file{_unread(folder, ('dev', 'test'))}")
     if splits is None:
         return available[:1]
     for split in splits:
@@ -518,8 +535,8 @@ def checked_eval_splits(task_cfg: TaskConfig, spec: TaskSpec, splits: Optional[l
 def _unread(folder: Optional[Path], splits: tuple) -> str:
     """What ``folder`` holds under the names of ``splits``, which have no file crild reads,
     named so that a user sees why the split is missing: ``train.json``, ``train.jsonl.gz``, a Spark
-    folder ``train.parquet/``, the hub's shards ``train-00000-of-00002.parquet`` and its
-    ``validation`` split for ``dev``."""
+    folder ``train.parquet/``, the hub's shards ``train-00000-of-00002.parquet`` (and
+    ``validation-…`` for ``dev``)."""
     if folder is None or not folder.is_dir():
         return ""
     prefixes = tuple(f"{name}{sep}" for split in splits for name in (split, *HUB_SPLIT_NAMES.get(split, ()))
@@ -528,8 +545,8 @@ def _unread(folder: Optional[Path], splits: tuple) -> str:
     if not others:
         return ""
     shown_names = ", ".join(shown(n) for n in others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")
-    return (f" (found {shown_names}: crild reads one {table_files('')} file per split, named train, dev or "
-            f"test)")
+    return (f" (found {shown_names}: crild reads one {table_files('')} file per split, named train, dev (or "
+            f"validation) or test)")
 
 
 def load_split(task_cfg: TaskConfig, spec: TaskSpec, split: str, where: str = "task") -> Examples:
@@ -546,4 +563,4 @@ def load_split(task_cfg: TaskConfig, spec: TaskSpec, split: str, where: str = "t
         if path is None:
             raise UserError(f"{data_dir}: no {table_files(split)} for task {spec.name}{_unread(data_dir, (split,))}")
         return read_table(path, spec, task_cfg, need_label, where)
-    return read_hub(spec, split, need_label, where)
+    return read_hub(spec, split, need_label, where, _names_text(task_cfg))

@@ -119,8 +119,8 @@ def _bad_cases(tmp, tone_hub):
         (hub_task(renamed, hub_splits=one), f"{renamed}:train: column 'tone' holds the classes pos, neg, mid, and "
                                             f"task.labels lists negative, neutral, positive; expected those names (in "
                                             f"any order: crild maps the classes by name)"),
-        (hub_task(tone_hub, columns={"label": "tone"}), f"{tone_hub}:train: no column 'sentence' (has: review, tone); "
-                                                        f"name the dataset's column in task.columns.text_a"),
+        (hub_task(tone_hub, columns={"label": "tone", "text_a": "body"}),
+         f"{tone_hub}:train: no column 'body' (has: review, tone); name the dataset's column in task.columns.text_a"),
         (hub_task(tone_hub, columns={"text_a": "review"}), f"{tone_hub}:train: no column 'label' (has: review, tone); "
                                                            f"name the dataset's column in task.columns.label"),
         (hub_task(tone_hub, hub_splits={"train": "training"}),
@@ -380,3 +380,13 @@ def test_another_pinned_commit_makes_the_stages_run_again(tmp_path, tiny_bert):
     prints = {rev: stage_fingerprint(from_dict({**raw, "task": hub_task("someone/tones", hub_revision=rev)}),
                                      "teacher") for rev in (None, COMMIT_OLD, COMMIT_NEW)}
     assert len(set(prints.values())) == 3
+
+
+def test_a_datasets_text_under_its_own_name_is_found_and_noted(tone_hub):
+    """A dataset whose text column is not named (``review`` here, the hub's IMDB ``text``) is
+    read from its one column besides the label, as from a file, with the same note."""
+    named = read(hub_task(tone_hub))
+    found = read(hub_task(tone_hub, columns={"label": "tone"}))
+    assert found.text_a == named.text_a and found.labels.tolist() == named.labels.tolist()
+    assert found.notes == ["note: task: no column 'sentence': the text is read from column 'review', the one column "
+                           "besides the label; task.columns.text_a names other columns"]

@@ -133,23 +133,33 @@ def test_a_split_in_a_form_crild_does_not_read_is_named(tmp_path, names, shown_a
             (tmp_path / name).write_text('{"sentence": "ok", "label": "fresh"}\n')
     with pytest.raises(UserError, match=rf"no train\.jsonl, train\.csv, train\.tsv or train\.parquet for task "
                                         rf"rotten_tomatoes \(found {re.escape(shown_as)}: crild reads one "
-                                        rf"\.jsonl, \.csv, \.tsv or \.parquet file per split, named train, dev or test\)$"):
+                                        rf"\.jsonl, \.csv, \.tsv or \.parquet file per split, named train, dev \(or validation\) or test\)$"):
         load_split(TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path)), RT, "train")
 
 
-def test_the_hubs_validation_split_is_named_where_dev_is_missing(tmp_path):
-    from pipeline.data.sources import checked_eval_splits
+def test_the_hubs_validation_split_is_the_dev_split(tmp_path):
+    """A folder a hub dataset was saved to (``validation.parquet``) has its dev split under the
+    hub's name; beside a ``dev`` file, which one is meant is not guessed."""
+    from pipeline.data.sources import available_eval_splits, checked_eval_splits
 
+    task = TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path))
     pq.write_table(_table(sentence=["ok"], label=["fresh"]), tmp_path / "train.parquet")
-    pq.write_table(_table(sentence=["ok"], label=["fresh"]), tmp_path / "validation.parquet")
+    pq.write_table(_table(sentence=["fine"], label=["rotten"]), tmp_path / "validation.parquet")
+    pq.write_table(_table(sentence=["bad"], label=["rotten"]), tmp_path / "test.parquet")
+    assert checked_eval_splits(task, RT, None, "run.yaml") == ["dev"] and available_eval_splits(task, RT) == ["dev", "test"]
+    assert load_split(task, RT, "dev").text_a == ["fine"]
+    pq.write_table(_table(sentence=["ok"], label=["fresh"]), tmp_path / "dev.parquet")
+    with pytest.raises(UserError, match=r"dev\.parquet and validation\.parquet are both the dev split; crild reads one "
+                                        r"file per split: remove or rename the others$"):
+        load_split(task, RT, "dev")
+    for name in ("dev.parquet", "validation.parquet", "test.parquet"):
+        (tmp_path / name).unlink()
+    (tmp_path / "validation.json").write_text('{"sentence": "ok", "label": "fresh"}\n')
     with pytest.raises(UserError, match=r"no held-out split for task rotten_tomatoes: expected dev\.jsonl, dev\.csv, "
-                                        r"dev\.tsv or dev\.parquet \(or test\.\*\) beside the training file \(found "
-                                        r"validation\.parquet: crild reads one .* file per split, named train, dev or "
-                                        r"test\)$"):
-        checked_eval_splits(TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path)), RT, None, "run.yaml")
-    (tmp_path / "validation.parquet").rename(tmp_path / "dev.parquet")
-    assert checked_eval_splits(TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path)), RT, None, "run.yaml") \
-        == ["dev"]
+                                        r"dev\.tsv or dev\.parquet \(or validation\.\*, or test\.\*\) beside the training "
+                                        r"file \(found validation\.json: crild reads one .* file per split, named train, "
+                                        r"dev \(or validation\) or test\)$"):
+        checked_eval_splits(task, RT, None, "run.yaml")
 
 
 def test_a_schema_name_that_is_not_utf8_is_one_line(tmp_path):

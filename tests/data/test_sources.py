@@ -446,3 +446,36 @@ def test_a_file_of_other_column_names_says_which_setting_names_them(tmp_path):
                                   f"file's column in {where}.columns.{key}")
     cfg = TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path), columns=ColumnMap(text_a="text", label="y"))
     assert load_split(cfg, spec, "train").text_a == ["film 0", "film 1", "film 2"]
+
+
+def test_texts_under_other_names_are_found_as_run_glue_finds_them_and_noted(tmp_path):
+    """A file or dataset that names its text otherwise (the hub's IMDB, AG News: ``text``)
+    is read from the columns besides the label and ids, in the file's order, with a note;
+    never by a guess among more columns than the task has texts, nor past a named column."""
+    def write(rows):
+        (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    single, pair = TASKS["rotten_tomatoes"], TASKS["rte"]
+    write([{"id": i, "text": f"film {i}", "label": "fresh"} for i in range(3)])
+    train = load_split(TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path)), single, "train")
+    assert train.text_a == ["film 0", "film 1", "film 2"] and train.notes == [
+        "note: task: no column 'sentence': the text is read from column 'text', the one column besides the label; "
+        "task.columns.text_a names other columns"]
+    write([{"label": "entailment", "premise": f"p{i}", "idx": i, "hypothesis": f"h{i}"} for i in range(3)])
+    rte = TaskConfig(name="rte", data_dir=str(tmp_path), source="files")
+    train = load_split(rte, pair, "train", "stages.distill.supplementary[0].task")
+    assert (train.text_a, train.text_b) == (["p0", "p1", "p2"], ["h0", "h1", "h2"]) and train.notes == [
+        "note: stages.distill.supplementary[0].task: no columns 'sentence1' and 'sentence2': the texts are read from "
+        "columns 'premise' and 'hypothesis', in that order, the two columns besides the label; "
+        "stages.distill.supplementary[0].task.columns.text_a and stages.distill.supplementary[0].task.columns.text_b "
+        "name other columns"]
+    for rows, cfg, missing, key in (
+            ([{"title": "t", "text": "x", "label": "fresh"}], {}, "sentence", "text_a"),  # which one: not guessed
+            ([{"text": "x", "label": "fresh"}], {"text_a": "body"}, "body", "text_a"),  # named: as named
+            ([{"sentence1": "x", "other": "y", "label": "entailment"}], {}, "sentence2", "text_b")):  # one default there
+        write(rows)
+        spec = pair if "sentence1" in rows[0] else single
+        task = TaskConfig(name=spec.name, data_dir=str(tmp_path), source="files", columns=ColumnMap(**cfg))
+        with pytest.raises(UserError, match=rf"missing column '{missing}' .*; name the file's column in "
+                                            rf"task\.columns\.{key}$"):
+            load_split(task, spec, "train")
