@@ -91,6 +91,9 @@ def test_overrides_are_typed_and_validated(tmp_path):
      "stages.teacher.colour"),
     # a section whose keys are at odds, one from the file and one from an override: both named
     ({"task": {"name": "sst2"}}, ["task.labels=[a,b]", "task.max_length=12"], "file with task.labels"),
+    # ... or the key the section's check blames, which its message names only as task.labels
+    ({"task": {"name": "mine", "labels": ["a", "b"], "data_dir": "d"}}, ["task.labels=[]", "seed=3"],
+     "file with task.labels"),
     # ... and only an override whose key the message names: another key of the section is not the cause
     ({"stages": {"distill": {"supplementary": [{"task": {"name": "snli"}, "ratio": 1.0}]}}},
      ["stages.distill.preset=kd", "stages.distill.output=x"], "file"),

@@ -157,15 +157,18 @@ def error_line(err: ValidationError, model: type, source: str, overrides: list[s
     """The first problem (unknown keys before anything else) of a validation error, placed
     in the command-line override that set the key (or a section above it) when one did: the
     file does not hold the value it would otherwise be blamed for. A problem of a whole
-    section (two of its keys at odds) is the file's, and also the override's that set a key
-    of the section the message names."""
+    section (two of its keys at odds) is the file's, and also the override's that set the key
+    the check blames or a key the message names."""
     errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
     where = ".".join(str(part) for part in errors[0]["loc"])
     text = describe(errors[0], model)
+    # the key a section's check blames (field_error's key): task.labels of a check on task
+    blamed = f"{where}.{errors[0]['ctx']['key']}" if errors[0]["type"] == CUSTOM and errors[0]["ctx"].get("key") else None
     keys = [o.partition("=")[0].strip() for o in reversed(overrides or [])]  # the last of a key holds
     owner = next((key for key in keys if where == key or where.startswith(key + ".")), None)
-    named = [key for key in dict.fromkeys(keys) if where and key.startswith(where + ".")
-             and re.search(rf"(?<![\w.]){re.escape(key.rpartition('.')[2])}(?!\w)", text)]
+    named = [key for key in dict.fromkeys(keys) if where and key.startswith(where + ".") and (
+        (blamed is not None and (blamed == key or blamed.startswith(key + ".")))
+        or re.search(rf"(?<![\w.]){re.escape(key.rpartition('.')[2])}(?!\w)", text))]
     if owner is not None:
         source = f"override '{owner}=...'"
     elif named:
