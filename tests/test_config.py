@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipeline.config import RunConfig, from_dict, load_config, stage_config
 from pipeline.errors import UserError
@@ -79,6 +81,15 @@ def test_overrides_are_typed_and_validated(tmp_path):
         load_config(p, ["stages.teacher.epoch=7"])
     with pytest.raises(UserError, match="expected section.key=value"):
         load_config(p, ["stages.teacher.epochs"])
+
+
+@given(blank=st.text(alphabet=" \t", max_size=4), key=st.sampled_from(["output_dir", "seed", "teacher.model"]))
+def test_a_blank_override_is_refused_as_written_not_read_as_null(tmp_path_factory, blank, key):
+    """``output_dir= `` is a slip: the value as written is refused, where YAML would read it as
+    null and the message would say 'got null' (or a key that may be null would take its default)."""
+    with pytest.raises(UserError) as err:
+        load_config(write(tmp_path_factory.mktemp("c"), {}), [f"{key}={blank}"])
+    assert str(err.value).startswith(f"override '{key}=...': {key}: expected ") and f"got {blank!r}" in str(err.value)
 
 
 @pytest.mark.parametrize("in_file, overrides, blamed", [

@@ -85,7 +85,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, _, value = text.partition("=")
     where = f"override '{key.strip()}=...'"
     try:
-        parsed = yaml.safe_load(value) if value != "" else ""
+        parsed = yaml.safe_load(value) if value.strip() else value  # a blank is what was written, not null
     except yaml.YAMLError:
         parsed = value
     except RecursionError:
