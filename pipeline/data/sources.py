@@ -267,12 +267,28 @@ def _read_records(path: Path) -> list[tuple[int, dict]]:
         return []
     (_, header), body = rows[0], rows[1:]
     _no_repeated_columns(header, f"{path}:{rows[0][0]}", "in the header")
+    _one_column_of_another_separator(header, path, rows[0][0])
     out = []
     for n, row in body:
         if len(row) != len(header):
             raise UserError(f"{path}:{n}: {len(row)} fields, the header (line {rows[0][0]}) has {len(header)}")
         out.append((n, dict(zip(header, row))))
     return out
+
+
+_SEPARATORS = {",": "commas", "\t": "tabs", ";": "semicolons", "|": "vertical bars"}
+
+
+def _one_column_of_another_separator(header: list, path: Path, line: int) -> None:
+    """A CSV or TSV header that reads as one column holding another separator (a
+    spreadsheet's export with semicolons, a .csv with tabs) is refused: its rows would read as
+    one text each, the label inside it, and an unlabelled split would be scored on them."""
+    expected = "\t" if path.suffix == ".tsv" else ","
+    found = next((sep for sep in _SEPARATORS if sep != expected and len(header) == 1 and sep in header[0]), None)
+    if found is not None:
+        raise UserError(f"{path}:{line}: the header '{shown(header[0])}' is one column: the fields are separated by "
+                        f"{_SEPARATORS[found]}, and crild reads {path.suffix} files as separated by "
+                        f"{_SEPARATORS[expected]}; save it with commas as .csv or with tabs as .tsv")
 
 
 def _parquet_records(path: Path) -> list[tuple[int, dict]]:

@@ -479,3 +479,24 @@ def test_texts_under_other_names_are_found_as_run_glue_finds_them_and_noted(tmp_
         with pytest.raises(UserError, match=rf"missing column '{missing}' .*; name the file's column in "
                                             rf"task\.columns\.{key}$"):
             load_split(task, spec, "train")
+
+
+@pytest.mark.parametrize("name, header, sep, said", [
+    ("train.csv", "sentence;label", ";", "separated by semicolons, and crild reads .csv files as separated by commas"),
+    ("test.csv", "sentence;label", ";", "separated by semicolons, and crild reads .csv files as separated by commas"),
+    ("train.csv", "sentence\tlabel", "\t", "separated by tabs, and crild reads .csv files as separated by commas"),
+    ("dev.tsv", "sentence,label", ",", "separated by commas, and crild reads .tsv files as separated by tabs")])
+def test_a_file_of_another_separator_is_named_as_such(tmp_path, name, header, sep, said):
+    """A spreadsheet's CSV export with semicolons reads as one column: refused at its header,
+    since an unlabelled split would otherwise be scored on 'text;label' as one text."""
+    (tmp_path / name).write_text(f"{header}\nnice film{sep}fresh\nbad, bad film{sep}rotten\n")
+    with pytest.raises(UserError) as err:
+        load_split(TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path)), TASKS["rotten_tomatoes"],
+                   name.partition(".")[0])
+    shown_header = header.replace("\t", "\\t")
+    assert str(err.value) == (f"{tmp_path / name}:1: the header '{shown_header}' is one column: the fields are {said}; "
+                              f"save it with commas as .csv or with tabs as .tsv")
+    right = "\t" if name.endswith(".tsv") else ","  # a text holding the other separators is read as it is
+    (tmp_path / name).write_text(f"sentence{right}label\nnice; fine|film{right}fresh\n")
+    assert load_split(TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path)), TASKS["rotten_tomatoes"],
+                      name.partition(".")[0]).text_a == ["nice; fine|film"]
