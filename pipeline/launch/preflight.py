@@ -63,8 +63,9 @@ def training_sections(cfg: RunConfig, name: str) -> list[tuple[str, object]]:
 def check_stages(cfg: RunConfig, names, world_size: int, device_checks: bool = True) -> None:
     """Every check above, for stages ``names`` of ``cfg`` on ``world_size`` ranks (the
     stages that will run: a complete stage before them is skipped, and is not judged by
-    this machine); ``device_checks`` False where this machine is not the kind that trains
-    (``crild submit`` on a login node)."""
+    this machine); ``device_checks`` False where the stages do not start here and now
+    (``crild submit`` on a login node, ``crild config``): the devices are not judged, and the
+    first stage's data files are read here as the later stages' are."""
     quiet_libraries()  # the readers below (datasets, transformers) would print progress bars
     if names:  # every stage reads the task's data: where it is (a folder, prepared) is known now
         try:
@@ -85,7 +86,7 @@ def check_stages(cfg: RunConfig, names, world_size: int, device_checks: bool = T
                 STAGE_CHECKS[name](stage_cfg, names)
         except UserError as err:
             raise UserError(f"{err} (the {name} stage's; checked before the first stage runs)") from None
-    _check_data_read_later(cfg, list(names))
+    _check_data_read_later(cfg, list(names), first_reads_now=device_checks)
 
 
 def _splits_read(cfg: RunConfig, name: str) -> list[tuple[str, object, str]]:
@@ -104,11 +105,13 @@ def _splits_read(cfg: RunConfig, name: str) -> list[tuple[str, object, str]]:
     return reads
 
 
-def _check_data_read_later(cfg: RunConfig, names: list[str]) -> None:
+def _check_data_read_later(cfg: RunConfig, names: list[str], first_reads_now: bool = True) -> None:
     """Each data file a later stage reads and the first stage does not (a supplementary
     task's, the test split evaluation scores), read through now: a record the reader refuses
     is one line before the first stage, not after the hours of the stages before the one that
-    reads it. The first stage's own files are read by that stage as it starts. GLUE's hub
+    reads it. The first stage's own files are read by that stage as it starts, where it starts
+    now (``first_reads_now``); ``crild submit`` and ``crild config`` read them too, since
+    that stage's job may start hours later, after a wait in the queue. GLUE's hub
     datasets are not files a user writes, and are left to the stage. A task's own hub dataset
     is read now, the first stage's splits too: ``crild submit`` runs this on a login node,
     which has the network that a compute node may lack, and datasets keeps what it loads;
@@ -116,7 +119,7 @@ def _check_data_read_later(cfg: RunConfig, names: list[str]) -> None:
     the stages, which read it too."""
     first, said = (names[0] if names else None), set()
     seen = {(key, split) for key, task, split in _splits_read(stage_config(cfg, first), first)
-            if not is_own_hub(task_spec(task))} if names else set()
+            if not is_own_hub(task_spec(task))} if names and first_reads_now else set()
     for name in names:
         for key, task, split in _splits_read(stage_config(cfg, name), name):
             if (key, split) in seen:

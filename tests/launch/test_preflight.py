@@ -3,6 +3,7 @@ submit``) make each stage's start-up checks from the configuration alone, so a c
 teacher then distillation refuses a distillation setting in one line at once, with nothing
 trained, instead of after the teacher."""
 import json
+import re
 import shutil
 
 import pytest
@@ -231,9 +232,13 @@ def test_data_a_later_stage_reads_is_read_through_before_the_teacher_trains(tmp_
         distill = {"phases": ["ild_supplementary", "ild"], "supplementary": [{"task": supplement}]}
         assert refusal(tmp_path, chain(tmp_path, tiny_bert, sentiment_dir, distill), capsys).startswith(
             f"crild: error: {expected}")
-    # the first stage's own files are left to it, as it reads them at once (no second read)
-    check_stages(from_dict({**raw, "pipeline": ["evaluate"], "stages": {"evaluate": {"models": [str(tiny_bert)]}}}),
-                 ["evaluate"], 1)
+    # the first stage's own files are left to it, as it reads them at once (no second read) ...
+    first = from_dict({**raw, "pipeline": ["evaluate"], "stages": {"evaluate": {"models": [str(tiny_bert)]}}})
+    check_stages(first, ["evaluate"], 1)
+    # ... but not where its job may start hours later, after the queue (crild submit; crild config checks as it does)
+    with pytest.raises(UserError, match=rf"^{re.escape(str(data / 'test.jsonl'))}:{line}: label 'meh' .* \(the "
+                                        rf"evaluate stage reads it; checked before the first stage runs\)$"):
+        check_stages(first, ["evaluate"], 1, device_checks=False)
 
 
 def test_a_truncated_weights_file_any_stage_reads_is_refused_before_the_first_stage(tmp_path, tiny_bert,
