@@ -21,7 +21,7 @@ def text_columns(have: list, columns: tuple, user_named: bool, where: str) -> tu
     wanted = [a] if b is None else [a, b]
     if user_named or any(column in have for column in wanted):
         return columns, None
-    left = [c for c in have if c != label and str(c).strip().lower() not in ID_COLUMNS]
+    left = _candidates(have, label)
     if len(left) != len(wanted):
         return columns, None
     found = (left[0], left[1] if b is not None else None, label)
@@ -32,3 +32,16 @@ def text_columns(have: list, columns: tuple, user_named: bool, where: str) -> tu
         read = (f"no columns '{a}' and '{b}': the texts are read from columns '{left[0]}' and '{left[1]}', in "
                 f"that order, the two columns besides the label")
     return found, f"note: {where}: {read}; {keys} name{'s' if b is None else ''} other columns"
+
+
+def pair_hint(have: list, columns: tuple, own_task: bool, where: str) -> str:
+    """For a single-text task of one's own whose file has two text columns (premise and
+    hypothesis) and not the default: the setting that reads them as a pair."""
+    if not own_task or columns[1] is not None or columns[0] in have or len(_candidates(have, columns[2])) != 2:
+        return ""
+    return f"; or, for pairs of texts, set {where}.pair: true"
+
+
+def _candidates(have: list, label: str) -> list:
+    """The columns that may hold text: all but the label and the ids."""
+    return [c for c in have if c != label and str(c).strip().lower() not in ID_COLUMNS]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from pipeline.data.columns import text_columns
+from pipeline.data.columns import pair_hint, text_columns
 from pipeline.data.hub_data import hub_name, is_own_hub, load_hub_split, split_names, unpinned_commit
 from pipeline.data.parquet import column_values, read_parquet
 from pipeline.data.tasks import TABLE_SUFFIXES, TASKS, GlueFile, TaskSpec, table_files
@@ -350,7 +350,7 @@ def read_table(path: Path, spec: TaskSpec, task_cfg: TaskConfig, need_label: boo
         for key, col in zip(("text_a", "text_b", "label"), columns):
             if col is not None and col not in have and (key != "label" or need_label):
                 raise UserError(f"{path}: missing column '{col}' (has: {_names(have)}); name the file's column in "
-                                f"{where}.columns.{key}")
+                                f"{where}.columns.{key}{pair_hint(list(have), columns, spec.name not in TASKS, where)}")
     examples = _from_records(records, path, columns, spec, need_label)
     examples.notes += [note] if note else []
     return examples
@@ -416,7 +416,7 @@ def read_hub(spec: TaskSpec, split: str, need_label: bool, where: str = "task", 
     for key, col in (("text_a", ca), ("text_b", cb)) + ((("label", cl),) if need_label else ()):
         if col is not None and col not in have:
             raise UserError(f"{source}: no column '{col}' (has: {_names(have)}); name the dataset's column in "
-                            f"{where}.columns.{key}")
+                            f"{where}.columns.{key}{pair_hint(have, (ca, cb, cl), spec.name not in TASKS, where)}")
     labels = _hub_labels(ds.features[cl], list(ds[cl]), spec, source, where, need_label) if cl in have else None
     values = {col: list(ds[col]) for col in (ca, cb) if col is not None}
     if labels is not None:

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.config import ColumnMap, TaskConfig
 from pipeline.data.sources import UNLABELLED, available_eval_splits, load_split
-from pipeline.data.tasks import TASKS
+from pipeline.data.tasks import TASKS, task_spec
 from pipeline.errors import UserError
 
 # header, one row per label in file order, the label values written
@@ -500,3 +500,21 @@ def test_a_file_of_another_separator_is_named_as_such(tmp_path, name, header, se
     (tmp_path / name).write_text(f"sentence{right}label\nnice; fine|film{right}fresh\n")
     assert load_split(TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path)), TASKS["rotten_tomatoes"],
                       name.partition(".")[0]).text_a == ["nice; fine|film"]
+
+
+def test_two_text_columns_for_a_single_text_task_of_ones_own_point_to_pairs(tmp_path):
+    """An NLI file (premise, hypothesis) for a task of one's own that did not say it is of
+    pairs: the error names the pairing setting beside the column one; not for a built-in task,
+    whose pairing is its own."""
+    (tmp_path / "train.csv").write_text("premise,hypothesis,label\na man sleeps,a man rests,yes\n")
+    own = TaskConfig(name="mine", labels=["yes", "no"], data_dir=str(tmp_path))
+    with pytest.raises(UserError) as err:
+        load_split(own, task_spec(own), "train")
+    assert str(err.value) == (f"{tmp_path / 'train.csv'}: missing column 'sentence' (has: premise, hypothesis, label); "
+                              f"name the file's column in task.columns.text_a; or, for pairs of texts, set task.pair: "
+                              f"true")
+    paired = TaskConfig(name="mine", labels=["yes", "no"], data_dir=str(tmp_path), pair=True)
+    assert load_split(paired, task_spec(paired), "train").text_b == ["a man rests"]
+    with pytest.raises(UserError) as err:
+        load_split(TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path)), TASKS["rotten_tomatoes"], "train")
+    assert str(err.value).endswith("name the file's column in task.columns.text_a")
