@@ -75,6 +75,16 @@ class DistillRun:
         return self.out / "checkpoints" / self.cfg.stages.distill.output / phase
 
 
+
+def phase_line(phase, examples: int, steps: int, pairs: list) -> str:
+    """What a phase is about to train, in one line: its loss as a weighted sum of its terms,
+    mixup and the consistency weight where they apply, and the layer pairs (student layer <-
+    teacher layer, 0 being the embeddings) that its terms read."""
+    loss = " + ".join(f"{weight:g} x {term}" for term, weight in phase.terms.items())
+    mixup = f"; mixup, consistency weight {phase.consistency:g}" if phase.mixup else ""
+    layers = f"; layers {', '.join(f'{s}<-{t}' for s, t in pairs)} (student<-teacher)" if pairs else ""
+    return f"{phase.name}: {examples} examples, {steps} optimizer steps; loss {loss}{mixup}{layers}"
+
 def phase_dataset(run: DistillRun, phase: Phase) -> datasets.Dataset:
     """What ``phase`` trains on: stage 2's augmented set, the supplementary datasets'
     inputs, the target task's training split, or the latter two merged."""
@@ -170,8 +180,7 @@ def train_phase(run: DistillRun, phase: Phase, index: int, previous: Optional[Pa
         run.fresh = False
     while run.notes:  # say what was read, once
         log(dist, run.notes.pop(0))
-    log(dist, f"{phase.name}: {len(ds)} examples, {schedule.total_optimizer_steps} optimizer steps, terms "
-              f"{phase.terms}, mixup {phase.mixup}, consistency {phase.consistency}, layers {layout.pairs}")
+    log(dist, phase_line(phase, len(ds), schedule.total_optimizer_steps, layout.pairs))
     # the classifier is not trained during ILD: nothing to score there
     evaluate = (lambda: {}) if phase.is_ild else dev_evaluator(engine, data, train_cfg, dist, cfg.seed)
     with Scalars(run.out / "tensorboard" / cfg.stages.distill.output, dist.is_main) as scalars:

@@ -416,3 +416,15 @@ def test_the_teacher_fingerprint_reads_every_shard(tmp_path, tiny_bert):
     model.save_pretrained(str(whole))
     digest = hashlib.sha256((whole / "config.json").read_bytes() + (whole / "model.safetensors").read_bytes())
     assert teacher_fingerprint(whole) == digest.hexdigest()[:16]
+
+
+def test_a_phase_says_what_it_trains_in_words_not_python_reprs():
+    """The line each phase starts with: the loss as the weighted sum of its terms, mixup and
+    the consistency weight, the layer pairs; no dict or tuple repr."""
+    from pipeline.distill.phase import phase_line
+
+    ild, kd = resolve_phases(from_dict({"stages": {"distill": {"preset": "cr-ild"}}}).stages.distill)[-2:]
+    assert phase_line(ild, 50, 20, [(3, 6)]) == (
+        f"ild: 50 examples, 20 optimizer steps; loss 1 x qkv_relation; mixup, consistency weight {ild.consistency:g}; "
+        f"layers 3<-6 (student<-teacher)")
+    assert phase_line(kd, 50, 16, []) == "kd: 50 examples, 16 optimizer steps; loss 1 x logit_kd"
