@@ -138,8 +138,8 @@ def numbering_note(raw_labels, spec: TaskSpec, path) -> Optional[str]:
     ids = ", ".join(f"{k}={name}" for k, name in enumerate(spec.numbering))
     numbering = f"the Hugging Face dataset's numbering for {spec.name}" if spec.name in TASKS else \
         "the order of the task's labels setting"
-    return (f"note: {path}: labels given as numbers, read as {ids} ({numbering}); write the label names in the file "
-            f"if it numbers them otherwise")
+    return (f"note: {path}: labels given as numbers, read as {ids} ({numbering}); where a file numbers them "
+            f"otherwise, write the label names in it")
 
 
 def _make(rows_a, rows_b, raw_labels, spec, path, line_numbers) -> Examples:

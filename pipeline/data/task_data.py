@@ -3,6 +3,7 @@ settings) and evaluation splits with their labels, and the collator that pads th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import datasets
@@ -62,19 +63,18 @@ def _load_task_data(cfg, tokenizer, eval_splits, with_train, splits_key) -> Task
         train_ex = apply_settings(load_split(cfg.task, spec, "train"), cfg.task, spec, cfg.seed)
         train_ds = tokenize_cached(train_ex, tokenizer, cfg.task.max_length)
     eval_splits = checked_eval_splits(cfg.task, spec, eval_splits, cfg.source, splits_key)
-    evals, labels, examples = {}, {}, {}
-    notes = list(train_ex.notes) if with_train else []
+    evals, labels, examples, capped = {}, {}, {}, []
     for split in eval_splits:
         ex = load_split(cfg.task, spec, split)
         if cfg.task.max_eval_examples is not None and len(ex) > cfg.task.max_eval_examples:
-            notes.append(f"note: {split} is scored on its first {cfg.task.max_eval_examples} of {len(ex)} examples "
-                         f"(task.max_eval_examples)")
-            notes.append(capped_classes_note(ex, cfg.task.max_eval_examples, split, spec))
+            capped.append(f"note: {split} is scored on its first {cfg.task.max_eval_examples} of {len(ex)} examples "
+                          f"(task.max_eval_examples)")
+            capped.append(capped_classes_note(ex, cfg.task.max_eval_examples, split, spec))
             ex = ex.select(range(cfg.task.max_eval_examples))
         evals[split] = tokenize_cached(ex, tokenizer, cfg.task.max_length)
         labels[split] = ex.labels
         examples[split] = ex
-        notes += [note for note in ex.notes if note not in notes]  # a dataset's note, once for all its splits
+    notes = once_for_all_files(([train_ex] if with_train else []) + list(examples.values())) + capped
     if with_train:
         train_texts = set(example_texts(train_ex))
         notes += [overlap_note(train_texts, ex, split) for split, ex in examples.items()]
@@ -82,6 +82,32 @@ def _load_task_data(cfg, tokenizer, eval_splits, with_train, splits_key) -> Task
         notes.append(missing_classes_note(train_ex, spec, cfg.task))
     return TaskData(spec, train_ds, train_ex, evals, labels, Collator(tokenizer.pad_token_id, spec.regression),
                     [n for n in notes if n], examples)
+
+
+def once_for_all_files(splits: list[Examples]) -> list[str]:
+    """The notes of ``splits``, each said once: a note that says the same of several files
+    (labels given as numbers in train.csv, dev.csv and test.csv) names them all in one line,
+    and a dataset's note (the commit it is read at) is said once for all its splits."""
+    grouped: dict[str, list[str]] = {}
+    for ex in splits:
+        for note in ex.notes:
+            prefix = f"note: {ex.source}: "
+            key = FILES + note[len(prefix):] if ex.source and note.startswith(prefix) else note
+            grouped.setdefault(key, [])
+            if key.startswith(FILES) and ex.source not in grouped[key]:
+                grouped[key].append(ex.source)
+    return [f"note: {_file_list(sources)}: {key[len(FILES):]}" if key.startswith(FILES) else key
+            for key, sources in grouped.items()]
+
+
+FILES = "\0files\0"  # stands for the files a note is said of, while they are gathered
+
+
+def _file_list(sources: list[str]) -> str:
+    """data/train.csv, validation.csv and test.csv: the folder named once where it is theirs."""
+    parents = {str(Path(s).parent) for s in sources}
+    shown = [sources[0]] + [Path(s).name if len(parents) == 1 else s for s in sources[1:]]
+    return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} and {shown[-1]}"
 
 
 def capped_classes_note(ex, cap: int, split: str, spec) -> Optional[str]:

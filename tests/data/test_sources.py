@@ -194,8 +194,8 @@ def test_labels_given_as_numbers_follow_the_hub_numbering_and_say_so(tmp_path):
     train = load_split(TaskConfig(name="mnli", data_dir=str(tmp_path), source="files"), spec, "train")
     assert [spec.labels[i] for i in train.labels] == ["entailment", "neutral", "contradiction"]
     assert train.notes == [f"note: {tmp_path / 'train.jsonl'}: labels given as numbers, read as 0=entailment, "
-                           f"1=neutral, 2=contradiction (the Hugging Face dataset's numbering for mnli); write the "
-                           f"label names in the file if it numbers them otherwise"]
+                           f"1=neutral, 2=contradiction (the Hugging Face dataset's numbering for mnli); where a file "
+                           f"numbers them otherwise, write the label names in it"]
     assert train.select([2, 0]).notes == train.notes  # carried through subsets (few-sample, noise, ...)
 
 
@@ -518,3 +518,29 @@ def test_two_text_columns_for_a_single_text_task_of_ones_own_point_to_pairs(tmp_
     with pytest.raises(UserError) as err:
         load_split(TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path)), TASKS["rotten_tomatoes"], "train")
     assert str(err.value).endswith("name the file's column in task.columns.text_a")
+
+
+def test_a_note_said_of_several_files_is_one_line_naming_them_all(tmp_path):
+    """Labels given as numbers in train.csv, dev.csv and test.csv: one note naming the three
+    files, not three lines alike; notes that differ (an empty field on a line of one file)
+    stay apart, and a note said of no file once."""
+    from pipeline.data.sources import Examples
+    from pipeline.data.task_data import once_for_all_files
+
+    cfg = TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path))
+    for split in ("train", "dev", "test"):
+        (tmp_path / f"{split}.csv").write_text("sentence,label\ngood film,1\n,0\n")
+    splits = [load_split(cfg, TASKS["rotten_tomatoes"], split) for split in ("train", "dev", "test")]
+    other = Examples(["x"], None, np.zeros(1, dtype=np.int64), str(tmp_path / "elsewhere" / "test.csv"),
+                     notes=[f"note: {tmp_path / 'elsewhere' / 'test.csv'}: labels given as numbers, read as 0=rotten, "
+                            f"1=fresh (the Hugging Face dataset's numbering for rotten_tomatoes); where a file numbers "
+                            f"them otherwise, write the label names in it", "note: read at commit abc"])
+    numbered = ("labels given as numbers, read as 0=rotten, 1=fresh (the Hugging Face dataset's numbering for "
+                "rotten_tomatoes); where a file numbers them otherwise, write the label names in it")
+    empty = "1 of 2 examples have an empty text field (the first on line 3); their input is the special tokens alone"
+    assert once_for_all_files([*splits, other, other]) == [
+        f"note: {tmp_path / 'train.csv'}, {tmp_path / 'dev.csv'}, {tmp_path / 'test.csv'} and "
+        f"{tmp_path / 'elsewhere' / 'test.csv'}: {numbered}",  # in two folders: each path whole
+        f"note: {tmp_path / 'train.csv'}, dev.csv and test.csv: {empty}", "note: read at commit abc"]
+    assert once_for_all_files(splits[:1]) == [f"note: {tmp_path / 'train.csv'}: {numbered}",
+                                              f"note: {tmp_path / 'train.csv'}: {empty}"]
