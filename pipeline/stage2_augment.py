@@ -54,7 +54,7 @@ from pipeline.runtime.distributed import (
 )
 from pipeline.runtime.progress import Progress, log
 from pipeline.stage_cli import stage_main
-from pipeline.stages import stage_fingerprint
+from pipeline.stages import forced, stage_fingerprint
 from pipeline.training.stop import StopRequest
 
 STAGE = "augment"
@@ -112,7 +112,7 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
     names = shard_folders(out, augment_cfg.num_shards)
     names[0].parent.mkdir(parents=True, exist_ok=True)
     worker, workers = array_task() or (dist.rank, dist.world_size)
-    mine = [k for k in range(worker, augment_cfg.num_shards, workers) if not shard_done(names[k], fingerprint)]
+    mine = [k for k in range(worker, augment_cfg.num_shards, workers) if forced() or not shard_done(names[k], fingerprint)]
     progress = Progress(sum(len(bounds[k]) for k in mine), 0, STAGE, enabled=dist.is_main, unit="examples")
     log(dist, f"{STAGE}: {len(ex)} examples in {augment_cfg.num_shards} shards; this worker has {len(mine)} to do")
     stop = stop or StopRequest(output_dir=cfg.output_dir)

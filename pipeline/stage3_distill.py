@@ -37,7 +37,7 @@ from pipeline.runtime.distributed import barrier, init_distributed, seed_everyth
 from pipeline.runtime.progress import log
 from pipeline.schema.hashing import to_dict
 from pipeline.stage_cli import stage_main
-from pipeline.stages import stage_fingerprints
+from pipeline.stages import forced, stage_fingerprints
 from pipeline.training.checkpoint_folders import claim_checkpoints, has_checkpoints, remove_checkpoints
 from pipeline.training.stop import StopRequest
 
@@ -94,7 +94,8 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
                          stop or StopRequest(output_dir=cfg.output_dir), teacher_tokenizer=teacher_tokenizer,
                          notes=[n for n in (*notes, teacher_note, *data.notes) if n])
     claim_checkpoints(distill.checkpoint_folder())
-    done = {phase.name: phase_done(distill, phase.name) for phase in phases}  # collective: every rank asks
+    # collective: every rank asks; under crild run --force a complete phase is redone too
+    done = {phase.name: phase_done(distill, phase.name) and not forced() for phase in phases}
     distill.fresh = not any(done.values()) and not has_checkpoints(distill.checkpoint_folder())
     previous = None
     for index, phase in enumerate(phases):

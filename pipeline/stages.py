@@ -10,6 +10,7 @@ the fingerprint it would run with, and redoes it otherwise.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -23,6 +24,14 @@ from pipeline.schema.types import paths_in
 from pipeline.training.ds_files import read_ds_text
 
 DISTILL_PHASES = ("ild_supplementary", "ild", "kd")  # the sections of stages.distill that train
+FORCED_ENV = "CRILD_FORCED"  # "1" in the stages crild run --force runs
+
+
+def forced() -> bool:
+    """Whether this stage runs under ``crild run --force``: the complete parts of its work that
+    a stage keeps between attempts (a distillation's phases, augmentation's shards) are
+    redone too, not only its output."""
+    return os.environ.get(FORCED_ENV) == "1"
 
 
 def ds_json_text(cfg, path: str | None) -> str:

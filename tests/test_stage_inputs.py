@@ -148,3 +148,27 @@ def test_a_stage_started_by_hand_names_a_stale_output_it_reads(tmp_path, tiny_be
                        f"distill first\n")
     assert seen[3] == seen[5] == ""  # rank 1; started by crild run
     assert all(stage_cfg.output_dir == str(tmp_path / "run") for stage_cfg in seen[::2])
+
+
+def test_crild_run_force_redoes_a_stage_from_its_start(tmp_path, tiny_bert, sentiment_dir):
+    """--force redoes a stage even where its output is complete, and from its start: the
+    checkpoints an interrupted attempt left are moved aside, not resumed from (a distillation's
+    complete phases and augmentation's shards are redone too: tests/distill/test_distill.py,
+    tests/data/test_augment.py)."""
+    from pipeline import stage1_teacher
+    from pipeline.errors import EXIT_PREEMPTED
+    from pipeline.training.stop import StopRequest
+
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir)
+    raw["pipeline"] = ["teacher"]
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    stopped = stage1_teacher.run(from_dict(raw), stop=StopRequest(after_micro_steps=4, install_handlers=False))
+    assert stopped == EXIT_PREEMPTED and (tmp_path / "run" / "checkpoints" / "teacher").is_dir()
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(config), "--force"], capture_output=True,
+                          text=True, timeout=600, env=crild_env(), cwd=REPO)
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 0, said[-2000:]
+    assert (f"crild: teacher: --force: starting afresh; its checkpoints moved to "
+            f"{tmp_path / 'run' / 'checkpoints' / 'teacher.stale-1'}") in said
+    assert "resuming" not in said and "teacher: saved" in said

@@ -16,7 +16,7 @@ from pipeline.launch.slurm import in_slurm_allocation, requeue_self, slurm_rende
 from pipeline.outputs.integrity import problems
 from pipeline.outputs.lock import run_lock
 from pipeline.outputs.manifest import is_complete, recorded_fingerprint
-from pipeline.stages import STAGES, missing_inputs, stage_fingerprints
+from pipeline.stages import FORCED_ENV, STAGES, missing_inputs, stage_fingerprints
 from pipeline.stale_outputs import stale_before
 from pipeline.training.checkpoint_folders import archive_stale, remove_checkpoints
 
@@ -65,13 +65,16 @@ def _skip(cfg: RunConfig, name: str, known_intact: Optional[set] = None) -> bool
     return True
 
 
-def _archive_stale_checkpoints(cfg: RunConfig, name: str) -> None:
-    """Checkpoints written for another configuration or other inputs are moved aside."""
+def _archive_stale_checkpoints(cfg: RunConfig, name: str, force: bool = False) -> None:
+    """Checkpoints written for another configuration or other inputs are moved aside; under
+    ``--force``, every checkpoint of the stage (a forced stage starts afresh)."""
     stage_cfg = stage_config(cfg, name)
     ckpt_dir = STAGES[name].checkpoints(stage_cfg)
     if ckpt_dir:
-        moved = archive_stale(Path(cfg.output_dir) / ckpt_dir, stage_fingerprints(stage_cfg, name))
-        if moved:
+        moved = archive_stale(Path(cfg.output_dir) / ckpt_dir, () if force else stage_fingerprints(stage_cfg, name))
+        if moved and force:
+            print(f"crild: {name}: --force: starting afresh; its checkpoints moved to {moved}", flush=True)
+        elif moved:
             print(f"crild: {name}: configuration or inputs changed since its checkpoints were written; "
                   f"moved them to {moved}", flush=True)
 
@@ -157,7 +160,8 @@ def _run_stages(cfg: RunConfig, config_path: str, overrides: list[str], force: b
     for note in stale_before(cfg, only, f"--only {' '.join(only)}") if only else ():
         print(note, flush=True)
     intact: set = set()
-    env = {**os.environ, LAUNCHED_ENV: launched_digest(cfg)}  # the stages check they read this configuration
+    env = {**os.environ, LAUNCHED_ENV: launched_digest(cfg),  # the stages check they read this configuration
+           **({FORCED_ENV: "1"} if force else {})}  # --force: they redo what they keep between attempts too
     if to_run := stages_to_run(cfg, only or cfg.pipeline, force, intact):
         # the start-up checks and the libraries they load (torch, transformers), only for a stage that runs
         import torch
@@ -180,7 +184,7 @@ def _run_stages(cfg: RunConfig, config_path: str, overrides: list[str], force: b
             continue
         redo = True
         check_launched(load_config(config_path, overrides), env[LAUNCHED_ENV])  # the file as it is now
-        _archive_stale_checkpoints(cfg, name)
+        _archive_stale_checkpoints(cfg, name, force)
         cmd = stage_command(cfg, name, config_path, overrides)
         print(f"crild: {name}: running {' '.join(cmd)}", flush=True)
         if lock is not None:

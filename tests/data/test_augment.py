@@ -21,6 +21,7 @@ from pipeline.data.augment import (
     sample_copies,
 )
 from pipeline.errors import UserError
+from pipeline.stages import FORCED_ENV
 
 SENTS_A = ["the film was good and the story was moving .", "a dull movie with weak actors .",
            "the cat sleeps inside the park", "brilliant music and lovely scene"]
@@ -137,6 +138,12 @@ def test_resume_redoes_only_incomplete_shards(tmp_path, tiny_bert, sentiment_dir
     for s in shards:
         if s != shards[2]:
             assert (s / "crild_stage.json").stat().st_mtime_ns == stamps[s.name]  # not redone
+    stamps = {s.name: (s / "crild_stage.json").stat().st_mtime_ns for s in shards}
+    with pytest.MonkeyPatch.context() as patch:  # crild run --force: every shard is redone, to the same data
+        patch.setenv(FORCED_ENV, "1")
+        assert stage2_augment.run(cfg) == 0
+    assert rows(out) == expected
+    assert all((s / "crild_stage.json").stat().st_mtime_ns != stamps[s.name] for s in shards)
 
 
 def test_a_stop_request_is_answered_after_the_shard_under_way(tmp_path, tiny_bert, sentiment_dir, vectors_file):

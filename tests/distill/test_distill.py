@@ -23,6 +23,7 @@ from pipeline.errors import UserError
 from pipeline.models.loading import build_classifier
 from pipeline.outputs.integrity import problems
 from pipeline.outputs.manifest import MANIFEST
+from pipeline.stages import FORCED_ENV
 from pipeline.training.stop import StopRequest
 
 SPEC = TASKS["rotten_tomatoes"]
@@ -279,6 +280,14 @@ def test_three_phases_and_one_teacher_forward_per_example_in_kd(tmp_path, tiny_b
     # a second run skips every phase
     assert stage3_distill.run(cfg, stop=StopRequest(install_handlers=False)) == 0
     assert {p: (folder / MANIFEST).read_text() for p, folder in phases.items()} == finished
+    # ... and one under crild run --force redoes them, to the same weights
+    weights = (out / "student" / "model.safetensors").read_bytes()
+    written = {p: (folder / MANIFEST).stat().st_mtime_ns for p, folder in phases.items()}
+    monkeypatch.setenv(FORCED_ENV, "1")
+    assert stage3_distill.run(cfg, stop=StopRequest(install_handlers=False)) == 0
+    assert all((folder / MANIFEST).stat().st_mtime_ns != written[p] for p, folder in phases.items())
+    assert (out / "student" / "model.safetensors").read_bytes() == weights
+    monkeypatch.delenv(FORCED_ENV)
     assert stored[0].stat().st_mtime == list((crild_home() / "tokenized").glob(
         "*/teacher_logits-*.safetensors"))[0].stat().st_mtime
 
