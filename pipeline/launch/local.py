@@ -160,8 +160,8 @@ def _run_stages(cfg: RunConfig, config_path: str, overrides: list[str], force: b
     for note in stale_before(cfg, only, f"--only {' '.join(only)}") if only else ():
         print(note, flush=True)
     intact: set = set()
-    env = {**os.environ, LAUNCHED_ENV: launched_digest(cfg),  # the stages check they read this configuration
-           **({FORCED_ENV: "1"} if force else {})}  # --force: they redo what they keep between attempts too
+    env = {**os.environ, LAUNCHED_ENV: launched_digest(cfg)}  # the stages check they read this configuration
+    env[FORCED_ENV] = "1" if force else ""  # --force: they redo what they keep between attempts too
     if to_run := stages_to_run(cfg, only or cfg.pipeline, force, intact):
         # the start-up checks and the libraries they load (torch, transformers), only for a stage that runs
         import torch
