@@ -92,15 +92,25 @@ def _commit(value: str) -> str:
 CommitHash = Annotated[str, AfterValidator(_commit), Expect("a commit hash")]
 
 
+def _column(value: str) -> str:
+    if not value.strip():
+        raise field_error(f"expected a column name, got {value!r} (leave the key out for the task's default)")
+    return value
+
+
+ColumnName = Annotated[str, AfterValidator(_column), Expect("a column name")]
+
+
 class ColumnMap(Strict):
     """Names of the columns in data files and hub datasets (defaults: the task's own; where a
     file has none of the text columns, those besides the label, when as many as the task's)."""
 
-    text_a: Optional[str] = Field(None, description="column of the first text (default: the task's, sentence or "
+    text_a: Optional[ColumnName] = Field(None, description="column of the first text (default: the task's, sentence or "
                                   "sentence1; where absent, the one column besides the label and ids)")
-    text_b: Optional[str] = Field(None, description="column of the second text of a pair task (default: sentence2; "
+    text_b: Optional[ColumnName] = Field(None, description="column of the second text of a pair task (default: "
+                                         "sentence2; "
                                   "where absent, the second column besides the label and ids)")
-    label: Optional[str] = Field(None, description="column of the label (default: label)")
+    label: Optional[ColumnName] = Field(None, description="column of the label (default: label)")
 
 
 class HubSplits(Strict):
@@ -154,7 +164,23 @@ class TaskConfig(Strict):
         if self.columns.text_b is not None and not task_spec(self).pair:
             raise field_error(f"task {self.name} classifies single texts and reads no second column; expected "
                               f"text_b only for a pair task", "columns.text_b")
+        _check_distinct_columns(self.columns, task_spec(self).canonical_columns)
         return self
+
+
+def _check_distinct_columns(columns: ColumnMap, defaults: tuple) -> None:
+    """No column is read as two things (the label read as the text too): the columns a task
+    reads, as set or by default, are distinct where one of a pair is set. The error is the set
+    key's."""
+    keys = ("text_a", "text_b", "label")
+    named = {key: getattr(columns, key) or default for key, default in zip(keys, defaults) if default is not None}
+    for i, key in enumerate(keys):
+        for other in keys[:i]:
+            given = [k for k in (other, key) if getattr(columns, k)]
+            if key in named and other in named and named[key] == named[other] and given:
+                shown = {k: f"columns.{k}" + ("" if k in given else " (its default)") for k in (other, key)}
+                raise field_error(f"'{named[key]}' is both {shown[other]} and {shown[key]}; expected a column for each",
+                                  f"columns.{given[-1]}")
 
 
 def _check_task_source(task: TaskConfig) -> None:

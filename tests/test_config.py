@@ -282,3 +282,33 @@ def test_a_stage_configuration_knows_its_stage():
         stage_cfg = stage_config(cfg, name)
         assert stage_cfg.stage == name and cfg.stage is None
         assert stage_cfg.source == cfg.source
+
+
+@given(text_a=st.sampled_from([None, "a", "b", "label", "sentence", "sentence1"]),
+       text_b=st.sampled_from([None, "a", "b", "label", "sentence2"]),
+       label=st.sampled_from([None, "a", "b", "label", "sentence", "sentence1", "sentence2"]),
+       pair=st.booleans())
+def test_no_column_is_read_as_two_things(text_a, text_b, label, pair):
+    """The columns a task reads (as set, or the defaults sentence / sentence1, sentence2,
+    label) are distinct wherever one of two is set: 'task.columns.text_a: label' read the label
+    as the text. A clash is refused naming the key set; anything else validates."""
+    columns = {k: v for k, v in (("text_a", text_a), ("text_b", text_b if pair else None), ("label", label)) if v}
+    raw = {"task": {"name": "mine", "labels": ["x", "y"], "pair": pair, "data_dir": "d", "columns": columns}}
+    effective = [columns.get("text_a") or ("sentence1" if pair else "sentence"), columns.get("label") or "label"] + \
+        ([columns.get("text_b") or "sentence2"] if pair else [])
+    if len(set(effective)) == len(effective):
+        assert from_dict(raw).task.columns.model_dump(exclude_none=True) == columns
+        return
+    with pytest.raises(UserError) as err:
+        from_dict(raw)
+    assert re.fullmatch(r"<config>: task\.columns\.(text_a|text_b|label): '[^']+' is both columns\.\w+( \(its default\))? "
+                        r"and columns\.\w+( \(its default\))?; expected a column for each", str(err.value)), str(err.value)
+    blamed = str(err.value).split(": ")[1].rpartition(".")[2]
+    assert blamed in columns  # the key the user set, never a default
+
+
+@pytest.mark.parametrize("value", ["", " ", "\t"])
+def test_a_blank_column_name_is_refused_not_read_as_the_default(value):
+    with pytest.raises(UserError, match=r"task\.columns\.text_a: expected a column name, got .* \(leave the key out "
+                                        r"for the task's default\)$"):
+        from_dict({"task": {"name": "mine", "labels": ["x", "y"], "data_dir": "d", "columns": {"text_a": value}}})
