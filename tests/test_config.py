@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import REPO
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -63,9 +64,14 @@ def test_int_is_accepted_for_float(tmp_path):
     assert cfg.stages.teacher.learning_rate == 1.0 and isinstance(cfg.stages.teacher.learning_rate, float)
 
 
-def test_missing_file():
-    with pytest.raises(UserError, match="nope.yaml: config file not found"):
+def test_missing_file(tmp_path, monkeypatch):
+    with pytest.raises(UserError, match="nope.yaml: config file not found$"):
         load_config("nope.yaml")
+    monkeypatch.chdir(tmp_path)  # away from the clone: one of crild's own files is pointed to, not read in its place
+    with pytest.raises(UserError) as err:
+        load_config("jobs/demo.yaml")
+    assert str(err.value) == (f"jobs/demo.yaml: config file not found here; crild's own jobs/demo.yaml is "
+                              f"{REPO / 'jobs' / 'demo.yaml'}")
 
 
 def test_invalid_yaml_names_line(tmp_path):

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from pipeline.errors import UserError
 from pipeline.schema.messages import error_line
 from pipeline.schema.nesting import check_shape, too_deep
-from pipeline.schema.paths import read_utf8
+from pipeline.schema.paths import read_utf8, shipped
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -53,8 +53,10 @@ def read_yaml(path: str | os.PathLike, what: str = "config file") -> dict:
     if path.is_dir():
         raise UserError(f"{path}: is a folder; expected a {what} (YAML)")
     if not path.is_file():
+        bundled = None if path.exists() or path.is_absolute() else shipped(str(path))
         raise UserError(f"{path}: not a regular file (a pipe or a device); expected a {what} (YAML)"
-                        if path.exists() else f"{path}: {what} not found")
+                        if path.exists() else f"{path}: {what} not found" + (
+                            f" here; crild's own {path} is {bundled}" if bundled else ""))
     text, loader = read_utf8(path), None
     try:
         loader = _UniqueKeyLoader(text)  # checks the characters already
