@@ -559,10 +559,24 @@ def _unread(folder: Optional[Path], splits: tuple) -> str:
                      for sep in ".-")
     others = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if p.name.startswith(prefixes))
     if not others:
-        return ""
+        return _in_subfolders(folder, splits)
     shown_names = ", ".join(shown(n) for n in others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")
     return (f" (found {shown_names}: crild reads one {table_files('')} file per split, named train, dev (or "
             f"validation) or test)")
+
+
+def _in_subfolders(folder: Path, splits: tuple) -> str:
+    """Where ``folder`` is the parent of the data (``data/`` for ``data/my_task/train.csv``):
+    the subfolders that hold the split's file, to give as the data folder instead."""
+    try:
+        holding = sorted(f"{p}/" for p in folder.iterdir() if p.is_dir() and any(
+            _find_table(p, split) is not None for split in splits))
+    except (OSError, UserError):  # an unreadable folder, or two files of one split there: no hint
+        return ""
+    if not holding:
+        return ""
+    which = f"subfolder {holding[0]} holds" if len(holding) == 1 else f"subfolders {', '.join(holding[:3])} hold"
+    return f" (its {which} the split's file: give {'it' if len(holding) == 1 else 'one'} as the data folder)"
 
 
 def load_split(task_cfg: TaskConfig, spec: TaskSpec, split: str, where: str = "task") -> Examples:

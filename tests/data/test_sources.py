@@ -544,3 +544,21 @@ def test_a_note_said_of_several_files_is_one_line_naming_them_all(tmp_path):
         f"note: {tmp_path / 'train.csv'}, dev.csv and test.csv: {empty}", "note: read at commit abc"]
     assert once_for_all_files(splits[:1]) == [f"note: {tmp_path / 'train.csv'}: {numbered}",
                                               f"note: {tmp_path / 'train.csv'}: {empty}"]
+
+
+def test_a_data_folder_one_level_too_high_points_to_the_subfolder(tmp_path):
+    """data_dir: data, where the files are in data/my_task/: the error names the subfolder."""
+    (tmp_path / "unrelated").mkdir()  # a subfolder without the split: not named
+    (tmp_path / "unrelated" / "notes.txt").write_text("x")
+    (tmp_path / "my_task").mkdir()
+    (tmp_path / "my_task" / "train.csv").write_text("sentence,label\ngood,fresh\n")
+    with pytest.raises(UserError) as err:
+        load_split(TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path)), TASKS["rotten_tomatoes"], "train")
+    assert str(err.value) == (f"{tmp_path}: no train.jsonl, train.csv, train.tsv or train.parquet for task "
+                              f"rotten_tomatoes (its subfolder {tmp_path / 'my_task'}/ holds the split's file: give "
+                              f"it as the data folder)")
+    (tmp_path / "other_task").mkdir()
+    (tmp_path / "other_task" / "train.jsonl").write_text('{"sentence": "good", "label": "fresh"}\n')
+    with pytest.raises(UserError, match=r"\(its subfolders .*my_task/, .*other_task/ hold the split's file: give one "
+                                        r"as the data folder\)$"):
+        load_split(TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path)), TASKS["rotten_tomatoes"], "train")
