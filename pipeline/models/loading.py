@@ -51,13 +51,27 @@ def quiet_libraries() -> None:
     datasets.logging.set_verbosity_error()
 
 
+def _models_inside(folder: Path) -> str:
+    """Where ``folder`` holds model folders rather than being one (a Trainer's output_dir with
+    its checkpoint-N folders; a run folder with teacher/ and student/): name them."""
+    try:
+        inside = sorted((p for p in folder.iterdir() if (p / "config.json").is_file()),
+                        key=lambda p: (len(p.name), p.name))
+    except OSError:
+        return ""
+    if not inside:
+        return ""
+    names = ", ".join(f"{p.name}/" for p in inside[:4]) + (f" and {len(inside) - 4} more" if len(inside) > 4 else "")
+    return f"; the model folders are inside it ({names}): give one of them"
+
+
 def resolve_model(name: str, where: str, need_weights: bool = True) -> str:
     """A local folder for ``name``: the folder itself, an offline alias's folder, or a hub
     name's folder in the Hugging Face cache (``pipeline/models/hub_models.py``)."""
     p = Path(name).expanduser()
     if p.is_dir():
         if not (p / "config.json").is_file():
-            raise UserError(f"{where}: model folder '{name}' has no config.json")
+            raise UserError(f"{where}: model folder '{name}' has no config.json{_models_inside(p)}")
         if need_weights and not any((p / f).is_file() for f in WEIGHT_FILES):
             if any((p / f).is_file() for f in PICKLE_WEIGHT_FILES):
                 raise UserError(f"{where}: model folder '{name}' has only pickle/TF weights; crild loads "
