@@ -175,6 +175,7 @@ def _check_student(cfg: RunConfig, names):
         _whole_weights(cfg, s.backbone, "student.backbone")
     config = _student_config(cfg)
     check_max_length(config, cfg.task.max_length, "student")
+    _tokenizer(s.backbone, "student.backbone")
     return config
 
 
@@ -227,6 +228,7 @@ def _check_teacher(cfg: RunConfig, names) -> None:
         _whole_weights(cfg, t.model, "teacher.model")
     if _here(cfg, t.model, "teacher.model"):
         check_max_length(encoder_config(t.model, "teacher", random_init=t.random_init), cfg.task.max_length, "teacher")
+        _tokenizer(t.model, "teacher.model")
 
 
 def _check_listed_models(stage: str):
@@ -237,7 +239,14 @@ def _check_listed_models(stage: str):
             _whole_weights(cfg, model, where)
             if _here(cfg, model, where):
                 check_max_length(encoder_config(model, where), cfg.task.max_length, model)
+                _tokenizer(model, where)
     return check
+
+
+def _tokenizer(name: str, where: str) -> None:
+    """The tokenizer a stage will load from a model folder (a Trainer checkpoint saved
+    without one has none), loaded now: one line before the first stage, not at the stage."""
+    load_tokenizer(resolve_model(name, where, need_weights=False), where)
 
 
 def _check_evaluate(cfg: RunConfig, names) -> None:

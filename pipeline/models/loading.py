@@ -118,7 +118,7 @@ def load_tokenizer(path: str, where: str):
 
     if Path(path).is_dir() and not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
         raise UserError(f"{where}: cannot load a tokenizer from '{path}' (none of {', '.join(TOKENIZER_FILES)} "
-                        f"there)")
+                        f"there; a checkpoint saved without its tokenizer needs tokenizer.save_pretrained into it)")
     try:
         tok = AutoTokenizer.from_pretrained(path, use_fast=True)
     except Exception as err:  # noqa: BLE001 - its files (tokenizer.json, config.json) are the user's

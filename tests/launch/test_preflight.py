@@ -346,3 +346,23 @@ def test_what_only_the_training_machine_or_the_data_can_say_is_left_to_the_stage
     assert built["scheduler"]["params"]["total_num_steps"] == 1000
     with pytest.raises(UserError, match="total_num_steps=1000 contradicts the stage's step count=12"):
         build_ds_config(str(steps), train, 1, 12, "run.yaml", "teacher", hidden_size=32)
+
+
+def test_a_model_folder_without_a_tokenizer_is_refused_before_the_first_stage(tmp_path, tiny_bert, sentiment_dir,
+                                                                            capsys):
+    """A Trainer checkpoint saved without its tokenizer, as the teacher, the student's
+    backbone or a model to score: refused when the chain starts (crild submit: before the
+    queue), as the stage would refuse it."""
+    bare = shutil.copytree(tiny_bert, tmp_path / "checkpoint-500")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (bare / name).unlink(missing_ok=True)
+    raw = chain(tmp_path, tiny_bert, sentiment_dir, {})
+    expected = (f"cannot load a tokenizer from '{bare}' (none of tokenizer.json, vocab.txt, vocab.json, spm.model, "
+                f"sentencepiece.bpe.model, tokenizer.model there; a checkpoint saved without its tokenizer needs "
+                f"tokenizer.save_pretrained into it)")
+    for edit, key, stage in (({"teacher": {"model": str(bare)}}, "teacher.model", "teacher"),
+                             ({"student": {**raw["student"], "backbone": str(bare)}}, "student.backbone", "distill"),
+                             ({"pipeline": ["evaluate"], "stages": {"evaluate": {"models": [str(bare)]}}},
+                              "stages.evaluate.models[0]", "evaluate")):
+        assert refusal(tmp_path, {**raw, **edit}, capsys) == (
+            f"crild: error: {key}: {expected} (the {stage} stage's; checked before the first stage runs)")
