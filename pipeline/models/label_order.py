@@ -5,8 +5,8 @@ the hub: entailment, neutral, contradiction; crild's MNLI: GLUE's contradiction,
 neutral). Read by position, its scores, exports and soft labels would give every class
 another's name, without a word. Its config's ``id2label`` says the order: where the names are
 the task's in another order, the output layer's rows are permuted into the task's order;
-where they are other names, a note says how the outputs are read; generic names (``LABEL_0``)
-say nothing, and nothing is changed."""
+where they are other names, transformers' placeholders (``LABEL_0``) among them, a note says
+how the outputs are read, by position, and nothing is changed."""
 from __future__ import annotations
 
 import re
@@ -64,8 +64,6 @@ def align_outputs(model, folder_config, spec: "TaskSpec", path: str, where: str)
     names = output_names(folder_config)
     model.config.id2label = dict(enumerate(spec.labels))
     model.config.label2id = {label: i for i, label in enumerate(spec.labels)}
-    if all(GENERIC.fullmatch(n.casefold()) for n in names):
-        return
     order = task_order(names, spec)
     if order is not None:
         layer = output_layer(model, spec.num_labels)
@@ -77,5 +75,7 @@ def align_outputs(model, folder_config, spec: "TaskSpec", path: str, where: str)
              f"{', '.join(spec.labels)}")
     elif [n.casefold() for n in names] != [label.casefold() for label in spec.labels]:
         read = ", ".join(f"{n}={label}" for n, label in zip(names, spec.labels))
-        note(f"note: {where}: '{path}' names its outputs {', '.join(names)}, not task {spec.name}'s labels; "
-             f"read by position as {read}")
+        placeholders = " (transformers' placeholders: its config names no labels)" if all(
+            GENERIC.fullmatch(n.casefold()) for n in names) else ""
+        note(f"note: {where}: '{path}' names its outputs {', '.join(names)}{placeholders}, not task {spec.name}'s "
+             f"labels; read by position as {read}")

@@ -64,7 +64,10 @@ def test_scoring_and_export_read_the_same_order(hub_order_classifier):
 
 @pytest.mark.parametrize("names, said", [(["entailment", "neutral", "contradiction"], None),
                                          (["ENTAILMENT", "NEUTRAL", "CONTRADICTION"], None),
-                                         (["LABEL_0", "LABEL_1", "LABEL_2"], None),
+                                         (["LABEL_0", "LABEL_1", "LABEL_2"], "names its outputs LABEL_0, LABEL_1, "
+                                          "LABEL_2 (transformers' placeholders: its config names no labels), not task "
+                                          "snli's labels; read by position as LABEL_0=entailment, LABEL_1=neutral, "
+                                          "LABEL_2=contradiction"),
                                          (["yes", "maybe", "no"], "names its outputs yes, maybe, no, not task snli's "
                                           "labels; read by position as yes=entailment, maybe=neutral, "
                                           "no=contradiction")])
