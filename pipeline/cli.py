@@ -105,10 +105,15 @@ def _config(args) -> None:
 
 def parse_command(argv: list[str] | None) -> argparse.Namespace:
     """The ``crild`` command line: overrides anywhere after the subcommand, the run
-    configuration as a file or ``--config FILE``; a usage error is argparse's exit 2."""
+    configuration as a file or ``--config FILE`` (a study file as a file or ``--study
+    FILE``); a usage error is argparse's exit 2."""
     parser = _parser()
     args = parse_with_overrides(parser, argv)
     _one_config(parser, args)
+    if args.command == "study":
+        from pipeline.study.arguments import chosen_study
+
+        chosen_study(subcommand_parser(parser, args), args)
     return args
 
 

@@ -15,6 +15,12 @@ def test_overrides_after_options_keep_their_order():
     assert (args.overrides, args.stage) == (["a.b=1", "c.d=2"], "baseline")
 
 
+def test_a_study_file_is_the_first_argument_or_dash_dash_study():
+    assert parse_command(["study"]).study == "jobs/studies/offline.yaml"
+    for argv in (["study", "s.yaml", "--collect-only"], ["study", "--study", "s.yaml"], ["study", "--study=s.yaml"]):
+        assert parse_command(argv).study == "s.yaml"
+
+
 @pytest.mark.parametrize("command", ["run", "submit", "status", "config", "evaluate", "baseline"])
 def test_the_configuration_is_the_first_argument_or_dash_dash_config_as_the_stage_scripts_take_it(command):
     """``crild run --config x.yaml`` reads as ``crild run x.yaml``, as users of the stage
@@ -43,6 +49,8 @@ def test_what_is_not_an_override_is_a_usage_error(argv, stray, capsys):
     (["run"], "crild run: error: the following arguments are required: config; see crild run --help"),
     (["bogus"], "crild: error: argument COMMAND: invalid choice: 'bogus'"),
     (["evaluate", "seed=1"], "crild evaluate: error: the following arguments are required: config; see crild evaluate"),
+    (["study", "a.yaml", "--study", "b.yaml"],
+     "crild study: error: the study file is given twice (a.yaml and --study b.yaml); give it once; see crild study"),
     (["run", "a.yaml", "--config", "b.yaml"],
      "crild run: error: the configuration is given twice (a.yaml and --config b.yaml); give it once; see crild run"),
     (["status", "x.yaml", "--verfy"], "crild status: error: unrecognized arguments: --verfy; see crild status --help"),
