@@ -318,3 +318,21 @@ def test_a_blank_column_name_is_refused_not_read_as_the_default(value):
     with pytest.raises(UserError, match=r"task\.columns\.text_a: expected a column name, got .* \(leave the key out "
                                         r"for the task's default\)$"):
         from_dict({"task": {"name": "mine", "labels": ["x", "y"], "data_dir": "d", "columns": {"text_a": value}}})
+
+
+@pytest.mark.parametrize("raw, said", [
+    ({"stages": {"teacher": {"max_length": 64}}}, "unknown key 'stages.teacher.max_length'; 'max_length' is a key of "
+     "another section: task.max_length or stages.distill.supplementary[i].task.max_length"),
+    ({"stages": {"distill": {"epochs": 3}}}, "unknown key 'stages.distill.epochs'; 'epochs' is a key of another "
+     "section: stages.distill.ild_supplementary.epochs or stages.distill.ild.epochs or stages.distill.kd.epochs (and 2 "
+     "more)"),
+    ({"epochs": 3}, "unknown key 'epochs'; 'epochs' is a key of another section: stages.teacher.epochs or "
+     "stages.baseline.epochs or stages.distill.ild_supplementary.epochs (and 2 more)"),
+    ({"stages": {"teacher": {"epoch": 3}}}, "unknown key 'stages.teacher.epoch'; did you mean 'epochs'?")])
+def test_a_key_put_in_the_wrong_section_names_where_it_belongs(raw, said):
+    """A key of another section (max_length under stages.teacher, epochs under stages.distill
+    whose phases have it) is named where it belongs, the sections inside the one it was put in
+    first; a misspelling still gets the nearest name."""
+    with pytest.raises(UserError) as err:
+        from_dict(raw)
+    assert str(err.value) == f"<config>: {said}"

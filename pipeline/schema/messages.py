@@ -120,6 +120,32 @@ def _given(value, with_type: bool = True) -> str:
     return f"{_SHORT.repr(value)} ({type(value).__name__})" if with_type else _SHORT.repr(value)
 
 
+def key_paths(model: type, name: str, prefix: str = "", depth: int = 0) -> list[str]:
+    """Every dotted key of ``model`` whose last part is ``name``, shallowest first
+    (``max_length`` -> ``task.max_length``; ``epochs`` -> ``stages.teacher.epochs``, ...), list
+    items as ``[i]``; a section's own keys are its fields, nested sections' keys below them."""
+    found, nested = [], []
+    for field_name, field in model.model_fields.items():
+        key = f"{prefix}{field_name}"
+        if field_name == name:
+            found.append(key)
+        tp, _ = strip_annotation(field.annotation)
+        if typing.get_origin(tp) in (list, tuple) and typing.get_args(tp):
+            tp, key = strip_annotation(typing.get_args(tp)[0])[0], f"{key}[i]"
+        if isinstance(tp, type) and issubclass(tp, BaseModel) and depth < 6:
+            nested.append((tp, f"{key}."))
+    for tp, sub in nested:
+        found += key_paths(tp, name, sub, depth + 1)
+    return found
+
+
+def nearest_first(keys: list[str], section: list[str]) -> list[str]:
+    """``keys`` inside ``section`` (where the user put the key) first, then the shallowest."""
+    def inside(key: str) -> bool:
+        return key.replace("[i]", "").split(".")[:len(section)] == section
+    return sorted(keys, key=lambda key: (not inside(key), key.count(".")))
+
+
 def describe(err: dict, model: type) -> str:
     """One error (an entry of ValidationError.errors()) as 'key: expected ..., got ...'."""
     loc = list(err["loc"])
@@ -133,7 +159,10 @@ def describe(err: dict, model: type) -> str:
     if kind == "extra_forbidden":
         parent, _ = strip_annotation(annotation_at(model, loc[:-1])[0])
         names = list(parent.model_fields) if isinstance(parent, type) and issubclass(parent, BaseModel) else []
-        hint = suggest(loc[-1], names, cutoff=0.5) or (f"; valid keys: {', '.join(names)}" if names else "")
+        elsewhere = nearest_first(key_paths(model, str(loc[-1])), [str(p) for p in loc[:-1]])  # a key put in
+        hint = (f"; '{loc[-1]}' is a key of another section: {' or '.join(elsewhere[:3])}"
+                + (f" (and {len(elsewhere) - 3} more)" if len(elsewhere) > 3 else "")) if elsewhere else \
+            suggest(loc[-1], names, cutoff=0.5) or (f"; valid keys: {', '.join(names)}" if names else "")
         return f"unknown key '{dotted(loc)}'{hint}"
     where = dotted(loc[:-2] if key_error else loc)
     tp, meta = annotation_at(model, loc)
