@@ -336,3 +336,14 @@ def test_a_key_put_in_the_wrong_section_names_where_it_belongs(raw, said):
     with pytest.raises(UserError) as err:
         from_dict(raw)
     assert str(err.value) == f"<config>: {said}"
+
+
+@pytest.mark.parametrize("override, said", [
+    ("task.labels=neg,pos", "task.labels: expected a list, got 'neg,pos' (str); YAML writes a list in brackets: "
+                            "[neg, pos]"),
+    ("pipeline=teacher", "pipeline: expected a list, got 'teacher' (str); YAML writes a list in brackets: [teacher]"),
+    ("task.labels=3", "task.labels: expected a list, got 3 (int)")])
+def test_a_list_written_without_brackets_says_how_to_write_it(tmp_path, override, said):
+    with pytest.raises(UserError) as err:
+        load_config(write(tmp_path, {"task": {"name": "mine", "data_dir": "d"}}), [override])
+    assert str(err.value) == f"override '{override.partition('=')[0]}=...': {said}"

@@ -179,7 +179,11 @@ def describe(err: dict, model: type) -> str:
     words = _TYPE_WORDS.get(kind)
     if words is None:  # a pydantic message crild has no wording for: keep pydantic's
         return f"{where}: {err['msg'][0].lower()}{err['msg'][1:]}, got {_given(value)}"
-    return f"{where}: expected {words}, got {_given(value)}"
+    hint = ""
+    if kind in ("list_type", "tuple_type") and isinstance(value, str) and value.strip():
+        items = ", ".join(part.strip() for part in value.split(","))
+        hint = f"; YAML writes a list in brackets: [{items}]"  # a comma-separated string: the brackets forgotten
+    return f"{where}: expected {words}, got {_given(value)}{hint}"
 
 
 def error_line(err: ValidationError, model: type, source: str, overrides: list[str] | None = None) -> str:
