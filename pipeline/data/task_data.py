@@ -84,6 +84,9 @@ def _load_task_data(cfg, tokenizer, eval_splits, with_train, splits_key) -> Task
                     [n for n in notes if n], examples)
 
 
+FILES = "\0files\0"  # stands for the files a note is said of, while they are gathered
+
+
 def once_for_all_files(splits: list[Examples]) -> list[str]:
     """The notes of ``splits``, each said once: a note that says the same of several files
     (labels given as numbers in train.csv, dev.csv and test.csv) names them all in one line,
@@ -98,9 +101,6 @@ def once_for_all_files(splits: list[Examples]) -> list[str]:
                 grouped[key].append(ex.source)
     return [f"note: {_file_list(sources)}: {key[len(FILES):]}" if key.startswith(FILES) else key
             for key, sources in grouped.items()]
-
-
-FILES = "\0files\0"  # stands for the files a note is said of, while they are gathered
 
 
 def _file_list(sources: list[str]) -> str:

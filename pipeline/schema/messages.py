@@ -121,9 +121,9 @@ def _given(value, with_type: bool = True) -> str:
 
 
 def key_paths(model: type, name: str, prefix: str = "", depth: int = 0) -> list[str]:
-    """Every dotted key of ``model`` whose last part is ``name``, shallowest first
-    (``max_length`` -> ``task.max_length``; ``epochs`` -> ``stages.teacher.epochs``, ...), list
-    items as ``[i]``; a section's own keys are its fields, nested sections' keys below them."""
+    """Every dotted key of ``model`` whose last part is ``name`` (``max_length`` ->
+    ``task.max_length``; ``epochs`` -> ``stages.teacher.epochs``, ...), a section's own before
+    those of the sections in it, list items as ``[i]``."""
     found, nested = [], []
     for field_name, field in model.model_fields.items():
         key = f"{prefix}{field_name}"
@@ -159,7 +159,8 @@ def describe(err: dict, model: type) -> str:
     if kind == "extra_forbidden":
         parent, _ = strip_annotation(annotation_at(model, loc[:-1])[0])
         names = list(parent.model_fields) if isinstance(parent, type) and issubclass(parent, BaseModel) else []
-        elsewhere = nearest_first(key_paths(model, str(loc[-1])), [str(p) for p in loc[:-1]])  # a key put in
+        # a key of another section, put in this one: where it belongs
+        elsewhere = nearest_first(key_paths(model, str(loc[-1])), [str(p) for p in loc[:-1]])
         hint = (f"; '{loc[-1]}' is a key of another section: {' or '.join(elsewhere[:3])}"
                 + (f" (and {len(elsewhere) - 3} more)" if len(elsewhere) > 3 else "")) if elsewhere else \
             suggest(loc[-1], names, cutoff=0.5) or (f"; valid keys: {', '.join(names)}" if names else "")
