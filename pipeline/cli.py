@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the configured stages in order, skipping complete ones")
     _add_config(p)
     p.add_argument("overrides", nargs="*", default=[], metavar="section.key=value")
-    p.add_argument("--force", action="store_true", help="redo stages even when their output is complete")
+    p.add_argument("--force", action="store_true", help="redo the stages from their start, even where their output is complete")
     p.add_argument("--only", action="append", metavar="STAGE", help="run only this stage (repeatable)")
 
     p = sub.add_parser("submit", help="submit one Slurm job per stage, chained with afterok dependencies")
