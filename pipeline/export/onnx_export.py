@@ -8,6 +8,7 @@ dynamo exporter of torch 2.13 fails on these models' dynamic shapes (both checke
 """
 from __future__ import annotations
 
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -72,7 +73,22 @@ def export_classifier(model, tokenizer, source: Path, out: Path, opset: int, max
     for name in COPIED:
         if (Path(source) / name).is_file():
             shutil.copy2(Path(source) / name, out / name)
+    label_graph_outputs(out / "config.json", model.config)
     save_tokenizer(tokenizer, model.config, out, max_length)
+
+
+def label_graph_outputs(config_file: Path, config) -> None:
+    """The copied config.json names the graph's outputs as ``config`` (the model as crild read
+    it) does: a classifier whose outputs crild put in the task's order, or whose placeholder
+    names (LABEL_0) it read as the task's labels, is exported in that order, and the copy of
+    its folder's config would name each output after another class for whoever serves it."""
+    if not config_file.is_file() or not getattr(config, "id2label", None):
+        return
+    settings = json.loads(config_file.read_text())
+    id2label = {str(k): v for k, v in config.id2label.items()}
+    if settings.get("id2label") != id2label:
+        settings["id2label"], settings["label2id"] = id2label, {v: int(k) for k, v in id2label.items()}
+        config_file.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
 
 def external_data_files(model_file: Path) -> set[str]:

@@ -92,3 +92,34 @@ def test_task_order():
     assert task_order(["contradiction", "entailment", "neutral"], SNLI) == [1, 2, 0]
     assert task_order(["entailment", "neutral", "contradiction"], SNLI) is None
     assert task_order(["a", "b", "c"], SNLI) is None
+
+
+def test_an_export_names_its_outputs_in_the_order_the_graph_gives_them(tiny_bert, tmp_path):
+    """A classifier exported in the task's order (its rows permuted) gets a config.json that
+    names them so: the folder's own config, copied as it was, named every output after
+    another class for whoever served the export; a placeholder-named one gets the task's names."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from pipeline.export.onnx_export import export_classifier
+    from pipeline.models.loading import load_tokenizer
+
+    for names in (["CONTRADICTION", "entailment", "Neutral"], ["LABEL_0", "LABEL_1", "LABEL_2"]):
+        folder = renamed(write_tiny_classifier(tiny_bert, tmp_path / names[0], task="snli"), names)
+        model = load_eval_model(str(folder), SNLI, torch.float32, torch.device("cpu"), 32)
+        out = tmp_path / f"{names[0]}-onnx"
+        export_classifier(model, load_tokenizer(str(folder), "model"), folder, out, 17)
+        config = json.loads((out / "config.json").read_text())
+        assert config["id2label"] == {"0": "entailment", "1": "neutral", "2": "contradiction"}
+        assert config["label2id"] == {"entailment": 0, "neutral": 1, "contradiction": 2}
+        raw = raw_logits(folder, BATCH).numpy()
+        served = ort.InferenceSession(str(out / "model.onnx")).run(["logits"], {
+            k: v.numpy().astype(np.int64) for k, v in {**BATCH, "token_type_ids": torch.zeros_like(
+                BATCH["input_ids"])}.items()})[0]
+        # whatever the graph's top output, its name is the class the folder's own config gave that output
+        original = {name.casefold(): i for i, name in enumerate(names)}
+        for row_raw, row_served in zip(raw, served):
+            name = config["id2label"][str(int(row_served.argmax()))]
+            if names[0] != "LABEL_0":
+                assert original[name] == int(row_raw.argmax())
+        assert (out / "tokenizer.json").is_file()
