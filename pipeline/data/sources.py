@@ -109,6 +109,13 @@ def _label_index(value, spec: TaskSpec, where: str):
     text = str(value).strip()
     if text in spec.labels and not isinstance(value, bool):
         return spec.labels.index(text)
+    if isinstance(value, (bool, np.bool_)):  # a JSON or Parquet boolean: by name, where the labels are false and true
+        named = {label.casefold(): i for i, label in enumerate(spec.labels)}
+        if set(named) == {"false", "true"}:
+            return named[str(bool(value)).casefold()]
+        rename = "" if spec.name in TASKS else ", or name the task's labels false, true"
+        raise UserError(f"{where}: label {_as_written(bool(value))} is a boolean, and the labels of task {spec.name} "
+                        f"are {', '.join(spec.labels)}; write the label's name or id{rename}")
     k = _label_id(value)
     if k is not None and k < len(spec.labels):
         return spec.labels.index(spec.numbering[k])

@@ -121,7 +121,8 @@ def test_label_outside_label_set_names_line_and_value(tmp_path):
     ('"Fresh"', "label 'Fresh' is not one of rotten, fresh, or their ids 0-1 (task rotten_tomatoes); did you mean "
                 "'fresh'?"),
     ('"meh"', "label 'meh' is not one of rotten, fresh, or their ids 0-1 (task rotten_tomatoes)"),
-    ("true", "label true is not one of"), ("NaN", "label NaN is not one of"), ('["fresh"]', 'label ["fresh"] is not'),
+    ("true", "label true is a boolean, and the labels of task rotten_tomatoes are rotten, fresh; write the label's "
+             "name or id"), ("NaN", "label NaN is not one of"), ('["fresh"]', 'label ["fresh"] is not'),
     (str(list(range(100))), "label [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, ... is not"),
 ])
 def test_a_label_outside_the_set_is_quoted_as_the_file_writes_it(tmp_path, written, said):
@@ -562,3 +563,25 @@ def test_a_data_folder_one_level_too_high_points_to_the_subfolder(tmp_path):
     with pytest.raises(UserError, match=r"\(its subfolders .*my_task/, .*other_task/ hold the split's file: give one "
                                         r"as the data folder\)$"):
         load_split(TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path)), TASKS["rotten_tomatoes"], "train")
+
+
+def test_boolean_labels_are_read_by_name_where_the_labels_are_false_and_true(tmp_path):
+    """JSON's true and false (a Parquet boolean column too) name the classes of a task whose
+    labels are false and true, in any case and order; for other labels a boolean is refused,
+    where it said 'label true is not one of false, true'."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "train.jsonl").write_text('{"sentence": "a", "label": true}\n{"sentence": "b", "label": false}\n')
+    for labels, ids in ((["false", "true"], [1, 0]), (["True", "False"], [0, 1])):
+        task = TaskConfig(name="dup", labels=labels, data_dir=str(tmp_path))
+        assert load_split(task, task_spec(task), "train").labels.tolist() == ids
+    (tmp_path / "train.jsonl").unlink()
+    pq.write_table(pa.table({"sentence": ["a", "b"], "label": [True, False]}), tmp_path / "train.parquet")
+    task = TaskConfig(name="dup", labels=["false", "true"], data_dir=str(tmp_path))
+    assert load_split(task, task_spec(task), "train").labels.tolist() == [1, 0]
+    task = TaskConfig(name="dup", labels=["no", "yes"], data_dir=str(tmp_path))
+    with pytest.raises(UserError) as err:
+        load_split(task, task_spec(task), "train")
+    assert str(err.value) == (f"{tmp_path / 'train.parquet'}: row 1: label true is a boolean, and the labels of task "
+                              f"dup are no, yes; write the label's name or id, or name the task's labels false, true")
