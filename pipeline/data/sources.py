@@ -126,11 +126,14 @@ def _label_index(value, spec: TaskSpec, where: str):
 
 
 def _label_id(value) -> Optional[int]:
-    """A label written as a number: a JSON integer, or digits in a CSV or TSV field."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+    """A label written as a number: a JSON integer, or digits in a CSV or TSV field; a whole
+    number written as a float too (1.0: pandas writes an integer column with a gap so)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
         return int(value) if value >= 0 else None
-    if isinstance(value, str) and re.fullmatch(r"[0-9]+", value.strip()):
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer() and value >= 0:
         return int(value)
+    if isinstance(value, str) and re.fullmatch(r"[0-9]+(\.0*)?", value.strip()):
+        return int(float(value))
     return None
 
 

@@ -585,3 +585,16 @@ def test_boolean_labels_are_read_by_name_where_the_labels_are_false_and_true(tmp
         load_split(task, task_spec(task), "train")
     assert str(err.value) == (f"{tmp_path / 'train.parquet'}: row 1: label true is a boolean, and the labels of task "
                               f"dup are no, yes; write the label's name or id, or name the task's labels false, true")
+
+
+def test_a_whole_number_written_as_a_float_is_a_label_id(tmp_path):
+    """pandas writes an integer label column with a gap as floats (1.0): read as the ids they
+    are, with the numbering note; 0.5 names no class."""
+    cfg = TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path))
+    (tmp_path / "train.csv").write_text("sentence,label\ngood,1.0\nbad,0.0\nfine,1\n")
+    train = load_split(cfg, TASKS["rotten_tomatoes"], "train")
+    assert train.labels.tolist() == [1, 0, 1] and "labels given as numbers" in train.notes[0]
+    (tmp_path / "train.csv").unlink()
+    (tmp_path / "train.jsonl").write_text('{"sentence": "good", "label": 1.0}\n{"sentence": "bad", "label": 0.5}\n')
+    with pytest.raises(UserError, match=r"train\.jsonl:2: label 0\.5 is not one of rotten, fresh, or their ids 0-1"):
+        load_split(cfg, TASKS["rotten_tomatoes"], "train")
