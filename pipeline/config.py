@@ -105,11 +105,11 @@ class ColumnMap(Strict):
     """Names of the columns in data files and hub datasets (defaults: the task's own; where a
     file has none of the text columns, those besides the label, when as many as the task's)."""
 
-    text_a: Optional[ColumnName] = Field(None, description="column of the first text (default: the task's, sentence or "
-                                  "sentence1; where absent, the one column besides the label and ids)")
+    text_a: Optional[ColumnName] = Field(None, description="column of the first text (default: the task's, "
+                                         "sentence or sentence1; where absent, the one column besides the label and "
+                                         "ids)")
     text_b: Optional[ColumnName] = Field(None, description="column of the second text of a pair task (default: "
-                                         "sentence2; "
-                                  "where absent, the second column besides the label and ids)")
+                                         "sentence2; where absent, the second column besides the label and ids)")
     label: Optional[ColumnName] = Field(None, description="column of the label (default: label)")
 
 
@@ -138,8 +138,8 @@ class TaskConfig(Strict):
         "auto", description="auto: data_dir given -> GLUE TSVs or the split files found there; offline task -> "
                             "the prepared offline data; otherwise the hub through datasets.load_dataset (a task of "
                             "your own: the dataset task.hub names)")
-    data_dir: Optional[PathText] = Field(None, description="folder of the task's files: train, dev (or validation) and test, "
-                                                                     "each as .jsonl, .csv, .tsv or .parquet (or GLUE's TSVs)")
+    data_dir: Optional[PathText] = Field(None, description="folder of the task's files: train, dev (or "
+                                         "validation) and test, each as .jsonl, .csv, .tsv or .parquet (or GLUE's TSVs)")
     hub: Optional[PathText] = Field(
         None, description="a task of your own: a Hugging Face hub dataset (owner/name), or a local copy of one (a "
                           "folder), read through datasets.load_dataset")
