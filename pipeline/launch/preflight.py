@@ -143,7 +143,7 @@ def _check_distillation(cfg: RunConfig, names) -> None:
     """The student, and where a phase reads the teacher: both tokenize alike where a phase
     needs it, and every phase's layer map fits both depths and widths."""
     d, s = cfg.stages.distill, cfg.student
-    student_config = _check_student(cfg, names)
+    student_config, student_tokenizer = _check_student(cfg, names)
     phases = resolve_phases(d)
     if not needs_teacher(d, phases):
         return
@@ -155,10 +155,7 @@ def _check_distillation(cfg: RunConfig, names) -> None:
         _whole_weights(cfg, name, where)
     teacher_config = encoder_config(name, where, random_init=random_init)
     check_max_length(teacher_config, cfg.task.max_length, where)  # the teacher reads every batch
-    backbone = resolve_model(s.backbone, "student.backbone", need_weights=False)
-    teacher_path = resolve_model(name, where, need_weights=False)
-    if not tokenize_alike(d, phases, load_tokenizer(teacher_path, where), load_tokenizer(backbone, "student.backbone"),
-                          name, s.backbone):
+    if not tokenize_alike(d, phases, _tokenizer(name, where), student_tokenizer, name, s.backbone):
         return  # a teacher that tokenizes differently serves prediction-layer terms only
     for phase in phases:
         layer_layout(d, phase, student_config, teacher_config)
@@ -166,17 +163,16 @@ def _check_distillation(cfg: RunConfig, names) -> None:
 
 def _check_student(cfg: RunConfig, names):
     """The student as ``student`` describes it (layers kept, a random shape) can be built,
-    from whole weights where it starts from the backbone's; its config, or None where an
-    earlier stage writes the backbone."""
+    from whole weights where it starts from the backbone's; its config and tokenizer, or
+    None twice where an earlier stage writes the backbone."""
     s = cfg.student
     if _written_later(cfg, s.backbone):
-        return None
+        return None, None
     if s.init != "random":
         _whole_weights(cfg, s.backbone, "student.backbone")
     config = _student_config(cfg)
     check_max_length(config, cfg.task.max_length, "student")
-    _tokenizer(s.backbone, "student.backbone")
-    return config
+    return config, _tokenizer(s.backbone, "student.backbone")
 
 
 def _whole_weights(cfg: RunConfig, name: str, where: str) -> None:
@@ -243,10 +239,10 @@ def _check_listed_models(stage: str):
     return check
 
 
-def _tokenizer(name: str, where: str) -> None:
+def _tokenizer(name: str, where: str):
     """The tokenizer a stage will load from a model folder (a Trainer checkpoint saved
     without one has none), loaded now: one line before the first stage, not at the stage."""
-    load_tokenizer(resolve_model(name, where, need_weights=False), where)
+    return load_tokenizer(resolve_model(name, where, need_weights=False), where)
 
 
 def _check_evaluate(cfg: RunConfig, names) -> None:
