@@ -1,9 +1,15 @@
 """Overrides may follow options, as users write them, on the crild command and the stage
 scripts alike; anything else left over stays argparse's usage error, in one line that names
 the subcommand's help, as every other error is one line."""
-import pytest
+import shlex
 
-from pipeline.cli import parse_command
+import pytest
+import yaml
+from helpers import tiny_run_config
+
+from pipeline.cli import main, parse_command
+from pipeline.config import load_config
+from pipeline.launch.local import done_line
 from pipeline.stage_cli import parse_with_overrides, stage_argparser, stage_main
 
 
@@ -13,6 +19,24 @@ def test_overrides_after_options_keep_their_order():
     args = parse_with_overrides(stage_argparser("distill"), ["--config", "x.yaml", "a.b=1", "--stage", "baseline",
                                                              "c.d=2"])
     assert (args.overrides, args.stage) == (["a.b=1", "c.d=2"], "baseline")
+
+
+def test_a_runs_last_line_names_its_status_command_with_the_overrides(tmp_path, tiny_bert, sentiment_dir, capsys):
+    """``crild run run.yaml output_dir=...`` ends by naming ``crild status`` for that run: with
+    its overrides, quoted as a shell reads them. Without them the command pasted read the
+    file's own output_dir and said every stage was missing."""
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir)
+    raw["pipeline"] = ["teacher"]
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    elsewhere = tmp_path / "the other run"
+    overrides = [f"output_dir={elsewhere}", "stages.teacher.epochs=2"]
+    line = done_line(load_config(config, overrides), ["teacher"], str(config), overrides)
+    assert line.startswith(f"crild: done: {elsewhere}: teacher/; crild status ") and line.endswith(" lists every stage")
+    command = shlex.split(line.split("; ", 1)[1].removesuffix(" lists every stage"))
+    assert command == ["crild", "status", str(config), *overrides]
+    main(command[1:])
+    assert capsys.readouterr().out.splitlines()[0] == f"{elsewhere}: not in use"
 
 
 def test_a_study_file_is_the_first_argument_or_dash_dash_study():

@@ -3,6 +3,7 @@ output is complete for the same configuration and inputs."""
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 from pathlib import Path
@@ -201,11 +202,14 @@ def _run_stages(cfg: RunConfig, config_path: str, overrides: list[str], force: b
             where = f" (Slurm job {os.environ['SLURM_JOB_ID']} on {os.environ.get('SLURM_JOB_NODELIST', '?')}; srun " \
                     f"names the failed task's node above)" if in_slurm_allocation() else ""
             raise UserError(f"stage '{name}' failed with {exit_text(code)}{where}; see the output above")
-    print(done_line(cfg, only or cfg.pipeline, config_path), flush=True)
+    print(done_line(cfg, only or cfg.pipeline, config_path, overrides), flush=True)
     return 0  # a stop request during the last stage came too late to stop anything
 
 
-def done_line(cfg: RunConfig, names, config_path: str) -> str:
-    """The last line of a run: where each stage it ran (or found complete) left its output."""
+def done_line(cfg: RunConfig, names, config_path: str, overrides: list[str]) -> str:
+    """The last line of a run: where each stage it ran (or found complete) left its output, and
+    the status command for this run, with its overrides (without them, ``crild status`` would
+    read the file's own ``output_dir``), quoted as a shell reads them."""
     outputs = dict.fromkeys(f"{STAGES[name].output(stage_config(cfg, name))}/" for name in names)
-    return f"crild: done: {cfg.output_dir}: {' '.join(outputs)}; crild status {config_path} lists every stage"
+    status = shlex.join(["crild", "status", str(config_path), *overrides])
+    return f"crild: done: {cfg.output_dir}: {' '.join(outputs)}; {status} lists every stage"
