@@ -592,7 +592,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     raw = read_yaml(path)
     if {"base", "methods"} <= raw.keys():  # a study file's two defining keys
         raise UserError(f"{path}: is a study file (it has base and methods), not a run configuration; run it with "
-                        f"`crild study --study {path}`")
+                        f"`crild study {path}`")
     return from_dict(raw, str(path), overrides)
 
 

@@ -138,7 +138,7 @@ def _collect(spec: StudySpec, all_cells: list[Cell], failed_labels: set, unrecor
 def _header(spec: StudySpec, study: str, unscored: list) -> list[str]:
     import torch
 
-    header = [f"Written by `crild study --study {study}` on {time.strftime('%Y-%m-%d')}; "
+    header = [f"Written by `crild study {study}` on {time.strftime('%Y-%m-%d')}; "
               f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
               f"{', CUDA' if torch.cuda.is_available() else ', CPU only'}.",
               f"Base configuration: `{_shown(spec.base)}`; tasks {', '.join(spec.tasks)}; settings "

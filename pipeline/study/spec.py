@@ -229,7 +229,7 @@ def load_study(path: str) -> StudySpec:
     raw = read_yaml(path, "study file")
     if "base" not in raw and RUN_ONLY_KEYS & raw.keys():
         raise UserError(f"{path}: is a run configuration (it has {', '.join(sorted(RUN_ONLY_KEYS & raw.keys()))}), "
-                        f"not a study file; run it with `crild run {path}`, or give --study a study file that names "
+                        f"not a study file; run it with `crild run {path}`, or give crild study a study file that names "
                         f"it as its base (see jobs/studies/)")
     spec = validate(StudySpec, raw, str(path))
     spec.base = str(resolve_path(spec.base, "base", str(path)))

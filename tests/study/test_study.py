@@ -47,7 +47,7 @@ def test_a_report_written_again_with_nothing_new_keeps_its_date(tmp_path):
     from pipeline.study.report import dated_as_before
 
     readme = tmp_path / "README.md"
-    header = "# Title\n\nWritten by `crild study --study s.yaml` on {}; x86_64, 2 cores.\n\n| kd | 2 | {} |\n"
+    header = "# Title\n\nWritten by `crild study s.yaml` on {}; x86_64, 2 cores.\n\n| kd | 2 | {} |\n"
     assert dated_as_before(readme, header.format("2026-12-02", "80.1")) == header.format("2026-12-02", "80.1")  # none yet
     readme.write_text(header.format("2026-11-29", "80.1"))
     assert dated_as_before(readme, header.format("2026-12-02", "80.1")) == header.format("2026-11-29", "80.1")
@@ -663,9 +663,9 @@ def test_a_run_configuration_and_a_study_file_given_for_each_other_say_so(tmp_pa
         assert done.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"crild: error: {run}: is a run configuration (it has pipeline, task), not a study file; run it "
-                   f"with `crild run {run}`, or give --study a study file that names it as its base (see jobs/studies/)",
+                   f"with `crild run {run}`, or give crild study a study file that names it as its base (see jobs/studies/)",
                    f"crild: error: {REPO / 'jobs' / 'studies' / 'offline.yaml'}: is a study file (it has base and "
-                   f"methods), not a run configuration; run it with `crild study --study "
+                   f"methods), not a run configuration; run it with `crild study "
                    f"{REPO / 'jobs' / 'studies' / 'offline.yaml'}`"]
 
 
