@@ -100,7 +100,26 @@ def _config(args) -> None:
     # passes here is not refused there (devices are the training machine's business)
     check_inputs(cfg, cfg.pipeline)
     check_stages(cfg, stages_to_run(cfg, cfg.pipeline, known_intact=set()), cfg.num_ranks, device_checks=False)
-    print(explain(RunConfig) if args.explain else dump_yaml(cfg), end="")
+    if args.explain:
+        print(explain(RunConfig), end="")
+        return
+    print(dump_yaml(cfg), end="")
+    print("".join(f"# {line}\n" for line in distillation_plan(cfg)), end="")
+
+
+def distillation_plan(cfg) -> list[str]:
+    """What the distill and baseline stages of ``cfg``'s pipeline train, phase by phase, as
+    their presets and settings resolve them (``crild config`` prints it as YAML comments)."""
+    from pipeline.config import stage_config
+    from pipeline.distill.plan import plan_lines
+    from pipeline.launch.preflight import distillation_models
+
+    lines = []
+    for name in ("distill", "baseline"):
+        if name in cfg.pipeline:
+            stage_cfg = stage_config(cfg, name)
+            lines += plan_lines(stage_cfg.stages.distill, f"stages.{name}", *distillation_models(stage_cfg))
+    return lines
 
 
 def parse_command(argv: list[str] | None) -> argparse.Namespace:

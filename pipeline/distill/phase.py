@@ -16,6 +16,7 @@ from pipeline.data.task_data import TaskData
 from pipeline.data.tokenized import tokenize_cached
 from pipeline.distill.layers import LayerLayout, layer_layout
 from pipeline.distill.objective import DistillObjective
+from pipeline.distill.plan import phase_recipe, phase_source
 from pipeline.distill.presets import Phase
 from pipeline.distill.student import DistillModule, build_student, size_note
 from pipeline.distill.teacher import FrozenTeacher, cached_teacher_logits, teacher_fingerprint
@@ -75,36 +76,27 @@ class DistillRun:
         return self.out / "checkpoints" / self.cfg.stages.distill.output / phase
 
 
-
 def phase_line(phase, examples: int, steps: int, pairs: list) -> str:
-    """What a phase is about to train, in one line: its loss as a weighted sum of its terms,
-    mixup and the consistency weight where they apply, and the layer pairs (student layer <-
-    teacher layer, 0 being the embeddings) that its terms read."""
-    loss = " + ".join(f"{weight:g} x {term}" for term, weight in phase.terms.items())
-    mixup = f"; mixup, consistency weight {phase.consistency:g}" if phase.mixup else ""
-    layers = f"; layers {', '.join(f'{s}<-{t}' for s, t in pairs)} (student<-teacher)" if pairs else ""
-    return f"{phase.name}: {examples} examples, {steps} optimizer steps; loss {loss}{mixup}{layers}"
+    """What a phase is about to train, in one line: its size, then ``phase_recipe``."""
+    return f"{phase.name}: {examples} examples, {steps} optimizer steps; {phase_recipe(phase, pairs)}"
+
 
 def phase_dataset(run: DistillRun, phase: Phase) -> datasets.Dataset:
-    """What ``phase`` trains on: stage 2's augmented set, the supplementary datasets'
-    inputs, the target task's training split, or the latter two merged."""
+    """The examples ``phase`` trains on, tokenized (see ``phase_source``)."""
     cfg, data, tokenizer = run.cfg, run.data, run.tokenizer
-    distill_cfg = cfg.stages.distill
-    if phase.name in distill_cfg.augmented_phases:  # stage 2's output (originals included, as copy 0)
+    source = phase_source(cfg.stages.distill, phase.name)
+    if source == "augmented":
         folder = verified_augmented(run.out / "augmented")  # collective: outside main_rank_first
         with main_rank_first():
             return tokenize_cached(augmented_examples(folder), tokenizer, cfg.task.max_length)
-    if phase.name == "kd" or not distill_cfg.supplementary:
+    if source == "train":
         return data.train
-    if phase.name == "ild_supplementary":
-        with main_rank_first():
-            return supplementary_data(cfg, tokenizer, data.train_examples, data.spec.regression)
-    if distill_cfg.supplementary_mode == "mixed":
-        with main_rank_first():
-            supp = supplementary_data(cfg, tokenizer, data.train_examples, data.spec.regression)
-        train = data.train.select_columns(TOKENIZED_COLUMNS)
-        return datasets.concatenate_datasets([train, supp.cast(train.features)])
-    return data.train
+    with main_rank_first():
+        supp = supplementary_data(cfg, tokenizer, data.train_examples, data.spec.regression)
+    if source == "supplementary":
+        return supp
+    train = data.train.select_columns(TOKENIZED_COLUMNS)
+    return datasets.concatenate_datasets([train, supp.cast(train.features)])
 
 
 def phase_done(run: DistillRun, phase: str) -> bool:

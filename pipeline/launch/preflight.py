@@ -161,6 +161,21 @@ def _check_distillation(cfg: RunConfig, names) -> None:
         layer_layout(d, phase, student_config, teacher_config)
 
 
+def distillation_models(cfg: RunConfig) -> tuple:
+    """The configs of the student and the teacher the distill stage of ``cfg`` reads (its
+    run's pipeline deciding whether the teacher is the one a teacher stage trains), for
+    ``plan_lines``; None for one an earlier stage writes or that is not there, or for the
+    teacher where the preset needs none."""
+    student = None if _written_later(cfg, cfg.student.backbone) else _student_config(cfg)
+    if not needs_teacher(cfg.stages.distill, resolve_phases(cfg.stages.distill)):
+        return student, None
+    try:
+        teacher = _teacher_source(cfg, teacher_trains="teacher" in cfg.pipeline)
+    except UserError:  # no teacher yet: the distill stage's own check says so where it runs
+        return student, None
+    return student, teacher and encoder_config(teacher[0], teacher[2], random_init=teacher[1])
+
+
 def _check_student(cfg: RunConfig, names):
     """The student as ``student`` describes it (layers kept, a random shape) can be built,
     from whole weights where it starts from the backbone's; its config and tokenizer, or

@@ -26,7 +26,7 @@ SUFFIX = " (the distill stage's; checked before the first stage runs)"
 def chain(tmp_path, tiny_bert, data, distill: dict, **top) -> dict:
     """Teacher then CR-ILD distillation of the tiny model: what a late mistake waits behind."""
     raw = tiny_run_config(tmp_path, tiny_bert, data, epochs=1)
-    raw.update(pipeline=["teacher", "distill"], **top)
+    raw.update(**{"pipeline": ["teacher", "distill"], **top})
     raw["stages"]["distill"] = {"preset": "cr-ild", **distill}
     return raw
 
@@ -77,6 +77,36 @@ def test_late_distillation_mistakes_are_refused_before_the_teacher_trains(tmp_pa
     for distill, top, message in cases:
         line = refusal(tmp_path, chain(tmp_path, tiny_bert, sentiment_dir, distill, **top), capsys)
         assert line.startswith(f"crild: error: {message}") and line.endswith(SUFFIX), line
+
+
+def test_crild_config_prints_what_each_distillation_phase_trains(tmp_path, tiny_bert, sentiment_dir, capsys):
+    """The preset's phases, terms, mixup, consistency and layer pairs, which the
+    configuration leaves null for the preset to decide, follow it as YAML comments."""
+    raw = chain(tmp_path, tiny_bert, sentiment_dir, {"augmented_phases": ["kd"]},
+                pipeline=["teacher", "augment", "distill", "baseline"])
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    main(["config", str(path)])
+    out = capsys.readouterr().out
+    assert out.splitlines()[-5:] == [
+        "# stages.distill, as preset cr-ild resolves it:",
+        "#   ild: loss 1 x qkv_relation; mixup, consistency weight 0.1; layers 2<-4 (student<-teacher); reads the "
+        "task's training set",
+        "#   kd: loss 1 x logit_kd; reads the augmented training set (stage augment)",
+        "# stages.baseline, as preset finetune resolves it:",
+        "#   kd: loss 1 x ce; reads the task's training set"]
+    assert yaml.safe_load(out)["stages"]["distill"]["preset"] == "cr-ild"  # still the configuration, as YAML
+    raw["stages"]["distill"].update(preset="tinybert", supplementary=[{"task": {"name": "rotten_tomatoes", "data_dir":
+                                                                                str(sentiment_dir)}, "ratio": 0.5}])
+    path.write_text(yaml.safe_dump({**raw, "pipeline": ["teacher", "augment", "distill"]}))
+    main(["config", str(path)])
+    assert capsys.readouterr().out.splitlines()[-4:] == [
+        "# stages.distill, as preset tinybert resolves it:",
+        "#   ild_supplementary: loss 1 x attention_kl + 1 x hidden_mse; layers 0<-0, 1<-2, 2<-4 (student<-teacher); "
+        "reads the supplementary tasks' training sets (rotten_tomatoes)",
+        "#   ild: loss 1 x attention_kl + 1 x hidden_mse; layers 0<-0, 1<-2, 2<-4 (student<-teacher); reads the "
+        "task's training set",
+        "#   kd: loss 1 x logit_kd; reads the augmented training set (stage augment)"]
 
 
 def test_a_max_length_beyond_the_teachers_or_students_positions_is_refused_before_the_first_stage(
