@@ -129,7 +129,9 @@ class Stage:
     checkpoints: Callable = lambda cfg: ""  # cfg -> its checkpoint folder under output_dir ("" : none)
     one_process: bool = False  # runs as one process whatever num_ranks says (crild run and submit launch it so)
     writes_as: str = ""  # the stage its output's manifest names, where not its own (the baseline's: distill)
-    reads: Callable = lambda cfg: ()  # cfg -> the stages whose outputs it reads
+    # cfg -> {stage whose output it reads: the setting that would make it read none}
+    reads: Callable = lambda cfg: {}
+    reads_any: bool = False  # it reads whichever of those outputs there are (at least one), not all
 
     @property
     def owner(self) -> str:
@@ -161,14 +163,16 @@ RESERVED_FOLDERS = ("teacher", "augmented", "augmented.shards", "eval", "export"
                     "logs")
 
 
-def _distill_reads(cfg) -> tuple[str, ...]:
+def _distill_reads(cfg) -> dict[str, str]:
     d = cfg.stages.distill
-    return (*(() if d.teacher_model else ("teacher",)), *(("augment",) if d.augmented_phases else ()))
+    return {**({} if d.teacher_model else {"teacher": "stages.distill.teacher_model"}),
+            **({"augment": "stages.distill.augmented_phases: []"} if d.augmented_phases else {})}
 
 
 def _scoring_reads(section):
     """The run's model folders, for a scoring stage whose ``section`` lists no models."""
-    return lambda cfg: () if getattr(cfg.stages, section).models else ("teacher", "distill", "baseline")
+    return lambda cfg: {} if getattr(cfg.stages, section).models else dict.fromkeys(
+        ("teacher", "distill", "baseline"), f"stages.{section}.models")
 
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
@@ -176,7 +180,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           _teacher_fingerprint, _teacher_inputs, checkpoints=lambda c: "checkpoints/teacher"),
     Stage("augment", "stage2_augment.py", "stage 2: TinyBERT-style augmented data", lambda c: "augmented",
           _augment_fingerprint, _augment_inputs,
-          reads=lambda c: ("teacher",) if c.stages.augment.teacher_logits else ()),
+          reads=lambda c: {"teacher": "stages.augment.teacher_logits: false"} if c.stages.augment.teacher_logits
+          else {}),
     Stage("distill", "stage3_distill.py", "stage 3: distil the teacher into the student",
           lambda c: c.stages.distill.output, _distill_fingerprint, _distill_inputs,
           checkpoints=lambda c: f"checkpoints/{c.stages.distill.output}", reads=_distill_reads),
@@ -184,9 +189,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           lambda c: c.stages.distill.output, _distill_fingerprint, _distill_inputs, _as_baseline,
           checkpoints=lambda c: f"checkpoints/{c.stages.distill.output}", writes_as="distill"),
     Stage("evaluate", "stage4_evaluate.py", "stage 4: evaluate model folders on dev/test", lambda c: "eval",
-          _evaluate_fingerprint, _evaluate_inputs, reads=_scoring_reads("evaluate")),
+          _evaluate_fingerprint, _evaluate_inputs, reads=_scoring_reads("evaluate"), reads_any=True),
     Stage("export", "stage5_export.py", "stage 5: export ONNX (and INT8), check parity, time it", lambda c: "export",
-          _export_fingerprint, _export_inputs, one_process=True, reads=_scoring_reads("export")),
+          _export_fingerprint, _export_inputs, one_process=True, reads=_scoring_reads("export"),
+          reads_any=True),
 ]}
 
 

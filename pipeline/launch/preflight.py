@@ -44,7 +44,7 @@ from pipeline.models.loading import (
 )
 from pipeline.outputs.manifest import is_complete, recorded_fingerprint
 from pipeline.runtime.progress import note
-from pipeline.stages import check_output_folder, stage_fingerprints
+from pipeline.stages import STAGES, check_output_folder, stage_fingerprints
 from pipeline.training.ds_config import build_ds_config
 
 STAND_IN_HIDDEN = 768  # sizes ZeRO buckets left "auto"; the config built here is only checked
@@ -84,9 +84,29 @@ def check_stages(cfg: RunConfig, names, world_size: int, device_checks: bool = T
                     check_compilable(ds, f"{stage_cfg.source}: compile")
             if name in STAGE_CHECKS:
                 STAGE_CHECKS[name](stage_cfg, names)
+            _check_upstream(cfg, name, list(names))
         except UserError as err:
             raise UserError(f"{err} (the {name} stage's; checked before the first stage runs)") from None
     _check_data_read_later(cfg, list(names), first_reads_now=device_checks)
+
+
+def _check_upstream(cfg: RunConfig, name: str, names: list[str]) -> None:
+    """The outputs of earlier stages that stage ``name`` reads (``Stage.reads``) are complete
+    in output_dir, or a stage that runs before it writes them: a teacher trained for hours,
+    then the distillation stopped for augmented data no stage of the run was to make."""
+    stage, out = STAGES[name], Path(cfg.output_dir)
+    reads = stage.reads(stage_config(cfg, name))
+    folders = {read: out / STAGES[read].output(stage_config(cfg, read)) for read in reads}
+    missing = [read for read in reads if read not in names[:names.index(name)] and not is_complete(folders[read])]
+    if not missing or (stage.reads_any and len(missing) < len(reads)):
+        return
+    if stage.reads_any:
+        shown = ", ".join(f"{folders[read].name}/" for read in missing)
+        raise UserError(f"{out}: none of {shown} is complete, and no stage that writes one runs before {name}; add "
+                        f"one to pipeline before {name} (or run one first), or set {reads[missing[0]]}")
+    read = missing[0]
+    raise UserError(f"{folders[read]}: no complete output of the {read} stage, and no {read} stage runs before {name} "
+                    f"to write it; add {read} to pipeline before {name} (or run it first), or set {reads[read]}")
 
 
 def _splits_read(cfg: RunConfig, name: str) -> list[tuple[str, object, str]]:

@@ -79,6 +79,31 @@ def test_late_distillation_mistakes_are_refused_before_the_teacher_trains(tmp_pa
         assert line.startswith(f"crild: error: {message}") and line.endswith(SUFFIX), line
 
 
+def test_an_earlier_stages_output_that_no_stage_of_the_run_writes_is_refused_before_the_first(
+        tmp_path, tiny_bert, sentiment_dir, capsys):
+    """A stage reads what an earlier stage wrote: the teacher trained, then the distillation
+    stopped for augmented data that no stage of the run was to make. A stage that scores the
+    run's models needs one of them; one there, or one a stage before it writes, is enough."""
+    run = tmp_path / "run"
+    raw = chain(tmp_path, tiny_bert, sentiment_dir, {"augmented_phases": ["kd"]})
+    assert refusal(tmp_path, raw, capsys) == (
+        f"crild: error: {run / 'augmented'}: no complete output of the augment stage, and no augment stage runs "
+        f"before distill to write it; add augment to pipeline before distill (or run it first), or set "
+        f"stages.distill.augmented_phases: []{SUFFIX}")
+    raw["pipeline"] = ["teacher", "augment", "distill"]
+    check_stages(from_dict(raw), raw["pipeline"], 1)  # the augment stage writes it first
+    scoring = chain(tmp_path, tiny_bert, sentiment_dir, {}, pipeline=["evaluate"])
+    assert refusal(tmp_path, scoring, capsys) == (
+        f"crild: error: {run}: none of teacher/, student/, student_finetuned/ is complete, and no stage that writes "
+        f"one runs before evaluate; add one to pipeline before evaluate (or run one first), or set "
+        f"stages.evaluate.models (the evaluate stage's; checked before the first stage runs)")
+    check_stages(from_dict({**scoring, "pipeline": ["teacher", "evaluate"]}), ["teacher", "evaluate"], 1)
+    assert stage1_teacher.run(from_dict(raw), stop=StopRequest(install_handlers=False)) == 0
+    check_stages(from_dict(scoring), ["evaluate"], 1)  # the teacher is there: the others are left out as before
+    with pytest.raises(UserError, match="no complete output of the augment stage"):
+        check_stages(from_dict(raw), ["distill"], 1)  # a complete teacher is not augmented data
+
+
 def test_crild_config_prints_what_each_distillation_phase_trains(tmp_path, tiny_bert, sentiment_dir, capsys):
     """The preset's phases, terms, mixup, consistency and layer pairs, which the
     configuration leaves null for the preset to decide, follow it as YAML comments."""
