@@ -279,6 +279,24 @@ def test_paths_starting_with_a_tilde_mean_the_home_folder(monkeypatch, tmp_path)
     assert from_dict({"teacher": {"model": "all-MiniLM-L6-v2"}}).teacher.model == "all-MiniLM-L6-v2"  # an alias
 
 
+def test_paths_name_environment_variables_as_a_shell_does(monkeypatch, tmp_path):
+    """``output_dir: $SCRATCH/crild/run1`` made a folder named '$SCRATCH' under the working
+    directory; an unset or empty variable is refused where a shell would make '/crild/run1'."""
+    monkeypatch.setenv("SCRATCH", str(tmp_path / "scratch"))
+    monkeypatch.setenv("EMPTY", "")
+    monkeypatch.delenv("NOT_SET_HERE", raising=False)
+    cfg = from_dict({"output_dir": "$SCRATCH/runs/x", "task": {"data_dir": "${SCRATCH}/data"},
+                     "stages": {"evaluate": {"models": ["$SCRATCH/a", "b$"]}}})
+    assert cfg.output_dir == str(tmp_path / "scratch" / "runs" / "x")
+    assert cfg.task.data_dir == str(tmp_path / "scratch" / "data")
+    assert cfg.stages.evaluate.models == [str(tmp_path / "scratch" / "a"), "b$"]  # a '$' before no name stays
+    for name, state in (("NOT_SET_HERE", "not set"), ("EMPTY", "empty")):
+        with pytest.raises(UserError) as err:
+            from_dict({"output_dir": f"${name}/run1"}, "run.yaml")
+        assert str(err.value) == (f"run.yaml: output_dir: expected a file or folder path, got '${name}/run1', whose "
+                                  f"environment variable {name} is {state} here; set it, or write the path out")
+
+
 def test_a_stage_configuration_knows_its_stage():
     """``stage_config`` names the stage: stage3_distill.py runs distill and the baseline alike,
     and says which one it ran; the run's own configuration names none."""

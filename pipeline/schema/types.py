@@ -74,10 +74,30 @@ class PathMark:
 
 PATH = PathMark()
 
+ENV_VARIABLE = re.compile(r"\$\{([A-Za-z_]\w*)\}|\$([A-Za-z_]\w*)")
+
+
+def _environment_expanded(value: str) -> str:
+    """``$NAME`` and ``${NAME}`` in a path replaced by the variable's value, as a shell does
+    (``output_dir: $SCRATCH/crild/run1`` in a Slurm user's file). One that is unset or empty
+    is refused: a shell would make ``$SCRATCH/run1`` ``/run1``, and taken as written it was
+    a folder named ``$SCRATCH`` under the working directory."""
+    def value_of(match: re.Match) -> str:
+        name = match.group(1) or match.group(2)
+        if not os.environ.get(name):
+            state = "empty" if name in os.environ else "not set"
+            raise field_error(f"expected a file or folder path, got {value!r}, whose environment variable {name} is "
+                              f"{state} here; set it, or write the path out")
+        return os.environ[name]
+
+    return ENV_VARIABLE.sub(value_of, value)
+
+
 def _path(value: str) -> str:
-    """A file or folder a user writes: '~/runs/x' is in their home folder, as in a shell, not
-    in a folder named '~' under the working directory. An empty one is a slip, not a choice
-    (it would mean the working directory: a data_dir of '' read whatever files lay there)."""
+    """A file or folder a user writes: '~/runs/x' is in their home folder and '$SCRATCH/x' in
+    that variable's folder, as in a shell, not in folders named '~' or '$SCRATCH' under the
+    working directory. An empty one is a slip, not a choice (it would mean the working
+    directory: a data_dir of '' read whatever files lay there)."""
     if not value.strip():
         raise field_error(f"expected a file or folder path, got {value!r} (leave the key out, or null where it may "
                           f"be unset, for its default)")
@@ -86,7 +106,7 @@ def _path(value: str) -> str:
     problem = not_utf8(value)
     if problem:
         raise field_error(f"expected a file or folder path in UTF-8, got {value!r}: {problem}")
-    return os.path.expanduser(value)
+    return os.path.expanduser(_environment_expanded(value))
 
 
 PathText = Annotated[str, AfterValidator(_path), PATH]

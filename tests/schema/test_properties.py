@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import math
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -178,6 +179,34 @@ def test_a_hub_revision_is_a_full_commit_hash_or_one_line(revision):
         assert from_dict({"task": task}).task.hub_revision == revision and is_commit
     except UserError as err:
         assert not is_commit and "\n" not in str(err) and "task.hub_revision: expected the full commit hash" in str(err)
+
+
+@SETTINGS
+@given(parts=st.lists(st.sampled_from(["runs", "/", "x_1", "$", "{", "}", "$$", "$CRILD_A", "${CRILD_A}", "$CRILD_B",
+                                       "${CRILD_B}", "$CRILD_UNSET", "${CRILD_UNSET}", "$1", "~", "-"]),
+                      min_size=1, max_size=6),
+       a=st.text(alphabet="abc/ ._-$", min_size=1, max_size=8))
+def test_environment_variables_in_paths_expand_as_the_shells_do_or_are_one_line(parts, a, monkeypatch):
+    """Where every variable a path names is set, it reads as Python's expandvars (the shell's
+    rule for $NAME and ${NAME}) reads it, in one pass; where one is not, one line names it."""
+    import os
+
+    monkeypatch.setenv("CRILD_A", a)
+    monkeypatch.setenv("CRILD_B", "/b")
+    monkeypatch.delenv("CRILD_UNSET", raising=False)
+    path = "".join(parts)
+    names = [m.group(1) or m.group(2) for m in re.finditer(r"\$\{([A-Za-z_]\w*)\}|\$([A-Za-z_]\w*)", path)]
+    unset = [name for name in names if not os.environ.get(name)]  # '$' + 'runs' names $runs
+    try:
+        got = from_dict({"output_dir": path}).output_dir
+    except UserError as err:
+        assert unset and "\n" not in str(err)
+        assert f"whose environment variable {unset[0]} is not set here" in str(err)
+        return
+    assert not unset and path.strip()
+    expected = "".join(os.path.expandvars(p) if p.startswith("$") else p for p in re.split(
+        r"(\$\{[A-Za-z_]\w*\}|\$[A-Za-z_]\w*)", path))  # one pass: a value's own '$' is not read again
+    assert got == os.path.expanduser(expected)
 
 
 @settings(SETTINGS, max_examples=25)  # a dataset written and loaded through datasets each: slower than a file
