@@ -28,7 +28,7 @@ from pipeline.models.loading import build_classifier, load_tokenizer, quiet_libr
 from pipeline.outputs.atomic import atomic_output, write_json
 from pipeline.outputs.trust import trust_note
 from pipeline.runtime.distributed import barrier, init_distributed, seed_everything, set_tf32
-from pipeline.runtime.progress import log
+from pipeline.runtime.progress import counted, log
 from pipeline.schema.hashing import settings_dict, to_dict
 from pipeline.stage_cli import stage_main
 from pipeline.stages import stage_fingerprint
@@ -73,7 +73,8 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
         start_afresh(out / "tensorboard" / STAGE, STAGE, dist)
     for line in ([note] if note else []) + data.notes:
         log(dist, line)
-    log(dist, f"{STAGE}: {len(data.train)} training examples, {schedule.total_optimizer_steps} optimizer steps, "
+    log(dist, f"{STAGE}: {counted(len(data.train), 'training example')}, "
+              f"{counted(schedule.total_optimizer_steps, 'optimizer step')}, "
               f"{dist.world_size} rank(s), ZeRO-{zero_stage(ds_cfg)}")
 
     def loss_fn(engine_, batch, micro_step):

@@ -30,7 +30,7 @@ from pipeline.outputs.atomic import atomic_output, write_json
 from pipeline.outputs.integrity import problems
 from pipeline.outputs.manifest import is_complete, recorded_fingerprint
 from pipeline.runtime.distributed import DistInfo, barrier, main_rank_first, seed_everything
-from pipeline.runtime.progress import log
+from pipeline.runtime.progress import counted, log
 from pipeline.runtime.rank_zero import decided_by_main
 from pipeline.schema.hashing import settings_dict
 from pipeline.training.checkpointing import Checkpoints, resume, trajectory_keys
@@ -78,7 +78,8 @@ class DistillRun:
 
 def phase_line(phase, examples: int, steps: int, pairs: list) -> str:
     """What a phase is about to train, in one line: its size, then ``phase_recipe``."""
-    return f"{phase.name}: {examples} examples, {steps} optimizer steps; {phase_recipe(phase, pairs)}"
+    return (f"{phase.name}: {counted(examples, 'example')}, {counted(steps, 'optimizer step')}; "
+            f"{phase_recipe(phase, pairs)}")
 
 
 def phase_dataset(run: DistillRun, phase: Phase) -> datasets.Dataset:

@@ -10,6 +10,11 @@ from tqdm.auto import tqdm
 from pipeline.errors import launch_number
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 optimizer step', '16 optimizer steps'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def log(dist, message: str) -> None:
     """``crild: message`` on stderr, from rank 0 only."""
     if dist.is_main:

@@ -437,3 +437,4 @@ def test_a_phase_says_what_it_trains_in_words_not_python_reprs():
         f"ild: 50 examples, 20 optimizer steps; loss 1 x qkv_relation; mixup, consistency weight {ild.consistency:g}; "
         f"layers 3<-6 (student<-teacher)")
     assert phase_line(kd, 50, 16, []) == "kd: 50 examples, 16 optimizer steps; loss 1 x logit_kd"
+    assert phase_line(kd, 1, 1, []) == "kd: 1 example, 1 optimizer step; loss 1 x logit_kd"
