@@ -37,7 +37,7 @@ from pipeline.runtime.distributed import barrier, init_distributed, seed_everyth
 from pipeline.runtime.progress import log
 from pipeline.schema.hashing import to_dict
 from pipeline.stage_cli import stage_main
-from pipeline.stages import forced, stage_fingerprints
+from pipeline.stages import forced, phase_fingerprints, stage_fingerprints
 from pipeline.training.checkpoint_folders import claim_checkpoints, has_checkpoints, remove_checkpoints
 from pipeline.training.stop import StopRequest
 
@@ -91,6 +91,7 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
     teacher, teacher_tokenizer, teacher_note = frozen_teacher(cfg, tokenizer, dist)
     data = load_task_data(cfg, tokenizer)
     distill = DistillRun(cfg, dist, data, tokenizer, teacher, stage_fingerprints(cfg, STAGE),
+                         {phase.name: phase_fingerprints(cfg, phase.name) for phase in phases},
                          stop or StopRequest(output_dir=cfg.output_dir), teacher_tokenizer=teacher_tokenizer,
                          notes=[n for n in (*notes, teacher_note, *data.notes) if n])
     claim_checkpoints(distill.checkpoint_folder())
@@ -101,7 +102,7 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
     for index, phase in enumerate(phases):
         folder = distill.phase_folder(phase.name)
         if done[phase.name]:
-            log(dist, f"{phase.name}: complete, skipped ({folder})")
+            log(dist, f"{phase.name}: complete for this configuration, kept ({folder})")
         else:
             code = train_phase(distill, phase, index, previous)
             if code:

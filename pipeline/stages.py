@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from pipeline.distill.presets import revisions
+from pipeline.distill.presets import phase_settings, resolve_phases, revisions
 from pipeline.outputs.atomic import check_replaceable
 from pipeline.outputs.input_digest import input_digests
 from pipeline.outputs.manifest import recorded_fingerprint
@@ -83,16 +83,41 @@ def _augment_fingerprint(cfg, settings) -> str:
     return _with_inputs({**key, "tokenizer_files": digests} if digests else key, _augment_inputs(cfg))
 
 
-def _distill_fingerprint(cfg, settings) -> str:
+def _distill_fingerprint(cfg, settings, phase: str | None = None) -> str:
+    """The distill stage's fingerprint, or with ``phase`` that phase's output's: what the
+    phases up to it read (see ``phase_settings``), so that a changed KD setting keeps the complete
+    ILD phases, which the KD phase starts from, instead of training them again."""
     d = cfg.stages.distill
-    ds = {p: ds_json_text(cfg, getattr(d, p).deepspeed_config) for p in DISTILL_PHASES}
+    names = [p.name for p in resolve_phases(d)]
+    upto = names if phase is None else names[:names.index(phase) + 1]
+    distill = settings(d) if phase is None else phase_settings(d, settings(d), phase)
+    ds = {p: ds_json_text(cfg, getattr(d, p).deepspeed_config) for p in (DISTILL_PHASES if phase is None else upto)}
     teacher = recorded_fingerprint(Path(cfg.output_dir) / "teacher") if not d.teacher_model else d.teacher_model
-    augmented = recorded_fingerprint(Path(cfg.output_dir) / "augmented") if d.augmented_phases else None
+    reads_augmented = any(p in d.augmented_phases for p in upto)
+    augmented = recorded_fingerprint(Path(cfg.output_dir) / "augmented") if reads_augmented else None
     key = {"seed": cfg.seed, "task": settings(cfg.task), "student": settings(cfg.student),
-           "distill": settings(d), "ds": ds, "teacher": teacher, "augmented": augmented}
+           "distill": distill, "ds": ds, "teacher": teacher, "augmented": augmented}
     if revisions(d):  # only where a preset or term changed its defaults: other outputs stay valid
         key["revisions"] = revisions(d)
+    if phase is not None:
+        key["phase"] = phase
     return _with_inputs(key, _distill_inputs(cfg))
+
+
+def checkpoint_fingerprints(cfg, name: str) -> tuple[str, ...]:
+    """Every fingerprint a current checkpoint of stage ``name`` may record: the stage's, or
+    for a distillation, a phase's own (``phase_fingerprints``)."""
+    phases = [p.name for p in resolve_phases(cfg.stages.distill)] if STAGES[name].owner == "distill" else []
+    return tuple(dict.fromkeys(stage_fingerprints(cfg, name) + tuple(
+        f for phase in phases for f in phase_fingerprints(cfg, phase))))
+
+
+def phase_fingerprints(cfg, phase: str) -> tuple[str, ...]:
+    """Every fingerprint a current output of distillation phase ``phase`` may record: its
+    own (with bookkeeping settings, as ``stage_fingerprints`` has both), or the whole
+    stage's, which phase folders recorded before phases had their own."""
+    own = (_distill_fingerprint(cfg, output_settings, phase), _distill_fingerprint(cfg, settings_dict, phase))
+    return tuple(dict.fromkeys(own + stage_fingerprints(cfg, "distill")))
 
 
 def produced_models(cfg) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ from pipeline.data.tokenized import tokenize_cached
 from pipeline.distill.layers import LayerLayout, layer_layout
 from pipeline.distill.objective import DistillObjective
 from pipeline.distill.plan import phase_recipe, phase_source
-from pipeline.distill.presets import Phase
+from pipeline.distill.presets import Phase, phase_settings
 from pipeline.distill.student import DistillModule, build_student, size_note
 from pipeline.distill.teacher import FrozenTeacher, cached_teacher_logits, teacher_fingerprint
 from pipeline.distill.terms import TERMS
@@ -55,6 +55,8 @@ class DistillRun:
     tokenizer: object
     teacher: Optional[FrozenTeacher]
     fingerprints: tuple[str, ...]  # the stage's (stage_fingerprints): the first is recorded, any is current
+    # each phase's (phase_fingerprints), which its folder and checkpoints record: the first is recorded, any is current
+    phase_fingerprints: dict
     stop: StopRequest
     teacher_tokenizer: object = None  # set when it tokenizes differently from the student (prediction-layer KD only)
     notes: list = field(default_factory=list)  # trust notes of the folders read, logged when training starts
@@ -62,7 +64,7 @@ class DistillRun:
 
     @property
     def fingerprint(self) -> str:
-        """The stage's fingerprint, recorded in every phase folder and checkpoint folder."""
+        """The stage's fingerprint, recorded in the student it publishes."""
         return self.fingerprints[0]
 
     @property
@@ -103,7 +105,7 @@ def phase_dataset(run: DistillRun, phase: Phase) -> datasets.Dataset:
 def phase_done(run: DistillRun, phase: str) -> bool:
     """Complete for this configuration, with intact files (else the phase is redone)."""
     folder = run.phase_folder(phase)
-    if not is_complete(folder) or recorded_fingerprint(folder) not in run.fingerprints:
+    if not is_complete(folder) or recorded_fingerprint(folder) not in run.phase_fingerprints[phase]:
         return False
     return decided_by_main(lambda: not problems(folder))  # rank 0 hashes, the others are told
 
@@ -161,22 +163,28 @@ def train_phase(run: DistillRun, phase: Phase, index: int, previous: Optional[Pa
     objective = DistillObjective(cfg, phase, module, run.teacher.model if run.teacher else None, layout,
                                  dist.device, schedule.total_micro_steps,
                                  teacher_logits=_cached_logits(run, phase, ds, train_cfg.eval_batch_size))
-    trajectories = trajectory_keys(cfg, STAGE, {
-        "phase": phase.name, "student": settings_dict(cfg.student), "ds": ds_cfg,
-        "teacher": teacher_fingerprint(run.teacher.folder) if run.teacher else None})
+    extra = {"phase": phase.name, "student": settings_dict(cfg.student), "ds": ds_cfg,
+             "teacher": teacher_fingerprint(run.teacher.folder) if run.teacher else None}
+    # what the phases up to this one read; a checkpoint that recorded the whole stage's settings resumes too
+    trajectories = tuple(dict.fromkeys(trajectory_keys(
+        cfg, STAGE, extra, lambda settings: phase_settings(cfg.stages.distill, settings, phase.name))
+        + trajectory_keys(cfg, STAGE, extra)))
     ckpts = Checkpoints(run.checkpoint_folder(phase.name), dist, trajectories, train_cfg.keep_checkpoints,
-                        run.fingerprint, extra=(objective.save_extra, objective.load_extra))
+                        run.phase_fingerprints[phase.name][0], extra=(objective.save_extra, objective.load_extra))
     state = resume(engine, ckpts, phase.name, schedule.total_micro_steps)
     ckpts.require_room(engine, module.student)
+    events = run.out / "tensorboard" / cfg.stages.distill.output
     if run.fresh:  # every check has passed: a refused start leaves the earlier attempt's curves where they were
-        start_afresh(run.out / "tensorboard" / cfg.stages.distill.output, STAGE, dist)
+        start_afresh(events, STAGE, dist)
         run.fresh = False
+    elif not state:  # this phase afresh, after phases kept: its own earlier curves go aside
+        start_afresh(events, phase.name, dist, phase.name)
     while run.notes:  # say what was read, once
         log(dist, run.notes.pop(0))
     log(dist, phase_line(phase, len(ds), schedule.total_optimizer_steps, layout.pairs))
     # the classifier is not trained during ILD: nothing to score there
     evaluate = (lambda: {}) if phase.is_ild else dev_evaluator(engine, data, train_cfg, dist, cfg.seed)
-    with Scalars(run.out / "tensorboard" / cfg.stages.distill.output, dist.is_main) as scalars:
+    with Scalars(events, dist.is_main, phase.name) as scalars:
         result = train_loop(engine=engine, dist=dist, train_ds=ds, collate=data.collate, cfg=train_cfg,
                             seed=cfg.seed, schedule=schedule, loss_fn=objective, evaluate=evaluate,
                             main_metric=f"{data.main_split}/{data.spec.main_metric}", ckpts=ckpts, scalars=scalars,
@@ -187,7 +195,7 @@ def train_phase(run: DistillRun, phase: Phase, index: int, previous: Optional[Pa
     full = consolidated_state_dict(engine, ds_cfg)
     if dist.is_main:
         student_sd = {k[len("student."):]: v for k, v in full.items() if k.startswith("student.")}
-        with atomic_output(run.phase_folder(phase.name), cfg, STAGE, run.fingerprint) as tmp:
+        with atomic_output(run.phase_folder(phase.name), cfg, STAGE, run.phase_fingerprints[phase.name][0]) as tmp:
             save_model(module.student, run.tokenizer, tmp, student_sd, cfg.task.max_length)
             write_json(tmp / "train_results.json", {
                 "phase": phase.name, "terms": phase.terms, "mixup": phase.mixup, "consistency": phase.consistency,

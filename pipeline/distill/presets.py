@@ -93,6 +93,25 @@ def resolve_phases(distill_cfg) -> list[Phase]:
     return plans
 
 
+def phase_settings(distill_cfg, settings: dict, phase: str) -> dict:
+    """``settings`` (of ``stages.distill``, as ``settings_dict`` gives them) as the phases up
+    to ``phase`` read them, for that phase's fingerprint and checkpoints: without the training
+    sections and terms of the phases after it, without a setting that only a term none of
+    them has reads (the KD temperature), and with the phases and augmented phases listed as
+    far as it. Everything else stays, whether those phases read it or not."""
+    phases = {p.name: p for p in resolve_phases(distill_cfg)}
+    names = list(phases)
+    upto = names[:names.index(phase) + 1]
+    later = [p for p in PHASES if p not in upto]
+    terms = {t for p in upto for t in phases[p].terms}
+    read = {s for t in terms for s in TERMS[t].settings}
+    unread = {s for term in TERMS.values() for s in term.settings} - read
+    out = {k: v for k, v in settings.items() if k not in later and k not in unread}
+    if "kd" in later:
+        out.pop("kd_terms", None)
+    return {**out, "phases": upto, "augmented_phases": [p for p in distill_cfg.augmented_phases if p in upto]}
+
+
 def revisions(distill_cfg) -> dict:
     """The revisions of the preset and of the terms ``distill_cfg`` runs, where not 0: part
     of the stage's fingerprint, so that a change of a preset's or a term's defaults makes

@@ -19,6 +19,7 @@ class Term:
     same_heads: bool = False  # needs equal attention-head counts
     projects: bool = False  # compares student hidden states with the teacher's: a projection per layer
     revision: int = 0  # bumped when the term's default math changes: outputs made before are stale
+    settings: frozenset = frozenset()  # the stages.distill settings it alone reads (a phase without it ignores them)
 
     @property
     def fn(self) -> Callable[..., dict]:
@@ -38,9 +39,10 @@ TERMS: dict[str, Term] = {t.name: t for t in [
     Term("attention_kl", frozenset({"q", "k"}), same_heads=True),
     Term("attention_mse", frozenset({"q", "k"}), same_heads=True),
     Term("hidden_mse", frozenset({"hidden"}), embeddings=True, projects=True),
-    Term("pkd", frozenset({"hidden"}), projects=True, revision=1),  # 1: mean over the features
+    Term("pkd", frozenset({"hidden"}), projects=True, revision=1,  # 1: mean over the features
+         settings=frozenset({"pkd_features"})),
     Term("emd_attention", frozenset({"q", "k"}), same_heads=True),
     Term("emd_hidden", frozenset({"hidden"}), embeddings=True, projects=True),
-    Term("logit_kd", frozenset(), needs_teacher_logits=True),
+    Term("logit_kd", frozenset(), needs_teacher_logits=True, settings=frozenset({"temperature"})),
     Term("ce", frozenset(), needs_labels=True),
 ]}

@@ -17,7 +17,7 @@ from pipeline.launch.slurm import in_slurm_allocation, requeue_self, slurm_rende
 from pipeline.outputs.integrity import problems
 from pipeline.outputs.lock import run_lock
 from pipeline.outputs.manifest import is_complete, recorded_fingerprint
-from pipeline.stages import FORCED_ENV, STAGES, missing_inputs, stage_fingerprints
+from pipeline.stages import FORCED_ENV, STAGES, checkpoint_fingerprints, missing_inputs, stage_fingerprints
 from pipeline.stale_outputs import stale_before
 from pipeline.training.checkpoint_folders import archive_stale, remove_checkpoints
 
@@ -72,7 +72,7 @@ def _archive_stale_checkpoints(cfg: RunConfig, name: str, force: bool = False) -
     stage_cfg = stage_config(cfg, name)
     ckpt_dir = STAGES[name].checkpoints(stage_cfg)
     if ckpt_dir:
-        moved = archive_stale(Path(cfg.output_dir) / ckpt_dir, () if force else stage_fingerprints(stage_cfg, name))
+        moved = archive_stale(Path(cfg.output_dir) / ckpt_dir, () if force else checkpoint_fingerprints(stage_cfg, name))
         if moved and force:
             print(f"crild: {name}: --force: starting afresh; its checkpoints moved to {moved}", flush=True)
         elif moved:

@@ -14,7 +14,7 @@ from pipeline.errors import UserError, size_text
 from pipeline.outputs.integrity import problems
 from pipeline.outputs.lock import holder
 from pipeline.outputs.manifest import is_complete, recorded_fingerprint
-from pipeline.stages import STAGES, check_output_folder, stage_fingerprints
+from pipeline.stages import STAGES, check_output_folder, phase_fingerprints, stage_fingerprints
 from pipeline.training.checkpoint_folders import STALE_SUFFIX, TAG_PREFIX, ranks_that_wrote
 
 
@@ -28,6 +28,17 @@ def _latest_step(folder: Path) -> str | None:
     return f"step {int(tags[-1][len(TAG_PREFIX):])}" + (f" on {ranks} rank(s)" if ranks else "")
 
 
+def _current_phases(cfg: RunConfig, name: str) -> list[str]:
+    """The distillation phases of stage ``name`` complete for this configuration (a changed
+    KD setting leaves the ILD phases current: crild run keeps them); [] for other stages."""
+    if STAGES[name].owner != "distill":
+        return []
+    stage_cfg = stage_config(cfg, name)
+    phases = Path(cfg.output_dir) / f"{stage_cfg.stages.distill.output}.phases"
+    return [p.name for p in resolve_phases(stage_cfg.stages.distill) if is_complete(phases / p.name)
+            and recorded_fingerprint(phases / p.name) in phase_fingerprints(stage_cfg, p.name)]
+
+
 def _progress(cfg: RunConfig, name: str) -> str | None:
     """Where an interrupted stage would resume, or None when it has no checkpoint."""
     stage_cfg = stage_config(cfg, name)
@@ -35,15 +46,12 @@ def _progress(cfg: RunConfig, name: str) -> str | None:
     if not ckpt:
         return None
     root = Path(cfg.output_dir) / ckpt
-    if name not in ("distill", "baseline"):
+    if STAGES[name].owner != "distill":
         step = _latest_step(root)
         return None if step is None else f"resumable from {step}"
-    output = stage_cfg.stages.distill.output
-    done, current = [], None
+    done, current = _current_phases(cfg, name), None
     for phase in resolve_phases(stage_cfg.stages.distill):
-        if is_complete(Path(cfg.output_dir) / f"{output}.phases" / phase.name):
-            done.append(phase.name)
-        elif current is None and (step := _latest_step(root / phase.name)) is not None:
+        if phase.name not in done and current is None and (step := _latest_step(root / phase.name)) is not None:
             current = f"phase {phase.name} resumable from {step}"
     if current is None and not done:
         return None
@@ -57,7 +65,9 @@ def stage_state(cfg: RunConfig, name: str, running: str | None, verify: bool) ->
         return "running"
     if is_complete(folder):
         if recorded_fingerprint(folder) not in stage_fingerprints(stage_cfg, name):
-            return "stale (written for another configuration or other inputs; crild run redoes it)"
+            kept = _current_phases(cfg, name)
+            keeping = f", keeping its complete phase{'s' * (len(kept) > 1)} {', '.join(kept)}" if kept else ""
+            return f"stale (written for another configuration or other inputs; crild run redoes it{keeping})"
         bad = problems(folder) if verify else []
         return f"damaged ({bad[0]}; crild run redoes it)" if bad else "complete"
     progress = _progress(cfg, name)

@@ -175,15 +175,18 @@ def checkpoint_bytes(engine) -> int:
     return weights + 8 * full_numel(params, trainable_only=True)
 
 
-def trajectory_keys(cfg, section: str, extra: dict) -> tuple[str, ...]:
+def trajectory_keys(cfg, section: str, extra: dict, section_settings=None) -> tuple[str, ...]:
     """What determines a training run's trajectory: the seed, the task, the section's
-    training settings (``stages.<section>``, less how often it checkpoints and logs) and
-    ``extra`` (the model, the DeepSpeed config, the phase, the teacher). A checkpoint resumes
-    only into the same trajectory. The first key is the one checkpoints record; the second,
-    where it differs, is the key of crild versions that counted the bookkeeping settings."""
+    training settings (``stages.<section>``, less how often it checkpoints and logs;
+    ``section_settings`` turns them into the part the run reads, where it reads less, as a
+    distillation phase reads the phases before it and not those after) and ``extra`` (the
+    model, the DeepSpeed config, the phase, the teacher). A checkpoint resumes only into the
+    same trajectory. The first key is the one checkpoints record; the second, where it
+    differs, is the key of crild versions that counted the bookkeeping settings."""
     def key(settings) -> str:
+        own = settings(getattr(cfg.stages, section))
         return config_hash({"seed": cfg.seed, "task": settings(cfg.task), "stage": section,
-                            "settings": settings(getattr(cfg.stages, section)), **extra})
+                            "settings": section_settings(own) if section_settings else own, **extra})
 
     return tuple(dict.fromkeys((key(output_settings), key(settings_dict))))
 

@@ -314,6 +314,82 @@ def test_zero3_partitioned_teacher_gives_the_same_kd_logits(tmp_path, tiny_bert,
     torch.testing.assert_close(logits["zero3"], logits["plain"], atol=1e-5, rtol=1e-4)
 
 
+# a change of one setting -> the phases of the demo's CR-ILD (ild_supplementary, ild, kd) whose
+# fingerprints it changes: those that read it, and every phase after them (which starts from them)
+PHASE_CHANGES = [
+    (["stages.distill.kd.epochs=3"], {"kd"}),
+    (["stages.distill.kd.learning_rate=1e-3"], {"kd"}),
+    (["stages.distill.temperature=4"], {"kd"}),  # read by logit_kd, a term of KD alone
+    (["stages.distill.kd_terms={ce: 0.5}"], {"kd"}),
+    (["stages.distill.augmented_phases=[]"], {"kd"}),
+    (["stages.distill.temperature=4", "stages.distill.ild_terms={logit_kd: 1}"], {"ild_supplementary", "ild", "kd"}),
+    (["stages.distill.ild.learning_rate=1e-3"], {"ild", "kd"}),
+    (["stages.distill.ild.deepspeed_config=ds_configs/zero2_bf16.json"], {"ild", "kd"}),
+    (["stages.distill.ild_supplementary.epochs=2"], {"ild_supplementary", "ild", "kd"}),
+    (["stages.distill.mixup.alpha=0.5"], {"ild_supplementary", "ild", "kd"}),
+    (["stages.distill.consistency.weight=0.2"], {"ild_supplementary", "ild", "kd"}),
+    (["seed=7"], {"ild_supplementary", "ild", "kd"}),
+    (["student.num_layers=2"], {"ild_supplementary", "ild", "kd"}),
+    (["stages.distill.kd.log_every=1", "stages.distill.ild.checkpoint_every=7"], set()),  # bookkeeping
+]
+
+
+@pytest.mark.parametrize("overrides,changed", PHASE_CHANGES)
+def test_a_phase_fingerprint_follows_what_the_phases_up_to_it_read(overrides, changed):
+    from pipeline.config import load_config
+    from pipeline.stages import phase_fingerprints
+
+    repo = Path(__file__).resolve().parents[2]
+    before, after = load_config(repo / "jobs" / "demo.yaml"), load_config(repo / "jobs" / "demo.yaml", overrides)
+    assert {p for p in ("ild_supplementary", "ild", "kd")
+            if phase_fingerprints(before, p)[0] != phase_fingerprints(after, p)[0]} == changed
+
+
+def test_a_changed_kd_setting_keeps_the_ild_phase_and_gives_the_fresh_runs_student(tmp_path, tiny_bert, tiny_teacher,
+                                                                                 sentiment_dir, capsys):
+    """A KD setting changed (its epochs, the temperature) keeps the complete ILD phase, which
+    KD starts from: the student equals a fresh run's bitwise, KD's earlier curves are set
+    aside, and crild status says which phase crild run keeps. An ILD setting changed trains
+    both phases again."""
+    from safetensors.torch import load_file
+
+    from pipeline.launch.status import status_lines
+    from pipeline.study.scoring import read_scalars
+
+    def cfg(name, kd=None, ild=None, **distill):
+        raw = tiny_run_config(tmp_path / name, tiny_bert, sentiment_dir)
+        raw["pipeline"] = ["distill"]
+        raw["stages"]["distill"] = {"preset": "cr-ild", "teacher_model": str(tiny_teacher), "phases": ["ild", "kd"],
+                                    "ild": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, **(ild or {})},
+                                    "kd": {"epochs": 1, "batch_size": 8, "log_every": 1, **(kd or {})}, **distill}
+        return from_dict(raw)
+
+    def run(config) -> str:
+        capsys.readouterr()
+        assert stage3_distill.run(config, stop=StopRequest(install_handlers=False)) == 0
+        return capsys.readouterr().err
+
+    out = tmp_path / "a" / "run"
+    ild = out / "student.phases" / "ild" / "model.safetensors"
+    run(cfg("a"))
+    written = ild.stat().st_mtime_ns
+    longer = cfg("a", kd={"epochs": 2}, temperature=4.0)
+    assert status_lines(longer)[1:] == ["  distill  stale (written for another configuration or other inputs; crild "
+                                        "run redoes it, keeping its complete phase ild)"]
+    said = run(longer)
+    assert f"ild: complete for this configuration, kept ({out / 'student.phases' / 'ild'})" in said
+    assert ild.stat().st_mtime_ns == written and "kd: 96 examples, 24 optimizer steps" in said
+    events = out / "tensorboard" / "student"
+    assert [p.suffix for p in (events / "earlier-1").iterdir()] == [".kd"]  # KD's earlier curves, not ILD's
+    assert read_scalars(events)["kd/train/loss"][-1][0] == 24 and "ild/train/loss" in read_scalars(events)
+    run(cfg("b", kd={"epochs": 2}, temperature=4.0))
+    a = load_file(str(out / "student" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "run" / "student" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    said = run(cfg("a", kd={"epochs": 2}, ild={"learning_rate": 2e-3}, temperature=4.0))
+    assert "kept" not in said and ild.stat().st_mtime_ns != written
+
+
 @pytest.mark.parametrize("preset,target", [("cr-ild", "clean"), ("cr-ild", "ema"), ("emd-ild", "clean")])
 def test_resume_is_exact(tmp_path, tiny_bert, sentiment_dir, preset, target):
     """Stopped mid-phase and resumed: the same student as without the stop (mixup draws,
