@@ -67,7 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", default=[], metavar="section.key=value")
     p.add_argument("--verify", action="store_true", help="also check complete outputs against their content hashes")
 
-    p = sub.add_parser("config", help="validate a configuration and print it with every default filled in")
+    p = sub.add_parser("config", help="validate a configuration; print it with every default filled in, and what "
+                                      "each distillation phase trains")
     _add_config(p, "; optional with --explain")
     p.add_argument("overrides", nargs="*", default=[], metavar="section.key=value")
     p.add_argument("--explain", action="store_true", help="print every key with its type, default and help")
