@@ -172,3 +172,27 @@ def test_crild_run_force_redoes_a_stage_from_its_start(tmp_path, tiny_bert, sent
     assert (f"crild: teacher: --force: starting afresh; its checkpoints moved to "
             f"{tmp_path / 'run' / 'checkpoints' / 'teacher.stale-1'}") in said
     assert "resuming" not in said and "teacher: saved" in said
+
+
+def test_a_stage_kept_from_another_number_of_ranks_says_so(tmp_path, tiny_bert, sentiment_dir, monkeypatch, capsys):
+    """The ranks are not part of a stage's fingerprint (inside Slurm the allocation decides
+    them, not the file), and they set a training stage's global batch and data order: a
+    teacher trained on one rank and kept by a run on two is named with both counts."""
+    from pipeline.launch.local import _skip
+    from pipeline.outputs.atomic import atomic_output
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "1")  # as the stage that wrote it had
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir)
+    cfg = from_dict(raw)
+    teacher = tmp_path / "run" / "teacher"
+    with atomic_output(teacher, cfg, "teacher", stage_fingerprint(cfg, "teacher")) as tmp:
+        (tmp / "model.safetensors").write_bytes(b"weights")
+    capsys.readouterr()
+    assert _skip(cfg, "teacher")
+    assert capsys.readouterr().out == "crild: teacher: complete for this configuration, skipped\n"
+    assert _skip(from_dict({**raw, "num_ranks": 2}), "teacher")
+    assert capsys.readouterr().out.splitlines()[1] == (
+        f"crild: note: teacher: {teacher} was trained on 1 rank(s), and this run has 2: its global batch and data "
+        f"order differ, so this configuration would train another model here; kept as it is (crild run --force "
+        f"trains every stage again)")

@@ -16,7 +16,7 @@ from pipeline.launch.signals import StageRunner
 from pipeline.launch.slurm import in_slurm_allocation, requeue_self, slurm_rendezvous
 from pipeline.outputs.integrity import problems
 from pipeline.outputs.lock import run_lock
-from pipeline.outputs.manifest import is_complete, recorded_fingerprint
+from pipeline.outputs.manifest import is_complete, read_manifest, recorded_fingerprint
 from pipeline.stages import FORCED_ENV, STAGES, checkpoint_fingerprints, missing_inputs, stage_fingerprints
 from pipeline.stale_outputs import stale_before
 from pipeline.training.checkpoint_folders import archive_stale, remove_checkpoints
@@ -63,7 +63,19 @@ def _skip(cfg: RunConfig, name: str, known_intact: Optional[set] = None) -> bool
     ckpt_dir = STAGES[name].checkpoints(stage_config(cfg, name))
     if ckpt_dir:
         remove_checkpoints(Path(cfg.output_dir) / ckpt_dir)
+        folder = Path(cfg.output_dir) / STAGES[name].output(stage_config(cfg, name))
+        ranks, now = (read_manifest(folder) or {}).get("ranks"), world_size(cfg)
+        if isinstance(ranks, int) and ranks != now:  # not part of the fingerprint: Slurm's allocation decides it
+            print(f"crild: note: {name}: {folder} was trained on {ranks} rank(s), and this run has {now}: its global "
+                  f"batch and data order differ, so this configuration would train another model here; kept as it "
+                  f"is (crild run --force trains every stage again)", flush=True)
     return True
+
+
+def world_size(cfg: RunConfig) -> int:
+    """The ranks a stage of this run trains on: the Slurm allocation's tasks inside one, else
+    ``num_ranks``."""
+    return int(os.environ["SLURM_NTASKS"]) if in_slurm_allocation() else cfg.num_ranks
 
 
 def _archive_stale_checkpoints(cfg: RunConfig, name: str, force: bool = False) -> None:
@@ -170,7 +182,7 @@ def _run_stages(cfg: RunConfig, config_path: str, overrides: list[str], force: b
         from pipeline.launch.preflight import check_stages
         from pipeline.runtime.hub import commits_read
 
-        check_stages(cfg, to_run, world_size=int(os.environ["SLURM_NTASKS"]) if in_slurm_allocation() else cfg.num_ranks)
+        check_stages(cfg, to_run, world_size=world_size(cfg))
         env.update(commits_read())  # each stage reads hub models and datasets at the commits the checks read
         if not torch.cuda.is_available():  # the stages run here: DeepSpeed's launchers need not guess the accelerator
             env.setdefault("DS_ACCELERATOR", "cpu")

@@ -39,8 +39,10 @@ def atomic_output(final: Path, cfg, stage: str, fingerprint: str):
         yield tmp
         (tmp / RESOLVED_CONFIG).write_text(dump_yaml(cfg))
         write_hashes(tmp)
+        # the ranks that made it: a training stage's global batch and data order follow them
         (tmp / MANIFEST).write_text(json.dumps({"stage": stage, "status": "complete", "fingerprint": fingerprint,
-                                                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1))
+                                                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                                "ranks": int(os.environ.get("WORLD_SIZE") or 1)}, indent=1))
         crash_point("output")
         if final.exists():
             old = final.parent / f".{final.name}.old"
