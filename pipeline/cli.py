@@ -40,8 +40,36 @@ def _one_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         sub.error("the following arguments are required: config")
 
 
+def version_line() -> str:
+    """crild's version and those of the libraries whose versions change its results, for a
+    bug report (read from their installed metadata: nothing is imported)."""
+    import platform
+    from importlib import metadata
+
+    from pipeline import __version__
+
+    def installed(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    libraries = ", ".join(f"{name} {installed(name)}" for name in ("torch", "deepspeed", "transformers", "onnxruntime"))
+    return f"crild {__version__} (Python {platform.python_version()}; {libraries})"
+
+
+class _Version(argparse.Action):
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, help="print crild's version and its libraries', and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_line())
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="crild", description="Compress encoder models by CR-ILD distillation.")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run the configured stages in order, skipping complete ones")

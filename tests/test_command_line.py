@@ -39,6 +39,21 @@ def test_a_runs_last_line_names_its_status_command_with_the_overrides(tmp_path, 
     assert capsys.readouterr().out.splitlines()[0] == f"{elsewhere}: not in use"
 
 
+def test_version_names_crild_and_the_libraries_its_results_depend_on(capsys):
+    import platform
+    from importlib import metadata
+
+    from pipeline import __version__
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == (
+        f"crild {__version__} (Python {platform.python_version()}; torch {metadata.version('torch')}, deepspeed "
+        f"{metadata.version('deepspeed')}, transformers {metadata.version('transformers')}, onnxruntime "
+        f"{metadata.version('onnxruntime')})\n")
+
+
 def test_a_study_file_is_the_first_argument_or_dash_dash_study():
     assert parse_command(["study"]).study == "jobs/studies/offline.yaml"
     for argv in (["study", "s.yaml", "--collect-only"], ["study", "--study", "s.yaml"], ["study", "--study=s.yaml"]):
