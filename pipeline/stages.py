@@ -70,6 +70,16 @@ def _export_inputs(cfg) -> dict:
     return {"task": cfg.task, "stages.export": cfg.stages.export}
 
 
+# task settings that change how a model is scored, not the examples it trains on: a stage
+# that scores nothing (augmentation, the ILD phases) leaves them out of its fingerprint, so
+# that capping the evaluation keeps its output
+SCORING_TASK_KEYS = ("metric", "max_eval_examples")
+
+
+def _unscored(task: dict) -> dict:
+    return {k: v for k, v in task.items() if k not in SCORING_TASK_KEYS}
+
+
 def _teacher_fingerprint(cfg, settings) -> str:
     return _with_inputs({"seed": cfg.seed, "task": settings(cfg.task), "teacher": settings(cfg.teacher),
                          "train": settings(cfg.stages.teacher),
@@ -77,7 +87,7 @@ def _teacher_fingerprint(cfg, settings) -> str:
 
 
 def _augment_fingerprint(cfg, settings) -> str:
-    key = {"seed": cfg.seed, "task": settings(cfg.task), "tokenizer": cfg.student.backbone,
+    key = {"seed": cfg.seed, "task": _unscored(settings(cfg.task)), "tokenizer": cfg.student.backbone,
            "augment": settings(cfg.stages.augment)}
     digests = input_digests({"student.backbone": cfg.student.backbone})
     return _with_inputs({**key, "tokenizer_files": digests} if digests else key, _augment_inputs(cfg))
@@ -95,7 +105,8 @@ def _distill_fingerprint(cfg, settings, phase: str | None = None) -> str:
     teacher = recorded_fingerprint(Path(cfg.output_dir) / "teacher") if not d.teacher_model else d.teacher_model
     reads_augmented = any(p in d.augmented_phases for p in upto)
     augmented = recorded_fingerprint(Path(cfg.output_dir) / "augmented") if reads_augmented else None
-    key = {"seed": cfg.seed, "task": settings(cfg.task), "student": settings(cfg.student),
+    task = _unscored(settings(cfg.task)) if phase not in (None, "kd") else settings(cfg.task)  # ILD scores nothing
+    key = {"seed": cfg.seed, "task": task, "student": settings(cfg.student),
            "distill": distill, "ds": ds, "teacher": teacher, "augmented": augmented}
     if revisions(d):  # only where a preset or term changed its defaults: other outputs stay valid
         key["revisions"] = revisions(d)

@@ -52,6 +52,17 @@ def test_fingerprints_follow_the_data_and_the_model_folders(tmp_path, tiny_bert,
     assert changed["distill"] != after["distill"] and changed["evaluate"] != after["evaluate"]
 
 
+def test_augmented_data_is_kept_when_only_how_models_are_scored_changes():
+    """Augmentation reads the training split and scores nothing: a cap on the held-out
+    splits leaves its output current, while the training examples it reads do not."""
+    base = from_dict({"task": {"name": "rotten_tomatoes", "few_sample": 4000}})
+    capped = from_dict({"task": {"name": "rotten_tomatoes", "few_sample": 4000, "max_eval_examples": 100}})
+    fewer = from_dict({"task": {"name": "rotten_tomatoes", "few_sample": 1000}})
+    assert stage_fingerprint(capped, "augment") == stage_fingerprint(base, "augment")
+    assert stage_fingerprint(fewer, "augment") != stage_fingerprint(base, "augment")
+    assert stage_fingerprint(capped, "teacher") != stage_fingerprint(base, "teacher")  # its record scores on dev
+
+
 def test_a_configuration_naming_no_file_keeps_its_fingerprint():
     """Offline aliases and prepared data: the fingerprint is the settings' hash, as before
     digests were part of it (committed study records stay valid)."""

@@ -331,6 +331,8 @@ PHASE_CHANGES = [
     (["seed=7"], {"ild_supplementary", "ild", "kd"}),
     (["student.num_layers=2"], {"ild_supplementary", "ild", "kd"}),
     (["stages.distill.kd.log_every=1", "stages.distill.ild.checkpoint_every=7"], set()),  # bookkeeping
+    (["task.max_eval_examples=100"], {"kd"}),  # KD scores the student as it trains; ILD scores nothing
+    (["task.few_sample=1000"], {"ild_supplementary", "ild", "kd"}),
 ]
 
 
