@@ -75,7 +75,7 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
         log(dist, line)
     log(dist, f"{STAGE}: {counted(len(data.train), 'training example')}, "
               f"{counted(schedule.total_optimizer_steps, 'optimizer step')}, "
-              f"{dist.world_size} rank(s), ZeRO-{zero_stage(ds_cfg)}")
+              f"{counted(dist.world_size, 'rank')}, ZeRO-{zero_stage(ds_cfg)}")
 
     def loss_fn(engine_, batch, micro_step):
         logits = engine_(**model_inputs(batch, dist.device, model)).logits
