@@ -93,7 +93,7 @@ def test_sbatch_tiny_runs_every_stage_on_two_tasks(uninterrupted):
     for stage in ("teacher", "student", "eval", "export"):
         assert (out / stage / "crild_stage.json").is_file(), log[-3000:]
     assert (out / "eval" / "results.json").is_file()
-    assert "2 rank(s)" in log and "srun --kill-on-bad-exit=1 --ntasks=2" in log
+    assert ", 2 ranks, ZeRO-" in log and "srun --kill-on-bad-exit=1 --ntasks=2" in log  # the teacher on both
     assert "srun --kill-on-bad-exit=1 --ntasks=1 --nodes=1" in log  # export: one process in the 2-task job
 
 
