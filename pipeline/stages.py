@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from pipeline.distill.presets import phase_settings, resolve_phases, revisions
+from pipeline.distill.presets import phase_settings, phases_up_to, revisions
 from pipeline.outputs.atomic import check_replaceable
 from pipeline.outputs.input_digest import input_digests
 from pipeline.outputs.manifest import recorded_fingerprint
@@ -98,8 +98,7 @@ def _distill_fingerprint(cfg, settings, phase: str | None = None) -> str:
     phases up to it read (see ``phase_settings``), so that a changed KD setting keeps the complete
     ILD phases, which the KD phase starts from, instead of training them again."""
     d = cfg.stages.distill
-    names = [p.name for p in resolve_phases(d)]
-    upto = names if phase is None else names[:names.index(phase) + 1]
+    upto = phases_up_to(d, phase)
     distill = settings(d) if phase is None else phase_settings(d, settings(d), phase)
     ds = {p: ds_json_text(cfg, getattr(d, p).deepspeed_config) for p in (DISTILL_PHASES if phase is None else upto)}
     teacher = recorded_fingerprint(Path(cfg.output_dir) / "teacher") if not d.teacher_model else d.teacher_model
@@ -118,7 +117,7 @@ def _distill_fingerprint(cfg, settings, phase: str | None = None) -> str:
 def checkpoint_fingerprints(cfg, name: str) -> tuple[str, ...]:
     """Every fingerprint a current checkpoint of stage ``name`` may record: the stage's, or
     for a distillation, a phase's own (``phase_fingerprints``)."""
-    phases = [p.name for p in resolve_phases(cfg.stages.distill)] if STAGES[name].owner == "distill" else []
+    phases = phases_up_to(cfg.stages.distill, None) if STAGES[name].owner == "distill" else []
     return tuple(dict.fromkeys(stage_fingerprints(cfg, name) + tuple(
         f for phase in phases for f in phase_fingerprints(cfg, phase))))
 

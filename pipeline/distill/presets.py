@@ -93,6 +93,12 @@ def resolve_phases(distill_cfg) -> list[Phase]:
     return plans
 
 
+def phases_up_to(distill_cfg, phase: str | None) -> list[str]:
+    """The names of the phases ``distill_cfg`` runs, up to and with ``phase`` (None: all)."""
+    names = [p.name for p in resolve_phases(distill_cfg)]
+    return names if phase is None else names[:names.index(phase) + 1]
+
+
 def phase_settings(distill_cfg, settings: dict, phase: str) -> dict:
     """``settings`` (of ``stages.distill``, as ``settings_dict`` gives them) as the phases up
     to ``phase`` read them, for that phase's fingerprint and checkpoints: without the training
@@ -100,8 +106,7 @@ def phase_settings(distill_cfg, settings: dict, phase: str) -> dict:
     them has reads (the KD temperature), and with the phases and augmented phases listed as
     far as it. Everything else stays, whether those phases read it or not."""
     phases = {p.name: p for p in resolve_phases(distill_cfg)}
-    names = list(phases)
-    upto = names[:names.index(phase) + 1]
+    upto = phases_up_to(distill_cfg, phase)
     later = [p for p in PHASES if p not in upto]
     terms = {t for p in upto for t in phases[p].terms}
     read = {s for t in terms for s in TERMS[t].settings}
