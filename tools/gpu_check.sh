@@ -110,6 +110,9 @@ run() {  # run BUNDLE OUT; GPU_CHECK_PYTHON (default python3) and GPU_CHECK_SMAL
     small=(task.few_sample=200 task.max_eval_examples=100)
   fi
   export PYTHONPATH="$site:${GPU_CHECK_PATH:+$GPU_CHECK_PATH:}$REPO" PATH="$site/bin:$PATH" CRILD_HOME="$WORK/home" OMP_NUM_THREADS=8
+  # DeepSpeed's ops build under the work folder: a step stopped by its timeout mid-build leaves its lock
+  # there, not in the user's cache, where every later build of that op would wait on it
+  export TORCH_EXTENSIONS_DIR="$WORK/torch_extensions"
   mkdir -p "$CRILD_HOME/data" && cp -r "$bundle/data/rotten_tomatoes" "$CRILD_HOME/data/"
   { nvidia-smi; echo "TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST-unset}"; } >"$WORK/nvidia-smi.txt" 2>&1 || true
   timed gpu-tests 240 "$WORK/gpu-tests.log" "$py" -m pytest tests/gpu -q -p no:cacheprovider -rs \
@@ -146,7 +149,7 @@ info = {"python": platform.python_version(), "torch": torch.__version__,
 json.dump({"machine": info, "steps": steps, "passed": all(s["exit"] == 0 for s in steps)}, open(sys.argv[2], "w"),
           indent=1)
 PY
-  tar -czf "$out/logs.tar.gz" -C "$WORK" --exclude site --exclude home --exclude run . 2>/dev/null || true
+  tar -czf "$out/logs.tar.gz" -C "$WORK" --exclude site --exclude home --exclude run --exclude torch_extensions . 2>/dev/null || true
   echo "gpu_check: results in $out"
 }
 
