@@ -52,7 +52,7 @@ from pipeline.runtime.distributed import (
     seed_everything,
     set_tf32,
 )
-from pipeline.runtime.progress import Progress, log
+from pipeline.runtime.progress import Progress, counted, log
 from pipeline.stage_cli import stage_main
 from pipeline.stages import forced, stage_fingerprint
 from pipeline.training.stop import StopRequest
@@ -128,7 +128,7 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
     if dist.is_main:
         missing = [n.name for n in names if not shard_done(n, fingerprint)]
         if missing:  # other array tasks still running: the last one to finish merges
-            log(dist, f"{STAGE}: {len(missing)} shard(s) not complete yet; merge happens when they are")
+            log(dist, f"{STAGE}: {counted(len(missing), 'shard')} not complete yet; merge happens when they are")
         else:
             merge_shards(names, out / MERGED, cfg, fingerprint, spec.regression)
             log(dist, f"{STAGE}: saved {out / MERGED}")

@@ -39,7 +39,7 @@ from pipeline.export.runtime import onnx_forward, onnxruntime, session
 from pipeline.models.loading import WEIGHT_PATTERNS, load_tokenizer, quiet_libraries, resolve_model, saved_max_length
 from pipeline.outputs.atomic import atomic_output, write_json
 from pipeline.runtime.distributed import DistInfo, barrier, init_distributed, seed_everything
-from pipeline.runtime.progress import log
+from pipeline.runtime.progress import counted, log
 from pipeline.stage_cli import stage_main
 from pipeline.stages import produced_models, stage_fingerprint
 
@@ -113,7 +113,7 @@ def oversubscribed_note(threads: int, cores: int) -> str | None:
     be those of threads waiting for each other, presented as the models'."""
     if threads <= cores:
         return None
-    return (f"note: stages.export.benchmark.threads is {threads}, and this process may use {cores} core(s): the "
+    return (f"note: stages.export.benchmark.threads is {threads}, and this process may use {counted(cores, 'core')}: the "
             f"timings are of an oversubscribed machine; set it to at most {cores}, or leave it unset")
 
 

@@ -212,7 +212,7 @@ def more_cases(tmp: Path, tiny_bert: Path, data: Path):
         ("truncated weights file", ["teacher", cfg("m5", teacher={"model": str(truncated)})],
          ["teacher: cannot load the model in", "truncated'", "incomplete metadata"]),
         ("teacher with another label count", ["teacher", cfg("m6", teacher={"model": str(three_labels)})],
-         ["three-labels' is a classifier with 3 output(s) (entailment, neutral, contradiction); task rotten_tomatoes "
+         ["three-labels' is a classifier with 3 outputs (entailment, neutral, contradiction); task rotten_tomatoes "
           "needs 2"]),
         # transformers 5 says only that some tensor does not fit, and logs a table crild hides
         ("weights that do not fit their config.json", ["teacher", cfg("m8", teacher={"model": str(misfit)})],
@@ -220,7 +220,7 @@ def more_cases(tmp: Path, tiny_bert: Path, data: Path):
           "config.json makes it [2]; classifier.weight is [3, 32] where config.json makes it [2, 32])"]),
         ("evaluating a classifier of another label count", ["evaluate", cfg("m9", stages__evaluate={
             "models": [str(three_labels)]})],
-         ["stages.evaluate.models: '", "three-labels' is a classifier with 3 output(s) (entailment, neutral, "
+         ["stages.evaluate.models: '", "three-labels' is a classifier with 3 outputs (entailment, neutral, "
           "contradiction); task rotten_tomatoes needs 2"]),
         ("student deeper than its teacher under a uniform map", ["distill", cfg("m7", student=deeper, stages__distill={
             "teacher_model": _teacher(tmp, tiny_bert), "preset": "tinybert"})],
@@ -287,7 +287,7 @@ def list_cases(tmp: Path, tiny_bert: Path, data: Path):
                                   "phases are kd"]),
         ("gradient accumulation longer than the stage", ["teacher", cfg(
             "l15", stages__teacher__gradient_accumulation_steps=10**6)],
-         ["stages.teacher.gradient_accumulation_steps: 1000000 micro-steps per optimizer step, and 2 epoch(s) of",
+         ["stages.teacher.gradient_accumulation_steps: 1000000 micro-steps per optimizer step, and 2 epochs of",
           "expected at most"]),
     ]
 

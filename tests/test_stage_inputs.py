@@ -204,6 +204,6 @@ def test_a_stage_kept_from_another_number_of_ranks_says_so(tmp_path, tiny_bert, 
     assert capsys.readouterr().out == "crild: teacher: complete for this configuration, skipped\n"
     assert _skip(from_dict({**raw, "num_ranks": 2}), "teacher")
     assert capsys.readouterr().out.splitlines()[1] == (
-        f"crild: note: teacher: {teacher} was trained on 1 rank(s), and this run has 2: its global batch and data "
+        f"crild: note: teacher: {teacher} was trained on 1 rank, and this run has 2: its global batch and data "
         f"order differ, so this configuration would train another model here; kept as it is (crild run --force "
         f"trains every stage again)")

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from pipeline.data.batching import fetch
+from pipeline.runtime.progress import counted
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def table(rows: list[dict], task: str, split: str, metric: str, threads: int, re
         f"{reference} (none of the models is a teacher)"
     head = (f"| model | runtime | {split} {metric} | size (MB) | size vs {against} | batch-1 p50 (ms) | p95 (ms) "
             f"| batch-1 speed-up | batch-32 (examples/s) | throughput vs {against} |")
-    lines = [f"Deployment on {task}, {threads} thread(s), ratios to {said} in PyTorch:", "", head,
+    lines = [f"Deployment on {task}, {counted(threads, 'thread')}, ratios to {said} in PyTorch:", "", head,
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         score = "–" if r.get("score") is None else f"{r['score']:.4f}"

@@ -9,6 +9,7 @@ from pathlib import Path
 from pipeline.errors import UserError
 from pipeline.launch.slurm import in_slurm_allocation
 from pipeline.runtime.ports import free_port
+from pipeline.runtime.progress import counted
 from pipeline.stages import STAGES
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
@@ -27,7 +28,7 @@ def check_local_ranks(cfg) -> None:
         return
     gpus = torch.cuda.device_count()
     if cfg.num_ranks > gpus:
-        raise UserError(f"num_ranks: {cfg.num_ranks} ranks, one per GPU, and this machine has {gpus} GPU(s) "
+        raise UserError(f"num_ranks: {cfg.num_ranks} ranks, one per GPU, and this machine has {counted(gpus, 'GPU')} "
                         f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); expected at most "
                         f"{gpus}, or run on Slurm (crild submit)")
 

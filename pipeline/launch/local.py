@@ -17,6 +17,7 @@ from pipeline.launch.slurm import in_slurm_allocation, requeue_self, slurm_rende
 from pipeline.outputs.integrity import problems
 from pipeline.outputs.lock import run_lock
 from pipeline.outputs.manifest import is_complete, read_manifest, recorded_fingerprint
+from pipeline.runtime.progress import counted
 from pipeline.stages import FORCED_ENV, STAGES, checkpoint_fingerprints, missing_inputs, stage_fingerprints
 from pipeline.stale_outputs import stale_before
 from pipeline.training.checkpoint_folders import archive_stale, remove_checkpoints
@@ -66,7 +67,7 @@ def _skip(cfg: RunConfig, name: str, known_intact: Optional[set] = None) -> bool
         folder = Path(cfg.output_dir) / STAGES[name].output(stage_config(cfg, name))
         ranks, now = (read_manifest(folder) or {}).get("ranks"), world_size(cfg)
         if isinstance(ranks, int) and ranks != now:  # not part of the fingerprint: Slurm's allocation decides it
-            print(f"crild: note: {name}: {folder} was trained on {ranks} rank(s), and this run has {now}: its global "
+            print(f"crild: note: {name}: {folder} was trained on {counted(ranks, 'rank')}, and this run has {now}: its global "
                   f"batch and data order differ, so this configuration would train another model here; kept as it "
                   f"is (crild run --force trains every stage again)", flush=True)
     return True

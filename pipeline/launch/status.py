@@ -14,18 +14,19 @@ from pipeline.errors import UserError, size_text
 from pipeline.outputs.integrity import problems
 from pipeline.outputs.lock import holder
 from pipeline.outputs.manifest import is_complete, recorded_fingerprint
+from pipeline.runtime.progress import counted
 from pipeline.stages import STAGES, check_output_folder, phase_fingerprints, stage_fingerprints
 from pipeline.training.checkpoint_folders import STALE_SUFFIX, TAG_PREFIX, ranks_that_wrote
 
 
 def _latest_step(folder: Path) -> str | None:
-    """``step N on R rank(s)`` of the newest checkpoint under ``folder`` (None: none): a
+    """``step N on R ranks`` of the newest checkpoint under ``folder`` (None: none): a
     resume needs as many ranks as wrote it."""
     tags = sorted(p.name for p in folder.glob(f"{TAG_PREFIX}*") if p.is_dir()) if folder.is_dir() else []
     if not tags:
         return None
     ranks = ranks_that_wrote(folder / tags[-1])
-    return f"step {int(tags[-1][len(TAG_PREFIX):])}" + (f" on {ranks} rank(s)" if ranks else "")
+    return f"step {int(tags[-1][len(TAG_PREFIX):])}" + (f" on {counted(ranks, 'rank')}" if ranks else "")
 
 
 def _current_phases(cfg: RunConfig, name: str) -> list[str]:

@@ -15,6 +15,7 @@ from pipeline.errors import UserError, clipped, one_error
 from pipeline.models.families import family_of
 from pipeline.models.hub_models import snapshot
 from pipeline.models.label_order import align_outputs, head_loaded
+from pipeline.runtime.progress import counted
 
 if TYPE_CHECKING:
     from pipeline.config import RandomInit
@@ -287,7 +288,7 @@ def check_labels(config, spec: "TaskSpec", path: str, where: str) -> None:
     trained = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
     if trained and config.num_labels != spec.num_labels:
         names = ", ".join(str(v) for v in config.id2label.values()) if config.id2label else ""
-        raise UserError(f"{where}: '{path}' is a classifier with {config.num_labels} output(s)"
+        raise UserError(f"{where}: '{path}' is a classifier with {counted(config.num_labels, 'output')}"
                         f"{f' ({names})' if names else ''}; task {spec.name} needs {spec.num_labels}")
 
 

@@ -20,7 +20,7 @@ from pipeline.runtime.build_locks import check_build_locks, op_builds
 from pipeline.runtime.cuda_arch import prepare_arch_list
 from pipeline.runtime.deepspeed_noise import import_deepspeed, without_build_notes
 from pipeline.runtime.ports import free_port
-from pipeline.runtime.progress import note
+from pipeline.runtime.progress import counted, note
 
 
 @dataclass(frozen=True)
@@ -210,7 +210,7 @@ def _say_where(info: DistInfo) -> None:
         for rank, host in enumerate(hosts):
             where.setdefault(host, []).append(rank)
         ranks = ", ".join(f"{host} [{_ranges(r)}]" for host, r in where.items())
-        print(f"crild: {info.world_size} ranks on {len(where)} node(s): {ranks}", file=sys.stderr, flush=True)
+        print(f"crild: {info.world_size} ranks on {counted(len(where), 'node')}: {ranks}", file=sys.stderr, flush=True)
 
 
 def _ranges(ranks: list[int]) -> str:

@@ -14,7 +14,7 @@ from pipeline.errors import UserError, free_bytes, size_text
 from pipeline.outputs.integrity import HASHES, problems, write_hashes
 from pipeline.runtime.distributed import DistInfo, barrier
 from pipeline.runtime.faults import crash_point
-from pipeline.runtime.progress import log
+from pipeline.runtime.progress import counted, log
 from pipeline.runtime.rank_zero import decided_by_main
 from pipeline.schema.hashing import config_hash, output_settings, settings_dict
 from pipeline.training.checkpoint_folders import FINGERPRINT_FILE, TAG_PREFIX, ranks_that_wrote
@@ -155,7 +155,7 @@ class Checkpoints:
         would change mid-stage, so the resume would not continue the same training."""
         written = ranks_that_wrote(self.root / tag)
         if written and written != self.dist.world_size:
-            raise UserError(f"{self.root / tag}: checkpoint written by {written} rank(s), and this run has "
+            raise UserError(f"{self.root / tag}: checkpoint written by {counted(written, 'rank')}, and this run has "
                             f"{self.dist.world_size}; a resume continues the same training only on as many (the "
                             f"global batch, each rank's data and ZeRO's optimizer partitions depend on it): run it on "
                             f"{written} (num_ranks: {written}), or move {self.root} away to start over")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from pipeline.data.batching import steps_per_epoch
 from pipeline.errors import UserError
+from pipeline.runtime.progress import counted
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,8 @@ def make_schedule(n_train: int, cfg, world_size: int, key: str) -> StepSchedule:
     total = spe * cfg.epochs
     if cfg.gradient_accumulation_steps > total:
         raise UserError(f"{key}.gradient_accumulation_steps: {cfg.gradient_accumulation_steps} micro-steps per "
-                        f"optimizer step, and {cfg.epochs} epoch(s) of {n_train} examples in batches of "
-                        f"{cfg.batch_size} on {world_size} rank(s) make {total}; expected at most {total}")
+                        f"optimizer step, and {counted(cfg.epochs, 'epoch')} of {n_train} examples in batches of "
+                        f"{cfg.batch_size} on {counted(world_size, 'rank')} make {total}; expected at most {total}")
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps * cfg.gradient_accumulation_steps)
     total -= total % cfg.gradient_accumulation_steps

@@ -16,7 +16,7 @@ from pipeline.data.batching import Collator, epoch_batches, fetch
 from pipeline.errors import UserError
 from pipeline.runtime.distributed import DistInfo, all_reduce_max, all_reduce_sum
 from pipeline.runtime.faults import crash_point
-from pipeline.runtime.progress import Progress
+from pipeline.runtime.progress import Progress, counted
 from pipeline.training.checkpointing import Checkpoints
 from pipeline.training.scalars import Scalars
 from pipeline.training.schedule import StepSchedule
@@ -99,7 +99,7 @@ def _zero_loss(params) -> torch.Tensor:
 
 def _nonfinite_message(total, components: dict, micro: int, epoch: int, bad_ranks: int, world_size: int) -> str:
     parts = "".join(f", {k} {float(v):.4g}" for k, v in components.items())
-    return (f"non-finite loss at micro-step {micro} (epoch {epoch}; {bad_ranks} of {world_size} rank(s); "
+    return (f"non-finite loss at micro-step {micro} (epoch {epoch}; {bad_ranks} of {counted(world_size, 'rank')}; "
             f"this rank: loss {float(total.detach()):.4g}{parts})")
 
 
@@ -147,7 +147,7 @@ class _Loop:
             return
         epoch = first // self.schedule.steps_per_epoch
         raise UserError(f"{self.prefix}: non-finite loss at micro-step {first} (epoch {epoch}; {ranks} of "
-                        f"{self.dist.world_size} rank(s); this rank: loss {loss:.4g}); training stopped, the last good "
+                        f"{counted(self.dist.world_size, 'rank')}; this rank: loss {loss:.4g}); training stopped, the last good "
                         f"checkpoint is {self.ckpts.latest_tag() or 'none'} in {self.ckpts.root}; lower the learning "
                         f"rate or check the data")
 

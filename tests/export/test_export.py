@@ -183,7 +183,7 @@ def test_ratios_are_to_the_teacher_by_its_role_not_its_folder_name(trained, tmp_
         exports[label] = tmp_path / label / "export"
     assert {p.name for p in exports["with"].iterdir() if p.is_dir()} == {"student", "student-int8", "big_teacher"}
     lines = (exports["with"] / "latency.md").read_text().splitlines()
-    assert lines[0] == "Deployment on rotten_tomatoes, 1 thread(s), ratios to the teacher, big_teacher, in PyTorch:"
+    assert lines[0] == "Deployment on rotten_tomatoes, 1 thread, ratios to the teacher, big_teacher, in PyTorch:"
     assert "| size vs teacher |" in lines[2]
     rows = {tuple(c.strip() for c in line.split("|")[1:3]): line.split("|")[5].strip() for line in lines[4:]}
     assert rows[("big_teacher", "pytorch")] == "1.00x" and rows[("student", "pytorch")] != "1.00x"
@@ -202,7 +202,7 @@ def test_ratios_are_to_the_teacher_by_its_role_not_its_folder_name(trained, tmp_
     results = json.loads((exports["without"] / "results.json").read_text())
     assert (results["reference"], results["reference_is_teacher"]) == ("student", False)
     head = (exports["without"] / "latency.md").read_text().splitlines()
-    assert head[0] == ("Deployment on rotten_tomatoes, 1 thread(s), ratios to student (none of the models is a "
+    assert head[0] == ("Deployment on rotten_tomatoes, 1 thread, ratios to student (none of the models is a "
                        "teacher) in PyTorch:") and "| size vs student |" in head[2]
 
 
@@ -422,7 +422,7 @@ def test_more_benchmark_threads_than_cores_is_noted():
 
     assert oversubscribed_note(2, 2) is None and oversubscribed_note(1, 16) is None
     assert oversubscribed_note(1000, 2) == (
-        "note: stages.export.benchmark.threads is 1000, and this process may use 2 core(s): the timings are of an "
+        "note: stages.export.benchmark.threads is 1000, and this process may use 2 cores: the timings are of an "
         "oversubscribed machine; set it to at most 2, or leave it unset")
 
 

@@ -30,7 +30,7 @@ def test_more_local_ranks_than_gpus_is_refused_before_any_stage(one_gpu, tmp_pat
         main(["run", str(path)])
     assert done.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "crild: error: num_ranks: 2 ranks, one per GPU, and this machine has 1 GPU(s) (CUDA_VISIBLE_DEVICES=3); "
+        "crild: error: num_ranks: 2 ranks, one per GPU, and this machine has 1 GPU (CUDA_VISIBLE_DEVICES=3); "
         "expected at most 1, or run on Slurm (crild submit)"]
     assert not (tmp_path / "run" / "teacher").exists()
 

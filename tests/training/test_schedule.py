@@ -29,4 +29,4 @@ def test_accumulation_longer_than_the_stage_is_one_line_naming_the_key():
     with pytest.raises(UserError) as exc:
         schedule(100, batch_size=8, epochs=2, gradient_accumulation_steps=27)
     assert str(exc.value) == ("stages.teacher.gradient_accumulation_steps: 27 micro-steps per optimizer step, and "
-                              "2 epoch(s) of 100 examples in batches of 8 on 1 rank(s) make 26; expected at most 26")
+                              "2 epochs of 100 examples in batches of 8 on 1 rank make 26; expected at most 26")
