@@ -464,7 +464,9 @@ class DistillConfig(Strict):
         reader = "ild_supplementary" if self.supplementary_mode == "before" else "ild"
         if self.supplementary and reader not in names:
             raise field_error(f"set, and no phase reads it: with supplementary_mode '{self.supplementary_mode}' "
-                              f"the '{reader}' phase does, and the phases are {', '.join(names)}", "supplementary")
+                              f"the '{reader}' phase does, and the phases are {', '.join(names)}; expected none for these phases "
+                              f"(leave the key out, or stages.distill.supplementary=[] on the command line)",
+                              "supplementary")
         return self
 
 

@@ -268,7 +268,8 @@ def list_cases(tmp: Path, tiny_bert: Path, data: Path):
         ("supplementary data no phase reads", ["config", cfg("l13", stages__distill={
             "preset": "kd", "supplementary": snli})],
          ["stages.distill.supplementary: set, and no phase reads it: with supplementary_mode 'before' the "
-          "'ild_supplementary' phase does, and the phases are kd"]),
+          "'ild_supplementary' phase does, and the phases are kd; expected none for these phases (leave the key "
+          "out, or stages.distill.supplementary=[] on the command line)"]),
         ("supplementary phase without supplementary data", ["config", cfg("l14", stages__distill={
             "phases": ["ild_supplementary", "kd"]})],
          ["stages.distill.phases: phase 'ild_supplementary' trains on stages.distill.supplementary, which is empty"]),

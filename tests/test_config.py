@@ -365,3 +365,13 @@ def test_a_list_written_without_brackets_says_how_to_write_it(tmp_path, override
     with pytest.raises(UserError) as err:
         load_config(write(tmp_path, {"task": {"name": "mine", "data_dir": "d"}}), [override])
     assert str(err.value) == f"override '{override.partition('=')[0]}=...': {said}"
+
+
+def test_the_fix_named_for_supplementary_data_no_phase_reads_is_accepted(tmp_path):
+    """Switching the demo's file to a preset without the supplementary phase is refused with
+    the override that fixes it, and that override is accepted."""
+    demo = REPO / "jobs" / "demo.yaml"
+    with pytest.raises(UserError, match=re.escape("stages.distill.supplementary=[] on the command line")):
+        load_config(demo, ["stages.distill.preset=kd"])
+    cfg = load_config(demo, ["stages.distill.preset=kd", "stages.distill.supplementary=[]"])
+    assert cfg.stages.distill.supplementary == [] and cfg.stages.distill.preset == "kd"
