@@ -201,6 +201,7 @@ def main() -> None:
             if proc.returncode != 0:
                 print(f"{name:>22} | failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}")
                 results[name] = {"error": proc.stderr[-2000:]}
+                write_results(args.json, results)
                 continue
             ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(args.ranks)]
             results[name] = ranks
@@ -212,8 +213,16 @@ def main() -> None:
             print(f"{name:>22} | {mib('student_state_bytes'):>15} | {mib('teacher_state_bytes'):>15} | "
                   f"{mib('peak_rss_bytes'):>15}" + (f" | GPU peak {mib('student_' + key)}" if key else ""),
                   flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+            write_results(args.json, results)
+
+
+def write_results(path: str | None, results: dict) -> None:
+    """The rows measured so far, written after each one: a run stopped by a time limit (the
+    GPU check's) keeps them."""
+    if path:
+        tmp = Path(f"{path}.tmp")
+        tmp.write_text(json.dumps(results, indent=1))
+        tmp.replace(path)
 
 
 if __name__ == "__main__":
