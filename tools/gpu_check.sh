@@ -95,12 +95,27 @@ timed() {  # timed NAME SECONDS LOG COMMAND...: run, record exit code and second
   timeout "$limit" "$@" >"$log" 2>&1 || code=$?
   echo "{\"step\": \"$name\", \"exit\": $code, \"seconds\": $((SECONDS - start))}" >>"$WORK/steps.jsonl"
   echo "gpu_check: $name: exit $code in $((SECONDS - start)) s"
+  summarise
+}
+
+summarise() {  # OUT's summary.json and logs.tar.gz as they stand, after every step: a run the device
+  # tool's time limit stops still brings back the steps it finished, with their logs
+  "$PY" - "$WORK/machine.json" "$WORK/steps.jsonl" "$WORK/summary.json" <<'PY'
+import json, sys
+machine, steps = json.load(open(sys.argv[1])), [json.loads(line) for line in open(sys.argv[2])]
+with open(sys.argv[3], "w") as f:
+    json.dump({"machine": machine, "steps": steps, "passed": all(s["exit"] == 0 for s in steps)}, f, indent=1)
+PY
+  tar -czf "$WORK.logs.tar.gz" -C "$WORK" --exclude site --exclude home --exclude run \
+      --exclude torch_extensions . 2>/dev/null || true
+  cp "$WORK/summary.json" "$OUT/summary.json" && cp "$WORK.logs.tar.gz" "$OUT/logs.tar.gz"
 }
 
 run() {  # run BUNDLE OUT; GPU_CHECK_PYTHON (default python3) and GPU_CHECK_SMALL=1 are for --rehearse
-  local bundle out py=${GPU_CHECK_PYTHON:-python3}
-  bundle=$(cd "$1" && pwd); mkdir -p "$2"; out=$(cd "$2" && pwd)
+  local bundle py=${GPU_CHECK_PYTHON:-python3}
+  bundle=$(cd "$1" && pwd); mkdir -p "$2"; OUT=$(cd "$2" && pwd); PY=$py
   WORK=$(mktemp -d /tmp/crild-gpu.XXXX)
+  local out=$OUT
   local site=$WORK/site
   # --rehearse installs only the pure-Python wheels: the others are built for the GPU machine's Python 3.12
   "$py" -m pip install -q --no-index --no-deps --target "$site" "$bundle"/wheels/*${GPU_CHECK_WHEELS:-.whl}
@@ -116,6 +131,21 @@ run() {  # run BUNDLE OUT; GPU_CHECK_PYTHON (default python3) and GPU_CHECK_SMAL
   export TORCH_EXTENSIONS_DIR="$WORK/torch_extensions"
   mkdir -p "$CRILD_HOME/data" && cp -r "$bundle/data/rotten_tomatoes" "$CRILD_HOME/data/"
   { nvidia-smi; echo "TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST-unset}"; } >"$WORK/nvidia-smi.txt" 2>&1 || true
+  "$py" - "$WORK/machine.json" <<'PY'
+import json, platform, sys
+from importlib import metadata
+import torch
+def version(name):  # read from the installed metadata: a library that fails to import still leaves a summary
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+json.dump({"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+           **{name: version(name) for name in ("transformers", "huggingface_hub", "datasets", "deepspeed")}},
+          open(sys.argv[1], "w"))
+PY
+  : >"$WORK/steps.jsonl"
   timed gpu-tests 240 "$WORK/gpu-tests.log" "$py" -m pytest tests/gpu -q -p no:cacheprovider -rs \
       --junitxml "$out/pytest-gpu.xml"
   local teacher=$bundle/teacher-bf16 cfg=jobs/gpu_check.yaml
@@ -134,23 +164,6 @@ run() {  # run BUNDLE OUT; GPU_CHECK_PYTHON (default python3) and GPU_CHECK_SMAL
   done
   timed bench-memory 150 "$WORK/bench-memory.log" "$py" tools/bench_memory.py --ranks 1 --base "$teacher" \
       "${shapes[@]}" --json "$out/bench_memory.json"
-  "$py" - "$WORK/steps.jsonl" "$out/summary.json" <<'PY'
-import json, platform, sys
-import torch
-steps = [json.loads(line) for line in open(sys.argv[1])]
-from importlib import metadata
-def version(name):  # read from the installed metadata: a library that fails to import still leaves a summary
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-info = {"python": platform.python_version(), "torch": torch.__version__,
-        "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        **{name: version(name) for name in ("transformers", "huggingface_hub", "datasets", "deepspeed")}}
-json.dump({"machine": info, "steps": steps, "passed": all(s["exit"] == 0 for s in steps)}, open(sys.argv[2], "w"),
-          indent=1)
-PY
-  tar -czf "$out/logs.tar.gz" -C "$WORK" --exclude site --exclude home --exclude run --exclude torch_extensions . 2>/dev/null || true
   echo "gpu_check: results in $out"
 }
 
