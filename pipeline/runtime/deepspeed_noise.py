@@ -3,7 +3,10 @@ the evaluation and latency tables, and every stage printed three library lines i
 (the accelerator it guessed, an op "built successfully" that was only loaded, a scheduler
 read "before it has started" by DeepSpeed's own constructor); under ZeRO-3 each collective
 it calls by a name torch has deprecated printed a FutureWarning (120 lines in a four-step
-tiny run). Only these known messages are dropped; every other DeepSpeed message stays."""
+tiny run). With a CUDA build of torch on a machine without a GPU (pip's default torch on
+Linux), torch's extension builder, which DeepSpeed imports, warned "No CUDA runtime is found"
+in every stage, while crild runs on the CPU there by design. Only these known messages are
+dropped; every other DeepSpeed and torch message stays."""
 from __future__ import annotations
 
 import contextlib
@@ -21,9 +24,21 @@ BUILT = " built successfully"
 RENAMED_COLLECTIVES = r"`torch\.distributed\.\w+` is deprecated"
 
 
+NO_CUDA_RUNTIME = "No CUDA runtime is found"  # torch.utils.cpp_extension, on import
+
+
 class _DropNoise(logging.Filter):
+    def __init__(self, texts: tuple[str, ...]):
+        super().__init__()
+        self.texts = texts
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not any(text in record.getMessage() for text in NOISE)
+        return not any(text in record.getMessage() for text in self.texts)
+
+
+def _drop(logger: logging.Logger, texts: tuple[str, ...]) -> None:
+    if not any(isinstance(f, _DropNoise) for f in logger.filters):
+        logger.addFilter(_DropNoise(texts))
 
 
 def import_deepspeed():
@@ -31,6 +46,9 @@ def import_deepspeed():
     CUDA (the choice is the CPU anyway), and with its known noise filtered. The variable
     that says so is set only while importing: a process that launches others (``crild
     submit`` on a login node) must not hand it to a GPU node."""
+    # before anything imports torch's extension builder, which warns as it is imported; the
+    # logger is the one it will log to (getLogger returns one object per name)
+    _drop(logging.getLogger("torch.utils.cpp_extension"), (NO_CUDA_RUNTIME,))
     set_here = not torch.cuda.is_available() and "DS_ACCELERATOR" not in os.environ
     if set_here:
         os.environ["DS_ACCELERATOR"] = "cpu"
@@ -40,8 +58,7 @@ def import_deepspeed():
     finally:
         if set_here:
             os.environ.pop("DS_ACCELERATOR", None)
-    if not any(isinstance(f, _DropNoise) for f in logger.filters):
-        logger.addFilter(_DropNoise())
+    _drop(logger, NOISE)
     warnings.filterwarnings("ignore", message=RENAMED_COLLECTIVES, category=FutureWarning)
     return deepspeed
 
