@@ -20,10 +20,11 @@
 #   bash tools/gpu_check.sh --dry-run [--with-model]    the CPU side anywhere: prepares a bundle (without
 #        the model copy unless asked), checks its size, and runs the GPU tests that can run on a CPU.
 #   bash tools/gpu_check.sh --rehearse OUT              all of --run on this machine's CPU, with this venv's
-#        Python and small benchmark shapes (a few minutes): proves the script itself before GPU time is
-#        spent on it (the first GPU run lost its memory benchmark to a launcher the CPU never ran). It runs
-#        with the GPU machine's transformers and huggingface_hub (GPU_MACHINE_PINS, from the package
-#        registry) in place of this venv's, so crild is proven on the versions it will meet there.
+#        Python, small benchmark shapes and twice the step limits (about 10 minutes on 2 cores): proves
+#        the script itself before GPU time is spent on it (the first GPU run lost its memory benchmark
+#        to a launcher the CPU never ran). It runs with the GPU machine's transformers and
+#        huggingface_hub (GPU_MACHINE_PINS, from the package registry) in place of this venv's, so
+#        crild is proven on the versions it will meet there.
 #
 # The device tool runs --run with the bundle carried beside the working tree:
 #   run(command="bash tools/gpu_check.sh --run gpu_bundle $OUT", carry=["gpu_bundle"], timeout_s=540)
