@@ -187,9 +187,12 @@ def _check_distillation(cfg: RunConfig, names) -> None:
 def _larger_than_teacher(student, teacher) -> str:
     """'deeper (6 layers to 4)', 'wider (hidden 768 to 384)', both, or '' where the student
     is neither: a run whose student outgrows its teacher has usually swapped the two."""
-    sizes = (("deeper ({} layers to {})", "num_hidden_layers"), ("wider (hidden {} to {})", "hidden_size"))
-    return " and ".join(said.format(getattr(student, key), getattr(teacher, key)) for said, key in sizes
-                        if getattr(student, key) > getattr(teacher, key))
+    said = []
+    for word, key, unit in (("deeper", "num_hidden_layers", "layers"), ("wider", "hidden_size", "hidden")):
+        s, t = getattr(student, key), getattr(teacher, key)
+        if s > t:
+            said.append(f"{word} ({s} {unit} to {t})" if unit == "layers" else f"{word} ({unit} {s} to {t})")
+    return " and ".join(said)
 
 
 def distillation_models(cfg: RunConfig) -> tuple:
