@@ -175,24 +175,10 @@ def _check_distillation(cfg: RunConfig, names) -> None:
         _whole_weights(cfg, name, where)
     teacher_config = encoder_config(name, where, random_init=random_init)
     check_max_length(teacher_config, cfg.task.max_length, where)  # the teacher reads every batch
-    if larger := _larger_than_teacher(student_config, teacher_config):
-        note(f"note: the student is {larger} than the teacher ({where}: {name}); distillation trains a smaller "
-             f"student from a larger teacher, so check that the two are not swapped")
     if not tokenize_alike(d, phases, _tokenizer(name, where), student_tokenizer, name, s.backbone):
         return  # a teacher that tokenizes differently serves prediction-layer terms only
     for phase in phases:
         layer_layout(d, phase, student_config, teacher_config)
-
-
-def _larger_than_teacher(student, teacher) -> str:
-    """'deeper (6 layers to 4)', 'wider (hidden 768 to 384)', both, or '' where the student
-    is neither: a run whose student outgrows its teacher has usually swapped the two."""
-    said = []
-    for word, key, unit in (("deeper", "num_hidden_layers", "layers"), ("wider", "hidden_size", "hidden")):
-        s, t = getattr(student, key), getattr(teacher, key)
-        if s > t:
-            said.append(f"{word} ({s} {unit} to {t})" if unit == "layers" else f"{word} ({unit} {s} to {t})")
-    return " and ".join(said)
 
 
 def distillation_models(cfg: RunConfig) -> tuple:

@@ -104,24 +104,6 @@ def test_an_earlier_stages_output_that_no_stage_of_the_run_writes_is_refused_bef
         check_stages(from_dict(raw), ["distill"], 1)  # a complete teacher is not augmented data
 
 
-def test_a_student_larger_than_its_teacher_is_named_in_a_note(tmp_path, tiny_bert, sentiment_dir, capsys):
-    """Teacher and student swapped in a file (or a student built larger by mistake) trains
-    without complaint; crild says so before the first stage, and says nothing otherwise."""
-    raw = chain(tmp_path, tiny_bert, sentiment_dir, {})
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    main(["config", str(path)])
-    assert "note: the student" not in capsys.readouterr().err  # 2 layers of the teacher's 4
-    raw["student"] = {"init": "random", "backbone": str(tiny_bert),
-                      "random_init": {"num_layers": 6, "hidden_size": 64, "num_heads": 4, "intermediate_size": 64}}
-    path.write_text(yaml.safe_dump(raw))
-    main(["config", str(path)])
-    notes = [line for line in capsys.readouterr().err.splitlines() if "note: the student" in line]
-    assert notes == [f"crild: note: the student is deeper (6 layers to 4) and wider (hidden 64 to 32) than the "
-                     f"teacher (teacher.model: {tiny_bert}); distillation trains a smaller student from a larger "
-                     f"teacher, so check that the two are not swapped"]
-
-
 def test_crild_config_prints_what_each_distillation_phase_trains(tmp_path, tiny_bert, sentiment_dir, capsys):
     """The preset's phases, terms, mixup, consistency and layer pairs, which the
     configuration leaves null for the preset to decide, follow it as YAML comments."""
