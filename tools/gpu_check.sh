@@ -15,8 +15,9 @@
 #             evaluation, export (jobs/gpu_check.yaml, the bf16 teacher);
 #          3. tools/bench_distill.py at BERT-base shapes (12-layer teacher, 6-layer student, hidden 768,
 #             length 128) at batches 32 and 256, and tools/bench_memory.py per ZeRO stage.
-#        OUT gets 8 files (the device tool's limit): summary.json, the pytest report, the benchmark
-#        JSONs and profiles, and logs.tar.gz (every step's log, the pipeline's latency table).
+#        OUT gets 6 files, 2 under the device tool's limit of 8: summary.json, the pytest report, the
+#        benchmark JSONs and logs.tar.gz (every step's log, the profiles, the pipeline's latency table),
+#        so a benchmark's JSON.tmp left by a run stopped mid-write does not push a result out.
 #   bash tools/gpu_check.sh --dry-run [--with-model]    the CPU side anywhere: prepares a bundle (without
 #        the model copy unless asked), checks its size, and runs the GPU tests that can run on a CPU.
 #   bash tools/gpu_check.sh --rehearse OUT              all of --run on this machine's CPU, with this venv's
@@ -161,7 +162,7 @@ PY
   for batch in 32 256; do
     timed "bench-distill-b$batch" 180 "$WORK/bench-distill-b$batch.log" "$py" tools/bench_distill.py \
         "${shapes[@]}" --batch-size "$batch" --steps "$steps" --tokenizer "$teacher" \
-        --json "$out/bench_distill_b$batch.json" --profile "$out/profile_b$batch.txt"
+        --json "$out/bench_distill_b$batch.json" --profile "$WORK/profile_b$batch.txt"  # in logs.tar.gz
   done
   timed bench-memory 150 "$WORK/bench-memory.log" "$py" tools/bench_memory.py --ranks 1 --base "$teacher" \
       "${shapes[@]}" --json "$out/bench_memory.json"
