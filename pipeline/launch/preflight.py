@@ -88,6 +88,27 @@ def check_stages(cfg: RunConfig, names, world_size: int, device_checks: bool = T
         except UserError as err:
             raise UserError(f"{err} (the {name} stage's; checked before the first stage runs)") from None
     _check_data_read_later(cfg, list(names), first_reads_now=device_checks)
+    for name in ("distill", "baseline"):
+        if name in names:  # after every check: a run refused stays one line
+            _note_larger_student(stage_config(cfg, name), teacher_trains="teacher" in names)
+
+
+def _note_larger_student(cfg: RunConfig, teacher_trains: bool) -> None:
+    """A note where the student is deeper or wider than its teacher: such a run trains
+    without complaint, and has usually swapped ``student.backbone`` and the teacher. The
+    teacher is the one ``_check_distillation`` judged (``teacher_trains``: a teacher stage
+    runs now, not one complete and skipped)."""
+    student, teacher = _distillation_sources(cfg, teacher_trains)
+    if student is None or teacher is None:
+        return
+    name, where, teacher_config = teacher
+    said = [f"{word} ({shown.format(getattr(student, key), getattr(teacher_config, key))})"
+            for word, key, shown in (("deeper", "num_hidden_layers", "{} layers to {}"),
+                                     ("wider", "hidden_size", "hidden {} to {}"))
+            if getattr(student, key) > getattr(teacher_config, key)]
+    if said:
+        note(f"note: the student is {' and '.join(said)} than the teacher ({where}: {name}); distillation trains "
+             f"a smaller student from a larger teacher, so check that the two are not swapped")
 
 
 def _check_upstream(cfg: RunConfig, name: str, names: list[str]) -> None:
@@ -186,14 +207,23 @@ def distillation_models(cfg: RunConfig) -> tuple:
     run's pipeline deciding whether the teacher is the one a teacher stage trains), for
     ``plan_lines``; None for one an earlier stage writes or that is not there, or for the
     teacher where the preset needs none."""
+    student, teacher = _distillation_sources(cfg, teacher_trains="teacher" in cfg.pipeline)
+    return student, teacher and teacher[2]
+
+
+def _distillation_sources(cfg: RunConfig, teacher_trains: bool) -> tuple:
+    """``distillation_models``, with the teacher as (model, key naming it, config)."""
     student = None if _written_later(cfg, cfg.student.backbone) else _student_config(cfg)
     if not needs_teacher(cfg.stages.distill, resolve_phases(cfg.stages.distill)):
         return student, None
     try:
-        teacher = _teacher_source(cfg, teacher_trains="teacher" in cfg.pipeline)
+        teacher = _teacher_source(cfg, teacher_trains)
     except UserError:  # no teacher yet: the distill stage's own check says so where it runs
         return student, None
-    return student, teacher and encoder_config(teacher[0], teacher[2], random_init=teacher[1])
+    if teacher is None:
+        return student, None
+    name, random_init, where = teacher
+    return student, (name, where, encoder_config(name, where, random_init=random_init))
 
 
 def _check_student(cfg: RunConfig, names):

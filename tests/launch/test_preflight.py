@@ -104,6 +104,36 @@ def test_an_earlier_stages_output_that_no_stage_of_the_run_writes_is_refused_bef
         check_stages(from_dict(raw), ["distill"], 1)  # a complete teacher is not augmented data
 
 
+def test_a_student_larger_than_its_teacher_is_named_in_a_note(tmp_path, tiny_bert, sentiment_dir, capsys):
+    """Teacher and student swapped in a file (or a student built larger by mistake) trains
+    without complaint; crild says so once its checks have passed, and says nothing otherwise
+    (a run refused for the larger student stays one line: the uniform case above)."""
+    raw = chain(tmp_path, tiny_bert, sentiment_dir, {})
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    capsys.readouterr()
+    main(["config", str(path)])
+    assert "note: the student" not in capsys.readouterr().err  # 2 layers of the teacher's 4
+    raw["student"] = {"init": "random", "backbone": str(tiny_bert),
+                      "random_init": {"num_layers": 6, "hidden_size": 64, "num_heads": 4, "intermediate_size": 64}}
+    path.write_text(yaml.safe_dump(raw))
+    main(["config", str(path)])
+    notes = [line for line in capsys.readouterr().err.splitlines() if "note: the student" in line]
+    assert notes == [f"crild: note: the student is deeper (6 layers to 4) and wider (hidden 64 to 32) than the "
+                     f"teacher (teacher.model: {tiny_bert}); distillation trains a smaller student from a larger "
+                     f"teacher, so check that the two are not swapped"]
+    raw["stages"]["distill"]["preset"] = "kd"  # wider alone, and the run's teacher read where it is complete
+    raw["student"]["random_init"]["num_layers"] = 2
+    raw["pipeline"] = ["distill"]
+    path.write_text(yaml.safe_dump(raw))
+    assert stage1_teacher.run(from_dict(raw), stop=StopRequest(install_handlers=False)) == 0
+    main(["config", str(path)])
+    notes = [line for line in capsys.readouterr().err.splitlines() if "note: the student" in line]
+    assert notes == [f"crild: note: the student is wider (hidden 64 to 32) than the teacher "
+                     f"(stages.distill.teacher_model: {tmp_path / 'run' / 'teacher'}); distillation trains a smaller "
+                     f"student from a larger teacher, so check that the two are not swapped"]
+
+
 def test_crild_config_prints_what_each_distillation_phase_trains(tmp_path, tiny_bert, sentiment_dir, capsys):
     """The preset's phases, terms, mixup, consistency and layer pairs, which the
     configuration leaves null for the preset to decide, follow it as YAML comments."""
