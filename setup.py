@@ -40,7 +40,8 @@ setup(
         "onnxruntime",
     ],
     extras_require={
-        "dev": ["pytest>=7", "pytest-timeout", "pytest-xdist>=3.5", "ruff==0.17.6", "hypothesis>=6.100"],
+        "dev": ["pytest>=7", "pytest-timeout", "pytest-xdist>=3.5", "ruff==0.17.6", "hypothesis>=6.100",
+                "filelock>=3.12"],
         "report": ["matplotlib", "markdown"],  # plots; index.html
         "bench": ["textbrewer==0.2.1.post1"],  # the peer tools/bench_distill.py compares against
     },

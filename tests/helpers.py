@@ -143,6 +143,27 @@ def scalar_tags(event_dir: Path) -> dict:
     return out
 
 
+def once_per_session(tmp_path_factory, name: str, make) -> Path:
+    """The folder ``name`` that ``make(folder)`` fills, made once per test session: by the first
+    pytest-xdist worker to ask, under a lock the others wait on, then read by all. A folder left
+    by a worker that failed part-way is made again."""
+    import os
+    import shutil
+
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if "PYTEST_XDIST_WORKER" in os.environ else base  # the session's, above each worker's
+    folder = root / name
+    with FileLock(str(root / f"{name}.lock")):
+        if not (folder / ".made").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            (folder / ".made").touch()
+    return folder
+
+
 def crild_env(**extra) -> dict:
     """The environment of a crild subprocess: this checkout, one thread, no inherited ranks."""
     import os

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import REPO, crild_env
-from test_slurm import (
-    TRAINING,
+from slurm_jobs import (
+    DISTILL,
     chain_config,
     completed_chain,
     preempted_during_ild,
@@ -78,25 +78,13 @@ def across_nodes(tmp_path_factory, tiny_bert, sentiment_dir, two_nodes):
     return tmp, completed_chain(tmp, tiny_bert, sentiment_dir, "across", two_nodes, *TWO_NODES)
 
 
-def test_one_rank_per_node_equals_two_ranks_on_one_node(across_nodes, tiny_bert, sentiment_dir):
-    tmp, log = across_nodes
-    assert f"on {PREFIX}-n[1-2] start" in log
-    # each stage's ranks really are on the two nodes, each with its own hostname and address
-    assert log.count(f"crild: 2 ranks on 2 nodes: {PREFIX}-n1 [0], {PREFIX}-n2 [1]") == 3, log[-3000:]
-    local = chain_config(tmp, tiny_bert, sentiment_dir, "local", stages=TRAINING)  # the same run, two local ranks
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(local)], capture_output=True,
-                          text=True, env=crild_env(), cwd=REPO, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "2 ranks on 1 node" in proc.stderr
-    assert weights(tmp / "local") == weights(tmp / "across")
-
-
 def test_a_preempted_two_node_job_resumes_to_the_same_weights(across_nodes, tiny_bert, sentiment_dir, two_nodes):
     tmp, _ = across_nodes
-    config = chain_config(tmp, tiny_bert, sentiment_dir, "preempted", stages=TRAINING)
+    config = chain_config(tmp, tiny_bert, sentiment_dir, "preempted", stages=DISTILL,
+                          teacher_model=str(tmp / "across" / "teacher"))  # the across job's, distilled again
     log = tmp / "preempted.log"
     text = preempted_during_ild(sbatch_tiny(config, log, two_nodes, *TWO_NODES), log, two_nodes)
-    assert f"on {PREFIX}-n[1-2] start" in text and text.count("2 ranks on 2 nodes") >= 3  # teacher, distill before and after
+    assert f"on {PREFIX}-n[1-2] start" in text and text.count("2 ranks on 2 nodes") >= 2  # distill before and after
     assert weights(tmp / "preempted") == weights(tmp / "across")
 
 
@@ -114,11 +102,12 @@ def _rank_pids(node: str, script: str) -> list[int]:
     return out
 
 
-def test_a_rank_killed_on_one_node_ends_the_chain_naming_stage_and_node(tmp_path, tiny_bert, sentiment_dir,
-                                                                         two_nodes):
+def test_a_rank_killed_on_one_node_ends_the_chain_naming_stage_and_node(tmp_path, across_nodes, tiny_bert,
+                                                                         sentiment_dir, two_nodes):
     """`crild submit` with distillation on two nodes: SIGKILL to the rank on the second node
     fails that stage within a bounded time, names it and the node, and cancels evaluation."""
-    config = chain_config(tmp_path, tiny_bert, sentiment_dir, "killed")
+    config = chain_config(tmp_path, tiny_bert, sentiment_dir, "killed", stages=(*DISTILL, "evaluate"),
+                          teacher_model=str(across_nodes[0] / "across" / "teacher"))
     raw = yaml.safe_load(config.read_text())
     raw["stages"]["distill"]["ild"]["epochs"] = 3000  # long enough to be killed in the middle
     raw["slurm"] = {"stage_nodes": {"distill": 2}}
@@ -187,3 +176,15 @@ def test_a_mistake_both_nodes_meet_is_one_line_in_the_jobs_log(tmp_path, tiny_be
     # srun ended the other node's rank with SIGTERM and reported that: the stage's note, not
     # the exit code, tells crild run it ended on the line above; the notes are then removed
     assert "exit code 143" not in text and not (tmp_path / "bad_record" / ".crild-said").exists()
+
+
+def test_one_rank_per_node_equals_two_ranks_on_one_node(across_nodes, one_node_chain):
+    """Last in this file: the single-node chain it compares with (made once per session, on
+    either worker) is then done, and nothing waits on it."""
+    tmp, log = across_nodes
+    assert f"on {PREFIX}-n[1-2] start" in log
+    # each stage's ranks really are on the two nodes, each with its own hostname and address
+    assert log.count(f"crild: 2 ranks on 2 nodes: {PREFIX}-n1 [0], {PREFIX}-n2 [1]") == 3, log[-3000:]
+    _, one_node, one_node_log = one_node_chain  # the same run, two ranks on one node
+    assert "crild: 2 ranks on 1 node" in one_node_log
+    assert weights(one_node) == weights(tmp / "across")
