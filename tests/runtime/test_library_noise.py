@@ -59,7 +59,7 @@ def test_datasets_is_quiet_whether_imported_before_or_after(first):
 
 
 def test_the_start_up_checks_of_a_run_on_a_task_in_a_folder_load_no_datasets(tmp_path, tiny_bert, sentiment_dir):
-    """datasets (with pandas and pyarrow, about 1 s of CPU) is not imported by crild run's checks
+    """datasets (with pandas and pyarrow: 0.7 s of CPU) is not imported by crild run's checks
     before a folder task's first stage: they read the files themselves."""
     import yaml
     from helpers import tiny_run_config
