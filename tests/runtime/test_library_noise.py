@@ -31,15 +31,17 @@ def test_torch_extension_builders_no_cuda_runtime_warning_is_dropped_and_nothing
 
 
 def _python(code: str) -> list[str]:
-    import os
+    """The words ``code`` prints, run as a fresh crild process that was told nothing of datasets."""
     import subprocess
     import sys
 
-    from helpers import REPO
+    from helpers import REPO, crild_env
 
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "DATASETS_VERBOSITY")}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**env, "PYTHONPATH": str(REPO)},
-                          capture_output=True, text=True, timeout=120)
+    env = crild_env()
+    for name in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "DATASETS_VERBOSITY"):
+        env.pop(name, None)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout.split()
 
