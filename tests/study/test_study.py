@@ -54,8 +54,27 @@ def test_a_report_written_again_with_nothing_new_keeps_its_date(tmp_path):
     assert dated_as_before(readme, header.format("2026-12-02", "80.2")) == header.format("2026-12-02", "80.2")
 
 
+def study_here(capsys, study, *options) -> tuple[int, str, str]:
+    """``crild study --study STUDY OPTIONS`` (what tools/report.py runs) in this process: its
+    exit code, stdout and stderr. The cells it scores or runs are still processes of their own;
+    only the report's own start-up (torch, transformers) is saved."""
+    import signal
+
+    from pipeline.cli import main
+
+    capsys.readouterr()
+    handler = signal.getsignal(signal.SIGTERM)  # crild study sets its own; the worker keeps pytest's
+    try:
+        with pytest.raises(SystemExit) as done:
+            main(["study", "--study", str(study), *options])
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    out, err = capsys.readouterr()
+    return done.value.code or 0, out, err
+
+
 @pytest.mark.slow
-def test_study_runs_resumes_and_reports(tmp_path, tiny_bert, sentiment_dir):
+def test_study_runs_resumes_and_reports(tmp_path, tiny_bert, sentiment_dir, capsys):
     raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=6, learning_rate=3e-3)
     raw["pipeline"] = ["teacher", "distill"]
     train = {"epochs": 2, "batch_size": 8, "learning_rate": 3e-3, "checkpoint_every": 50, "log_every": 2}
@@ -134,17 +153,17 @@ def test_study_runs_resumes_and_reports(tmp_path, tiny_bert, sentiment_dir):
         old = json.loads(text_before)
         del old["predicted"], old["one_class"]
         path.write_text(json.dumps(old))
-    collect = cmd + ["--collect-only"]
-    assert subprocess.run(collect, capture_output=True, timeout=300).returncode == 0
+    # (the commands from here on run in this process: see study_here)
+    assert study_here(capsys, study, "--collect-only")[0] == 0
     assert (tmp_path / "report" / "README.md").read_text() == first
     other = {**made, "models": [{**m, "weights_sha256": "0" * 64} for m in made["models"]]}
     made_path.write_text(json.dumps(other))
-    assert subprocess.run(collect, capture_output=True, timeout=300).returncode == 0
+    assert study_here(capsys, study, "--collect-only")[0] == 0
     assert "| one class (" not in (tmp_path / "report" / "README.md").read_text()
     made_path.write_text("{")
-    proc = subprocess.run(collect, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and proc.stderr.strip().startswith(f"crild: error: {made_path}: not a "
-                                                                   "predicted-classes file"), proc.stderr
+    code, _, err = study_here(capsys, study, "--collect-only")
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"crild: error: {made_path}: not a "
+                                                                "predicted-classes file"), err
     for path, text_before in kept_records.items():
         path.write_text(text_before)
     made_path.unlink()
@@ -153,14 +172,14 @@ def test_study_runs_resumes_and_reports(tmp_path, tiny_bert, sentiment_dir):
     # (--cached-scores), then scored again (--collect-only), not run again
     stale = json.loads((records / "seed2" / "kd.json").read_text())
     (records / "seed2" / "kd.json").write_text(json.dumps({**stale, "key": "0" * 16}))
-    proc = subprocess.run(cmd + ["--collect-only", "--cached-scores"], capture_output=True, text=True, timeout=300)
+    code, _, err = study_here(capsys, study, "--collect-only", "--cached-scores")
     text = (tmp_path / "report" / "README.md").read_text()
-    assert proc.returncode == 0 and "**3 of 4 runs complete.**" in text, proc.stderr[-2000:]
+    assert code == 0 and "**3 of 4 runs complete.**" in text, err[-2000:]
     assert "1 complete runs are not scored yet" in text and "- rotten_tomatoes/few-64/seed2/kd" in text
     assert json.loads((records / "seed2" / "kd.json").read_text())["key"] == "0" * 16  # left as it was
-    proc = subprocess.run(cmd + ["--collect-only"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:]
-    assert [line for line in proc.stdout.splitlines() if line.startswith(("report: scoring", "report: running"))] == [
+    code, out, _ = study_here(capsys, study, "--collect-only")
+    assert code == 0, out[-2000:]
+    assert [line for line in out.splitlines() if line.startswith(("report: scoring", "report: running"))] == [
         "report: scoring rotten_tomatoes/few-64/seed2/kd"]
     assert json.loads((records / "seed2" / "kd.json").read_text())["key"] == stale["key"]
     assert "**4 of 4 runs complete.**" in (tmp_path / "report" / "README.md").read_text()
@@ -168,14 +187,14 @@ def test_study_runs_resumes_and_reports(tmp_path, tiny_bert, sentiment_dir):
     # the records are the study's results: with every run folder gone (a fresh clone, another
     # machine) the report is the same and nothing is run again
     shutil.rmtree(tmp_path / "cells")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and "report: running" not in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    code, out, err = study_here(capsys, study)
+    assert code == 0 and "report: running" not in out, out[-2000:] + err[-2000:]
     again = (tmp_path / "report" / "README.md").read_text()
     assert again.split("\n", 3)[3] == first.split("\n", 3)[3]  # all but the date line
     # where a record is stale and its run folder gone, the cell is missing (the next run runs it)
     (records / "seed2" / "kd.json").write_text(json.dumps({**stale, "key": "0" * 16}))
-    plan = subprocess.run(cmd + ["--collect-only"], capture_output=True, text=True, timeout=300)
-    assert plan.returncode == 0 and "report: scoring" not in plan.stdout, plan.stdout[-2000:]
+    code, out, _ = study_here(capsys, study, "--collect-only")
+    assert code == 0 and "report: scoring" not in out, out[-2000:]
     assert "- rotten_tomatoes/few-64/seed2/kd" in (tmp_path / "report" / "README.md").read_text()
 
 
@@ -672,15 +691,11 @@ def test_a_run_configuration_and_a_study_file_given_for_each_other_say_so(tmp_pa
 def test_a_method_that_cannot_work_is_refused_before_any_cell_runs(tmp_path, tiny_bert, sentiment_dir, capsys):
     """Every cell to run gets crild run's checks before the first stage, before any cell runs:
     a setting that breaks one method is one line now, not a failed cell after the others."""
-    from pipeline.cli import main
-
     def refusal(**fields) -> tuple:
         study = write_study(tmp_path, tiny_run_config(tmp_path, tiny_bert, sentiment_dir), **fields)
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as done:
-            main(["study", "--study", str(study)])
-        assert done.value.code == 2 and not (tmp_path / "cells").exists()
-        return study, capsys.readouterr().err.strip().splitlines()
+        code, _, err = study_here(capsys, study)
+        assert code == 2 and not (tmp_path / "cells").exists()
+        return study, err.strip().splitlines()
 
     study, err = refusal(seeds=[1, 2], methods=["cr-ild"], settings={"heads-5": {"stages.distill.relation_heads": 5}})
     assert err == [
