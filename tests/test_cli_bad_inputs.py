@@ -68,6 +68,9 @@ def cases(tmp: Path, tiny_bert: Path, data: Path):
         ("missing config file", ["config", str(tmp / "nope.yaml")], ["nope.yaml: config file not found"]),
         ("config path is a folder", ["run", str(tmp)], [f"{tmp}: is a folder; expected a config file (YAML)"]),
         ("invalid YAML", ["config", str(_text(tmp / "broken.yaml", "a: [1\n"))], ["broken.yaml", "not valid YAML"]),
+        # read as {} it started the default run (the whole pipeline on the offline model)
+        ("config file with no settings", ["run", str(_text(tmp / "blank.yaml", "# task:\n#   name: sst2\n\n"))],
+         ["blank.yaml: has no settings", "write {} in it to take every default"]),
         ("bad override", ["config", cfg("k4"), "seed"], ["override 'seed'", "section.key=value"]),
         # the value is the command line's, not the file's: the line names the override
         ("override of the wrong type", ["config", cfg("k4b"), "stages.teacher.epochs=many"],
@@ -527,7 +530,7 @@ def test_every_test_the_catalogue_names_exists():
         assert f"def {test}(" in (REPO / path).read_text(), (path, test)
 
 
-CASE_COUNT = 117
+CASE_COUNT = 118
 
 
 @pytest.mark.parametrize("index", range(CASE_COUNT))

@@ -48,7 +48,10 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 
 
 def read_yaml(path: str | os.PathLike, what: str = "config file") -> dict:
-    """The mapping at the top of a YAML file (empty file: {})."""
+    """The mapping at the top of a YAML file. A file with no settings at all (empty, or blank
+    lines and comments only) is refused: it is far likelier a file not yet written, or one
+    truncated, than a wish for every default, and as {} it would start the default run (the
+    whole pipeline on the offline model) where the user meant their own. ``{}`` says that."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: is a folder; expected a {what} (YAML)")
@@ -73,7 +76,9 @@ def read_yaml(path: str | os.PathLike, what: str = "config file") -> dict:
     finally:
         if loader is not None:
             loader.dispose()
-    raw = {} if raw is None else raw
+    if raw is None:
+        raise UserError(f"{path}: has no settings (the file is empty, or blank lines and comments only); "
+                        + ("write {} in it to take every default" if what == "config file" else f"expected a {what}"))
     check_shape(raw, str(path))
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")

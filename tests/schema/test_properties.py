@@ -22,6 +22,7 @@ from pipeline.data.sources import load_split
 from pipeline.data.tasks import TASKS
 from pipeline.errors import UserError
 from pipeline.schema.explain import explain_rows
+from pipeline.schema.loading import read_yaml
 from pipeline.stages import STAGES
 
 KEYS = [key for key, type_, _, _ in explain_rows(RunConfig) if type_ != "section"]
@@ -110,6 +111,25 @@ def test_arbitrary_bytes_as_a_configuration_are_one_line(tmp_path, capsys, data)
     code, _, err = run_config_command(path, capsys)
     lines = err.strip().splitlines()
     assert code == 0 or (code == 2 and len(lines) == 1 and lines[0].startswith("crild: error: ")), (code, err)
+
+
+blank_or_comments = st.lists(st.sampled_from(["", " ", "   ", "# seed: 1", "  # stages:", "#"]), max_size=4)
+no_settings = st.tuples(st.sampled_from(["", "---"]), blank_or_comments, st.sampled_from(["", "null", "~"]),
+                        blank_or_comments).map(lambda p: "\n".join([p[0], *p[1], p[2], *p[3]]))
+
+
+@SETTINGS
+@given(text=no_settings, name=st.sampled_from(["run.yaml", "base.yml"]))
+def test_a_file_without_settings_is_refused_not_read_as_every_default(tmp_path, capsys, text, name):
+    """Empty, or blank lines, comments and YAML's null alone: one line naming the file, where
+    it used to start the default run; a file of {} is the way to ask for every default."""
+    path = tmp_path / name
+    path.write_text(text)
+    code, out, err = run_config_command(path, capsys)
+    assert (code, out) == (2, "") and err == (f"crild: error: {path}: has no settings (the file is empty, or blank "
+                                              f"lines and comments only); write {{}} in it to take every default\n")
+    path.write_text("# every default, on purpose\n{}\n")
+    assert read_yaml(path) == {}
 
 
 # --------------------------------------------------------------------------- data files

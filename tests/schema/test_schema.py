@@ -61,7 +61,7 @@ def test_a_section_with_nothing_under_it_means_its_defaults(tmp_path):
     path.write_text("task:\n  # name: snli\nstages:\n  teacher:\n    # epochs: 1\n  distill:\n    kd:\n"
                     "teacher:\n  random_init:\n")
     cfg = load_config(str(path), [])
-    default = load_config(str(_write(tmp_path / "empty.yaml", "")), [])
+    default = load_config(str(_write(tmp_path / "defaults.yaml", "{}")), [])
     assert (cfg.task, cfg.stages.teacher, cfg.stages.distill.kd) == \
         (default.task, default.stages.teacher, default.stages.distill.kd)
     assert cfg.teacher.random_init is None
