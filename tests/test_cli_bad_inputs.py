@@ -72,6 +72,9 @@ def cases(tmp: Path, tiny_bert: Path, data: Path):
         ("config file with no settings", ["run", str(_text(tmp / "blank.yaml", "# task:\n#   name: sst2\n\n"))],
          ["blank.yaml: has no settings", "write {} in it to take every default"]),
         ("bad override", ["config", cfg("k4"), "seed"], ["override 'seed'", "section.key=value"]),
+        ("a second configuration file", ["run", cfg("k4c"), "other.yaml"],
+         ["crild: error: override 'other.yaml': expected section.key=value; a command reads one configuration file, "
+          "and this looks like a second"]),
         # the value is the command line's, not the file's: the line names the override
         ("override of the wrong type", ["config", cfg("k4b"), "stages.teacher.epochs=many"],
          ["crild: error: override 'stages.teacher.epochs=...': stages.teacher.epochs: expected an integer, got 'many'"]),
@@ -530,7 +533,7 @@ def test_every_test_the_catalogue_names_exists():
         assert f"def {test}(" in (REPO / path).read_text(), (path, test)
 
 
-CASE_COUNT = 118
+CASE_COUNT = 119
 
 
 @pytest.mark.parametrize("index", range(CASE_COUNT))

@@ -88,7 +88,9 @@ def read_yaml(path: str | os.PathLike, what: str = "config file") -> dict:
 def parse_override(text: str) -> tuple[str, Any]:
     """``section.key=value`` with the value read as YAML (``a=[1, 2]``, ``b=null``)."""
     if "=" not in text or text.startswith("="):
-        raise UserError(f"override '{text}': expected section.key=value")
+        second = "; a command reads one configuration file, and this looks like a second" \
+            if text.lower().endswith((".yaml", ".yml")) else ""
+        raise UserError(f"override '{text}': expected section.key=value{second}")
     key, _, value = text.partition("=")
     where = f"override '{key.strip()}=...'"
     try:
