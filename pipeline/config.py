@@ -268,6 +268,7 @@ class StudentConfig(Strict):
     backbone: PathText = Field("all-MiniLM-L6-v2", description="model folder, offline alias or hub name")
     num_layers: PositiveInt = Field(3, description="layers kept by the truncated initialisation")
     random_init: Optional[RandomInit] = Field(None, description="shape of a random student (init: random)")
+    read_only_with = {"num_layers": ("init", ("truncated",)), "random_init": ("init", ("random",))}
 
     @model_validator(mode="after")
     def _random_needs_shape(self):
@@ -308,6 +309,7 @@ class TrainConfig(Strict):
                             "count it, stopping after max_nonfinite_skips")
     max_nonfinite_skips: NonNegativeInt = Field(10, description="skipped micro-batches allowed (on_nonfinite: skip)")
     deepspeed_config: Optional[PathText] = Field(None, description="a DeepSpeed JSON for this stage only")
+    read_only_with = {"max_nonfinite_skips": ("on_nonfinite", ("skip",))}
 
 
 class EvaluateConfig(Strict):
@@ -335,6 +337,7 @@ class BenchmarkConfig(Strict):
     batch1_examples: PositiveInt = Field(200, description="examples timed one by one (p50, p95)")
     batch32_batches: PositiveInt = Field(10, description="batches of 32 timed for throughput")
     warmup: NonNegativeInt = Field(10, description="untimed runs per model first")
+    read_only_with = {key: ("enabled", (True,)) for key in ("batch1_examples", "batch32_batches", "warmup")}
 
 
 class ExportConfig(Strict):
@@ -352,6 +355,7 @@ class ExportConfig(Strict):
                           "kept (null: always kept)")
     tolerance: ExportTolerance = Field(default_factory=ExportTolerance)
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+    read_only_with = {"int8_max_drop": ("quantize", (True,))}
 
 
 class MixupConfig(Strict):
@@ -359,6 +363,8 @@ class MixupConfig(Strict):
 
     enabled: Optional[bool] = Field(None, description="null: as the preset says")
     alpha: PositiveFloat = Field(1.0, description="lambda ~ Beta(alpha, alpha), then lambda = max(lambda, 1 - lambda)")
+    # null leaves mixup to the preset: a base configuration shared by several presets may set alpha
+    read_only_with = {"alpha": ("enabled", (True, None))}
 
 
 class ConsistencyConfig(Strict):
@@ -372,6 +378,7 @@ class ConsistencyConfig(Strict):
     ema_decay: Fraction = Field(0.999, description="decay of the EMA copy (target: ema)")
     distance: Literal["relation", "hidden"] = Field(
         "relation", description="relation: Q/K/V self-relation KL; hidden: last-layer hidden-state MSE")
+    read_only_with = {"ema_decay": ("target", ("ema",))}
 
 
 class SupplementaryConfig(Strict):

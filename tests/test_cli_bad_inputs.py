@@ -265,6 +265,15 @@ def list_cases(tmp: Path, tiny_bert: Path, data: Path):
           "embeddings' [0, 0]"]),
         ("layer pairs without the pairs map", ["config", cfg("l10", stages__distill={"layer_pairs": [[1, 2]]})],
          ["stages.distill.layer_pairs: used only with layer_map: pairs, and the layer map is 'last'"]),
+        # each was accepted and changed nothing: the student had random_init's 2 layers
+        ("a setting the key beside it leaves unused", ["config", cfg("l10b", student={
+            "init": "random", "backbone": teacher, "num_layers": 6, "random_init": {"num_layers": 2}})],
+         ["student.num_layers: 6 is used only with init: truncated, and init is random; set init: truncated or "
+          "remove num_layers"]),
+        ("a vocabulary beside vectors that hold their words", ["augment", cfg("l10c", stages__augment={"vectors": {
+            "path": str(_text(tmp / "vec.txt", "good 0.1 0.2\n")), "vocab": str(_text(tmp / "w.txt", "good\n"))}})],
+         ["stages.augment.vectors.vocab: used only with a .npy matrix, and '", "vec.txt' is a text file whose rows "
+          "start with their words; remove vocab"]),
         ("augmented phase that does not run", ["config", cfg("l11", stages__distill={
             "augmented_phases": ["ild_supplementary"]})],
          ["stages.distill.augmented_phases: 'ild_supplementary' is not a phase this stage runs (ild, kd)"]),
@@ -533,7 +542,7 @@ def test_every_test_the_catalogue_names_exists():
         assert f"def {test}(" in (REPO / path).read_text(), (path, test)
 
 
-CASE_COUNT = 119
+CASE_COUNT = 121
 
 
 @pytest.mark.parametrize("index", range(CASE_COUNT))

@@ -128,7 +128,12 @@ def check_vectors(path: str, vocab: Optional[str], where: str = "stages.augment.
 
 
 def _vectors_file(path: str, vocab: Optional[str], where: str) -> tuple[str, Optional[str]]:
-    """The vectors file and vocabulary an offline alias or a path names; one line if absent."""
+    """The vectors file and vocabulary an offline alias or a path names; one line if absent,
+    or if a vocabulary is given where the words come with the vectors (and it would go unread)."""
+    if vocab is not None and (path in OFFLINE_VECTORS or Path(path).suffix != ".npy"):
+        what = "offline vectors that come with their words" if path in OFFLINE_VECTORS else \
+            "a text file whose rows start with their words"
+        raise UserError(f"{where}.vocab: used only with a .npy matrix, and '{path}' is {what}; remove vocab")
     if path in OFFLINE_VECTORS:
         package, emb, idx = OFFLINE_VECTORS[path]
         spec = importlib.util.find_spec(package)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Annotated, get_args, get_origin
+from typing import Annotated, ClassVar, get_args, get_origin
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -21,6 +21,8 @@ class Strict(BaseModel):
     """Base of every configuration section."""
 
     model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, validate_default=False)
+    # key -> (the key beside it that decides whether it is read, the values under which it is)
+    read_only_with: ClassVar[dict[str, tuple[str, tuple]]] = {}
 
     @model_validator(mode="before")
     @classmethod
@@ -44,6 +46,29 @@ class Strict(BaseModel):
             if isinstance(default, Strict):
                 out[name] = {**default.model_dump(exclude_unset=True), **(value or {})}
         return out
+
+    @model_validator(mode="after")
+    def _no_unread_setting(self):
+        """A key changed from its default that the key beside it leaves unread is refused, as an
+        unknown key is: it was written to change something and would change nothing
+        (``num_layers: 6`` beside ``init: random`` trains random_init's shape, silently). Its
+        default passes: ``crild config`` prints every key, and what it prints reads back."""
+        for key, (decider, reading) in self.read_only_with.items():
+            value, decided = getattr(self, key), getattr(self, decider)
+            if decided in reading or value == type(self).model_fields[key].get_default(call_default_factory=True):
+                continue
+            shown = "" if isinstance(value, BaseModel) else f"{yaml_text(value)} is "
+            raise field_error(f"{shown}used only with {decider}: {' or '.join(map(yaml_text, reading))}, and "
+                              f"{decider} is {yaml_text(decided)}; set {decider}: {yaml_text(reading[0])} or "
+                              f"remove {key}", key)
+        return self
+
+
+def yaml_text(value) -> str:
+    """A scalar as YAML writes it (true, null, 0.5), for messages about a file's values."""
+    if value is None:
+        return "null"
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 _YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
