@@ -267,7 +267,7 @@ class StudentConfig(Strict):
                                  "folder: backbone as it is; random: random_init's shape with backbone's tokenizer")
     backbone: PathText = Field("all-MiniLM-L6-v2", description="model folder, offline alias or hub name")
     num_layers: PositiveInt = Field(3, description="layers kept by the truncated initialisation")
-    random_init: Optional[RandomInit] = Field(None, description="shape of a random student (init: random)")
+    random_init: Optional[RandomInit] = Field(None, description="shape of a random student")
     read_only_with = {"num_layers": ("init", ("truncated",)), "random_init": ("init", ("random",))}
 
     @model_validator(mode="after")
@@ -307,7 +307,7 @@ class TrainConfig(Strict):
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="a NaN/inf loss: stop (the last checkpoint stays good), or skip the micro-batch and "
                             "count it, stopping after max_nonfinite_skips")
-    max_nonfinite_skips: NonNegativeInt = Field(10, description="skipped micro-batches allowed (on_nonfinite: skip)")
+    max_nonfinite_skips: NonNegativeInt = Field(10, description="skipped micro-batches allowed")
     deepspeed_config: Optional[PathText] = Field(None, description="a DeepSpeed JSON for this stage only")
     read_only_with = {"max_nonfinite_skips": ("on_nonfinite", ("skip",))}
 
@@ -375,7 +375,7 @@ class ConsistencyConfig(Strict):
     target: Literal["clean", "clean_no_dropout", "ema"] = Field(
         "clean", description="clean: stop-gradient clean pass of the student (dropout on, as the reference code); "
                              "clean_no_dropout: the same pass in eval mode; ema: an EMA copy of the student")
-    ema_decay: Fraction = Field(0.999, description="decay of the EMA copy (target: ema)")
+    ema_decay: Fraction = Field(0.999, description="decay of the EMA copy")
     distance: Literal["relation", "hidden"] = Field(
         "relation", description="relation: Q/K/V self-relation KL; hidden: last-layer hidden-state MSE")
     read_only_with = {"ema_decay": ("target", ("ema",))}

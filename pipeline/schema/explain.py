@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from pipeline.schema.hashing import BOOKKEEPING, to_dict
 from pipeline.schema.messages import Expect, bounds_text, strip_annotation
+from pipeline.schema.types import yaml_text
 
 
 def type_text(annotation, metadata: list) -> str:
@@ -45,6 +46,9 @@ def explain_rows(model: type[BaseModel], defaults: BaseModel | None = None,
         text, tp = type_text(field.annotation, field.metadata)
         default = getattr(defaults, name) if defaults is not None else field.get_default(call_default_factory=True)
         help_ = field.description or ""
+        if name in getattr(model, "read_only_with", {}):
+            decider, reading = model.read_only_with[name]
+            help_ += f" (used only with {decider}: {' or '.join(map(yaml_text, reading))})"
         if field.json_schema_extra == BOOKKEEPING:
             help_ += " (bookkeeping: changing it neither redoes a finished stage nor drops checkpoints)"
         if isinstance(default, BaseModel):

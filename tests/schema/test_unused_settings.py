@@ -10,8 +10,9 @@ import pytest
 
 from pipeline.config import RunConfig, from_dict, stage_config
 from pipeline.errors import UserError
+from pipeline.schema.explain import explain_rows
 from pipeline.schema.hashing import to_dict
-from pipeline.schema.types import Strict
+from pipeline.schema.types import Strict, yaml_text
 from pipeline.stages import STAGES
 
 # a valid value other than the default, for every key a rule governs
@@ -69,6 +70,10 @@ def test_the_rules_are_found_and_each_has_a_value_to_try():
             (("stages", "distill", "kd"), "max_nonfinite_skips"), (("stages", "distill", "consistency"), "ema_decay"),
             (("stages", "distill", "mixup"), "alpha"), (("stages", "export"), "int8_max_drop")} <= found
     assert {key for _, key in found} == set(OTHER_VALUE)
+    # crild config --explain says when each is used
+    help_ = {row[0]: row[3] for row in explain_rows(RunConfig)}
+    for path, _, key, decider, reading in RULES:
+        assert f"(used only with {decider}: {yaml_text(reading[0])}" in help_[".".join(path + (key,))]
 
 
 @pytest.mark.parametrize("path,model,key,decider,value,read", CASES,
