@@ -26,8 +26,7 @@ from pipeline.data.task_data import load_task_data
 from pipeline.data.tasks import task_spec
 from pipeline.distill.phase import STAGE, DistillRun, phase_done, train_phase
 from pipeline.distill.presets import resolve_phases
-from pipeline.distill.teacher import FrozenTeacher, needs_teacher, teacher_folder, tokenize_alike
-from pipeline.distill.terms import TERMS
+from pipeline.distill.teacher import FrozenTeacher, needs_teacher, reads_teacher_logits, teacher_folder, tokenize_alike
 from pipeline.export.model_card import CARD, trained_card
 from pipeline.export.provenance import TRAIN_RESULTS
 from pipeline.models.loading import load_tokenizer, quiet_libraries, resolve_model
@@ -57,8 +56,7 @@ def frozen_teacher(cfg: RunConfig, tokenizer, dist):
     teacher_tokenizer = load_tokenizer(str(folder), "stages.distill.teacher_model")
     if tokenize_alike(distill_cfg, phases, teacher_tokenizer, tokenizer, str(folder), cfg.student.backbone):
         teacher_tokenizer = None
-    logits = any(TERMS[t].needs_teacher_logits for p in phases for t in p.terms)
-    return FrozenTeacher(cfg, folder, task_spec(cfg.task), dist, logits), teacher_tokenizer, note
+    return FrozenTeacher(cfg, folder, task_spec(cfg.task), dist, reads_teacher_logits(phases)), teacher_tokenizer, note
 
 
 def publish_student(run: DistillRun, phases, last: Path) -> None:

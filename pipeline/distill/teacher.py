@@ -32,6 +32,12 @@ def needs_teacher(distill_cfg, phases) -> bool:
         TERMS[t].needs_teacher_logits or TERMS[t].kinds for p in phases for t in p.terms)
 
 
+def reads_teacher_logits(phases) -> bool:
+    """Whether a term of ``phases`` reads the teacher's predictions, so that its classifier
+    must be trained (intermediate layers alone can come from a backbone)."""
+    return any(TERMS[t].needs_teacher_logits for p in phases for t in p.terms)
+
+
 def tokenize_alike(distill_cfg, phases, teacher_tokenizer, student_tokenizer, teacher_name: str,
                    student_name: str) -> bool:
     """Whether the two tokenizers tokenize alike (vocabulary, special tokens, normalisation:

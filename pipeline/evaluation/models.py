@@ -133,7 +133,7 @@ def load_eval_model(path: str, spec, dtype: torch.dtype, device: torch.device, m
     check_labels(config, spec, path, where)  # before the weights, which would not fit another head
     model, info = load_pretrained(AutoModelForSequenceClassification, folder, where, config=config, dtype=dtype,
                                   output_loading_info=True)
-    require_trained(info, folder, where, spec)
+    require_trained(info["missing_keys"], folder, where, spec)
     align_outputs(model, model.config, spec, path, where)
     check_max_length(model.config, max_length, path)
     return model.to(device).eval()

@@ -28,7 +28,7 @@ from pipeline.data.stress import apply_settings
 from pipeline.data.tasks import task_spec
 from pipeline.distill.layers import layer_layout
 from pipeline.distill.presets import resolve_phases
-from pipeline.distill.teacher import needs_teacher, tokenize_alike
+from pipeline.distill.teacher import needs_teacher, reads_teacher_logits, tokenize_alike
 from pipeline.errors import UserError
 from pipeline.evaluation.models import model_names, teachers
 from pipeline.export.quantize import check_int8_names
@@ -39,7 +39,9 @@ from pipeline.models.loading import (
     check_weights,
     encoder_config,
     load_tokenizer,
+    missing_head_weights,
     quiet_libraries,
+    require_trained,
     resolve_model,
 )
 from pipeline.outputs.manifest import is_complete, recorded_fingerprint
@@ -194,6 +196,8 @@ def _check_distillation(cfg: RunConfig, names) -> None:
     name, random_init, where = teacher
     if random_init is None:
         _whole_weights(cfg, name, where)
+        if where == "stages.distill.teacher_model" and reads_teacher_logits(phases):
+            _trained_classifier(cfg, name, where)
     teacher_config = encoder_config(name, where, random_init=random_init)
     check_max_length(teacher_config, cfg.task.max_length, where)  # the teacher reads every batch
     if not tokenize_alike(d, phases, _tokenizer(name, where), student_tokenizer, name, s.backbone):
@@ -245,6 +249,16 @@ def _whole_weights(cfg: RunConfig, name: str, where: str) -> None:
     downloaded first): a truncated copy is one line now."""
     if _here(cfg, name, where):
         check_weights(resolve_model(name, where), where)
+
+
+def _trained_classifier(cfg: RunConfig, name: str, where: str) -> None:
+    """A model a stage scores, exports or distils predictions from has its classifier's
+    weights (from the safetensors headers): a backbone named there is one line now, not when
+    that stage loads it after the earlier stages have trained."""
+    if _here(cfg, name, where):
+        folder = resolve_model(name, where)
+        require_trained(missing_head_weights(folder, encoder_config(name, where), where), folder, where,
+                        task_spec(cfg.task))
 
 
 def _here(cfg: RunConfig, name: str, where: str) -> bool:
@@ -301,6 +315,7 @@ def _check_listed_models(stage: str):
             if _here(cfg, model, where):
                 check_max_length(encoder_config(model, where), cfg.task.max_length, model)
                 _tokenizer(model, where)
+                _trained_classifier(cfg, model, where)
     return check
 
 

@@ -223,7 +223,7 @@ def build_classifier(name: str, spec: TaskSpec, where: str, *, num_layers: Optio
         model, info = load_pretrained(AutoModelForSequenceClassification, path, where, config=config,
                                       output_loading_info=True)
         if trained:
-            require_trained(info, path, where, spec)
+            require_trained(info["missing_keys"], path, where, spec)
         if head_loaded(model, info["missing_keys"], spec):
             align_outputs(model, base, spec, path, where)
     check_max_length(model.config, max_length, where)
@@ -264,11 +264,11 @@ def _encoder(name: str, where: str, num_layers: Optional[int], random_init: Opti
     return path, base, family, config
 
 
-def require_trained(loading_info: dict, path: str, where: str, spec: TaskSpec) -> None:
+def require_trained(missing: list[str], path: str, where: str, spec: TaskSpec) -> None:
     """A model that is scored, exported or distilled from must be a trained classifier: a
     backbone would get a randomly initialised head, and its scores, exports or soft labels
-    would mean nothing, without a word."""
-    missing = loading_info["missing_keys"]
+    would mean nothing, without a word. ``missing``: the weights loading it would start anew
+    (transformers' missing keys, or ``missing_head_weights`` before any stage)."""
     if missing:
         shown = ", ".join(sorted(missing)[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise UserError(f"{where}: '{path}' is not a classifier trained for task {spec.name}: its weights lack "
@@ -355,6 +355,21 @@ def weight_shapes(path: str, where: str) -> dict[str, tuple[int, ...]]:
         except (OSError, SafetensorError) as err:
             raise UserError(f"{where}: cannot load the model in '{path}' ({str(err).splitlines()[0]})") from None
     return shapes
+
+
+def missing_head_weights(path: str, config, where: str) -> list[str]:
+    """The tensors of the classifier head (those outside the encoder, its
+    ``base_model_prefix``) that the safetensors files of ``path`` lack, from their headers and
+    the model built on the meta device: a backbone's folder lacks them all. What a run checks
+    before its first stage, for a model a later stage scores, exports or distils from."""
+    from transformers import AutoModelForSequenceClassification
+
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config, attn_implementation=family_of(config, where)
+                                                               .attention)
+    held = set(weight_shapes(path, where))
+    return sorted(key for key in model.state_dict()
+                  if not key.startswith(f"{model.base_model_prefix}.") and key not in held)
 
 
 def _misfits(cls, path: str, config, where: str) -> str:

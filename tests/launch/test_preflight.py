@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import yaml
-from helpers import REPO, tiny_run_config, write_tiny_mlm
+from helpers import REPO, tiny_run_config, write_tiny_classifier, write_tiny_mlm
 
 from pipeline import stage1_teacher
 from pipeline.cli import main
@@ -77,6 +77,27 @@ def test_late_distillation_mistakes_are_refused_before_the_teacher_trains(tmp_pa
     for distill, top, message in cases:
         line = refusal(tmp_path, chain(tmp_path, tiny_bert, sentiment_dir, distill, **top), capsys)
         assert line.startswith(f"crild: error: {message}") and line.endswith(SUFFIX), line
+
+
+def test_a_backbone_where_a_later_stage_needs_a_trained_classifier_is_refused_before_the_teacher_trains(
+        tmp_path, tiny_bert, sentiment_dir, capsys):
+    """A backbone (no classifier head) named as the distillation's teacher where a term reads
+    its predictions, or as a model to evaluate or export: before, the line came when that
+    stage loaded it, after the teacher had trained. Its weights' headers say so at once. A
+    teacher read for its layers alone may be a backbone (task-agnostic distillation)."""
+    lacks = (f"'{tiny_bert}' is not a classifier trained for task rotten_tomatoes: its weights lack classifier.bias, "
+             f"classifier.weight, which would start random; fine-tune it first (the teacher stage) or give a fine-tuned "
+             f"folder")
+    raw = chain(tmp_path, tiny_bert, sentiment_dir, {"teacher_model": str(tiny_bert)})
+    assert refusal(tmp_path, raw, capsys) == f"crild: error: stages.distill.teacher_model: {lacks}{SUFFIX}"
+    for stage in ("evaluate", "export"):
+        raw = chain(tmp_path, tiny_bert, sentiment_dir, {})
+        raw["pipeline"] = ["teacher", stage]
+        raw["stages"][stage] = {"models": [str(tiny_bert)]}
+        assert refusal(tmp_path, raw, capsys) == (f"crild: error: stages.{stage}.models[0]: {lacks} (the {stage} "
+                                                  f"stage's; checked before the first stage runs)")
+    check_stages(from_dict(chain(tmp_path, tiny_bert, sentiment_dir, {"teacher_model": str(tiny_bert),
+                                                                      "phases": ["ild"]})), ["teacher", "distill"], 1)
 
 
 def test_an_earlier_stages_output_that_no_stage_of_the_run_writes_is_refused_before_the_first(
@@ -318,7 +339,8 @@ def test_data_a_later_stage_reads_is_read_through_before_the_teacher_trains(tmp_
         assert refusal(tmp_path, chain(tmp_path, tiny_bert, sentiment_dir, distill), capsys).startswith(
             f"crild: error: {expected}")
     # the first stage's own files are left to it, as it reads them at once (no second read) ...
-    first = from_dict({**raw, "pipeline": ["evaluate"], "stages": {"evaluate": {"models": [str(tiny_bert)]}}})
+    scored = str(write_tiny_classifier(tiny_bert, tmp_path / "classifier"))
+    first = from_dict({**raw, "pipeline": ["evaluate"], "stages": {"evaluate": {"models": [scored]}}})
     check_stages(first, ["evaluate"], 1)
     # ... but not where its job may start hours later, after the queue (crild submit; crild config checks as it does)
     with pytest.raises(UserError, match=rf"^{re.escape(str(data / 'test.jsonl'))}:{line}: label 'meh' .* \(the "
@@ -341,7 +363,7 @@ def test_a_truncated_weights_file_any_stage_reads_is_refused_before_the_first_st
     (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
         "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
     raw = chain(tmp_path, tiny_bert, sentiment_dir, {})
-    t = str(truncated)
+    t, scored = str(truncated), str(write_tiny_classifier(tiny_bert, tmp_path / "classifier"))
     damaged = f"cannot load the model in '{t}' (Error while deserializing header: incomplete metadata"
     cases = [(["teacher"], {"teacher": {"model": t}}, f"teacher.model: {damaged}", "teacher"),
              (["teacher", "distill"], {"student": {"init": "folder", "backbone": t}},
@@ -353,7 +375,7 @@ def test_a_truncated_weights_file_any_stage_reads_is_refused_before_the_first_st
               f"stages.distill.teacher_model: {damaged}", "distill"),
              (["teacher", "augment"], {"stages": {**raw["stages"], "augment": {"masked_lm": t}}},
               f"stages.augment.masked_lm: {damaged}", "augment"),
-             (["teacher", "evaluate"], {"stages": {**raw["stages"], "evaluate": {"models": [str(tiny_bert), t]}}},
+             (["teacher", "evaluate"], {"stages": {**raw["stages"], "evaluate": {"models": [scored, t]}}},
               f"stages.evaluate.models[1]: {damaged}", "evaluate"),
              (["teacher", "export"], {"stages": {**raw["stages"], "export": {"models": [t]}}},
               f"stages.export.models[0]: {damaged}", "export")]

@@ -163,3 +163,24 @@ def test_a_hub_name_offline_is_one_line(tmp_path, tiny_bert, sentiment_dir):
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert lines[0].startswith("crild: error: teacher.model: 'microsoft/deberta-v3-base' is not a model folder, an "
                                "offline alias or in the Hugging Face cache (") and "HF_HUB_OFFLINE is set" in lines[0]
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_the_head_weights_a_folder_lacks_are_read_from_its_headers_as_loading_finds_them(family_models,
+                                                                                         model_type, tmp_path):
+    """What a run's checks find before its first stage (a backbone named where a trained
+    classifier is scored, exported or distilled from) is what the stage would find on loading
+    it, in every family: the head's tensors, and none once the classifier is saved."""
+    from transformers import AutoModelForSequenceClassification
+
+    from pipeline.models.loading import encoder_config, missing_head_weights, read_model_config
+
+    backbone = family_models[model_type]
+    _, info = AutoModelForSequenceClassification.from_pretrained(str(backbone), num_labels=2,
+                                                                 output_loading_info=True)
+    missing = missing_head_weights(str(backbone), encoder_config(str(backbone), "test"), "test")
+    assert missing and set(missing) == set(info["missing_keys"])  # the head, nothing else
+    classifier = build_classifier(str(backbone), SPEC, "teacher")
+    classifier.save_pretrained(str(tmp_path / "trained"))
+    assert missing_head_weights(str(tmp_path / "trained"), read_model_config(tmp_path / "trained", "test"),
+                                "test") == []
