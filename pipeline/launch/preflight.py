@@ -195,9 +195,9 @@ def _check_distillation(cfg: RunConfig, names) -> None:
         return
     name, random_init, where = teacher
     if random_init is None:
-        _whole_weights(cfg, name, where)
-        if where == "stages.distill.teacher_model" and reads_teacher_logits(phases):
-            _trained_classifier(cfg, name, where)
+        held = _whole_weights(cfg, name, where)
+        if held is not None and where == "stages.distill.teacher_model" and reads_teacher_logits(phases):
+            _trained_classifier(cfg, name, where, held)
     teacher_config = encoder_config(name, where, random_init=random_init)
     check_max_length(teacher_config, cfg.task.max_length, where)  # the teacher reads every batch
     if not tokenize_alike(d, phases, _tokenizer(name, where), student_tokenizer, name, s.backbone):
@@ -244,21 +244,20 @@ def _check_student(cfg: RunConfig, names):
     return config, _tokenizer(s.backbone, "student.backbone")
 
 
-def _whole_weights(cfg: RunConfig, name: str, where: str) -> None:
+def _whole_weights(cfg: RunConfig, name: str, where: str):
     """The safetensors headers of a model a stage will read the weights of (a hub name's
-    downloaded first): a truncated copy is one line now."""
-    if _here(cfg, name, where):
-        check_weights(resolve_model(name, where), where)
+    downloaded first): a truncated copy is one line now. Returns the tensor names they hold
+    (None for a model an earlier stage writes)."""
+    return check_weights(resolve_model(name, where), where) if _here(cfg, name, where) else None
 
 
-def _trained_classifier(cfg: RunConfig, name: str, where: str) -> None:
+def _trained_classifier(cfg: RunConfig, name: str, where: str, held: set[str]) -> None:
     """A model a stage scores, exports or distils predictions from has its classifier's
-    weights (from the safetensors headers): a backbone named there is one line now, not when
-    that stage loads it after the earlier stages have trained."""
-    if _here(cfg, name, where):
-        folder = resolve_model(name, where)
-        require_trained(missing_head_weights(folder, encoder_config(name, where), where), folder, where,
-                        task_spec(cfg.task))
+    weights (``held``: the names in its safetensors headers): a backbone named there is one
+    line now, not when that stage loads it after the earlier stages have trained."""
+    folder = resolve_model(name, where)
+    require_trained(missing_head_weights(folder, encoder_config(name, where), where, held), folder, where,
+                    task_spec(cfg.task))
 
 
 def _here(cfg: RunConfig, name: str, where: str) -> bool:
@@ -311,11 +310,11 @@ def _check_listed_models(stage: str):
     def check(cfg: RunConfig, names) -> None:
         for i, model in enumerate(getattr(cfg.stages, stage).models):
             where = f"stages.{stage}.models[{i}]"
-            _whole_weights(cfg, model, where)
-            if _here(cfg, model, where):
+            held = _whole_weights(cfg, model, where)
+            if held is not None:
                 check_max_length(encoder_config(model, where), cfg.task.max_length, model)
                 _tokenizer(model, where)
-                _trained_classifier(cfg, model, where)
+                _trained_classifier(cfg, model, where, held)
     return check
 
 

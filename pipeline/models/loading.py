@@ -178,28 +178,33 @@ def _check_config_values(config, path: str, where: str) -> None:
                             f"got {repr(value)[:60]}")
 
 
-_BUILT: set[str] = set()  # configs check_buildable has built in this process (a preflight meets each twice)
+# config -> the head tensors of the classifier check_buildable built from it in this process
+# (a preflight meets each config more than once)
+_BUILT: dict[str, tuple[str, ...]] = {}
 
 
-def check_buildable(config, path: str, where: str) -> None:
+def check_buildable(config, path: str, where: str) -> tuple[str, ...]:
     """Build the model ``config`` describes on the meta device (no memory, no weights), so
     that what a model's constructor refuses (a hidden size its heads do not divide, a
     layer type it does not know) is said before a run's first stage, not by the stage.
-    Not inside ``deepspeed.zero.Init``, whose partitioning cannot copy meta tensors."""
+    Not inside ``deepspeed.zero.Init``, whose partitioning cannot copy meta tensors.
+    Returns the names of the classifier head's tensors (those outside the encoder, its
+    ``base_model_prefix``)."""
     from transformers import AutoModelForSequenceClassification
 
     key = config.to_json_string()
-    if key in _BUILT:
-        return
-    try:
-        with torch.device("meta"):
-            AutoModelForSequenceClassification.from_config(config, attn_implementation=family_of(config, where).attention)
-    except UserError:
-        raise
-    except Exception as err:  # noqa: BLE001 - the constructor's objection to the user's config
-        raise UserError(f"{where}: transformers cannot build a model from {Path(path) / 'config.json'} "
-                        f"({clipped(one_error(err))})") from None
-    _BUILT.add(key)
+    if key not in _BUILT:
+        try:
+            with torch.device("meta"):
+                model = AutoModelForSequenceClassification.from_config(
+                    config, attn_implementation=family_of(config, where).attention)
+        except UserError:
+            raise
+        except Exception as err:  # noqa: BLE001 - the constructor's objection to the user's config
+            raise UserError(f"{where}: transformers cannot build a model from {Path(path) / 'config.json'} "
+                            f"({clipped(one_error(err))})") from None
+        _BUILT[key] = tuple(name for name in model.state_dict() if not name.startswith(f"{model.base_model_prefix}."))
+    return _BUILT[key]
 
 
 def build_classifier(name: str, spec: TaskSpec, where: str, *, num_layers: Optional[int] = None,
@@ -357,19 +362,13 @@ def weight_shapes(path: str, where: str) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def missing_head_weights(path: str, config, where: str) -> list[str]:
-    """The tensors of the classifier head (those outside the encoder, its
-    ``base_model_prefix``) that the safetensors files of ``path`` lack, from their headers and
-    the model built on the meta device: a backbone's folder lacks them all. What a run checks
-    before its first stage, for a model a later stage scores, exports or distils from."""
-    from transformers import AutoModelForSequenceClassification
-
-    with torch.device("meta"):
-        model = AutoModelForSequenceClassification.from_config(config, attn_implementation=family_of(config, where)
-                                                               .attention)
-    held = set(weight_shapes(path, where))
-    return sorted(key for key in model.state_dict()
-                  if not key.startswith(f"{model.base_model_prefix}.") and key not in held)
+def missing_head_weights(path: str, config, where: str, held: Optional[set[str]] = None) -> list[str]:
+    """The tensors of the classifier head that the safetensors files of ``path`` lack (their
+    names ``held``, where ``check_weights`` has read them already), from the model built on
+    the meta device (``check_buildable``): a backbone's folder lacks them all. What a run
+    checks before its first stage, for a model a later stage scores, exports or distils from."""
+    held = set(weight_shapes(path, where)) if held is None else held
+    return sorted(name for name in check_buildable(config, path, where) if name not in held)
 
 
 def _misfits(cls, path: str, config, where: str) -> str:
