@@ -33,6 +33,7 @@ from pipeline.schema.types import (
     Ratio,
     Seed,
     Strict,
+    check_read,
     listing,
     one_of,
 )
@@ -515,6 +516,7 @@ BaselineConfig = create_model(
               else Optional[field.annotation],
               Field(None, description=field.description, json_schema_extra=field.json_schema_extra))
        for name, field in TrainConfig.model_fields.items()})
+BaselineConfig.read_only_with = TrainConfig.read_only_with  # with a decider left null, judged by StagesConfig
 
 
 class StagesConfig(Strict):
@@ -527,6 +529,18 @@ class StagesConfig(Strict):
                     "and rate, e.g. {epochs: 3} when the student's KD phase runs on augmented data")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="stage 4: evaluation")
     export: ExportConfig = Field(default_factory=ExportConfig, description="stage 5: ONNX export and latency")
+
+    @model_validator(mode="after")
+    def _baseline_reads_its_keys(self):
+        """A key set under stages.baseline whose decider it leaves to the KD phase (see
+        BaselineConfig) is judged by the KD phase's: ``max_nonfinite_skips: 3`` there, beside a
+        KD phase that stops on a NaN, would be read by nothing."""
+        for key, (decider, _) in TrainConfig.read_only_with.items():
+            value = getattr(self.baseline, key)
+            if value is not None and getattr(self.baseline, decider) is None:
+                check_read(TrainConfig, key, value, decider, getattr(self.distill.kd, decider),
+                           " (stages.distill.kd's, which the baseline keeps)", "baseline.")
+        return self
 
 
 class RunConfig(Strict):

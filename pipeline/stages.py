@@ -188,8 +188,14 @@ def _as_baseline(raw: dict) -> None:
     distill = stages.setdefault("distill", {})
     distill.update(preset="finetune", output=BASELINE_OUTPUT, phases=None, supplementary=[], augmented_phases=[],
                    mixup={}, consistency={})  # no ILD phase: nothing to mix
+    from pipeline.config import TrainConfig  # its table of keys read only beside another; config imports us
+
     own = {key: value for key, value in (stages.get("baseline") or {}).items() if value is not None}
-    distill["kd"] = {**(distill.get("kd") or {}), **own}
+    kd = {**(distill.get("kd") or {}), **own}
+    for key, (decider, reading) in TrainConfig.read_only_with.items():
+        if key not in own and kd.get(decider) not in reading:
+            kd.pop(key, None)  # the KD phase's, which reads it; the baseline's own decider does not
+    distill["kd"] = kd
 
 
 # folders under output_dir that belong to crild: the stages' fixed outputs and the run's own

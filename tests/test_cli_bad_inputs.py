@@ -270,6 +270,11 @@ def list_cases(tmp: Path, tiny_bert: Path, data: Path):
             "init": "random", "backbone": teacher, "num_layers": 6, "random_init": {"num_layers": 2}})],
          ["student.num_layers: 6 is used only with init: truncated, and init is random; set init: truncated or "
           "remove num_layers"]),
+        ("a baseline setting that the decider it keeps leaves unused", ["config", cfg("l10d", stages__baseline={
+            "max_nonfinite_skips": 4})],
+         ["l10d.yaml: stages.baseline.max_nonfinite_skips: 4 is used only with on_nonfinite: skip, and on_nonfinite "
+          "is stop (stages.distill.kd's, which the baseline keeps); set on_nonfinite: skip or remove "
+          "max_nonfinite_skips"]),
         ("a vocabulary beside vectors that hold their words", ["augment", cfg("l10c", stages__augment={"vectors": {
             "path": str(_text(tmp / "vec.txt", "good 0.1 0.2\n")), "vocab": str(_text(tmp / "w.txt", "good\n"))}})],
          ["stages.augment.vectors.vocab: used only with a .npy matrix, and '", "vec.txt' is a text file whose rows "
@@ -542,7 +547,7 @@ def test_every_test_the_catalogue_names_exists():
         assert f"def {test}(" in (REPO / path).read_text(), (path, test)
 
 
-CASE_COUNT = 121
+CASE_COUNT = 122
 
 
 @pytest.mark.parametrize("index", range(CASE_COUNT))

@@ -52,16 +52,26 @@ class Strict(BaseModel):
         """A key changed from its default that the key beside it leaves unread is refused, as an
         unknown key is: it was written to change something and would change nothing
         (``num_layers: 6`` beside ``init: random`` trains random_init's shape, silently). Its
-        default passes: ``crild config`` prints every key, and what it prints reads back."""
+        default passes: ``crild config`` prints every key, and what it prints reads back. A
+        decider left null where null reads nothing takes its value from another section
+        (``stages.baseline`` keeps the KD phase's): the key is judged where that is known."""
         for key, (decider, reading) in self.read_only_with.items():
-            value, decided = getattr(self, key), getattr(self, decider)
-            if decided in reading or value == type(self).model_fields[key].get_default(call_default_factory=True):
-                continue
-            shown = "" if isinstance(value, BaseModel) else f"{yaml_text(value)} is "
-            raise field_error(f"{shown}used only with {decider}: {' or '.join(map(yaml_text, reading))}, and "
-                              f"{decider} is {yaml_text(decided)}; set {decider}: {yaml_text(reading[0])} or "
-                              f"remove {key}", key)
+            decided = getattr(self, decider)
+            if decided is not None or None in reading:
+                check_read(type(self), key, getattr(self, key), decider, decided)
         return self
+
+
+def check_read(model: type[Strict], key: str, value, decider: str, decided, whose: str = "", at: str = "") -> None:
+    """Refuse ``value`` of ``model``'s ``key`` (under the validated model's ``at``) when the
+    deciding key's value ``decided`` (``whose``: where it comes from, when not beside it)
+    leaves it unread; its default passes."""
+    reading = model.read_only_with[key][1]
+    if decided in reading or value == model.model_fields[key].get_default(call_default_factory=True):
+        return
+    shown = "" if isinstance(value, BaseModel) else f"{yaml_text(value)} is "
+    raise field_error(f"{shown}used only with {decider}: {' or '.join(map(yaml_text, reading))}, and {decider} is "
+                      f"{yaml_text(decided)}{whose}; set {decider}: {yaml_text(reading[0])} or remove {key}", at + key)
 
 
 def yaml_text(value) -> str:

@@ -100,3 +100,28 @@ def test_a_key_is_refused_exactly_where_the_key_beside_it_leaves_it_unused(path,
     assert from_dict(to_dict(cfg)) == cfg
     for stage in STAGES:
         stage_config(cfg, stage)
+
+
+def _kd(cfg, stage):
+    kd = stage_config(cfg, stage).stages.distill.kd
+    return kd.on_nonfinite, kd.max_nonfinite_skips
+
+
+def test_the_baseline_keeps_the_kd_phase_s_keys_and_is_judged_by_the_decider_it_keeps():
+    """stages.baseline's unset keys keep the KD phase's. A key the KD phase reads and the
+    baseline's own decider leaves unread is not carried over (it was refused, naming the KD
+    phase's key); the baseline's own key is judged by the decider the baseline ends with."""
+    kd_skips = {"kd": {"on_nonfinite": "skip", "max_nonfinite_skips": 3}}
+    cfg = from_dict({"stages": {"distill": kd_skips, "baseline": {"on_nonfinite": "stop"}}})
+    assert _kd(cfg, "distill") == ("skip", 3) and _kd(cfg, "baseline") == ("stop", 10)
+    cfg = from_dict({"stages": {"distill": kd_skips}})
+    assert _kd(cfg, "baseline") == ("skip", 3)
+    cfg = from_dict({"stages": {"distill": {"kd": {"on_nonfinite": "skip"}}, "baseline": {"max_nonfinite_skips": 4}}})
+    assert _kd(cfg, "distill") == ("skip", 10) and _kd(cfg, "baseline") == ("skip", 4)
+    for baseline in ({"max_nonfinite_skips": 4}, {"max_nonfinite_skips": 4, "on_nonfinite": "stop"}):
+        with pytest.raises(UserError) as err:
+            from_dict({"stages": {"baseline": baseline}}, "run.yaml")
+        assert str(err.value).startswith("run.yaml: stages.baseline.max_nonfinite_skips: 4 is used only with "
+                                         "on_nonfinite: skip, and on_nonfinite is stop")
+    assert "(stages.distill.kd's, which the baseline keeps)" in str(
+        pytest.raises(UserError, from_dict, {"stages": {"baseline": {"max_nonfinite_skips": 4}}}).value)
