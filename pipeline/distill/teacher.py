@@ -28,8 +28,8 @@ from pipeline.training.ds_files import load_ds_json
 
 def needs_teacher(distill_cfg, phases) -> bool:
     """Whether any of ``phases`` (``resolve_phases``) reads the teacher."""
-    return PRESETS[distill_cfg.preset].needs_teacher or any(
-        TERMS[t].needs_teacher_logits or TERMS[t].kinds for p in phases for t in p.terms)
+    return PRESETS[distill_cfg.preset].needs_teacher or reads_teacher_logits(phases) or any(
+        TERMS[t].kinds for p in phases for t in p.terms)
 
 
 def reads_teacher_logits(phases) -> bool:
