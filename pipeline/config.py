@@ -38,6 +38,7 @@ from pipeline.schema.types import (
     one_of,
 )
 from pipeline.stages import BASELINE_OUTPUT, RESERVED_FOLDERS, STAGES
+from pipeline.training.nonfinite import ON_NONFINITE, READ_ONLY_WITH
 
 PhaseName = one_of(PHASES, "phase")
 _FOLDER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -305,12 +306,12 @@ class TrainConfig(Strict):
     log_every: PositiveInt = Field(10, description="optimizer steps between TensorBoard points",
                                    json_schema_extra=BOOKKEEPING)
     group_by_length: bool = Field(True, description="batch examples of similar length (less padding)")
-    on_nonfinite: Literal["stop", "skip"] = Field(
+    on_nonfinite: Literal[ON_NONFINITE] = Field(
         "stop", description="a NaN/inf loss: stop (the last checkpoint stays good), or skip the micro-batch and "
                             "count it, stopping after max_nonfinite_skips")
     max_nonfinite_skips: NonNegativeInt = Field(10, description="skipped micro-batches allowed")
     deepspeed_config: Optional[PathText] = Field(None, description="a DeepSpeed JSON for this stage only")
-    read_only_with = {"max_nonfinite_skips": ("on_nonfinite", ("skip",))}
+    read_only_with = READ_ONLY_WITH
 
 
 class EvaluateConfig(Strict):

@@ -22,6 +22,7 @@ from pipeline.outputs.manifest import recorded_fingerprint
 from pipeline.schema.hashing import config_hash, output_settings, settings_dict
 from pipeline.schema.types import paths_in
 from pipeline.training.ds_files import read_ds_text
+from pipeline.training.nonfinite import READ_ONLY_WITH
 
 DISTILL_PHASES = ("ild_supplementary", "ild", "kd")  # the sections of stages.distill that train
 FORCED_ENV = "CRILD_FORCED"  # "1" in the stages crild run --force runs
@@ -188,11 +189,9 @@ def _as_baseline(raw: dict) -> None:
     distill = stages.setdefault("distill", {})
     distill.update(preset="finetune", output=BASELINE_OUTPUT, phases=None, supplementary=[], augmented_phases=[],
                    mixup={}, consistency={})  # no ILD phase: nothing to mix
-    from pipeline.config import TrainConfig  # its table of keys read only beside another; config imports us
-
     own = {key: value for key, value in (stages.get("baseline") or {}).items() if value is not None}
     kd = {**(distill.get("kd") or {}), **own}
-    for key, (decider, reading) in TrainConfig.read_only_with.items():
+    for key, (decider, reading) in READ_ONLY_WITH.items():
         if key not in own and kd.get(decider) not in reading:
             kd.pop(key, None)  # the KD phase's, which reads it; the baseline's own decider does not
     distill["kd"] = kd
