@@ -54,8 +54,9 @@ def shared_folder(path: Path) -> Optional[str]:
     return "your home folder" if where == home else None
 
 
-def _prepare(output_dir: Path) -> None:
-    """output_dir exists (created if need be) and is a writable folder, or one line."""
+def _prepare(output_dir: Path) -> list[Path]:
+    """output_dir exists (created if need be) and is a writable folder, or one line. Returns
+    the folders created here, deepest last."""
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"output_dir: '{output_dir}' is a file, not a folder")
     problem = not_utf8(os.path.abspath(output_dir))
@@ -66,12 +67,14 @@ def _prepare(output_dir: Path) -> None:
         raise UserError(f"output_dir: '{output_dir}' is {what}; crild writes its stage folders (teacher, eval, "
                         f"checkpoints, tensorboard, ...) directly in output_dir: give the run a folder of its own "
                         f"(runs/NAME)")
+    created = [folder for folder in (output_dir, *output_dir.parents) if not folder.exists()][::-1]
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"output_dir: cannot create '{output_dir}' ({err.strerror})") from None
     if not os.access(output_dir, os.W_OK | os.X_OK):
         raise UserError(f"output_dir: '{output_dir}' is not writable")
+    return created
 
 
 def _flock(fd: int, kind: int) -> Optional[OSError]:
@@ -187,13 +190,18 @@ class RunLock:
         self.fd: Optional[int] = None
         self.held: Optional[Path] = None  # the held file, where the file system has no flock
         self.info: dict = {}
+        self.created: list[Path] = []  # the folders acquire made, removed on release if still holding nothing
 
     def acquire(self) -> "RunLock":
-        _prepare(self.output_dir)
+        self.created = _prepare(self.output_dir)
         held = _read_held(self.output_dir / HELD_FILE)
         if held is not None and not _ended(held):  # a holder on a file system that lost flock since
             raise _refuse(self.output_dir, held, self.output_dir / HELD_FILE)
-        fd = os.open(lock_path(self.output_dir), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(lock_path(self.output_dir), os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # a refused run removed the folder it had made meanwhile
+            self.created = _prepare(self.output_dir)
+            fd = os.open(lock_path(self.output_dir), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             unsupported = _flock(fd, fcntl.LOCK_EX)
         except BlockingIOError:
@@ -250,8 +258,26 @@ class RunLock:
             if self.held is not None:
                 self.held.unlink(missing_ok=True)
                 self.held = None
+            self._remove_if_unused()
             os.close(self.fd)  # closing the descriptor releases the flock
             self.fd = None
+
+    def _remove_if_unused(self) -> None:
+        """A run refused before it wrote anything (a mistake found by the checks before the
+        first stage) leaves no folder behind that it made only to hold its lock; a folder with
+        anything else in it, or one that was there before, is left as it is."""
+        try:
+            if not self.created or any(p.name not in (LOCK_FILE, STOP_FILE) for p in self.output_dir.iterdir()):
+                return
+        except OSError:  # removed or unreadable meanwhile: nothing of crild's to tidy
+            return
+        for name in (LOCK_FILE, STOP_FILE):
+            (self.output_dir / name).unlink(missing_ok=True)
+        for folder in reversed(self.created):
+            try:
+                folder.rmdir()  # only ever an empty folder: anything another process put there stays
+            except OSError:
+                return
 
 
 def _remove_if_unchanged(path: Path, info: dict) -> None:

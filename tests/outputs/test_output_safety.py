@@ -54,6 +54,30 @@ def test_the_file_systems_root_or_the_home_folder_is_not_an_output_dir(monkeypat
     assert (tmp_path / "runs" / "x").is_dir()
 
 
+def test_a_run_refused_before_its_first_stage_leaves_no_folder_it_made_only_for_its_lock(tmp_path, tiny_bert,
+                                                                                         sentiment_dir, capsys):
+    """A mistake found by the checks before the first stage left an output_dir (and the folders
+    above it that the run had made) holding only the run's lock file; a folder that was there
+    before, or that holds anything else, stays."""
+    from pipeline.outputs.lock import RunLock
+
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir)
+    raw["stages"]["teacher"]["deepspeed_config"] = str(tmp_path / "missing.json")
+    for out, existed in ((tmp_path / "new" / "runs" / "a", False), (tmp_path / "kept", True)):
+        if existed:
+            out.mkdir()
+        config = tmp_path / "run.yaml"
+        config.write_text(yaml.safe_dump({**raw, "output_dir": str(out)}))
+        code, err = run_cli(["run", str(config)], capsys)
+        assert code == 2 and len(err) == 1 and "missing.json" in err[0], err
+        assert out.is_dir() == existed
+    assert not (tmp_path / "new").exists()
+    lock = RunLock(tmp_path / "held" / "run").acquire()
+    (tmp_path / "held" / "run" / "teacher").mkdir()  # something written: the folder is the run's now
+    lock.release()
+    assert (tmp_path / "held" / "run" / "teacher").is_dir()
+
+
 def test_an_output_dir_under_a_working_directory_that_is_not_utf8_is_refused_before_it_is_made(monkeypatch, tmp_path):
     """TensorBoard, manifests and logs record output_dir as UTF-8 text: a relative output_dir
     under a folder whose name has a byte that is not UTF-8 failed in the middle of the stage."""
