@@ -197,16 +197,7 @@ class RunLock:
         held = _read_held(self.output_dir / HELD_FILE)
         if held is not None and not _ended(held):  # a holder on a file system that lost flock since
             raise _refuse(self.output_dir, held, self.output_dir / HELD_FILE)
-        try:
-            fd = os.open(lock_path(self.output_dir), os.O_RDWR | os.O_CREAT, 0o644)
-        except FileNotFoundError:  # a refused run removed the folder it had made meanwhile
-            self.created = _prepare(self.output_dir)
-            fd = os.open(lock_path(self.output_dir), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            unsupported = _flock(fd, fcntl.LOCK_EX)
-        except BlockingIOError:
-            os.close(fd)
-            raise _refuse(self.output_dir, holder(self.output_dir) or {}) from None
+        fd, unsupported = self._open_locked()
         self.info = _whoami()
         if unsupported is None:
             self.fd = fd
@@ -219,6 +210,28 @@ class RunLock:
         (self.output_dir / STOP_FILE).unlink(missing_ok=True)  # a request to a run that is over
         os.environ[ENV] = str(self.output_dir.resolve())  # the stages this process starts run under it
         return self
+
+    def _open_locked(self) -> tuple[int, Optional[OSError]]:
+        """The lock file, open and flocked (or the reason flock is missing). A run that
+        releases a folder it made only for its lock removes the file (see _remove_if_unused):
+        a flock taken on the file it removed, or an open into the folder it removed, is tried
+        again, so two runs can never each hold a different file."""
+        path = lock_path(self.output_dir)
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # the folder went with it
+                self.created = _prepare(self.output_dir)
+                continue
+            try:
+                unsupported = _flock(fd, fcntl.LOCK_EX)
+            except BlockingIOError:
+                os.close(fd)
+                raise _refuse(self.output_dir, holder(self.output_dir) or {}) from None
+            if unsupported is not None or _names(path, fd):
+                return fd, unsupported
+            os.close(fd)
+        raise _refuse(self.output_dir, holder(self.output_dir) or {})
 
     def _create_held(self, unsupported: OSError) -> None:
         """Hold the lock as a file created exclusively; one left by a holder that has
@@ -278,6 +291,16 @@ class RunLock:
                 folder.rmdir()  # only ever an empty folder: anything another process put there stays
             except OSError:
                 return
+
+
+def _names(path: Path, fd: int) -> bool:
+    """Whether ``path`` is still the file open as ``fd``."""
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def _remove_if_unchanged(path: Path, info: dict) -> None:

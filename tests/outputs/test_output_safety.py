@@ -78,6 +78,30 @@ def test_a_run_refused_before_its_first_stage_leaves_no_folder_it_made_only_for_
     assert (tmp_path / "held" / "run" / "teacher").is_dir()
 
 
+def test_a_lock_taken_on_the_file_a_releasing_run_removed_is_taken_again(tmp_path, monkeypatch):
+    """A run that releases a folder it made only for its lock removes the lock file: a run that
+    had opened that file just before must not hold a lock on a file no path names (a third
+    run would then create a new one and hold it too)."""
+    import os
+
+    from pipeline.outputs import lock
+
+    out = tmp_path / "run"
+    flock, calls = lock._flock, []
+
+    def removed_between_open_and_flock(fd, kind):
+        if not calls:
+            os.unlink(lock.lock_path(out))  # the releasing run, between this run's open and flock
+        calls.append(kind)
+        return flock(fd, kind)
+
+    monkeypatch.setattr(lock, "_flock", removed_between_open_and_flock)
+    held = lock.RunLock(out).acquire()
+    assert os.path.samestat(os.fstat(held.fd), os.stat(lock.lock_path(out)))
+    assert calls[:2] == [lock.fcntl.LOCK_EX] * 2
+    held.release()
+
+
 def test_an_output_dir_under_a_working_directory_that_is_not_utf8_is_refused_before_it_is_made(monkeypatch, tmp_path):
     """TensorBoard, manifests and logs record output_dir as UTF-8 text: a relative output_dir
     under a folder whose name has a byte that is not UTF-8 failed in the middle of the stage."""
