@@ -296,11 +296,9 @@ class RunLock:
 def _names(path: Path, fd: int) -> bool:
     """Whether ``path`` is still the file open as ``fd``."""
     try:
-        now = os.stat(path)
+        return os.path.samestat(os.stat(path), os.fstat(fd))
     except FileNotFoundError:
         return False
-    mine = os.fstat(fd)
-    return (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def _remove_if_unchanged(path: Path, info: dict) -> None:
