@@ -25,8 +25,56 @@ class DuplicateKey(yaml.YAMLError):
         self.key, self.first, self.second = key, first, second
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.safe_load, except that a key given twice in one mapping is an error (PyYAML
+TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+# tags yaml.safe_load turns into values JSON has no form for: a configuration is JSON's types
+NOT_PLAIN_TAGS = {"binary": "bytes", "set": "a set", "timestamp": "a date"}
+
+
+class UnsupportedTag(yaml.YAMLError):
+    def __init__(self, tag: str, line: int):
+        super().__init__(f"tag !!{tag}")
+        self.tag, self.line = tag, line
+
+
+class _PlainLoader(yaml.SafeLoader):
+    """yaml.safe_load, reading JSON's types only (YAML 1.2's core schema): text that looks like
+    a date (``output_dir: 2024-01-01``, ``seed: 2024-01-01``) stays text, where PyYAML's YAML
+    1.1 makes a date that no setting takes and no record can hold, and a tag asking for bytes,
+    a set or a date is refused at its line."""
+
+
+_PlainLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != TIMESTAMP_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
+def _refuse_tag(name: str):
+    def construct(loader: _PlainLoader, node: yaml.Node):
+        raise UnsupportedTag(name, node.start_mark.line + 1)
+    return construct
+
+
+for _name in NOT_PLAIN_TAGS:
+    _PlainLoader.add_constructor(f"tag:yaml.org,2002:{_name}", _refuse_tag(_name))
+
+
+def unsupported_tag(where: str, err: UnsupportedTag) -> UserError:
+    """``where`` names the file and line, or the override."""
+    return UserError(f"{where}: tag !!{err.tag} makes {NOT_PLAIN_TAGS[err.tag]}, which no setting takes; "
+                     f"expected text, a number, true/false, null, a list or a mapping")
+
+
+def plain_load(text: str):
+    """One YAML document as JSON's types (see ``_PlainLoader``)."""
+    loader = _PlainLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+class _UniqueKeyLoader(_PlainLoader):
+    """``plain_load``, except that a key given twice in one mapping is an error (PyYAML
     keeps the last value silently, even for whole sections)."""
 
 
@@ -67,6 +115,8 @@ def read_yaml(path: str | os.PathLike, what: str = "config file") -> dict:
     except DuplicateKey as err:
         raise UserError(f"{path}: duplicate key '{err.key}' on lines {err.first} and {err.second}; "
                         f"a key may appear once per section") from None
+    except UnsupportedTag as err:
+        raise unsupported_tag(f"{path}: line {err.line}", err) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -94,7 +144,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, _, value = text.partition("=")
     where = f"override '{key.strip()}=...'"
     try:
-        parsed = yaml.safe_load(value) if value.strip() else value  # a blank is what was written, not null
+        parsed = plain_load(value) if value.strip() else value  # a blank is what was written, not null
+    except UnsupportedTag as err:
+        raise unsupported_tag(where, err) from None
     except yaml.YAMLError:
         parsed = value
     except RecursionError:

@@ -30,6 +30,27 @@ def test_duplicate_keys_are_refused_with_both_lines(tmp_path):
         load_config(path)
 
 
+def test_yaml_reads_json_types_only(tmp_path):
+    """Text that YAML 1.1 reads as a date stays text (a folder named for a date is a path, a
+    seed written as one is a wrong type, not a traceback), and a tag asking for bytes, a set
+    or a date is refused at its line, in a file and in an override."""
+    path = tmp_path / "run.yaml"
+    path.write_text("output_dir: 2024-01-01\n")
+    assert str(load_config(path).output_dir).endswith("2024-01-01")
+    path.write_text("seed: 2024-01-01\n")
+    with pytest.raises(UserError, match=r"^.*run.yaml: seed: expected an integer, got '2024-01-01' \(str\)$"):
+        load_config(path)
+    for tag, made in [("set {a, b}", "a set"), ("binary aGVsbG8=", "bytes"), ("timestamp 2024-01-01", "a date")]:
+        path.write_text(f"seed: 1\noutput_dir: !!{tag}\n")
+        with pytest.raises(UserError, match=rf"run.yaml: line 2: tag !!{tag.split()[0]} makes {made}, which no setting takes"):
+            load_config(path)
+    path.write_text("seed: 1\n")
+    with pytest.raises(UserError, match=r"^override 'output_dir=...': tag !!set makes a set"):
+        load_config(path, ["output_dir=!!set {a}"])
+    with pytest.raises(UserError, match=r"seed: expected an integer, got '2024-01-01' \(str\)"):
+        load_config(path, ["seed=2024-01-01"])
+
+
 @pytest.mark.parametrize("raw,message", [
     ({"stages": {"teacher": {"learning_rate": float("nan")}}},
      "stages.teacher.learning_rate: expected a positive number, got nan"),
