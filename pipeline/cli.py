@@ -140,7 +140,7 @@ def distillation_plan(cfg) -> list[str]:
     """What the distill and baseline stages of ``cfg``'s pipeline train, phase by phase, as
     their presets and settings resolve them (``crild config`` prints it as YAML comments)."""
     from pipeline.config import stage_config
-    from pipeline.distill.plan import plan_lines
+    from pipeline.distill.plan import plan_lines, unused_line
     from pipeline.launch.preflight import distillation_models
 
     lines = []
@@ -148,6 +148,8 @@ def distillation_plan(cfg) -> list[str]:
         if name in cfg.pipeline:
             stage_cfg = stage_config(cfg, name)
             lines += plan_lines(stage_cfg.stages.distill, f"stages.{name}", *distillation_models(stage_cfg))
+            unused = unused_line(stage_cfg)
+            lines += [f"  {unused}"] if unused else []
     return lines
 
 

@@ -25,6 +25,7 @@ from pipeline.data.augmented import require_augmented
 from pipeline.data.task_data import load_task_data
 from pipeline.data.tasks import task_spec
 from pipeline.distill.phase import STAGE, DistillRun, phase_done, train_phase
+from pipeline.distill.plan import unused_line
 from pipeline.distill.presets import resolve_phases
 from pipeline.distill.teacher import FrozenTeacher, needs_teacher, reads_teacher_logits, teacher_folder, tokenize_alike
 from pipeline.export.model_card import CARD, trained_card
@@ -91,7 +92,7 @@ def run(cfg: RunConfig, stop: StopRequest | None = None) -> int:
     distill = DistillRun(cfg, dist, data, tokenizer, teacher, stage_fingerprints(cfg, STAGE),
                          {phase.name: phase_fingerprints(cfg, phase.name) for phase in phases},
                          stop or StopRequest(output_dir=cfg.output_dir), teacher_tokenizer=teacher_tokenizer,
-                         notes=[n for n in (*notes, teacher_note, *data.notes) if n])
+                         notes=[n for n in (*notes, teacher_note, *data.notes, unused_line(cfg)) if n])
     claim_checkpoints(distill.checkpoint_folder())
     # collective: every rank asks; under crild run --force a complete phase is redone too
     done = {phase.name: phase_done(distill, phase.name) and not forced() for phase in phases}

@@ -5,7 +5,8 @@ preset resolves to is seen before anything trains."""
 from __future__ import annotations
 
 from pipeline.distill.layers import layer_layout
-from pipeline.distill.presets import Phase, resolve_phases
+from pipeline.distill.presets import PHASES, Phase, resolve_phases
+from pipeline.distill.terms import TERMS
 
 # phase_source -> what the plan says the phase reads
 SOURCE_WORDS = {"augmented": "the augmented training set (stage augment)",
@@ -35,6 +36,54 @@ def phase_source(distill_cfg, phase: str) -> str:
     if phase == "ild_supplementary":
         return "supplementary"
     return "mixed" if distill_cfg.supplementary_mode == "mixed" else "train"
+
+
+LAYER_KEYS = ("layer_map", "layer_pairs", "layer_reduction", "relation_heads")
+TEACHER_KEYS = ("teacher_model", "teacher_deepspeed_config", "teacher_precision")
+
+
+def unused_settings(distill_cfg) -> list[str]:
+    """The keys set in ``stages.distill`` (not left to their defaults) that none of the phases
+    its preset and settings resolve to reads, each with why: a phase's training section or
+    terms where that phase does not run, a term's setting where no phase has the term, the
+    layer keys where no term reads layers, the teacher's keys where nothing reads the teacher.
+    Said, not refused: a study shares one base configuration across presets, where a key one
+    preset reads another ignores. Conservative: a key some phase may read is not listed."""
+    from pipeline.distill.teacher import needs_teacher  # torch; only when a plan is printed
+
+    phases = resolve_phases(distill_cfg)
+    names = [p.name for p in phases]
+    terms = {t for p in phases for t in p.terms}
+    given = distill_cfg.model_fields_set
+    runs = f"runs {', '.join(names)}"
+    unused = [(k, runs) for k in PHASES if k in given and k not in names]
+    if "ild_terms" in given and not any(p.is_ild for p in phases):
+        unused.append(("ild_terms", f"{runs}, no ILD phase"))
+    if "kd_terms" in given and "kd" not in names:
+        unused.append(("kd_terms", runs))
+    for name, term in TERMS.items():
+        unused += [(k, f"no phase has the {name} term") for k in sorted(term.settings)
+                   if k in given and name not in terms]
+    if not any(TERMS[t].kinds for t in terms) and not any(p.consistency for p in phases):
+        unused += [(k, "no term reads layers") for k in LAYER_KEYS if k in given]
+    if "supplementary_mode" in given and not distill_cfg.supplementary:
+        unused.append(("supplementary_mode", "no supplementary datasets"))
+    if not needs_teacher(distill_cfg, phases):
+        unused += [(k, "nothing reads the teacher") for k in TEACHER_KEYS if k in given]
+    return [f"{key} ({why})" for key, why in unused]
+
+
+def unused_line(stage_cfg) -> str | None:
+    """One line naming ``unused_settings`` of the distill stage's configuration
+    (``stage_config``), or None when every key set is read. None for the baseline: its
+    section is the distillation's merged with its own, and keys it inherits are not the
+    user's to answer for there."""
+    if stage_cfg.stage not in (None, "distill"):
+        return None
+    distill_cfg = stage_cfg.stages.distill
+    unused = unused_settings(distill_cfg)
+    return (f"stages.distill: set but unused under preset {distill_cfg.preset}: {'; '.join(unused)}"
+            if unused else None)
 
 
 def plan_lines(distill_cfg, key: str, student_config=None, teacher_config=None) -> list[str]:
