@@ -140,3 +140,28 @@ def test_a_tools_bad_argument_is_one_line_before_any_work(tool, argv, message, c
     assert done.value.code == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"{tool}.py: error: {message}") and line.endswith(f"; see {tool}.py --help"), line
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "expected --prepare [BUNDLE], --run BUNDLE OUT, --dry-run [--with-model] or --rehearse OUT, got ''"),
+    (["--prepre"], "expected --prepare [BUNDLE], --run BUNDLE OUT, --dry-run [--with-model] or --rehearse OUT, "
+                   "got '--prepre'"),
+    (["--run", "gpu_bundle"], "--run takes BUNDLE OUT, got 1 arguments"),
+    (["--run", "{tmp}/no-bundle", "{tmp}/out"], "--run: '{tmp}/no-bundle' is not a bundle --prepare made (no wheels/ in "
+                                                "it); run bash tools/gpu_check.sh --prepare {tmp}/no-bundle first"),
+    (["--dry-run", "--with-modle"], "--dry-run takes --with-model at most, got '--with-modle'"),
+    (["--rehearse"], "--rehearse takes OUT, got 0 arguments")])
+def test_the_gpu_checks_bad_arguments_are_one_line_before_any_work(argv, message, tmp_path):
+    """The GPU check's script answers as the tools do: it printed its whole header for an
+    unknown option, and a bundle that was not there failed in cd with exit 1, on the machine
+    whose minutes are counted."""
+    import subprocess
+
+    from helpers import REPO
+
+    argv, message = [a.format(tmp=tmp_path) for a in argv], message.format(tmp=tmp_path)
+    done = subprocess.run(["bash", str(REPO / "tools" / "gpu_check.sh"), *argv], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == "", done
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"gpu_check.sh: error: {message}") and line.endswith("; see tools/gpu_check.sh --help"), line
+    assert not (tmp_path / "out").exists()  # refused before any folder was made

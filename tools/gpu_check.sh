@@ -169,16 +169,26 @@ PY
   echo "gpu_check: results in $out"
 }
 
+usage_error() {  # one line on stderr and exit 2, as crild's own commands do
+  echo "gpu_check.sh: error: $1; see tools/gpu_check.sh --help" >&2
+  exit 2
+}
+
 case "${1:-}" in
-  --prepare) prepare "${2:-gpu_bundle}" 1 ;;
-  --run) [ $# -eq 3 ] || { echo "usage: $0 --run BUNDLE OUT" >&2; exit 2; }; run "$2" "$3" ;;
+  --prepare) [ $# -le 2 ] || usage_error "--prepare takes one BUNDLE folder at most, got $(($# - 1)) arguments"
+    prepare "${2:-gpu_bundle}" 1 ;;
+  --run) [ $# -eq 3 ] || usage_error "--run takes BUNDLE OUT, got $(($# - 1)) arguments"
+    [ -d "$2/wheels" ] || usage_error "--run: '$2' is not a bundle --prepare made (no wheels/ in it); run bash tools/gpu_check.sh --prepare $2 first"
+    run "$2" "$3" ;;
   --dry-run)
+    [ $# -eq 1 ] || [ $# -eq 2 ] && [ "${2:---with-model}" = --with-model ] \
+        || usage_error "--dry-run takes --with-model at most, got '${*:2}'"
     bundle=$(mktemp -d /tmp/crild-gpu-bundle.XXXX)
     prepare "$bundle" "$([ "${2:-}" = --with-model ] && echo 1 || echo 0)"
     .venv/bin/python -m pytest tests/gpu -q -p no:cacheprovider -rs
     rm -rf "$bundle" ;;
   --rehearse)
-    [ $# -eq 2 ] || { echo "usage: $0 --rehearse OUT" >&2; exit 2; }
+    [ $# -eq 2 ] || usage_error "--rehearse takes OUT, got $(($# - 1)) arguments"
     bundle=$(mktemp -d /tmp/crild-gpu-bundle.XXXX)
     prepare "$bundle" 1
     .venv/bin/python -m pip install -q --no-deps --target "$bundle/gpu-machine" "${GPU_MACHINE_PINS[0]}"
@@ -189,5 +199,6 @@ case "${1:-}" in
     rm -rf "$bundle"
     python3 -c "import json, sys; s = json.load(open(sys.argv[1])); sys.exit(0 if s['passed'] else 1)" \
         "$2/summary.json" ;;
-  *) sed -n '2,27p' "$0"; exit 2 ;;
+  -h|--help) sed -n '2,27p' "$0" ;;
+  *) usage_error "expected --prepare [BUNDLE], --run BUNDLE OUT, --dry-run [--with-model] or --rehearse OUT, got '${1:-}'" ;;
 esac
