@@ -64,6 +64,12 @@ def unused_settings(distill_cfg) -> list[str]:
     for name, term in TERMS.items():
         unused += [(k, f"no phase has the {name} term") for k in sorted(term.settings)
                    if k in given and name not in terms]
+    # a section's switch (mixup.enabled, consistency.weight) is read even where it turns the section off
+    if not any(p.mixup for p in phases):
+        unused += [(f"mixup.{k}", "no phase mixes") for k in sorted(distill_cfg.mixup.model_fields_set - {"enabled"})]
+    if not any(p.consistency for p in phases):
+        unused += [(f"consistency.{k}", "no phase has the consistency term")
+                   for k in sorted(distill_cfg.consistency.model_fields_set - {"weight"})]
     if not any(TERMS[t].kinds for t in terms) and not any(p.consistency for p in phases):
         unused += [(k, "no term reads layers") for k in LAYER_KEYS if k in given]
     if "supplementary_mode" in given and not distill_cfg.supplementary:

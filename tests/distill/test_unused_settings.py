@@ -29,6 +29,11 @@ def distill(**section):
      ["layer_map (no term reads layers)", "layer_reduction (no term reads layers)",
       "relation_heads (no term reads layers)"]),
     ({"preset": "kd", "supplementary_mode": "mixed"}, ["supplementary_mode (no supplementary datasets)"]),
+    ({"preset": "minilm", "mixup": {"alpha": 0.4}, "consistency": {"target": "ema", "ema_decay": 0.9}},
+     ["mixup.alpha (no phase mixes)", "consistency.ema_decay (no phase has the consistency term)",
+      "consistency.target (no phase has the consistency term)"]),
+    ({"preset": "cr-ild", "consistency": {"weight": 0, "distance": "hidden"}},
+     ["consistency.distance (no phase has the consistency term)"]),
     ({"preset": "finetune", "teacher_precision": "bf16", "temperature": 2.0},
      ["temperature (no phase has the logit_kd term)", "teacher_precision (nothing reads the teacher)"]),
 ])
@@ -43,6 +48,8 @@ def test_keys_no_phase_reads_are_named_with_why(section, unused):
      "layer_map": "uniform", "teacher_precision": "fp32", "kd_terms": {"ce": 0.5}, "ild_terms": {"hidden_mse": 1.0}},
     {"preset": "pkd", "pkd_features": "sum", "layer_map": "last", "kd": {"epochs": 1}},
     {"preset": "kd", "consistency": {"weight": 0}, "mixup": {"enabled": False}},
+    {"preset": "cr-ild", "mixup": {"alpha": 0.4}, "consistency": {"target": "ema", "ema_decay": 0.9, "distance": "hidden"}},
+    {"preset": "l-ild", "mixup": {"enabled": True, "alpha": 0.4}},
 ])
 def test_keys_some_phase_reads_are_not_named(section):
     assert unused_settings(distill(**section)) == []
