@@ -166,3 +166,13 @@ def test_help_and_configuration_errors_answer_without_torch(tmp_path, argv):
     code, torch_loaded = proc.stderr.split("\n")[-2].split()
     assert code == ("2" if str(bad) in argv else "0"), proc.stderr
     assert torch_loaded == "False", f"crild {' '.join(argv)} imported torch"
+
+
+def test_no_two_test_modules_share_a_name():
+    """tests/ has no __init__.py files, so pytest imports each test file by its name alone: a
+    second file of the same name in another folder stops the whole collection (an "import file
+    mismatch", which failed a CI run after 20 minutes)."""
+    seen: dict[str, Path] = {}
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
+        assert path.name not in seen, f"{path.relative_to(REPO)} and {seen[path.name].relative_to(REPO)}"
+        seen[path.name] = path
