@@ -1,7 +1,7 @@
 """A distillation stage's plan in words: each phase's loss, mixup and consistency, the
 layers its terms match and the data it reads. The stage logs a phase's line as the phase
 starts; ``crild config`` prints the whole plan under the configuration, so that what a
-preset resolves to is seen before anything trains."""
+preset resolves to is seen before anything trains, with the keys set that no phase reads."""
 from __future__ import annotations
 
 from pipeline.distill.layers import layer_layout
@@ -45,8 +45,9 @@ TEACHER_KEYS = ("teacher_model", "teacher_deepspeed_config", "teacher_precision"
 def unused_settings(distill_cfg) -> list[str]:
     """The keys set in ``stages.distill`` (not left to their defaults) that none of the phases
     its preset and settings resolve to reads, each with why: a phase's training section or
-    terms where that phase does not run, a term's setting where no phase has the term, the
-    layer keys where no term reads layers, the teacher's keys where nothing reads the teacher.
+    terms where that phase does not run, a term's setting where no phase has the term, mixup's
+    and consistency's keys where no phase mixes or has the term, the layer keys where no term
+    reads layers, the teacher's keys where nothing reads the teacher.
     Said, not refused: a study shares one base configuration across presets, where a key one
     preset reads another ignores. Conservative: a key some phase may read is not listed."""
     from pipeline.distill.teacher import needs_teacher  # torch; only when a plan is printed
