@@ -113,6 +113,47 @@ def test_arbitrary_bytes_as_a_configuration_are_one_line(tmp_path, capsys, data)
     assert code == 0 or (code == 2 and len(lines) == 1 and lines[0].startswith("crild: error: ")), (code, err)
 
 
+# YAML 1.1's timestamps (a date, or a date and a time with an optional zone) and text near them
+timestamps = st.from_regex(r"[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}([Tt ][0-9]{1,2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,3})?"
+                           r"( ?Z| ?[+-][0-9]{1,2}(:[0-9]{2})?)?)?", fullmatch=True)
+JSON_TYPES = (type(None), bool, int, float, str, list, dict)
+
+
+def _json_typed(node) -> bool:
+    if isinstance(node, dict):
+        return all(_json_typed(k) and _json_typed(v) for k, v in node.items())
+    if isinstance(node, list):
+        return all(_json_typed(v) for v in node)
+    return isinstance(node, JSON_TYPES)
+
+
+@SETTINGS
+@given(scalar=timestamps | st.text(alphabet="0123456789-:.TtZ+ ", min_size=1, max_size=24),
+       key=st.sampled_from(["seed", "output_dir", "task.name", "stages.teacher.learning_rate", "pipeline", "2024-01-01"]),
+       tag=st.sampled_from(["", "", "!!str ", "!!timestamp ", "!!binary ", "!!set ", "!!omap "]),
+       as_key=st.booleans())
+def test_yaml_is_read_as_json_types_or_refused_in_one_line(tmp_path, scalar, key, tag, as_key):
+    """Whatever date-like text a file holds, bare or tagged, as a value or a key: it is read
+    as JSON's types (a date stays text) and then validated, or refused in one line at its
+    line; never a date, bytes or a set, which the copy before validation failed on."""
+    *sections, last = key.split(".")
+    text = "".join(f"{'  ' * i}{s}:\n" for i, s in enumerate(sections))
+    indent = "  " * len(sections)
+    text += f"{indent}? {tag}{scalar}\n{indent}: 1\n" if as_key else f"{indent}{last}: {tag}{scalar}\n"
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    try:
+        raw = read_yaml(path)
+    except UserError as err:
+        assert "\n" not in str(err) and str(err).startswith(str(path)), err
+        return
+    assert _json_typed(raw), raw
+    try:
+        from_dict(raw, str(path))
+    except UserError as err:
+        assert "\n" not in str(err), err
+
+
 blank_or_comments = st.lists(st.sampled_from(["", " ", "   ", "# seed: 1", "  # stages:", "#"]), max_size=4)
 no_settings = st.tuples(st.sampled_from(["", "---"]), blank_or_comments, st.sampled_from(["", "null", "~"]),
                         blank_or_comments).map(lambda p: "\n".join([p[0], *p[1], p[2], *p[3]]))
