@@ -146,7 +146,7 @@ def test_a_tools_bad_argument_is_one_line_before_any_work(tool, argv, message, c
     ([], "expected --prepare [BUNDLE], --run BUNDLE OUT, --dry-run [--with-model] or --rehearse OUT, got ''"),
     (["--prepre"], "expected --prepare [BUNDLE], --run BUNDLE OUT, --dry-run [--with-model] or --rehearse OUT, "
                    "got '--prepre'"),
-    (["--run", "gpu_bundle"], "--run takes BUNDLE OUT, got 1 arguments"),
+    (["--run", "gpu_bundle"], "--run takes BUNDLE OUT, got 1 argument;"),
     (["--run", "{tmp}/no-bundle", "{tmp}/out"], "--run: '{tmp}/no-bundle' is not a bundle --prepare made (no wheels/ in "
                                                 "it); run bash tools/gpu_check.sh --prepare {tmp}/no-bundle first"),
     (["--dry-run", "--with-modle"], "--dry-run takes --with-model at most, got '--with-modle'"),

@@ -174,21 +174,27 @@ usage_error() {  # one line on stderr and exit 2, as crild's own commands do
   exit 2
 }
 
+given() {  # given N: "N argument(s)", for a mode's usage line
+  if [ "$1" -eq 1 ]; then echo "1 argument"; else echo "$1 arguments"; fi
+}
+
 case "${1:-}" in
-  --prepare) [ $# -le 2 ] || usage_error "--prepare takes one BUNDLE folder at most, got $(($# - 1)) arguments"
+  --prepare) [ $# -le 2 ] || usage_error "--prepare takes one BUNDLE folder at most, got $(given $(($# - 1)))"
     prepare "${2:-gpu_bundle}" 1 ;;
-  --run) [ $# -eq 3 ] || usage_error "--run takes BUNDLE OUT, got $(($# - 1)) arguments"
+  --run) [ $# -eq 3 ] || usage_error "--run takes BUNDLE OUT, got $(given $(($# - 1)))"
     [ -d "$2/wheels" ] || usage_error "--run: '$2' is not a bundle --prepare made (no wheels/ in it); run bash tools/gpu_check.sh --prepare $2 first"
     run "$2" "$3" ;;
   --dry-run)
-    [ $# -eq 1 ] || [ $# -eq 2 ] && [ "${2:---with-model}" = --with-model ] \
-        || usage_error "--dry-run takes --with-model at most, got '${*:2}'"
+    case "$#:${2:-}" in
+      1:|2:--with-model) ;;
+      *) usage_error "--dry-run takes --with-model at most, got '${*:2}'" ;;
+    esac
     bundle=$(mktemp -d /tmp/crild-gpu-bundle.XXXX)
     prepare "$bundle" "$([ "${2:-}" = --with-model ] && echo 1 || echo 0)"
     .venv/bin/python -m pytest tests/gpu -q -p no:cacheprovider -rs
     rm -rf "$bundle" ;;
   --rehearse)
-    [ $# -eq 2 ] || usage_error "--rehearse takes OUT, got $(($# - 1)) arguments"
+    [ $# -eq 2 ] || usage_error "--rehearse takes OUT, got $(given $(($# - 1)))"
     bundle=$(mktemp -d /tmp/crild-gpu-bundle.XXXX)
     prepare "$bundle" 1
     .venv/bin/python -m pip install -q --no-deps --target "$bundle/gpu-machine" "${GPU_MACHINE_PINS[0]}"
