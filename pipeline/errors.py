@@ -15,6 +15,7 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -29,6 +30,7 @@ class UserError(Exception):
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpointed on request, run again to resume
 EXIT_LOST_PEER = 1  # another rank failed first; that rank's exit says why
+LOST_PEER_GRACE_S = 3.0  # how long a rank that lost a peer waits before it exits (_leave_the_exit_to_the_first)
 
 
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -264,10 +266,25 @@ def _short(err: BaseException) -> str:
     return f"{type(err).__name__}: {first}"
 
 
+def _leave_the_exit_to_the_first() -> None:
+    """Wait LOST_PEER_GRACE_S before a rank that lost a peer exits. The deepspeed launcher
+    polls its ranks once a second and exits with the code of the first failed one it finds;
+    a survivor that exited as fast as the rank that died was often that one, and its code 1
+    hid the SIGKILL (the out-of-memory killer's) that ``crild run`` would have named. The
+    launcher ends the survivor meanwhile with SIGTERM, which here just ends it: no
+    "checkpointing at the next step" from the stop handler, with no step to come."""
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except ValueError:  # not the main thread
+        pass
+    time.sleep(LOST_PEER_GRACE_S)
+
+
 def cli_entry(fn):
     """Wrap a ``main`` so a :class:`UserError`, or a write that failed for want of disk
     space, exits with one line and code 2, and a rank whose collective lost another rank
-    with one line and code 1.
+    with one line and code 1, a moment later, so that the launcher reports the rank that
+    failed first.
 
     Other exceptions are bugs and keep their traceback.
     """
@@ -293,6 +310,7 @@ def cli_entry(fn):
             if message is None:
                 raise
             _print_error(message)
+            _leave_the_exit_to_the_first()
             sys.exit(EXIT_LOST_PEER)
 
     return wrapper
