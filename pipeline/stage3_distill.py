@@ -26,8 +26,8 @@ from pipeline.data.task_data import load_task_data
 from pipeline.data.tasks import task_spec
 from pipeline.distill.phase import STAGE, DistillRun, phase_done, train_phase
 from pipeline.distill.plan import unused_line
-from pipeline.distill.presets import resolve_phases
-from pipeline.distill.teacher import FrozenTeacher, needs_teacher, reads_teacher_logits, teacher_folder, tokenize_alike
+from pipeline.distill.presets import needs_teacher, reads_teacher_logits, resolve_phases
+from pipeline.distill.teacher import FrozenTeacher, teacher_folder, tokenize_alike
 from pipeline.export.model_card import CARD, trained_card
 from pipeline.export.provenance import TRAIN_RESULTS
 from pipeline.models.loading import load_tokenizer, quiet_libraries, resolve_model

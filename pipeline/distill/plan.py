@@ -5,8 +5,8 @@ preset resolves to is seen before anything trains, with the keys set that no pha
 from __future__ import annotations
 
 from pipeline.distill.layers import layer_layout
-from pipeline.distill.presets import PHASES, Phase, resolve_phases
-from pipeline.distill.terms import TERMS
+from pipeline.distill.presets import PHASES, Phase, needs_teacher, resolve_phases
+from pipeline.distill.terms import TERMS, unread_settings
 
 # phase_source -> what the plan says the phase reads
 SOURCE_WORDS = {"augmented": "the augmented training set (stage augment)",
@@ -50,8 +50,6 @@ def unused_settings(distill_cfg) -> list[str]:
     reads layers, the teacher's keys where nothing reads the teacher.
     Said, not refused: a study shares one base configuration across presets, where a key one
     preset reads another ignores. Conservative: a key some phase may read is not listed."""
-    from pipeline.distill.teacher import needs_teacher  # torch; only when a plan is printed
-
     phases = resolve_phases(distill_cfg)
     names = [p.name for p in phases]
     terms = {t for p in phases for t in p.terms}
@@ -62,9 +60,7 @@ def unused_settings(distill_cfg) -> list[str]:
         unused.append(("ild_terms", f"{runs}, no ILD phase"))
     if "kd_terms" in given and "kd" not in names:
         unused.append(("kd_terms", runs))
-    for name, term in TERMS.items():
-        unused += [(k, f"no phase has the {name} term") for k in sorted(term.settings)
-                   if k in given and name not in terms]
+    unused += [(k, f"no phase has the {name} term") for k, name in unread_settings(terms).items() if k in given]
     # a section's switch (mixup.enabled, consistency.weight) is read even where it turns the section off
     if not any(p.mixup for p in phases):
         unused += [(f"mixup.{k}", "no phase mixes") for k in sorted(distill_cfg.mixup.model_fields_set - {"enabled"})]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.distill.terms import TERMS
+from pipeline.distill.terms import TERMS, unread_settings
 
 PHASES = ("ild_supplementary", "ild", "kd")
 
@@ -93,6 +93,18 @@ def resolve_phases(distill_cfg) -> list[Phase]:
     return plans
 
 
+def needs_teacher(distill_cfg, phases) -> bool:
+    """Whether any of ``phases`` (``resolve_phases``) reads the teacher."""
+    return PRESETS[distill_cfg.preset].needs_teacher or reads_teacher_logits(phases) or any(
+        TERMS[t].kinds for p in phases for t in p.terms)
+
+
+def reads_teacher_logits(phases) -> bool:
+    """Whether a term of ``phases`` reads the teacher's predictions, so that its classifier
+    must be trained (intermediate layers alone can come from a backbone)."""
+    return any(TERMS[t].needs_teacher_logits for p in phases for t in p.terms)
+
+
 def phases_up_to(distill_cfg, phase: str | None) -> list[str]:
     """The names of the phases ``distill_cfg`` runs, up to and with ``phase`` (None: all)."""
     names = [p.name for p in resolve_phases(distill_cfg)]
@@ -109,8 +121,7 @@ def phase_settings(distill_cfg, settings: dict, phase: str) -> dict:
     upto = phases_up_to(distill_cfg, phase)
     later = [p for p in PHASES if p not in upto]
     terms = {t for p in upto for t in phases[p].terms}
-    read = {s for t in terms for s in TERMS[t].settings}
-    unread = {s for term in TERMS.values() for s in term.settings} - read
+    unread = unread_settings(terms)
     out = {k: v for k, v in settings.items() if k not in later and k not in unread}
     if "kd" in later:
         out.pop("kd_terms", None)

@@ -12,7 +12,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pipeline.data.tokenized import tokenizer_fingerprint
-from pipeline.distill.presets import PRESETS
 from pipeline.distill.terms import TERMS
 from pipeline.errors import UserError
 from pipeline.evaluation.predict import predict_logits
@@ -24,18 +23,6 @@ from pipeline.outputs.trust import VERIFIED, trust_note
 from pipeline.runtime.distributed import DistInfo, barrier
 from pipeline.training.ds_config import fill_zero_buckets, precision_dtype, zero_stage
 from pipeline.training.ds_files import load_ds_json
-
-
-def needs_teacher(distill_cfg, phases) -> bool:
-    """Whether any of ``phases`` (``resolve_phases``) reads the teacher."""
-    return PRESETS[distill_cfg.preset].needs_teacher or reads_teacher_logits(phases) or any(
-        TERMS[t].kinds for p in phases for t in p.terms)
-
-
-def reads_teacher_logits(phases) -> bool:
-    """Whether a term of ``phases`` reads the teacher's predictions, so that its classifier
-    must be trained (intermediate layers alone can come from a backbone)."""
-    return any(TERMS[t].needs_teacher_logits for p in phases for t in p.terms)
 
 
 def tokenize_alike(distill_cfg, phases, teacher_tokenizer, student_tokenizer, teacher_name: str,

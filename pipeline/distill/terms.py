@@ -46,3 +46,10 @@ TERMS: dict[str, Term] = {t.name: t for t in [
     Term("logit_kd", frozenset(), needs_teacher_logits=True, settings=frozenset({"temperature"})),
     Term("ce", frozenset(), needs_labels=True),
 ]}
+
+
+def unread_settings(terms) -> dict[str, str]:
+    """The term settings of ``stages.distill`` that no term of ``terms`` reads, each with the
+    term that would: dropped from a phase's fingerprint, and named when the user set them."""
+    read = {s for t in terms for s in TERMS[t].settings}
+    return {s: term.name for term in TERMS.values() for s in sorted(term.settings) if s not in read}

@@ -27,8 +27,8 @@ from pipeline.data.sources import available_eval_splits, checked_eval_splits, ex
 from pipeline.data.stress import apply_settings
 from pipeline.data.tasks import task_spec
 from pipeline.distill.layers import layer_layout
-from pipeline.distill.presets import resolve_phases
-from pipeline.distill.teacher import needs_teacher, reads_teacher_logits, tokenize_alike
+from pipeline.distill.presets import needs_teacher, reads_teacher_logits, resolve_phases
+from pipeline.distill.teacher import tokenize_alike
 from pipeline.errors import UserError
 from pipeline.evaluation.models import model_names, teachers
 from pipeline.export.quantize import check_int8_names

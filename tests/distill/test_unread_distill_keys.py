@@ -11,6 +11,7 @@ from pipeline.cli import main
 from pipeline.config import from_dict, stage_config
 from pipeline.distill.plan import unused_line, unused_settings
 from pipeline.distill.presets import PRESETS
+from pipeline.distill.terms import TERMS, unread_settings
 from pipeline.training.stop import StopRequest
 
 
@@ -84,3 +85,13 @@ def test_the_distill_stage_says_it_once_as_it_starts(tmp_path, tiny_bert, tiny_t
     said = capsys.readouterr()
     line = "stages.distill: set but unused under preset kd: ild (runs kd); pkd_features (no phase has the pkd term)"
     assert (said.out + said.err).count(line) == 1, said.out[-2000:]
+
+
+def test_a_term_setting_is_unread_only_where_no_term_reads_it():
+    """One helper answers for the phase fingerprints (presets.phase_settings) and for the
+    named keys (plan.unused_settings): a setting is read by the one term that owns it."""
+    assert unread_settings({"ce"}) == {"pkd_features": "pkd", "temperature": "logit_kd"}
+    assert unread_settings({"logit_kd", "ce"}) == {"pkd_features": "pkd"}
+    assert unread_settings(set(TERMS)) == {}
+    owners = [s for term in TERMS.values() for s in term.settings]
+    assert len(owners) == len(set(owners)), "a setting read by two terms would be named unused beside one of them"
