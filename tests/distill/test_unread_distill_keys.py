@@ -94,4 +94,4 @@ def test_a_term_setting_is_unread_only_where_no_term_reads_it():
     assert unread_settings({"logit_kd", "ce"}) == {"pkd_features": "pkd"}
     assert unread_settings(set(TERMS)) == {}
     owners = [s for term in TERMS.values() for s in term.settings]
-    assert len(owners) == len(set(owners)), "a setting read by two terms would be named unused beside one of them"
+    assert len(owners) == len(set(owners)), "a term alone reads its settings (Term.settings); unread_settings names one owner each"
