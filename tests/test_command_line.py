@@ -122,6 +122,7 @@ def tool_main(name: str):
 @pytest.mark.parametrize("tool, argv, message", [
     ("bench_distill", ["--heads", "5"], "--heads 5 does not divide --hidden 768; expected a head count that divides"),
     ("bench_distill", ["--steps", "0"], "argument --steps: expected an integer >= 1, got '0'"),
+    ("bench_distill", ["--steps", "1", "--steps", "2"], "--steps is given twice (--steps 1 and --steps 2); give it once"),
     ("bench_distill", ["--max-length", "2"], "argument --max-length: expected an integer >= 3, got '2'"),
     ("bench_memory", ["--hidden", "100"], "--heads 12 does not divide --hidden 100"),
     ("bench_memory", ["--ranks", "0"], "argument --ranks: expected an integer >= 1, got '0'"),
@@ -165,3 +166,59 @@ def test_the_gpu_checks_bad_arguments_are_one_line_before_any_work(argv, message
     (line,) = done.stderr.splitlines()
     assert line.startswith(f"gpu_check.sh: error: {message}") and line.endswith("; see tools/gpu_check.sh --help"), line
     assert not (tmp_path / "out").exists()  # refused before any folder was made
+
+
+def _single_valued_options(parser):
+    """(parser, action) for every option of ``parser`` and its subcommands' that takes one
+    value and is not meant to repeat."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                yield from _single_valued_options(sub)
+        elif action.option_strings and isinstance(action, argparse._StoreAction):
+            yield parser, action
+
+
+def _every_parser():
+    from pipeline.cli import _parser
+    from pipeline.stages import STAGES
+
+    yield "crild", _parser()
+    for name in STAGES:
+        yield name, stage_argparser(name)
+
+
+def test_every_option_that_takes_a_value_is_refused_when_given_twice(capsys):
+    """argparse keeps an option's last value, so ``stage1_teacher.py --config a.yaml --config
+    b.yaml`` trained on b.yaml and ``crild study --max-runs 1 --max-runs 9`` ran nine cells,
+    without a word. Each such option of crild's command and stage scripts, given twice with
+    values argparse accepts, is one line naming both."""
+    checked = 0
+    for _, parser in _every_parser():
+        for owner, action in _single_valued_options(parser):
+            first, second = (action.choices[0], action.choices[-1]) if action.choices else ("5", "7")
+            option = action.option_strings[-1]
+            argv = [*_prefix(parser, owner), option, str(first), option, str(second)]
+            with pytest.raises(SystemExit) as done:
+                parser.parse_known_args(argv)
+            err = capsys.readouterr().err
+            assert done.value.code == 2 and err.count("\n") == 1, (argv, err)
+            assert f"error: {option} is given twice ({option} {first} and {option} {second}); give it once" in err, err
+            checked += 1
+    assert checked >= 10  # --config of every command and stage script, --stage, --max-runs, --jobs, --study
+    args, _ = stage_argparser("distill").parse_known_args(["--config", "x.yaml", "--stage", "baseline"])
+    assert (args.config, args.stage) == ("x.yaml", "baseline") and not hasattr(args, "_options_given")
+
+
+def _prefix(parser, owner) -> list[str]:
+    """The subcommand that reaches ``owner`` from ``parser`` (nothing where it is ``parser``)."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                if sub is owner:
+                    return [name]
+    return []

@@ -6,11 +6,42 @@ from __future__ import annotations
 
 import argparse
 
+_GIVEN = "_options_given"  # on the namespace while it is parsed: dest -> the option as first given
+
+
+class _StoreOnce(argparse._StoreAction):
+    """argparse's ``store``, refusing an option given twice: argparse keeps the last value, so
+    ``--config a.yaml --config b.yaml`` ran b.yaml, and ``--steps 10 --steps 100`` ran 100
+    steps, without a word. Options meant to repeat are ``append`` actions."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string is not None:  # a positional is filled once by argparse itself
+            given = getattr(namespace, _GIVEN, None)
+            if given is None:
+                given = {}
+                setattr(namespace, _GIVEN, given)
+            typed = f"{option_string} {' '.join(map(str, values)) if isinstance(values, list) else values}"
+            if self.dest in given:
+                parser.error(f"{option_string} is given twice ({given[self.dest]} and {typed}); give it once")
+            given[self.dest] = typed
+        super().__call__(parser, namespace, values, option_string)
+
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse's parser, its usage errors one line as crild's other errors are: what is wrong
-    and where the usage is, not the usage itself printed above it. Subcommands' parsers are
-    of the same class."""
+    and where the usage is, not the usage itself printed above it; an option that takes a
+    value is given once. Subcommands' parsers are of the same class."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _StoreOnce)
+        self.register("action", "store", _StoreOnce)
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extra = super().parse_known_args(args, namespace)
+        if hasattr(namespace, _GIVEN):
+            delattr(namespace, _GIVEN)
+        return namespace, extra
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
