@@ -97,6 +97,22 @@ def out_of_space(err: BaseException) -> Optional[str]:
             f"complete checkpoint")
 
 
+NO_ACCESS_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def no_access(err: BaseException) -> Optional[str]:
+    """One line for a path the operating system refused crild (its permissions, or a
+    read-only file system), or None: a folder or file of the user's, the machine's
+    (TMPDIR, HF_HOME) or crild's own that it cannot write or read, named, where a
+    traceback from deep inside a library said it. Only errors that name their path count."""
+    for link in _chain(err):
+        if isinstance(link, OSError) and link.errno in NO_ACCESS_ERRNOS and link.filename:
+            return (f"'{link.filename}': {link.strerror or os.strerror(link.errno)}; crild cannot use it as it is: "
+                    f"check its permissions and its folder's, or point the setting or variable that leads there "
+                    f"(output_dir, CRILD_HOME, TMPDIR, HF_HOME) elsewhere")
+    return None
+
+
 def clipped(text: str, limit: int = 300) -> str:
     """A library's message ``text`` in at most ``limit`` characters: whole sentences where the
     first ones fit, else whole words, with "..." where words were cut, so that the line quoted
@@ -281,8 +297,8 @@ def _leave_the_exit_to_the_first() -> None:
 
 
 def cli_entry(fn):
-    """Wrap a ``main`` so a :class:`UserError`, or a write that failed for want of disk
-    space, exits with one line and code 2, and a rank whose collective lost another rank
+    """Wrap a ``main`` so a :class:`UserError`, a write that failed for want of disk space,
+    or a path the operating system refused, exits with one line and code 2, and a rank whose collective lost another rank
     with one line and code 1, a moment later, so that the launcher reports the rank that
     failed first.
 
@@ -301,7 +317,7 @@ def cli_entry(fn):
             _say("interrupted")
             sys.exit(130)
         except Exception as err:
-            message = out_of_space(err)
+            message = out_of_space(err) or no_access(err)
             if message is not None:
                 _print_error(message)
                 _note_user_error()

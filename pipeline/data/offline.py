@@ -7,6 +7,7 @@ import csv
 import importlib.util
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -134,5 +135,23 @@ def prepare_all(force: bool = False) -> dict[str, Path]:
     done = {}
     for name, fn in PREPARERS.items():
         final = offline_data_dir() / name
-        done[name] = final if (final / "SOURCE.json").is_file() and not force else fn()
+        if (final / "SOURCE.json").is_file() and not force:
+            done[name] = final
+        else:
+            _check_writable(offline_data_dir())
+            done[name] = fn()
     return done
+
+
+def _check_writable(where: Path) -> None:
+    """One line, before the packages are read, where the offline data cannot be written (a
+    CRILD_HOME shared read-only, or under a path that cannot be created), instead of the
+    traceback of the first mkdir. Data prepared there already is read as it is."""
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"CRILD_HOME: cannot create '{where}' ({err.strerror}); crild prepares the offline tasks "
+                        f"there: set CRILD_HOME to a folder you can write") from None
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise UserError(f"CRILD_HOME: '{where}' is not writable; crild prepares the offline tasks there: set "
+                        f"CRILD_HOME to a folder you can write")

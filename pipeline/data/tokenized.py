@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.data.sources import Examples, crild_home
+from pipeline.errors import NO_SPACE_ERRNOS, one_error
 from pipeline.outputs.atomic import renamed_into_place
+from pipeline.outputs.lock import is_main_rank
 
 if TYPE_CHECKING:  # imported where a dataset is built or read: it costs half a second to import
     import datasets
@@ -73,6 +75,26 @@ def tokenize_cached(ex: Examples, tokenizer, max_length: int, cache_dir: Path | 
     if (final / "dataset_info.json").is_file():
         return datasets.load_from_disk(str(final))
     ds = _tokenize(ex, tokenizer, max_length)
-    with renamed_into_place(final) as tmp:  # another rank or run may finish first: theirs is kept
-        ds.save_to_disk(str(tmp))
+    try:
+        with renamed_into_place(final) as tmp:  # another rank or run may finish first: theirs is kept
+            ds.save_to_disk(str(tmp))
+    except OSError as err:
+        if err.errno in NO_SPACE_ERRNOS:  # a full disk is said as one, with where to free space
+            raise
+        _note_unwritable(cache_dir, err)
+        return ds
     return datasets.load_from_disk(str(final))
+
+
+_noted: set[Path] = set()
+
+
+def _note_unwritable(cache_dir: Path, err: OSError) -> None:
+    """The tokenized data is a cache: where it cannot be kept (a CRILD_HOME shared read-only,
+    with the offline data prepared once for everyone), the stage tokenizes in memory, as a
+    run would the first time, and says so once, on rank 0."""
+    if cache_dir in _noted or not is_main_rank():
+        return
+    _noted.add(cache_dir)
+    print(f"crild: note: the tokenized-data cache {cache_dir} cannot be written ({err.strerror or one_error(err)}); "
+          f"tokenizing in memory, anew in each stage (set CRILD_HOME to a folder you can write to keep it)", flush=True)

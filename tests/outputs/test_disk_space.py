@@ -1,9 +1,11 @@
 """A full disk is one line: a training stage refuses to start when the next checkpoint and
 its output cannot fit, a write that fails for want of space anyway (deep inside torch's
 checkpoint writer) ends in one line naming the folder, and the same command resumes once
-there is room. The end-to-end checks use a real small tmpfs (skipped where mounting is not
+there is room. A read-only one is one line too, or no error where what crild keeps there
+is a cache. The end-to-end checks use a real small tmpfs (skipped where mounting is not
 permitted)."""
 import errno
+import os
 import shutil
 import subprocess
 import sys
@@ -82,8 +84,9 @@ def tmpfs(tmp_path):
     point = tmp_path / "small"
     point.mkdir()
 
-    def mount(size: int, remount: bool = False) -> Path:
+    def mount(size: int, remount: bool = False, read_only: bool = False) -> Path:
         opts = f"remount,size={size}" if remount else f"size={size}"
+        opts += ",ro" if read_only else ""
         done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(point)], capture_output=True)
         if done.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
@@ -167,3 +170,47 @@ def test_a_write_renamed_into_place_leaves_nothing_behind_when_it_fails(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "logits.safetensors"]
     assert (tmp_path / "logits.safetensors").read_text() == "second"
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["mine"]
+
+
+def test_a_path_the_system_refuses_is_named_in_one_line(no_watched):
+    """Permissions and read-only file systems, wherever they are met (a library's mkdir deep
+    in a stage), are one line naming the path; an error that names no path, or another
+    errno, keeps its traceback as a bug."""
+    for code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        message = disk_space.no_access(OSError(code, os.strerror(code), "/shared/crild/tokenized/x.arrow"))
+        assert message.startswith(f"'/shared/crild/tokenized/x.arrow': {os.strerror(code)}; crild cannot use it")
+    try:
+        try:
+            raise PermissionError(errno.EACCES, "Permission denied", "/scratch/hf")
+        except OSError as denied:
+            raise RuntimeError("could not cache the model") from denied
+    except RuntimeError as wrapped:
+        assert disk_space.no_access(wrapped).startswith("'/scratch/hf': Permission denied;")
+    assert disk_space.no_access(PermissionError(errno.EPERM, "Operation not permitted")) is None  # os.kill's
+    assert disk_space.no_access(OSError(errno.ENOENT, "No such file", "x")) is None
+    assert disk_space.no_access(ValueError("Permission denied")) is None
+
+
+@pytest.mark.slow
+def test_a_read_only_crild_home_costs_the_cache_not_the_run(tmp_path, tiny_bert, sentiment_dir, tmpfs):
+    """A CRILD_HOME shared read-only (the offline data prepared once for a group) runs a
+    stage: the tokenized data, a cache, is built in memory with one note. Preparing the
+    offline data there is one line, where a traceback of the first mkdir ended it."""
+    home = tmpfs(2**20, read_only=True)
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({**tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=1),
+                                      "output_dir": str(tmp_path / "run")}))
+    env = crild_env(CRILD_HOME=str(home))
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "teacher", str(config)], cwd=REPO, env=env, text=True,
+                          capture_output=True, timeout=600)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    notes = [line for line in (done.stdout + done.stderr).splitlines() if "tokenized-data cache" in line]
+    assert notes == [f"crild: note: the tokenized-data cache {home}/tokenized cannot be written (Read-only file "
+                     f"system); tokenizing in memory, anew in each stage (set CRILD_HOME to a folder you can write "
+                     f"to keep it)"]
+    assert is_complete(tmp_path / "run" / "teacher") and not list(home.iterdir())
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "prepare-data"], cwd=REPO, env=env, text=True,
+                          capture_output=True, timeout=600)
+    assert done.returncode == 2 and done.stdout == "", done
+    assert done.stderr == (f"crild: error: CRILD_HOME: cannot create '{home}/data' (Read-only file system); crild "
+                           f"prepares the offline tasks there: set CRILD_HOME to a folder you can write\n")
