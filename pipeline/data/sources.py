@@ -567,7 +567,7 @@ def _unread(folder: Optional[Path], splits: tuple) -> str:
         return ""
     prefixes = tuple(f"{name}{sep}" for split in splits for name in (split, *HUB_SPLIT_NAMES.get(split, ()))
                      for sep in ".-")
-    others = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if p.name.startswith(prefixes))
+    others = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if p.name.lower().startswith(prefixes))
     if not others:
         return _in_subfolders(folder, splits)
     shown_names = ", ".join(shown(n) for n in others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")

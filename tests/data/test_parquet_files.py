@@ -118,13 +118,14 @@ def test_a_parquet_file_beside_another_file_of_its_split_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("names,shown_as", [(["train.json"], "train.json"), (["train.jsonl.gz"], "train.jsonl.gz"),
-                                            (["train.parquet/"], "train.parquet/"),
+                                            (["train.parquet/"], "train.parquet/"), (["Train.CSV"], "Train.CSV"),
                                             (["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"],
                                              "train-00000-of-00002.parquet, train-00001-of-00002.parquet")])
 def test_a_split_in_a_form_crild_does_not_read_is_named(tmp_path, names, shown_as):
     """``Dataset.to_json('train.json')`` writes JSON Lines under another suffix, Spark writes a
     folder of parts, and a hub snapshot holds shards: the error names what is there, not only
-    what is missing."""
+    what is missing; a name in capitals (``Train.CSV``, which a case-insensitive Mac file system
+    reads as ``train.csv``) too."""
     (tmp_path / "dev.jsonl").write_text('{"sentence": "ok", "label": "fresh"}\n')
     for name in names:
         if name.endswith("/"):
