@@ -103,8 +103,7 @@ def export_one(cfg: RunConfig, name: str, path: str, out: Path, dist: DistInfo, 
             shutil.rmtree(out / f"{name}{INT8_SUFFIX}")
         else:
             exported.append(dataclasses.replace(facts, int8=True))
-    log(dist, f"{STAGE}: {name}: ONNX matches PyTorch on {split} (largest logit difference {fp32.max_logit_diff:.2g}, "
-              f"same prediction on {fp32.agreement:.2%})")
+    log(dist, f"{STAGE}: {name}: ONNX matches PyTorch on {split} ({fp32.said()})")
     return rows, candidates, (split, metric), exported
 
 

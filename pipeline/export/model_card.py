@@ -116,11 +116,13 @@ def model_card(model: ExportedModel, row: dict, torch_row: dict, spec, split: st
              *facts[2:]]
     parity = row.get("parity") or {}
     examples = parity.get("examples")
+    agreement = parity.get("agreement")  # None for a regression: one score, no class to agree on
     lines += ["", f"## Scores on {split} ({f'{examples:,}' if isinstance(examples, int) else 'n/a'} examples)", "",
-              f"| {metric} in ONNX Runtime | {metric} in PyTorch (fp32) | largest logit difference | same prediction |",
-              "|---|---|---|---|",
+              f"| {metric} in ONNX Runtime | {metric} in PyTorch (fp32) | largest logit difference |"
+              + (" same prediction |" if agreement is not None else ""),
+              "|---|---|---|" + ("---|" if agreement is not None else ""),
               f"| {_number(row.get('score'))} | {_number(torch_row.get('score'))} | "
-              f"{parity.get('max_logit_diff', float('nan')):.2g} | {parity.get('agreement', float('nan')):.2%} |"]
+              f"{parity.get('max_logit_diff', float('nan')):.2g} |" + (f" {agreement:.2%} |" if agreement is not None else "")]
     if "batch1_p50_ms" in row:
         lines += ["", f"## Speed where it was exported ({_count(threads, 'CPU thread')})", "",
                   "| batch 1, median | batch 1, 95th percentile | batch 32 |", "|---|---|---|",

@@ -557,3 +557,39 @@ def test_a_sharded_checkpoint_is_sized_by_all_its_shards(tmp_path, tiny_bert, se
     files = shards + [sharded / "model.safetensors.index.json"]
     assert row["size_mb"] == pytest.approx(sum(p.stat().st_size for p in files) / 2**20, rel=1e-9)
     assert row["size_mb"] == pytest.approx((whole / "model.safetensors").stat().st_size / 2**20, rel=0.05)
+
+
+def test_a_regression_export_is_judged_by_its_scores_difference_alone(tmp_path, tiny_bert, capsys):
+    """A regression's one output has no class to agree on: its agreement was an argmax over one
+    column, "same prediction on 100.00%" whatever the scores, in the log line, results.json and
+    the card. Its parity is the largest difference now, and a difference over the tolerance is
+    the one line, without an agreement it never had."""
+    data = tmp_path / "scores"
+    data.mkdir()
+    for split in ("train", "test"):
+        (data / f"{split}.jsonl").write_text("".join(
+            json.dumps({"sentence": f"a film number {i} .", "score": i / 4}) + "\n" for i in range(12)))
+    model = write_tiny_classifier(tiny_bert, tmp_path / "scorer", task="stsb")  # one output, a score
+    raw = tiny_run_config(tmp_path, tiny_bert, data)
+    raw["task"] = {"name": "scores", "regression": True, "data_dir": str(data), "max_length": 32,
+                   "columns": {"text_a": "sentence", "label": "score"}}
+    raw["pipeline"] = ["export"]
+    raw["stages"]["export"] = {"models": [str(model)], "quantize": False, "benchmark": {"enabled": False}}
+    code, err = run_cli(["export", str(write(tmp_path / "export.yaml", raw))], capsys)
+    assert code == 0, err
+    out = tmp_path / "run" / "export"
+    (line,) = [e for e in err if "ONNX matches PyTorch" in e]
+    assert re.fullmatch(r"crild: export: scorer: ONNX matches PyTorch on test \(largest logit difference \S+\)", line)
+    (row,) = [r for r in json.loads((out / "results.json").read_text())["models"] if r["runtime"] == "onnx"]
+    assert row["parity"]["agreement"] is None and row["parity"]["max_logit_diff"] <= 1e-4
+    card = (out / "scorer" / "README.md").read_text()
+    assert "| pearson in ONNX Runtime | pearson in PyTorch (fp32) | largest logit difference |\n|---|---|---|\n" in card
+    assert "same prediction" not in card
+
+    raw["output_dir"] = str(tmp_path / "strict")
+    raw["stages"]["export"]["tolerance"] = {"max_logit_diff": 1e-30}
+    code, err = run_cli(["export", str(write(tmp_path / "strict.yaml", raw))], capsys)
+    assert code == 2 and len(err) == 1, err
+    assert re.fullmatch(r"crild: error: stages\.export\.tolerance: the ONNX export of scorer differs from PyTorch on "
+                        r"test \(12 examples\): largest logit difference \S+ \(allowed 1e-30\); nothing was written",
+                        err[0]), err[0]
