@@ -39,7 +39,10 @@ def matthews(preds: np.ndarray, labels: np.ndarray) -> dict:
 def pearson_spearman(preds: np.ndarray, labels: np.ndarray) -> dict:
     from scipy.stats import pearsonr, spearmanr
 
-    if np.std(preds) == 0 or np.std(labels) == 0:  # constant predictions: correlation undefined
+    # constant predictions (or labels): correlation undefined, scored as none. Compared exactly, as
+    # scipy does: float32 scores all equal have a standard deviation of a few 1e-9, not 0, which let
+    # them through to scipy's NaN
+    if len(preds) < 2 or (preds == preds[0]).all() or (labels == labels[0]).all():
         return {"pearson": 0.0, "spearman": 0.0}
     return {"pearson": float(pearsonr(preds, labels)[0]), "spearman": float(spearmanr(preds, labels)[0])}
 

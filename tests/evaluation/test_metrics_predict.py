@@ -28,6 +28,24 @@ def test_metrics_known_values():
     assert set(MAIN_METRIC) == set(METRICS)  # every metric has the number that ranks models
 
 
+@pytest.mark.parametrize("value", [0.1234567, 0.3, -2.5])
+def test_constant_scores_correlate_with_nothing_not_nan(value):
+    """A regression that predicts one score everywhere (a model that learnt nothing) scores a
+    correlation of 0, never NaN: float32 scores all equal have a standard deviation of a few
+    1e-9, which the check took for variation, and scipy returned NaN, which no best dev
+    score and no table can compare."""
+    import warnings
+
+    gold = np.arange(12) / 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy's ConstantInputWarning too
+        for preds in (np.full((12, 1), value, dtype=np.float32), np.full((12, 1), value)):
+            assert compute_metrics("pearson_spearman", preds, gold, True) == {"pearson": 0.0, "spearman": 0.0}
+        assert compute_metrics("pearson_spearman", gold[:, None] * 2, np.full(12, value), True) == \
+            {"pearson": 0.0, "spearman": 0.0}
+        assert compute_metrics("pearson_spearman", np.array([[1.0]]), np.array([2.0]), True)["pearson"] == 0.0
+
+
 def test_eval_batches_group_lengths_and_logits_come_back_in_row_order():
     """Sorted by length within each rank's shard, a batch pads to similar lengths; the logits
     are put back in the rows' order."""
