@@ -48,6 +48,25 @@ def free_bytes(path: str | Path) -> int:
     return shutil.disk_usage(path).free
 
 
+def file_in_the_way(path: str | Path) -> Optional[Path]:
+    """The file at ``path`` or at one of its parents, where a folder must be for crild to
+    create ``path`` as one; None when there is none."""
+    path = Path(path).absolute()
+    for place in (path, *path.parents):
+        if place.exists():
+            return None if place.is_dir() else place
+    return None
+
+
+def not_a_folder(path: str | Path) -> Optional[str]:
+    """Why ``path`` cannot be made a folder, for a message after its name: "is a file, not a
+    folder", or "is under 'X', a file"; None when nothing on it is a file."""
+    blocker = file_in_the_way(path)
+    if blocker is None:
+        return None
+    return "is a file, not a folder" if blocker == Path(path).absolute() else f"is under '{blocker}', a file"
+
+
 def size_text(n: float) -> str:
     """``n`` bytes for a reader: ``512 bytes``, ``12.3 MiB``."""
     if n < 1024:
@@ -101,11 +120,16 @@ NO_ACCESS_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def no_access(err: BaseException) -> Optional[str]:
-    """One line for a path the operating system refused crild (its permissions, or a
-    read-only file system), or None: a folder or file of the user's, the machine's
+    """One line for a path the operating system refused crild (its permissions, a read-only
+    file system, a file where a folder must be), or None: a folder or file of the user's, the machine's
     (TMPDIR, HF_HOME) or crild's own that it cannot write or read, named, where a
     traceback from deep inside a library said it. Only errors that name their path count."""
     for link in _chain(err):
+        if isinstance(link, OSError) and link.errno == errno.ENOTDIR and link.filename:
+            blocker = file_in_the_way(link.filename)
+            if blocker is not None:
+                return (f"'{link.filename}': '{blocker}' is a file, where crild needs a folder of that name: move "
+                        f"the file, or point the setting or variable that leads there elsewhere")
         if isinstance(link, OSError) and link.errno in NO_ACCESS_ERRNOS and link.filename:
             return (f"'{link.filename}': {link.strerror or os.strerror(link.errno)}; crild cannot use it as it is: "
                     f"check its permissions and its folder's, or point the setting or variable that leads there "

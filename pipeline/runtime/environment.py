@@ -8,7 +8,7 @@ import os
 import re
 from pathlib import Path
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, not_a_folder
 
 
 def seconds(name: str, default: float) -> float:
@@ -61,8 +61,9 @@ def folder(name: str, default: Path) -> Path:
     expanded and a relative path made absolute here, so every stage of a run (and every
     rank, whatever its working directory) means the same folder."""
     path = Path(os.environ.get(name) or default).expanduser().absolute()
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{name}: '{path}' is a file, not a folder")
+    problem = not_a_folder(path)
+    if problem:
+        raise UserError(f"{name}: '{path}' {problem}")
     return path
 
 

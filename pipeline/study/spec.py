@@ -30,9 +30,9 @@ from pydantic import AfterValidator, Field, PrivateAttr, field_validator, model_
 
 from pipeline.config import TaskLabel
 from pipeline.distill.presets import PRESETS
-from pipeline.errors import UserError
+from pipeline.errors import UserError, not_a_folder
 from pipeline.outputs.lock import shared_folder
-from pipeline.outputs.ownership import FILE, FOREIGN, folder
+from pipeline.outputs.ownership import FOREIGN, folder
 from pipeline.schema.loading import read_yaml, validate
 from pipeline.schema.messages import field_error, suggest
 from pipeline.schema.paths import resolve_path
@@ -252,14 +252,16 @@ def _check_folders(spec: StudySpec) -> None:
     plots into ``report_dir``, replacing files of those names: a folder is accepted when it is
     new or empty, holds only the records of cells run so far, or holds a report crild wrote
     (its summary.json)."""
+    for key in ("output_dir", "report_dir"):  # a file there, or on the way there: the first mkdir's traceback
+        problem = not_a_folder(getattr(spec, key))
+        if problem:
+            raise UserError(f"{spec.source}: {key}: '{getattr(spec, key)}' {problem}")
     what = shared_folder(Path(spec.output_dir))
     if what:
         raise UserError(f"{spec.source}: output_dir: '{spec.output_dir}' is {what}; the study makes a folder per task "
                         f"there (<output_dir>/<task>/<setting>/seed<N>): give it a folder of its own (runs/NAME)")
     out = Path(spec.report_dir)
     found = folder(out.resolve(), _holds_a_report, ignore=frozenset({"records"}))  # a link to a folder is fine here
-    if found.state == FILE:
-        raise UserError(f"{spec.source}: report_dir: '{out}' is a file, not a folder")
     if found.state == FOREIGN:
         raise UserError(f"{spec.source}: report_dir: '{out}' holds files crild did not write ({found.shown()}); the report "
                         f"writes README.md, index.html, summary.json and plots there, replacing any of those names: "

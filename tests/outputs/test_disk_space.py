@@ -172,7 +172,7 @@ def test_a_write_renamed_into_place_leaves_nothing_behind_when_it_fails(tmp_path
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["mine"]
 
 
-def test_a_path_the_system_refuses_is_named_in_one_line(no_watched):
+def test_a_path_the_system_refuses_is_named_in_one_line(no_watched, tmp_path):
     """Permissions and read-only file systems, wherever they are met (a library's mkdir deep
     in a stage), are one line naming the path; an error that names no path, or another
     errno, keeps its traceback as a bug."""
@@ -187,6 +187,17 @@ def test_a_path_the_system_refuses_is_named_in_one_line(no_watched):
     except RuntimeError as wrapped:
         assert disk_space.no_access(wrapped).startswith("'/scratch/hf': Permission denied;")
     assert disk_space.no_access(PermissionError(errno.EPERM, "Operation not permitted")) is None  # os.kill's
+    (tmp_path / "a-file").write_text("x")  # a file where a folder must be, met deep inside a library
+    under = tmp_path / "a-file" / "logs" / "teacher"
+    try:
+        under.mkdir(parents=True)
+    except OSError as err:
+        assert disk_space.no_access(err) == (f"'{under}': '{tmp_path}/a-file' is a file, where crild needs a folder of "
+                                             f"that name: move the file, or point the setting or variable that leads "
+                                             f"there elsewhere")
+    assert disk_space.not_a_folder(tmp_path / "a-file") == "is a file, not a folder"
+    assert disk_space.not_a_folder(under) == f"is under '{tmp_path}/a-file', a file"
+    assert disk_space.not_a_folder(tmp_path / "new" / "folder") is None and disk_space.not_a_folder(tmp_path) is None
     assert disk_space.no_access(OSError(errno.ENOENT, "No such file", "x")) is None
     assert disk_space.no_access(ValueError("Permission denied")) is None
 

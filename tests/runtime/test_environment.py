@@ -36,6 +36,9 @@ def test_a_home_that_is_a_file_is_refused(monkeypatch, tmp_path):
     monkeypatch.setenv("CRILD_HOME", str(tmp_path / "a-file"))
     with pytest.raises(UserError, match=r"^CRILD_HOME: '.*a-file' is a file, not a folder$"):
         environment.folder("CRILD_HOME", tmp_path)
+    monkeypatch.setenv("CRILD_HOME", str(tmp_path / "a-file" / "crild"))  # no folder can be made there
+    with pytest.raises(UserError, match=rf"^CRILD_HOME: '.*a-file/crild' is under '{tmp_path}/a-file', a file$"):
+        environment.folder("CRILD_HOME", tmp_path)
 
 
 def test_a_launcher_crild_does_not_know_is_refused(monkeypatch):

@@ -351,6 +351,14 @@ def test_a_report_dir_of_other_files_or_an_output_dir_at_the_root_is_refused_bef
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(UserError, match="report_dir: '.*a-file' is a file, not a folder"):
         study(tmp_path / "a-file")
+    # under a file, either folder: refused with the file named, where the first mkdir's traceback ended
+    # the report (--collect-only too) or the first cell
+    with pytest.raises(UserError, match=rf"report_dir: '.*a-file/report' is under '{tmp_path}/a-file', a file$"):
+        study(tmp_path / "a-file" / "report")
+    with pytest.raises(UserError, match=r"output_dir: '.*a-file' is a file, not a folder$"):
+        study(tmp_path / "report", output_dir=str(tmp_path / "a-file"))
+    with pytest.raises(UserError, match=rf"output_dir: '.*a-file/cells' is under '{tmp_path}/a-file', a file$"):
+        study(tmp_path / "report", output_dir=str(tmp_path / "a-file" / "cells"))
     ours = tmp_path / "report"
     study(ours)  # new
     (ours / "records").mkdir(parents=True)
