@@ -5,7 +5,7 @@ import shlex
 
 import pytest
 import yaml
-from helpers import tiny_run_config
+from helpers import REPO, tiny_run_config
 
 from pipeline.cli import main, parse_command
 from pipeline.config import load_config
@@ -114,8 +114,6 @@ def tool_main(name: str):
     """``main`` of ``tools/<name>.py``, loaded as a module (its ``__main__`` block not run)."""
     import runpy
 
-    from helpers import REPO
-
     return runpy.run_path(str(REPO / "tools" / f"{name}.py"), run_name=f"tools_{name}")["main"]
 
 
@@ -128,6 +126,15 @@ def tool_main(name: str):
     ("bench_memory", ["--ranks", "0"], "argument --ranks: expected an integer >= 1, got '0'"),
     ("bench_augment", ["--copies", "-1"], "argument --copies: expected an integer >= 1, got '-1'"),
     ("bench_families", ["--steps", "many"], "argument --steps: expected an integer >= 1, got 'many'"),
+    ("bench_families", ["--warmup", "-1"], "argument --warmup: expected an integer >= 0, got '-1'"),
+    # where the results cannot be written: said before the run, not in a traceback after it
+    ("bench_families", ["--json", str(REPO / "README.md" / "x.json")],
+     f"argument --json: '{REPO}/README.md/x.json' cannot be written: its folder '{REPO}/README.md' is a file, not a "
+     f"folder"),
+    ("bench_distill", ["--profile", str(REPO / "tools")], f"argument --profile: '{REPO}/tools' is a folder; expected "
+                                                           f"a file to write"),
+    ("demo_seeds", ["--out", str(REPO / "README.md" / "seeds")],
+     f"argument --out: '{REPO}/README.md/seeds' is under '{REPO}/README.md', a file"),
     ("count_host_syncs", ["--lengths", "16", "0"], "argument --lengths: expected an integer >= 3, got '0'"),
     ("demo_seeds", ["--seeds", "-1"], "argument --seeds: expected an integer >= 0, got '-1'"),
     ("predicted_classes", [], "the following arguments are required: --group")])
@@ -157,8 +164,6 @@ def test_the_gpu_checks_bad_arguments_are_one_line_before_any_work(argv, message
     unknown option, and a bundle that was not there failed in cd with exit 1, on the machine
     whose minutes are counted."""
     import subprocess
-
-    from helpers import REPO
 
     argv, message = [a.format(tmp=tmp_path) for a in argv], message.format(tmp=tmp_path)
     done = subprocess.run(["bash", str(REPO / "tools" / "gpu_check.sh"), *argv], capture_output=True, text=True)

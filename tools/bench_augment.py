@@ -80,4 +80,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from pipeline.errors import cli_entry
+
+    cli_entry(main)()  # a user error, a full disk or a refused path: one line, exit 2

@@ -147,6 +147,7 @@ def write_profile(step, batches, device, path: str) -> None:
              if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize",
                           "aten::item", "aten::_local_scalar_dense")}
     device_sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    Path(path).parent.mkdir(parents=True, exist_ok=True)  # --json may name a folder not made yet
     Path(path).write_text(f"{len(batches)} steps profiled; host synchronisations per step: {syncs}\n\n"
                           f"by {device_sort}:\n{events.table(sort_by=device_sort, row_limit=25)}\n\n"
                           f"by cpu_time_total:\n{events.table(sort_by='cpu_time_total', row_limit=25)}\n")
@@ -301,7 +302,7 @@ VARIANTS = ["crild", "crild-fixed", "reference", "textbrewer", "crild-l-ild", "t
 
 
 def main() -> None:
-    from pipeline.schema.arguments import OneLineParser, at_least, heads_divide
+    from pipeline.schema.arguments import OneLineParser, at_least, heads_divide, output_file
 
     p = OneLineParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--hidden", type=at_least(1), default=768)
@@ -313,8 +314,8 @@ def main() -> None:
     p.add_argument("--max-length", type=at_least(3), default=128)
     p.add_argument("--steps", type=at_least(1), default=8, help="batches per variant, each run twice (warm-up, timed)")
     p.add_argument("--only", action="append", choices=VARIANTS)
-    p.add_argument("--json", help="also write the results here")
-    p.add_argument("--profile", help="write torch.profiler's tables of crild's step here")
+    p.add_argument("--json", type=output_file, help="also write the results here")
+    p.add_argument("--profile", type=output_file, help="write torch.profiler's tables of crild's step here")
     p.add_argument("--tokenizer", default="all-MiniLM-L6-v2", help="a model folder or offline alias")
     a = p.parse_args()
     heads_divide(p, a.hidden, a.heads)
@@ -379,8 +380,11 @@ def main() -> None:
     results["matmul_peak_flops"] = peak
     results["setup"] = vars(a) | {"device": str(device), "precision": precision, "torch": torch.__version__}
     if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)  # --json may name a folder not made yet
         Path(a.json).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
-    main()
+    from pipeline.errors import cli_entry
+
+    cli_entry(main)()  # a user error, a full disk or a refused path: one line, exit 2

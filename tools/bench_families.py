@@ -18,11 +18,12 @@ sys.path.insert(0, str(REPO / "tests"))
 
 
 def main() -> None:
-    from pipeline.schema.arguments import OneLineParser, at_least
+    from pipeline.schema.arguments import OneLineParser, at_least, output_file
 
     parser = OneLineParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=at_least(1), default=60)
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--steps", type=at_least(1), default=50, help="timed steps per family (their median)")
+    parser.add_argument("--warmup", type=at_least(0), default=10, help="untimed steps first, per family")
+    parser.add_argument("--json", type=output_file, default=None)
     args = parser.parse_args()
 
     import torch
@@ -60,21 +61,24 @@ def main() -> None:
                       padding=True, return_tensors="pt", return_token_type_ids=True)
             batch = {**enc, "labels": torch.tensor([1, 0] * 4), "index": torch.arange(8)}
             times = []
-            for step in range(args.steps):
+            for step in range(args.warmup + args.steps):
                 start = time.perf_counter()
                 total, _ = objective(Engine(), batch, step)
                 total.backward()
                 optimizer.step()
                 optimizer.zero_grad()
                 times.append(time.perf_counter() - start)
-            results[model_type] = {"ms_per_step": statistics.median(times[10:]) * 1000,
+            results[model_type] = {"ms_per_step": statistics.median(times[args.warmup:]) * 1000,
                                    "tokens_per_row": int(enc["input_ids"].shape[1])}
             print(f"{model_type:12s} {results[model_type]['ms_per_step']:6.1f} ms per CR-ILD step "
                   f"(batch 8, {results[model_type]['tokens_per_row']} tokens)", flush=True)
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)  # --json may name a folder not made yet
         Path(args.json).write_text(json.dumps({"torch": torch.__version__, "threads": 1, "results": results},
                                               indent=1) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    from pipeline.errors import cli_entry
+
+    cli_entry(main)()  # a user error, a full disk or a refused path: one line, exit 2

@@ -148,7 +148,7 @@ def save_teacher(folder: Path, layers: int, hidden: int, heads: int, base: str =
 
 
 def main() -> None:
-    from pipeline.schema.arguments import OneLineParser, at_least, heads_divide
+    from pipeline.schema.arguments import OneLineParser, at_least, heads_divide, output_file
 
     p = OneLineParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--student-layers", type=at_least(1), default=6)
@@ -156,7 +156,7 @@ def main() -> None:
     p.add_argument("--hidden", type=at_least(1), default=768)
     p.add_argument("--heads", type=at_least(1), default=12)
     p.add_argument("--only", action="append", choices=list(CONFIGS))
-    p.add_argument("--json")
+    p.add_argument("--json", type=output_file)
     p.add_argument("--ranks", type=at_least(1), default=2, help="ranks per configuration (1 on a single GPU)")
     p.add_argument("--base", default="all-MiniLM-L6-v2", help="model folder or alias giving vocabulary and tokenizer")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -220,10 +220,13 @@ def write_results(path: str | None, results: dict) -> None:
     """The rows measured so far, written after each one: a run stopped by a time limit (the
     GPU check's) keeps them."""
     if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)  # --json may name a folder not made yet
         tmp = Path(f"{path}.tmp")
         tmp.write_text(json.dumps(results, indent=1))
         tmp.replace(path)
 
 
 if __name__ == "__main__":
-    main()
+    from pipeline.errors import cli_entry
+
+    cli_entry(main)()  # a user error, a full disk or a refused path: one line, exit 2

@@ -103,7 +103,7 @@ def count(name: str, a) -> dict:
 
 
 def main() -> None:
-    from pipeline.schema.arguments import OneLineParser, at_least, heads_divide
+    from pipeline.schema.arguments import OneLineParser, at_least, heads_divide, output_file
 
     p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hidden", type=at_least(1), default=768)
@@ -113,7 +113,7 @@ def main() -> None:
     p.add_argument("--vocab", type=at_least(8), default=30522)
     p.add_argument("--lengths", type=at_least(3), nargs="+", default=[16, 11, 7, 16], help="the batch's sentence lengths")
     p.add_argument("--only", action="append", choices=CONFIGS)
-    p.add_argument("--json", help="also write the results here")
+    p.add_argument("--json", type=output_file, help="also write the results here")
     a = p.parse_args()
     heads_divide(p, a.hidden, a.heads)
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -132,6 +132,7 @@ def main() -> None:
                 print(f"    {part}: {n} x {line}")
     if a.json:
         shapes = {k: getattr(a, k) for k in ("hidden", "heads", "teacher_layers", "student_layers", "vocab", "lengths")}
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)  # --json may name a folder not made yet
         Path(a.json).write_text(json.dumps({"what": "host reads of device values in one optimizer step of the CR-ILD "
                                                     "phase (tools/count_host_syncs.py)",
                                             "torch": torch.__version__, "deepspeed": __import__("deepspeed").__version__,
@@ -140,4 +141,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from pipeline.errors import cli_entry
+
+    cli_entry(main)()  # a user error, a full disk or a refused path: one line, exit 2

@@ -87,12 +87,12 @@ def summarise(rows: list[dict], out: Path) -> None:
 
 
 def main() -> None:
-    from pipeline.schema.arguments import OneLineParser, at_least
+    from pipeline.schema.arguments import OneLineParser, at_least, output_folder
 
     parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=at_least(0), nargs="+", default=[42, 43, 44])
     parser.add_argument("--collect-only", action="store_true", help="run nothing; summarise the runs made")
-    parser.add_argument("--out", default="reports/demo", help="where the summary goes")
+    parser.add_argument("--out", type=output_folder, default="reports/demo", help="where the summary goes")
     args = parser.parse_args()
     out = REPO / args.out
     if not args.collect_only:
@@ -102,4 +102,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from pipeline.errors import cli_entry
+
+    cli_entry(main)()  # a user error, a full disk or a refused path: one line, exit 2

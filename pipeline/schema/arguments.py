@@ -5,6 +5,9 @@ types that bound a number where it is read, so that ``--steps 0`` or ``--heads 5
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from pipeline.errors import not_a_folder
 
 _GIVEN = "_options_given"  # on the namespace while it is parsed: dest -> the option as first given
 
@@ -45,6 +48,28 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+def output_file(text: str) -> str:
+    """An argparse type: a file the command will write (``--json``, ``--profile``), refused
+    before any work where it cannot be: a folder by that name, or a file on its folder's
+    path. A benchmark wrote its results last, and lost them to the traceback."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"'{text}' is a folder; expected a file to write")
+    problem = not_a_folder(path.absolute().parent)
+    if problem:
+        raise argparse.ArgumentTypeError(f"'{text}' cannot be written: its folder '{path.absolute().parent}' {problem}")
+    return text
+
+
+def output_folder(text: str) -> str:
+    """An argparse type: a folder the command will write into, refused before any work where
+    a file is in the way."""
+    problem = not_a_folder(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"'{text}' {problem}")
+    return text
 
 
 def at_least(low: int):
