@@ -426,7 +426,7 @@ def shape_cases(tmp: Path, tiny_bert: Path, data: Path):
          ["cfg-model-type' (ValueError: The checkpoint you are trying to load has model type `bertt` but Transformers "
           "does not recognize this architecture.", "your version of Transformers is out of date.)"]),
         ("model config with a negative layer count", ["run", cfg("y7", teacher={"model": edited("cfg-layers", num_hidden_layers=-3)})],
-         ["teacher: ", "cfg-layers/config.json: num_hidden_layers: expected a positive integer, got -3"]),
+         ["teacher.model: ", "cfg-layers/config.json: num_hidden_layers: expected a positive integer, got -3"]),
         ("model config whose architectures are not a list", ["run", cfg("y8", teacher={"model": edited("cfg-arch", architectures=7)})],
          ["cfg-arch/config.json: architectures: expected a list of class names, got 7"]),
         ("tokenizer.json that is not a tokenizer", ["teacher", cfg("y10", teacher={"model": broken_tokenizer})],

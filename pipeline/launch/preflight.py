@@ -35,12 +35,14 @@ from pipeline.export.quantize import check_int8_names
 from pipeline.export.runtime import onnxruntime
 from pipeline.models.compiling import check_compilable
 from pipeline.models.loading import (
+    check_labels,
     check_max_length,
     check_weights,
     encoder_config,
     load_tokenizer,
     missing_head_weights,
     quiet_libraries,
+    read_model_config,
     require_trained,
     resolve_model,
 )
@@ -246,9 +248,16 @@ def _check_student(cfg: RunConfig, names):
 
 def _whole_weights(cfg: RunConfig, name: str, where: str):
     """The safetensors headers of a model a stage will read the weights of (a hub name's
-    downloaded first): a truncated copy is one line now. Returns the tensor names they hold
-    (None for a model an earlier stage writes)."""
-    return check_weights(resolve_model(name, where), where) if _here(cfg, name, where) else None
+    downloaded first): a truncated copy is one line now, and so is a classifier trained for
+    another label count than the task's, which the stage refuses when it loads it, after the
+    stages before it have run. Returns the tensor names they hold (None for a model an
+    earlier stage writes)."""
+    if not _here(cfg, name, where):
+        return None
+    folder = resolve_model(name, where)
+    held = check_weights(folder, where)
+    check_labels(read_model_config(folder, where), task_spec(cfg.task), folder, where)
+    return held
 
 
 def _trained_classifier(cfg: RunConfig, name: str, where: str, held: set[str]) -> None:

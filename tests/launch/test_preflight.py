@@ -100,6 +100,30 @@ def test_a_backbone_where_a_later_stage_needs_a_trained_classifier_is_refused_be
                                                                       "phases": ["ild"]})), ["teacher", "distill"], 1)
 
 
+def test_a_classifier_for_another_label_count_is_refused_before_the_teacher_trains(tmp_path, tiny_bert,
+                                                                                   sentiment_dir, capsys):
+    """A classifier trained for another task (STS-B's one score against Rotten Tomatoes' two
+    classes) named as the distillation's teacher, the student's backbone, or a model to
+    evaluate or export: each stage refused it as it loaded it, so a chain trained its teacher
+    first. The label count is in config.json, read at once."""
+    scorer = write_tiny_classifier(tiny_bert, tmp_path / "scorer", task="stsb")
+    wrong = f"'{scorer}' is a classifier with 1 output (LABEL_0); task rotten_tomatoes needs 2"
+    raw = chain(tmp_path, tiny_bert, sentiment_dir, {"teacher_model": str(scorer)})
+    assert refusal(tmp_path, raw, capsys) == f"crild: error: stages.distill.teacher_model: {wrong}{SUFFIX}"
+    raw = chain(tmp_path, tiny_bert, sentiment_dir, {})
+    raw["student"]["backbone"] = str(scorer)
+    assert refusal(tmp_path, raw, capsys) == f"crild: error: student.backbone: {wrong}{SUFFIX}"
+    for stage in ("evaluate", "export"):
+        raw = chain(tmp_path, tiny_bert, sentiment_dir, {})
+        raw["pipeline"] = ["teacher", stage]
+        raw["stages"][stage] = {"models": [str(scorer)]}
+        assert refusal(tmp_path, raw, capsys) == (f"crild: error: stages.{stage}.models[0]: {wrong} (the {stage} "
+                                                  f"stage's; checked before the first stage runs)")
+    right = write_tiny_classifier(tiny_bert, tmp_path / "sentiment")  # the task's own label count passes
+    check_stages(from_dict(chain(tmp_path, tiny_bert, sentiment_dir, {"teacher_model": str(right)})),
+                 ["teacher", "distill"], 1)
+
+
 def test_an_earlier_stages_output_that_no_stage_of_the_run_writes_is_refused_before_the_first(
         tmp_path, tiny_bert, sentiment_dir, capsys):
     """A stage reads what an earlier stage wrote: the teacher trained, then the distillation
