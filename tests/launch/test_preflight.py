@@ -79,6 +79,17 @@ def test_late_distillation_mistakes_are_refused_before_the_teacher_trains(tmp_pa
         assert line.startswith(f"crild: error: {message}") and line.endswith(SUFFIX), line
 
 
+def assert_listed_model_refused(tmp_path, tiny_bert, data, capsys, model, why: str) -> None:
+    """``model`` listed to evaluate, then to export, after a teacher stage: refused with ``why``
+    before the teacher trains."""
+    for stage in ("evaluate", "export"):
+        raw = chain(tmp_path, tiny_bert, data, {})
+        raw["pipeline"] = ["teacher", stage]
+        raw["stages"][stage] = {"models": [str(model)]}
+        assert refusal(tmp_path, raw, capsys) == (f"crild: error: stages.{stage}.models[0]: {why} (the {stage} "
+                                                  f"stage's; checked before the first stage runs)")
+
+
 def test_a_backbone_where_a_later_stage_needs_a_trained_classifier_is_refused_before_the_teacher_trains(
         tmp_path, tiny_bert, sentiment_dir, capsys):
     """A backbone (no classifier head) named as the distillation's teacher where a term reads
@@ -90,12 +101,7 @@ def test_a_backbone_where_a_later_stage_needs_a_trained_classifier_is_refused_be
              f"folder")
     raw = chain(tmp_path, tiny_bert, sentiment_dir, {"teacher_model": str(tiny_bert)})
     assert refusal(tmp_path, raw, capsys) == f"crild: error: stages.distill.teacher_model: {lacks}{SUFFIX}"
-    for stage in ("evaluate", "export"):
-        raw = chain(tmp_path, tiny_bert, sentiment_dir, {})
-        raw["pipeline"] = ["teacher", stage]
-        raw["stages"][stage] = {"models": [str(tiny_bert)]}
-        assert refusal(tmp_path, raw, capsys) == (f"crild: error: stages.{stage}.models[0]: {lacks} (the {stage} "
-                                                  f"stage's; checked before the first stage runs)")
+    assert_listed_model_refused(tmp_path, tiny_bert, sentiment_dir, capsys, tiny_bert, lacks)
     check_stages(from_dict(chain(tmp_path, tiny_bert, sentiment_dir, {"teacher_model": str(tiny_bert),
                                                                       "phases": ["ild"]})), ["teacher", "distill"], 1)
 
@@ -113,12 +119,7 @@ def test_a_classifier_for_another_label_count_is_refused_before_the_teacher_trai
     raw = chain(tmp_path, tiny_bert, sentiment_dir, {})
     raw["student"]["backbone"] = str(scorer)
     assert refusal(tmp_path, raw, capsys) == f"crild: error: student.backbone: {wrong}{SUFFIX}"
-    for stage in ("evaluate", "export"):
-        raw = chain(tmp_path, tiny_bert, sentiment_dir, {})
-        raw["pipeline"] = ["teacher", stage]
-        raw["stages"][stage] = {"models": [str(scorer)]}
-        assert refusal(tmp_path, raw, capsys) == (f"crild: error: stages.{stage}.models[0]: {wrong} (the {stage} "
-                                                  f"stage's; checked before the first stage runs)")
+    assert_listed_model_refused(tmp_path, tiny_bert, sentiment_dir, capsys, scorer, wrong)
     right = write_tiny_classifier(tiny_bert, tmp_path / "sentiment")  # the task's own label count passes
     check_stages(from_dict(chain(tmp_path, tiny_bert, sentiment_dir, {"teacher_model": str(right)})),
                  ["teacher", "distill"], 1)
