@@ -27,16 +27,25 @@ FINAL_OK = {"COMPLETED"}
 FINAL_BAD = {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 
 
-def _run(cmd: list[str], env: dict | None = None) -> str:
+def _run(cmd: list[str], env: dict | None = None, users: list[str] = ()) -> str:
+    """``cmd``'s output, or one line with what it said; ``users``: the arguments the user gave
+    it (``--sbatch-arg``), named as the cause where the message quotes one."""
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     except FileNotFoundError:
         raise UserError(f"'{cmd[0]}' not found: Slurm's client commands are needed for crild submit") from None
     if proc.returncode != 0:
-        said = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit code {proc.returncode}"
+        # its last line, but not the 'Try "sbatch --help"' that follows an unknown option's name
+        lines = [line for line in proc.stderr.strip().splitlines() if line.strip() and not line.startswith("Try ")]
+        said = lines[-1] if lines else f"exit code {proc.returncode}"
         # Slurm's clients find the cluster through slurm.conf; with none found they name no file
         hint = ("; point SLURM_CONF at the cluster's slurm.conf (tools/local_slurm.sh start prints the local "
                 "test cluster's)") if "configuration" in said.lower() and not os.environ.get("SLURM_CONF") else ""
+        given = next((arg for arg in users if f"'{arg}'" in said), None)
+        if given is not None:
+            hint += (f"; it is --sbatch-arg={given}" + (f": give an option and its value joined by '=', "
+                                                        f"--sbatch-arg={given.replace(' ', '=', 1)}"
+                                                        if " " in given else ""))
         raise UserError(f"{' '.join(cmd[:2])} failed: {said}{hint}")
     return proc.stdout.strip()
 
@@ -78,7 +87,7 @@ def submit(cfg: RunConfig, config_path: str, overrides: list[str], wait: bool = 
         if previous:
             cmd.append(f"--dependency=afterok:{previous}")
         cmd += [str(STAGE_SCRIPT), str(Path(config_path).resolve()), name, *overrides]
-        job = _run(cmd, env).split(";")[0]
+        job = _run(cmd, env, extra_sbatch or []).split(";")[0]
         log_path = log_dir / f"{name}-{job}.out"
         print(f"crild: {name}: submitted job {job} (log {log_path})", flush=True)
         jobs.append((name, job, log_path))

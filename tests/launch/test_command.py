@@ -113,6 +113,24 @@ def test_submit_with_no_cluster_configured_says_where_to_point(tmp_path, tiny_be
         submit(from_dict(tiny_run_config(tmp_path, tiny_bert, sentiment_dir)), str(tmp_path / "run.yaml"), [])
 
 
+@pytest.mark.parametrize("given, said", [
+    ("--bogus", "sbatch: unrecognized option '--bogus'; it is --sbatch-arg=--bogus"),
+    ("--time 10", "sbatch: unrecognized option '--time 10'; it is --sbatch-arg=--time 10: give an option and its "
+                  "value joined by '=', --sbatch-arg=--time=10")])
+def test_an_sbatch_argument_sbatch_refuses_is_named_as_the_users(tmp_path, tiny_bert, sentiment_dir, given, said,
+                                                                  slurm_env, monkeypatch):
+    """sbatch names an option it does not know, then says 'Try "sbatch --help"', and only that
+    last line reached the message."""
+    from pipeline.launch.submit import submit
+
+    monkeypatch.setenv("SLURM_CONF", slurm_env["SLURM_CONF"])
+
+    with pytest.raises(UserError) as err:
+        submit(from_dict(tiny_run_config(tmp_path, tiny_bert, sentiment_dir)), str(tmp_path / "run.yaml"), [],
+               extra_sbatch=[given])
+    assert str(err.value) == f"sbatch --parsable failed: {said}"
+
+
 def test_export_runs_as_one_process_whatever_num_ranks_and_the_allocation_say(tmp_path, tiny_bert, sentiment_dir,
                                                                                  monkeypatch):
     """A run that trains on every rank also exports in the same chain: export is launched as
