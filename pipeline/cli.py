@@ -93,7 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="each stage of a run: complete, running, interrupted, stale or missing")
     _add_config(p)
     p.add_argument("overrides", nargs="*", default=[], metavar="section.key=value")
-    p.add_argument("--verify", action="store_true", help="also check complete outputs against their content hashes")
+    p.add_argument("--verify", action="store_true", help="also check complete outputs against their content hashes "
+                                                          "(exit code 1 where one is damaged)")
 
     p = sub.add_parser("config", help="validate a configuration; print it with every default filled in, and what "
                                       "each distillation phase trains")
@@ -198,9 +199,12 @@ def main(argv: list[str] | None = None) -> None:
         only = in_running_order(args.only) if args.only else None
         sys.exit(run_pipeline(cfg, args.config, args.overrides, force=args.force, only=only))
     if args.command == "status":
-        from pipeline.launch.status import status_lines
+        from pipeline.launch.status import status_report
 
-        print("\n".join(status_lines(load_config(args.config, args.overrides), verify=args.verify)))
+        lines, damaged = status_report(load_config(args.config, args.overrides), verify=args.verify)
+        print("\n".join(lines))
+        if damaged:
+            sys.exit(1)
         return
     if args.command == "submit":
         cfg = load_config(args.config, args.overrides)

@@ -59,6 +59,9 @@ def _progress(cfg: RunConfig, name: str) -> str | None:
     return ", ".join(filter(None, [current, f"{', '.join(done)} complete" if done else None]))
 
 
+DAMAGED = "damaged"  # a complete output whose content differs from its recorded hashes
+
+
 def stage_state(cfg: RunConfig, name: str, running: str | None, verify: bool) -> str:
     stage_cfg = stage_config(cfg, name)
     folder = Path(cfg.output_dir) / STAGES[name].output(stage_cfg)
@@ -70,7 +73,7 @@ def stage_state(cfg: RunConfig, name: str, running: str | None, verify: bool) ->
             keeping = f", keeping its complete phase{'s' * (len(kept) > 1)} {', '.join(kept)}" if kept else ""
             return f"stale (written for another configuration or other inputs; crild run redoes it{keeping})"
         bad = problems(folder) if verify else []
-        return f"damaged ({bad[0]}; crild run redoes it)" if bad else "complete"
+        return f"{DAMAGED} ({bad[0]}; crild run redoes it)" if bad else "complete"
     progress = _progress(cfg, name)
     if progress:
         return f"interrupted ({progress})"
@@ -82,14 +85,23 @@ def stage_state(cfg: RunConfig, name: str, running: str | None, verify: bool) ->
 
 
 def status_lines(cfg: RunConfig, verify: bool = False) -> list[str]:
+    return status_report(cfg, verify)[0]
+
+
+def status_report(cfg: RunConfig, verify: bool = False) -> tuple[list[str], list[str]]:
+    """The lines ``crild status`` prints, and the stages whose complete output failed the
+    hash check (``verify``), for its exit code: a script's ``crild status --verify`` fails,
+    as ``sha256sum -c`` does, where an output is damaged."""
     info = holder(cfg.output_dir)
     running = info.get("stage") if info else None
     head = f"{cfg.output_dir}: " + (f"in use by pid {info.get('pid', '?')} on {info.get('host', '?')} since "
                                     f"{info.get('since', '?')}" if info is not None else "not in use")
     width = max(len(n) for n in cfg.pipeline)
-    lines = [head] + [f"  {name.ljust(width)}  {stage_state(cfg, name, running, verify)}" for name in cfg.pipeline]
-    return lines + [f"  set aside: {path} ({size_text(size)}; checkpoints of another configuration or other inputs, "
-                    f"never read again: delete them once you no longer need them)" for path, size in set_aside(cfg)]
+    states = {name: stage_state(cfg, name, running, verify) for name in cfg.pipeline}
+    lines = [head] + [f"  {name.ljust(width)}  {state}" for name, state in states.items()]
+    lines += [f"  set aside: {path} ({size_text(size)}; checkpoints of another configuration or other inputs, "
+              f"never read again: delete them once you no longer need them)" for path, size in set_aside(cfg)]
+    return lines, [name for name, state in states.items() if state.startswith(f"{DAMAGED} (")]
 
 
 def set_aside(cfg: RunConfig) -> list[tuple[Path, int]]:

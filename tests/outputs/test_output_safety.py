@@ -259,6 +259,23 @@ def test_a_damaged_teacher_given_by_path_is_refused(tmp_path, tiny_bert, sentime
                       f"{weights}: content differs from its recorded hash (corrupted)")
     assert not is_complete(tmp_path / "d" / "run" / "student")
 
+    # crild status --verify finds such a byte in the run's own output, and exits 1, as a script's check
+    # needs (sha256sum -c does); without --verify, or with the output intact, it reads the manifests only
+    run_config = tmp_path / "t.yaml"
+    run_config.write_text(yaml.safe_dump({**tiny_run_config(tmp_path / "t", tiny_bert, sentiment_dir, epochs=1),
+                                          "pipeline": ["teacher"]}))
+    for verify in ([], ["--verify"]):
+        assert main(["status", str(run_config), *verify]) is None  # exit code 0
+        assert capsys.readouterr().out.splitlines()[1] == "  teacher  complete"
+    own = Path(cfg.output_dir) / "teacher" / "model.safetensors"
+    own.write_bytes(bytes(data))
+    assert main(["status", str(run_config)]) is None
+    assert capsys.readouterr().out.splitlines()[1] == "  teacher  complete"
+    with pytest.raises(SystemExit) as done:
+        main(["status", str(run_config), "--verify"])
+    assert done.value.code == 1 and capsys.readouterr().out.splitlines()[1] == (
+        f"  teacher  damaged ({own}: content differs from its recorded hash (corrupted); crild run redoes it)")
+
 
 def test_a_single_file_is_replaced_whole_and_leaves_no_temporary(tmp_path):
     from pipeline.outputs.atomic import replace_text
