@@ -131,6 +131,33 @@ def test_an_sbatch_argument_sbatch_refuses_is_named_as_the_users(tmp_path, tiny_
     assert str(err.value) == f"sbatch --parsable failed: {said}"
 
 
+def test_submit_no_wait_returns_once_the_jobs_are_queued_with_the_users_sbatch_arguments(tmp_path, tiny_bert,
+                                                                                          sentiment_dir, slurm_env):
+    """``--no-wait`` returns as soon as each stage is queued, and ``--sbatch-arg`` reaches every
+    job: submitted held (``--hold``), the jobs never start, so a submit that waited for them
+    would run into the timeout."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({**tiny_run_config(tmp_path, tiny_bert, sentiment_dir),
+                                      "pipeline": ["teacher", "evaluate"]}))
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "submit", str(config), "--no-wait",
+                           "--sbatch-arg=--hold"], capture_output=True, text=True, env=slurm_env, cwd=REPO, timeout=120)
+    jobs = [line.split()[4] for line in proc.stdout.splitlines() if "submitted job" in line]
+    try:
+        assert proc.returncode == 0 and len(jobs) == 2, proc.stdout + proc.stderr
+        for job in jobs:
+            shown = subprocess.run(["scontrol", "show", "job", job, "-o"], capture_output=True, text=True,
+                                   env=slurm_env).stdout
+            assert "JobState=PENDING" in shown and "Reason=JobHeldUser" in shown, shown
+        assert "afterok:" + jobs[0] in subprocess.run(["scontrol", "show", "job", jobs[1], "-o"], capture_output=True,
+                                                       text=True, env=slurm_env).stdout
+    finally:
+        if jobs:
+            subprocess.run(["scancel", *jobs], env=slurm_env)
+
+
 def test_export_runs_as_one_process_whatever_num_ranks_and_the_allocation_say(tmp_path, tiny_bert, sentiment_dir,
                                                                                  monkeypatch):
     """A run that trains on every rank also exports in the same chain: export is launched as
