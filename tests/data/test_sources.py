@@ -323,6 +323,29 @@ def test_a_class_no_training_example_has_is_noted(tmp_path, tiny_bert):
                                 TaskConfig(name="stsb")) is None  # a regression has no classes
 
 
+def test_prepare_data_keeps_prepared_tasks_and_force_rebuilds_them_the_same(tmp_path):
+    """``crild prepare-data`` prepares each offline task once (a second call reads nothing and
+    replaces nothing), and ``--force`` rebuilds them: the same splits, from the fixed seed."""
+    import subprocess
+    import sys
+
+    from helpers import REPO, crild_env
+
+    def prepare(*args):
+        proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "prepare-data", *args], capture_output=True,
+                              text=True, env=crild_env(CRILD_HOME=str(tmp_path)), cwd=REPO, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        files = sorted((tmp_path / "data").rglob("*.jsonl"))
+        return {f.relative_to(tmp_path): (f.stat().st_ino, f.read_bytes()) for f in files}
+
+    first = prepare()
+    assert {f.parts[1] for f in first} == {"rotten_tomatoes", "rotten_tomatoes_plot", "snli"}
+    assert prepare() == first  # kept: the same files, not rewritten
+    forced = prepare("--force")
+    assert forced.keys() == first.keys()
+    assert all(forced[f][1] == first[f][1] and forced[f][0] != first[f][0] for f in first)  # rewritten, the same
+
+
 def test_preparing_offline_data_never_replaces_a_folder_crild_did_not_prepare(tmp_path, monkeypatch):
     from pipeline.data.offline import prepare_all
 
