@@ -113,6 +113,10 @@ def test_submit_with_no_cluster_configured_says_where_to_point(tmp_path, tiny_be
         submit(from_dict(tiny_run_config(tmp_path, tiny_bert, sentiment_dir)), str(tmp_path / "run.yaml"), [])
 
 
+NEEDS_SLURM = pytest.mark.skipif(os.environ.get("CRILD_SKIP_SLURM") == "1", reason="CRILD_SKIP_SLURM=1")
+
+
+@NEEDS_SLURM
 @pytest.mark.parametrize("given, said", [
     ("--bogus", "sbatch: unrecognized option '--bogus'; it is --sbatch-arg=--bogus"),
     ("--time 10", "sbatch: unrecognized option '--time 10'; it is --sbatch-arg=--time 10: give an option and its "
@@ -131,6 +135,7 @@ def test_an_sbatch_argument_sbatch_refuses_is_named_as_the_users(tmp_path, tiny_
     assert str(err.value) == f"sbatch --parsable failed: {said}"
 
 
+@NEEDS_SLURM
 def test_submit_no_wait_returns_once_the_jobs_are_queued_with_the_users_sbatch_arguments(tmp_path, tiny_bert,
                                                                                           sentiment_dir, slurm_env):
     """``--no-wait`` returns as soon as each stage is queued, and ``--sbatch-arg`` reaches every
