@@ -38,6 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from pipeline.outputs.atomic import replace_text  # noqa: E402
+
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, seconds: float = 2.0) -> float:
     """FLOP/s of the best of repeated n x n matmuls."""
@@ -147,8 +149,7 @@ def write_profile(step, batches, device, path: str) -> None:
              if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize",
                           "aten::item", "aten::_local_scalar_dense")}
     device_sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    Path(path).parent.mkdir(parents=True, exist_ok=True)  # --json may name a folder not made yet
-    Path(path).write_text(f"{len(batches)} steps profiled; host synchronisations per step: {syncs}\n\n"
+    replace_text(path, f"{len(batches)} steps profiled; host synchronisations per step: {syncs}\n\n"
                           f"by {device_sort}:\n{events.table(sort_by=device_sort, row_limit=25)}\n\n"
                           f"by cpu_time_total:\n{events.table(sort_by='cpu_time_total', row_limit=25)}\n")
     print(f"profile of {len(batches)} crild steps in {path}; host synchronisations per step: {syncs}", flush=True)
@@ -380,8 +381,7 @@ def main() -> None:
     results["matmul_peak_flops"] = peak
     results["setup"] = vars(a) | {"device": str(device), "precision": precision, "torch": torch.__version__}
     if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)  # --json may name a folder not made yet
-        Path(a.json).write_text(json.dumps(results, indent=1))
+        replace_text(a.json, json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

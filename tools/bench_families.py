@@ -18,6 +18,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 
 def main() -> None:
+    from pipeline.outputs.atomic import replace_text
     from pipeline.schema.arguments import OneLineParser, at_least, output_file
 
     parser = OneLineParser(description=__doc__.split("\n\n")[0])
@@ -73,8 +74,7 @@ def main() -> None:
             print(f"{model_type:12s} {results[model_type]['ms_per_step']:6.1f} ms per CR-ILD step "
                   f"(batch 8, {results[model_type]['tokens_per_row']} tokens)", flush=True)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)  # --json may name a folder not made yet
-        Path(args.json).write_text(json.dumps({"torch": torch.__version__, "threads": 1, "results": results},
+        replace_text(args.json, json.dumps({"torch": torch.__version__, "threads": 1, "results": results},
                                               indent=1) + "\n")
 
 

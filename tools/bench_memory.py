@@ -219,11 +219,10 @@ def main() -> None:
 def write_results(path: str | None, results: dict) -> None:
     """The rows measured so far, written after each one: a run stopped by a time limit (the
     GPU check's) keeps them."""
+    from pipeline.outputs.atomic import replace_text
+
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)  # --json may name a folder not made yet
-        tmp = Path(f"{path}.tmp")
-        tmp.write_text(json.dumps(results, indent=1))
-        tmp.replace(path)
+        replace_text(path, json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -103,6 +103,7 @@ def count(name: str, a) -> dict:
 
 
 def main() -> None:
+    from pipeline.outputs.atomic import replace_text
     from pipeline.schema.arguments import OneLineParser, at_least, heads_divide, output_file
 
     p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -132,8 +133,7 @@ def main() -> None:
                 print(f"    {part}: {n} x {line}")
     if a.json:
         shapes = {k: getattr(a, k) for k in ("hidden", "heads", "teacher_layers", "student_layers", "vocab", "lengths")}
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)  # --json may name a folder not made yet
-        Path(a.json).write_text(json.dumps({"what": "host reads of device values in one optimizer step of the CR-ILD "
+        replace_text(a.json, json.dumps({"what": "host reads of device values in one optimizer step of the CR-ILD "
                                                     "phase (tools/count_host_syncs.py)",
                                             "torch": torch.__version__, "deepspeed": __import__("deepspeed").__version__,
                                             "transformers": __import__("transformers").__version__,

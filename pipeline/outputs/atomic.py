@@ -117,9 +117,12 @@ def renamed_into_place(final: Path):
             tmp.unlink(missing_ok=True)
 
 
-def replace_text(path: Path, text: str) -> None:
+def replace_text(path: str | Path, text: str) -> None:
     """A single file written whole or not at all: a reader (or a kill) never sees it half
-    written, and two writers of the same content do not interleave."""
+    written, and two writers of the same content do not interleave. Its folder is made if
+    need be (a tool's ``--json`` may name one not made yet)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with renamed_into_place(path) as tmp:
         tmp.write_text(text)
 
