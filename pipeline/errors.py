@@ -121,9 +121,10 @@ NO_ACCESS_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 def no_access(err: BaseException) -> Optional[str]:
     """One line for a path the operating system refused crild (its permissions, a read-only
-    file system, a file where a folder must be), or None: a folder or file of the user's, the machine's
-    (TMPDIR, HF_HOME) or crild's own that it cannot write or read, named, where a
-    traceback from deep inside a library said it. Only errors that name their path count."""
+    file system, a file where a folder must be), or None: a folder or file of the user's,
+    the machine's (TMPDIR, HF_HOME) or crild's own that it cannot write or read, named,
+    where a traceback from deep inside a library said it. Only errors that name their path
+    count."""
     for link in _chain(err):
         if isinstance(link, OSError) and link.errno == errno.ENOTDIR and link.filename:
             blocker = file_in_the_way(link.filename)
@@ -322,9 +323,9 @@ def _leave_the_exit_to_the_first() -> None:
 
 def cli_entry(fn):
     """Wrap a ``main`` so a :class:`UserError`, a write that failed for want of disk space,
-    or a path the operating system refused, exits with one line and code 2, and a rank whose collective lost another rank
-    with one line and code 1, a moment later, so that the launcher reports the rank that
-    failed first.
+    or a path the operating system refused, exits with one line and code 2, and a rank
+    whose collective lost another rank with one line and code 1, a moment later, so that
+    the launcher reports the rank that failed first.
 
     Other exceptions are bugs and keep their traceback.
     """

@@ -87,14 +87,18 @@ def summarise(rows: list[dict], out: Path) -> None:
 
 
 def main() -> None:
-    from pipeline.schema.arguments import OneLineParser, at_least, output_folder
+    from pipeline.errors import not_a_folder
+    from pipeline.schema.arguments import OneLineParser, at_least
 
     parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=at_least(0), nargs="+", default=[42, 43, 44])
     parser.add_argument("--collect-only", action="store_true", help="run nothing; summarise the runs made")
-    parser.add_argument("--out", type=output_folder, default="reports/demo", help="where the summary goes")
+    parser.add_argument("--out", default="reports/demo", help="where the summary goes (relative: to the clone)")
     args = parser.parse_args()
     out = REPO / args.out
+    problem = not_a_folder(out)  # before the runs, not in a traceback after them
+    if problem:
+        parser.error(f"argument --out: '{out}' {problem}")
     if not args.collect_only:
         for seed in args.seeds:
             run_seed(seed, out)

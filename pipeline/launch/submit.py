@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.config import LAUNCHED_ENV, RunConfig, launched_digest
@@ -27,7 +28,7 @@ FINAL_OK = {"COMPLETED"}
 FINAL_BAD = {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 
 
-def _run(cmd: list[str], env: dict | None = None, users: list[str] = ()) -> str:
+def _run(cmd: list[str], env: dict | None = None, users: Sequence[str] = ()) -> str:
     """``cmd``'s output, or one line with what it said; ``users``: the arguments the user gave
     it (``--sbatch-arg``), named as the cause where the message quotes one."""
     try:

@@ -63,15 +63,6 @@ def output_file(text: str) -> str:
     return text
 
 
-def output_folder(text: str) -> str:
-    """An argparse type: a folder the command will write into, refused before any work where
-    a file is in the way."""
-    problem = not_a_folder(text)
-    if problem:
-        raise argparse.ArgumentTypeError(f"'{text}' {problem}")
-    return text
-
-
 def at_least(low: int):
     """An argparse type: an integer >= ``low``."""
     def parse(text: str) -> int:
