@@ -189,12 +189,11 @@ def test_a_path_the_system_refuses_is_named_in_one_line(no_watched, tmp_path):
     assert disk_space.no_access(PermissionError(errno.EPERM, "Operation not permitted")) is None  # os.kill's
     (tmp_path / "a-file").write_text("x")  # a file where a folder must be, met deep inside a library
     under = tmp_path / "a-file" / "logs" / "teacher"
-    try:
+    with pytest.raises(NotADirectoryError) as raised:
         under.mkdir(parents=True)
-    except OSError as err:
-        assert disk_space.no_access(err) == (f"'{under}': '{tmp_path}/a-file' is a file, where crild needs a folder of "
-                                             f"that name: move the file, or point the setting or variable that leads "
-                                             f"there elsewhere")
+    assert disk_space.no_access(raised.value) == (f"'{under}': '{tmp_path}/a-file' is a file, where crild needs a "
+                                                  f"folder of that name: move the file, or point the setting or "
+                                                  f"variable that leads there elsewhere")
     assert disk_space.not_a_folder(tmp_path / "a-file") == "is a file, not a folder"
     assert disk_space.not_a_folder(under) == f"is under '{tmp_path}/a-file', a file"
     assert disk_space.not_a_folder(tmp_path / "new" / "folder") is None and disk_space.not_a_folder(tmp_path) is None
