@@ -193,6 +193,8 @@ def _csv_rows(path: Path, text: str, delimiter: str, quoting: int = csv.QUOTE_MI
         rows, line = [], 1
         try:
             for row in reader:
+                if not strict and reader.line_num > line:
+                    _no_quote_that_swallowed_lines(path, text, line, reader.line_num, delimiter, quoting)
                 rows.append((line, row))
                 line = reader.line_num + 1
             return rows
@@ -203,6 +205,28 @@ def _csv_rows(path: Path, text: str, delimiter: str, quoting: int = csv.QUOTE_MI
             if not strict:
                 raise UserError(f"{path}:{reader.line_num}: not valid {kind} ({err})") from None
     return rows
+
+
+def _no_quote_that_swallowed_lines(path: Path, text: str, first: int, last: int, delimiter: str,
+                                   quoting: int) -> None:
+    """A record over lines ``first``-``last`` that strict CSV would not read is refused. A text
+    that starts with a quote it does not close on its line (``"Quoted" he said``, common in
+    hand-written TSV) opens a quoted field that runs on, over the line breaks and the records
+    after it, until some later quote, where the reader gives up strictness and reads the rest of
+    that line into the field: those records would vanish into one text, under a later record's
+    label, without a word. A field over lines that is quoted as CSV writers quote it reads
+    strictly and is kept."""
+    lines = io.StringIO(text, newline="").readlines()[first - 1:last]
+    reader = csv.reader(io.StringIO("".join(lines), newline=""), delimiter=delimiter, quoting=quoting, strict=True)
+    try:
+        for _ in reader:
+            pass
+    except csv.Error:
+        lapse = first + reader.line_num - 1
+        raise UserError(f"{path}:{first}: a quote (\") opens a field here that runs over the line breaks to line "
+                        f"{lapse}, where it closes in mid-field, so lines {first}-{last} would read as one record; "
+                        f"expected a field that starts with a quote to end with one (write a quote in the text as "
+                        f"\"\" inside a quoted field)") from None
 
 
 # --------------------------------------------------------------------------- GLUE TSV

@@ -104,10 +104,26 @@ def test_a_quote_never_closed_is_refused_at_the_record_that_opened_it(tmp_path, 
                               f"closing quote before the end of the file (line 5)")
 
 
+@pytest.mark.parametrize("name, sep", [("train.csv", ","), ("train.tsv", "\t")])
+def test_a_text_that_starts_with_a_quote_it_does_not_close_is_refused_where_it_swallows_records(tmp_path, name, sep):
+    """A hand-written file whose text starts with a quote (``"Quoted" he said``) opens a quoted
+    field that runs over the next records to a later quote: before, those three records were
+    read as one text under the third one's label, with no error at all."""
+    (tmp_path / name).write_text(f'sentence{sep}label\ngood{sep}fresh\n"bad one{sep}rotten\nfine{sep}fresh\n'
+                                 f'"ok" he said{sep}fresh\nnice{sep}fresh\n')
+    with pytest.raises(UserError) as err:
+        load_split(TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path)), TASKS["rotten_tomatoes"], "train")
+    assert str(err.value) == (f"{tmp_path / name}:3: a quote (\") opens a field here that runs over the line breaks "
+                              f"to line 5, where it closes in mid-field, so lines 3-5 would read as one record; "
+                              f"expected a field that starts with a quote to end with one (write a quote in the text "
+                              f"as \"\" inside a quoted field)")
+
+
 def test_quoted_fields_over_lines_and_a_quote_inside_a_field_are_read_as_spreadsheets_write_them(tmp_path):
-    (tmp_path / "train.csv").write_text('sentence,label\n"two\nlines",fresh\n"ab"c,rotten\nsaid "hi",fresh\n')
+    (tmp_path / "train.csv").write_text('sentence,label\n"two\nlines",fresh\n"ab"c,rotten\nsaid "hi",fresh\n'
+                                        '"a ""quoted""\nword",fresh\n')
     examples = load_split(TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path)), TASKS["rotten_tomatoes"], "train")
-    assert examples.text_a == ["two\nlines", "abc", 'said "hi"']
+    assert examples.text_a == ["two\nlines", "abc", 'said "hi"', 'a "quoted"\nword']
 
 
 def test_label_outside_label_set_names_line_and_value(tmp_path):
