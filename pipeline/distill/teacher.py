@@ -160,12 +160,16 @@ def cached_teacher_logits(forward, teacher_id: str, ds, collate, batch_size: int
                           dtype: torch.dtype = torch.float32, inference: bool = True) -> torch.Tensor:
     """(len(ds), num_labels) float32 teacher logits on the clean training inputs, computed
     in ``dtype`` (part of the cache's name, fp32 unnamed) under inference mode (``inference``:
-    not for a ZeRO-3 teacher, whose gathered weights must stay ordinary tensors)."""
+    not for a ZeRO-3 teacher, whose gathered weights must stay ordinary tensors). Kept beside
+    the tokenized data; where that is in memory (its cache folder cannot be written), the
+    logits are too, once for the stage."""
     suffix = "" if dtype == torch.float32 else f"-{str(dtype).removeprefix('torch.')}"
-    path = dataset_dir(ds) / f"teacher_logits-{teacher_id}{suffix}.safetensors"
-    if not path.is_file():
+    path = dataset_dir(ds) / f"teacher_logits-{teacher_id}{suffix}.safetensors" if ds.cache_files else None
+    if path is None or not path.is_file():
         with torch.inference_mode(inference):
             logits = predict_logits(forward, ds, collate, batch_size, dist)  # sharded over ranks
+        if path is None:
+            return torch.from_numpy(logits).float()
         if dist.is_main:
             with renamed_into_place(path) as tmp:
                 save_file({"logits": torch.from_numpy(logits).float()}, str(tmp))

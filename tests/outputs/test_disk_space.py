@@ -203,22 +203,28 @@ def test_a_path_the_system_refuses_is_named_in_one_line(no_watched, tmp_path):
 
 @pytest.mark.slow
 def test_a_read_only_crild_home_costs_the_cache_not_the_run(tmp_path, tiny_bert, sentiment_dir, tmpfs):
-    """A CRILD_HOME shared read-only (the offline data prepared once for a group) runs a
-    stage: the tokenized data, a cache, is built in memory with one note. Preparing the
-    offline data there is one line, where a traceback of the first mkdir ended it."""
+    """A CRILD_HOME shared read-only (the offline data prepared once for a group) runs the
+    teacher and a KD distillation: the tokenized data and the teacher's logits beside it,
+    caches, are built in memory with one note per stage (the distillation's logits were an
+    IndexError for want of a cache folder). Preparing the offline data there is one line,
+    where a traceback of the first mkdir ended it."""
     home = tmpfs(2**20, read_only=True)
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=1)
+    raw["pipeline"] = ["teacher", "distill"]
+    raw["stages"]["distill"] = {"preset": "kd", "kd": {"epochs": 1, "batch_size": 8}}
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({**tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=1),
-                                      "output_dir": str(tmp_path / "run")}))
+    config.write_text(yaml.safe_dump(raw))
     env = crild_env(CRILD_HOME=str(home))
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "teacher", str(config)], cwd=REPO, env=env, text=True,
-                          capture_output=True, timeout=600)
-    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
-    notes = [line for line in (done.stdout + done.stderr).splitlines() if "tokenized-data cache" in line]
-    assert notes == [f"crild: note: the tokenized-data cache {home}/tokenized cannot be written (Read-only file "
-                     f"system); tokenizing in memory, anew in each stage (set CRILD_HOME to a folder you can write "
-                     f"to keep it)"]
-    assert is_complete(tmp_path / "run" / "teacher") and not list(home.iterdir())
+    for stage in ("teacher", "distill"):
+        done = subprocess.run([sys.executable, "-m", "pipeline.cli", stage, str(config)], cwd=REPO, env=env,
+                              text=True, capture_output=True, timeout=600)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+        notes = [line for line in (done.stdout + done.stderr).splitlines() if "tokenized-data cache" in line]
+        assert notes == [f"crild: note: the tokenized-data cache {home}/tokenized cannot be written (Read-only file "
+                         f"system); tokenizing in memory, anew in each stage (set CRILD_HOME to a folder you can "
+                         f"write to keep it)"]
+    assert is_complete(tmp_path / "run" / "teacher") and is_complete(tmp_path / "run" / "student")
+    assert not list(home.iterdir())
     done = subprocess.run([sys.executable, "-m", "pipeline.cli", "prepare-data"], cwd=REPO, env=env, text=True,
                           capture_output=True, timeout=600)
     assert done.returncode == 2 and done.stdout == "", done
