@@ -77,6 +77,15 @@ def size_text(n: float) -> str:
             return f"{n:.1f} {unit}"
 
 
+def count_text(n: int) -> str:
+    """A count of parameters for a reader, to three significant figures: ``22.7M``, ``1.30B``,
+    ``35.1K``, ``512``, so a tiny model is not ``0.0M``."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale * 0.9995:
+            return f"{n / scale:.3g}{unit}" if n < scale * 999.5 else f"{n / scale:.0f}{unit}"
+    return str(n)
+
+
 def watch(path: str | Path) -> None:
     """Name ``path`` (a run's output_dir) as where this process writes, for :func:`out_of_space`."""
     path = Path(path).absolute()

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data.tasks import TaskSpec
+from pipeline.errors import count_text
 from pipeline.evaluation.metrics import one_class_reference, predictions_from_logits
 
 NOT_METRICS = ("examples", "examples_per_s", "predicted")  # per-split entries that are no score
@@ -66,7 +67,7 @@ def format_table(task: str, results: dict, spec: TaskSpec, one_class: dict | Non
             main = m.get(spec.main_metric)
             size = f"{entry['parameters'] / teacher['parameters']:.2f}x" if teacher is not None else "-"
             rows.append((name, split, "-" if main is None else f"{main:.4f}", others or "(unlabelled)",
-                         f"{entry['parameters'] / 1e6:.1f}M", size))
+                         count_text(entry["parameters"]), size))
     for split, m in (one_class or {}).items():
         rows.append((f"one class ('{m['label']}')", split, f"{m[spec.main_metric]:.4f}", "(reference: the best "
                      "constant prediction)", "-", "-"))

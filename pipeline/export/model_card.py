@@ -17,6 +17,7 @@ from typing import Optional
 from huggingface_hub import ModelCardData
 
 from pipeline import __version__
+from pipeline.errors import count_text
 from pipeline.export.provenance import distilled, made_by, provenance
 from pipeline.export.quantize import INT8_SUFFIX
 from pipeline.models.loading import OFFLINE_MODELS, position_limit, read_model_config, weight_shapes
@@ -79,7 +80,7 @@ def _model_rows(config, parameters: int, spec) -> list[str]:
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", None)
     width = getattr(config, "hidden_size", None) or getattr(config, "dim", None)
     rows = [f"| encoder | {config.model_type}, {_count(layers, 'layer')}, width {width} |",
-            f"| parameters | {parameters / 1e6:.1f}M |",
+            f"| parameters | {count_text(parameters)} |",
             f"| output | logits ({'one score' if spec.regression else f'{spec.num_labels} classes'}) |"]
     if not spec.regression:
         rows.append(f"| labels | {', '.join(f'{i}: {name}' for i, name in enumerate(spec.labels))} |")

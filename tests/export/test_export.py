@@ -17,6 +17,7 @@ from helpers import FAMILY_TOKENIZERS, REPO, tiny_run_config, write_sentiment_ta
 from pipeline import stage1_teacher, stage3_distill
 from pipeline.cli import main
 from pipeline.config import from_dict, stage_config
+from pipeline.errors import count_text
 from pipeline.outputs.manifest import is_complete
 from pipeline.training.stop import StopRequest
 
@@ -320,6 +321,7 @@ def test_every_trained_folder_has_a_card_whose_code_runs(trained, capsys):
     the hub (transformers' header, how crild made them, their dev scores) whose code classifies
     through transformers' pipeline from the folder."""
     from huggingface_hub import ModelCard
+    from transformers import AutoModelForSequenceClassification
 
     out = Path(trained["output_dir"])
     results = {name: json.loads((out / name / "train_results.json").read_text()) for name in ("teacher", "student")}
@@ -333,6 +335,8 @@ def test_every_trained_folder_has_a_card_whose_code_runs(trained, capsys):
         assert ("knowledge-distillation" in card.data.tags) == (name == "student")
         assert made[name] in card.text and f"# {name}: rotten_tomatoes, single texts" in card.text
         assert f"| accuracy | {last[name]['dev/accuracy']:.4f} |" in card.text
+        model = AutoModelForSequenceClassification.from_pretrained(out / name)
+        assert f"| parameters | {count_text(model.num_parameters())} |" in card.text  # the tiny model's 30K, not 0.0M
         assert str(out.parent) not in card.text.split("## Use")[0]
         start = card.text.index("```python\n") + len("```python\n")
         code = card.text[start:card.text.index("\n```", start)]

@@ -51,6 +51,10 @@ def test_the_chain_of_a_failed_write_says_whether_the_disk_was_full(no_watched, 
 def test_sizes_and_free_space_read_as_a_user_would(tmp_path):
     assert [disk_space.size_text(n) for n in (0, 1023, 1024, 5 * 2**20 + 2**19, 3 * 2**40)] == \
         ["0 bytes", "1023 bytes", "1.0 KiB", "5.5 MiB", "3072.0 GiB"]
+    # parameter counts to three figures, so the tests' tiny models are not "0.0M" in the tables and cards
+    assert [disk_space.count_text(n) for n in (512, 999, 35_104, 999_499, 999_500, 22_713_216, 109_482_240,
+                                                1_300_000_000, 12_345_000_000_000)] == \
+        ["512", "999", "35.1K", "999K", "1M", "22.7M", "109M", "1.3B", "12345B"]
     # a folder not made yet: its nearest existing parent's file system (other writers may move it a little)
     assert abs(disk_space.free_bytes(tmp_path / "not" / "yet") - shutil.disk_usage(tmp_path).free) < 2**26
 
