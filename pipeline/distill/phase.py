@@ -175,7 +175,7 @@ def train_phase(run: DistillRun, phase: Phase, index: int, previous: Optional[Pa
     ckpts.require_room(engine, module.student)
     events = run.out / "tensorboard" / cfg.stages.distill.output
     if run.fresh:  # every check has passed: a refused start leaves the earlier attempt's curves where they were
-        start_afresh(events, STAGE, dist)
+        start_afresh(events, cfg.stage or STAGE, dist)  # the baseline runs here too
         run.fresh = False
     elif not state:  # this phase afresh, after phases kept: its own earlier curves go aside
         start_afresh(events, phase.name, dist, phase.name)

@@ -337,6 +337,22 @@ def test_a_stage_started_afresh_sets_the_earlier_curves_aside(tmp_path, tiny_ber
         in capsys.readouterr().err
 
 
+def test_the_baseline_started_afresh_says_it_is_the_baseline(tmp_path, tiny_bert, sentiment_dir, capsys):
+    """The baseline runs in the distillation's script: its note named the distill stage."""
+    from pipeline import stage3_distill
+    from pipeline.config import stage_config
+
+    for epochs in (2, 1):
+        raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=1)
+        raw["pipeline"] = ["baseline"]
+        raw["stages"]["baseline"] = {"epochs": epochs, "batch_size": 8}
+        cfg = stage_config(from_dict(raw), "baseline")
+        assert stage3_distill.run(cfg, stop=StopRequest(install_handlers=False)) == 0
+    events = Path(cfg.output_dir) / "tensorboard" / "student_finetuned"
+    assert f"baseline: starting afresh; the TensorBoard events of an earlier attempt are in {events / 'earlier-1'}" \
+        in capsys.readouterr().err
+
+
 def test_scalars_logged_before_a_crash_reach_the_event_file(tmp_path):
     from pipeline.training.scalars import Scalars
 
