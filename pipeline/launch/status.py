@@ -97,11 +97,26 @@ def status_report(cfg: RunConfig, verify: bool = False) -> tuple[list[str], list
     head = f"{cfg.output_dir}: " + (f"in use by pid {info.get('pid', '?')} on {info.get('host', '?')} since "
                                     f"{info.get('since', '?')}" if info is not None else "not in use")
     width = max(len(n) for n in cfg.pipeline)
-    states = {name: stage_state(cfg, name, running, verify) for name in cfg.pipeline}
+    states = _after_the_first_to_run({name: stage_state(cfg, name, running, verify) for name in cfg.pipeline})
     lines = [head] + [f"  {name.ljust(width)}  {state}" for name, state in states.items()]
     lines += [f"  set aside: {path} ({size_text(size)}; checkpoints of another configuration or other inputs, "
               f"never read again: delete them once you no longer need them)" for path, size in set_aside(cfg)]
     return lines, [name for name, state in states.items() if state.startswith(f"{DAMAGED} (")]
+
+
+def _after_the_first_to_run(states: dict[str, str]) -> dict[str, str]:
+    """``crild run`` redoes every stage after the first one it runs, since their inputs are
+    changing (``launch.local.stages_to_run``): a complete stage after a stale or missing one is
+    said to be redone, so that a changed teacher setting does not read as a teacher to retrain
+    and nothing else."""
+    first = next((name for name, state in states.items() if state != "complete"), None)
+    later = False
+    for name, state in states.items():
+        if later and state == "complete":
+            states[name] = f"complete for now; crild run redoes it after {first}, as it redoes every stage after the " \
+                           f"first it runs"
+        later = later or name == first
+    return states
 
 
 def set_aside(cfg: RunConfig) -> list[tuple[Path, int]]:

@@ -440,6 +440,28 @@ def test_distillation_without_a_teacher_stage_or_folder_is_refused_first(tmp_pat
     assert not (tmp_path / "run" / "augmented").exists()
 
 
+def test_status_says_the_complete_stages_after_a_stale_one_are_redone_as_crild_run_redoes_them(tmp_path, tiny_bert,
+                                                                                               sentiment_dir):
+    """A changed teacher setting makes the teacher stale, and crild run redoes every stage after
+    the first it runs (their inputs are changing): crild status says so of the complete ones
+    after it, where it said "complete", as if only the teacher would train again."""
+    from pipeline import stage4_evaluate
+    from pipeline.launch.status import status_lines
+
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=1)
+    raw["pipeline"] = ["teacher", "evaluate"]
+    assert stage1_teacher.run(from_dict(raw), stop=StopRequest(install_handlers=False)) == 0
+    assert stage4_evaluate.run(from_dict(raw)) == 0
+    assert status_lines(from_dict(raw))[1:] == ["  teacher   complete", "  evaluate  complete"]
+    raw["stages"]["teacher"]["learning_rate"] = 2e-3
+    changed = from_dict(raw)
+    assert stages_to_run(changed, changed.pipeline) == ["teacher", "evaluate"]
+    assert status_lines(changed)[1:] == [
+        "  teacher   stale (written for another configuration or other inputs; crild run redoes it)",
+        "  evaluate  complete for now; crild run redoes it after teacher, as it redoes every stage after the first it "
+        "runs"]
+
+
 def test_a_complete_teacher_is_skipped_and_checked_as_it_is_and_its_settings_are_not_resolved(tmp_path, tiny_bert,
                                                                                   sentiment_dir, monkeypatch):
     """--only distill after the teacher trained: the teacher folder is what distillation reads,
