@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from pipeline.distill.presets import phase_settings, phases_up_to, revisions
+from pipeline.distill.presets import needs_teacher, phase_settings, phases_up_to, resolve_phases, revisions
 from pipeline.outputs.atomic import check_replaceable
 from pipeline.outputs.input_digest import input_digests
 from pipeline.outputs.manifest import recorded_fingerprint
@@ -102,7 +102,10 @@ def _distill_fingerprint(cfg, settings, phase: str | None = None) -> str:
     upto = phases_up_to(d, phase)
     distill = settings(d) if phase is None else phase_settings(d, settings(d), phase)
     ds = {p: ds_json_text(cfg, getattr(d, p).deepspeed_config) for p in (DISTILL_PHASES if phase is None else upto)}
-    teacher = recorded_fingerprint(Path(cfg.output_dir) / "teacher") if not d.teacher_model else d.teacher_model
+    if not needs_teacher(d, resolve_phases(d)):  # the baseline: a retrained teacher leaves it current
+        teacher = None
+    else:
+        teacher = recorded_fingerprint(Path(cfg.output_dir) / "teacher") if not d.teacher_model else d.teacher_model
     reads_augmented = any(p in d.augmented_phases for p in upto)
     augmented = recorded_fingerprint(Path(cfg.output_dir) / "augmented") if reads_augmented else None
     task = _unscored(settings(cfg.task)) if phase not in (None, "kd") else settings(cfg.task)  # ILD scores nothing
@@ -187,8 +190,9 @@ def _as_baseline(raw: dict) -> None:
     over it. Its output takes the name that the run's own distill output may not."""
     stages = raw.setdefault("stages", {})
     distill = stages.setdefault("distill", {})
+    # no ILD phase: nothing to mix, and the ILD phases' settings are not the baseline's (a changed one leaves it current)
     distill.update(preset="finetune", output=BASELINE_OUTPUT, phases=None, supplementary=[], augmented_phases=[],
-                   mixup={}, consistency={})  # no ILD phase: nothing to mix
+                   mixup={}, consistency={}, ild_supplementary={}, ild={})
     own = {key: value for key, value in (stages.get("baseline") or {}).items() if value is not None}
     kd = {**(distill.get("kd") or {}), **own}
     for key, (decider, reading) in READ_ONLY_WITH.items():

@@ -18,7 +18,14 @@ from pipeline.outputs.integrity import problems
 from pipeline.outputs.lock import run_lock
 from pipeline.outputs.manifest import is_complete, read_manifest, recorded_fingerprint
 from pipeline.runtime.progress import counted
-from pipeline.stages import FORCED_ENV, STAGES, checkpoint_fingerprints, missing_inputs, stage_fingerprints
+from pipeline.stages import (
+    FORCED_ENV,
+    STAGES,
+    checkpoint_fingerprints,
+    missing_inputs,
+    paths_in_sections,
+    stage_fingerprints,
+)
 from pipeline.stale_outputs import stale_before
 from pipeline.training.checkpoint_folders import archive_stale, remove_checkpoints
 
@@ -45,14 +52,30 @@ def stage_is_done(cfg: RunConfig, name: str, known_intact: Optional[set] = None)
     return not bad
 
 
+def reads_output_of(cfg: RunConfig, name: str, earlier: str) -> bool:
+    """Whether stage ``name`` reads stage ``earlier``'s output: as it does by default
+    (``Stage.reads``: the distillation the teacher stage's), or by a path its settings name in
+    that output's folder (``stages.evaluate.models: [runs/x/student]``)."""
+    stage_cfg = stage_config(cfg, name)
+    if earlier in STAGES[name].reads(stage_cfg):
+        return True
+    output = (Path(cfg.output_dir) / STAGES[earlier].output(stage_config(cfg, earlier))).resolve()
+    named = paths_in_sections(STAGES[name].inputs(stage_cfg)).values()
+    return any(Path(path).resolve().is_relative_to(output) for path in named)
+
+
 def stages_to_run(cfg: RunConfig, names, force: bool = False, known_intact: Optional[set] = None) -> list[str]:
-    """``names`` from the first that is not complete for this configuration: once a stage
-    runs, every later one runs too."""
+    """``names`` that are not complete for this configuration, and those that read the output
+    of one that runs, which that run changes. A complete stage that reads none of them is
+    kept: the baseline, after a changed teacher or ILD setting, is not trained again."""
     names = list(names)
     if force:
         return names
-    first = next((i for i, name in enumerate(names) if not stage_is_done(cfg, name, known_intact)), len(names))
-    return names[first:]
+    runs: list[str] = []
+    for name in names:
+        if any(reads_output_of(cfg, name, earlier) for earlier in runs) or not stage_is_done(cfg, name, known_intact):
+            runs.append(name)
+    return runs
 
 
 def _skip(cfg: RunConfig, name: str, known_intact: Optional[set] = None) -> bool:
@@ -190,13 +213,12 @@ def _run_stages(cfg: RunConfig, config_path: str, overrides: list[str], force: b
     runner = StageRunner(cfg.output_dir)
     if in_slurm_allocation():
         env.update(slurm_rendezvous())
-    redo = force  # once a stage runs, every later stage runs too: its inputs are changing
     for name in only or cfg.pipeline:
         if runner.stopping:  # arrived during a stage that does not checkpoint, or between stages
             return _stopped_before(name)
-        if not redo and _skip(cfg, name, intact):
+        # a stage that reads an output redone before it runs (to_run); another is checked again at its turn
+        if name not in to_run and _skip(cfg, name, intact):
             continue
-        redo = True
         check_launched(load_config(config_path, overrides), env[LAUNCHED_ENV])  # the file as it is now
         _archive_stale_checkpoints(cfg, name, force)
         cmd = stage_command(cfg, name, config_path, overrides)

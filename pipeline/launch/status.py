@@ -11,6 +11,7 @@ from pathlib import Path
 from pipeline.config import RunConfig, stage_config
 from pipeline.distill.presets import resolve_phases
 from pipeline.errors import UserError, size_text
+from pipeline.launch.local import reads_output_of
 from pipeline.outputs.integrity import problems
 from pipeline.outputs.lock import holder
 from pipeline.outputs.manifest import is_complete, recorded_fingerprint
@@ -97,25 +98,25 @@ def status_report(cfg: RunConfig, verify: bool = False) -> tuple[list[str], list
     head = f"{cfg.output_dir}: " + (f"in use by pid {info.get('pid', '?')} on {info.get('host', '?')} since "
                                     f"{info.get('since', '?')}" if info is not None else "not in use")
     width = max(len(n) for n in cfg.pipeline)
-    states = _after_the_first_to_run({name: stage_state(cfg, name, running, verify) for name in cfg.pipeline})
+    states = _after_stages_redone(cfg, {name: stage_state(cfg, name, running, verify) for name in cfg.pipeline})
     lines = [head] + [f"  {name.ljust(width)}  {state}" for name, state in states.items()]
     lines += [f"  set aside: {path} ({size_text(size)}; checkpoints of another configuration or other inputs, "
               f"never read again: delete them once you no longer need them)" for path, size in set_aside(cfg)]
     return lines, [name for name, state in states.items() if state.startswith(f"{DAMAGED} (")]
 
 
-def _after_the_first_to_run(states: dict[str, str]) -> dict[str, str]:
-    """``crild run`` redoes every stage after the first one it runs, since their inputs are
-    changing (``launch.local.stages_to_run``): a complete stage after a stale or missing one is
-    said to be redone, so that a changed teacher setting does not read as a teacher to retrain
-    and nothing else."""
-    first = next((name for name, state in states.items() if state != "complete"), None)
-    later = False
+def _after_stages_redone(cfg: RunConfig, states: dict[str, str]) -> dict[str, str]:
+    """A complete stage that reads the output of a stage crild run redoes is redone after it
+    (``launch.local.stages_to_run``): said, so that a changed teacher setting does not read as
+    a teacher to retrain and nothing else."""
+    redone: list[str] = []
     for name, state in states.items():
-        if later and state == "complete":
-            states[name] = f"complete for now; crild run redoes it after {first}, as it redoes every stage after the " \
-                           f"first it runs"
-        later = later or name == first
+        after = [earlier for earlier in redone if reads_output_of(cfg, name, earlier)] if state == "complete" else []
+        if after:
+            states[name] = (f"complete for now; crild run redoes it after {' and '.join(after)}, whose "
+                            f"output{'s' * (len(after) > 1)} it reads")
+        if state != "complete" or after:
+            redone.append(name)
     return states
 
 

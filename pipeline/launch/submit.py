@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pipeline.config import LAUNCHED_ENV, RunConfig, launched_digest
 from pipeline.errors import UserError
-from pipeline.launch.local import check_inputs, stage_is_done, stages_to_run
+from pipeline.launch.local import check_inputs, stages_to_run
 from pipeline.launch.preflight import check_stages
 from pipeline.runtime.hub import commits_read
 from pipeline.schema.paths import shipped
@@ -65,7 +65,8 @@ def submit(cfg: RunConfig, config_path: str, overrides: list[str], wait: bool = 
     check_inputs(cfg, cfg.pipeline)  # before any job waits in the queue for an input that is not there
     intact: set = set()
     # this may be a login node without GPUs: fp16 and bf16 are the job's to judge
-    check_stages(cfg, stages_to_run(cfg, cfg.pipeline, known_intact=intact), cfg.num_ranks, device_checks=False)
+    to_run = stages_to_run(cfg, cfg.pipeline, known_intact=intact)
+    check_stages(cfg, to_run, cfg.num_ranks, device_checks=False)
     launched = launched_digest(cfg)  # a job that starts after the file is edited refuses to run
     # --export=ALL: every job, and each requeue of it, reads hub models and datasets at the commits read here
     env = {**os.environ, **commits_read()}
@@ -74,7 +75,7 @@ def submit(cfg: RunConfig, config_path: str, overrides: list[str], wait: bool = 
     jobs: list[tuple[str, str, Path]] = []
     previous = None
     for name in cfg.pipeline:
-        if previous is None and stage_is_done(cfg, name, intact):  # after a submitted stage, all later ones run
+        if name not in to_run:  # complete, and reads no output a submitted stage redoes
             print(f"crild: {name}: complete for this configuration, not submitted", flush=True)
             continue
         # sbatch expands %-patterns (%j, %x, %u...) anywhere in --output: a % of the folder's is doubled

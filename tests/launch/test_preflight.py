@@ -14,8 +14,9 @@ from pipeline import stage1_teacher
 from pipeline.cli import main
 from pipeline.config import from_dict
 from pipeline.errors import UserError
-from pipeline.launch.local import stages_to_run
+from pipeline.launch.local import reads_output_of, stages_to_run
 from pipeline.launch.preflight import check_stages
+from pipeline.outputs.manifest import MANIFEST
 from pipeline.training.ds_config import build_ds_config
 from pipeline.training.stop import StopRequest
 
@@ -440,26 +441,56 @@ def test_distillation_without_a_teacher_stage_or_folder_is_refused_first(tmp_pat
     assert not (tmp_path / "run" / "augmented").exists()
 
 
-def test_status_says_the_complete_stages_after_a_stale_one_are_redone_as_crild_run_redoes_them(tmp_path, tiny_bert,
-                                                                                               sentiment_dir):
-    """A changed teacher setting makes the teacher stale, and crild run redoes every stage after
-    the first it runs (their inputs are changing): crild status says so of the complete ones
-    after it, where it said "complete", as if only the teacher would train again."""
-    from pipeline import stage4_evaluate
+def test_a_changed_teacher_redoes_the_stages_that_read_it_and_keeps_the_baseline(tmp_path, tiny_bert, sentiment_dir):
+    """crild run redoes a stale stage and every later one that reads its output, which that
+    run changes; crild status says so of those (it said "complete", as if only the teacher
+    would train again). The baseline reads no teacher and stays: before, every stage after
+    the first that ran was redone, a whole student's training for a changed teacher setting."""
+    from pipeline import stage3_distill, stage4_evaluate
+    from pipeline.config import stage_config
     from pipeline.launch.status import status_lines
 
     raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=1)
-    raw["pipeline"] = ["teacher", "evaluate"]
+    raw["pipeline"] = ["teacher", "baseline", "evaluate"]
+    raw["stages"]["baseline"] = {"epochs": 1, "batch_size": 8}
     assert stage1_teacher.run(from_dict(raw), stop=StopRequest(install_handlers=False)) == 0
+    assert stage3_distill.run(stage_config(from_dict(raw), "baseline"), stop=StopRequest(install_handlers=False)) == 0
     assert stage4_evaluate.run(from_dict(raw)) == 0
-    assert status_lines(from_dict(raw))[1:] == ["  teacher   complete", "  evaluate  complete"]
+    assert status_lines(from_dict(raw))[1:] == ["  teacher   complete", "  baseline  complete", "  evaluate  complete"]
     raw["stages"]["teacher"]["learning_rate"] = 2e-3
     changed = from_dict(raw)
     assert stages_to_run(changed, changed.pipeline) == ["teacher", "evaluate"]
     assert status_lines(changed)[1:] == [
         "  teacher   stale (written for another configuration or other inputs; crild run redoes it)",
-        "  evaluate  complete for now; crild run redoes it after teacher, as it redoes every stage after the first it "
-        "runs"]
+        "  baseline  complete",
+        "  evaluate  complete for now; crild run redoes it after teacher, whose output it reads"]
+    assert stage1_teacher.run(changed, stop=StopRequest(install_handlers=False)) == 0  # crild run's first stage
+    assert stages_to_run(changed, ["baseline", "evaluate"]) == ["evaluate"]  # the retrained teacher left it current
+    # a model named by its path in a stage's output is read as that stage's output
+    raw["stages"]["evaluate"] = {"models": [str(tmp_path / "run" / "student_finetuned")]}
+    assert reads_output_of(from_dict(raw), "evaluate", "baseline")
+    assert not reads_output_of(from_dict(raw), "evaluate", "teacher")
+
+
+def test_the_baselines_fingerprint_holds_neither_the_teacher_nor_the_ild_settings(tmp_path, tiny_bert, sentiment_dir):
+    """The baseline trains without a teacher and runs no ILD phase: a retrained teacher or a
+    changed ILD setting leaves it current, where it trained the student again."""
+    from pipeline.config import stage_config
+    from pipeline.stages import stage_fingerprint
+
+    raw = tiny_run_config(tmp_path, tiny_bert, sentiment_dir)
+    raw["stages"]["distill"] = {"preset": "cr-ild", "ild": {"epochs": 1}}
+
+    def fingerprints(**ild):
+        cfg = from_dict({**raw, "stages": {**raw["stages"], "distill": {**raw["stages"]["distill"], "ild": ild}}})
+        return stage_fingerprint(stage_config(cfg, "baseline"), "baseline"), stage_fingerprint(cfg, "distill")
+
+    baseline, distill = fingerprints(epochs=1)
+    assert fingerprints(epochs=2)[0] == baseline and fingerprints(epochs=2)[1] != distill
+    teacher = tmp_path / "run" / "teacher"  # a teacher output recorded (retrained): the distillation reads it
+    teacher.mkdir(parents=True)
+    (teacher / MANIFEST).write_text(json.dumps({"stage": "teacher", "status": "complete", "fingerprint": "f" * 16}))
+    assert fingerprints(epochs=1)[0] == baseline and fingerprints(epochs=1)[1] != distill
 
 
 def test_a_complete_teacher_is_skipped_and_checked_as_it_is_and_its_settings_are_not_resolved(tmp_path, tiny_bert,
