@@ -277,24 +277,31 @@ def _read_records(path: Path) -> list[tuple[int, dict]]:
     if path.suffix == ".parquet":
         return _parquet_records(path)
     text = read_utf8(path)
-    if path.suffix == ".jsonl":
-        out = []
-        for n, line in enumerate(text.split("\n"), start=1):  # JSON Lines: "\n" only (not U+2028 & co.)
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line, object_pairs_hook=marked_object)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{n}: not valid JSON ({err.msg})") from None
-            except RecursionError:
-                raise too_deep(f"{path}:{n}") from None
-            if not isinstance(rec, dict):
-                raise UserError(f"{path}:{n}: expected a JSON object per line")
-            if rec.repeated is not None:  # json keeps the last value, as a CSV reader keeps one of two columns
-                raise UserError(f"{path}:{n}: key '{shown(rec.repeated)}' appears twice in the record; expected each "
-                                f"column once")
-            out.append((n, rec))
-        return out
+    return _jsonl_records(path, text) if path.suffix == ".jsonl" else _table_records(path, text)
+
+
+def _jsonl_records(path: Path, text: str) -> list[tuple[int, dict]]:
+    out = []
+    for n, line in enumerate(text.split("\n"), start=1):  # JSON Lines: "\n" only (not U+2028 & co.)
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line, object_pairs_hook=marked_object)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}:{n}: not valid JSON ({err.msg})") from None
+        except RecursionError:
+            raise too_deep(f"{path}:{n}") from None
+        if not isinstance(rec, dict):
+            raise UserError(f"{path}:{n}: expected a JSON object per line")
+        if rec.repeated is not None:  # json keeps the last value, as a CSV reader keeps one of two columns
+            raise UserError(f"{path}:{n}: key '{shown(rec.repeated)}' appears twice in the record; expected each "
+                            f"column once")
+        out.append((n, rec))
+    return out
+
+
+def _table_records(path: Path, text: str) -> list[tuple[int, dict]]:
+    """(line, record) of a CSV or TSV file, its first record the header."""
     rows = [(n, row) for n, row in _csv_rows(path, text, "\t" if path.suffix == ".tsv" else ",")
             if row and any(field.strip() for field in row)]  # blank lines carry no record
     if not rows:
@@ -304,6 +311,9 @@ def _read_records(path: Path) -> list[tuple[int, dict]]:
     _one_column_of_another_separator(header, path, rows[0][0])
     out = []
     for n, row in body:
+        if row == header:  # files joined with cat: the second file's header would be read as an example
+            raise UserError(f"{path}:{n}: repeats the header (line {rows[0][0]}); expected it once, at the top (were "
+                            f"files joined with cat? join them without their headers: tail -n +2)")
         if len(row) != len(header):
             raise UserError(f"{path}:{n}: {len(row)} fields, the header (line {rows[0][0]}) has {len(header)}")
         out.append((n, dict(zip(header, row))))

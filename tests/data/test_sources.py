@@ -119,6 +119,19 @@ def test_a_text_that_starts_with_a_quote_it_does_not_close_is_refused_where_it_s
                               f"as \"\" inside a quoted field)")
 
 
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_a_header_repeated_inside_the_file_is_refused_at_its_line(tmp_path, split):
+    """Two files joined with cat: in an unlabelled split the second header was an example,
+    the text "sentence", scored without a word."""
+    header = "sentence,label" if split == "train" else "sentence"
+    row = "good film,fresh" if split == "train" else "good film"
+    (tmp_path / f"{split}.csv").write_text(f"{header}\n{row}\n{header}\n{row}\n")
+    with pytest.raises(UserError) as err:
+        load_split(TaskConfig(name="rotten_tomatoes", data_dir=str(tmp_path)), TASKS["rotten_tomatoes"], split)
+    assert str(err.value) == (f"{tmp_path / split}.csv:3: repeats the header (line 1); expected it once, at the top "
+                              f"(were files joined with cat? join them without their headers: tail -n +2)")
+
+
 def test_quoted_fields_over_lines_and_a_quote_inside_a_field_are_read_as_spreadsheets_write_them(tmp_path):
     (tmp_path / "train.csv").write_text('sentence,label\n"two\nlines",fresh\n"ab"c,rotten\nsaid "hi",fresh\n'
                                         '"a ""quoted""\nword",fresh\n')
