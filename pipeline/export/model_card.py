@@ -75,6 +75,11 @@ def _number(value, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _cell(text: str) -> str:
+    """User text (label names) as one Markdown table cell: a ``|`` in it would end the cell."""
+    return text.replace("|", "\\|")
+
+
 def _model_rows(config, parameters: int, spec) -> list[str]:
     """Table rows both cards give: encoder, parameters, output, labels."""
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", None)
@@ -83,7 +88,7 @@ def _model_rows(config, parameters: int, spec) -> list[str]:
             f"| parameters | {count_text(parameters)} |",
             f"| output | logits ({'one score' if spec.regression else f'{spec.num_labels} classes'}) |"]
     if not spec.regression:
-        rows.append(f"| labels | {', '.join(f'{i}: {name}' for i, name in enumerate(spec.labels))} |")
+        rows.append(f"| labels | {_cell(', '.join(f'{i}: {name}' for i, name in enumerate(spec.labels)))} |")
     return rows
 
 

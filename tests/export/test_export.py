@@ -369,6 +369,20 @@ def test_the_baseline_card_says_it_was_trained_without_a_teacher(trained, tmp_pa
     assert "# student_finetuned: rotten_tomatoes" in card and "knowledge-distillation" not in card
 
 
+def test_a_label_with_a_vertical_bar_stays_in_its_cell_of_the_card():
+    """A label name is the user's text: a ``|`` in it ended the card's table cell, and the
+    hub showed the labels row cut in two."""
+    from types import SimpleNamespace
+
+    from transformers import BertConfig
+
+    from pipeline.export.model_card import _model_rows
+
+    spec = SimpleNamespace(regression=False, num_labels=2, labels=["good|great", "bad"])
+    row = _model_rows(BertConfig(num_hidden_layers=2, hidden_size=32), 35_104, spec)[-1]
+    assert re.split(r"(?<!\\)\|", row) == ["", " labels ", " 0: good\\|great, 1: bad ", ""]
+
+
 def test_the_readme_serving_snippet_is_the_model_cards(trained):
     """One piece of code serves an export, in the README and in every exported folder's card."""
     from pipeline.export.model_card import serving_code
