@@ -163,6 +163,40 @@ def test_submit_no_wait_returns_once_the_jobs_are_queued_with_the_users_sbatch_a
             subprocess.run(["scancel", *jobs], env=slurm_env)
 
 
+@NEEDS_SLURM
+def test_submit_leaves_out_a_complete_stage_that_reads_no_redone_output(tmp_path, tiny_bert, sentiment_dir, slurm_env):
+    """After a changed teacher setting, the teacher and the evaluation that reads it are
+    submitted, chained, and the complete baseline, which reads no teacher, is not (before,
+    every stage after the first submitted one was, the baseline's training too)."""
+    import subprocess
+    import sys
+
+    from pipeline import stage1_teacher, stage3_distill, stage4_evaluate
+    from pipeline.config import stage_config
+    from pipeline.training.stop import StopRequest
+
+    raw = {**tiny_run_config(tmp_path, tiny_bert, sentiment_dir, epochs=1), "pipeline": ["teacher", "baseline",
+                                                                                         "evaluate"]}
+    raw["stages"]["baseline"] = {"epochs": 1, "batch_size": 8}
+    assert stage1_teacher.run(from_dict(raw), stop=StopRequest(install_handlers=False)) == 0
+    assert stage3_distill.run(stage_config(from_dict(raw), "baseline"), stop=StopRequest(install_handlers=False)) == 0
+    assert stage4_evaluate.run(from_dict(raw)) == 0
+    raw["stages"]["teacher"]["learning_rate"] = 2e-3
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "submit", str(config), "--no-wait",
+                           "--sbatch-arg=--hold"], capture_output=True, text=True, env=slurm_env, cwd=REPO, timeout=120)
+    jobs = {line.split()[1].rstrip(":"): line.split()[4] for line in proc.stdout.splitlines() if "submitted job" in line}
+    try:
+        assert proc.returncode == 0 and list(jobs) == ["teacher", "evaluate"], proc.stdout + proc.stderr
+        assert "crild: baseline: complete for this configuration, not submitted" in proc.stdout.splitlines()
+        assert "afterok:" + jobs["teacher"] in subprocess.run(["scontrol", "show", "job", jobs["evaluate"], "-o"],
+                                                               capture_output=True, text=True, env=slurm_env).stdout
+    finally:
+        if jobs:
+            subprocess.run(["scancel", *jobs.values()], env=slurm_env)
+
+
 def test_export_runs_as_one_process_whatever_num_ranks_and_the_allocation_say(tmp_path, tiny_bert, sentiment_dir,
                                                                                  monkeypatch):
     """A run that trains on every rank also exports in the same chain: export is launched as
