@@ -78,7 +78,7 @@ def size_text(n: float) -> str:
 
 
 def count_text(n: int) -> str:
-    """A count of parameters for a reader, to three significant figures: ``22.7M``, ``1.30B``,
+    """A count of parameters for a reader, to three significant figures: ``22.7M``, ``1.3B``,
     ``35.1K``, ``512``, so a tiny model is not ``0.0M``."""
     for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= scale * 0.9995:
