@@ -7,7 +7,7 @@ import shlex
 import shutil
 import signal
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from pipeline.config import LAUNCHED_ENV, RunConfig, check_launched, launched_digest, load_config, stage_config
 from pipeline.errors import ERROR_NOTE_ENV, EXIT_PREEMPTED, EXIT_USER_ERROR, SAID_DIR, UserError
@@ -64,18 +64,27 @@ def reads_output_of(cfg: RunConfig, name: str, earlier: str) -> bool:
     return any(Path(path).resolve().is_relative_to(output) for path in named)
 
 
+def redone_after(cfg: RunConfig, names, done: Callable[[str], bool]) -> dict[str, list[str]]:
+    """Each of ``names`` that a run redoes -> the stages redone before it whose output it
+    reads ([] for one redone because it is not ``done`` itself): a stage runs when it is not
+    complete, or when it reads the output of one that runs, which that run changes. A
+    complete stage that reads none of them is kept: the baseline, after a changed teacher or
+    ILD setting, is not trained again."""
+    runs: dict[str, list[str]] = {}
+    for name in names:
+        after = [earlier for earlier in runs if reads_output_of(cfg, name, earlier)]
+        if after or not done(name):
+            runs[name] = after
+    return runs
+
+
 def stages_to_run(cfg: RunConfig, names, force: bool = False, known_intact: Optional[set] = None) -> list[str]:
-    """``names`` that are not complete for this configuration, and those that read the output
-    of one that runs, which that run changes. A complete stage that reads none of them is
-    kept: the baseline, after a changed teacher or ILD setting, is not trained again."""
+    """``names`` that ``crild run`` (or ``crild submit``) runs: every one with ``force``, else
+    those of ``redone_after``."""
     names = list(names)
     if force:
         return names
-    runs: list[str] = []
-    for name in names:
-        if any(reads_output_of(cfg, name, earlier) for earlier in runs) or not stage_is_done(cfg, name, known_intact):
-            runs.append(name)
-    return runs
+    return list(redone_after(cfg, names, lambda name: stage_is_done(cfg, name, known_intact)))
 
 
 def _skip(cfg: RunConfig, name: str, known_intact: Optional[set] = None) -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 from pipeline.config import RunConfig, stage_config
 from pipeline.distill.presets import resolve_phases
 from pipeline.errors import UserError, size_text
-from pipeline.launch.local import reads_output_of
+from pipeline.launch.local import redone_after
 from pipeline.outputs.integrity import problems
 from pipeline.outputs.lock import holder
 from pipeline.outputs.manifest import is_complete, recorded_fingerprint
@@ -63,16 +63,21 @@ def _progress(cfg: RunConfig, name: str) -> str | None:
 DAMAGED = "damaged"  # a complete output whose content differs from its recorded hashes
 
 
-def stage_state(cfg: RunConfig, name: str, running: str | None, verify: bool) -> str:
+def stage_state(cfg: RunConfig, name: str, running: str | None, verify: bool, after: list[str] | None = None) -> str:
+    """What ``crild status`` says of stage ``name``; ``after``: the stages redone before it
+    whose outputs it reads (``launch.local.redone_after``), which leave nothing of it current."""
     stage_cfg = stage_config(cfg, name)
     folder = Path(cfg.output_dir) / STAGES[name].output(stage_cfg)
     if running == name:
         return "running"
     if is_complete(folder):
         if recorded_fingerprint(folder) not in stage_fingerprints(stage_cfg, name):
-            kept = _current_phases(cfg, name)
+            kept = [] if after else _current_phases(cfg, name)  # a retrained teacher: no phase is kept
             keeping = f", keeping its complete phase{'s' * (len(kept) > 1)} {', '.join(kept)}" if kept else ""
             return f"stale (written for another configuration or other inputs; crild run redoes it{keeping})"
+        if after:
+            return (f"complete for now; crild run redoes it after {' and '.join(after)}, whose "
+                    f"output{'s' * (len(after) > 1)} it reads")
         bad = problems(folder) if verify else []
         return f"{DAMAGED} ({bad[0]}; crild run redoes it)" if bad else "complete"
     progress = _progress(cfg, name)
@@ -98,26 +103,14 @@ def status_report(cfg: RunConfig, verify: bool = False) -> tuple[list[str], list
     head = f"{cfg.output_dir}: " + (f"in use by pid {info.get('pid', '?')} on {info.get('host', '?')} since "
                                     f"{info.get('since', '?')}" if info is not None else "not in use")
     width = max(len(n) for n in cfg.pipeline)
-    states = _after_stages_redone(cfg, {name: stage_state(cfg, name, running, verify) for name in cfg.pipeline})
+    states = {name: stage_state(cfg, name, running, verify) for name in cfg.pipeline}
+    for name, after in redone_after(cfg, states, lambda name: states[name] == "complete").items():
+        if after:  # it reads an output crild run redoes first
+            states[name] = stage_state(cfg, name, running, verify, after)
     lines = [head] + [f"  {name.ljust(width)}  {state}" for name, state in states.items()]
     lines += [f"  set aside: {path} ({size_text(size)}; checkpoints of another configuration or other inputs, "
               f"never read again: delete them once you no longer need them)" for path, size in set_aside(cfg)]
     return lines, [name for name, state in states.items() if state.startswith(f"{DAMAGED} (")]
-
-
-def _after_stages_redone(cfg: RunConfig, states: dict[str, str]) -> dict[str, str]:
-    """A complete stage that reads the output of a stage crild run redoes is redone after it
-    (``launch.local.stages_to_run``): said, so that a changed teacher setting does not read as
-    a teacher to retrain and nothing else."""
-    redone: list[str] = []
-    for name, state in states.items():
-        after = [earlier for earlier in redone if reads_output_of(cfg, name, earlier)] if state == "complete" else []
-        if after:
-            states[name] = (f"complete for now; crild run redoes it after {' and '.join(after)}, whose "
-                            f"output{'s' * (len(after) > 1)} it reads")
-        if state != "complete" or after:
-            redone.append(name)
-    return states
 
 
 def set_aside(cfg: RunConfig) -> list[tuple[Path, int]]:

@@ -355,7 +355,7 @@ def test_a_changed_kd_setting_keeps_the_ild_phase_and_gives_the_fresh_runs_stude
     both phases again."""
     from safetensors.torch import load_file
 
-    from pipeline.launch.status import status_lines
+    from pipeline.launch.status import stage_state, status_lines
     from pipeline.study.scoring import read_scalars
 
     def cfg(name, kd=None, ild=None, **distill):
@@ -378,6 +378,9 @@ def test_a_changed_kd_setting_keeps_the_ild_phase_and_gives_the_fresh_runs_stude
     longer = cfg("a", kd={"epochs": 2}, temperature=4.0)
     assert status_lines(longer)[1:] == ["  distill  stale (written for another configuration or other inputs; crild "
                                         "run redoes it, keeping its complete phase ild)"]
+    # after a stage it reads is redone (a retrained teacher), no phase is kept, and status does not say one is
+    assert stage_state(longer, "distill", None, False, after=["teacher"]) == (
+        "stale (written for another configuration or other inputs; crild run redoes it)")
     said = run(longer)
     assert f"ild: complete for this configuration, kept ({out / 'student.phases' / 'ild'})" in said
     assert ild.stat().st_mtime_ns == written and "kd: 96 examples, 24 optimizer steps" in said
