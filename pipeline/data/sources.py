@@ -188,13 +188,15 @@ def _csv_rows(path: Path, text: str, delimiter: str, quoting: int = csv.QUOTE_MI
     pandas read them."""
     kind = "TSV" if delimiter == "\t" else "CSV"
     rows: list[tuple[int, list[str]]] = []
+    physical: list[str] = []  # the file's lines, split once where a record over lines is checked
     for strict in (True, False):
         reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting, strict=strict)
         rows, line = [], 1
         try:
             for row in reader:
                 if not strict and reader.line_num > line:
-                    _no_quote_that_swallowed_lines(path, text, line, reader.line_num, delimiter, quoting)
+                    physical = physical or io.StringIO(text, newline="").readlines()
+                    _no_quote_that_swallowed_lines(path, physical[line - 1:reader.line_num], line, delimiter, quoting)
                 rows.append((line, row))
                 line = reader.line_num + 1
             return rows
@@ -207,16 +209,15 @@ def _csv_rows(path: Path, text: str, delimiter: str, quoting: int = csv.QUOTE_MI
     return rows
 
 
-def _no_quote_that_swallowed_lines(path: Path, text: str, first: int, last: int, delimiter: str,
-                                   quoting: int) -> None:
-    """A record over lines ``first``-``last`` that strict CSV would not read is refused. A text
-    that starts with a quote it does not close on its line (``"Quoted" he said``, common in
-    hand-written TSV) opens a quoted field that runs on, over the line breaks and the records
-    after it, until some later quote, where the reader gives up strictness and reads the rest of
-    that line into the field: those records would vanish into one text, under a later record's
-    label, without a word. A field over lines that is quoted as CSV writers quote it reads
-    strictly and is kept."""
-    lines = io.StringIO(text, newline="").readlines()[first - 1:last]
+def _no_quote_that_swallowed_lines(path: Path, lines: list[str], first: int, delimiter: str, quoting: int) -> None:
+    """A record over ``lines``, from line ``first``, that strict CSV would not read is refused.
+    A text that starts with a quote it does not close on its line (``"Quoted" he said``, common
+    in hand-written TSV) opens a quoted field that runs on, over the line breaks and the
+    records after it, until some later quote, where the reader gives up strictness and reads
+    the rest of that line into the field: those records would vanish into one text, under a
+    later record's label, without a word. A field over lines that is quoted as CSV writers
+    quote it reads strictly and is kept."""
+    last = first + len(lines) - 1
     reader = csv.reader(io.StringIO("".join(lines), newline=""), delimiter=delimiter, quoting=quoting, strict=True)
     try:
         for _ in reader:
